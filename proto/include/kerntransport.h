@@ -1,0 +1,131 @@
+/* SPDX-License-Identifier: (GPL-2.0 WITH Linux-syscall-note) OR BSD-3-Clause */
+/*
+ * kerntransport wire protocol and user-space ABI.
+ *
+ * This header owns the byte layout shared by the device (kt-vhost-device),
+ * the guest driver (kerntransport.ko) and guest user space: the virtio
+ * device ID, feature bits, queue numbers, config space, the message header,
+ * message types, error codes, limits, and the /dev/kerntransport ioctls.
+ * proto/SPEC.md is normative; the Rust crate kt-proto mirrors every value
+ * here and a test (proto/tests/c_layout.rs) proves that they agree.
+ *
+ * It builds in the kernel and, through <linux/types.h> and <linux/ioctl.h>,
+ * in user space.
+ */
+#ifndef _UAPI_LINUX_KERNTRANSPORT_H
+#define _UAPI_LINUX_KERNTRANSPORT_H
+
+#include <linux/types.h>
+#include <linux/ioctl.h>
+
+/* virtio device ID (unassigned in virtio 1.4); PCI device ID 0x1040 + 60. */
+#define KT_VIRTIO_ID			60
+
+/* Device-specific feature bits (virtio bits 0..23). */
+/* The device may open channels towards the driver (host-initiated). */
+#define KT_F_GUEST_LISTEN		0
+
+/* Virtqueues. */
+#define KT_VQ_RX			0	/* device -> driver data */
+#define KT_VQ_TX			1	/* driver -> device data */
+#define KT_VQ_EVENT			2	/* device -> driver events */
+#define KT_NUM_VQS			3
+
+/* Limits. */
+#define KT_HDR_SIZE			32
+#define KT_NAME_MAX			63	/* service name bytes, no NUL */
+#define KT_MIN_RX_BUF_SIZE		256	/* smallest rx buffer a driver posts */
+#define KT_MAX_MSG_SIZE_LIMIT		(1U << 20) /* largest max_msg_size */
+#define KT_DEFAULT_MAX_MSG_SIZE		65536
+#define KT_DEFAULT_RX_BUF_SIZE		4096
+#define KT_DEFAULT_MAX_CHANNELS		1024
+/* Credit charged per message on top of its payload bytes. */
+#define KT_MSG_OVERHEAD			KT_HDR_SIZE
+
+/* Channel IDs: 0 is the transport itself; bit 31 set = opened by device. */
+#define KT_CHAN_TRANSPORT		0U
+#define KT_CHAN_DEVICE_BIT		0x80000000U
+
+/* Message types (struct kt_hdr.type). */
+#define KT_MSG_OPEN			1	/* payload: service name */
+#define KT_MSG_OPEN_OK			2
+#define KT_MSG_OPEN_ERR			3	/* arg: KT_ERR_* */
+#define KT_MSG_DATA			4	/* payload: message (fragment) */
+#define KT_MSG_CLOSE			5	/* arg: KT_ERR_* or 0 */
+#define KT_MSG_CREDIT_UPDATE		6
+#define KT_MSG_CREDIT_REQUEST		7
+#define KT_MSG_RESET			8	/* event queue only, channel 0 */
+
+/* Header flags (struct kt_hdr.flags). */
+#define KT_HDR_F_MORE			0x0001	/* more fragments follow (rx) */
+#define KT_HDR_F_KNOWN			KT_HDR_F_MORE
+
+/* Error codes carried in kt_hdr.arg: Linux errno values. */
+#define KT_ERR_OK			0
+#define KT_ERR_NOENT			2	/* no such service */
+#define KT_ERR_NOMEM			12	/* out of resources */
+#define KT_ERR_ACCES			13	/* refused by policy */
+#define KT_ERR_EXIST			17	/* channel id already in use */
+#define KT_ERR_INVAL			22	/* malformed message */
+#define KT_ERR_MFILE			24	/* too many channels */
+#define KT_ERR_MSGSIZE			90	/* message larger than max_msg_size */
+#define KT_ERR_PROTO			71	/* protocol violation */
+#define KT_ERR_CONNRESET		104	/* peer went away */
+#define KT_ERR_CONNREFUSED		111	/* nobody serves that name */
+
+/*
+ * Every message on rx and tx starts with this header, little-endian.
+ * Event-queue buffers carry one header and no payload.
+ */
+struct kt_hdr {
+	__le32 channel;		/* channel id */
+	__le16 type;		/* KT_MSG_* */
+	__le16 flags;		/* KT_HDR_F_* */
+	__le32 len;		/* payload bytes after this header, this buffer */
+	__le32 msg_len;		/* DATA: total message bytes; else == len */
+	__le32 seq;		/* DATA: per-channel, per-direction message number */
+	__le32 buf_alloc;	/* sender's receive window for this channel */
+	__le32 fwd_cnt;		/* bytes of credit the sender has freed */
+	__le32 arg;		/* OPEN_ERR/CLOSE: KT_ERR_*; else 0 */
+};
+
+/* Device configuration space, read-only, little-endian. */
+struct kt_config {
+	__le32 max_msg_size;	/* largest DATA message, either direction */
+	__le32 max_channels;	/* channels open at once */
+	__le32 rx_buf_size;	/* rx buffer size the driver should post */
+	__le32 guest_id;	/* host-assigned id of this guest */
+};
+
+/* ---- /dev/kerntransport user-space ABI ---- */
+
+/* Service names that only guest kernel code may listen on. */
+#define KT_KERNEL_NAME_PREFIX		"k."
+
+struct kt_ioc_name {
+	char name[KT_NAME_MAX + 1];	/* NUL-terminated service name */
+};
+
+struct kt_ioc_info {
+	__u32 max_msg_size;	/* negotiated largest message */
+	__u32 channel;		/* this endpoint's channel id, 0 if none */
+	__u32 state;		/* KT_STATE_* */
+	__u32 guest_id;
+};
+
+#define KT_STATE_IDLE			0
+#define KT_STATE_CONNECTING		1
+#define KT_STATE_OPEN			2
+#define KT_STATE_LISTENING		3
+#define KT_STATE_CLOSED			4
+
+#define KT_IOC_MAGIC			'k'
+/* Connect this file to a host service; blocks until OPEN_OK/OPEN_ERR. */
+#define KT_IOC_CONNECT		_IOW(KT_IOC_MAGIC, 1, struct kt_ioc_name)
+/* Listen on a name for host-initiated channels. */
+#define KT_IOC_LISTEN		_IOW(KT_IOC_MAGIC, 2, struct kt_ioc_name)
+/* On a listening file: returns a new fd for the next incoming channel. */
+#define KT_IOC_ACCEPT		_IO(KT_IOC_MAGIC, 3)
+#define KT_IOC_INFO		_IOR(KT_IOC_MAGIC, 4, struct kt_ioc_info)
+
+#endif /* _UAPI_LINUX_KERNTRANSPORT_H */
