@@ -93,6 +93,12 @@ pub mod state {
     pub const CLOSED: u32 = 4;
 }
 
+// Any OPEN fits one minimal rx buffer; defaults are within limits.
+const _: () = assert!(MIN_RX_BUF_SIZE as usize > HDR_SIZE + NAME_MAX);
+const _: () = assert!(DEFAULT_MAX_MSG_SIZE <= MAX_MSG_SIZE_LIMIT);
+const _: () =
+    assert!(DEFAULT_RX_BUF_SIZE >= MIN_RX_BUF_SIZE && DEFAULT_RX_BUF_SIZE <= MAX_RX_BUF_SIZE);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,12 +110,5 @@ mod tests {
         assert_eq!(IOC_LISTEN, 0x4040_6b02);
         assert_eq!(IOC_ACCEPT, 0x0000_6b03);
         assert_eq!(IOC_INFO, 0x8010_6b04);
-    }
-
-    #[test]
-    fn buffer_limits_are_consistent() {
-        assert!(MIN_RX_BUF_SIZE as usize > HDR_SIZE + NAME_MAX);
-        assert!(DEFAULT_MAX_MSG_SIZE <= MAX_MSG_SIZE_LIMIT);
-        assert_eq!(CHAN_DEVICE_BIT, 1 << 31);
     }
 }
