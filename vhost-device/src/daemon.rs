@@ -114,7 +114,10 @@ fn serve_one(
     }
     log::info!("frontend connected");
     match daemon.wait() {
-        Ok(()) => log::info!("frontend disconnected"),
+        Ok(())
+        | Err(vhost_user_backend::Error::HandleRequest(
+            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
+        )) => log::info!("frontend disconnected"),
         Err(e) => log::warn!("frontend connection ended: {e}"),
     }
     // Dropping the daemon stops its worker threads before the next one.

@@ -36,7 +36,7 @@ pub enum PolicyError {
         /// The parser's message, one line.
         msg: String,
         /// The parser's error.
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     /// A semantic problem with one service entry.
     #[error("policy file {path}{line}: {msg}")]
@@ -118,7 +118,7 @@ impl Policy {
             path: path.to_owned(),
             line: line_of(text, source.span()),
             msg: source.message().replace('\n', " "),
-            source,
+            source: Box::new(source),
         })?;
         let invalid = |span: Range<usize>, msg: String| PolicyError::Invalid {
             path: path.to_owned(),

@@ -139,13 +139,11 @@ impl SeqPacket {
             )
         })?;
         // SAFETY: socketpair succeeded, fds[0] is ours alone.
-        let a = SeqPacket {
-            fd: unsafe { OwnedFd::from_raw_fd(fds[0]) },
-        };
+        let fd0 = unsafe { OwnedFd::from_raw_fd(fds[0]) };
         // SAFETY: socketpair succeeded, fds[1] is ours alone.
-        let b = SeqPacket {
-            fd: unsafe { OwnedFd::from_raw_fd(fds[1]) },
-        };
+        let fd1 = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+        let a = SeqPacket { fd: fd0 };
+        let b = SeqPacket { fd: fd1 };
         a.set_passcred()?;
         b.set_passcred()?;
         Ok((a, b))
@@ -292,9 +290,8 @@ impl SeqListener {
             )
         })?;
         // SAFETY: accept4 returned a new fd owned by nobody else.
-        let s = SeqPacket {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        };
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let s = SeqPacket { fd };
         s.set_passcred()?;
         Ok(s)
     }
