@@ -87,10 +87,12 @@ if [ ! -f "$VENV/.complete" ]; then
 	touch "$VENV/.complete"
 fi
 
-# 3. Unpack and patch in a scratch build directory.
+# 3. Unpack and patch in a scratch build directory (removed at exit unless
+#    KT_KEEP_BUILD=1, e.g. to debug a failed build).
 WORK="$KT_CACHE/qemu-build-$HASH"
 rm -rf "$WORK"
 mkdir -p "$WORK"
+[ "${KT_KEEP_BUILD:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT
 tar -xf "$DL/$TARBALL" -C "$WORK"
 SRC=$(find "$WORK" -mindepth 1 -maxdepth 1 -type d -name 'qemu-*' | head -n1)
 [ -n "$SRC" ] || die "$TARBALL did not unpack to a qemu-* directory"
@@ -121,6 +123,5 @@ if "$BIN" -M none -display none -device vhost-user-device-pci 2>&1 | grep -q plu
 fi
 touch "$PREFIX/.complete"
 cd /
-rm -rf "$WORK"
 log "built in $(($(date +%s) - start)) s"
 echo "$BIN"
