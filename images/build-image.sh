@@ -140,8 +140,9 @@ if [ "$HAVE_DRIVER" = 1 ]; then
 	log "building guest-driver against $KDIR"
 	nice make -C "$DRIVER" KDIR="$KDIR" >&2
 	for m in kerntransport kt_kecho; do
-		ko=$(find "$DRIVER" -name "$m.ko" ! -path '*/kt/*' -print -quit)
+		ko=$(cd "$DRIVER" && find . -name "$m.ko" ! -path './kt/*' -print -quit)
 		[ -n "$ko" ] || die "make -C guest-driver built no $m.ko"
+		ko="$DRIVER/${ko#./}"
 		vermagic=$(modinfo -F vermagic "$ko")
 		case "$vermagic" in
 		"$KVER "*) ;;
@@ -156,7 +157,7 @@ cp "$BUSYBOX" "$STAGE/bin/busybox"
 ln -s busybox "$STAGE/bin/sh"
 install -m 0755 "$HERE/initramfs/init" "$STAGE/init"
 install -m 0644 "$HERE"/workloads/*.sh "$STAGE/workloads/"
-[ -z "$KT_BIN" ] || install -m 0755 "$KT_BIN" "$STAGE/usr/bin/kt"
+[ -z "$KT_BIN" ] || install -m 0755 -s "$KT_BIN" "$STAGE/usr/bin/kt"
 {
 	echo "KT: image $HASH kernel $KVER"
 	echo "KT: modules: $(cd "$STAGE/lib/modules/kerntransport" && echo *.ko | sed 's/^\*\.ko$/none/')"
