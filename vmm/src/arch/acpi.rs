@@ -81,7 +81,17 @@ pub fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
         .zip(&device_paths)
         .map(|((hid, uid, crs), p)| aml::Device::new(p.as_str().into(), vec![hid, uid, crs]))
         .collect();
-    let children: Vec<&dyn Aml> = devs.iter().map(|d| d as &dyn Aml).collect();
+    // COM1: without it a hardware-reduced guest has no legacy IRQ mapping
+    // for IRQ 4 and the 8250 driver's interrupts never arrive.
+    let com1_io = aml::IO::new(layout::SERIAL_PORT, layout::SERIAL_PORT, 1, 8);
+    let com1_irq = aml::Interrupt::new(true, true, false, false, layout::SERIAL_GSI);
+    let com1_crs = aml::ResourceTemplate::new(vec![&com1_io, &com1_irq]);
+    let com1_hid = aml::Name::new("_HID".into(), &aml::EISAName::new("PNP0501"));
+    let com1_uid = aml::Name::new("_UID".into(), &0u8);
+    let com1_res = aml::Name::new("_CRS".into(), &com1_crs);
+    let com1 = aml::Device::new("COM1".into(), vec![&com1_hid, &com1_uid, &com1_res]);
+    let mut children: Vec<&dyn Aml> = vec![&com1];
+    children.extend(devs.iter().map(|d| d as &dyn Aml));
     aml::Scope::new("\\_SB_".into(), children).to_aml_bytes(&mut body);
     let s5_type = layout::ACPI_S5_SLEEP_TYPE;
     aml::Name::new("_S5_".into(), &aml::Package::new(vec![&s5_type])).to_aml_bytes(&mut body);
@@ -210,6 +220,9 @@ mod tests {
         let find = |needle: &[u8]| d.windows(needle.len()).any(|w| w == needle);
         assert!(find(b"LNRO0005\0"));
         assert!(find(b"_S5_"));
+        assert!(find(b"COM1"));
+        // EISA ID of PNP0501.
+        assert!(find(&[0x0c, 0x41, 0xd0, 0x05, 0x01]));
         // Memory32Fixed: tag 0x86, length 9, RW, base, size.
         let mut mem = vec![0x86, 9, 0, 1];
         mem.extend_from_slice(&(layout::VIRTIO_MMIO_BASE as u32).to_le_bytes());
