@@ -55,6 +55,9 @@ pub struct DriverOptions {
     pub event_bufs: u16,
     /// Timeout of blocking helpers.
     pub timeout: Duration,
+    /// Publish tx chains without kicking; kicks happen in `poll`/`flush`
+    /// (batching, like a driver with more packets queued).
+    pub defer_kicks: bool,
 }
 
 impl Default for DriverOptions {
@@ -71,6 +74,7 @@ impl Default for DriverOptions {
             max_msg: 65536,
             event_bufs: 8,
             timeout: Duration::from_secs(20),
+            defer_kicks: false,
         }
     }
 }
@@ -343,6 +347,7 @@ impl Driver {
     /// Processes used rings, waiting up to `timeout` for a call if nothing
     /// is there yet. Returns whether anything arrived.
     pub fn poll(&mut self, timeout: Duration) -> io::Result<bool> {
+        self.flush()?;
         if self.process()? {
             return Ok(true);
         }
@@ -374,6 +379,11 @@ impl Driver {
             let _ = ring.call.read();
         }
         self.process()
+    }
+
+    /// Kicks tx if the device wants it (deferred kicks).
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.rings[1].kick(&self.mem)
     }
 
     /// Polls until `cond` holds or the timeout passes.
@@ -642,7 +652,11 @@ impl Driver {
         };
         let head = head.ok_or_else(|| timeout_err("tx descriptors"))?;
         self.rings[1].publish(&self.mem, head)?;
-        self.rings[1].kick(&self.mem)
+        if self.opts.defer_kicks {
+            Ok(())
+        } else {
+            self.rings[1].kick(&self.mem)
+        }
     }
 
     fn fill(&mut self, hdr: &mut Header) {
