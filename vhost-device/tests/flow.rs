@@ -1,6 +1,9 @@
 //! Backpressure both ways, host-initiated channels, and frontend
 //! disconnect / backend restart / guest reboot, against the real daemon.
 
+// Test helpers outside #[test] functions fail the test by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::sync::atomic::Ordering;
@@ -58,7 +61,11 @@ fn guest_to_host_backpressure_loses_nothing() {
     d.flush().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while fx.sink.msgs.load(Ordering::SeqCst) < sent {
-        assert!(Instant::now() < deadline, "sink got {} of {sent}", fx.sink.msgs.load(Ordering::SeqCst));
+        assert!(
+            Instant::now() < deadline,
+            "sink got {} of {sent}",
+            fx.sink.msgs.load(Ordering::SeqCst)
+        );
         d.poll(Duration::from_millis(20)).unwrap();
     }
     assert_eq!(fx.sink.bytes.load(Ordering::SeqCst), sent * 1000);
@@ -97,14 +104,18 @@ fn host_to_guest_backpressure_and_handshake() {
         };
         (id, buf[..n].to_vec())
     });
-    d.wait_until("host connection", |d| !d.accepted.is_empty()).unwrap();
+    d.wait_until("host connection", |d| !d.accepted.is_empty())
+        .unwrap();
     let (id, name) = d.accepted.pop_front().unwrap();
     assert_eq!(name, "gsvc");
     // Do not read: the guest's window fills, then the device stalls.
     settle(&mut d, 800);
     let queued = d.inbox_len(id);
     assert!(queued > 0);
-    assert!(queued * (1000 + HDR_SIZE) <= 64 * 1024, "{queued} messages over the window");
+    assert!(
+        queued * (1000 + HDR_SIZE) <= 64 * 1024,
+        "{queued} messages over the window"
+    );
     settle(&mut d, 300);
     assert_eq!(d.inbox_len(id), queued, "device sent beyond credit");
     let s = fx.stats();
@@ -172,7 +183,8 @@ fn restart_reboot_and_reconnect() {
         let (s, _) = connect_guest(&listen, "gsvc").unwrap().unwrap();
         s.send(b"hello guest").unwrap();
     });
-    d.wait_until("host connection", |d| !d.accepted.is_empty()).unwrap();
+    d.wait_until("host connection", |d| !d.accepted.is_empty())
+        .unwrap();
     let (hid, _) = d.accepted.pop_front().unwrap();
     assert_eq!(d.recv(hid).unwrap(), b"hello guest");
     host.join().unwrap();

@@ -2,6 +2,9 @@
 //! content through the real daemon to a host echo service and back, over
 //! single, split and indirect tx chains: order and content kept, 0 lost.
 
+// Test helpers outside #[test] functions fail the test by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{check_message, message, Fixture};
@@ -40,7 +43,10 @@ fn million_messages_both_ways_in_order() {
         if !progress {
             d.poll(std::time::Duration::from_millis(100)).unwrap();
         }
-        assert!(start.elapsed().as_secs() < 600, "stuck at sent {sent} got {got}");
+        assert!(
+            start.elapsed().as_secs() < 600,
+            "stuck at sent {sent} got {got}"
+        );
     }
     assert!(d.errors.is_empty(), "{:?}", d.errors);
     let s = fx.stats();

@@ -2,6 +2,9 @@
 //! file, host services, and the real daemon binary as a child process
 //! (killed when the fixture drops).
 
+// Test helpers outside #[test] functions fail the test by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Each test binary uses a different part of the fixture.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -158,7 +161,11 @@ pub fn check_message(m: &[u8], max: usize) -> Result<u64, String> {
     };
     let i = word(0..8);
     if word(8..12) as usize != m.len() || m.len() != message_size(i, max) {
-        return Err(format!("message {i}: {} bytes, expected {}", m.len(), message_size(i, max)));
+        return Err(format!(
+            "message {i}: {} bytes, expected {}",
+            m.len(),
+            message_size(i, max)
+        ));
     }
     if word(12..16) as u32 != checksum(&m[16..]) {
         return Err(format!("message {i}: checksum mismatch"));
