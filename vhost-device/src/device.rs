@@ -1055,20 +1055,22 @@ impl Device {
 
     /// The next message for rx: control first, then host data round-robin.
     fn next_outgoing(&mut self) -> Option<Outgoing> {
-        if let Some(mut o) = self.ctrl.pop_front() {
-            if o.fill {
-                let mut h = o.hdr;
-                self.fill_credit(&mut h);
-                o.hdr = h;
+        loop {
+            if let Some(mut o) = self.ctrl.pop_front() {
+                if o.fill {
+                    let mut h = o.hdr;
+                    self.fill_credit(&mut h);
+                    o.hdr = h;
+                }
+                return Some(o);
             }
-            return Some(o);
-        }
-        while let Some(id) = self.ready.pop_front() {
+            // Reading host input may queue control messages (CLOSE on EOF,
+            // CREDIT_REQUEST on a stall): those go out first.
+            let id = self.ready.pop_front()?;
             if let Some(o) = self.read_host(id) {
                 return Some(o);
             }
         }
-        None
     }
 
     /// Reads one host message of channel `id` if the guest has credit.
@@ -1306,5 +1308,292 @@ impl Device {
     /// Counters of channel `id`, for tests.
     pub fn channel_counters(&self, id: u32) -> Option<Arc<Counters>> {
         self.channels.get(&id).map(|c| c.counters.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+    use kt_proto::consts::DEFAULT_RX_BUF_SIZE;
+    use virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    const QSIZE: u16 = 512;
+    const DATA: u64 = 0x40_0000;
+
+    struct Rig<'a> {
+        mem: &'a Mem,
+        vq: [MockSplitQueue<'a, Mem>; 3],
+        q: [Queue; 3],
+        off: [u16; 3],
+        used_seen: [u16; 3],
+        data_at: u64,
+        dev: Device,
+        stats: Arc<Stats>,
+        listener: SeqListener,
+        _dir: crate::sim::TempDir,
+    }
+
+    fn mem() -> Mem {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap()
+    }
+
+    impl<'a> Rig<'a> {
+        fn new(mem: &'a Mem) -> Rig<'a> {
+            let dir = crate::sim::TempDir::new("dev").unwrap();
+            let path = dir.join("svc.sock");
+            let listener = SeqListener::bind(&path).unwrap();
+            let text = format!(
+                "[[service]]\nname = \"svc\"\nsocket = \"{}\"\n",
+                path.display()
+            );
+            let policy = Policy::parse(std::path::Path::new("t.toml"), &text).unwrap();
+            let stats = Arc::new(Stats::new(1));
+            let params = Params {
+                config: DeviceConfig {
+                    max_msg_size: 8192,
+                    max_channels: 8,
+                    rx_buf_size: DEFAULT_RX_BUF_SIZE,
+                    guest_id: 1,
+                },
+                channel_buffer: 4 * (8192 + 32),
+            };
+            let mut dev = Device::new(params, Arc::new(policy), stats.clone(), None).unwrap();
+            for i in 0..3 {
+                dev.queue_started(i, 0);
+            }
+            let vq = [
+                MockSplitQueue::create(mem, GuestAddress(0x1000), QSIZE),
+                MockSplitQueue::create(mem, GuestAddress(0x10_0000), QSIZE),
+                MockSplitQueue::create(mem, GuestAddress(0x20_0000), QSIZE),
+            ];
+            let q = [
+                vq[0].create_queue().unwrap(),
+                vq[1].create_queue().unwrap(),
+                vq[2].create_queue().unwrap(),
+            ];
+            Rig {
+                mem,
+                vq,
+                q,
+                off: [0; 3],
+                used_seen: [0; 3],
+                data_at: DATA,
+                dev,
+                stats,
+                listener,
+                _dir: dir,
+            }
+        }
+
+        fn alloc(&mut self, len: u32) -> u64 {
+            let a = self.data_at;
+            self.data_at += u64::from(len).max(16) + 16;
+            a
+        }
+
+        fn add(&mut self, q: usize, descs: &[(u64, u32, u32)]) {
+            let n = descs.len() as u16;
+            let base = self.off[q];
+            let raw: Vec<RawDescriptor> = descs
+                .iter()
+                .enumerate()
+                .map(|(i, (a, l, f))| {
+                    let last = i + 1 == descs.len();
+                    let flags = if last { *f } else { *f | 1 };
+                    let next = if last { 0 } else { base + i as u16 + 1 };
+                    RawDescriptor::from(SplitDescriptor::new(*a, *l, flags as u16, next))
+                })
+                .collect();
+            self.vq[q].add_desc_chains(&raw, base).unwrap();
+            self.off[q] = (base + n) % QSIZE;
+        }
+
+        fn send(&mut self, hdr: &Header, payload: &[u8]) {
+            let a = self.alloc(32 + payload.len() as u32);
+            self.mem
+                .write_slice(&hdr.encode(), GuestAddress(a))
+                .unwrap();
+            self.mem.write_slice(payload, GuestAddress(a + 32)).unwrap();
+            self.add(1, &[(a, 32 + payload.len() as u32, 0)]);
+        }
+
+        fn post_rx(&mut self, n: usize, size: u32) {
+            for _ in 0..n {
+                let a = self.alloc(size);
+                self.add(0, &[(a, size, VRING_DESC_F_WRITE)]);
+            }
+        }
+
+        fn run(&mut self, with_rx: bool) -> Notify {
+            let [rx, tx, ev] = &mut self.q;
+            let rings = Rings {
+                rx: with_rx.then_some(rx),
+                tx: Some(tx),
+                ev: Some(ev),
+            };
+            self.dev.run(rings, self.mem, true)
+        }
+
+        fn used_idx(&self, q: usize) -> u16 {
+            self.mem
+                .read_obj(self.vq[q].used_addr().unchecked_add(2))
+                .unwrap()
+        }
+
+        /// Used rx/event entries not yet looked at: (header, payload).
+        fn take_used(&mut self, q: usize) -> Vec<(Header, Vec<u8>)> {
+            let mut out = vec![];
+            let end = self.used_idx(q);
+            while self.used_seen[q] != end {
+                let at = self.vq[q]
+                    .used_addr()
+                    .unchecked_add(4 + 8 * u64::from(self.used_seen[q] % QSIZE));
+                let id: u32 = self.mem.read_obj(at).unwrap();
+                let len: u32 = self.mem.read_obj(at.unchecked_add(4)).unwrap();
+                self.used_seen[q] = self.used_seen[q].wrapping_add(1);
+                let d = self.vq[q].desc_table().load(id as u16).unwrap();
+                let d = SplitDescriptor::from(d);
+                if len == 0 {
+                    continue;
+                }
+                let mut buf = vec![0u8; len as usize];
+                self.mem.read_slice(&mut buf, d.addr()).unwrap();
+                out.push((Header::decode(&buf).unwrap(), buf[32..].to_vec()));
+            }
+            out
+        }
+
+        fn open(&mut self, id: u32, buf_alloc: u32) -> SeqPacket {
+            let mut h = Header::with_payload(MsgType::Open, id, 3);
+            h.buf_alloc = buf_alloc;
+            self.send(&h, b"svc");
+            self.run(true);
+            let host = self.listener.accept_blocking().unwrap();
+            let got = self.take_used(0);
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].0.msg_type, MsgType::OpenOk);
+            assert_eq!(got[0].0.buf_alloc, 4 * (8192 + 32));
+            host
+        }
+    }
+
+    use vm_memory::Address;
+
+    #[test]
+    fn data_both_ways_with_fragments() {
+        let m = mem();
+        let mut r = Rig::new(&m);
+        r.post_rx(16, 256);
+        let host = r.open(1, 1 << 20);
+        let mut h = Header::with_payload(MsgType::Data, 1, 5);
+        h.buf_alloc = 1 << 20;
+        r.send(&h, b"hello");
+        r.run(true);
+        let mut buf = [0u8; 64];
+        assert_eq!(host.recv(&mut buf).unwrap(), Recv::Msg(5));
+        assert_eq!(&buf[..5], b"hello");
+        // 600 bytes into 256-byte buffers: 224 + 224 + 152.
+        let msg: Vec<u8> = (0..600).map(|i| i as u8).collect();
+        host.send(&msg).unwrap();
+        host.send(b"").unwrap();
+        r.run(true);
+        let got = r.take_used(0);
+        assert_eq!(got.len(), 4, "{got:?}");
+        let lens: Vec<u32> = got.iter().map(|(h, _)| h.len).collect();
+        assert_eq!(lens, [224, 224, 152, 0]);
+        assert!(got[0].0.more() && got[1].0.more() && !got[2].0.more());
+        assert!(got[..3].iter().all(|(h, _)| h.msg_len == 600 && h.seq == 0));
+        assert_eq!(got[3].0.seq, 1);
+        let joined: Vec<u8> = got[..3].iter().flat_map(|(_, p)| p.clone()).collect();
+        assert_eq!(joined, msg);
+        // Host hangs up: CLOSE reaches the guest.
+        drop(host);
+        r.run(true);
+        let got = r.take_used(0);
+        assert_eq!(got[0].0.msg_type, MsgType::Close);
+        assert_eq!(r.stats.snapshot().device.msgs_to_guest, 2);
+    }
+
+    #[test]
+    fn host_input_waits_for_credit() {
+        let m = mem();
+        let mut r = Rig::new(&m);
+        r.post_rx(16, 256);
+        // Window for exactly one 60-byte message.
+        let host = r.open(2, kt_proto::credit::cost(60) + 10);
+        host.send(&[1u8; 60]).unwrap();
+        host.send(&[2u8; 60]).unwrap();
+        r.run(true);
+        let got = r.take_used(0);
+        let types: Vec<MsgType> = got.iter().map(|(h, _)| h.msg_type).collect();
+        assert_eq!(types, [MsgType::Data, MsgType::CreditRequest]);
+        assert_eq!(r.stats.snapshot().device.credit_stalls, 1);
+        r.run(true);
+        assert!(r.take_used(0).is_empty(), "sent beyond credit");
+        let mut u = Header::new(MsgType::CreditUpdate, 2);
+        u.buf_alloc = kt_proto::credit::cost(60) + 10;
+        u.fwd_cnt = kt_proto::credit::cost(60);
+        r.send(&u, &[]);
+        r.run(true);
+        let got = r.take_used(0);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1, [2u8; 60]);
+    }
+
+    #[test]
+    fn tx_stops_when_control_queue_is_full() {
+        let m = mem();
+        let mut r = Rig::new(&m);
+        for i in 0..300u32 {
+            let mut h = Header::with_payload(MsgType::Data, 1000 + i, 1);
+            h.seq = 0;
+            r.send(&h, b"x");
+        }
+        r.run(false);
+        assert_eq!(r.dev.ctrl_len(), CTRL_LIMIT);
+        assert_eq!(r.used_idx(1), CTRL_LIMIT as u16);
+        // rx buffers arrive: every answer is CLOSE CONNRESET, all tx done.
+        r.post_rx(400, 256);
+        r.run(true);
+        let got = r.take_used(0);
+        assert_eq!(got.len(), 300);
+        assert!(got
+            .iter()
+            .all(|(h, _)| h.msg_type == MsgType::Close && h.arg == ErrorCode::ConnReset as u32));
+        assert_eq!(r.used_idx(1), 300);
+        assert_eq!(r.stats.snapshot().device.malformed, 300);
+    }
+
+    #[test]
+    fn small_rx_buffers_are_skipped_and_reset_is_sent() {
+        let m = mem();
+        let mut r = Rig::new(&m);
+        r.dev.deactivate();
+        r.dev.queue_started(0, 0);
+        r.dev.queue_started(1, 0);
+        r.dev.queue_started(2, 9);
+        assert!(r.dev.is_active());
+        r.post_rx(1, 64);
+        r.post_rx(1, 256);
+        let ev = r.alloc(32);
+        r.add(2, &[(ev, 32, VRING_DESC_F_WRITE)]);
+        let mut h = Header::with_payload(MsgType::Open, 3, 4);
+        h.buf_alloc = 1 << 16;
+        r.send(&h, b"nope");
+        let n = r.run(true);
+        assert!(n.ev && n.rx && n.tx);
+        let got = r.take_used(0);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0.msg_type, MsgType::OpenErr);
+        assert_eq!(got[0].0.arg, ErrorCode::NoEnt as u32);
+        let ev = r.take_used(2);
+        assert_eq!(ev.len(), 1);
+        assert_eq!(ev[0].0.msg_type, MsgType::Reset);
+        let s = r.stats.snapshot();
+        assert_eq!((s.device.malformed, s.resets, s.open_refused), (1, 1, 1));
     }
 }
