@@ -1166,7 +1166,7 @@ impl Device {
     }
 
     /// Pops rx chains until one is usable (bad ones are returned unused).
-    fn pop_rx<'m>(&mut self, q: &mut Queue, mem: &'m Mem, n: &mut Notify) -> Option<RxBuf<'m>> {
+    fn pop_rx<'m>(&mut self, q: &mut Queue, mem: &'m Mem, used: &mut bool) -> Option<RxBuf<'m>> {
         loop {
             let Some(chain) = q.pop_descriptor_chain(mem) else {
                 match q.enable_notification(mem) {
@@ -1193,7 +1193,7 @@ impl Device {
             if q.add_used(mem, head, 0).is_err() {
                 return None;
             }
-            n.rx = true;
+            *used = true;
         }
     }
 
@@ -1206,7 +1206,7 @@ impl Device {
                     break;
                 }
             }
-            let Some(mut buf) = self.pop_rx(q, mem, n) else {
+            let Some(mut buf) = self.pop_rx(q, mem, &mut used) else {
                 break;
             };
             let Some(o) = self.partial.as_mut() else {
@@ -1240,10 +1240,10 @@ impl Device {
             }
             used = true;
         }
+        // Evaluated once per batch of used entries; never reset a pending
+        // signal from an earlier batch of this run.
         if used {
             n.rx |= Self::signal(q, mem);
-        } else if n.rx {
-            n.rx = Self::signal(q, mem);
         }
         used
     }
@@ -1496,11 +1496,16 @@ mod tests {
         let mut buf = [0u8; 64];
         assert_eq!(host.recv(&mut buf).unwrap(), Recv::Msg(5));
         assert_eq!(&buf[..5], b"hello");
-        // 600 bytes into 256-byte buffers: 224 + 224 + 152.
+        // 600 bytes into 256-byte buffers: 224 + 224 + 152. With EVENT_IDX
+        // and used_event at the next entry, the batch must be signalled
+        // even though later passes of the same run add nothing.
+        r.q[0].set_event_idx(true);
+        let used_event = r.vq[0].avail_addr().unchecked_add(4 + 2 * u64::from(QSIZE));
+        r.mem.write_obj(r.used_idx(0), used_event).unwrap();
         let msg: Vec<u8> = (0..600).map(|i| i as u8).collect();
         host.send(&msg).unwrap();
         host.send(b"").unwrap();
-        r.run(true);
+        assert!(r.run(true).rx, "rx batch not signalled");
         let got = r.take_used(0);
         assert_eq!(got.len(), 4, "{got:?}");
         let lens: Vec<u32> = got.iter().map(|(h, _)| h.len).collect();
