@@ -146,6 +146,71 @@ pub struct Device {
     reset_pending: bool,
     log_limit: LogLimit,
     refuse_limit: LogLimit,
+    /// Receive buffer for host messages (max_msg_size + 1 bytes).
+    scratch: Vec<u8>,
+}
+
+/// What one attempt to take a host message gave.
+#[derive(Debug)]
+enum HostRead {
+    /// A whole message.
+    Msg(Vec<u8>),
+    /// A message is waiting but the guest lacks credit for it.
+    Stall,
+    /// Nothing to read now.
+    WouldBlock,
+    /// The host closed the connection.
+    Eof,
+    /// A message over `max_msg_size` (its length).
+    TooBig(usize),
+    /// A socket error.
+    Failed(io::Error),
+}
+
+/// Takes one message from `sock` if `credit` allows. With room for the
+/// largest message it receives directly (one system call); otherwise it
+/// peeks the size first so a message is never taken without credit.
+fn recv_host(
+    sock: &SeqPacket,
+    scratch: &mut Vec<u8>,
+    credit: &kt_proto::SendCredit,
+    max: usize,
+) -> HostRead {
+    let would_block = |e: &io::Error| e.kind() == io::ErrorKind::WouldBlock;
+    if credit.can_send(max as u32) {
+        if scratch.len() != max + 1 {
+            scratch.resize(max + 1, 0);
+        }
+        return match sock.recv(scratch) {
+            Ok(Recv::Msg(n)) if n > max => HostRead::TooBig(n),
+            Ok(Recv::Msg(n)) => HostRead::Msg(scratch[..n].to_vec()),
+            Ok(Recv::Eof) => HostRead::Eof,
+            Err(e) if would_block(&e) => HostRead::WouldBlock,
+            Err(e) => HostRead::Failed(e),
+        };
+    }
+    let len = match sock.peek_len() {
+        Ok(Recv::Msg(len)) => len,
+        Ok(Recv::Eof) => return HostRead::Eof,
+        Err(e) if would_block(&e) => return HostRead::WouldBlock,
+        Err(e) => return HostRead::Failed(e),
+    };
+    if len > max {
+        return HostRead::TooBig(len);
+    }
+    if !credit.can_send(len as u32) {
+        return HostRead::Stall;
+    }
+    let mut payload = vec![0u8; len];
+    match sock.recv(&mut payload) {
+        Ok(Recv::Msg(n)) if n == len => HostRead::Msg(payload),
+        // The peek said otherwise: never forward a cut message.
+        Ok(Recv::Msg(n)) => HostRead::Failed(io::Error::other(format!(
+            "message changed size between peek ({len}) and receive ({n})"
+        ))),
+        Ok(Recv::Eof) => HostRead::Eof,
+        Err(e) => HostRead::Failed(e),
+    }
 }
 
 fn err_code_for_connect(e: &io::Error) -> ErrorCode {
@@ -188,6 +253,7 @@ impl Device {
             reset_pending: false,
             log_limit: LogLimit::new("malformed-input"),
             refuse_limit: LogLimit::new("refused-OPEN"),
+            scratch: Vec::new(),
         })
     }
 
@@ -1082,13 +1148,18 @@ impl Device {
             return None;
         }
         let sock = ch.sock.as_ref()?;
-        let len = match sock.peek_len() {
-            Ok(Recv::Msg(len)) => len,
-            Ok(Recv::Eof) => {
-                self.close_from_host(id, ErrorCode::Ok);
+        let payload = match recv_host(sock, &mut self.scratch, &ch.send, max) {
+            HostRead::Msg(p) => p,
+            HostRead::Stall => {
+                if !ch.stalled {
+                    ch.stalled = true;
+                    add(&ch.counters.credit_stalls, 1);
+                    add(&self.stats.device.credit_stalls, 1);
+                    self.queue_ctrl(Header::new(MsgType::CreditRequest, id), Vec::new(), true);
+                }
                 return None;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            HostRead::WouldBlock => {
                 ch.readable = false;
                 if ch.hup {
                     // Hung up and drained without EOF: nothing more comes.
@@ -1098,51 +1169,28 @@ impl Device {
                 }
                 return None;
             }
-            Err(e) => {
+            HostRead::Eof => {
+                self.close_from_host(id, ErrorCode::Ok);
+                return None;
+            }
+            HostRead::TooBig(len) => {
+                add(&ch.counters.malformed, 1);
+                add(&self.stats.device.malformed, 1);
+                log::warn!(
+                    "channel {id:#x} ({:?}): host sent a {len}-byte message, max is {max}; closing",
+                    ch.service
+                );
+                self.close_from_host(id, ErrorCode::MsgSize);
+                return None;
+            }
+            HostRead::Failed(e) => {
                 log::debug!("channel {id:#x}: host receive: {e}");
                 self.close_from_host(id, ErrorCode::ConnReset);
                 return None;
             }
         };
-        if len > max {
-            add(&ch.counters.malformed, 1);
-            add(&self.stats.device.malformed, 1);
-            log::warn!(
-                "channel {id:#x} ({:?}): host sent a {len}-byte message, max is {max}; closing",
-                ch.service
-            );
-            self.close_from_host(id, ErrorCode::MsgSize);
-            return None;
-        }
+        let len = payload.len();
         let len32 = len as u32;
-        if !ch.send.can_send(len32) {
-            if !ch.stalled {
-                ch.stalled = true;
-                add(&ch.counters.credit_stalls, 1);
-                add(&self.stats.device.credit_stalls, 1);
-                self.queue_ctrl(Header::new(MsgType::CreditRequest, id), Vec::new(), true);
-            }
-            return None;
-        }
-        let mut payload = vec![0u8; len];
-        match sock.recv(&mut payload) {
-            Ok(Recv::Msg(n)) if n == len => {}
-            Ok(Recv::Msg(n)) => {
-                // The peek said otherwise: never forward a cut message.
-                log::warn!("channel {id:#x}: host message changed size ({len} then {n}); closing");
-                self.close_from_host(id, ErrorCode::Proto);
-                return None;
-            }
-            Ok(Recv::Eof) => {
-                self.close_from_host(id, ErrorCode::Ok);
-                return None;
-            }
-            Err(e) => {
-                log::debug!("channel {id:#x}: host receive: {e}");
-                self.close_from_host(id, ErrorCode::ConnReset);
-                return None;
-            }
-        }
         ch.send.on_send(len32);
         let mut hdr = Header::with_payload(MsgType::Data, id, len32);
         hdr.seq = ch.tx_seq;

@@ -37,3 +37,35 @@ fn echo_round_trip_and_refusals() {
     assert_eq!(s.open_refused, 3);
     assert!(s.device.msgs_to_host >= 7);
 }
+
+#[test]
+fn oversized_host_message_closes_only_that_connection() {
+    let fx = Fixture::new("oversize", &["--max-msg-size", "1024"]);
+    let mut d = fx.driver_with(kt_vhost_device::sim::DriverOptions {
+        listen: vec!["gsvc".into()],
+        ..kt_vhost_device::sim::DriverOptions::default()
+    });
+    let good = d.open("echo").unwrap().unwrap();
+    let listen = fx.listen.clone();
+    let host = std::thread::spawn(move || {
+        let (s, _) = kt_vhost_device::sim::host::connect_guest(&listen, "gsvc")
+            .unwrap()
+            .unwrap();
+        s.send(&[1u8; 1024]).unwrap();
+        s.send(&[2u8; 1025]).unwrap();
+        // The device hangs up on us.
+        let mut buf = [0u8; 2048];
+        s.recv(&mut buf).unwrap()
+    });
+    d.wait_until("host connection", |d| !d.accepted.is_empty())
+        .unwrap();
+    let (id, _) = d.accepted.pop_front().unwrap();
+    assert_eq!(d.recv(id).unwrap(), vec![1u8; 1024]);
+    d.wait_until("CLOSE", |d| d.closed(id).is_some()).unwrap();
+    assert_eq!(d.closed(id), Some(ErrorCode::MsgSize as u32));
+    assert_eq!(host.join().unwrap(), kt_vhost_device::seqpacket::Recv::Eof);
+    d.send(good, b"still here").unwrap();
+    assert_eq!(d.recv(good).unwrap(), b"still here");
+    assert_eq!(fx.stats().device.malformed, 1);
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+}
