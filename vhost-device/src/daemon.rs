@@ -104,18 +104,20 @@ fn serve_one(backend: &Arc<RwLock<KtBackend>>, listener: &mut Listener) -> Resul
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
     .map_err(DaemonError::Daemon)?;
+    // A panic while holding the lock cannot leave the fd invalid.
     let host_fd = backend
         .read()
-        .map_err(|_| DaemonError::Setup(std::io::Error::other("backend lock poisoned")))?
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .host_epoll_fd();
     for h in daemon.get_epoll_handlers() {
         h.register_listener(host_fd, EventSet::IN, u64::from(HOST_EVENT))
             .map_err(DaemonError::Register)?;
     }
     daemon.start(listener).map_err(DaemonError::Daemon)?;
-    if let Ok(mut b) = backend.write() {
-        b.connected();
-    }
+    backend
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .connected();
     log::info!("frontend connected");
     match daemon.wait() {
         Ok(())
@@ -126,8 +128,9 @@ fn serve_one(backend: &Arc<RwLock<KtBackend>>, listener: &mut Listener) -> Resul
     }
     // Dropping the daemon stops its worker threads before the next one.
     drop(daemon);
-    if let Ok(mut b) = backend.write() {
-        b.disconnected();
-    }
+    backend
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .disconnected();
     Ok(())
 }

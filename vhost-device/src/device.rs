@@ -114,7 +114,7 @@ impl LogLimit {
             self.count = 0;
             self.suppressed = 0;
         }
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
         if self.count <= LOG_BURST {
             true
         } else {
@@ -495,7 +495,11 @@ impl Device {
                     self.close_by_device(id, ErrorCode::Proto);
                 }
             }
-            TxError::Chain(_) | TxError::Short(_) | TxError::Decode(_) => self.malformed(None, &e),
+            TxError::Chain(_)
+            | TxError::Memory(_)
+            | TxError::Read(_)
+            | TxError::Short(_)
+            | TxError::Decode(_) => self.malformed(None, &e),
         }
     }
 
