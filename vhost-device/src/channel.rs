@@ -43,6 +43,8 @@ pub struct Channel {
     pub in_ready: bool,
     /// Host input waits for guest credit.
     pub stalled: bool,
+    /// Size of the host message that waits for credit.
+    pub stall_need: u32,
     /// Credit towards the guest (host → guest data).
     pub send: SendCredit,
     /// Credit we grant the guest (guest → host data).
@@ -85,6 +87,7 @@ impl Channel {
             hup: false,
             in_ready: false,
             stalled: false,
+            stall_need: 0,
             send: SendCredit::new(peer_buf_alloc),
             recv: RecvCredit::new(window),
             tx_seq: 0,

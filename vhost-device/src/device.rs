@@ -148,6 +148,8 @@ pub struct Device {
     refuse_limit: LogLimit,
     /// Receive buffer for host messages (max_msg_size + 1 bytes).
     scratch: Vec<u8>,
+    /// Whether the listener and waiting handshakes are in epoll.
+    listener_armed: bool,
 }
 
 /// What one attempt to take a host message gave.
@@ -155,8 +157,9 @@ pub struct Device {
 enum HostRead {
     /// A whole message.
     Msg(Vec<u8>),
-    /// A message is waiting but the guest lacks credit for it.
-    Stall,
+    /// A message of this many bytes is waiting but the guest lacks credit
+    /// for it.
+    Stall(u32),
     /// Nothing to read now.
     WouldBlock,
     /// The host closed the connection.
@@ -199,7 +202,7 @@ fn recv_host(
         return HostRead::TooBig(len);
     }
     if !credit.can_send(len as u32) {
-        return HostRead::Stall;
+        return HostRead::Stall(len as u32);
     }
     let mut payload = vec![0u8; len];
     match sock.recv(&mut payload) {
@@ -254,6 +257,7 @@ impl Device {
             log_limit: LogLimit::new("malformed-input"),
             refuse_limit: LogLimit::new("refused-OPEN"),
             scratch: Vec::new(),
+            listener_armed: false,
         })
     }
 
@@ -357,6 +361,10 @@ impl Device {
     /// Adds or removes the listener and waiting handshakes from epoll: host
     /// connections are only served while a driver is live.
     fn arm_listener(&mut self, on: bool) {
+        if self.listener_armed == on {
+            return;
+        }
+        self.listener_armed = on;
         let op = || {
             if on {
                 ControlOperation::Add
@@ -516,7 +524,9 @@ impl Device {
         };
         // Every header carries the sender's current credit (SPEC §5).
         ch.send.on_peer(h.buf_alloc, h.fwd_cnt);
-        if ch.stalled && ch.send.available() > 0 {
+        // Resume reading only once the waiting message fits: a smaller
+        // grant would stall again at once (and count and ask again).
+        if ch.stalled && ch.send.can_send(ch.stall_need) {
             ch.stalled = false;
             self.push_ready(id);
         }
@@ -1154,7 +1164,8 @@ impl Device {
         let sock = ch.sock.as_ref()?;
         let payload = match recv_host(sock, &mut self.scratch, &ch.send, max) {
             HostRead::Msg(p) => p,
-            HostRead::Stall => {
+            HostRead::Stall(need) => {
+                ch.stall_need = need;
                 if !ch.stalled {
                     ch.stalled = true;
                     add(&ch.counters.credit_stalls, 1);
@@ -1591,6 +1602,15 @@ mod tests {
         assert_eq!(r.stats.snapshot().device.credit_stalls, 1);
         r.run(true);
         assert!(r.take_used(0).is_empty(), "sent beyond credit");
+        // Too little credit for the waiting message: no new stall, no new
+        // CREDIT_REQUEST.
+        let mut u = Header::new(MsgType::CreditUpdate, 2);
+        u.buf_alloc = kt_proto::credit::cost(60) + 10;
+        u.fwd_cnt = 20;
+        r.send(&u, &[]);
+        r.run(true);
+        assert!(r.take_used(0).is_empty(), "sent beyond credit");
+        assert_eq!(r.stats.snapshot().device.credit_stalls, 1);
         let mut u = Header::new(MsgType::CreditUpdate, 2);
         u.buf_alloc = kt_proto::credit::cost(60) + 10;
         u.fwd_cnt = kt_proto::credit::cost(60);
