@@ -120,9 +120,9 @@ impl Channel {
         ev
     }
 
-    /// Whether the channel can be forgotten: both CLOSEs exchanged and
-    /// nothing left for the host.
+    /// Whether the channel can be forgotten: both CLOSEs exchanged (ours is
+    /// sent only once nothing is left for the host, or the host is gone).
     pub fn finished(&self) -> bool {
-        self.sent_close && self.recv_close && (self.pending.is_empty() || self.sock.is_none())
+        self.sent_close && self.recv_close
     }
 }

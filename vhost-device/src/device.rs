@@ -750,12 +750,10 @@ impl Device {
             return;
         }
         ch.recv_close = true;
-        let answer = !ch.sent_close;
-        ch.sent_close = true;
-        if answer {
-            self.queue_ctrl(Header::new(MsgType::Close, id), Vec::new(), true);
-        }
-        // Deliver what the guest sent before CLOSE, then hang up.
+        // Deliver what the guest sent before CLOSE, then hang up and answer
+        // (`maybe_finish`): the answer comes only once the host has every
+        // message, so the guest cannot reuse the id while the device still
+        // holds data for it.
         self.flush_pending(id);
         self.update_interest(id);
         self.maybe_finish(id);
@@ -857,6 +855,14 @@ impl Device {
     }
 
     fn maybe_finish(&mut self, id: u32) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if ch.recv_close && !ch.sent_close && ch.pending.is_empty() {
+            // The guest's CLOSE, answered once its data is delivered.
+            ch.sent_close = true;
+            self.queue_ctrl(Header::new(MsgType::Close, id), Vec::new(), true);
+        }
         if self.channels.get(&id).is_some_and(Channel::finished) {
             self.remove_channel(id);
         }
@@ -1406,6 +1412,10 @@ mod tests {
 
     impl<'a> Rig<'a> {
         fn new(mem: &'a Mem) -> Rig<'a> {
+            Rig::with_window(mem, 4 * (8192 + 32))
+        }
+
+        fn with_window(mem: &'a Mem, window: u32) -> Rig<'a> {
             let dir = crate::sim::TempDir::new("dev").unwrap();
             let path = dir.join("svc.sock");
             let listener = SeqListener::bind(&path).unwrap();
@@ -1422,7 +1432,7 @@ mod tests {
                     rx_buf_size: DEFAULT_RX_BUF_SIZE,
                     guest_id: 1,
                 },
-                channel_buffer: 4 * (8192 + 32),
+                channel_buffer: window,
             };
             let mut dev = Device::new(params, Arc::new(policy), stats.clone(), None).unwrap();
             for i in 0..3 {
@@ -1539,7 +1549,7 @@ mod tests {
             let got = self.take_used(0);
             assert_eq!(got.len(), 1);
             assert_eq!(got[0].0.msg_type, MsgType::OpenOk);
-            assert_eq!(got[0].0.buf_alloc, 4 * (8192 + 32));
+            assert_eq!(got[0].0.buf_alloc, self.dev.params.channel_buffer);
             host
         }
     }
@@ -1619,6 +1629,44 @@ mod tests {
         let got = r.take_used(0);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].1, [2u8; 60]);
+    }
+
+    #[test]
+    fn guest_close_is_answered_after_pending_data_reaches_the_host() {
+        let m = mem();
+        let mut r = Rig::with_window(&m, 1 << 20);
+        r.post_rx(16, 256);
+        let host = r.open(4, 1 << 20);
+        // More messages than the host socket queues: the rest wait.
+        let body = |seq: u32| {
+            let mut b = vec![seq as u8; 4000];
+            b[..4].copy_from_slice(&seq.to_le_bytes());
+            b
+        };
+        for seq in 0..30u32 {
+            let mut h = Header::with_payload(MsgType::Data, 4, 4000);
+            h.seq = seq;
+            h.buf_alloc = 1 << 20;
+            r.send(&h, &body(seq));
+        }
+        r.send(&Header::new(MsgType::Close, 4), &[]);
+        r.run(true);
+        assert!(r.dev.pending_bytes(4) > 0, "host socket took everything");
+        assert!(
+            r.take_used(0).is_empty(),
+            "CLOSE answered before the data was delivered"
+        );
+        let mut buf = [0u8; 8192];
+        for seq in 0..30u32 {
+            assert_eq!(host.recv(&mut buf).unwrap(), Recv::Msg(4000));
+            assert_eq!(buf[..4000], body(seq));
+            r.run(true);
+        }
+        let got = r.take_used(0);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0.msg_type, MsgType::Close);
+        assert_eq!(r.dev.channel_count(), 0);
+        assert_eq!(host.recv(&mut buf).unwrap(), Recv::Eof);
     }
 
     #[test]
