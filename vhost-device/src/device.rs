@@ -1703,6 +1703,7 @@ mod tests {
         r.dev.queue_started(2, 9);
         assert!(r.dev.is_active());
         r.post_rx(1, 64);
+        r.add(0, &[(0x7fff_0000_0000, 4096, VRING_DESC_F_WRITE)]);
         r.post_rx(1, 256);
         let ev = r.alloc(32);
         r.add(2, &[(ev, 32, VRING_DESC_F_WRITE)]);
@@ -1719,6 +1720,8 @@ mod tests {
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].0.msg_type, MsgType::Reset);
         let s = r.stats.snapshot();
-        assert_eq!((s.device.malformed, s.resets, s.open_refused), (1, 1, 1));
+        assert_eq!((s.device.malformed, s.resets, s.open_refused), (2, 1, 1));
+        // Both bad buffers went back unused, in order, before the good one.
+        assert_eq!(r.used_idx(0), 3);
     }
 }

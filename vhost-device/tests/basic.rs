@@ -69,3 +69,25 @@ fn oversized_host_message_closes_only_that_connection() {
     assert_eq!(fx.stats().device.malformed, 1);
     assert!(d.errors.is_empty(), "{:?}", d.errors);
 }
+
+#[test]
+fn host_connections_need_a_guest_that_listens() {
+    let fx = Fixture::new("nolisten", &[]);
+    // A driver that does not ack KT_F_GUEST_LISTEN.
+    let mut opts = kt_vhost_device::sim::DriverOptions::default();
+    opts.features &= !(1 << kt_proto::consts::F_GUEST_LISTEN);
+    opts.listen = vec!["gsvc".into()];
+    let mut d = fx.driver_with(opts);
+    let listen = fx.listen.clone();
+    let host = std::thread::spawn(move || {
+        kt_vhost_device::sim::host::connect_guest(&listen, "gsvc").unwrap()
+    });
+    d.wait_until("refusal", |_| host.is_finished()).unwrap();
+    let r = host.join().unwrap();
+    assert!(matches!(&r, Err(t) if t.starts_with("111 ")), "{r:?}");
+    assert!(d.accepted.is_empty());
+    // Guest-initiated channels still work.
+    let id = d.open("echo").unwrap().unwrap();
+    d.send(id, b"x").unwrap();
+    assert_eq!(d.recv(id).unwrap(), b"x");
+}
