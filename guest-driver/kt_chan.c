@@ -238,7 +238,10 @@ int kt_chan_connect(struct kt_chan *ch)
 	if (ch->state == KT_CH_CONNECTING) {
 		ch->abandoned = true;
 		err = -EINTR;
-	} else if (ch->state == KT_CH_CLOSED) {
+	} else if (!ch->opened) {
+		/* Refused, or reset/closed before OPEN_OK. Once opened, a
+		 * later close is reported by read/write, not by connect.
+		 */
 		err = ch->err ? -ch->err : -ECONNREFUSED;
 	}
 	spin_unlock(&ch->lock);

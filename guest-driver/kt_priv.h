@@ -89,6 +89,7 @@ struct kt_chan {
 	bool close_rcvd;
 	bool reset;			/* failed by transport reset/removal */
 	bool abandoned;			/* opener gave up while CONNECTING */
+	bool opened;			/* OPEN_OK was received or sent */
 	bool user_closed;		/* file released or kt_close() called */
 	bool credit_update_queued;
 	bool credit_req_queued;

@@ -351,6 +351,7 @@ static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	}
 	spin_lock(&ch->lock);
 	ch->state = KT_CH_OPEN;
+	ch->opened = true;
 	if (svc->ops)
 		ch->ops = svc->ops->chan_ops;
 	spin_unlock(&ch->lock);
@@ -399,6 +400,7 @@ static void kt_rx_open_answer(struct kt_dev *kd, const struct kt_rx_hdr *r)
 	abandoned = ch->abandoned;
 	if (waiting && ok) {
 		ch->state = KT_CH_OPEN;
+		ch->opened = true;
 		ch->peer_buf_alloc = r->buf_alloc;
 		ch->peer_fwd_cnt = r->fwd_cnt;
 	} else if (waiting) {
