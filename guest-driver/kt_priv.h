@@ -6,8 +6,8 @@
  * other modules (see include/linux/kerntransport_api.h for that).
  *
  * Locking (outermost first; never take them the other way round):
- *   kt_services_lock (mutex)  global listener/service registry
  *   kd->rx_mutex (mutex)      rx and event virtqueues, reassembly state
+ *   kt_services_lock (mutex)  global listener/service registry
  *   kd->tx_lock (spinlock)    tx virtqueue, pending tx list, tx_live
  *   kd->chans xa_lock         channel id table
  *   svc->lock (spinlock)      a service's accept queue / channel list
