@@ -171,6 +171,7 @@ struct kt_dev {
 	u32 buf_alloc;			/* receive window we give each channel */
 	bool guest_listen;		/* KT_F_GUEST_LISTEN negotiated */
 
+	bool vqs_up;			/* between kt_vqs_start and _stop */
 	struct mutex rx_mutex;		/* rx side: rx_live .. reasm */
 	bool rx_live;
 	unsigned int rx_posted;		/* rx buffers in the ring */
