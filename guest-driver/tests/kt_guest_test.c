@@ -181,13 +181,14 @@ static void test_echo(void)
 {
 	struct kt_ioc_info info;
 	ssize_t n;
-	int fd, i;
+	int fd, i, rc;
 	char m[32];
 
 	fd = connect_to("echo", 0);
 	check(fd >= 0, "connect echo");
-	check(ioctl(fd, KT_IOC_INFO, &info) == 0 &&
-	      info.state == KT_STATE_OPEN && info.channel &&
+	memset(&info, 0, sizeof(info));
+	rc = ioctl(fd, KT_IOC_INFO, &info);
+	check(rc == 0 && info.state == KT_STATE_OPEN && info.channel &&
 	      info.max_msg_size == MAX_MSG && info.guest_id == 7,
 	      "INFO: open, channel %u, max %u, guest %u", info.channel,
 	      info.max_msg_size, info.guest_id);
@@ -371,7 +372,7 @@ static bool read_str(int fd, const char *want)
 static void test_listen(void)
 {
 	struct kt_ioc_info info;
-	int fd, l, a, st;
+	int fd, l, a, st, rc;
 
 	fd = connect_to("dial:k.echo", 0);
 	check(fd >= 0 && read_str(fd, "dial ok"),
@@ -385,9 +386,10 @@ static void test_listen(void)
 	check(poll_one(l, POLLIN, 5000) & POLLIN, "listener POLLIN");
 	a = ioctl(l, KT_IOC_ACCEPT);
 	check(a >= 0, "ACCEPT returns a new fd");
-	check(ioctl(a, KT_IOC_INFO, &info) == 0 &&
-	      (info.channel & KT_CHAN_DEVICE_BIT), "accepted channel %#x",
-	      info.channel);
+	memset(&info, 0, sizeof(info));
+	rc = ioctl(a, KT_IOC_INFO, &info);
+	check(rc == 0 && (info.channel & KT_CHAN_DEVICE_BIT),
+	      "accepted channel %#x", info.channel);
 	if (fork() == 0)
 		echo_until_eof(a);
 	close(a);

@@ -143,7 +143,8 @@ run_guest() {
 	sed -i 's/\x1b\[[0-9;?]*[a-zA-Z]//g' "$log"
 	local bad
 	bad=$(grep -E '^FAIL|failures' "$log" | grep -Ev ': 0 failures' || true)
-	[ -f "$dlog" ] && bad+=$(grep -E 'VIOLATION|Traceback' "$dlog" || true)
+	[ -f "$dlog" ] && bad+=$'\n'$(grep -E 'VIOLATION|Traceback' "$dlog" | head -n 20 || true)
+	bad=$(printf '%s\n' "$bad" | sed '/^$/d')
 	grep -q KT-END "$log" || bad+=$'\nguest did not finish'
 	if [ -n "$bad" ]; then
 		echo "run.sh: $name FAILED:" >&2
