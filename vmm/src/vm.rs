@@ -133,7 +133,8 @@ fn virtio_devices(
     for (i, mut dev) in devices.into_iter().enumerate() {
         let addr = layout::virtio_mmio_addr(i);
         let gsi = layout::virtio_gsi(i);
-        dev.attach(vm, mem.clone(), addr, gsi)?;
+        dev.attach(mem.clone())?;
+        dev.register_with_kvm(vm, addr, gsi)?;
         mmio.insert(
             addr,
             layout::VIRTIO_MMIO_SIZE,
