@@ -77,7 +77,11 @@ fn kick_reaches_backend_and_call_comes_back() {
     let high = rd(&mut t, reg::DEVICE_FEATURES);
     assert_eq!(high, 1, "VERSION_1 offered");
     wr(&mut t, reg::DEVICE_FEATURES_SEL, 0);
-    assert_eq!(rd(&mut t, reg::DEVICE_FEATURES) & (1 << 30), 0, "protocol bit hidden");
+    assert_eq!(
+        rd(&mut t, reg::DEVICE_FEATURES) & (1 << 30),
+        0,
+        "protocol bit hidden"
+    );
     let mut cfg = [0u8; 4];
     t.read(reg::CONFIG + 2, &mut cfg);
     assert_eq!(cfg, [2, 3, 4, 5], "config space comes from GET_CONFIG");
@@ -87,8 +91,16 @@ fn kick_reaches_backend_and_call_comes_back() {
 
     wr(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
     wr(&mut t, reg::DRIVER_FEATURES_SEL, 1);
-    wr(&mut t, reg::DRIVER_FEATURES, (VIRTIO_F_VERSION_1 >> 32) as u32);
-    wr(&mut t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+    wr(
+        &mut t,
+        reg::DRIVER_FEATURES,
+        (VIRTIO_F_VERSION_1 >> 32) as u32,
+    );
+    wr(
+        &mut t,
+        reg::STATUS,
+        status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+    );
     assert_ne!(rd(&mut t, reg::STATUS) & status::FEATURES_OK, 0);
     wr(&mut t, reg::QUEUE_SEL, 0);
     wr(&mut t, reg::QUEUE_NUM, 16);
@@ -97,12 +109,17 @@ fn kick_reaches_backend_and_call_comes_back() {
     set_u64(&mut t, reg::QUEUE_DEVICE_LOW, USED);
     wr(&mut t, reg::QUEUE_READY, 1);
     wr(&mut t, reg::STATUS, 0xf);
-    assert_eq!(rd(&mut t, reg::STATUS) & status::NEEDS_RESET, 0, "activation failed");
+    assert_eq!(
+        rd(&mut t, reg::STATUS) & status::NEEDS_RESET,
+        0,
+        "activation failed"
+    );
 
     // One writable descriptor, published in the available ring.
     mem.write_obj(BUF, GuestAddress(DESC)).unwrap();
     mem.write_obj(BUF_LEN, GuestAddress(DESC + 8)).unwrap();
-    mem.write_obj(VIRTQ_DESC_F_WRITE, GuestAddress(DESC + 12)).unwrap();
+    mem.write_obj(VIRTQ_DESC_F_WRITE, GuestAddress(DESC + 12))
+        .unwrap();
     mem.write_obj(0u16, GuestAddress(AVAIL + 4)).unwrap();
     mem.write_obj(1u16, GuestAddress(AVAIL + 2)).unwrap();
     kick.write(1).unwrap();

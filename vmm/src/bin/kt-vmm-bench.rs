@@ -173,7 +173,11 @@ fn boot_once(v: &Vmm, marker: &str, timeout: u64) -> Result<Sample, Error> {
         .map_err(|e| Error::Spawn(v.name.into(), e))?;
     let mut guard = Guard(child);
     let pid = guard.0.id();
-    let stdout = guard.0.stdout.take().ok_or_else(|| Error::NoMarker(v.name.into()))?;
+    let stdout = guard
+        .0
+        .stdout
+        .take()
+        .ok_or_else(|| Error::NoMarker(v.name.into()))?;
     let (tx, rx) = mpsc::channel();
     let marker_owned = marker.to_string();
     std::thread::spawn(move || {
@@ -213,7 +217,10 @@ fn main() {
         }
         Err(e) => {
             let msg = e.to_string();
-            eprintln!("kt-vmm-bench: {}", msg.lines().next().unwrap_or("bad arguments"));
+            eprintln!(
+                "kt-vmm-bench: {}",
+                msg.lines().next().unwrap_or("bad arguments")
+            );
             std::process::exit(1);
         }
     };
@@ -236,7 +243,12 @@ fn main() {
                     );
                     samples.push(s);
                 }
-                Err(e) => eprintln!("kt-vmm-bench: {} run {}: {}", v.name, run + 1, kt_vmm::error_chain(&e)),
+                Err(e) => eprintln!(
+                    "kt-vmm-bench: {} run {}: {}",
+                    v.name,
+                    run + 1,
+                    kt_vmm::error_chain(&e)
+                ),
             }
         }
         if samples.is_empty() {

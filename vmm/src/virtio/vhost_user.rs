@@ -124,7 +124,8 @@ impl VhostUserDevice {
     /// Gives the device guest memory and one kick and one call eventfd per queue.
     pub fn attach(&mut self, mem: GuestMemory) -> Result<()> {
         for _ in 0..self.spec.queues {
-            let new = || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd);
+            let new =
+                || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd);
             self.kicks.push(new()?);
             self.calls.push(new()?);
         }
@@ -281,7 +282,11 @@ impl VirtioBackend for VhostUserDevice {
         }
     }
 
-    fn activate(&mut self, features: u64, queues: &[QueueConfig]) -> std::result::Result<(), String> {
+    fn activate(
+        &mut self,
+        features: u64,
+        queues: &[QueueConfig],
+    ) -> std::result::Result<(), String> {
         self.start(features, queues)
     }
 

@@ -82,7 +82,9 @@ impl VhostUserBackendMut for FillBackend {
     fn set_event_idx(&mut self, _enabled: bool) {}
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        (offset..offset.saturating_add(size)).map(|i| i as u8).collect()
+        (offset..offset.saturating_add(size))
+            .map(|i| i as u8)
+            .collect()
     }
 
     fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
