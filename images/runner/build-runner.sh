@@ -27,10 +27,11 @@ for f in "$RUNNER_KERNEL" "$GUEST_KERNEL" /bin/busybox; do
 done
 
 # kt-vmm binaries (dynamically linked: their libraries are copied below).
-(cd "$root" && nice cargo build --release -q -p kt-vmm --bins) >&2
+(cd "$root" && nice cargo build --release -q -p kt-vmm --bins --examples) >&2
 target=${CARGO_TARGET_DIR:-$root/target}
 vmm_bin=$target/release/kt-vmm
 bench_bin=$target/release/kt-vmm-bench
+fill_bin=$target/release/examples/vhost-user-fill
 
 modules=()
 for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd arch/x86/kvm/kvm-intel \
@@ -38,12 +39,15 @@ for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd arch/x86/kvm/k
 	if [ -f "$MODDIR/$m.ko.xz" ]; then modules+=("$MODDIR/$m.ko.xz"); fi
 done
 virtio_mmio=$MODDIR/drivers/virtio/virtio_mmio.ko.xz
+virtio_rng=$MODDIR/drivers/char/hw_random/virtio-rng.ko.xz
 [ -f "$virtio_mmio" ] || die "missing $virtio_mmio"
+[ -f "$virtio_rng" ] || die "missing $virtio_rng"
 qemu_bin=$(command -v qemu-system-x86_64 || true)
 [ "$with_qemu" = 0 ] || [ -n "$qemu_bin" ] || die "qemu-system-x86_64 not installed"
 
 inputs=("$here/build-runner.sh" "$here/runner-init.sh" "$here/guest-init.sh" "$RUNNER_KERNEL"
-	"$GUEST_KERNEL" /bin/busybox "$vmm_bin" "$bench_bin" "$virtio_mmio" "${modules[@]}")
+	"$GUEST_KERNEL" /bin/busybox "$vmm_bin" "$bench_bin" "$fill_bin" "$here/in-runner-boot-test.sh"
+	"$virtio_mmio" "$virtio_rng" "${modules[@]}")
 if [ -n "${KT_GUEST_INITRD:-}" ]; then inputs+=("$KT_GUEST_INITRD"); fi
 if [ "$with_qemu" = 1 ]; then inputs+=("$qemu_bin"); fi
 extra_sums() {
@@ -79,6 +83,7 @@ mkdir -p "$g/bin" "$g/lib/modules"
 cp /bin/busybox "$g/bin/busybox"
 install -m 755 "$here/guest-init.sh" "$g/init"
 xz -dc "$virtio_mmio" >"$g/lib/modules/virtio_mmio.ko"
+xz -dc "$virtio_rng" >"$g/lib/modules/virtio-rng.ko"
 if [ -n "${KT_GUEST_EXTRA:-}" ]; then cp -a "$KT_GUEST_EXTRA/." "$g/"; fi
 r=$work/runner
 mkdir -p "$r/bin" "$r/lib/modules/kt" "$r/guest"
@@ -97,6 +102,8 @@ for m in "${modules[@]}"; do
 done
 copy_bin "$vmm_bin" "$r"
 copy_bin "$bench_bin" "$r"
+copy_bin "$fill_bin" "$r"
+install -m 755 "$here/in-runner-boot-test.sh" "$r/usr/bin/kt-test-boot"
 if [ "$with_qemu" = 1 ]; then
 	copy_bin "$qemu_bin" "$r"
 	mkdir -p "$r/usr/share/qemu"
