@@ -114,7 +114,8 @@ if [ "$with_qemu" = 1 ]; then
 	done
 fi
 mkcpio "$r" "$work/runner-initrd.cpio.gz"
-mkdir -p "$out"
-mv "$work/runner-initrd.cpio.gz" "$out/"
+mkdir -p "$out/guest"
+cp "$r/guest/vmlinuz" "$r/guest/initrd.cpio.gz" "$out/guest/"
 cp "$RUNNER_KERNEL" "$out/vmlinuz"
+mv "$work/runner-initrd.cpio.gz" "$out/"
 echo "$out"

@@ -4,19 +4,26 @@
 # fill test backend (virtio-id 4 = the guest's virtio-rng driver drives the
 # data path end to end; virtio-id 60 = kerntransport's ID, probed only),
 # then checks the guest's serial markers. Exit status 0 = all seen.
+# On a host with a real /dev/kvm, images/runner/test.sh runs it directly
+# with KT_GUEST_DIR pointing at the cached guest files.
 set -u
-out=/tmp/kt-vmm-boot.log
-vhost-user-fill /tmp/rng.sock 1 &
-vhost-user-fill /tmp/kt.sock 3 &
-for s in /tmp/rng.sock /tmp/kt.sock; do
+guest=${KT_GUEST_DIR:-/guest}
+tmp=$(mktemp -d)
+out=$tmp/kt-vmm-boot.log
+vhost-user-fill "$tmp/rng.sock" 1 &
+rng_pid=$!
+vhost-user-fill "$tmp/kt.sock" 3 &
+kt_pid=$!
+trap 'kill $rng_pid $kt_pid 2>/dev/null; rm -rf "$tmp"' EXIT
+for s in "$tmp/rng.sock" "$tmp/kt.sock"; do
 	i=0
 	while [ ! -S "$s" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 done
 start=$(cut -d' ' -f1 /proc/uptime)
-kt-vmm --kernel /guest/vmlinuz --initrd /guest/initrd.cpio.gz --cpus 2 --mem 512M \
+kt-vmm --kernel "$guest/vmlinuz" --initrd "$guest/initrd.cpio.gz" --cpus 2 --mem 512M \
 	--cmdline "console=ttyS0 reboot=k panic=-1 quiet" \
-	--vhost-user socket=/tmp/rng.sock,virtio-id=4,queues=1 \
-	--vhost-user socket=/tmp/kt.sock,virtio-id=60,queues=3,queue-size=256,config-size=16 \
+	--vhost-user "socket=$tmp/rng.sock,virtio-id=4,queues=1" \
+	--vhost-user "socket=$tmp/kt.sock,virtio-id=60,queues=3,queue-size=256,config-size=16" \
 	>"$out" 2>&1
 rc=$?
 end=$(cut -d' ' -f1 /proc/uptime)
