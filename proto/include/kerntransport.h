@@ -35,6 +35,7 @@
 #define KT_HDR_SIZE			32
 #define KT_NAME_MAX			63	/* service name bytes, no NUL */
 #define KT_MIN_RX_BUF_SIZE		256	/* smallest rx buffer a driver posts */
+#define KT_MAX_RX_BUF_SIZE		65536	/* largest rx_buf_size honoured */
 #define KT_MAX_MSG_SIZE_LIMIT		(1U << 20) /* largest max_msg_size */
 #define KT_DEFAULT_MAX_MSG_SIZE		65536
 #define KT_DEFAULT_RX_BUF_SIZE		4096

@@ -1,0 +1,335 @@
+//! One open kerntransport channel as the tool sees it: either a guest
+//! `/dev/kerntransport` file or a host `SOCK_SEQPACKET` connection. Owns the
+//! per-message send/receive rules both share — one message per call,
+//! `EAGAIN` handling for `--nonblock`, end-of-channel detection, timeouts —
+//! and maps errno values to the tool's errors.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::sys;
+
+/// Which side of the transport the channel lives on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A `/dev/kerntransport` file in the guest: `read`/`write`.
+    Guest,
+    /// A Unix `SOCK_SEQPACKET` socket on the host: `recv`/`send`.
+    Host,
+}
+
+/// What one receive produced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recv {
+    /// A message of this many bytes is in the buffer.
+    Msg(usize),
+    /// The peer closed the channel; everything it sent has been read.
+    Eof,
+}
+
+/// `EAGAIN` counts of a non-blocking channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NbStats {
+    /// Sends that returned `EAGAIN` (and were retried after `poll`).
+    pub send_eagain: u64,
+    /// Receives that returned `EAGAIN`.
+    pub recv_eagain: u64,
+}
+
+/// An open channel.
+#[derive(Debug)]
+pub struct Channel {
+    fd: OwnedFd,
+    kind: Kind,
+    label: String,
+    max_msg_size: usize,
+    recv_capacity: usize,
+    timeout: Option<Duration>,
+}
+
+impl Channel {
+    /// Wraps a connected fd. `max_msg_size` is the largest message this side
+    /// may send; `recv_capacity` the largest it can receive.
+    pub fn new(
+        fd: OwnedFd,
+        kind: Kind,
+        label: String,
+        max_msg_size: usize,
+        recv_capacity: usize,
+    ) -> Self {
+        Self {
+            fd,
+            kind,
+            label,
+            max_msg_size,
+            recv_capacity,
+            timeout: None,
+        }
+    }
+
+    /// Human name for messages ("echo (channel 3)").
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Renames the channel (once its id is known).
+    pub fn set_label(&mut self, label: String) {
+        self.label = label;
+    }
+
+    /// Largest message that may be sent.
+    pub fn max_msg_size(&self) -> usize {
+        self.max_msg_size
+    }
+
+    /// A receive buffer large enough for any message.
+    pub fn recv_buffer(&self) -> Vec<u8> {
+        vec![0; self.recv_capacity.max(1)]
+    }
+
+    /// Switches `O_NONBLOCK` on or off.
+    pub fn set_nonblocking(&self, on: bool) -> Result<()> {
+        sys::set_nonblocking(self.fd.as_fd(), on)
+            .map_err(|e| Error::io(format!("{}: set O_NONBLOCK", self.label), e))
+    }
+
+    /// Makes receives fail with [`Error::Timeout`] after `timeout` of silence.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.timeout = timeout;
+    }
+
+    /// A second handle on the same channel (for a writer thread).
+    pub fn try_clone(&self) -> Result<Channel> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| Error::io(format!("{}: dup", self.label), e))?;
+        Ok(Channel {
+            fd,
+            kind: self.kind,
+            label: self.label.clone(),
+            max_msg_size: self.max_msg_size,
+            recv_capacity: self.recv_capacity,
+            timeout: self.timeout,
+        })
+    }
+
+    fn raw_send(&self, msg: &[u8]) -> io::Result<usize> {
+        match self.kind {
+            Kind::Guest => sys::write(self.fd.as_fd(), msg),
+            Kind::Host => sys::send(self.fd.as_fd(), msg),
+        }
+    }
+
+    fn raw_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.kind {
+            Kind::Guest => sys::read(self.fd.as_fd(), buf),
+            Kind::Host => sys::recv_trunc(self.fd.as_fd(), buf),
+        }
+    }
+
+    /// Waits until `events` are ready; `Ok(false)` on timeout.
+    fn wait(&self, events: libc::c_short, timeout: Option<Duration>) -> Result<bool> {
+        let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+        let revents = sys::retry(|| sys::poll(self.fd.as_fd(), events, ms))
+            .map_err(|e| self.map_err(e, 0, "poll"))?;
+        Ok(revents != 0)
+    }
+
+    /// Whether the peer has hung up (used to tell end-of-channel from a
+    /// zero-length message, which both read as 0 bytes).
+    fn hung_up(&self) -> Result<bool> {
+        let revents = sys::retry(|| sys::poll(self.fd.as_fd(), libc::POLLIN | libc::POLLRDHUP, 0))
+            .map_err(|e| self.map_err(e, 0, "poll"))?;
+        Ok(revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0)
+    }
+
+    fn map_err(&self, e: io::Error, len: usize, what: &str) -> Error {
+        match e.raw_os_error() {
+            Some(libc::EMSGSIZE) => Error::MsgSize {
+                len,
+                limit: self.max_msg_size,
+            },
+            Some(libc::ECONNRESET) => Error::Reset {
+                label: self.label.clone(),
+            },
+            Some(libc::EPIPE) | Some(libc::ENOTCONN) => Error::PeerClosed {
+                label: self.label.clone(),
+            },
+            Some(libc::EINTR) => Error::Interrupted,
+            _ => Error::io(format!("{}: {what}", self.label), e),
+        }
+    }
+
+    /// Sends one message; in non-blocking mode waits with `poll` on `EAGAIN`
+    /// and counts it.
+    pub fn send(&self, msg: &[u8], nb: &mut NbStats) -> Result<()> {
+        if self.kind == Kind::Host && msg.len() > self.max_msg_size {
+            // The device would drop the whole connection (SPEC §9).
+            return Err(Error::MsgSize {
+                len: msg.len(),
+                limit: self.max_msg_size,
+            });
+        }
+        loop {
+            match sys::retry(|| self.raw_send(msg)) {
+                Ok(n) if n == msg.len() => return Ok(()),
+                Ok(n) => {
+                    return Err(Error::io(
+                        format!("{}: send", self.label),
+                        io::Error::other(format!(
+                            "short write: {n} of {} bytes (message split)",
+                            msg.len()
+                        )),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    nb.send_eagain += 1;
+                    self.wait(libc::POLLOUT, None)?;
+                }
+                Err(e) => return Err(self.map_err(e, msg.len(), "send")),
+            }
+        }
+    }
+
+    /// Receives one message into `buf` (use [`Channel::recv_buffer`]).
+    pub fn recv(&self, buf: &mut [u8], nb: &mut NbStats) -> Result<Recv> {
+        loop {
+            if let Some(t) = self.timeout {
+                if !self.wait(libc::POLLIN, Some(t))? {
+                    return Err(Error::Timeout {
+                        label: self.label.clone(),
+                        secs: t.as_secs_f64(),
+                    });
+                }
+            }
+            match sys::retry(|| self.raw_recv(buf)) {
+                Ok(0) => {
+                    return Ok(if self.hung_up()? {
+                        Recv::Eof
+                    } else {
+                        Recv::Msg(0)
+                    })
+                }
+                Ok(n) if n > buf.len() => {
+                    return Err(Error::Truncated {
+                        label: self.label.clone(),
+                        len: n,
+                        limit: buf.len(),
+                    })
+                }
+                Ok(n) => return Ok(Recv::Msg(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    nb.recv_eagain += 1;
+                    self.wait(libc::POLLIN, None)?;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(Recv::Eof),
+                Err(e) => return Err(self.map_err(e, 0, "receive")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::seqpacket_pair;
+
+    fn pair() -> (Channel, Channel) {
+        let (a, b) = seqpacket_pair().unwrap();
+        (
+            Channel::new(a, Kind::Host, "a".into(), 4096, 8192),
+            Channel::new(b, Kind::Host, "b".into(), 4096, 8192),
+        )
+    }
+
+    #[test]
+    fn boundaries_and_eof() {
+        let (a, b) = pair();
+        let mut nb = NbStats::default();
+        a.send(b"one", &mut nb).unwrap();
+        a.send(b"", &mut nb).unwrap();
+        a.send(&[7u8; 4096], &mut nb).unwrap();
+        let mut buf = b.recv_buffer();
+        assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(3));
+        assert_eq!(&buf[..3], b"one");
+        assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(0));
+        assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(4096));
+        drop(a);
+        assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Eof);
+    }
+
+    #[test]
+    fn host_side_refuses_oversized_messages() {
+        let (a, _b) = pair();
+        let e = a.send(&[0u8; 4097], &mut NbStats::default()).unwrap_err();
+        assert!(matches!(
+            e,
+            Error::MsgSize {
+                len: 4097,
+                limit: 4096
+            }
+        ));
+    }
+
+    #[test]
+    fn truncation_is_an_error() {
+        let (a, b) = pair();
+        let mut nb = NbStats::default();
+        a.send(&[1u8; 100], &mut nb).unwrap();
+        let mut small = [0u8; 10];
+        assert!(matches!(
+            b.recv(&mut small, &mut nb),
+            Err(Error::Truncated { len: 100, .. })
+        ));
+    }
+
+    #[test]
+    fn nonblocking_counts_eagain_and_timeout_fires() {
+        let (a, mut b) = pair();
+        b.set_nonblocking(true).unwrap();
+        b.set_timeout(Some(Duration::from_millis(20)));
+        let mut buf = b.recv_buffer();
+        let mut nb = NbStats::default();
+        assert!(matches!(
+            b.recv(&mut buf, &mut nb),
+            Err(Error::Timeout { .. })
+        ));
+        // The writer fills the socket and must meet EAGAIN; drain only once
+        // the socket reports it is full.
+        a.set_nonblocking(true).unwrap();
+        let probe = a.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut nb = NbStats::default();
+            for _ in 0..2000 {
+                a.send(&[3u8; 4000], &mut nb).unwrap();
+            }
+            nb
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while sys::poll(probe.fd.as_fd(), libc::POLLOUT, 0).unwrap() & libc::POLLOUT != 0 {
+            assert!(std::time::Instant::now() < deadline, "socket never filled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(probe);
+        b.set_timeout(Some(Duration::from_secs(10)));
+        for _ in 0..2000 {
+            assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(4000));
+        }
+        let wnb = writer.join().unwrap();
+        assert!(wnb.send_eagain > 0, "the writer never saw EAGAIN");
+        assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Eof);
+    }
+
+    #[test]
+    fn send_to_closed_peer_is_peer_closed() {
+        let (a, b) = pair();
+        drop(b);
+        assert!(matches!(
+            a.send(b"x", &mut NbStats::default()),
+            Err(Error::PeerClosed { .. })
+        ));
+    }
+}

@@ -1,0 +1,473 @@
+//! Command-line syntax of `kt` (clap derive). Only parsing and `--help`
+//! text live here; the verbs are in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::guest::DEFAULT_DEVICE;
+
+/// kerntransport message tool. Guest mode (default) uses /dev/kerntransport;
+/// host mode (--host, or --socket on `serve`, `gen`, `verify`, ...) uses
+/// kt-vhost-device's Unix SOCK_SEQPACKET sockets. Same verbs on both ends.
+#[derive(Debug, Parser)]
+#[command(name = "kt", version)]
+pub struct Cli {
+    /// Guest mode: the kerntransport character device.
+    #[arg(long, global = true, value_name = "PATH", default_value = DEFAULT_DEVICE)]
+    pub device: PathBuf,
+
+    /// Host mode: reach guest services through kt-vhost-device's listening
+    /// socket at this path (SPEC §9 `CONNECT <name>` handshake).
+    #[arg(long, global = true, value_name = "LISTEN_SOCKET")]
+    pub host: Option<PathBuf>,
+
+    /// Host mode: the device's max_msg_size (host programs cannot query it);
+    /// larger messages are refused before they are sent.
+    #[arg(long, global = true, value_name = "BYTES", default_value_t = 65536)]
+    pub max_msg_size: usize,
+
+    /// The verb.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Send messages: one per TEXT argument, one per --file, or one per
+    /// stdin line.
+    Send(SendArgs),
+    /// Print the messages of one channel (optionally echo them back).
+    Recv(RecvArgs),
+    /// Guest: listen on NAME and print (or echo) the messages of every
+    /// channel the host opens to it.
+    Listen(ListenArgs),
+    /// Interactive: stdin lines go out as messages, received messages are
+    /// printed.
+    Connect(ConnectArgs),
+    /// Host: run a host service on a SOCK_SEQPACKET socket; each connection
+    /// from kt-vhost-device is one guest channel.
+    Serve(ServeArgs),
+    /// Send N verifiable test messages (checked by `kt verify`).
+    Gen(GenArgs),
+    /// Receive N test messages and check order, sizes and checksums.
+    Verify(VerifyArgs),
+    /// Measure latency, throughput and message rate against an echo service.
+    Bench(BenchArgs),
+    /// Print the driver's sysfs attributes as a table.
+    Stats(StatsArgs),
+    /// Guest: print KT_IOC_INFO (message limit, guest id, channel state).
+    Info(InfoArgs),
+}
+
+/// How a verb gets its channel.
+#[derive(Debug, Args, Clone)]
+pub struct ChannelArgs {
+    /// Service name. Guest: the host service to connect to (or, with
+    /// --listen, the name to listen on). Host (--host): the guest service.
+    /// Not used with --socket.
+    #[arg(value_name = "NAME", required_unless_present = "socket")]
+    pub name: Option<String>,
+
+    /// Guest: listen on NAME and use the first channel the host opens,
+    /// instead of connecting.
+    #[arg(long, conflicts_with = "socket")]
+    pub listen: bool,
+
+    /// Host: act as the host service: listen on a SOCK_SEQPACKET socket at
+    /// PATH and use the first connection kt-vhost-device makes (one guest
+    /// channel).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Use O_NONBLOCK: on EAGAIN wait in poll() and retry, and report how
+    /// often that happened.
+    #[arg(long)]
+    pub nonblock: bool,
+
+    /// Fail when nothing arrives (or, with --socket, nobody connects) for
+    /// this many seconds. Default: wait forever.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+}
+
+/// Size and seed of a test stream; gen and verify must agree.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct StreamArgs {
+    /// Smallest message in bytes (at least 1).
+    #[arg(long, value_name = "BYTES", default_value_t = 1)]
+    pub min_size: usize,
+
+    /// Largest message in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
+    pub max_size: usize,
+
+    /// Seed of the size and payload generator.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// `kt send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Channel to send on.
+    #[command(flatten)]
+    pub channel: ChannelArgs,
+
+    /// Messages, one per argument (with --socket every positional is TEXT).
+    #[arg(value_name = "TEXT")]
+    pub texts: Vec<String>,
+
+    /// Send the contents of FILE as one message (repeatable).
+    #[arg(long, value_name = "FILE")]
+    pub file: Vec<PathBuf>,
+}
+
+/// Output options of the verbs that print messages.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct PrintArgs {
+    /// Print messages as hex instead of raw bytes.
+    #[arg(long)]
+    pub hex: bool,
+
+    /// Do not print messages.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// `kt recv`.
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    /// Channel to read.
+    #[command(flatten)]
+    pub channel: ChannelArgs,
+
+    /// Stop after N messages.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// Answer each message with the same bytes.
+    #[arg(long)]
+    pub echo: bool,
+
+    /// Output options.
+    #[command(flatten)]
+    pub print: PrintArgs,
+}
+
+/// `kt listen`.
+#[derive(Debug, Args)]
+pub struct ListenArgs {
+    /// Service name to listen on.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Exit after N messages (over all channels).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// Exit after N channels have been served to their end.
+    #[arg(long, value_name = "N")]
+    pub channels: Option<u64>,
+
+    /// Answer each message with the same bytes.
+    #[arg(long)]
+    pub echo: bool,
+
+    /// Output options.
+    #[command(flatten)]
+    pub print: PrintArgs,
+}
+
+/// `kt connect`.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// Channel to use.
+    #[command(flatten)]
+    pub channel: ChannelArgs,
+
+    /// Exit after receiving N messages (and keep running after stdin ends
+    /// until then); without it, exit when stdin ends or the channel closes.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+
+    /// Output options.
+    #[command(flatten)]
+    pub print: PrintArgs,
+}
+
+/// What `kt serve` does with each channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ServeMode {
+    /// Send every message back.
+    Echo,
+    /// Read and discard; print a per-channel summary when it closes.
+    Sink,
+    /// Send --count test messages (as `kt gen`), then close.
+    Source,
+    /// Print every message.
+    Print,
+}
+
+/// `kt serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Path of the listening socket (the path kt-vhost-device's policy names).
+    #[arg(long, value_name = "PATH")]
+    pub socket: PathBuf,
+
+    /// What to do with each channel.
+    #[arg(long, value_enum, default_value_t = ServeMode::Echo)]
+    pub mode: ServeMode,
+
+    /// Source mode: messages to send on each channel.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub count: u64,
+
+    /// Exit after N channels have been served to their end.
+    #[arg(long, value_name = "N")]
+    pub channels: Option<u64>,
+
+    /// Source mode: the test stream.
+    #[command(flatten)]
+    pub stream: StreamArgs,
+
+    /// Output options (print mode).
+    #[command(flatten)]
+    pub print: PrintArgs,
+}
+
+/// `kt gen`.
+#[derive(Debug, Args)]
+pub struct GenArgs {
+    /// Channel to send on.
+    #[command(flatten)]
+    pub channel: ChannelArgs,
+
+    /// Number of messages.
+    #[arg(long, value_name = "N")]
+    pub count: u64,
+
+    /// The test stream.
+    #[command(flatten)]
+    pub stream: StreamArgs,
+}
+
+/// `kt verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Channel to read.
+    #[command(flatten)]
+    pub channel: ChannelArgs,
+
+    /// Number of messages expected.
+    #[arg(long, value_name = "N")]
+    pub count: u64,
+
+    /// The test stream (same values as the sender's).
+    #[command(flatten)]
+    pub stream: StreamArgs,
+
+    /// Keep checking after the first problem and report all of them.
+    #[arg(long)]
+    pub keep_going: bool,
+}
+
+/// `kt bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Channel to an echo service (`kt serve --mode echo`,
+    /// `kt listen NAME --echo`, or a kernel echo service).
+    #[command(flatten)]
+    pub channel: ChannelArgs,
+
+    /// Ping-pong round trips measured.
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    pub iterations: u64,
+
+    /// Ping-pong message size in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    pub size: usize,
+
+    /// Throughput message size in bytes (default: the channel's limit, at
+    /// most 65536).
+    #[arg(long, value_name = "BYTES")]
+    pub bulk_size: Option<usize>,
+
+    /// Throughput: megabytes to stream.
+    #[arg(long, value_name = "MB", default_value_t = 16)]
+    pub bulk_mb: u64,
+
+    /// Message-rate message size in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 16)]
+    pub small_size: usize,
+
+    /// Message-rate: messages to stream.
+    #[arg(long, value_name = "N", default_value_t = 20000)]
+    pub small_count: u64,
+}
+
+/// `kt stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The driver's sysfs directory (one entry per bound virtio device).
+    #[arg(long, value_name = "DIR", default_value = crate::stats::DEFAULT_ROOT)]
+    pub sysfs: PathBuf,
+}
+
+/// `kt info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Connect to this host service first and show the channel's info.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+/// Parses the command line; clap's own message is folded into one line.
+/// `Ok(Err(text))` is help or version output to print with exit 0.
+pub fn parse<I, T>(args: I) -> Result<Result<Cli, String>, String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    match Cli::try_parse_from(args) {
+        Ok(cli) => Ok(Ok(cli)),
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                Ok(Err(e.render().to_string()))
+            }
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                Err("a subcommand is required; see `kt --help`".to_string())
+            }
+            _ => Err(one_line(&e.render().to_string())),
+        },
+    }
+}
+
+/// Folds clap's multi-line error into one line: drops the usage and "For
+/// more information" parts and the `error: ` prefix.
+fn one_line(rendered: &str) -> String {
+    let mut parts = Vec::new();
+    for line in rendered.lines() {
+        let t = line.trim();
+        if t.starts_with("Usage:") || t.starts_with("For more information") {
+            break;
+        }
+        if !t.is_empty() {
+            parts.push(t.strip_prefix("error: ").unwrap_or(t));
+        }
+    }
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(args: &[&str]) -> String {
+        let mut v = vec!["kt"];
+        v.extend_from_slice(args);
+        parse(v).unwrap_err()
+    }
+
+    fn ok(args: &[&str]) -> Cli {
+        let mut v = vec!["kt"];
+        v.extend_from_slice(args);
+        parse(v).unwrap().unwrap()
+    }
+
+    #[test]
+    fn parses_the_verbs() {
+        let c = ok(&["send", "echo", "a", "b"]);
+        match c.command {
+            Command::Send(s) => {
+                assert_eq!(s.channel.name.as_deref(), Some("echo"));
+                assert_eq!(s.texts, ["a", "b"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = ok(&["--host", "/run/kt.sock", "gen", "svc", "--count", "5"]);
+        assert_eq!(
+            c.host.as_deref(),
+            Some(std::path::Path::new("/run/kt.sock"))
+        );
+        let c = ok(&[
+            "gen",
+            "--socket",
+            "/tmp/s",
+            "--count",
+            "5",
+            "--max-size",
+            "9",
+        ]);
+        match c.command {
+            Command::Gen(g) => {
+                assert!(g.channel.name.is_none());
+                assert_eq!((g.count, g.stream.max_size, g.stream.min_size), (5, 9, 1));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = ok(&["serve", "--socket", "/tmp/s", "--mode", "sink"]);
+        assert!(matches!(
+            c.command,
+            Command::Serve(ServeArgs {
+                mode: ServeMode::Sink,
+                ..
+            })
+        ));
+        let c = ok(&["verify", "svc", "--listen", "--count", "1", "--nonblock"]);
+        assert!(matches!(
+            c.command,
+            Command::Verify(VerifyArgs {
+                channel: ChannelArgs {
+                    listen: true,
+                    nonblock: true,
+                    ..
+                },
+                ..
+            })
+        ));
+        assert!(matches!(ok(&["stats"]).command, Command::Stats(_)));
+        assert!(matches!(ok(&["info"]).command, Command::Info(_)));
+        assert!(matches!(
+            ok(&["listen", "svc", "--echo"]).command,
+            Command::Listen(ListenArgs { echo: true, .. })
+        ));
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        for (args, want) in [
+            (&["gen", "svc"][..], "--count"),
+            (&["send"][..], "<NAME>"),
+            (&["bogus"][..], "unrecognized subcommand 'bogus'"),
+            (&["serve", "--mode", "echo"][..], "--socket"),
+            (
+                &["serve", "--socket", "x", "--mode", "fast"][..],
+                "invalid value 'fast'",
+            ),
+            (
+                &["gen", "svc", "--count", "many"][..],
+                "invalid value 'many'",
+            ),
+            (
+                &["recv", "svc", "--listen", "--socket", "p"][..],
+                "cannot be used with",
+            ),
+            (&[][..], "subcommand"),
+        ] {
+            let e = err(args);
+            assert!(!e.contains('\n'), "{args:?}: multi-line: {e}");
+            assert!(e.contains(want), "{args:?}: {e}");
+            assert!(!e.starts_with("error:"), "{e}");
+        }
+    }
+
+    #[test]
+    fn help_is_not_an_error() {
+        let help = parse(["kt", "--help"]).unwrap().unwrap_err();
+        assert!(help.contains("gen"));
+        assert!(help.contains("verify"));
+    }
+}

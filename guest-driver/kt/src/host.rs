@@ -1,0 +1,445 @@
+//! Host side: Unix `SOCK_SEQPACKET` sockets. Connecting to a guest service
+//! through kt-vhost-device's listening socket with the SPEC §9 handshake,
+//! and the listening socket of a host service that the device connects to
+//! once per guest channel.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kt_proto::consts::MAX_MSG_SIZE_LIMIT;
+use kt_proto::handshake::{self, Reply};
+
+use crate::channel::{Channel, Kind};
+use crate::error::{open_error, Error, Result};
+use crate::sys;
+
+/// Socket buffer asked for, so one message of up to 1 MiB fits.
+const SOCK_BUF: libc::c_int = 4 << 20;
+
+/// Largest message a host endpoint can receive (the protocol limit).
+pub const RECV_CAPACITY: usize = MAX_MSG_SIZE_LIMIT as usize;
+
+fn sockaddr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
+    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    let max = addr.sun_path.len() - 1;
+    if bytes.is_empty() || bytes.len() > max {
+        return Err(Error::PathTooLong {
+            path: path.to_path_buf(),
+            len: bytes.len(),
+            max,
+        });
+    }
+    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = src as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // len <= size_of::<sockaddr_un>() (110), so it fits socklen_t.
+    Ok((addr, len as libc::socklen_t))
+}
+
+fn socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socket(2) returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Raises the socket buffers so large messages fit (best effort: without
+/// privileges the kernel caps them at `wmem_max`/`rmem_max`, and the send
+/// then fails with `EMSGSIZE`, which is reported).
+fn grow_buffers(fd: &OwnedFd) {
+    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+        let v: libc::c_int = SOCK_BUF;
+        // SAFETY: `v` is a valid c_int for the duration of the call.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        // Best effort by design: the kernel clamps or refuses large values.
+        let _ = r;
+    }
+}
+
+fn connect_path(path: &Path) -> Result<OwnedFd> {
+    let (addr, len) = sockaddr(path)?;
+    let fd = socket().map_err(|e| Error::Socket {
+        path: path.to_path_buf(),
+        what: "socket",
+        source: e,
+    })?;
+    let addr_ptr: *const libc::sockaddr_un = &addr;
+    let r = sys::retry(|| {
+        // SAFETY: addr is a valid sockaddr_un of length `len`.
+        let r = unsafe { libc::connect(fd.as_raw_fd(), addr_ptr.cast(), len) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    });
+    match r {
+        Ok(()) => Ok(fd),
+        Err(e) => Err(match e.raw_os_error() {
+            Some(libc::ENOENT) => Error::NoSocket {
+                path: path.to_path_buf(),
+            },
+            Some(libc::ECONNREFUSED) => Error::SocketRefused {
+                path: path.to_path_buf(),
+            },
+            Some(libc::EINTR) => Error::Interrupted,
+            _ => Error::Socket {
+                path: path.to_path_buf(),
+                what: "connect",
+                source: e,
+            },
+        }),
+    }
+}
+
+/// Connects to guest service `name` through the device's listening socket:
+/// sends `CONNECT <name>` and waits for `OK <id>` or `ERR <errno> <text>`.
+pub fn connect_service(socket_path: &Path, name: &str, max_msg_size: usize) -> Result<Channel> {
+    kt_proto::name::validate(name.as_bytes()).map_err(|source| Error::BadName {
+        name: name.to_string(),
+        source,
+    })?;
+    let fd = connect_path(socket_path)?;
+    grow_buffers(&fd);
+    let mut ch = Channel::new(
+        fd,
+        Kind::Host,
+        format!("{name} (via {})", socket_path.display()),
+        max_msg_size,
+        RECV_CAPACITY,
+    );
+    let mut nb = Default::default();
+    ch.send(&handshake::connect_msg(name), &mut nb)?;
+    let mut buf = [0u8; 512];
+    let n = match ch.recv(&mut buf, &mut nb)? {
+        crate::channel::Recv::Msg(n) => n,
+        crate::channel::Recv::Eof => {
+            return Err(Error::Open {
+                name: name.to_string(),
+                what: "connect",
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "kt-vhost-device closed the connection without a reply",
+                ),
+            })
+        }
+    };
+    match handshake::parse_reply(&buf[..n]) {
+        Ok(Reply::Ok { channel }) => {
+            ch.set_label(format!("{name} (channel {channel:#x})"));
+            Ok(ch)
+        }
+        Ok(Reply::Err { code, text }) => {
+            let raw = io::Error::from_raw_os_error(code.errno());
+            Err(match open_error(name, "connect", raw) {
+                Error::Open { name, what, .. } => Error::Open {
+                    name,
+                    what,
+                    source: io::Error::other(format!("{text} (errno {})", code.errno())),
+                },
+                mapped => mapped,
+            })
+        }
+        Err(source) => Err(Error::Handshake {
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+/// A listening `SOCK_SEQPACKET` socket of a host service. The socket file
+/// is removed when the listener is dropped.
+#[derive(Debug)]
+pub struct Listener {
+    fd: OwnedFd,
+    path: PathBuf,
+    max_msg_size: usize,
+    accepted: u64,
+}
+
+impl Listener {
+    /// Binds and listens at `path`. A stale socket file (nobody listening)
+    /// is replaced; a live one is an error.
+    pub fn bind(path: &Path, max_msg_size: usize) -> Result<Listener> {
+        let (addr, len) = sockaddr(path)?;
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if !meta.file_type().is_socket() {
+                return Err(Error::Socket {
+                    path: path.to_path_buf(),
+                    what: "bind",
+                    source: io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "exists and is not a socket",
+                    ),
+                });
+            }
+            match connect_path(path) {
+                Ok(_) => {
+                    return Err(Error::SocketInUse {
+                        path: path.to_path_buf(),
+                    })
+                }
+                Err(Error::SocketRefused { .. }) => {
+                    std::fs::remove_file(path).map_err(|e| Error::Socket {
+                        path: path.to_path_buf(),
+                        what: "remove stale socket",
+                        source: e,
+                    })?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let sock_err = |what, source| Error::Socket {
+            path: path.to_path_buf(),
+            what,
+            source,
+        };
+        let fd = socket().map_err(|e| sock_err("socket", e))?;
+        let addr_ptr: *const libc::sockaddr_un = &addr;
+        // SAFETY: addr is a valid sockaddr_un of length `len`.
+        let r = unsafe { libc::bind(fd.as_raw_fd(), addr_ptr.cast(), len) };
+        if r < 0 {
+            return Err(sock_err("bind", io::Error::last_os_error()));
+        }
+        let listener = Listener {
+            fd,
+            path: path.to_path_buf(),
+            max_msg_size,
+            accepted: 0,
+        };
+        // SAFETY: plain listen(2) on our socket.
+        let r = unsafe { libc::listen(listener.fd.as_raw_fd(), 128) };
+        if r < 0 {
+            return Err(sock_err("listen", io::Error::last_os_error()));
+        }
+        Ok(listener)
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits up to `timeout` for a connection; `Ok(false)` on timeout.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
+        let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+        match sys::poll(self.fd.as_fd(), libc::POLLIN, ms) {
+            Ok(revents) => Ok(revents != 0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                if crate::signal::interrupted() {
+                    Err(Error::Interrupted)
+                } else {
+                    Ok(false)
+                }
+            }
+            Err(e) => Err(Error::Socket {
+                path: self.path.clone(),
+                what: "poll",
+                source: e,
+            }),
+        }
+    }
+
+    /// Accepts the next connection: one guest channel.
+    pub fn accept(&mut self) -> Result<Channel> {
+        let r = sys::retry(|| {
+            // SAFETY: accept4 with null address pointers is valid.
+            let fd = unsafe {
+                libc::accept4(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                // SAFETY: accept4 returned a fresh descriptor that we own.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            }
+        });
+        let fd = r.map_err(|e| match e.raw_os_error() {
+            Some(libc::EINTR) => Error::Interrupted,
+            _ => Error::Socket {
+                path: self.path.clone(),
+                what: "accept",
+                source: e,
+            },
+        })?;
+        grow_buffers(&fd);
+        self.accepted += 1;
+        Ok(Channel::new(
+            fd,
+            Kind::Host,
+            format!("connection {} on {}", self.accepted, self.path.display()),
+            self.max_msg_size,
+            RECV_CAPACITY,
+        ))
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // The socket file is ours; a failure leaves a stale file that the
+        // next bind replaces.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A connected pair of `SOCK_SEQPACKET` sockets (for tests and loopback).
+pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors socketpair writes.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: socketpair returned two fresh descriptors that we now own.
+    let a = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: as above.
+    let b = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    Ok((a, b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channel::{NbStats, Recv};
+
+    fn tmp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("kt-host-{}-{name}", std::process::id()))
+    }
+
+    /// A fake kt-vhost-device: accepts one connection, checks CONNECT and
+    /// answers with `reply`.
+    fn fake_device(path: &Path, reply: &'static [u8]) -> std::thread::JoinHandle<String> {
+        let mut l = Listener::bind(path, 4096).unwrap();
+        std::thread::spawn(move || {
+            let c = l.accept().unwrap();
+            let mut buf = c.recv_buffer();
+            let mut nb = NbStats::default();
+            let Recv::Msg(n) = c.recv(&mut buf, &mut nb).unwrap() else {
+                panic!("no CONNECT")
+            };
+            c.send(reply, &mut nb).unwrap();
+            if reply.starts_with(b"OK") {
+                c.send(b"hello from guest", &mut nb).unwrap();
+            }
+            String::from_utf8(buf[..n].to_vec()).unwrap()
+        })
+    }
+
+    #[test]
+    fn handshake_ok() {
+        let p = tmp("ok");
+        let dev = fake_device(&p, b"OK 2147483653\n");
+        let ch = connect_service(&p, "echo", 4096).unwrap();
+        assert_eq!(ch.label(), "echo (channel 0x80000005)");
+        let mut buf = ch.recv_buffer();
+        let n = ch.recv(&mut buf, &mut NbStats::default()).unwrap();
+        assert_eq!(n, Recv::Msg(16));
+        assert_eq!(dev.join().unwrap(), "CONNECT echo\n");
+    }
+
+    #[test]
+    fn handshake_errors_map_to_clear_errors() {
+        for (reply, want) in [
+            (
+                &b"ERR 2 no such service\n"[..],
+                "svc: no such service (ENOENT)",
+            ),
+            (&b"ERR 13 policy\n"[..], "svc: refused (EACCES)"),
+            (
+                &b"ERR 111 nobody\n"[..],
+                "svc: connection refused — nobody is serving it (ECONNREFUSED)",
+            ),
+            (
+                &b"ERR 24 too many\n"[..],
+                "svc: connect: too many (errno 24)",
+            ),
+        ] {
+            let p = tmp(&format!("err{}", reply[5]));
+            let dev = fake_device(&p, reply);
+            let e = connect_service(&p, "svc", 4096).unwrap_err();
+            assert_eq!(e.to_string(), want);
+            dev.join().unwrap();
+        }
+        let p = tmp("garbage");
+        let dev = fake_device(&p, b"HELLO");
+        let e = connect_service(&p, "svc", 4096).unwrap_err();
+        assert!(matches!(e, Error::Handshake { .. }), "{e}");
+        dev.join().unwrap();
+    }
+
+    #[test]
+    fn missing_socket_and_bad_names() {
+        let p = tmp("missing");
+        assert_eq!(
+            connect_service(&p, "echo", 1).unwrap_err().to_string(),
+            format!(
+                "{}: no such socket — is kt-vhost-device running?",
+                p.display()
+            )
+        );
+        assert!(matches!(
+            connect_service(&p, "", 1),
+            Err(Error::BadName { .. })
+        ));
+        let long = PathBuf::from("/tmp/".to_string() + &"x".repeat(200));
+        assert!(matches!(
+            connect_service(&long, "echo", 1),
+            Err(Error::PathTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn stale_socket_is_replaced_live_one_refused() {
+        let p = tmp("stale");
+        let first = Listener::bind(&p, 1).unwrap();
+        assert!(matches!(
+            Listener::bind(&p, 1),
+            Err(Error::SocketInUse { .. })
+        ));
+        drop(first);
+        assert!(!p.exists());
+        // Create a genuinely stale socket file.
+        let (addr, len) = sockaddr(&p).unwrap();
+        let fd = socket().unwrap();
+        let addr_ptr: *const libc::sockaddr_un = &addr;
+        // SAFETY: valid sockaddr_un of length len.
+        let r = unsafe { libc::bind(fd.as_raw_fd(), addr_ptr.cast(), len) };
+        assert_eq!(r, 0);
+        drop(fd);
+        assert!(p.exists());
+        let l = Listener::bind(&p, 1).unwrap();
+        drop(l);
+        assert!(!p.exists());
+    }
+}

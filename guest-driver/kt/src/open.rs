@@ -1,0 +1,100 @@
+//! Turns the channel options of a verb (NAME, --listen, --socket, global
+//! --host/--device) into an open [`Channel`]: guest connect, guest
+//! listen+accept, host connect through the device, or host service.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::channel::Channel;
+use crate::cli::{ChannelArgs, Cli};
+use crate::error::{Error, Result};
+use crate::{guest, host};
+
+/// Options shared by every verb.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// Guest device node.
+    pub device: PathBuf,
+    /// Host mode: the device's listening socket.
+    pub host: Option<PathBuf>,
+    /// Host mode: message limit.
+    pub max_msg_size: usize,
+}
+
+impl Ctx {
+    /// From the parsed command line.
+    pub fn from_cli(cli: &Cli) -> Self {
+        Self {
+            device: cli.device.clone(),
+            host: cli.host.clone(),
+            max_msg_size: cli.max_msg_size,
+        }
+    }
+}
+
+/// `--timeout SECS` as a duration.
+pub fn timeout(secs: Option<f64>) -> Result<Option<Duration>> {
+    match secs {
+        None => Ok(None),
+        Some(s) => Duration::try_from_secs_f64(s)
+            .map(Some)
+            .map_err(|e| Error::Usage(format!("--timeout {s}: {e}"))),
+    }
+}
+
+/// Opens the channel a verb asked for.
+pub fn open_channel(ctx: &Ctx, args: &ChannelArgs) -> Result<Channel> {
+    let timeout = timeout(args.timeout)?;
+    let need_name = || {
+        args.name
+            .as_deref()
+            .ok_or_else(|| Error::Usage("a service NAME is required".into()))
+    };
+    let mut ch = match (&args.socket, &ctx.host) {
+        (Some(_), Some(_)) => return Err(Error::Usage(
+            "--socket (be a host service) and --host (reach a guest service) exclude each other"
+                .into(),
+        )),
+        (Some(path), None) => {
+            if let Some(name) = &args.name {
+                return Err(Error::Usage(format!(
+                    "NAME ({name}) is not used with --socket: kt-vhost-device's policy maps names to sockets"
+                )));
+            }
+            let mut l = host::Listener::bind(path, ctx.max_msg_size)?;
+            if !l.wait(timeout)? {
+                return Err(Error::Timeout {
+                    label: path.display().to_string(),
+                    secs: timeout.map_or(0.0, |t| t.as_secs_f64()),
+                });
+            }
+            // The listener (and its socket file) goes away after this one
+            // connection: one verb, one channel.
+            l.accept()?
+        }
+        (None, Some(sock)) => {
+            if args.listen {
+                return Err(Error::Usage(
+                    "--listen is guest-side; a host service uses --socket PATH".into(),
+                ));
+            }
+            host::connect_service(sock, need_name()?, ctx.max_msg_size)?
+        }
+        (None, None) if args.listen => {
+            let l = guest::listen(&ctx.device, need_name()?)?;
+            if !l.wait(timeout)? {
+                return Err(Error::Timeout {
+                    label: need_name()?.to_string(),
+                    secs: timeout.map_or(0.0, |t| t.as_secs_f64()),
+                });
+            }
+            l.accept()?
+        }
+        (None, None) => guest::connect(&ctx.device, need_name()?)?,
+    };
+    if args.nonblock {
+        ch.set_nonblocking(true)?;
+    }
+    ch.set_timeout(timeout);
+    Ok(ch)
+}

@@ -1,0 +1,23 @@
+//! Fuzz target: every decoder in kt-proto on arbitrary bytes. Must never
+//! panic, and whatever decodes must re-encode to the same bytes.
+#![no_main]
+
+use kt_proto::{handshake, name, DeviceConfig, Header, Limits, Path};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(h) = Header::decode(data) {
+        assert_eq!(&h.encode()[..], &data[..32]);
+        for path in [Path::Tx, Path::Rx, Path::Event] {
+            let _ = h.check(&Limits { max_msg_size: 65536 }, path);
+        }
+        let _ = h.check_payload(data.len() - 32);
+    }
+    if let Ok(c) = DeviceConfig::decode(data) {
+        assert_eq!(&c.encode()[..], &data[..16]);
+        assert!(c.sanitized().is_valid());
+    }
+    let _ = name::validate(data);
+    let _ = handshake::parse_connect(data);
+    let _ = handshake::parse_reply(data);
+});

@@ -1,0 +1,144 @@
+//! The host-to-guest connect handshake on kt-vhost-device's listening socket
+//! (SPEC §9): `CONNECT <name>` answered by `OK <id>` or `ERR <errno> <text>`.
+
+use crate::header::ErrorCode;
+use crate::name::{self, NameError};
+
+/// A reply the device sends to `CONNECT`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The guest accepted; the channel id.
+    Ok {
+        /// Channel id.
+        channel: u32,
+    },
+    /// Refused.
+    Err {
+        /// Why.
+        code: ErrorCode,
+        /// Human text from the device.
+        text: String,
+    },
+}
+
+/// A handshake line that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    /// Not ASCII/UTF-8 text.
+    #[error("handshake message is not UTF-8")]
+    NotText,
+    /// The first word is not what the handshake expects.
+    #[error("expected {expected}, got {got:?}")]
+    Unexpected {
+        /// What was expected.
+        expected: &'static str,
+        /// What arrived (truncated).
+        got: String,
+    },
+    /// The service name is invalid.
+    #[error("bad service name: {0}")]
+    BadName(#[from] NameError),
+    /// A number did not parse.
+    #[error("bad number {0:?} in handshake reply")]
+    BadNumber(String),
+}
+
+fn text(buf: &[u8]) -> Result<&str, HandshakeError> {
+    let s = std::str::from_utf8(buf).map_err(|_| HandshakeError::NotText)?;
+    Ok(s.strip_suffix('\n').unwrap_or(s))
+}
+
+fn unexpected(expected: &'static str, got: &str) -> HandshakeError {
+    HandshakeError::Unexpected {
+        expected,
+        got: got.chars().take(80).collect(),
+    }
+}
+
+/// Parses `CONNECT <name>` (a trailing newline is ignored).
+pub fn parse_connect(buf: &[u8]) -> Result<&str, HandshakeError> {
+    let line = text(buf)?;
+    let name = line
+        .strip_prefix("CONNECT ")
+        .ok_or_else(|| unexpected("CONNECT <name>", line))?;
+    Ok(name::validate(name.as_bytes())?)
+}
+
+/// The `CONNECT <name>` message a host program sends.
+pub fn connect_msg(name: &str) -> Vec<u8> {
+    format!("CONNECT {name}\n").into_bytes()
+}
+
+/// The `OK <id>` reply.
+pub fn ok_msg(channel: u32) -> Vec<u8> {
+    format!("OK {channel}\n").into_bytes()
+}
+
+/// The `ERR <errno> <text>` reply.
+pub fn err_msg(code: ErrorCode, text: &str) -> Vec<u8> {
+    let text: String = text.chars().filter(|c| !c.is_control()).collect();
+    format!("ERR {} {}\n", code.errno(), text).into_bytes()
+}
+
+/// Parses the device's reply.
+pub fn parse_reply(buf: &[u8]) -> Result<Reply, HandshakeError> {
+    let line = text(buf)?;
+    if let Some(id) = line.strip_prefix("OK ") {
+        let channel = id
+            .trim()
+            .parse()
+            .map_err(|_| HandshakeError::BadNumber(id.to_string()))?;
+        return Ok(Reply::Ok { channel });
+    }
+    if let Some(rest) = line.strip_prefix("ERR ") {
+        let (num, text) = rest.split_once(' ').unwrap_or((rest, ""));
+        let errno: u32 = num
+            .parse()
+            .map_err(|_| HandshakeError::BadNumber(num.to_string()))?;
+        return Ok(Reply::Err {
+            code: ErrorCode::from_wire(errno),
+            text: text.to_string(),
+        });
+    }
+    Err(unexpected("OK <id> or ERR <errno> <text>", line))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_round_trip() {
+        assert_eq!(parse_connect(&connect_msg("echo")), Ok("echo"));
+        assert_eq!(parse_connect(b"CONNECT k.echo"), Ok("k.echo"));
+        assert!(matches!(
+            parse_connect(b"HELLO echo"),
+            Err(HandshakeError::Unexpected { .. })
+        ));
+        assert!(matches!(
+            parse_connect(b"CONNECT "),
+            Err(HandshakeError::BadName(NameError::Length(0)))
+        ));
+        assert_eq!(parse_connect(&[0xff]), Err(HandshakeError::NotText));
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        assert_eq!(
+            parse_reply(&ok_msg(0x8000_0001)),
+            Ok(Reply::Ok {
+                channel: 0x8000_0001
+            })
+        );
+        assert_eq!(
+            parse_reply(&err_msg(ErrorCode::ConnRefused, "nobody\nlistens")),
+            Ok(Reply::Err {
+                code: ErrorCode::ConnRefused,
+                text: "nobodylistens".into()
+            })
+        );
+        assert!(parse_reply(b"OK x").is_err());
+        assert!(parse_reply(b"ERR x y").is_err());
+        assert!(parse_reply(b"MAYBE").is_err());
+    }
+}
