@@ -9,7 +9,11 @@
 # Env:   KT_RUNNER_KERNEL  kernel of the runner VM   (default: Debian 6.12 cloud)
 #        KT_GUEST_KERNEL   kernel kt-vmm boots        (default: same)
 #        KT_GUEST_INITRD   guest initramfs            (default: built here)
-#        KT_GUEST_EXTRA    directory copied into the guest initramfs
+#        KT_GUEST_EXTRA    directory added to the guest initramfs (copied into
+#                          the built one, appended as a second archive to
+#                          KT_GUEST_INITRD)
+#        KT_RUNNER_BINS    more host programs for the runner's /usr/bin
+#                          (space separated; their libraries come along)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -47,8 +51,14 @@ qemu_bin=$(command -v qemu-system-x86_64 || true)
 
 inputs=("$here/build-runner.sh" "$here/runner-init.sh" "$here/guest-init.sh" "$RUNNER_KERNEL"
 	"$GUEST_KERNEL" /bin/busybox "$vmm_bin" "$bench_bin" "$fill_bin" "$here/in-runner-boot-test.sh"
+	"$here/in-runner-kt-device-test.sh"
 	"$virtio_mmio" "$virtio_rng" "${modules[@]}")
 if [ -n "${KT_GUEST_INITRD:-}" ]; then inputs+=("$KT_GUEST_INITRD"); fi
+read -r -a extra_bins <<<"${KT_RUNNER_BINS:-}"
+for b in "${extra_bins[@]}"; do
+	[ -x "$b" ] || die "KT_RUNNER_BINS: $b is not an executable"
+	inputs+=("$b")
+done
 if [ "$with_qemu" = 1 ]; then inputs+=("$qemu_bin"); fi
 extra_sums() {
 	if [ -n "${KT_GUEST_EXTRA:-}" ]; then
@@ -89,6 +99,12 @@ r=$work/runner
 mkdir -p "$r/bin" "$r/lib/modules/kt" "$r/guest"
 if [ -n "${KT_GUEST_INITRD:-}" ]; then
 	cp "$KT_GUEST_INITRD" "$r/guest/initrd.cpio.gz"
+	if [ -n "${KT_GUEST_EXTRA:-}" ]; then
+		mkdir -p "$work/extra"
+		cp -a "$KT_GUEST_EXTRA/." "$work/extra/"
+		mkcpio "$work/extra" "$work/extra.cpio.gz"
+		cat "$work/extra.cpio.gz" >>"$r/guest/initrd.cpio.gz"
+	fi
 else
 	mkcpio "$g" "$r/guest/initrd.cpio.gz"
 fi
@@ -103,7 +119,9 @@ done
 copy_bin "$vmm_bin" "$r"
 copy_bin "$bench_bin" "$r"
 copy_bin "$fill_bin" "$r"
+for b in "${extra_bins[@]}"; do copy_bin "$b" "$r"; done
 install -m 755 "$here/in-runner-boot-test.sh" "$r/usr/bin/kt-test-boot"
+install -m 755 "$here/in-runner-kt-device-test.sh" "$r/usr/bin/kt-test-device"
 if [ "$with_qemu" = 1 ]; then
 	copy_bin "$qemu_bin" "$r"
 	mkdir -p "$r/usr/share/qemu"

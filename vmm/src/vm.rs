@@ -151,6 +151,7 @@ fn virtio_devices(
 
 /// Runs the VM described by `args` until it stops.
 pub fn run(args: &Args) -> Result<ExitReason> {
+    let started = std::time::Instant::now();
     crate::config::validate(args).map_err(Error::Config)?;
     boot::check_files(&args.kernel, args.initrd.as_deref())?;
     let backends = args
@@ -196,6 +197,11 @@ pub fn run(args: &Args) -> Result<ExitReason> {
         vcpus.push(vcpu);
     }
 
+    log::info!(
+        "VM set up in {} ms; starting {} vCPU(s)",
+        started.elapsed().as_millis(),
+        args.cpus
+    );
     let buses = Arc::new(Buses { io, mmio });
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         vcpu::spawn(vcpu, id as u8, buses.clone(), signal.clone())
