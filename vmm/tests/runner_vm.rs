@@ -22,7 +22,11 @@ impl Drop for Guard {
 #[ignore = "boots Linux in the KVM runner VM (1-2 minutes)"]
 fn stock_kernel_boots_with_vhost_user_devices() {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/runner/test.sh");
-    let mut g = Guard(Command::new(&script).spawn().expect("run images/runner/test.sh"));
+    let mut g = Guard(
+        Command::new(&script)
+            .spawn()
+            .expect("run images/runner/test.sh"),
+    );
     let deadline = Instant::now() + Duration::from_secs(900);
     let status = loop {
         if let Some(s) = g.0.try_wait().expect("wait") {
