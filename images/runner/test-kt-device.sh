@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # kt-vmm with the project's real pieces: the guest image from
 # images/build-image.sh (kerntransport.ko, kt, /init) plus virtio_mmio.ko and
-# a `vmm-kt` workload, and kt-vhost-device as the vhost-user backend. Runs in
+# a `vmm-kt` workload, and kt-vhost-device as the vhost-user backend with a
+# host echo service (`kt serve`): one message goes guest -> host -> guest. Runs in
 # the KVM runner VM (or directly where /dev/kvm is real). Exit 0 = pass.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -9,7 +10,8 @@ root=$(cd "$here/../.." && pwd)
 KVER=${KVER:-6.12.95+deb12-cloud-amd64}
 img=$("$root/images/build-image.sh" | tail -n1)
 eval "$img" # KERNEL=... INITRAMFS=...
-(cd "$root" && nice cargo build --release -q -p kt-vhost-device --bin kt-vhost-device) >&2
+(cd "$root" && nice cargo build --release -q -p kt-vhost-device --bin kt-vhost-device &&
+	nice cargo build --release -q -p kt --bin kt) >&2
 target=${CARGO_TARGET_DIR:-$root/target}
 extra=$(mktemp -d)
 trap 'rm -rf "$extra"' EXIT
@@ -35,9 +37,20 @@ drv=$(basename "$(readlink "$found/driver")")
 echo "KT: bound to $drv; status $(cat "$found/status")"
 [ -c /dev/kerntransport ] || fail "/dev/kerntransport missing"
 echo "KT: /dev/kerntransport present"
+if ! reply=$(echo hello-through-kt-vmm | timeout 30 kt connect echo --count 1); then
+	grep -i virtio /proc/interrupts
+	kt stats
+	dmesg | tail -n 20
+	fail "kt connect echo failed: $reply"
+fi
+echo "KT: echo service answered: $reply"
+case "$reply" in
+*hello-through-kt-vmm*) ;;
+*) fail "unexpected echo reply '$reply'" ;;
+esac
 WL
 export KT_GUEST_KERNEL=$KERNEL KT_GUEST_INITRD=$INITRAMFS KT_GUEST_EXTRA=$extra
-export KT_RUNNER_BINS=$target/release/kt-vhost-device
+export KT_RUNNER_BINS="$target/release/kt-vhost-device $target/release/kt"
 if [ -w /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ] && [ "${KT_FORCE_RUNNER:-0}" != 1 ]; then
 	dir=$("$here/build-runner.sh" | tail -n1)
 	PATH=$target/release:$PATH KT_GUEST_DIR=$dir/guest exec sh "$here/in-runner-kt-device-test.sh"
