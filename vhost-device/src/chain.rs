@@ -61,9 +61,7 @@ fn check_readable_chain(chain: &DescriptorChain<&Mem>) -> Result<(), TxError> {
     let mut n = 0usize;
     for d in chain.clone() {
         if d.is_write_only() {
-            return Err(TxError::Chain(
-                "device-writable descriptor in a tx chain".into(),
-            ));
+            return Err(TxError::Chain("device-writable descriptor in a tx chain".into()));
         }
         last_has_next = d.has_next();
         n += 1;
@@ -72,19 +70,13 @@ fn check_readable_chain(chain: &DescriptorChain<&Mem>) -> Result<(), TxError> {
         return Err(TxError::Chain("empty or unreadable chain".into()));
     }
     if last_has_next {
-        return Err(TxError::Chain(
-            "chain loops or points outside its table".into(),
-        ));
+        return Err(TxError::Chain("chain loops or points outside its table".into()));
     }
     Ok(())
 }
 
 /// Parses one tx chain: header, semantic checks, exact payload.
-pub fn parse_tx(
-    chain: DescriptorChain<&Mem>,
-    mem: &Mem,
-    limits: &Limits,
-) -> Result<TxMsg, TxError> {
+pub fn parse_tx(chain: DescriptorChain<&Mem>, mem: &Mem, limits: &Limits) -> Result<TxMsg, TxError> {
     check_readable_chain(&chain)?;
     let mut r: Reader<'_> = chain
         .reader(mem)
@@ -150,9 +142,9 @@ impl<'a> RxBuf<'a> {
 mod tests {
     use super::*;
     use kt_proto::MsgType;
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use vm_memory::{Bytes, GuestAddress};
 
     const LIM: Limits = Limits { max_msg_size: 4096 };
@@ -213,18 +205,8 @@ mod tests {
         let hdr = Header::new(MsgType::CreditUpdate, 5);
         put_msg(&m, 0x10000, &hdr, b"");
         // Two descriptors pointing at each other.
-        let d0 = RawDescriptor::from(SplitDescriptor::new(
-            0x10000,
-            16,
-            VRING_DESC_F_NEXT as u16,
-            1,
-        ));
-        let d1 = RawDescriptor::from(SplitDescriptor::new(
-            0x10010,
-            16,
-            VRING_DESC_F_NEXT as u16,
-            0,
-        ));
+        let d0 = RawDescriptor::from(SplitDescriptor::new(0x10000, 16, VRING_DESC_F_NEXT as u16, 1));
+        let d1 = RawDescriptor::from(SplitDescriptor::new(0x10010, 16, VRING_DESC_F_NEXT as u16, 0));
         vq.add_desc_chains(&[d0, d1], 0).unwrap();
         let mut q: virtio_queue::Queue = vq.create_queue().unwrap();
         let chain = virtio_queue::QueueT::pop_descriptor_chain(&mut q, &m).unwrap();

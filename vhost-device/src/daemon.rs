@@ -56,25 +56,18 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         crate::control::spawn_server(path, stats.clone())?;
     }
     let listener = match &config.listen {
-        Some(path) => Some(
-            SeqListener::bind(path).map_err(|source| DaemonError::Listen {
-                path: path.clone(),
-                source,
-            })?,
-        ),
+        Some(path) => Some(SeqListener::bind(path).map_err(|source| DaemonError::Listen {
+            path: path.clone(),
+            source,
+        })?),
         None => None,
     };
     let params = Params {
         config: config.device,
         channel_buffer: config.channel_buffer,
     };
-    let device = Device::new(
-        params,
-        Arc::new(config.policy.clone()),
-        stats.clone(),
-        listener,
-    )
-    .map_err(DaemonError::Setup)?;
+    let device = Device::new(params, Arc::new(config.policy.clone()), stats.clone(), listener)
+        .map_err(DaemonError::Setup)?;
     let backend = Arc::new(RwLock::new(KtBackend::new(device, stats)));
     let mut vu_listener =
         Listener::new(&config.socket_path, true).map_err(|source| DaemonError::Socket {
@@ -97,7 +90,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
 }
 
-fn serve_one(backend: &Arc<RwLock<KtBackend>>, listener: &mut Listener) -> Result<(), DaemonError> {
+fn serve_one(
+    backend: &Arc<RwLock<KtBackend>>,
+    listener: &mut Listener,
+) -> Result<(), DaemonError> {
     let mut daemon = VhostUserDaemon::new(
         "kt-vhost-device".into(),
         backend.clone(),

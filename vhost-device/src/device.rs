@@ -98,10 +98,7 @@ impl LogLimit {
     fn allow(&mut self) -> bool {
         if self.window.elapsed().as_secs() >= 1 {
             if self.suppressed > 0 {
-                log::warn!(
-                    "{} more malformed-input messages suppressed",
-                    self.suppressed
-                );
+                log::warn!("{} more malformed-input messages suppressed", self.suppressed);
             }
             self.window = Instant::now();
             self.count = 0;
@@ -320,10 +317,7 @@ impl Device {
             add(&c.counters.malformed, 1);
         }
         if self.log_limit.allow() {
-            log::warn!(
-                "guest {}: malformed input: {what}",
-                self.params.config.guest_id
-            );
+            log::warn!("guest {}: malformed input: {what}", self.params.config.guest_id);
         }
     }
 
@@ -408,10 +402,9 @@ impl Device {
                     (MsgType::Open, DecodeError::BadName(_)) => {
                         self.refuse_open(id, ErrorCode::Inval);
                     }
-                    (
-                        MsgType::Data,
-                        DecodeError::TooLarge { .. } | DecodeError::LengthMismatch { .. },
-                    ) if self.known(id) => {
+                    (MsgType::Data, DecodeError::TooLarge { .. } | DecodeError::LengthMismatch { .. })
+                        if self.known(id) =>
+                    {
                         self.close_by_device(id, err.error_code());
                     }
                     _ => {}
@@ -463,19 +456,10 @@ impl Device {
                 log::debug!("CLOSE for unknown channel {:#x} ignored", h.channel);
             }
             MsgType::OpenOk | MsgType::OpenErr if !self.reset_pending => {
-                self.malformed(
-                    None,
-                    &format_args!(
-                        "{:?} for channel {:#x} that is not opening",
-                        h.msg_type, h.channel
-                    ),
-                );
+                self.malformed(None, &format_args!("{:?} for channel {:#x} that is not opening", h.msg_type, h.channel));
             }
             _ => {
-                self.malformed(
-                    None,
-                    &format_args!("{:?} for unknown channel {:#x}", h.msg_type, h.channel),
-                );
+                self.malformed(None, &format_args!("{:?} for unknown channel {:#x}", h.msg_type, h.channel));
                 let mut c = Header::new(MsgType::Close, h.channel);
                 c.arg = ErrorCode::ConnReset as u32;
                 self.queue_ctrl(c, Vec::new(), false);
@@ -494,10 +478,7 @@ impl Device {
         let id = h.channel;
         let gid = self.params.config.guest_id;
         if id == CHAN_TRANSPORT || id & CHAN_DEVICE_BIT != 0 || self.known(id) {
-            self.malformed(
-                None,
-                &format_args!("OPEN with id {id:#x} in use or not the driver's"),
-            );
+            self.malformed(None, &format_args!("OPEN with id {id:#x} in use or not the driver's"));
             self.refuse_open(id, ErrorCode::Exist);
             return;
         }
@@ -522,9 +503,7 @@ impl Device {
         if let Some(max) = svc.max_channels {
             let open = self.channels.values().filter(|c| c.service == name).count();
             if open >= max as usize {
-                log::warn!(
-                    "guest {gid}: refused OPEN {name:?} ({id:#x}): service limit of {max} channels"
-                );
+                log::warn!("guest {gid}: refused OPEN {name:?} ({id:#x}): service limit of {max} channels");
                 self.refuse_open(id, ErrorCode::MFile);
                 return;
             }
@@ -565,14 +544,14 @@ impl Device {
             return;
         };
         if ch.state != State::Opening {
-            self.malformed(
-                Some(id),
-                &format_args!("OPEN_OK for channel {id:#x} that is not opening"),
-            );
+            self.malformed(Some(id), &format_args!("OPEN_OK for channel {id:#x} that is not opening"));
             return;
         }
         ch.state = State::Open;
-        let sent = ch.sock.as_ref().map(|s| s.send(&handshake::ok_msg(id)));
+        let sent = ch
+            .sock
+            .as_ref()
+            .map(|s| s.send(&handshake::ok_msg(id)));
         add(&self.stats.events.opened, 1);
         match sent {
             Some(Ok(_)) => {
@@ -586,10 +565,7 @@ impl Device {
     fn on_open_err(&mut self, id: u32, arg: u32) {
         let opening = self.channels.get(&id).map(|c| c.state == State::Opening);
         if opening != Some(true) {
-            self.malformed(
-                Some(id),
-                &format_args!("OPEN_ERR for channel {id:#x} that is not opening"),
-            );
+            self.malformed(Some(id), &format_args!("OPEN_ERR for channel {id:#x} that is not opening"));
             return;
         }
         if let Some(ch) = self.remove_channel(id) {
@@ -612,19 +588,13 @@ impl Device {
             return;
         }
         if ch.recv_close || ch.state != State::Open {
-            self.malformed(
-                Some(id),
-                &format_args!("DATA on channel {id:#x} that is not open"),
-            );
+            self.malformed(Some(id), &format_args!("DATA on channel {id:#x} that is not open"));
             self.close_by_device(id, ErrorCode::Proto);
             return;
         }
         if h.seq != ch.rx_seq {
             let want = ch.rx_seq;
-            self.malformed(
-                Some(id),
-                &format_args!("DATA seq {} on channel {id:#x}, expected {want}", h.seq),
-            );
+            self.malformed(Some(id), &format_args!("DATA seq {} on channel {id:#x}, expected {want}", h.seq));
             self.close_by_device(id, ErrorCode::Proto);
             return;
         }
@@ -644,10 +614,7 @@ impl Device {
         };
         if ch.state == State::Opening {
             // The guest closed before accepting: treat it as a refusal.
-            self.malformed(
-                Some(id),
-                &format_args!("CLOSE on channel {id:#x} before OPEN_OK"),
-            );
+            self.malformed(Some(id), &format_args!("CLOSE on channel {id:#x} before OPEN_OK"));
             if let Some(ch) = self.remove_channel(id) {
                 if let Some(s) = &ch.sock {
                     let _ = s.send(&handshake::err_msg(ErrorCode::ConnReset, "guest closed"));
@@ -912,10 +879,7 @@ impl Device {
             };
             add(&self.stats.events.host_connects, 1);
             if self.handshakes.len() >= MAX_HANDSHAKES {
-                let _ = sock.send(&handshake::err_msg(
-                    ErrorCode::MFile,
-                    "too many pending connections",
-                ));
+                let _ = sock.send(&handshake::err_msg(ErrorCode::MFile, "too many pending connections"));
                 continue;
             }
             self.next_handshake = self.next_handshake.wrapping_add(1) & 0xffff_ffff;
@@ -965,10 +929,7 @@ impl Device {
         };
         if !self.active || !self.guest_listen {
             log::info!("host connection to guest service {name:?} refused: guest does not accept host connections");
-            reply_err(
-                ErrorCode::ConnRefused,
-                "guest does not accept host connections",
-            );
+            reply_err(ErrorCode::ConnRefused, "guest does not accept host connections");
             return;
         }
         if self.channels.len() >= self.params.config.max_channels as usize {
@@ -977,9 +938,7 @@ impl Device {
         }
         let id = self.alloc_device_id();
         let counters = self.stats.open_channel(id, &name, Opener::Host);
-        let _ = h
-            .sock
-            .set_send_buffer(2 * (self.params.config.max_msg_size as usize + 4096));
+        let _ = h.sock.set_send_buffer(2 * (self.params.config.max_msg_size as usize + 4096));
         let ch = Channel::new(
             &name,
             Opener::Host,
@@ -1171,10 +1130,7 @@ impl Device {
                 Ok(b) if b.capacity() >= MIN_RX_BUF_SIZE as usize => return Some(b),
                 Ok(b) => {
                     let cap = b.capacity();
-                    self.malformed(
-                        None,
-                        &format_args!("rx buffer of {cap} bytes (minimum {MIN_RX_BUF_SIZE})"),
-                    );
+                    self.malformed(None, &format_args!("rx buffer of {cap} bytes (minimum {MIN_RX_BUF_SIZE})"));
                 }
                 Err(e) => self.malformed(None, &format_args!("rx chain: {e}")),
             }
@@ -1298,3 +1254,4 @@ impl Device {
         self.channels.get(&id).map(|c| c.counters.clone())
     }
 }
+

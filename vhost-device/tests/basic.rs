@@ -13,10 +13,7 @@ fn echo_round_trip_and_refusals() {
     assert_eq!(d.config.guest_id, 7);
     assert_eq!(d.config.max_msg_size, 65536);
     let id = d.open("echo").unwrap().unwrap();
-    for (i, len) in [0usize, 1, 100, 4064, 4065, 10_000, 65536]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, len) in [0usize, 1, 100, 4064, 4065, 10_000, 65536].into_iter().enumerate() {
         let msg: Vec<u8> = (0..len).map(|b| (b + i) as u8).collect();
         d.send(id, &msg).unwrap();
         assert_eq!(d.recv(id).unwrap(), msg, "len {len}");
@@ -26,8 +23,7 @@ fn echo_round_trip_and_refusals() {
     let l1 = d.open("limited").unwrap().unwrap();
     assert_eq!(d.open("limited").unwrap(), Err(ErrorCode::MFile));
     d.close(l1).unwrap();
-    d.wait_until("CLOSE answer", |d| d.closed(l1).is_some())
-        .unwrap();
+    d.wait_until("CLOSE answer", |d| d.closed(l1).is_some()).unwrap();
     assert!(d.errors.is_empty(), "{:?}", d.errors);
     let s = fx.stats();
     assert!(s.active);

@@ -40,10 +40,7 @@ fn million_messages_both_ways_in_order() {
         if !progress {
             d.poll(std::time::Duration::from_millis(100)).unwrap();
         }
-        assert!(
-            start.elapsed().as_secs() < 600,
-            "stuck at sent {sent} got {got}"
-        );
+        assert!(start.elapsed().as_secs() < 600, "stuck at sent {sent} got {got}");
     }
     assert!(d.errors.is_empty(), "{:?}", d.errors);
     let s = fx.stats();

@@ -15,9 +15,7 @@ use kt_proto::consts::{
     F_GUEST_LISTEN, HDR_SIZE, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
-use kt_proto::{
-    DeviceConfig, ErrorCode, Header, Limits, MsgType, Path as HdrPath, RecvCredit, SendCredit,
-};
+use kt_proto::{DeviceConfig, ErrorCode, Header, Limits, MsgType, Path as HdrPath, RecvCredit, SendCredit};
 use vhost::vhost_user::Frontend;
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
@@ -164,10 +162,7 @@ fn xorshift(s: &mut u64) -> u64 {
 }
 
 fn timeout_err(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("timed out waiting for {what}"),
-    )
+    io::Error::new(io::ErrorKind::TimedOut, format!("timed out waiting for {what}"))
 }
 
 impl Driver {
@@ -382,11 +377,7 @@ impl Driver {
     }
 
     /// Polls until `cond` holds or the timeout passes.
-    pub fn wait_until(
-        &mut self,
-        what: &str,
-        mut cond: impl FnMut(&mut Driver) -> bool,
-    ) -> io::Result<()> {
+    pub fn wait_until(&mut self, what: &str, mut cond: impl FnMut(&mut Driver) -> bool) -> io::Result<()> {
         let deadline = Instant::now() + self.opts.timeout;
         while !cond(self) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -481,11 +472,7 @@ impl Driver {
                 return Ok(());
             }
             if data.len() != first.msg_len as usize {
-                self.error(format!(
-                    "message of {} bytes, msg_len {}",
-                    data.len(),
-                    first.msg_len
-                ));
+                self.error(format!("message of {} bytes, msg_len {}", data.len(), first.msg_len));
                 return Ok(());
             }
             self.deliver(first, data);
@@ -505,18 +492,12 @@ impl Driver {
         c.send.on_peer(h.buf_alloc, h.fwd_cnt);
         if h.seq != c.rx_seq {
             let want = c.rx_seq;
-            self.error(format!(
-                "channel {:#x}: seq {} expected {want}",
-                h.channel, h.seq
-            ));
+            self.error(format!("channel {:#x}: seq {} expected {want}", h.channel, h.seq));
             return;
         }
         c.rx_seq = c.rx_seq.wrapping_add(1);
         if let Err(e) = c.recv.on_receive(h.msg_len) {
-            self.error(format!(
-                "channel {:#x}: device overran credit: {e}",
-                h.channel
-            ));
+            self.error(format!("channel {:#x}: device overran credit: {e}", h.channel));
             return;
         }
         c.inbox.push_back(data);
@@ -642,21 +623,9 @@ impl Driver {
                 self.rings[1].add_chain(
                     &self.mem,
                     &[
-                        Desc {
-                            addr: a,
-                            len: c1,
-                            flags: 0,
-                        },
-                        Desc {
-                            addr: a + u64::from(c1),
-                            len: c2,
-                            flags: 0,
-                        },
-                        Desc {
-                            addr: a + u64::from(c1 + c2),
-                            len: t - c1 - c2,
-                            flags: 0,
-                        },
+                        Desc { addr: a, len: c1, flags: 0 },
+                        Desc { addr: a + u64::from(c1), len: c2, flags: 0 },
+                        Desc { addr: a + u64::from(c1 + c2), len: t - c1 - c2, flags: 0 },
                     ],
                 )?
             }
@@ -665,16 +634,8 @@ impl Driver {
                 self.rings[1].add_indirect(
                     &self.mem,
                     &[
-                        Desc {
-                            addr: a,
-                            len: c1,
-                            flags: 0,
-                        },
-                        Desc {
-                            addr: a + u64::from(c1),
-                            len: t - c1,
-                            flags: 0,
-                        },
+                        Desc { addr: a, len: c1, flags: 0 },
+                        Desc { addr: a + u64::from(c1), len: t - c1, flags: 0 },
                     ],
                 )?
             }
@@ -726,16 +687,10 @@ impl Driver {
     /// Sends one DATA message if credit allows; `Ok(false)` when it does not.
     pub fn try_send(&mut self, id: u32, data: &[u8]) -> io::Result<bool> {
         let Some(c) = self.chans.get_mut(&id) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                format!("channel {id:#x} not open"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotConnected, format!("channel {id:#x} not open")));
         };
         if c.closed.is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                format!("channel {id:#x} closed"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::ConnectionReset, format!("channel {id:#x} closed")));
         }
         let len = data.len() as u32;
         if !c.send.can_send(len) {
@@ -765,17 +720,11 @@ impl Driver {
     /// Takes one received message if there is one, returning its credit.
     pub fn try_recv(&mut self, id: u32) -> io::Result<Option<Vec<u8>>> {
         let Some(c) = self.chans.get_mut(&id) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                format!("channel {id:#x} not open"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotConnected, format!("channel {id:#x} not open")));
         };
         let Some(m) = c.inbox.pop_front() else {
             if c.closed.is_some() {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    format!("channel {id:#x} closed"),
-                ));
+                return Err(io::Error::new(io::ErrorKind::ConnectionReset, format!("channel {id:#x} closed")));
             }
             return Ok(None);
         };

@@ -58,7 +58,10 @@ impl DaemonProc {
     /// Starts `bin` with `args` and waits until `socket` exists.
     pub fn spawn(bin: &Path, socket: &Path, args: &[String]) -> io::Result<DaemonProc> {
         let _ = std::fs::remove_file(socket);
-        let child = Command::new(bin).args(args).stdin(Stdio::null()).spawn()?;
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()?;
         let mut d = DaemonProc {
             child,
             socket: socket.to_owned(),
@@ -199,9 +202,7 @@ pub fn connect_guest(listen: &Path, name: &str) -> io::Result<Result<(SeqPacket,
     };
     match kt_proto::handshake::parse_reply(&buf[..n]) {
         Ok(kt_proto::handshake::Reply::Ok { channel }) => Ok(Ok((s, channel))),
-        Ok(kt_proto::handshake::Reply::Err { code, text }) => {
-            Ok(Err(format!("{} {text}", code.errno())))
-        }
+        Ok(kt_proto::handshake::Reply::Err { code, text }) => Ok(Err(format!("{} {text}", code.errno()))),
         Err(e) => Err(io::Error::other(e)),
     }
 }

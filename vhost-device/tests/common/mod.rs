@@ -120,9 +120,7 @@ pub fn message(i: u64, max: usize) -> Vec<u8> {
         m.extend_from_slice(&next().to_le_bytes());
     }
     m.truncate(size);
-    let sum = m[12..]
-        .iter()
-        .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(*b)));
+    let sum = m[12..].iter().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(*b)));
     m[8..12].copy_from_slice(&sum.to_le_bytes());
     m
 }
@@ -135,9 +133,7 @@ pub fn check_message(m: &[u8]) -> Result<u64, String> {
     let mut idx = [0u8; 8];
     idx.copy_from_slice(&m[..8]);
     let i = u64::from_le_bytes(idx);
-    let sum = m[12..]
-        .iter()
-        .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(*b)));
+    let sum = m[12..].iter().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(*b)));
     let mut want = [0u8; 4];
     want.copy_from_slice(&m[8..12]);
     if u32::from_le_bytes(want) != sum {
