@@ -143,7 +143,18 @@ impl Channel {
     fn hung_up(&self) -> Result<bool> {
         let revents = sys::retry(|| sys::poll(self.fd.as_fd(), libc::POLLIN | libc::POLLRDHUP, 0))
             .map_err(|e| self.map_err(e, 0, "poll"))?;
-        Ok(revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0)
+        if revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) == 0 {
+            return Ok(false);
+        }
+        // Hung up, but messages still queued: the 0 was an empty message.
+        // (FIONREAD counts queued bytes on sockets; a file that does not
+        // support it counts as empty.)
+        let mut queued: libc::c_int = 0;
+        let queued = match sys::ioctl_ptr(self.fd.as_fd(), libc::FIONREAD as u32, &mut queued) {
+            Ok(_) => queued,
+            Err(_) => 0,
+        };
+        Ok(queued <= 0)
     }
 
     fn map_err(&self, e: io::Error, len: usize, what: &str) -> Error {
@@ -249,15 +260,19 @@ mod tests {
     fn boundaries_and_eof() {
         let (a, b) = pair();
         let mut nb = NbStats::default();
+        a.send(b"", &mut nb).unwrap();
         a.send(b"one", &mut nb).unwrap();
         a.send(b"", &mut nb).unwrap();
         a.send(&[7u8; 4096], &mut nb).unwrap();
         let mut buf = b.recv_buffer();
+        assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(0));
         assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(3));
         assert_eq!(&buf[..3], b"one");
+        // The sender goes away with messages still queued: the empty one in
+        // the middle must not read as end-of-channel.
+        drop(a);
         assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(0));
         assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(4096));
-        drop(a);
         assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Eof);
     }
 
