@@ -284,20 +284,20 @@ fn fake_device(
     reply: &'static str,
     relay_to: Option<PathBuf>,
 ) -> std::thread::JoinHandle<()> {
-    let mut listener = Listener::bind(sock, 65536).unwrap();
+    let mut listener = Listener::bind(sock, 65536).expect("bind device socket");
     std::thread::spawn(move || {
-        let guest = listener.accept().unwrap();
+        let guest = listener.accept().expect("accept");
         let mut buf = guest.recv_buffer();
         let mut nb = NbStats::default();
-        let Recv::Msg(n) = guest.recv(&mut buf, &mut nb).unwrap() else {
+        let Recv::Msg(n) = guest.recv(&mut buf, &mut nb).expect("recv CONNECT") else {
             panic!("no CONNECT")
         };
         assert_eq!(&buf[..n], format!("CONNECT {want_name}\n").as_bytes());
-        guest.send(reply.as_bytes(), &mut nb).unwrap();
+        guest.send(reply.as_bytes(), &mut nb).expect("send reply");
         let Some(path) = relay_to else { return };
-        let service = connect_direct(&path, 65536).unwrap();
-        while let Recv::Msg(n) = guest.recv(&mut buf, &mut nb).unwrap() {
-            service.send(&buf[..n], &mut nb).unwrap();
+        let service = connect_direct(&path, 65536).expect("connect service");
+        while let Recv::Msg(n) = guest.recv(&mut buf, &mut nb).expect("relay recv") {
+            service.send(&buf[..n], &mut nb).expect("relay send");
         }
     })
 }
