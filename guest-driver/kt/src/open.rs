@@ -84,7 +84,7 @@ pub fn open_channel(ctx: &Ctx, args: &ChannelArgs) -> Result<Channel> {
             let mut l = host::Listener::bind(path, ctx.max_msg_size)?;
             if !l.wait(timeout)? {
                 return Err(Error::Timeout {
-                    label: path.display().to_string(),
+                    label: format!("{} (waiting for a connection)", path.display()),
                     secs: timeout.map_or(0.0, |t| t.as_secs_f64()),
                 });
             }
@@ -104,7 +104,7 @@ pub fn open_channel(ctx: &Ctx, args: &ChannelArgs) -> Result<Channel> {
             let l = guest::listen(&ctx.device, need_name()?)?;
             if !l.wait(timeout)? {
                 return Err(Error::Timeout {
-                    label: need_name()?.to_string(),
+                    label: format!("{} (waiting for the host to open a channel)", need_name()?),
                     secs: timeout.map_or(0.0, |t| t.as_secs_f64()),
                 });
             }

@@ -134,7 +134,10 @@ pub fn connect(ctx: &Ctx, a: &ConnectArgs) -> Result<()> {
     if count.is_some() {
         // The worker ends the process once the count is reached.
         if worker.join().is_err() {
-            return Err(Error::Usage("receive thread panicked".into()));
+            return Err(Error::io(
+                "receive thread",
+                std::io::Error::other("panicked"),
+            ));
         }
     }
     Ok(())
