@@ -1,0 +1,479 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kerntransport user-space interface: the /dev/kerntransport misc device.
+ *
+ * An open file is one endpoint: idle, then either a channel (after
+ * KT_IOC_CONNECT, or a file returned by KT_IOC_ACCEPT) or a listener (after
+ * KT_IOC_LISTEN). read() returns one whole message, write() sends one;
+ * poll, O_NONBLOCK and blocking waits follow socket conventions. This file
+ * maps the file API onto kt_chan.c and owns nothing of the protocol.
+ */
+#include <linux/anon_inodes.h>
+#include <linux/fs.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/poll.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+
+#include "kt_priv.h"
+
+enum kt_file_mode {
+	KT_FILE_IDLE,
+	KT_FILE_CONNECTING,
+	KT_FILE_CHANNEL,
+	KT_FILE_LISTENER,
+};
+
+struct kt_file {
+	struct mutex lock;		/* mode changes */
+	enum kt_file_mode mode;
+	struct kt_chan *ch;		/* KT_FILE_CHANNEL, published once */
+	struct kt_service *lst;		/* KT_FILE_LISTENER */
+};
+
+static const struct file_operations kt_fops;
+
+static struct kt_file *kt_file_new(void)
+{
+	struct kt_file *kf;
+
+	kf = kzalloc(sizeof(*kf), GFP_KERNEL);
+	if (!kf)
+		return NULL;
+	mutex_init(&kf->lock);
+	kf->mode = KT_FILE_IDLE;
+	return kf;
+}
+
+/* The file's channel once connected or accepted, else NULL. */
+static struct kt_chan *kt_file_chan(struct kt_file *kf)
+{
+	/* Pairs with the release in kt_ioc_connect(): ch is fully set up. */
+	return smp_load_acquire(&kf->ch);
+}
+
+static int kt_open_file(struct inode *inode, struct file *file)
+{
+	struct kt_file *kf = kt_file_new();
+
+	if (!kf)
+		return -ENOMEM;
+	file->private_data = kf;
+	return stream_open(inode, file);
+}
+
+/**
+ * kt_listener_drain() - close a user listener and the channels it holds
+ * @svc: a user listener already removed from the registry
+ */
+void kt_listener_drain(struct kt_service *svc)
+{
+	struct kt_chan *ch;
+
+	for (;;) {
+		spin_lock(&svc->lock);
+		ch = list_first_entry_or_null(&svc->chans, struct kt_chan,
+					      svc_node);
+		if (ch) {
+			list_del_init(&ch->svc_node);
+			svc->backlog--;
+		}
+		spin_unlock(&svc->lock);
+		if (!ch)
+			break;
+		kt_chan_release(ch);
+		kt_chan_put(ch);
+	}
+}
+
+static int kt_release(struct inode *inode, struct file *file)
+{
+	struct kt_file *kf = file->private_data;
+
+	if (kf->ch) {
+		kt_chan_release(kf->ch);
+		kt_chan_put(kf->ch);
+	}
+	if (kf->lst) {
+		kt_service_del(kf->lst);
+		kt_listener_drain(kf->lst);
+		kfree(kf->lst);
+	}
+	kfree(kf);
+	return 0;
+}
+
+static bool kt_chan_readable(struct kt_chan *ch)
+{
+	bool ret;
+
+	spin_lock(&ch->lock);
+	ret = !list_empty(&ch->rxq) || ch->state == KT_CH_CLOSED;
+	spin_unlock(&ch->lock);
+	return ret;
+}
+
+static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
+		       loff_t *ppos)
+{
+	struct kt_chan *ch = kt_file_chan(file->private_data);
+	struct kt_msg *msg;
+	ssize_t ret;
+	int err;
+
+	if (!ch)
+		return -ENOTCONN;
+	if (mutex_lock_interruptible(&ch->rd_mutex))
+		return -ERESTARTSYS;
+
+	/* Only a reader (under rd_mutex) removes messages from rxq. */
+	for (;;) {
+		spin_lock(&ch->lock);
+		msg = list_first_entry_or_null(&ch->rxq, struct kt_msg, node);
+		err = ch->err;
+		if (msg || ch->state == KT_CH_CLOSED)
+			break;
+		spin_unlock(&ch->lock);
+		if (file->f_flags & O_NONBLOCK) {
+			ret = -EAGAIN;
+			goto out;
+		}
+		if (wait_event_interruptible(ch->wq, kt_chan_readable(ch))) {
+			ret = -ERESTARTSYS;
+			goto out;
+		}
+	}
+	spin_unlock(&ch->lock);
+
+	if (!msg) {
+		ret = err ? -err : 0;	/* queued data first, then EOF/error */
+		goto out;
+	}
+	if (msg->len > count) {
+		ret = -EMSGSIZE;	/* the message stays queued */
+		goto out;
+	}
+	if (copy_to_user(buf, msg->data, msg->len)) {
+		ret = -EFAULT;
+		goto out;
+	}
+	spin_lock(&ch->lock);
+	list_del(&msg->node);
+	spin_unlock(&ch->lock);
+	ret = msg->len;
+	kt_chan_consumed(ch, kt_msg_cost(msg->len));
+	kvfree(msg);
+out:
+	mutex_unlock(&ch->rd_mutex);
+	return ret;
+}
+
+static ssize_t kt_write(struct file *file, const char __user *buf,
+			size_t count, loff_t *ppos)
+{
+	struct kt_chan *ch = kt_file_chan(file->private_data);
+	struct kt_txbuf *txb;
+	int err;
+
+	if (!ch)
+		return -ENOTCONN;
+	if (count > ch->kd->max_msg_size)
+		return -EMSGSIZE;
+	txb = kt_txbuf_alloc(count, GFP_KERNEL);
+	if (!txb)
+		return -ENOMEM;
+	if (copy_from_user(txb->data, buf, count)) {
+		kt_txbuf_free(txb);
+		return -EFAULT;
+	}
+	err = kt_chan_send(ch, txb, file->f_flags & O_NONBLOCK);
+	if (err) {
+		kt_txbuf_free(txb);
+		return err;
+	}
+	return count;
+}
+
+static __poll_t kt_poll_chan(struct file *file, struct kt_chan *ch,
+			     poll_table *wait)
+{
+	__poll_t mask = 0;
+	u32 need;
+
+	poll_wait(file, &ch->wq, wait);
+	spin_lock(&ch->lock);
+	if (!list_empty(&ch->rxq))
+		mask |= EPOLLIN | EPOLLRDNORM;
+	if (ch->state == KT_CH_CLOSED) {
+		/* read() returns at once: queued data, then EOF or error. */
+		mask |= EPOLLIN | EPOLLRDNORM | EPOLLHUP | EPOLLRDHUP;
+		if (ch->err)
+			mask |= EPOLLERR;
+	}
+	spin_unlock(&ch->lock);
+
+	/* Writable when the last message that had to wait would now fit. */
+	need = READ_ONCE(ch->tx_want);
+	if (!need)
+		need = kt_msg_cost(0);
+	if (READ_ONCE(ch->state) == KT_CH_OPEN && kt_chan_can_send(ch, need))
+		mask |= EPOLLOUT | EPOLLWRNORM;
+	return mask;
+}
+
+static __poll_t kt_poll(struct file *file, poll_table *wait)
+{
+	struct kt_file *kf = file->private_data;
+	struct kt_chan *ch = kt_file_chan(kf);
+	struct kt_service *svc;
+
+	if (ch)
+		return kt_poll_chan(file, ch, wait);
+	svc = READ_ONCE(kf->lst);
+	if (svc) {
+		poll_wait(file, &svc->wq, wait);
+		return READ_ONCE(svc->backlog) ? EPOLLIN | EPOLLRDNORM : 0;
+	}
+	return 0;
+}
+
+static int kt_get_name(void __user *argp, char *name)
+{
+	struct kt_ioc_name n;
+	size_t len;
+
+	if (copy_from_user(&n, argp, sizeof(n)))
+		return -EFAULT;
+	len = strnlen(n.name, sizeof(n.name));
+	if (len == sizeof(n.name) || kt_check_name(n.name, len))
+		return -EINVAL;
+	memcpy(name, n.name, len + 1);
+	return 0;
+}
+
+static int kt_ioc_connect(struct kt_file *kf, void __user *argp)
+{
+	char name[KT_NAME_MAX + 1];
+	struct kt_dev *kd;
+	struct kt_chan *ch;
+	int err;
+
+	err = kt_get_name(argp, name);
+	if (err)
+		return err;
+
+	mutex_lock(&kf->lock);
+	if (kf->mode != KT_FILE_IDLE) {
+		err = kf->mode == KT_FILE_LISTENER ? -EINVAL :
+		      kf->mode == KT_FILE_CONNECTING ? -EALREADY : -EISCONN;
+		mutex_unlock(&kf->lock);
+		return err;
+	}
+	kf->mode = KT_FILE_CONNECTING;
+	mutex_unlock(&kf->lock);
+
+	kd = kt_dev_get_active();
+	if (!kd) {
+		err = -ENODEV;
+		goto out;
+	}
+	ch = kt_chan_new(kd, name);
+	kt_dev_put(kd);
+	if (!ch) {
+		err = -ENOMEM;
+		goto out;
+	}
+	err = kt_chan_connect(ch);
+	if (err)
+		kt_chan_put(ch);
+out:
+	mutex_lock(&kf->lock);
+	if (err) {
+		kf->mode = KT_FILE_IDLE;
+	} else {
+		kf->mode = KT_FILE_CHANNEL;
+		/* Publish only a connected channel to read/write/poll. */
+		smp_store_release(&kf->ch, ch);
+	}
+	mutex_unlock(&kf->lock);
+	return err;
+}
+
+static int kt_ioc_listen(struct kt_file *kf, void __user *argp)
+{
+	char name[KT_NAME_MAX + 1];
+	struct kt_service *svc;
+	int err;
+
+	err = kt_get_name(argp, name);
+	if (err)
+		return err;
+	if (!strncmp(name, KT_KERNEL_NAME_PREFIX,
+		     strlen(KT_KERNEL_NAME_PREFIX)))
+		return -EPERM;
+
+	svc = kzalloc(sizeof(*svc), GFP_KERNEL);
+	if (!svc)
+		return -ENOMEM;
+	strscpy(svc->name, name, sizeof(svc->name));
+	spin_lock_init(&svc->lock);
+	INIT_LIST_HEAD(&svc->chans);
+	init_waitqueue_head(&svc->wq);
+
+	mutex_lock(&kf->lock);
+	if (kf->mode != KT_FILE_IDLE) {
+		err = kf->mode == KT_FILE_LISTENER ? -EINVAL : -EISCONN;
+		goto err_unlock;
+	}
+	err = kt_service_add(svc);
+	if (err)
+		goto err_unlock;
+	kf->mode = KT_FILE_LISTENER;
+	WRITE_ONCE(kf->lst, svc);
+	mutex_unlock(&kf->lock);
+	return 0;
+
+err_unlock:
+	mutex_unlock(&kf->lock);
+	kfree(svc);
+	return err;
+}
+
+static int kt_ioc_accept(struct file *file, struct kt_file *kf)
+{
+	struct kt_service *svc = READ_ONCE(kf->lst);
+	struct kt_file *nkf;
+	struct kt_chan *ch;
+	int fd;
+
+	if (!svc)
+		return -EINVAL;
+	for (;;) {
+		spin_lock(&svc->lock);
+		ch = list_first_entry_or_null(&svc->chans, struct kt_chan,
+					      svc_node);
+		if (ch) {
+			list_del_init(&ch->svc_node);
+			WRITE_ONCE(svc->backlog, svc->backlog - 1);
+		}
+		spin_unlock(&svc->lock);
+		if (ch)
+			break;
+		if (file->f_flags & O_NONBLOCK)
+			return -EAGAIN;
+		if (wait_event_interruptible(svc->wq, READ_ONCE(svc->backlog)))
+			return -ERESTARTSYS;
+	}
+
+	nkf = kt_file_new();
+	if (!nkf) {
+		fd = -ENOMEM;
+		goto err_close;
+	}
+	/* The accept queue's reference moves to the new file. */
+	nkf->mode = KT_FILE_CHANNEL;
+	nkf->ch = ch;
+	fd = anon_inode_getfd("[kerntransport]", &kt_fops, nkf, O_RDWR);
+	if (fd < 0) {
+		kfree(nkf);
+		goto err_close;
+	}
+	return fd;
+
+err_close:
+	kt_chan_release(ch);
+	kt_chan_put(ch);
+	return fd;
+}
+
+static int kt_ioc_info(struct kt_file *kf, void __user *argp)
+{
+	struct kt_ioc_info info = { };
+	struct kt_dev *kd;
+	struct kt_chan *ch;
+
+	mutex_lock(&kf->lock);
+	switch (kf->mode) {
+	case KT_FILE_IDLE:
+		info.state = KT_STATE_IDLE;
+		break;
+	case KT_FILE_CONNECTING:
+		info.state = KT_STATE_CONNECTING;
+		break;
+	case KT_FILE_LISTENER:
+		info.state = KT_STATE_LISTENING;
+		break;
+	case KT_FILE_CHANNEL:
+		ch = kf->ch;
+		spin_lock(&ch->lock);
+		info.channel = ch->id;
+		info.state = ch->state == KT_CH_OPEN ? KT_STATE_OPEN :
+			     KT_STATE_CLOSED;
+		spin_unlock(&ch->lock);
+		info.max_msg_size = ch->kd->max_msg_size;
+		info.guest_id = ch->kd->guest_id;
+		break;
+	}
+	mutex_unlock(&kf->lock);
+
+	if (!info.max_msg_size) {
+		kd = kt_dev_get_active();
+		if (kd) {
+			info.max_msg_size = kd->max_msg_size;
+			info.guest_id = kd->guest_id;
+			kt_dev_put(kd);
+		}
+	}
+	if (copy_to_user(argp, &info, sizeof(info)))
+		return -EFAULT;
+	return 0;
+}
+
+static long kt_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct kt_file *kf = file->private_data;
+	void __user *argp = (void __user *)arg;
+
+	switch (cmd) {
+	case KT_IOC_CONNECT:
+		return kt_ioc_connect(kf, argp);
+	case KT_IOC_LISTEN:
+		return kt_ioc_listen(kf, argp);
+	case KT_IOC_ACCEPT:
+		return kt_ioc_accept(file, kf);
+	case KT_IOC_INFO:
+		return kt_ioc_info(kf, argp);
+	default:
+		return -ENOTTY;
+	}
+}
+
+static const struct file_operations kt_fops = {
+	.owner = THIS_MODULE,
+	.open = kt_open_file,
+	.release = kt_release,
+	.read = kt_read,
+	.write = kt_write,
+	.poll = kt_poll,
+	.unlocked_ioctl = kt_ioctl,
+	.compat_ioctl = compat_ptr_ioctl,
+};
+
+static struct miscdevice kt_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "kerntransport",
+	.fops = &kt_fops,
+	.mode = 0660,
+};
+
+int kt_cdev_register(void)
+{
+	return misc_register(&kt_misc);
+}
+
+void kt_cdev_unregister(void)
+{
+	misc_deregister(&kt_misc);
+}

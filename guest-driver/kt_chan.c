@@ -1,0 +1,509 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kerntransport channels: the channel object and its reference counting,
+ * the per-device id table (SPEC section 3), opening and closing, sending
+ * with credit flow control and returning credit as the reader consumes
+ * (SPEC section 5), transport reset (SPEC section 6), service-name checks,
+ * and the registry of names listened on (user-space listeners and kernel
+ * services). Shared by the char device (kt_cdev.c) and the in-kernel API
+ * (kt_api.c); parsing device input is kt_rx.c's job.
+ */
+#include <linux/module.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+
+#include "kt_priv.h"
+
+/* Guards kt_services and every listener's membership in it. */
+DEFINE_MUTEX(kt_services_lock);
+static LIST_HEAD(kt_services);
+
+static void kt_chan_free(struct kref *ref)
+{
+	struct kt_chan *ch = container_of(ref, struct kt_chan, ref);
+	struct kt_msg *msg, *tmp;
+
+	list_for_each_entry_safe(msg, tmp, &ch->rxq, node)
+		kvfree(msg);
+	module_put(ch->owner);
+	kt_dev_put(ch->kd);
+	kfree(ch);
+}
+
+void kt_chan_put(struct kt_chan *ch)
+{
+	kref_put(&ch->ref, kt_chan_free);
+}
+
+/**
+ * kt_chan_new() - allocate a channel endpoint on a device
+ * @kd: the device (a reference is taken)
+ * @name: service name, already checked
+ *
+ * Return: the channel in CONNECTING state with one reference (the owner's),
+ * not yet in the id table; NULL if out of memory.
+ */
+struct kt_chan *kt_chan_new(struct kt_dev *kd, const char *name)
+{
+	struct kt_chan *ch;
+
+	ch = kzalloc(sizeof(*ch), GFP_KERNEL);
+	if (!ch)
+		return NULL;
+	kref_init(&ch->ref);
+	kref_get(&kd->ref);
+	ch->kd = kd;
+	spin_lock_init(&ch->lock);
+	init_waitqueue_head(&ch->wq);
+	mutex_init(&ch->rd_mutex);
+	INIT_LIST_HEAD(&ch->rxq);
+	INIT_LIST_HEAD(&ch->svc_node);
+	INIT_WORK(&ch->work, kt_chan_work);
+	strscpy(ch->name, name, sizeof(ch->name));
+	ch->state = KT_CH_CONNECTING;
+	ch->buf_alloc = kd->buf_alloc;
+	return ch;
+}
+
+/**
+ * kt_chan_lookup() - find a listed channel by id
+ * @kd: the device
+ * @id: channel id from the device (untrusted)
+ *
+ * Return: the channel with a reference held, or NULL.
+ */
+struct kt_chan *kt_chan_lookup(struct kt_dev *kd, u32 id)
+{
+	struct kt_chan *ch;
+
+	xa_lock(&kd->chans);
+	ch = xa_load(&kd->chans, id);
+	if (ch && !kref_get_unless_zero(&ch->ref))
+		ch = NULL;
+	xa_unlock(&kd->chans);
+	return ch;
+}
+
+static int kt_chan_reserve(struct kt_chan *ch)
+{
+	struct kt_dev *kd = ch->kd;
+
+	if (atomic_inc_return(&kd->nchan) > kd->max_channels) {
+		atomic_dec(&kd->nchan);
+		return -EMFILE;
+	}
+	kref_get(&ch->ref);		/* the table's reference */
+	spin_lock(&ch->lock);
+	ch->in_table = true;
+	spin_unlock(&ch->lock);
+	return 0;
+}
+
+static void kt_chan_unreserve(struct kt_chan *ch)
+{
+	spin_lock(&ch->lock);
+	ch->in_table = false;
+	spin_unlock(&ch->lock);
+	atomic_dec(&ch->kd->nchan);
+	kt_chan_put(ch);
+}
+
+/**
+ * kt_chan_insert_local() - give a channel we open an id and list it
+ * @ch: the new channel
+ *
+ * Ids are handed out in increasing order and wrap, skipping ids in use
+ * (SPEC section 3).
+ *
+ * Return: 0, -EMFILE (max_channels reached or no id free) or -ENOMEM.
+ */
+int kt_chan_insert_local(struct kt_chan *ch)
+{
+	struct kt_dev *kd = ch->kd;
+	u32 id;
+	int err;
+
+	err = kt_chan_reserve(ch);
+	if (err)
+		return err;
+	err = xa_alloc_cyclic(&kd->chans, &id, ch,
+			      XA_LIMIT(1, KT_CHAN_DEVICE_BIT - 1),
+			      &kd->next_id, GFP_KERNEL);
+	if (err < 0) {
+		kt_chan_unreserve(ch);
+		return err == -EBUSY ? -EMFILE : err;
+	}
+	ch->id = id;
+	return 0;
+}
+
+/**
+ * kt_chan_insert_remote() - list a channel the device opened
+ * @ch: the new channel
+ * @id: the device's id for it (bit 31 set, checked by the caller)
+ *
+ * Return: 0, -EMFILE, -EEXIST or -ENOMEM.
+ */
+int kt_chan_insert_remote(struct kt_chan *ch, u32 id)
+{
+	int err;
+
+	err = kt_chan_reserve(ch);
+	if (err)
+		return err;
+	ch->id = id;
+	err = xa_insert(&ch->kd->chans, id, ch, GFP_KERNEL);
+	if (err) {
+		kt_chan_unreserve(ch);
+		return err == -EBUSY ? -EEXIST : err;
+	}
+	return 0;
+}
+
+/**
+ * kt_chan_unlist() - remove a channel from the id table
+ * @ch: the channel
+ *
+ * Called once both CLOSEs were exchanged or the open failed; the id may
+ * then be reused. Safe against a concurrent reset: whoever clears in_table
+ * removes the entry and drops the table's reference.
+ */
+void kt_chan_unlist(struct kt_chan *ch)
+{
+	struct kt_dev *kd = ch->kd;
+	bool was;
+
+	spin_lock(&ch->lock);
+	was = ch->in_table;
+	ch->in_table = false;
+	spin_unlock(&ch->lock);
+	if (!was)
+		return;
+	xa_cmpxchg(&kd->chans, ch->id, ch, NULL, 0);
+	atomic_dec(&kd->nchan);
+	kt_chan_put(ch);
+}
+
+/**
+ * kt_chan_notify() - wake everyone waiting on a channel
+ * @ch: the channel
+ *
+ * Wakes readers, writers and pollers; for a kernel endpoint, schedules
+ * delivery to its callbacks.
+ */
+void kt_chan_notify(struct kt_chan *ch)
+{
+	bool kernel;
+
+	wake_up_interruptible(&ch->wq);
+	spin_lock(&ch->lock);
+	kernel = ch->ops;
+	spin_unlock(&ch->lock);
+	if (kernel) {
+		kref_get(&ch->ref);	/* the work item's reference */
+		if (!queue_work(kt_wq, &ch->work))
+			kt_chan_put(ch);
+	}
+}
+
+/**
+ * kt_chan_connect() - open a channel to a host service and wait
+ * @ch: a new channel from kt_chan_new()
+ *
+ * Sends OPEN and sleeps interruptibly for OPEN_OK or OPEN_ERR. If a signal
+ * arrives first, the channel is abandoned: a late OPEN_OK is answered with
+ * CLOSE.
+ *
+ * Return: 0 when open, -EINTR, or the errno of the refusal (-ENOENT,
+ * -EACCES, -ECONNREFUSED, ...), -EMFILE, -ECONNRESET.
+ */
+int kt_chan_connect(struct kt_chan *ch)
+{
+	int err;
+
+	err = kt_chan_insert_local(ch);
+	if (err)
+		return err;
+	err = kt_tx_queue_ctrl(ch, KT_MSG_OPEN, 0, ch->name, strlen(ch->name));
+	if (err) {
+		kt_chan_unlist(ch);
+		return err;
+	}
+
+	wait_event_interruptible(ch->wq,
+				 READ_ONCE(ch->state) != KT_CH_CONNECTING);
+
+	spin_lock(&ch->lock);
+	if (ch->state == KT_CH_CONNECTING) {
+		ch->abandoned = true;
+		err = -EINTR;
+	} else if (ch->state == KT_CH_CLOSED) {
+		err = ch->err ? -ch->err : -ECONNREFUSED;
+	}
+	spin_unlock(&ch->lock);
+	return err;
+}
+
+/**
+ * kt_chan_send() - send one DATA message, waiting for credit if allowed
+ * @ch: the channel
+ * @txb: the message; on success it belongs to the tx queue
+ * @nonblock: return -EAGAIN instead of sleeping
+ *
+ * Return: 0, -EAGAIN, -ERESTARTSYS, -EPIPE, -ECONNRESET, -ENOTCONN.
+ */
+int kt_chan_send(struct kt_chan *ch, struct kt_txbuf *txb, bool nonblock)
+{
+	u32 cost = kt_msg_cost(txb->len);
+	bool stalled = false;
+	int err;
+
+	for (;;) {
+		err = kt_tx_queue_data(ch, txb, &stalled);
+		if (err != -EAGAIN || nonblock)
+			return err;
+		if (wait_event_interruptible(ch->wq, kt_chan_can_send(ch, cost)))
+			return -ERESTARTSYS;
+	}
+}
+
+/**
+ * kt_chan_consumed() - the reader took a message: return its credit
+ * @ch: the channel
+ * @cost: the message's credit bytes
+ *
+ * Sends CREDIT_UPDATE once half the window has been freed since the peer
+ * last heard our fwd_cnt (SPEC section 5).
+ */
+void kt_chan_consumed(struct kt_chan *ch, u32 cost)
+{
+	bool update;
+
+	spin_lock(&ch->lock);
+	ch->fwd_cnt += cost;
+	update = ch->state == KT_CH_OPEN && !ch->close_queued &&
+		 !ch->credit_update_queued &&
+		 ch->fwd_cnt - ch->last_fwd_sent >= ch->buf_alloc / 2;
+	spin_unlock(&ch->lock);
+	if (update)
+		kt_tx_queue_ctrl(ch, KT_MSG_CREDIT_UPDATE, 0, NULL, 0);
+}
+
+/**
+ * kt_chan_shutdown() - close our side of a channel
+ * @ch: the channel
+ * @wire_err: KT_ERR_OK for a normal close, else the reason sent in CLOSE
+ *	(the local reader then sees that errno after its queued data)
+ *
+ * Sends CLOSE once; the channel leaves the id table when the peer's CLOSE
+ * has also been seen. A channel still opening is marked abandoned.
+ */
+void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err)
+{
+	bool send, unlist;
+
+	spin_lock(&ch->lock);
+	if (ch->state == KT_CH_CONNECTING) {
+		ch->abandoned = true;
+		spin_unlock(&ch->lock);
+		return;
+	}
+	if (ch->state == KT_CH_OPEN) {
+		ch->state = KT_CH_CLOSED;
+		ch->err = wire_err;
+	}
+	send = !ch->close_queued && !ch->reset && ch->in_table;
+	spin_unlock(&ch->lock);
+
+	if (send)
+		kt_tx_queue_ctrl(ch, KT_MSG_CLOSE, wire_err, NULL, 0);
+
+	spin_lock(&ch->lock);
+	unlist = ch->close_queued && ch->close_rcvd;
+	spin_unlock(&ch->lock);
+	if (unlist)
+		kt_chan_unlist(ch);
+	kt_chan_notify(ch);
+}
+
+/**
+ * kt_chan_release() - the endpoint's owner is done with the channel
+ * @ch: the channel (the caller still drops its own reference afterwards)
+ */
+void kt_chan_release(struct kt_chan *ch)
+{
+	spin_lock(&ch->lock);
+	ch->user_closed = true;
+	spin_unlock(&ch->lock);
+	kt_chan_shutdown(ch, KT_ERR_OK);
+}
+
+/**
+ * kt_chans_reset() - fail every channel of a device with ECONNRESET
+ * @kd: the device
+ *
+ * SPEC section 6: open, opening and accepted-but-waiting channels fail;
+ * ids, sequence numbers and credit are forgotten; messages still waiting
+ * for ring room are dropped. Readers get the data already received first.
+ */
+void kt_chans_reset(struct kt_dev *kd)
+{
+	unsigned long id = 0;
+	struct kt_chan *ch;
+	bool was;
+
+	for (;; id++) {
+		/* Listed channels hold a reference while under xa_lock. */
+		xa_lock(&kd->chans);
+		ch = xa_find(&kd->chans, &id, ULONG_MAX, XA_PRESENT);
+		if (ch)
+			kref_get(&ch->ref);
+		xa_unlock(&kd->chans);
+		if (!ch)
+			break;
+
+		spin_lock(&ch->lock);
+		was = ch->in_table;
+		ch->in_table = false;
+		ch->reset = true;
+		ch->close_queued = true;
+		ch->close_rcvd = true;
+		if (ch->state != KT_CH_CLOSED || !ch->err) {
+			ch->state = KT_CH_CLOSED;
+			ch->err = ECONNRESET;
+		}
+		spin_unlock(&ch->lock);
+		if (was) {
+			xa_cmpxchg(&kd->chans, id, ch, NULL, 0);
+			atomic_dec(&kd->nchan);
+			kt_chan_put(ch);	/* the table's reference */
+		}
+		kt_chan_notify(ch);
+		kt_chan_put(ch);
+	}
+	kt_tx_purge(kd);
+}
+
+/**
+ * kt_errno_from_wire() - map an error code from the device to an errno
+ * @arg: the header's arg field
+ *
+ * Return: the positive errno; unknown codes become EPROTO (SPEC 7).
+ */
+int kt_errno_from_wire(u32 arg)
+{
+	switch (arg) {
+	case KT_ERR_NOENT:
+	case KT_ERR_NOMEM:
+	case KT_ERR_ACCES:
+	case KT_ERR_EXIST:
+	case KT_ERR_INVAL:
+	case KT_ERR_MFILE:
+	case KT_ERR_PROTO:
+	case KT_ERR_MSGSIZE:
+	case KT_ERR_CONNRESET:
+	case KT_ERR_CONNREFUSED:
+		return arg;
+	default:
+		return KT_ERR_PROTO;
+	}
+}
+
+/**
+ * kt_check_name() - validate a service name (SPEC section 2.1)
+ * @name: the bytes (not necessarily NUL-terminated)
+ * @len: their number
+ *
+ * Return: 0 if 1..KT_NAME_MAX bytes of UTF-8 without NUL or ASCII control
+ * characters, else -EINVAL.
+ */
+int kt_check_name(const char *name, size_t len)
+{
+	const u8 *s = (const u8 *)name;
+	size_t i = 0, n, j;
+	u32 cp;
+
+	if (len < 1 || len > KT_NAME_MAX)
+		return -EINVAL;
+	while (i < len) {
+		u8 c = s[i];
+
+		if (c < 0x80) {
+			if (c < 0x20 || c == 0x7f)
+				return -EINVAL;
+			i++;
+			continue;
+		}
+		if (c >= 0xc2 && c <= 0xdf)
+			n = 1;
+		else if (c >= 0xe0 && c <= 0xef)
+			n = 2;
+		else if (c >= 0xf0 && c <= 0xf4)
+			n = 3;
+		else
+			return -EINVAL;
+		if (n >= len - i)
+			return -EINVAL;
+		cp = c & (0x3f >> n);
+		for (j = 1; j <= n; j++) {
+			if ((s[i + j] & 0xc0) != 0x80)
+				return -EINVAL;
+			cp = (cp << 6) | (s[i + j] & 0x3f);
+		}
+		if ((n == 2 && cp < 0x800) ||
+		    (cp >= 0xd800 && cp <= 0xdfff) ||
+		    (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+			return -EINVAL;
+		i += n + 1;
+	}
+	return 0;
+}
+
+/**
+ * kt_service_find() - look up who listens on a name
+ * @name: NUL-terminated name
+ *
+ * Context: kt_services_lock held.
+ * Return: the service or NULL.
+ */
+struct kt_service *kt_service_find(const char *name)
+{
+	struct kt_service *svc;
+
+	lockdep_assert_held(&kt_services_lock);
+	list_for_each_entry(svc, &kt_services, node)
+		if (!strcmp(svc->name, name))
+			return svc;
+	return NULL;
+}
+
+/**
+ * kt_service_add() - start listening on svc->name
+ * @svc: an initialised service
+ *
+ * Return: 0 or -EADDRINUSE if someone already listens on the name.
+ */
+int kt_service_add(struct kt_service *svc)
+{
+	int err = 0;
+
+	mutex_lock(&kt_services_lock);
+	if (kt_service_find(svc->name))
+		err = -EADDRINUSE;
+	else
+		list_add_tail(&svc->node, &kt_services);
+	mutex_unlock(&kt_services_lock);
+	return err;
+}
+
+/**
+ * kt_service_del() - stop listening; no new channel reaches @svc afterwards
+ * @svc: a service added with kt_service_add()
+ */
+void kt_service_del(struct kt_service *svc)
+{
+	mutex_lock(&kt_services_lock);
+	list_del(&svc->node);
+	mutex_unlock(&kt_services_lock);
+}

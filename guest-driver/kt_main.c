@@ -1,0 +1,264 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kerntransport: module entry and the virtio driver binding.
+ *
+ * Owns the device object's life: probe and remove, which share queue setup
+ * and teardown (kt_vqs_start/kt_vqs_stop) with freeze and restore; reading
+ * and clamping the untrusted config space; and the "active device" that
+ * /dev/kerntransport and the in-kernel API use. Queue handling is in
+ * kt_vq.c, the protocol in kt_rx.c and kt_chan.c.
+ */
+#include <linux/module.h>
+#include <linux/slab.h>
+#include <linux/virtio.h>
+#include <linux/virtio_config.h>
+
+#include "kt_priv.h"
+
+static unsigned int window = 256 * 1024;
+module_param(window, uint, 0444);
+MODULE_PARM_DESC(window,
+		 "Receive window per channel in bytes (at least max_msg_size + 32)");
+
+struct workqueue_struct *kt_wq;
+
+/* The one device /dev/kerntransport and kt_open() use. */
+static DEFINE_MUTEX(kt_active_lock);
+static struct kt_dev *kt_active;
+
+/**
+ * kt_dev_get_active() - reference the device new channels go to
+ *
+ * Return: the device with a reference held (drop it with kt_dev_put()), or
+ * NULL if no kerntransport device is bound.
+ */
+struct kt_dev *kt_dev_get_active(void)
+{
+	struct kt_dev *kd;
+
+	mutex_lock(&kt_active_lock);
+	kd = kt_active;
+	if (kd)
+		kref_get(&kd->ref);
+	mutex_unlock(&kt_active_lock);
+	return kd;
+}
+
+static void kt_dev_release(struct kref *ref)
+{
+	struct kt_dev *kd = container_of(ref, struct kt_dev, ref);
+
+	xa_destroy(&kd->chans);
+	kfree(kd->ev_bufs);
+	kfree(kd);
+}
+
+void kt_dev_put(struct kt_dev *kd)
+{
+	kref_put(&kd->ref, kt_dev_release);
+}
+
+/* SPEC 1.3: config values are untrusted; clamp them into range. */
+static void kt_read_config(struct kt_dev *kd)
+{
+	struct virtio_device *vdev = kd->vdev;
+	u32 v;
+
+	virtio_cread_le(vdev, struct kt_config, max_msg_size, &v);
+	if (v == 0 || v > KT_MAX_MSG_SIZE_LIMIT) {
+		dev_warn(&vdev->dev, "max_msg_size %u out of range, clamped\n",
+			 v);
+		v = clamp_t(u32, v, 1, KT_MAX_MSG_SIZE_LIMIT);
+	}
+	kd->max_msg_size = v;
+
+	virtio_cread_le(vdev, struct kt_config, max_channels, &v);
+	if (v == 0 || v > KT_MAX_CHANNELS_CAP) {
+		dev_warn(&vdev->dev, "max_channels %u out of range, clamped\n",
+			 v);
+		v = clamp_t(u32, v, 1, KT_MAX_CHANNELS_CAP);
+	}
+	kd->max_channels = v;
+
+	virtio_cread_le(vdev, struct kt_config, rx_buf_size, &v);
+	if (v < KT_MIN_RX_BUF_SIZE || v > KT_RX_BUF_SIZE_MAX) {
+		dev_warn(&vdev->dev, "rx_buf_size %u out of range, clamped\n",
+			 v);
+		v = clamp_t(u32, v, KT_MIN_RX_BUF_SIZE, KT_RX_BUF_SIZE_MAX);
+	}
+	kd->rx_buf_size = v;
+
+	virtio_cread_le(vdev, struct kt_config, guest_id, &v);
+	kd->guest_id = v;
+
+	/* SPEC 5: buf_alloc >= max_msg_size + 32 so any message fits. */
+	kd->buf_alloc = max_t(u32, window,
+			      kd->max_msg_size + KT_MSG_OVERHEAD);
+}
+
+static int kt_probe(struct virtio_device *vdev)
+{
+	struct kt_dev *kd;
+	int err;
+
+	if (!virtio_has_feature(vdev, VIRTIO_F_VERSION_1)) {
+		dev_err(&vdev->dev, "VIRTIO_F_VERSION_1 not offered\n");
+		return -ENODEV;
+	}
+	if (!vdev->config->get) {
+		dev_err(&vdev->dev, "config space access not supported\n");
+		return -EINVAL;
+	}
+
+	mutex_lock(&kt_active_lock);
+	if (kt_active) {
+		mutex_unlock(&kt_active_lock);
+		dev_err(&vdev->dev, "only one kerntransport device is supported\n");
+		return -EBUSY;
+	}
+	mutex_unlock(&kt_active_lock);
+
+	kd = kzalloc(sizeof(*kd), GFP_KERNEL);
+	if (!kd)
+		return -ENOMEM;
+	kref_init(&kd->ref);
+	kd->vdev = vdev;
+	mutex_init(&kd->rx_mutex);
+	spin_lock_init(&kd->tx_lock);
+	INIT_LIST_HEAD(&kd->tx_pending);
+	INIT_WORK(&kd->rx_work, kt_rx_work);
+	INIT_WORK(&kd->tx_work, kt_tx_work);
+	xa_init_flags(&kd->chans, XA_FLAGS_ALLOC);
+	kd->next_id = 1;
+	vdev->priv = kd;
+
+	kd->ev_bufs = kcalloc(KT_EV_BUFS, sizeof(*kd->ev_bufs), GFP_KERNEL);
+	if (!kd->ev_bufs) {
+		err = -ENOMEM;
+		goto err_put;
+	}
+
+	kt_read_config(kd);
+	kd->guest_listen = virtio_has_feature(vdev, KT_F_GUEST_LISTEN);
+
+	err = kt_vqs_start(kd);
+	if (err)
+		goto err_put;
+
+	err = sysfs_create_group(&vdev->dev.kobj, &kt_attr_group);
+	if (err)
+		goto err_stop;
+
+	mutex_lock(&kt_active_lock);
+	kt_active = kd;
+	mutex_unlock(&kt_active_lock);
+
+	dev_info(&vdev->dev,
+		 "guest %u: max_msg_size %u, max_channels %u, rx_buf_size %u, window %u%s\n",
+		 kd->guest_id, kd->max_msg_size, kd->max_channels,
+		 kd->rx_buf_size, kd->buf_alloc,
+		 kd->guest_listen ? ", host-initiated channels" : "");
+	return 0;
+
+err_stop:
+	kt_vqs_stop(kd);
+err_put:
+	vdev->priv = NULL;
+	kt_dev_put(kd);
+	return err;
+}
+
+static void kt_remove(struct virtio_device *vdev)
+{
+	struct kt_dev *kd = vdev->priv;
+
+	mutex_lock(&kt_active_lock);
+	if (kt_active == kd)
+		kt_active = NULL;
+	mutex_unlock(&kt_active_lock);
+
+	sysfs_remove_group(&vdev->dev.kobj, &kt_attr_group);
+	kt_vqs_stop(kd);
+	vdev->priv = NULL;
+	/* Channels still held by files keep kd (not vdev) until closed. */
+	kt_dev_put(kd);
+}
+
+static void kt_config_changed(struct virtio_device *vdev)
+{
+	dev_dbg(&vdev->dev, "config change ignored: values are fixed at probe\n");
+}
+
+#ifdef CONFIG_PM_SLEEP
+static int kt_freeze(struct virtio_device *vdev)
+{
+	kt_vqs_stop(vdev->priv);
+	return 0;
+}
+
+static int kt_restore(struct virtio_device *vdev)
+{
+	return kt_vqs_start(vdev->priv);
+}
+#endif
+
+static const struct virtio_device_id kt_id_table[] = {
+	{ KT_VIRTIO_ID, VIRTIO_DEV_ANY_ID },
+	{ 0 },
+};
+MODULE_DEVICE_TABLE(virtio, kt_id_table);
+
+static const unsigned int kt_features[] = {
+	KT_F_GUEST_LISTEN,
+};
+
+static struct virtio_driver kt_driver = {
+	.driver.name = KBUILD_MODNAME,
+	.id_table = kt_id_table,
+	.feature_table = kt_features,
+	.feature_table_size = ARRAY_SIZE(kt_features),
+	.probe = kt_probe,
+	.remove = kt_remove,
+	.config_changed = kt_config_changed,
+#ifdef CONFIG_PM_SLEEP
+	.freeze = kt_freeze,
+	.restore = kt_restore,
+#endif
+};
+
+static int __init kt_init(void)
+{
+	int err;
+
+	kt_wq = alloc_workqueue("kerntransport", 0, 0);
+	if (!kt_wq)
+		return -ENOMEM;
+
+	err = kt_cdev_register();
+	if (err)
+		goto err_wq;
+
+	err = register_virtio_driver(&kt_driver);
+	if (err)
+		goto err_cdev;
+	return 0;
+
+err_cdev:
+	kt_cdev_unregister();
+err_wq:
+	destroy_workqueue(kt_wq);
+	return err;
+}
+
+static void __exit kt_exit(void)
+{
+	unregister_virtio_driver(&kt_driver);
+	kt_cdev_unregister();
+	destroy_workqueue(kt_wq);
+}
+
+module_init(kt_init);
+module_exit(kt_exit);
+
+MODULE_DESCRIPTION("kerntransport: host <-> guest kernel message transport over virtio");
+MODULE_LICENSE("GPL");

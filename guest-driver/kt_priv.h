@@ -1,0 +1,263 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * kerntransport driver internals: the device, channel, service and message
+ * objects shared by the driver's files, their locking rules, and the
+ * functions each file exports to the others. Nothing here is visible to
+ * other modules (see include/linux/kerntransport_api.h for that).
+ *
+ * Locking (outermost first; never take them the other way round):
+ *   kt_services_lock (mutex)  global listener/service registry
+ *   kd->rx_mutex (mutex)      rx and event virtqueues, reassembly state
+ *   kd->tx_lock (spinlock)    tx virtqueue, pending tx list, tx_live
+ *   kd->chans xa_lock         channel id table
+ *   svc->lock (spinlock)      a service's accept queue / channel list
+ *   ch->lock (spinlock)       one channel's state, queue, credit, counters
+ * All paths run in process context (virtqueue callbacks only queue work).
+ */
+#ifndef KT_PRIV_H
+#define KT_PRIV_H
+
+#include <linux/atomic.h>
+#include <linux/kref.h>
+#include <linux/list.h>
+#include <linux/mutex.h>
+#include <linux/scatterlist.h>
+#include <linux/spinlock.h>
+#include <linux/types.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+#include <linux/xarray.h>
+
+#include "kerntransport.h"
+#include <linux/kerntransport_api.h>
+
+struct virtio_device;
+struct virtqueue;
+
+#define KT_EV_BUFS		8	/* buffers kept posted on the event queue */
+#define KT_ACCEPT_BACKLOG	64	/* channels waiting in one listener */
+#define KT_REPLY_PENDING_MAX	256	/* queued replies not tied to a channel */
+#define KT_MAX_CHANNELS_CAP	65536	/* upper clamp for config max_channels */
+#define KT_RX_BUF_SIZE_MAX	65536
+
+/* One received message, queued on a channel until read. */
+struct kt_msg {
+	struct list_head node;
+	u32 len;
+	u8 data[];
+};
+
+/* Credit bytes a message of @len payload bytes costs (SPEC section 5). */
+static inline u32 kt_msg_cost(u32 len)
+{
+	return KT_MSG_OVERHEAD + len;
+}
+
+/* Channel life cycle as the endpoint sees it. */
+enum kt_ch_state {
+	KT_CH_CONNECTING,	/* we sent OPEN, waiting for the answer */
+	KT_CH_OPEN,
+	KT_CH_CLOSED,		/* ended: see err, reset */
+};
+
+struct kt_chan_stats {
+	u64 tx_msgs;
+	u64 tx_bytes;
+	u64 rx_msgs;
+	u64 rx_bytes;
+	u64 credit_stalls;
+	u64 malformed;
+};
+
+struct kt_dev;
+struct kt_service;
+
+struct kt_chan {
+	struct kref ref;
+	struct kt_dev *kd;		/* device reference held for our life */
+	spinlock_t lock;		/* the fields marked "under @lock" */
+	wait_queue_head_t wq;		/* readers, writers, connect, poll */
+	struct mutex rd_mutex;		/* one reader at a time (peek, copy) */
+	u32 id;
+	char name[KT_NAME_MAX + 1];
+
+	/* Everything below is under @lock. */
+	enum kt_ch_state state;
+	int err;			/* errno reported when rxq is empty */
+	bool in_table;			/* listed in kd->chans */
+	bool close_queued;		/* our CLOSE is queued: send nothing more */
+	bool close_rcvd;
+	bool reset;			/* failed by transport reset/removal */
+	bool abandoned;			/* opener gave up while CONNECTING */
+	bool user_closed;		/* file released or kt_close() called */
+	bool credit_update_queued;
+	bool credit_req_queued;
+	bool closed_notified;		/* kernel ops->closed was called */
+
+	struct list_head rxq;		/* struct kt_msg, oldest first */
+	u32 rx_seq;			/* next expected DATA seq */
+	u32 rx_cnt;			/* credit bytes received */
+	u32 fwd_cnt;			/* credit bytes consumed by the reader */
+	u32 last_fwd_sent;		/* fwd_cnt the peer last heard */
+	u32 buf_alloc;			/* our receive window */
+
+	u32 tx_seq;
+	u32 tx_cnt;
+	u32 peer_buf_alloc;
+	u32 peer_fwd_cnt;
+	u32 tx_inflight;		/* credit bytes queued, not yet completed */
+	u32 tx_want;			/* cost of the last send that had to wait */
+
+	/* Kernel endpoints (kt_api.c). */
+	const struct kt_chan_ops *ops;	/* NULL for user-space channels */
+	struct module *owner;		/* pinned while the channel exists */
+	void *priv;
+	struct work_struct work;	/* delivers rxq to ops->recv */
+	struct list_head svc_node;	/* a user listener's accept queue */
+
+	struct kt_chan_stats stats;
+};
+
+/* A name a listener serves: a user-space file or a kernel service. */
+struct kt_service {
+	struct list_head node;		/* kt_services, under kt_services_lock */
+	char name[KT_NAME_MAX + 1];
+	const struct kt_service_ops *ops;	/* NULL: user-space listener */
+	void *priv;
+	spinlock_t lock;		/* chans, backlog */
+	struct list_head chans;		/* user: the accept queue */
+	unsigned int backlog;		/* user: channels in the accept queue */
+	wait_queue_head_t wq;		/* user: accept() and poll() */
+};
+
+struct kt_dev_stats {
+	atomic64_t tx_msgs;
+	atomic64_t tx_bytes;
+	atomic64_t rx_msgs;
+	atomic64_t rx_bytes;
+	atomic64_t credit_stalls;
+	atomic64_t malformed;
+	atomic64_t rx_discarded;	/* late data for a closing channel */
+	atomic64_t tx_dropped;		/* replies dropped: tx queue stuck */
+	atomic64_t resets;
+	atomic64_t opens_in;		/* host-initiated channels accepted */
+	atomic64_t opens_out;		/* guest-initiated channels opened */
+};
+
+/* Reassembly of a fragmented DATA message (SPEC section 4). */
+struct kt_reasm {
+	struct kt_chan *ch;		/* NULL when idle; reference held */
+	struct kt_msg *msg;
+	u32 seq;
+	u32 msg_len;
+	u32 got;
+	u32 buf_alloc;
+	u32 fwd_cnt;
+};
+
+struct kt_dev {
+	struct kref ref;
+	struct virtio_device *vdev;
+	struct virtqueue *rx_vq;
+	struct virtqueue *tx_vq;
+	struct virtqueue *ev_vq;
+
+	/* Config space, read once at probe and clamped (SPEC 1.3). */
+	u32 max_msg_size;
+	u32 max_channels;
+	u32 rx_buf_size;
+	u32 guest_id;
+	u32 buf_alloc;			/* receive window we give each channel */
+	bool guest_listen;		/* KT_F_GUEST_LISTEN negotiated */
+
+	struct mutex rx_mutex;		/* rx side: rx_live .. reasm */
+	bool rx_live;
+	unsigned int rx_posted;		/* rx buffers in the ring */
+	struct kt_hdr *ev_bufs;		/* KT_EV_BUFS event buffers */
+	struct work_struct rx_work;	/* event queue, then rx queue */
+	struct kt_reasm reasm;
+
+	spinlock_t tx_lock;		/* tx side: tx_live .. replies_pending */
+	bool tx_live;
+	struct list_head tx_pending;	/* struct kt_txbuf waiting for ring room */
+	unsigned int replies_pending;
+	struct work_struct tx_work;
+
+	struct xarray chans;		/* id -> struct kt_chan (holds a ref) */
+	u32 next_id;
+	atomic_t nchan;
+
+	struct kt_dev_stats stats;
+};
+
+/* One message to send: header followed by the payload. */
+struct kt_txbuf {
+	struct list_head node;		/* kd->tx_pending or a free list */
+	struct kt_chan *ch;		/* reference; NULL for an id-only reply */
+	u32 cost;			/* DATA: credit charged to ch->tx_inflight */
+	u32 len;			/* payload bytes */
+	unsigned int nsg;
+	struct scatterlist *sg;
+	struct scatterlist sg_inline;
+	struct kt_hdr hdr;
+	u8 data[];
+};
+
+/* kt_main.c */
+extern struct workqueue_struct *kt_wq;
+struct kt_dev *kt_dev_get_active(void);
+void kt_dev_put(struct kt_dev *kd);
+
+/* kt_vq.c: virtqueues */
+int kt_vqs_start(struct kt_dev *kd);
+void kt_vqs_stop(struct kt_dev *kd);
+void kt_rx_work(struct work_struct *work);
+void kt_tx_work(struct work_struct *work);
+struct kt_txbuf *kt_txbuf_alloc(size_t len, gfp_t gfp);
+void kt_txbuf_free(struct kt_txbuf *txb);
+int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg);
+int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
+		     const void *payload, u32 len);
+int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled);
+bool kt_chan_can_send(struct kt_chan *ch, u32 cost);
+void kt_tx_purge(struct kt_dev *kd);
+
+/* kt_rx.c: validation and dispatch of device messages */
+void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used);
+void kt_rx_bad_len(struct kt_dev *kd, u32 used);
+void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used);
+void kt_reasm_abort(struct kt_dev *kd, bool broken);
+
+/* kt_chan.c: channels, credit, services */
+extern struct mutex kt_services_lock;
+struct kt_chan *kt_chan_new(struct kt_dev *kd, const char *name);
+void kt_chan_put(struct kt_chan *ch);
+struct kt_chan *kt_chan_lookup(struct kt_dev *kd, u32 id);
+int kt_chan_insert_local(struct kt_chan *ch);
+int kt_chan_insert_remote(struct kt_chan *ch, u32 id);
+void kt_chan_unlist(struct kt_chan *ch);
+void kt_chan_notify(struct kt_chan *ch);
+int kt_chan_connect(struct kt_chan *ch);
+int kt_chan_send(struct kt_chan *ch, struct kt_txbuf *txb, bool nonblock);
+void kt_chan_consumed(struct kt_chan *ch, u32 cost);
+void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err);
+void kt_chan_release(struct kt_chan *ch);
+void kt_chans_reset(struct kt_dev *kd);
+int kt_errno_from_wire(u32 arg);
+int kt_check_name(const char *name, size_t len);
+struct kt_service *kt_service_find(const char *name);
+int kt_service_add(struct kt_service *svc);
+void kt_service_del(struct kt_service *svc);
+
+/* kt_api.c */
+void kt_chan_work(struct work_struct *work);
+
+/* kt_cdev.c */
+int kt_cdev_register(void);
+void kt_cdev_unregister(void);
+void kt_listener_drain(struct kt_service *svc);
+
+/* kt_sysfs.c */
+extern const struct attribute_group kt_attr_group;
+
+#endif /* KT_PRIV_H */

@@ -1,0 +1,610 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kerntransport receive path: validation and dispatch of every buffer the
+ * device hands back on the rx and event queues.
+ *
+ * The device is not trusted (SPEC section 8): each length, type, flag,
+ * channel id, sequence number, credit claim and service name is checked
+ * here before anything acts on it; a bad message is counted, logged at a
+ * rate-limited level and dropped, and the channel it names is closed where
+ * the SPEC says so. Fragmented DATA is reassembled here (SPEC section 4).
+ * Runs only from the rx work item, under kd->rx_mutex.
+ */
+#include <linux/slab.h>
+#include <linux/string.h>
+#include <linux/virtio.h>
+
+#include "kt_priv.h"
+
+/* A decoded header: host-endian copies of the untrusted fields. */
+struct kt_rx_hdr {
+	u32 id;
+	u16 type;
+	u16 flags;
+	u32 len;
+	u32 msg_len;
+	u32 seq;
+	u32 buf_alloc;
+	u32 fwd_cnt;
+	u32 arg;
+};
+
+static void kt_decode(const struct kt_hdr *h, struct kt_rx_hdr *r)
+{
+	r->id = le32_to_cpu(h->channel);
+	r->type = le16_to_cpu(h->type);
+	r->flags = le16_to_cpu(h->flags);
+	r->len = le32_to_cpu(h->len);
+	r->msg_len = le32_to_cpu(h->msg_len);
+	r->seq = le32_to_cpu(h->seq);
+	r->buf_alloc = le32_to_cpu(h->buf_alloc);
+	r->fwd_cnt = le32_to_cpu(h->fwd_cnt);
+	r->arg = le32_to_cpu(h->arg);
+}
+
+/* Counts a malformed message, per device and (if known) per channel. */
+static void kt_malformed(struct kt_dev *kd, struct kt_chan *ch,
+			 const char *what, u32 id, u16 type)
+{
+	atomic64_inc(&kd->stats.malformed);
+	if (ch) {
+		spin_lock(&ch->lock);
+		ch->stats.malformed++;
+		spin_unlock(&ch->lock);
+	}
+	dev_warn_ratelimited(&kd->vdev->dev,
+			     "malformed input dropped: %s (channel %#x type %u)\n",
+			     what, id, type);
+}
+
+/* Counts, drops and closes the channel with @wire_err. */
+static void kt_violation(struct kt_dev *kd, struct kt_chan *ch,
+			 const char *what, u32 id, u16 type, u32 wire_err)
+{
+	kt_malformed(kd, ch, what, id, type);
+	if (ch)
+		kt_chan_shutdown(ch, wire_err);
+}
+
+void kt_rx_bad_len(struct kt_dev *kd, u32 used)
+{
+	kt_reasm_abort(kd, true);
+	kt_malformed(kd, NULL, "used length beyond buffer", 0, 0);
+	dev_dbg(&kd->vdev->dev, "used length %u > %u\n", used, kd->rx_buf_size);
+}
+
+/* Records the peer's credit from any header for the channel. */
+static void kt_peer_credit(struct kt_chan *ch, const struct kt_rx_hdr *r)
+{
+	bool changed;
+
+	spin_lock(&ch->lock);
+	changed = ch->peer_buf_alloc != r->buf_alloc ||
+		  ch->peer_fwd_cnt != r->fwd_cnt;
+	ch->peer_buf_alloc = r->buf_alloc;
+	ch->peer_fwd_cnt = r->fwd_cnt;
+	spin_unlock(&ch->lock);
+	if (changed)
+		wake_up_interruptible(&ch->wq);
+}
+
+/* Queues a complete message for the reader; discards if it went away. */
+static void kt_deliver(struct kt_dev *kd, struct kt_chan *ch,
+		       struct kt_msg *msg)
+{
+	bool keep;
+
+	spin_lock(&ch->lock);
+	keep = ch->state == KT_CH_OPEN && !ch->close_queued;
+	if (keep) {
+		list_add_tail(&msg->node, &ch->rxq);
+		ch->stats.rx_msgs++;
+		ch->stats.rx_bytes += msg->len;
+	}
+	spin_unlock(&ch->lock);
+
+	if (!keep) {
+		atomic64_inc(&kd->stats.rx_discarded);
+		kvfree(msg);
+		return;
+	}
+	atomic64_inc(&kd->stats.rx_msgs);
+	atomic64_add(msg->len, &kd->stats.rx_bytes);
+	kt_chan_notify(ch);
+}
+
+/**
+ * kt_reasm_abort() - drop a partly reassembled message
+ * @kd: the device (rx_mutex held)
+ * @broken: true if the fragment sequence broke (count it and close the
+ *	channel with KT_ERR_PROTO); false when the device is going away.
+ */
+void kt_reasm_abort(struct kt_dev *kd, bool broken)
+{
+	struct kt_reasm *r = &kd->reasm;
+	struct kt_chan *ch = r->ch;
+
+	if (!ch)
+		return;
+	kvfree(r->msg);
+	r->msg = NULL;
+	r->ch = NULL;
+	if (broken)
+		kt_violation(kd, ch, "fragment sequence broken", ch->id,
+			     KT_MSG_DATA, KT_ERR_PROTO);
+	kt_chan_put(ch);
+}
+
+/* A continuation fragment of the message being reassembled. */
+static void kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
+			   const u8 *payload)
+{
+	struct kt_reasm *re = &kd->reasm;
+	bool more = r->flags & KT_HDR_F_MORE;
+	struct kt_chan *ch;
+	struct kt_msg *msg;
+
+	if (r->seq != re->seq || r->msg_len != re->msg_len ||
+	    r->buf_alloc != re->buf_alloc || r->fwd_cnt != re->fwd_cnt ||
+	    r->len > re->msg_len - re->got ||
+	    (!more && re->got + r->len != re->msg_len)) {
+		kt_reasm_abort(kd, true);
+		return;
+	}
+	if (re->msg)
+		memcpy(re->msg->data + re->got, payload, r->len);
+	re->got += r->len;
+	if (more)
+		return;
+
+	ch = re->ch;
+	msg = re->msg;
+	re->ch = NULL;
+	re->msg = NULL;
+	if (msg)
+		kt_deliver(kd, ch, msg);
+	else
+		atomic64_inc(&kd->stats.rx_discarded);
+	kt_chan_put(ch);
+}
+
+/*
+ * Starts reassembly of a fragmented message. With @msg NULL the remaining
+ * fragments are consumed and discarded (the channel is closing or the
+ * message was refused), so they are not mistaken for new messages.
+ */
+static void kt_reasm_start(struct kt_dev *kd, struct kt_chan *ch,
+			   struct kt_msg *msg, const struct kt_rx_hdr *r)
+{
+	struct kt_reasm *re = &kd->reasm;
+
+	re->ch = ch;			/* the caller's reference moves here */
+	re->msg = msg;
+	re->seq = r->seq;
+	re->msg_len = r->msg_len;
+	re->got = r->len;
+	re->buf_alloc = r->buf_alloc;
+	re->fwd_cnt = r->fwd_cnt;
+}
+
+/* The first (or only) buffer of a DATA message. */
+static void kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
+		       const u8 *payload)
+{
+	bool more = r->flags & KT_HDR_F_MORE;
+	struct kt_msg *msg = NULL;
+	const char *bad = NULL;
+	u32 wire_err = KT_ERR_PROTO;
+	bool discard = false;
+	struct kt_chan *ch;
+	u32 cost;
+
+	ch = kt_chan_lookup(kd, r->id);
+	if (!ch) {
+		kt_malformed(kd, NULL, "DATA for unknown channel", r->id,
+			     r->type);
+		return;
+	}
+	if (more ? r->len > r->msg_len : r->len != r->msg_len) {
+		kt_violation(kd, ch, "DATA len/msg_len mismatch", r->id,
+			     r->type, KT_ERR_PROTO);
+		kt_chan_put(ch);
+		return;
+	}
+	kt_peer_credit(ch, r);
+
+	cost = kt_msg_cost(r->msg_len);
+	spin_lock(&ch->lock);
+	if (ch->state == KT_CH_CONNECTING) {
+		bad = "DATA before OPEN_OK";
+		wire_err = 0;
+	} else if (ch->state != KT_CH_OPEN || ch->close_queued) {
+		/* The reader has gone: discard (SPEC 3.2), not an error. */
+		discard = true;
+	} else if (r->msg_len > kd->max_msg_size) {
+		bad = "DATA larger than max_msg_size";
+		wire_err = KT_ERR_MSGSIZE;
+	} else if (r->seq != ch->rx_seq) {
+		bad = "DATA out of sequence";
+	} else if ((u64)(u32)(ch->rx_cnt - ch->fwd_cnt) + cost >
+		   ch->buf_alloc) {
+		bad = "DATA beyond granted credit";
+	} else {
+		ch->rx_seq++;
+		ch->rx_cnt += cost;
+	}
+	spin_unlock(&ch->lock);
+
+	if (bad) {
+		if (wire_err)
+			kt_violation(kd, ch, bad, r->id, r->type, wire_err);
+		else
+			kt_malformed(kd, ch, bad, r->id, r->type);
+		discard = true;
+	}
+
+	if (!discard) {
+		msg = kvmalloc(struct_size(msg, data, r->msg_len), GFP_KERNEL);
+		if (msg) {
+			msg->len = r->msg_len;
+			memcpy(msg->data, payload, r->len);
+		} else {
+			/* Credit was granted: never drop it silently. */
+			dev_warn_ratelimited(&kd->vdev->dev,
+					     "channel %#x: no memory for a %u byte message\n",
+					     r->id, r->msg_len);
+			kt_chan_shutdown(ch, KT_ERR_NOMEM);
+		}
+	}
+
+	if (more) {
+		kt_reasm_start(kd, ch, msg, r);
+		return;
+	}
+	if (msg)
+		kt_deliver(kd, ch, msg);
+	else if (!bad)
+		atomic64_inc(&kd->stats.rx_discarded);
+	kt_chan_put(ch);
+}
+
+/* OPEN from the device: a host program connects to a guest service. */
+static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
+		       const u8 *payload)
+{
+	char name[KT_NAME_MAX + 1];
+	struct kt_service *svc;
+	struct kt_chan *ch;
+	u32 refuse = 0;
+	int err;
+
+	if (!(r->id & KT_CHAN_DEVICE_BIT)) {
+		kt_malformed(kd, NULL, "OPEN with a driver-side id", r->id,
+			     r->type);
+		kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, KT_ERR_EXIST);
+		return;
+	}
+	if (!kd->guest_listen) {
+		kt_malformed(kd, NULL, "OPEN without KT_F_GUEST_LISTEN", r->id,
+			     r->type);
+		kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, KT_ERR_NOENT);
+		return;
+	}
+	if (kt_check_name(payload, r->len)) {
+		kt_malformed(kd, NULL, "OPEN with an invalid name", r->id,
+			     r->type);
+		kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, KT_ERR_INVAL);
+		return;
+	}
+	memcpy(name, payload, r->len);
+	name[r->len] = '\0';
+
+	ch = kt_chan_lookup(kd, r->id);
+	if (ch) {
+		kt_malformed(kd, ch, "OPEN for an id in use", r->id, r->type);
+		kt_chan_put(ch);
+		kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, KT_ERR_EXIST);
+		return;
+	}
+
+	mutex_lock(&kt_services_lock);
+	svc = kt_service_find(name);
+	if (!svc) {
+		refuse = KT_ERR_NOENT;
+		goto out_unlock;
+	}
+	if (!svc->ops && READ_ONCE(svc->backlog) >= KT_ACCEPT_BACKLOG) {
+		refuse = KT_ERR_NOMEM;
+		goto out_unlock;
+	}
+	ch = kt_chan_new(kd, name);
+	if (!ch) {
+		refuse = KT_ERR_NOMEM;
+		goto out_unlock;
+	}
+	ch->peer_buf_alloc = r->buf_alloc;
+	ch->peer_fwd_cnt = r->fwd_cnt;
+	err = kt_chan_insert_remote(ch, r->id);
+	if (err) {
+		refuse = err == -EMFILE ? KT_ERR_MFILE : KT_ERR_NOMEM;
+		goto out_put;
+	}
+
+	if (svc->ops) {
+		/* Kernel service: stays CONNECTING (no sends) until OPEN_OK. */
+		if (!try_module_get(svc->ops->chan_ops->owner)) {
+			refuse = KT_ERR_NOENT;
+			goto out_unlist;
+		}
+		ch->owner = svc->ops->chan_ops->owner;
+		ch->priv = svc->priv;
+		err = svc->ops->accept(svc, ch);
+		if (err) {
+			refuse = err < 0 ? -err : KT_ERR_CONNREFUSED;
+			goto out_unlist;
+		}
+	}
+
+	if (kt_tx_queue_ctrl(ch, KT_MSG_OPEN_OK, 0, NULL, 0)) {
+		refuse = KT_ERR_NOMEM;
+		goto out_unlist;
+	}
+	spin_lock(&ch->lock);
+	ch->state = KT_CH_OPEN;
+	if (svc->ops)
+		ch->ops = svc->ops->chan_ops;
+	spin_unlock(&ch->lock);
+
+	if (!svc->ops) {
+		/* User listener: the accept queue owns our reference. */
+		spin_lock(&svc->lock);
+		list_add_tail(&ch->svc_node, &svc->chans);
+		WRITE_ONCE(svc->backlog, svc->backlog + 1);
+		spin_unlock(&svc->lock);
+		wake_up_interruptible(&svc->wq);
+	}
+	/* Kernel service: the owner's reference is the one from kt_chan_new. */
+	mutex_unlock(&kt_services_lock);
+	atomic64_inc(&kd->stats.opens_in);
+	dev_dbg(&kd->vdev->dev, "channel %#x: host opened \"%s\"\n", r->id,
+		name);
+	return;
+
+out_unlist:
+	kt_chan_unlist(ch);
+out_put:
+	kt_chan_put(ch);
+out_unlock:
+	mutex_unlock(&kt_services_lock);
+	dev_dbg(&kd->vdev->dev, "channel %#x: refused \"%s\": %u\n", r->id,
+		name, refuse);
+	kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, refuse);
+}
+
+/* OPEN_OK / OPEN_ERR: the answer to a channel we opened. */
+static void kt_rx_open_answer(struct kt_dev *kd, const struct kt_rx_hdr *r)
+{
+	bool ok = r->type == KT_MSG_OPEN_OK;
+	bool waiting, abandoned;
+	struct kt_chan *ch;
+
+	ch = kt_chan_lookup(kd, r->id);
+	if (!ch) {
+		kt_malformed(kd, NULL, "open answer for unknown channel",
+			     r->id, r->type);
+		return;
+	}
+	spin_lock(&ch->lock);
+	waiting = ch->state == KT_CH_CONNECTING;
+	abandoned = ch->abandoned;
+	if (waiting && ok) {
+		ch->state = KT_CH_OPEN;
+		ch->peer_buf_alloc = r->buf_alloc;
+		ch->peer_fwd_cnt = r->fwd_cnt;
+	} else if (waiting) {
+		ch->state = KT_CH_CLOSED;
+		ch->err = r->arg ? kt_errno_from_wire(r->arg) : EPROTO;
+		/* No channel came to be: nothing to close on either side. */
+		ch->close_queued = true;
+		ch->close_rcvd = true;
+	}
+	spin_unlock(&ch->lock);
+
+	if (!waiting) {
+		kt_malformed(kd, ch, "open answer for a channel not opening",
+			     r->id, r->type);
+	} else if (ok) {
+		atomic64_inc(&kd->stats.opens_out);
+		if (abandoned)
+			kt_chan_shutdown(ch, KT_ERR_OK);
+	} else {
+		kt_chan_unlist(ch);
+	}
+	wake_up_interruptible(&ch->wq);
+	kt_chan_put(ch);
+}
+
+static void kt_rx_close(struct kt_dev *kd, const struct kt_rx_hdr *r)
+{
+	bool dup, answer, unlist;
+	struct kt_chan *ch;
+
+	ch = kt_chan_lookup(kd, r->id);
+	if (!ch) {
+		/* Late CLOSE for a channel already gone: counted, harmless. */
+		atomic64_inc(&kd->stats.rx_discarded);
+		return;
+	}
+	spin_lock(&ch->lock);
+	dup = ch->close_rcvd;
+	ch->close_rcvd = true;
+	answer = !dup && !ch->close_queued;
+	if (!dup && ch->state != KT_CH_CLOSED) {
+		ch->err = r->arg ? kt_errno_from_wire(r->arg) : 0;
+		if (ch->state == KT_CH_CONNECTING && !ch->err)
+			ch->err = ECONNREFUSED;
+		ch->state = KT_CH_CLOSED;
+	}
+	spin_unlock(&ch->lock);
+
+	if (dup) {
+		kt_malformed(kd, ch, "duplicate CLOSE", r->id, r->type);
+		goto out;
+	}
+	if (answer)
+		kt_tx_queue_ctrl(ch, KT_MSG_CLOSE, KT_ERR_OK, NULL, 0);
+	spin_lock(&ch->lock);
+	unlist = ch->close_queued;
+	spin_unlock(&ch->lock);
+	if (unlist)
+		kt_chan_unlist(ch);
+	kt_chan_notify(ch);
+out:
+	kt_chan_put(ch);
+}
+
+static void kt_rx_credit(struct kt_dev *kd, const struct kt_rx_hdr *r)
+{
+	bool reply = false;
+	struct kt_chan *ch;
+
+	ch = kt_chan_lookup(kd, r->id);
+	if (!ch) {
+		kt_malformed(kd, NULL, "credit message for unknown channel",
+			     r->id, r->type);
+		return;
+	}
+	kt_peer_credit(ch, r);
+	if (r->type == KT_MSG_CREDIT_REQUEST) {
+		spin_lock(&ch->lock);
+		reply = ch->state == KT_CH_OPEN && !ch->close_queued;
+		spin_unlock(&ch->lock);
+	}
+	if (reply)
+		kt_tx_queue_ctrl(ch, KT_MSG_CREDIT_UPDATE, 0, NULL, 0);
+	kt_chan_put(ch);
+}
+
+/* Reports a bad message whose channel may be known; closes it if asked. */
+static void kt_rx_bad(struct kt_dev *kd, const struct kt_rx_hdr *r,
+		      const char *what, bool close)
+{
+	struct kt_chan *ch = NULL;
+
+	if (r->id != KT_CHAN_TRANSPORT)
+		ch = kt_chan_lookup(kd, r->id);
+	if (close)
+		kt_violation(kd, ch, what, r->id, r->type, KT_ERR_PROTO);
+	else
+		kt_malformed(kd, ch, what, r->id, r->type);
+	if (ch)
+		kt_chan_put(ch);
+}
+
+/**
+ * kt_rx_buf() - handle one used rx buffer
+ * @kd: the device (rx_mutex held)
+ * @buf: the buffer, rx_buf_size bytes
+ * @used: the used length the device reported, at most rx_buf_size
+ */
+void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
+{
+	const u8 *payload = (const u8 *)buf + KT_HDR_SIZE;
+	struct kt_rx_hdr r;
+
+	if (used < KT_HDR_SIZE) {
+		kt_reasm_abort(kd, true);
+		kt_malformed(kd, NULL, "buffer shorter than a header", 0, 0);
+		return;
+	}
+	kt_decode(buf, &r);
+
+	if (kd->reasm.ch) {
+		if (r.type == KT_MSG_DATA && r.id == kd->reasm.ch->id &&
+		    r.flags == (r.flags & KT_HDR_F_KNOWN) &&
+		    r.len == used - KT_HDR_SIZE) {
+			kt_rx_fragment(kd, &r, payload);
+			return;
+		}
+		/* Anything else between fragments breaks the message. */
+		kt_reasm_abort(kd, true);
+	}
+
+	if (r.flags & ~KT_HDR_F_KNOWN) {
+		kt_rx_bad(kd, &r, "unknown flags", false);
+		return;
+	}
+	if (r.type < KT_MSG_OPEN || r.type > KT_MSG_RESET) {
+		kt_rx_bad(kd, &r, "unknown type", false);
+		return;
+	}
+	if (r.type == KT_MSG_RESET) {
+		kt_rx_bad(kd, &r, "RESET outside the event queue", false);
+		return;
+	}
+	if (r.len != used - KT_HDR_SIZE) {
+		kt_rx_bad(kd, &r, "len does not match the used length", true);
+		return;
+	}
+	if (r.type != KT_MSG_DATA) {
+		if (r.flags) {
+			kt_rx_bad(kd, &r, "MORE on a non-DATA message", false);
+			return;
+		}
+		if (r.msg_len != r.len) {
+			kt_rx_bad(kd, &r, "msg_len differs from len", false);
+			return;
+		}
+		if (r.len && r.type != KT_MSG_OPEN) {
+			kt_rx_bad(kd, &r, "payload on a type without one",
+				  false);
+			return;
+		}
+	}
+
+	switch (r.type) {
+	case KT_MSG_OPEN:
+		kt_rx_open(kd, &r, payload);
+		break;
+	case KT_MSG_OPEN_OK:
+	case KT_MSG_OPEN_ERR:
+		kt_rx_open_answer(kd, &r);
+		break;
+	case KT_MSG_DATA:
+		kt_rx_data(kd, &r, payload);
+		break;
+	case KT_MSG_CLOSE:
+		kt_rx_close(kd, &r);
+		break;
+	case KT_MSG_CREDIT_UPDATE:
+	case KT_MSG_CREDIT_REQUEST:
+		kt_rx_credit(kd, &r);
+		break;
+	}
+}
+
+/**
+ * kt_rx_event() - handle one used event buffer
+ * @kd: the device (rx_mutex held)
+ * @hdr: the buffer (one header)
+ * @used: the used length the device reported
+ */
+void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used)
+{
+	struct kt_rx_hdr r;
+
+	if (used < KT_HDR_SIZE || used > sizeof(*hdr)) {
+		kt_malformed(kd, NULL, "event of wrong size", 0, 0);
+		return;
+	}
+	kt_decode(hdr, &r);
+	if (r.type != KT_MSG_RESET || r.id != KT_CHAN_TRANSPORT || r.len ||
+	    r.flags || r.msg_len) {
+		kt_malformed(kd, NULL, "unknown event", r.id, r.type);
+		return;
+	}
+	atomic64_inc(&kd->stats.resets);
+	dev_info(&kd->vdev->dev, "transport reset: failing open channels\n");
+	kt_reasm_abort(kd, false);
+	kt_chans_reset(kd);
+}

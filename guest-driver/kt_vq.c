@@ -1,0 +1,685 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kerntransport virtqueues: setup and teardown of the rx, tx and event
+ * queues, rx/event buffer posting and refill, the disable-cb / drain /
+ * enable-cb loops run from work items, and the tx path (a FIFO of pending
+ * messages pushed into the ring as room appears, completions reclaimed).
+ *
+ * It moves buffers; it does not interpret them: every received buffer goes
+ * to kt_rx.c, and the credit fields of outgoing headers are filled from the
+ * channel at the moment a message enters the ring.
+ */
+#include <linux/mm.h>
+#include <linux/slab.h>
+#include <linux/virtio.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_ring.h>
+#include <linux/vmalloc.h>
+
+#include "kt_priv.h"
+
+/* Keep at most this much memory posted as rx buffers. */
+#define KT_RX_POSTED_BYTES	(4U << 20)
+#define KT_RX_POSTED_MAX	256U
+/* Kick the rx queue at least this often while draining a long burst. */
+#define KT_RX_KICK_BATCH	32
+
+static void kt_rx_done(struct virtqueue *vq)
+{
+	struct kt_dev *kd = vq->vdev->priv;
+
+	queue_work(kt_wq, &kd->rx_work);
+}
+
+static void kt_tx_done(struct virtqueue *vq)
+{
+	struct kt_dev *kd = vq->vdev->priv;
+
+	queue_work(kt_wq, &kd->tx_work);
+}
+
+/*
+ * The one place that knows virtio_find_vqs() changed in 6.11 (it takes
+ * struct virtqueue_info[]); Kbuild defines KT_HAVE_VQ_INFO from the kernel
+ * version being built against.
+ */
+static int kt_find_vqs(struct kt_dev *kd)
+{
+	struct virtqueue *vqs[KT_NUM_VQS];
+	int err;
+#ifdef KT_HAVE_VQ_INFO
+	struct virtqueue_info info[KT_NUM_VQS] = {
+		[KT_VQ_RX] = { "rx", kt_rx_done },
+		[KT_VQ_TX] = { "tx", kt_tx_done },
+		[KT_VQ_EVENT] = { "event", kt_rx_done },
+	};
+
+	err = virtio_find_vqs(kd->vdev, KT_NUM_VQS, vqs, info, NULL);
+#else
+	vq_callback_t *cbs[KT_NUM_VQS] = {
+		[KT_VQ_RX] = kt_rx_done,
+		[KT_VQ_TX] = kt_tx_done,
+		[KT_VQ_EVENT] = kt_rx_done,
+	};
+	static const char * const names[KT_NUM_VQS] = {
+		[KT_VQ_RX] = "rx",
+		[KT_VQ_TX] = "tx",
+		[KT_VQ_EVENT] = "event",
+	};
+
+	err = virtio_find_vqs(kd->vdev, KT_NUM_VQS, vqs, cbs, names, NULL);
+#endif
+	if (err)
+		return err;
+	kd->rx_vq = vqs[KT_VQ_RX];
+	kd->tx_vq = vqs[KT_VQ_TX];
+	kd->ev_vq = vqs[KT_VQ_EVENT];
+	return 0;
+}
+
+static unsigned int kt_rx_target(struct kt_dev *kd)
+{
+	unsigned int n = KT_RX_POSTED_BYTES / kd->rx_buf_size;
+
+	n = min(n, KT_RX_POSTED_MAX);
+	return min(n, virtqueue_get_vring_size(kd->rx_vq));
+}
+
+static int kt_rx_post(struct kt_dev *kd, void *buf)
+{
+	struct scatterlist sg;
+
+	sg_init_one(&sg, buf, kd->rx_buf_size);
+	return virtqueue_add_inbuf(kd->rx_vq, &sg, 1, buf, GFP_KERNEL);
+}
+
+/* Tops the rx queue up to its target. Called with rx_mutex held or before
+ * the device is live.
+ */
+static void kt_rx_fill(struct kt_dev *kd)
+{
+	unsigned int target = kt_rx_target(kd);
+	void *buf;
+
+	while (kd->rx_posted < target) {
+		buf = kmalloc(kd->rx_buf_size, GFP_KERNEL);
+		if (!buf)
+			break;
+		if (kt_rx_post(kd, buf)) {
+			kfree(buf);
+			break;
+		}
+		kd->rx_posted++;
+	}
+}
+
+static int kt_ev_post(struct kt_dev *kd, struct kt_hdr *hdr)
+{
+	struct scatterlist sg;
+
+	sg_init_one(&sg, hdr, sizeof(*hdr));
+	return virtqueue_add_inbuf(kd->ev_vq, &sg, 1, hdr, GFP_KERNEL);
+}
+
+static void kt_txbufs_complete(struct list_head *done)
+{
+	struct kt_txbuf *txb, *tmp;
+	struct kt_chan *ch;
+
+	list_for_each_entry_safe(txb, tmp, done, node) {
+		list_del(&txb->node);
+		ch = txb->ch;
+		if (ch) {
+			if (txb->cost) {
+				spin_lock(&ch->lock);
+				ch->tx_inflight -= txb->cost;
+				spin_unlock(&ch->lock);
+				wake_up_interruptible(&ch->wq);
+			}
+			kt_chan_put(ch);
+		}
+		kt_txbuf_free(txb);
+	}
+}
+
+static void kt_vqs_free_bufs(struct kt_dev *kd)
+{
+	LIST_HEAD(done);
+	struct kt_txbuf *txb;
+	void *buf;
+
+	while ((buf = virtqueue_detach_unused_buf(kd->rx_vq)))
+		kfree(buf);
+	kd->rx_posted = 0;
+	/* Event buffers belong to kd->ev_bufs. */
+	while (virtqueue_detach_unused_buf(kd->ev_vq))
+		;
+	while ((txb = virtqueue_detach_unused_buf(kd->tx_vq)))
+		list_add_tail(&txb->node, &done);
+	kt_txbufs_complete(&done);
+}
+
+/**
+ * kt_vqs_start() - set up the queues and make the device live
+ * @kd: the device
+ *
+ * Shared by probe and restore. Posts rx and event buffers, then sets
+ * DRIVER_OK before the first kick.
+ *
+ * Return: 0 or a negative errno (nothing left allocated).
+ */
+int kt_vqs_start(struct kt_dev *kd)
+{
+	unsigned int i;
+	int err;
+
+	err = kt_find_vqs(kd);
+	if (err)
+		return err;
+
+	kt_rx_fill(kd);
+	if (!kd->rx_posted) {
+		err = -ENOMEM;
+		goto err_bufs;
+	}
+	for (i = 0; i < KT_EV_BUFS; i++) {
+		err = kt_ev_post(kd, &kd->ev_bufs[i]);
+		if (err)
+			goto err_bufs;
+	}
+
+	mutex_lock(&kd->rx_mutex);
+	kd->rx_live = true;
+	mutex_unlock(&kd->rx_mutex);
+	spin_lock(&kd->tx_lock);
+	kd->tx_live = true;
+	spin_unlock(&kd->tx_lock);
+
+	virtio_device_ready(kd->vdev);
+	virtqueue_kick(kd->rx_vq);
+	virtqueue_kick(kd->ev_vq);
+	/* The device may have used buffers before we enabled callbacks. */
+	queue_work(kt_wq, &kd->rx_work);
+	return 0;
+
+err_bufs:
+	kt_vqs_free_bufs(kd);
+	kd->vdev->config->del_vqs(kd->vdev);
+	return err;
+}
+
+/**
+ * kt_vqs_stop() - stop the device and tear the queues down
+ * @kd: the device
+ *
+ * Shared by remove and freeze. Every channel fails with ECONNRESET: the
+ * device loses its channel state when it is reset.
+ */
+void kt_vqs_stop(struct kt_dev *kd)
+{
+	mutex_lock(&kd->rx_mutex);
+	kd->rx_live = false;
+	mutex_unlock(&kd->rx_mutex);
+	spin_lock(&kd->tx_lock);
+	kd->tx_live = false;
+	spin_unlock(&kd->tx_lock);
+
+	virtio_reset_device(kd->vdev);
+	cancel_work_sync(&kd->rx_work);
+	cancel_work_sync(&kd->tx_work);
+
+	mutex_lock(&kd->rx_mutex);
+	kt_reasm_abort(kd, false);
+	mutex_unlock(&kd->rx_mutex);
+	kt_chans_reset(kd);
+
+	kt_vqs_free_bufs(kd);
+	kd->vdev->config->del_vqs(kd->vdev);
+}
+
+static void kt_ev_drain(struct kt_dev *kd)
+{
+	struct virtqueue *vq = kd->ev_vq;
+	struct kt_hdr *hdr;
+	unsigned int used;
+	bool posted = false;
+
+	do {
+		virtqueue_disable_cb(vq);
+		while ((hdr = virtqueue_get_buf(vq, &used))) {
+			kt_rx_event(kd, hdr, used);
+			if (kt_ev_post(kd, hdr))
+				dev_warn_ratelimited(&kd->vdev->dev,
+						     "event buffer lost\n");
+			posted = true;
+		}
+	} while (!virtqueue_enable_cb(vq));
+	if (posted)
+		virtqueue_kick(vq);
+}
+
+static void kt_rx_drain(struct kt_dev *kd)
+{
+	struct virtqueue *vq = kd->rx_vq;
+	unsigned int used, batch = 0;
+	void *buf;
+
+	do {
+		virtqueue_disable_cb(vq);
+		while ((buf = virtqueue_get_buf(vq, &used))) {
+			kd->rx_posted--;
+			if (used > kd->rx_buf_size)
+				kt_rx_bad_len(kd, used);
+			else
+				kt_rx_buf(kd, buf, used);
+			if (kt_rx_post(kd, buf))
+				kfree(buf);
+			else
+				kd->rx_posted++;
+			if (++batch >= KT_RX_KICK_BATCH) {
+				virtqueue_kick(vq);
+				batch = 0;
+			}
+			cond_resched();
+		}
+		kt_rx_fill(kd);
+	} while (!virtqueue_enable_cb(vq));
+	virtqueue_kick(vq);
+}
+
+void kt_rx_work(struct work_struct *work)
+{
+	struct kt_dev *kd = container_of(work, struct kt_dev, rx_work);
+
+	mutex_lock(&kd->rx_mutex);
+	if (kd->rx_live) {
+		kt_ev_drain(kd);
+		kt_rx_drain(kd);
+	}
+	mutex_unlock(&kd->rx_mutex);
+}
+
+/* ---- tx ---- */
+
+/**
+ * kt_txbuf_alloc() - allocate a message to send
+ * @len: payload bytes (the caller fills txb->data)
+ * @gfp: allocation flags
+ *
+ * Return: the buffer with its scatterlist set up over header and payload,
+ * or NULL.
+ */
+struct kt_txbuf *kt_txbuf_alloc(size_t len, gfp_t gfp)
+{
+	size_t bytes = KT_HDR_SIZE + len;
+	struct kt_txbuf *txb;
+	unsigned int i, n;
+	size_t total;
+	u8 *p;
+
+	total = struct_size(txb, data, len);
+	txb = len ? kvmalloc(total, gfp) : kmalloc(total, gfp);
+	if (!txb)
+		return NULL;
+	memset(txb, 0, sizeof(*txb));
+	INIT_LIST_HEAD(&txb->node);
+	txb->len = len;
+	p = (u8 *)&txb->hdr;
+
+	if (!is_vmalloc_addr(txb)) {
+		txb->sg = &txb->sg_inline;
+		txb->nsg = 1;
+		sg_init_one(txb->sg, p, bytes);
+		return txb;
+	}
+
+	n = DIV_ROUND_UP(offset_in_page(p) + bytes, PAGE_SIZE);
+	txb->sg = kmalloc_array(n, sizeof(*txb->sg), gfp);
+	if (!txb->sg) {
+		kvfree(txb);
+		return NULL;
+	}
+	sg_init_table(txb->sg, n);
+	for (i = 0; i < n; i++) {
+		size_t chunk = min_t(size_t, bytes,
+				     PAGE_SIZE - offset_in_page(p));
+
+		sg_set_page(&txb->sg[i], vmalloc_to_page(p), chunk,
+			    offset_in_page(p));
+		p += chunk;
+		bytes -= chunk;
+	}
+	txb->nsg = n;
+	return txb;
+}
+
+void kt_txbuf_free(struct kt_txbuf *txb)
+{
+	if (txb->sg != &txb->sg_inline)
+		kfree(txb->sg);
+	kvfree(txb);
+}
+
+/* Fills the credit fields as the message enters the ring (SPEC 5). */
+static void kt_tx_fill_credit(struct kt_txbuf *txb)
+{
+	struct kt_chan *ch = txb->ch;
+	u16 type = le16_to_cpu(txb->hdr.type);
+
+	spin_lock(&ch->lock);
+	txb->hdr.buf_alloc = cpu_to_le32(ch->buf_alloc);
+	txb->hdr.fwd_cnt = cpu_to_le32(ch->fwd_cnt);
+	ch->last_fwd_sent = ch->fwd_cnt;
+	if (type == KT_MSG_CREDIT_UPDATE)
+		ch->credit_update_queued = false;
+	else if (type == KT_MSG_CREDIT_REQUEST)
+		ch->credit_req_queued = false;
+	spin_unlock(&ch->lock);
+}
+
+/*
+ * Moves pending messages into the ring while it has room. tx_lock held.
+ * Messages that cannot be added at all go to @done for the caller to free
+ * after dropping the lock.
+ */
+static void kt_tx_push_locked(struct kt_dev *kd, struct list_head *done)
+{
+	struct kt_txbuf *txb;
+	bool added = false;
+	int err;
+
+	while ((txb = list_first_entry_or_null(&kd->tx_pending,
+					       struct kt_txbuf, node))) {
+		if (txb->ch)
+			kt_tx_fill_credit(txb);
+		err = virtqueue_add_outbuf(kd->tx_vq, txb->sg, txb->nsg, txb,
+					   GFP_ATOMIC);
+		if (err == -ENOSPC)
+			break;
+		list_del(&txb->node);
+		if (!txb->ch)
+			kd->replies_pending--;
+		if (err) {
+			/* Only a broken ring fails this way. */
+			dev_warn_ratelimited(&kd->vdev->dev,
+					     "tx add failed: %d\n", err);
+			atomic64_inc(&kd->stats.tx_dropped);
+			list_add_tail(&txb->node, done);
+			continue;
+		}
+		added = true;
+	}
+	if (added)
+		virtqueue_kick(kd->tx_vq);
+}
+
+/* Queues @txb (header filled but for credit) behind earlier messages. */
+static void kt_tx_enqueue_locked(struct kt_dev *kd, struct kt_txbuf *txb,
+				 struct list_head *done)
+{
+	list_add_tail(&txb->node, &kd->tx_pending);
+	kt_tx_push_locked(kd, done);
+}
+
+static void kt_hdr_init(struct kt_hdr *hdr, u32 id, u16 type, u32 len,
+			u32 arg)
+{
+	hdr->channel = cpu_to_le32(id);
+	hdr->type = cpu_to_le16(type);
+	hdr->flags = 0;
+	hdr->len = cpu_to_le32(len);
+	hdr->msg_len = cpu_to_le32(len);
+	hdr->seq = 0;
+	hdr->buf_alloc = 0;
+	hdr->fwd_cnt = 0;
+	hdr->arg = cpu_to_le32(arg);
+}
+
+/**
+ * kt_tx_queue_reply() - answer a message whose id is not one of our channels
+ * @kd: the device
+ * @id: channel id from the device's message
+ * @type: KT_MSG_OPEN_ERR (the only use)
+ * @arg: error code
+ *
+ * The number of such replies waiting for ring room is bounded so a device
+ * that floods us while not consuming tx cannot grow our memory.
+ *
+ * Return: 0, or a negative errno if the reply was dropped.
+ */
+int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
+{
+	struct kt_txbuf *txb;
+	LIST_HEAD(done);
+	int err = 0;
+
+	txb = kt_txbuf_alloc(0, GFP_KERNEL);
+	if (!txb) {
+		atomic64_inc(&kd->stats.tx_dropped);
+		return -ENOMEM;
+	}
+	kt_hdr_init(&txb->hdr, id, type, 0, arg);
+
+	spin_lock(&kd->tx_lock);
+	if (!kd->tx_live) {
+		err = -ENODEV;
+	} else if (kd->replies_pending >= KT_REPLY_PENDING_MAX) {
+		err = -ENOBUFS;
+	} else {
+		kd->replies_pending++;
+		kt_tx_enqueue_locked(kd, txb, &done);
+	}
+	spin_unlock(&kd->tx_lock);
+
+	kt_txbufs_complete(&done);
+	if (err) {
+		atomic64_inc(&kd->stats.tx_dropped);
+		kt_txbuf_free(txb);
+	}
+	return err;
+}
+
+/**
+ * kt_tx_queue_ctrl() - queue a control message for a channel
+ * @ch: the channel
+ * @type: KT_MSG_OPEN, OPEN_OK, CLOSE, CREDIT_UPDATE or CREDIT_REQUEST
+ * @arg: error code for CLOSE, else 0
+ * @payload: OPEN: the service name; else NULL
+ * @len: payload bytes
+ *
+ * Nothing is queued after the channel's CLOSE, and at most one
+ * CREDIT_UPDATE and one CREDIT_REQUEST wait at a time (their credit fields
+ * are filled when they enter the ring, so one is always enough).
+ *
+ * Return: 0 if queued or coalesced, -ENOMEM, or -ECONNRESET if the device
+ * is not live or the channel was reset.
+ */
+int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
+		     const void *payload, u32 len)
+{
+	struct kt_dev *kd = ch->kd;
+	struct kt_txbuf *txb;
+	bool skip = false;
+	LIST_HEAD(done);
+	int err = 0;
+
+	txb = kt_txbuf_alloc(len, GFP_KERNEL);
+	if (!txb)
+		return -ENOMEM;
+	kt_hdr_init(&txb->hdr, ch->id, type, len, arg);
+	if (len)
+		memcpy(txb->data, payload, len);
+
+	spin_lock(&kd->tx_lock);
+	spin_lock(&ch->lock);
+	if (!kd->tx_live || ch->reset) {
+		err = -ECONNRESET;
+	} else if (ch->close_queued) {
+		skip = true;
+	} else if (type == KT_MSG_CREDIT_UPDATE) {
+		skip = ch->credit_update_queued;
+		ch->credit_update_queued = true;
+	} else if (type == KT_MSG_CREDIT_REQUEST) {
+		skip = ch->credit_req_queued;
+		ch->credit_req_queued = true;
+	} else if (type == KT_MSG_CLOSE) {
+		ch->close_queued = true;
+	}
+	spin_unlock(&ch->lock);
+	if (!err && !skip) {
+		kref_get(&ch->ref);
+		txb->ch = ch;
+		kt_tx_enqueue_locked(kd, txb, &done);
+		txb = NULL;
+	}
+	spin_unlock(&kd->tx_lock);
+
+	kt_txbufs_complete(&done);
+	if (txb)
+		kt_txbuf_free(txb);
+	return err;
+}
+
+/* May @ch send a message of @cost credit bytes? ch->lock held. */
+static int kt_chan_tx_check(struct kt_chan *ch, u32 cost, bool *peer_limited)
+{
+	u32 in_flight;
+
+	if (ch->state == KT_CH_CONNECTING)
+		return -ENOTCONN;
+	if (ch->reset || (ch->state == KT_CH_CLOSED && ch->err == ECONNRESET))
+		return -ECONNRESET;
+	if (ch->state != KT_CH_OPEN || ch->close_queued || ch->user_closed)
+		return -EPIPE;
+	in_flight = ch->tx_cnt - ch->peer_fwd_cnt;
+	if ((u64)in_flight + cost > ch->peer_buf_alloc) {
+		*peer_limited = true;
+		return -EAGAIN;
+	}
+	/* Our own bound: never hold more than our window in flight. */
+	if ((u64)ch->tx_inflight + cost > ch->kd->buf_alloc)
+		return -EAGAIN;
+	return 0;
+}
+
+/**
+ * kt_chan_can_send() - wait condition for a sender
+ * @ch: the channel
+ * @cost: credit bytes of the message
+ *
+ * Return: true if a send attempt would not get -EAGAIN (it may still fail).
+ */
+bool kt_chan_can_send(struct kt_chan *ch, u32 cost)
+{
+	bool peer_limited = false;
+	int err;
+
+	spin_lock(&ch->lock);
+	err = kt_chan_tx_check(ch, cost, &peer_limited);
+	spin_unlock(&ch->lock);
+	return err != -EAGAIN;
+}
+
+/**
+ * kt_tx_queue_data() - queue one DATA message if credit allows
+ * @ch: an open channel
+ * @txb: the message (payload filled)
+ * @stalled: set when the message had to wait for credit
+ *
+ * Assigns the sequence number and charges credit under the same locks that
+ * order the tx FIFO, so messages leave in sequence order.
+ *
+ * Return: 0 (@txb now belongs to the queue), -EAGAIN (no credit yet), or
+ * -EPIPE/-ECONNRESET/-ENOTCONN/-ENOBUFS.
+ */
+int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled)
+{
+	struct kt_dev *kd = ch->kd;
+	u32 len = txb->len;
+	u32 cost = kt_msg_cost(len);
+	bool peer_limited = false;
+	bool request = false;
+	LIST_HEAD(done);
+	int err;
+
+	spin_lock(&kd->tx_lock);
+	spin_lock(&ch->lock);
+	err = kt_chan_tx_check(ch, cost, &peer_limited);
+	if (!err && !kd->tx_live)
+		err = -ECONNRESET;
+	if (!err && txb->nsg > virtqueue_get_vring_size(kd->tx_vq) &&
+	    !virtio_has_feature(kd->vdev, VIRTIO_RING_F_INDIRECT_DESC))
+		err = -ENOBUFS;
+	if (!err) {
+		kt_hdr_init(&txb->hdr, ch->id, KT_MSG_DATA, len, 0);
+		txb->hdr.seq = cpu_to_le32(ch->tx_seq++);
+		ch->tx_cnt += cost;
+		ch->tx_inflight += cost;
+		ch->tx_want = 0;
+		ch->stats.tx_msgs++;
+		ch->stats.tx_bytes += len;
+	} else if (err == -EAGAIN) {
+		ch->tx_want = cost;
+		if (!*stalled) {
+			*stalled = true;
+			ch->stats.credit_stalls++;
+			atomic64_inc(&kd->stats.credit_stalls);
+		}
+		request = peer_limited && !ch->credit_req_queued;
+	}
+	spin_unlock(&ch->lock);
+	if (!err) {
+		kref_get(&ch->ref);
+		txb->ch = ch;
+		txb->cost = cost;
+		kt_tx_enqueue_locked(kd, txb, &done);
+		atomic64_inc(&kd->stats.tx_msgs);
+		atomic64_add(len, &kd->stats.tx_bytes);
+	}
+	spin_unlock(&kd->tx_lock);
+
+	kt_txbufs_complete(&done);
+	if (request)
+		kt_tx_queue_ctrl(ch, KT_MSG_CREDIT_REQUEST, 0, NULL, 0);
+	return err;
+}
+
+void kt_tx_work(struct work_struct *work)
+{
+	struct kt_dev *kd = container_of(work, struct kt_dev, tx_work);
+	struct virtqueue *vq = kd->tx_vq;
+	struct kt_txbuf *txb;
+	unsigned int used;
+	LIST_HEAD(done);
+
+	spin_lock(&kd->tx_lock);
+	if (kd->tx_live) {
+		do {
+			virtqueue_disable_cb(vq);
+			while ((txb = virtqueue_get_buf(vq, &used)))
+				list_add_tail(&txb->node, &done);
+		} while (!virtqueue_enable_cb(vq));
+		kt_tx_push_locked(kd, &done);
+	}
+	spin_unlock(&kd->tx_lock);
+
+	kt_txbufs_complete(&done);
+}
+
+/**
+ * kt_tx_purge() - drop every message still waiting for ring room
+ * @kd: the device
+ *
+ * After a transport reset nothing queued for the old channels may reach
+ * the device: their ids may be reused at once.
+ */
+void kt_tx_purge(struct kt_dev *kd)
+{
+	LIST_HEAD(done);
+
+	spin_lock(&kd->tx_lock);
+	list_splice_init(&kd->tx_pending, &done);
+	kd->replies_pending = 0;
+	spin_unlock(&kd->tx_lock);
+	kt_txbufs_complete(&done);
+}

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Builds the kerntransport guest image: Debian's 6.12 cloud kernel (installed
+# from bookworm-backports) plus a gzip cpio initramfs with busybox-static,
+# kerntransport.ko and kt_kecho.ko built against exactly that kernel's
+# headers, the static guest tool `kt`, /init and the workload scripts.
+# Cached in $KT_CACHE/image-<hash>/, keyed by every input (kernel version and
+# vmlinuz checksum, module sources, kt binary, busybox, init, workloads, this
+# script). Owns the image only; it builds no QEMU and runs no guest.
+# Progress goes to stderr; the last stdout line is
+#   KERNEL=<vmlinuz> INITRAMFS=<initramfs.cpio.gz>
+# Environment: KT_CACHE, KT_GUEST_KVER (override the kernel version).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+KT_CACHE=${KT_CACHE:-$HOME/.cache/kerntransport}
+DRIVER="$ROOT/guest-driver"
+KT_CRATE="$DRIVER/kt"
+BUSYBOX=/bin/busybox
+TARGET=x86_64-unknown-linux-gnu
+
+log() { printf 'build-image: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# The kernel the guest runs: the version linux-image-cloud-amd64 depends on,
+# else the newest installed linux-image-6.12.*-cloud-amd64.
+guest_kernel_version() {
+	if [ -n "${KT_GUEST_KVER:-}" ]; then
+		echo "$KT_GUEST_KVER"
+		return
+	fi
+	local dep
+	dep=$(dpkg-query -W -f='${Status}|${Depends}\n' linux-image-cloud-amd64 2>/dev/null |
+		sed -n 's/^install ok installed|.*linux-image-\([^ ,]*-cloud-amd64\).*/\1/p' | head -n1)
+	if [ -n "$dep" ]; then
+		echo "$dep"
+		return
+	fi
+	dpkg-query -W -f='${Status}|${Package}\n' 'linux-image-6.12*-cloud-amd64' 2>/dev/null |
+		sed -n 's/^install ok installed|linux-image-//p' | grep -v -- '-unsigned$' | sort -V | tail -n1
+}
+
+KVER=$(guest_kernel_version)
+[ -n "$KVER" ] || die "no Debian 6.12 cloud kernel installed; run scripts/setup.sh"
+case "$KVER" in
+6.12.*) ;;
+*) die "guest kernel $KVER is not a 6.12 kernel" ;;
+esac
+VMLINUZ=/boot/vmlinuz-$KVER
+KDIR=/lib/modules/$KVER/build
+[ -r "$VMLINUZ" ] || die "$VMLINUZ missing (package linux-image-$KVER)"
+[ -f "$KDIR/Makefile" ] || die "headers for $KVER missing at $KDIR (install linux-headers-$KVER)"
+[ -x "$BUSYBOX" ] || die "$BUSYBOX missing (install busybox-static)"
+log "guest kernel $KVER"
+
+# Source files of a directory (tracked and untracked-but-not-ignored), so
+# build products never enter the key.
+source_files() {
+	if git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+		git -C "$ROOT" ls-files -co --exclude-standard -- "$@" | sort
+	else
+		(cd "$ROOT" && find "$@" -type f ! -path '*/target/*' ! -name '*.o' ! -name '*.ko' \
+			! -name '*.mod*' ! -name '.*.cmd' ! -name Module.symvers ! -name modules.order | sort)
+	fi
+}
+
+hash_files() {
+	local f
+	while read -r f; do
+		[ -f "$ROOT/$f" ] || continue
+		printf '%s ' "$f"
+		sha256sum <"$ROOT/$f"
+	done
+}
+
+# 1. The guest tool: static, for the guest's architecture. Its own target dir
+#    in the cache, so the static RUSTFLAGS never invalidate host builds.
+KT_BIN=
+if [ -f "$KT_CRATE/Cargo.toml" ]; then
+	log "building the guest tool kt (static)"
+	RUSTFLAGS='-C target-feature=+crt-static' nice cargo build --release --quiet \
+		--manifest-path "$KT_CRATE/Cargo.toml" --target "$TARGET" \
+		--target-dir "$KT_CACHE/cargo-guest-tool" >&2
+	KT_BIN="$KT_CACHE/cargo-guest-tool/$TARGET/release/kt"
+	[ -x "$KT_BIN" ] || die "cargo built no 'kt' binary at $KT_BIN"
+	if readelf -l "$KT_BIN" | grep -q 'INTERP'; then
+		die "$KT_BIN is dynamically linked; the initramfs has no libc"
+	fi
+else
+	log "guest-driver/kt/Cargo.toml is not in the tree yet: building the image without the kt tool"
+fi
+
+HAVE_DRIVER=0
+if [ -f "$DRIVER/Makefile" ]; then
+	HAVE_DRIVER=1
+else
+	log "guest-driver/Makefile is not in the tree yet: building the image without kerntransport.ko and kt_kecho.ko"
+fi
+
+# 2. The cache key.
+HASH=$( {
+	echo "kernel $KVER"
+	sha256sum <"$VMLINUZ"
+	echo "busybox"
+	sha256sum <"$BUSYBOX"
+	echo "kt"
+	if [ -n "$KT_BIN" ]; then sha256sum <"$KT_BIN"; else echo none; fi
+	echo "driver $HAVE_DRIVER"
+	[ "$HAVE_DRIVER" = 0 ] || source_files guest-driver proto/include | grep -v '^guest-driver/kt/' | hash_files
+	echo "image scripts"
+	source_files images/build-image.sh images/initramfs images/workloads | hash_files
+} | sha256sum | cut -c1-16)
+OUT="$KT_CACHE/image-$HASH"
+
+report() {
+	echo "KERNEL=$OUT/vmlinuz INITRAMFS=$OUT/initramfs.cpio.gz"
+}
+
+if [ -f "$OUT/.complete" ]; then
+	log "cache hit: $OUT"
+	report
+	exit 0
+fi
+
+mkdir -p "$KT_CACHE"
+exec 9>"$KT_CACHE/image-$HASH.lock"
+flock 9
+if [ -f "$OUT/.complete" ]; then
+	report
+	exit 0
+fi
+
+WORK=$(mktemp -d "$KT_CACHE/image-build.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+STAGE="$WORK/root"
+mkdir -p "$STAGE"/{bin,sbin,usr/bin,usr/sbin,etc,proc,sys,dev,tmp,run,workloads,lib/modules/kerntransport}
+
+# 3. The driver modules, against exactly $KVER's headers.
+if [ "$HAVE_DRIVER" = 1 ]; then
+	log "building guest-driver against $KDIR"
+	nice make -C "$DRIVER" KDIR="$KDIR" >&2
+	for m in kerntransport kt_kecho; do
+		ko=$(cd "$DRIVER" && find . -name "$m.ko" ! -path './kt/*' -print -quit)
+		[ -n "$ko" ] || die "make -C guest-driver built no $m.ko"
+		ko="$DRIVER/${ko#./}"
+		vermagic=$(modinfo -F vermagic "$ko")
+		case "$vermagic" in
+		"$KVER "*) ;;
+		*) die "$ko was built for '$vermagic', not $KVER" ;;
+		esac
+		cp "$ko" "$STAGE/lib/modules/kerntransport/"
+	done
+fi
+
+# 4. The rest of the tree.
+cp "$BUSYBOX" "$STAGE/bin/busybox"
+ln -s busybox "$STAGE/bin/sh"
+install -m 0755 "$HERE/initramfs/init" "$STAGE/init"
+install -m 0644 "$HERE"/workloads/*.sh "$STAGE/workloads/"
+[ -z "$KT_BIN" ] || install -m 0755 -s "$KT_BIN" "$STAGE/usr/bin/kt"
+{
+	echo "KT: image $HASH kernel $KVER"
+	echo "KT: modules: $(cd "$STAGE/lib/modules/kerntransport" && echo *.ko | sed 's/^\*\.ko$/none/')"
+	echo "KT: kt tool: $([ -n "$KT_BIN" ] && echo yes || echo no)"
+} >"$STAGE/etc/kt-image"
+
+(cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet --owner=0:0) |
+	gzip -9n >"$WORK/initramfs.cpio.gz"
+
+mkdir -p "$WORK/out"
+cp "$VMLINUZ" "$WORK/out/vmlinuz"
+mv "$WORK/initramfs.cpio.gz" "$WORK/out/"
+cp "$STAGE/etc/kt-image" "$WORK/out/contents.txt"
+rm -rf "$OUT"
+mv "$WORK/out" "$OUT"
+touch "$OUT/.complete"
+log "built $OUT ($(du -h "$OUT/initramfs.cpio.gz" | cut -f1) initramfs)"
+sed 's/^KT: /build-image: /' "$OUT/contents.txt" >&2
+report

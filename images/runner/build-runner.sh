@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Builds the KVM runner VM image: an initramfs for Debian's cloud kernel
+# holding busybox, the KVM modules, kt-vmm (+ kt-vmm-bench), optionally
+# QEMU, and a guest (kernel + tiny busybox initramfs with virtio_mmio).
+# Cached in ${KT_CACHE:-~/.cache/kerntransport}/runner-<hash>/ keyed by every
+# input; prints that directory as the last line of stdout.
+#
+# Usage: build-runner.sh [--with-qemu]
+# Env:   KT_RUNNER_KERNEL  kernel of the runner VM   (default: Debian 6.12 cloud)
+#        KT_GUEST_KERNEL   kernel kt-vmm boots        (default: same)
+#        KT_GUEST_INITRD   guest initramfs            (default: built here)
+#        KT_GUEST_EXTRA    directory copied into the guest initramfs
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+KVER=${KVER:-6.12.95+deb12-cloud-amd64}
+RUNNER_KERNEL=${KT_RUNNER_KERNEL:-/boot/vmlinuz-$KVER}
+GUEST_KERNEL=${KT_GUEST_KERNEL:-/boot/vmlinuz-$KVER}
+MODDIR=/lib/modules/$KVER/kernel
+CACHE=${KT_CACHE:-$HOME/.cache/kerntransport}
+with_qemu=0
+[ "${1:-}" = "--with-qemu" ] && with_qemu=1
+
+die() { echo "build-runner: $*" >&2; exit 1; }
+for f in "$RUNNER_KERNEL" "$GUEST_KERNEL" /bin/busybox; do
+	[ -r "$f" ] || die "missing $f"
+done
+
+# kt-vmm binaries (dynamically linked: their libraries are copied below).
+(cd "$root" && nice cargo build --release -q -p kt-vmm --bins) >&2
+target=${CARGO_TARGET_DIR:-$root/target}
+vmm_bin=$target/release/kt-vmm
+bench_bin=$target/release/kt-vmm-bench
+
+modules=()
+for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd arch/x86/kvm/kvm-intel \
+	drivers/crypto/ccp/ccp; do
+	if [ -f "$MODDIR/$m.ko.xz" ]; then modules+=("$MODDIR/$m.ko.xz"); fi
+done
+virtio_mmio=$MODDIR/drivers/virtio/virtio_mmio.ko.xz
+[ -f "$virtio_mmio" ] || die "missing $virtio_mmio"
+qemu_bin=$(command -v qemu-system-x86_64 || true)
+[ "$with_qemu" = 0 ] || [ -n "$qemu_bin" ] || die "qemu-system-x86_64 not installed"
+
+inputs=("$here/build-runner.sh" "$here/runner-init.sh" "$here/guest-init.sh" "$RUNNER_KERNEL"
+	"$GUEST_KERNEL" /bin/busybox "$vmm_bin" "$bench_bin" "$virtio_mmio" "${modules[@]}")
+if [ -n "${KT_GUEST_INITRD:-}" ]; then inputs+=("$KT_GUEST_INITRD"); fi
+if [ "$with_qemu" = 1 ]; then inputs+=("$qemu_bin"); fi
+extra_sums() {
+	if [ -n "${KT_GUEST_EXTRA:-}" ]; then
+		(cd "$KT_GUEST_EXTRA" && find . -type f -exec sha256sum {} + | sort)
+	fi
+}
+hash=$( { sha256sum "${inputs[@]}" | cut -d' ' -f1; echo "qemu=$with_qemu"; extra_sums; } \
+	| sha256sum | cut -c1-16)
+out=$CACHE/runner-$hash
+if [ -f "$out/runner-initrd.cpio.gz" ]; then
+	echo "$out"
+	exit 0
+fi
+mkdir -p "$CACHE"
+work=$(mktemp -d "$CACHE/.runner-build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+# copy_bin FILE DESTROOT: a binary and the shared libraries ldd names.
+copy_bin() {
+	local bin=$1 dest=$2 lib
+	install -D -m 755 "$bin" "$dest/usr/bin/$(basename "$bin")"
+	for lib in $(ldd "$bin" 2>/dev/null | grep -oE '/[^ ]+'); do
+		[ -e "$dest$lib" ] || install -D -m 755 "$(readlink -f "$lib")" "$dest$lib"
+	done
+}
+
+mkcpio() { (cd "$1" && find . -print0 | cpio --null -o -H newc --owner 0:0 --quiet) | gzip -6 >"$2"; }
+
+# The guest's initramfs.
+g=$work/guest
+mkdir -p "$g/bin" "$g/lib/modules"
+cp /bin/busybox "$g/bin/busybox"
+install -m 755 "$here/guest-init.sh" "$g/init"
+xz -dc "$virtio_mmio" >"$g/lib/modules/virtio_mmio.ko"
+if [ -n "${KT_GUEST_EXTRA:-}" ]; then cp -a "$KT_GUEST_EXTRA/." "$g/"; fi
+r=$work/runner
+mkdir -p "$r/bin" "$r/lib/modules/kt" "$r/guest"
+if [ -n "${KT_GUEST_INITRD:-}" ]; then
+	cp "$KT_GUEST_INITRD" "$r/guest/initrd.cpio.gz"
+else
+	mkcpio "$g" "$r/guest/initrd.cpio.gz"
+fi
+cp "$GUEST_KERNEL" "$r/guest/vmlinuz"
+
+# The runner's initramfs.
+cp /bin/busybox "$r/bin/busybox"
+install -m 755 "$here/runner-init.sh" "$r/init"
+for m in "${modules[@]}"; do
+	xz -dc "$m" >"$r/lib/modules/kt/$(basename "$m" .xz)"
+done
+copy_bin "$vmm_bin" "$r"
+copy_bin "$bench_bin" "$r"
+if [ "$with_qemu" = 1 ]; then
+	copy_bin "$qemu_bin" "$r"
+	mkdir -p "$r/usr/share/qemu"
+	for f in /usr/share/seabios/bios-256k.bin /usr/share/seabios/bios-microvm.bin \
+		/usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin \
+		/usr/share/qemu/qboot.rom /usr/share/qemu/pvh.bin; do
+		if [ -e "$f" ]; then cp -L "$f" "$r/usr/share/qemu/"; fi
+	done
+fi
+mkcpio "$r" "$work/runner-initrd.cpio.gz"
+mkdir -p "$out"
+mv "$work/runner-initrd.cpio.gz" "$out/"
+cp "$RUNNER_KERNEL" "$out/vmlinuz"
+echo "$out"

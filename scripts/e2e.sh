@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# End-to-end tests: builds (or takes from $KT_CACHE) the patched QEMU and the
+# guest image, builds the workspace's release binaries, then runs kt-tests'
+# ignored end-to-end tests one at a time with KT_QEMU, KT_KERNEL,
+# KT_INITRAMFS and KT_VHOST_DEVICE set. Called by scripts/test.sh; says
+# plainly which parts are not in the tree yet.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export KT_CACHE=${KT_CACHE:-$HOME/.cache/kerntransport}
+step() { printf -- '-- e2e: %s\n' "$*"; }
+t0=$(date +%s)
+elapsed() { echo "$(($(date +%s) - t0)) s"; }
+
+step "patched QEMU (images/build-qemu.sh)"
+KT_QEMU=$(images/build-qemu.sh | tail -n1)
+[ -x "$KT_QEMU" ] || { echo "e2e: build-qemu.sh gave no binary ($KT_QEMU)" >&2; exit 1; }
+export KT_QEMU
+echo "KT_QEMU=$KT_QEMU ($(elapsed))"
+
+step "workspace release binaries"
+cargo build --workspace --release
+
+step "guest image (images/build-image.sh)"
+image=$(images/build-image.sh | tail -n1)
+case "$image" in
+KERNEL=*" INITRAMFS="*) ;;
+*) echo "e2e: build-image.sh printed '$image', expected KERNEL=... INITRAMFS=..." >&2; exit 1 ;;
+esac
+KT_KERNEL=${image#KERNEL=}
+KT_KERNEL=${KT_KERNEL%% INITRAMFS=*}
+KT_INITRAMFS=${image##* INITRAMFS=}
+export KT_KERNEL KT_INITRAMFS
+echo "KT_KERNEL=$KT_KERNEL"
+echo "KT_INITRAMFS=$KT_INITRAMFS ($(elapsed))"
+
+# Tests needing the backend live in tests/tests/e2e_device.rs (and later
+# files); without kt-vhost-device only the guest-only ones run.
+targets=(--tests)
+backend=${KT_VHOST_DEVICE:-$PWD/target/release/kt-vhost-device}
+if [ -x "$backend" ]; then
+	export KT_VHOST_DEVICE=$backend
+	echo "KT_VHOST_DEVICE=$KT_VHOST_DEVICE"
+else
+	echo "e2e: kt-vhost-device is not in the tree yet: running only the guest-only tests (e2e_boot)"
+	targets=(--lib --test e2e_boot)
+fi
+
+step "cargo test -p kt-tests (end-to-end, one at a time)"
+cargo test -p kt-tests --release "${targets[@]}" -- --include-ignored --test-threads=1
+echo "e2e: done in $(elapsed)"

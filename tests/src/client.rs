@@ -1,0 +1,138 @@
+//! A host program reaching a guest service through kt-vhost-device's
+//! listening socket (SPEC §9): connect, send `CONNECT <name>`, read
+//! `OK <channel-id>` or `ERR <errno> <text>`. Owns the handshake from the
+//! host program's side; the parsing is kt-proto's.
+
+use std::path::Path;
+use std::time::Duration;
+
+use kt_proto::handshake::{self, HandshakeError, Reply};
+use kt_proto::ErrorCode;
+
+use crate::seqpacket::{SeqpacketConn, SocketError};
+
+/// Errors from the connect handshake.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Socket trouble (connect, send, no reply in time, closed).
+    #[error("connect handshake on {path}: {source}")]
+    Socket {
+        /// The backend's listening socket.
+        path: String,
+        /// Why.
+        source: SocketError,
+    },
+    /// The reply did not parse.
+    #[error("bad handshake reply {reply:?}: {source}")]
+    BadReply {
+        /// The reply text (lossy).
+        reply: String,
+        /// Why.
+        source: HandshakeError,
+    },
+    /// The device refused: `ERR <errno> <text>`.
+    #[error("refused: {code:?} (errno {errno}) {text}")]
+    Refused {
+        /// The protocol error.
+        code: ErrorCode,
+        /// Its Linux errno.
+        errno: i32,
+        /// The device's text.
+        text: String,
+    },
+}
+
+/// A connection to a guest service after `OK`: every message is one guest
+/// message.
+#[derive(Debug)]
+pub struct GuestChannel {
+    /// The connection.
+    pub conn: SeqpacketConn,
+    /// The channel id the device reported.
+    pub channel: u32,
+}
+
+/// Connects to guest service `name` through the backend's `--listen`
+/// socket, waiting up to `timeout` for the guest to accept.
+pub fn connect_to_guest(
+    listen: &Path,
+    name: &str,
+    timeout: Duration,
+) -> Result<GuestChannel, ClientError> {
+    let sock_err = |source| ClientError::Socket {
+        path: listen.display().to_string(),
+        source,
+    };
+    let conn = SeqpacketConn::connect(listen).map_err(sock_err)?;
+    conn.send(&handshake::connect_msg(name)).map_err(sock_err)?;
+    let reply = conn.recv(timeout).map_err(sock_err)?;
+    match handshake::parse_reply(&reply) {
+        Ok(Reply::Ok { channel }) => Ok(GuestChannel { conn, channel }),
+        Ok(Reply::Err { code, text }) => Err(ClientError::Refused {
+            code,
+            errno: code.errno(),
+            text,
+        }),
+        Err(source) => Err(ClientError::BadReply {
+            reply: String::from_utf8_lossy(&reply).into_owned(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seqpacket::SeqpacketListener;
+    use crate::tempdir::TempDir;
+    use std::thread;
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// A stand-in for the backend's listening socket that answers one
+    /// CONNECT with `reply`.
+    fn fake_device(reply: &'static [u8]) -> (TempDir, thread::JoinHandle<String>) {
+        let dir = TempDir::new("client").expect("tempdir");
+        let listener = SeqpacketListener::bind(&dir.join("listen.sock")).expect("bind");
+        let handle = thread::spawn(move || {
+            let conn = listener.accept(T).expect("accept");
+            let msg = conn.recv(T).expect("CONNECT");
+            conn.send(reply).expect("reply");
+            // Keep the connection until the client read the reply.
+            let _ = conn.recv(T);
+            String::from_utf8(msg).expect("text")
+        });
+        (dir, handle)
+    }
+
+    #[test]
+    fn ok_reply_gives_the_channel() {
+        let (dir, device) = fake_device(b"OK 7\n");
+        let ch = connect_to_guest(&dir.join("listen.sock"), "echo", T).expect("connect");
+        assert_eq!(ch.channel, 7);
+        drop(ch);
+        assert_eq!(device.join().expect("device"), "CONNECT echo\n");
+    }
+
+    #[test]
+    fn err_reply_is_refused_with_errno() {
+        let (dir, device) = fake_device(b"ERR 111 no such service\n");
+        let err = connect_to_guest(&dir.join("listen.sock"), "nothing", T).expect_err("refused");
+        match err {
+            ClientError::Refused { errno, text, .. } => {
+                assert_eq!(errno, libc::ECONNREFUSED);
+                assert_eq!(text, "no such service");
+            }
+            other => panic!("expected Refused, got {other}"),
+        }
+        device.join().expect("device");
+    }
+
+    #[test]
+    fn garbage_reply_is_an_error() {
+        let (dir, device) = fake_device(b"HELLO\n");
+        let err = connect_to_guest(&dir.join("listen.sock"), "echo", T).expect_err("bad");
+        assert!(matches!(err, ClientError::BadReply { .. }), "{err}");
+        device.join().expect("device");
+    }
+}

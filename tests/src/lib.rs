@@ -1,0 +1,30 @@
+//! kerntransport test harness.
+//!
+//! Owns the plumbing every integration and end-to-end test needs, so tests
+//! read as scenarios: child processes that die with the test
+//! ([`children`]), log files a test can wait on ([`log`]), scratch
+//! directories ([`tempdir`]), the patched QEMU running the guest image
+//! ([`qemu`]), the `kt-vhost-device` backend ([`backend`]), host-side
+//! `SOCK_SEQPACKET` services and clients ([`seqpacket`], [`client`]), and
+//! where the built artifacts are ([`env`]). It holds no test scenarios.
+//!
+//! Every handle that owns a process kills and reaps it when dropped, and
+//! dumps its logs to stderr when dropped during a panic, so a failing test
+//! shows the guest serial log and the backend log.
+
+pub mod backend;
+pub mod children;
+pub mod client;
+pub mod env;
+pub mod log;
+pub mod qemu;
+pub mod seqpacket;
+pub mod tempdir;
+
+pub use backend::{Backend, BackendBuilder};
+pub use children::{ChildProcess, Children};
+pub use client::{connect_to_guest, GuestChannel};
+pub use log::{LogFile, Match};
+pub use qemu::{Accel, Guest, KtResult, Qemu};
+pub use seqpacket::{SeqpacketConn, SeqpacketListener};
+pub use tempdir::TempDir;

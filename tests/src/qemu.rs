@@ -1,0 +1,486 @@
+//! The patched QEMU running the kerntransport guest image.
+//!
+//! [`Qemu`] builds the command line (memfd-shared guest memory, the
+//! kerntransport device as `vhost-user-device-pci` with virtio ID 60, serial
+//! console to a file, `kt.workload=NAME` for the image's /init) and starts
+//! it as a [`Guest`]. A guest is killed when dropped; dropped during a panic
+//! it first prints its serial log and QEMU's own output. Owns QEMU's command
+//! line and lifetime; what runs inside the guest is the image's business.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::children::{describe_status, ChildError, ChildProcess};
+use crate::env::{self, EnvError};
+use crate::log::{LogError, LogFile, Match};
+use crate::tempdir::TempDir;
+
+/// Errors from starting or watching a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// An artifact is not configured.
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    /// QEMU could not be started or controlled.
+    #[error(transparent)]
+    Child(#[from] ChildError),
+    /// Waiting on the serial log failed (timeout, QEMU exited).
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// The guest's workload reported failure.
+    #[error("guest workload failed: {0}")]
+    Failed(String),
+    /// QEMU did not exit in time.
+    #[error("QEMU still running after {0:?}")]
+    NoExit(Duration),
+}
+
+/// Result alias for this module.
+pub type Result<T> = std::result::Result<T, GuestError>;
+
+/// Time a TCG guest gets to boot and finish a short workload. A boot takes
+/// about 4 s on an idle machine; CI machines are shared.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How the guest's CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualization (only where `/dev/kvm` is fast).
+    Kvm,
+    /// QEMU's emulator: slower, works everywhere.
+    Tcg,
+}
+
+impl Accel {
+    /// `KT_ACCEL` (`kvm` or `tcg`) if set, else KVM when a fast `/dev/kvm`
+    /// exists, else TCG.
+    pub fn detect() -> Accel {
+        match std::env::var("KT_ACCEL").as_deref() {
+            Ok("kvm") => Accel::Kvm,
+            Ok("tcg") => Accel::Tcg,
+            _ if env::fast_kvm() => Accel::Kvm,
+            _ => Accel::Tcg,
+        }
+    }
+
+    fn qemu_name(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The kerntransport device as QEMU's generic vhost-user device.
+#[derive(Clone, Debug)]
+pub struct KtDevice {
+    /// The backend's vhost-user socket (QEMU connects to it).
+    pub socket: PathBuf,
+    /// Virtio device ID.
+    pub virtio_id: u32,
+    /// Number of virtqueues.
+    pub num_vqs: usize,
+    /// Size of each virtqueue.
+    pub vq_size: u32,
+    /// Bytes of device config space.
+    pub config_size: usize,
+    /// Milliseconds between QEMU's connect attempts (0: connect once at
+    /// start and never reconnect). With the project's QEMU patch, QEMU
+    /// waits at start until the backend listens and sets the device up
+    /// again after a backend restart.
+    pub reconnect_ms: u32,
+}
+
+impl KtDevice {
+    /// The device as the protocol defines it, served on `socket`.
+    pub fn new(socket: &Path) -> KtDevice {
+        KtDevice {
+            socket: socket.to_path_buf(),
+            virtio_id: kt_proto::consts::VIRTIO_ID,
+            num_vqs: kt_proto::consts::NUM_VQS,
+            vq_size: 256,
+            config_size: kt_proto::consts::CONFIG_SIZE,
+            reconnect_ms: 500,
+        }
+    }
+
+    fn args(&self) -> Vec<OsString> {
+        let mut chardev = OsString::from("socket,id=kt0,path=");
+        chardev.push(&self.socket);
+        if self.reconnect_ms > 0 {
+            chardev.push(format!(",reconnect-ms={}", self.reconnect_ms));
+        }
+        vec![
+            "-chardev".into(),
+            chardev,
+            "-device".into(),
+            format!(
+                "vhost-user-device-pci,chardev=kt0,virtio-id={},num_vqs={},vq_size={},\
+                 config_size={}",
+                self.virtio_id, self.num_vqs, self.vq_size, self.config_size
+            )
+            .into(),
+        ]
+    }
+}
+
+/// A guest to start: the builder for QEMU's command line.
+#[derive(Clone, Debug)]
+pub struct Qemu {
+    qemu: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    workload: String,
+    memory_mb: u32,
+    smp: u32,
+    accel: Accel,
+    device: Option<KtDevice>,
+    append: Vec<String>,
+    extra: Vec<OsString>,
+}
+
+impl Qemu {
+    /// A guest running workload `name` (`images/workloads/NAME.sh`), with
+    /// QEMU and the image from `KT_QEMU`, `KT_KERNEL`, `KT_INITRAMFS`.
+    pub fn new(workload: &str) -> Result<Qemu> {
+        Ok(Qemu::with_paths(
+            &env::qemu()?,
+            &env::kernel()?,
+            &env::initramfs()?,
+            workload,
+        ))
+    }
+
+    /// Like [`Qemu::new`] with explicit paths.
+    pub fn with_paths(qemu: &Path, kernel: &Path, initrd: &Path, workload: &str) -> Qemu {
+        Qemu {
+            qemu: qemu.to_path_buf(),
+            kernel: kernel.to_path_buf(),
+            initrd: initrd.to_path_buf(),
+            workload: workload.to_string(),
+            memory_mb: 512,
+            smp: 1,
+            accel: Accel::detect(),
+            device: None,
+            append: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// Adds the kerntransport device served by the backend on `socket`.
+    pub fn vhost_user_socket(self, socket: &Path) -> Qemu {
+        self.device(KtDevice::new(socket))
+    }
+
+    /// Adds a kerntransport device with explicit parameters.
+    pub fn device(mut self, device: KtDevice) -> Qemu {
+        self.device = Some(device);
+        self
+    }
+
+    /// Guest memory in MiB (shared with the backend through a memfd).
+    pub fn memory_mb(mut self, mb: u32) -> Qemu {
+        self.memory_mb = mb;
+        self
+    }
+
+    /// Number of guest CPUs.
+    pub fn smp(mut self, cpus: u32) -> Qemu {
+        self.smp = cpus;
+        self
+    }
+
+    /// Overrides the detected accelerator.
+    pub fn accel(mut self, accel: Accel) -> Qemu {
+        self.accel = accel;
+        self
+    }
+
+    /// Appends a word to the kernel command line (e.g. `kt.timeout=60`,
+    /// or parameters a workload reads from /proc/cmdline).
+    pub fn append(mut self, word: &str) -> Qemu {
+        self.append.push(word.to_string());
+        self
+    }
+
+    /// Appends a raw QEMU argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Qemu {
+        self.extra.push(arg.into());
+        self
+    }
+
+    /// The full QEMU argument list, serial console going to `serial`.
+    pub fn args(&self, serial: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |items: &[&str]| args.extend(items.iter().map(OsString::from));
+        push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+        push(&["-M", "q35", "-cpu", "max", "-accel", self.accel.qemu_name()]);
+        // Firmware (SeaBIOS, option ROMs) comes from Debian's packages: the
+        // patched build installs no blobs.
+        push(&["-L", "/usr/share/qemu", "-L", "/usr/share/seabios"]);
+        push(&["-nic", "none", "-no-reboot"]);
+        let mem = format!("{}M", self.memory_mb);
+        let smp = self.smp.to_string();
+        let memfd = format!("memory-backend-memfd,id=mem,size={mem},share=on");
+        push(&["-m", &mem, "-smp", &smp, "-object", &memfd]);
+        push(&["-numa", "node,memdev=mem"]);
+        let mut serial_arg = OsString::from("file:");
+        serial_arg.push(serial);
+        args.push("-serial".into());
+        args.push(serial_arg);
+        args.push("-kernel".into());
+        args.push(self.kernel.clone().into());
+        args.push("-initrd".into());
+        args.push(self.initrd.clone().into());
+        let mut cmdline = vec![
+            "console=ttyS0".to_string(),
+            "panic=-1".to_string(),
+            format!("kt.workload={}", self.workload),
+        ];
+        cmdline.extend(self.append.iter().cloned());
+        args.push("-append".into());
+        args.push(cmdline.join(" ").into());
+        if let Some(dev) = &self.device {
+            args.extend(dev.args());
+        }
+        args.extend(self.extra.iter().cloned());
+        args
+    }
+
+    /// Starts QEMU. The serial log and QEMU's output go to files in `dir`
+    /// (`<workload>.serial.log`, `<workload>.qemu.log`).
+    pub fn spawn(self, dir: &TempDir) -> Result<Guest> {
+        let serial_path = dir.join(&format!("{}.serial.log", self.workload));
+        let (serial, _file) = LogFile::create("guest serial", &serial_path)?;
+        let (qemu_log, out) =
+            LogFile::create_stdio("QEMU", &dir.join(&format!("{}.qemu.log", self.workload)))?;
+        let err = out_clone(&qemu_log)?;
+        let mut cmd = Command::new(&self.qemu);
+        cmd.args(self.args(&serial_path))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        let proc = ChildProcess::spawn("QEMU", &mut cmd)?;
+        Ok(Guest {
+            proc,
+            serial,
+            qemu_log,
+        })
+    }
+}
+
+/// A second handle on a log file, for a child's stderr next to its stdout.
+fn out_clone(log: &LogFile) -> Result<Stdio> {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log.path())
+        .map_err(|source| LogError::Io {
+            path: log.path().to_path_buf(),
+            source,
+        })?;
+    Ok(Stdio::from(file))
+}
+
+/// What the image's /init reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KtResult {
+    /// `KT-RESULT: PASS`
+    Pass,
+    /// `KT-RESULT: FAIL <reason>`
+    Fail(String),
+}
+
+impl KtResult {
+    /// Parses the text of a serial line containing `KT-RESULT:`.
+    pub fn parse(line: &str) -> Option<KtResult> {
+        let (_, rest) = line.split_once("KT-RESULT: ")?;
+        let rest = rest.trim_end();
+        if rest == "PASS" {
+            return Some(KtResult::Pass);
+        }
+        rest.strip_prefix("FAIL")
+            .map(|reason| KtResult::Fail(reason.trim().to_string()))
+    }
+}
+
+/// A running guest: QEMU plus its logs. Killed on drop; its logs are
+/// printed when dropped during a panic.
+#[derive(Debug)]
+pub struct Guest {
+    proc: ChildProcess,
+    serial: LogFile,
+    qemu_log: LogFile,
+}
+
+impl Guest {
+    /// Waits for a serial line containing `pattern`; fails early if QEMU
+    /// exits first.
+    pub fn wait_for(&mut self, pattern: &str, timeout: Duration) -> Result<Match> {
+        self.wait_for_after(0, pattern, timeout)
+    }
+
+    /// Like [`Guest::wait_for`], for a line ending after byte `after` (the
+    /// `end` of an earlier [`Match`]).
+    pub fn wait_for_after(
+        &mut self,
+        after: usize,
+        pattern: &str,
+        timeout: Duration,
+    ) -> Result<Match> {
+        let proc = &mut self.proc;
+        let m = self
+            .serial
+            .wait_for_after(after, pattern, timeout, || match proc.try_wait() {
+                Ok(Some(status)) => Some(format!("QEMU exited with {}", describe_status(status))),
+                Ok(None) => None,
+                Err(e) => Some(e.to_string()),
+            })?;
+        Ok(m)
+    }
+
+    /// Waits for the `KT-RESULT:` line and parses it.
+    pub fn wait_result(&mut self, timeout: Duration) -> Result<KtResult> {
+        let m = self.wait_for("KT-RESULT:", timeout)?;
+        // The pattern matched, so the parse only fails on a malformed line.
+        Ok(KtResult::parse(&m.line).unwrap_or(KtResult::Fail(format!("malformed: {}", m.line))))
+    }
+
+    /// Waits for `KT-RESULT: PASS`; a FAIL becomes [`GuestError::Failed`].
+    pub fn expect_pass(&mut self, timeout: Duration) -> Result<()> {
+        match self.wait_result(timeout)? {
+            KtResult::Pass => Ok(()),
+            KtResult::Fail(reason) => Err(GuestError::Failed(reason)),
+        }
+    }
+
+    /// Waits for QEMU to exit (the image powers off after its result).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.proc
+            .wait_timeout(timeout)?
+            .ok_or(GuestError::NoExit(timeout))
+    }
+
+    /// Kills QEMU now.
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        Ok(self.proc.kill()?)
+    }
+
+    /// The serial console output so far.
+    pub fn serial_log(&self) -> String {
+        self.serial.contents()
+    }
+
+    /// QEMU's own stdout and stderr so far.
+    pub fn qemu_log(&self) -> String {
+        self.qemu_log.contents()
+    }
+
+    /// The serial log file.
+    pub fn serial(&self) -> &LogFile {
+        &self.serial
+    }
+
+    /// QEMU's pid.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.serial.dump();
+            self.qemu_log.dump();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    fn builder() -> Qemu {
+        Qemu::with_paths(
+            Path::new("/q/qemu"),
+            Path::new("/i/vmlinuz"),
+            Path::new("/i/initrd"),
+            "boot",
+        )
+        .accel(Accel::Tcg)
+    }
+
+    #[test]
+    fn plain_guest_has_shared_memory_and_no_device() {
+        let args = words(&builder().args(Path::new("/t/serial.log")));
+        assert_eq!(after(&args, "-accel"), ["tcg"]);
+        assert_eq!(after(&args, "-cpu"), ["max"]);
+        assert_eq!(after(&args, "-m"), ["512M"]);
+        assert_eq!(
+            after(&args, "-object"),
+            ["memory-backend-memfd,id=mem,size=512M,share=on"]
+        );
+        assert_eq!(after(&args, "-numa"), ["node,memdev=mem"]);
+        assert_eq!(after(&args, "-serial"), ["file:/t/serial.log"]);
+        assert_eq!(after(&args, "-kernel"), ["/i/vmlinuz"]);
+        assert_eq!(after(&args, "-nic"), ["none"]);
+        assert_eq!(
+            after(&args, "-L"),
+            ["/usr/share/qemu", "/usr/share/seabios"]
+        );
+        assert_eq!(
+            after(&args, "-append"),
+            ["console=ttyS0 panic=-1 kt.workload=boot"]
+        );
+        assert!(after(&args, "-device").is_empty());
+    }
+
+    #[test]
+    fn device_and_options() {
+        let q = builder()
+            .vhost_user_socket(Path::new("/t/vm.sock"))
+            .memory_mb(256)
+            .append("kt.timeout=30")
+            .accel(Accel::Kvm);
+        let args = words(&q.args(Path::new("/t/s")));
+        assert_eq!(after(&args, "-accel"), ["kvm"]);
+        assert_eq!(
+            after(&args, "-object"),
+            ["memory-backend-memfd,id=mem,size=256M,share=on"]
+        );
+        assert_eq!(
+            after(&args, "-chardev"),
+            ["socket,id=kt0,path=/t/vm.sock,reconnect-ms=500"]
+        );
+        assert_eq!(
+            after(&args, "-device"),
+            ["vhost-user-device-pci,chardev=kt0,virtio-id=60,num_vqs=3,vq_size=256,config_size=16"]
+        );
+        assert!(after(&args, "-append")[0].ends_with("kt.workload=boot kt.timeout=30"));
+    }
+
+    #[test]
+    fn result_lines_parse() {
+        assert_eq!(KtResult::parse("KT-RESULT: PASS\r"), Some(KtResult::Pass));
+        assert_eq!(
+            KtResult::parse("[ 1.0] x KT-RESULT: FAIL no PCI device 1af4:107c"),
+            Some(KtResult::Fail("no PCI device 1af4:107c".to_string()))
+        );
+        assert_eq!(KtResult::parse("KT-RESULT: maybe"), None);
+        assert_eq!(KtResult::parse("nothing here"), None);
+    }
+}

@@ -1,0 +1,133 @@
+//! Command-line interface (clap derive). Owns flag names, help texts and
+//! parsing into [`Cli`]; turning flags into a checked configuration is
+//! `config.rs`'s job.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// kerntransport host backend: a vhost-user device daemon (virtio device 60)
+/// that maps guest channels to host Unix SOCK_SEQPACKET sockets.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kt-vhost-device",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `run` when no subcommand is given.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the device daemon (the default).
+    Run(RunArgs),
+    /// Print a running daemon's counters from its control socket.
+    Stats(StatsArgs),
+}
+
+/// Log verbosity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Warnings and errors.
+    Warn,
+    /// Normal operation messages.
+    Info,
+    /// Per-channel events.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// Flags of `kt-vhost-device run`.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// vhost-user Unix socket to listen on for the VMM (frontend).
+    #[arg(long, value_name = "PATH", required = true)]
+    pub socket_path: Option<PathBuf>,
+    /// Policy file (TOML) naming the host services a guest may open.
+    #[arg(long, value_name = "FILE", required = true)]
+    pub policy: Option<PathBuf>,
+    /// SOCK_SEQPACKET socket where host programs connect to guest services
+    /// ("CONNECT <name>" handshake). Also offers KT_F_GUEST_LISTEN.
+    #[arg(long, value_name = "PATH")]
+    pub listen: Option<PathBuf>,
+    /// Unix socket for `kt-vhost-device stats`.
+    #[arg(long, value_name = "PATH")]
+    pub control: Option<PathBuf>,
+    /// Largest message payload in bytes, either direction (config space).
+    #[arg(long, value_name = "N")]
+    pub max_msg_size: Option<u32>,
+    /// Channels open at once, both directions together (config space).
+    #[arg(long, value_name = "N")]
+    pub max_channels: Option<u32>,
+    /// rx buffer size the driver should post, 256..=65536 (config space).
+    #[arg(long, value_name = "N")]
+    pub rx_buf_size: Option<u32>,
+    /// Per-channel receive window in credit bytes for guest → host data;
+    /// bounds the memory held per channel (default 4 × (max-msg-size + 32)).
+    #[arg(long, value_name = "BYTES")]
+    pub channel_buffer: Option<u32>,
+    /// Guest id reported in config space, logs and stats.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub guest_id: u32,
+    /// Log level (RUST_LOG overrides it).
+    #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+}
+
+/// Flags of `kt-vhost-device stats`.
+#[derive(Clone, Debug, Args)]
+pub struct StatsArgs {
+    /// The daemon's control socket (its --control).
+    #[arg(long, value_name = "PATH")]
+    pub control: PathBuf,
+    /// Print JSON (one object) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_is_the_default() {
+        let c = Cli::try_parse_from(["kt", "--socket-path", "/s", "--policy", "/p"]).unwrap();
+        assert!(c.command.is_none());
+        assert_eq!(c.run.socket_path, Some(PathBuf::from("/s")));
+        let c = Cli::try_parse_from(["kt", "run", "--socket-path", "/s", "--policy", "/p"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Run(_))));
+        let c = Cli::try_parse_from(["kt", "stats", "--control", "/c", "--json"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Stats(StatsArgs { json: true, .. }))));
+    }
+
+    #[test]
+    fn missing_and_bad_flags_fail() {
+        assert!(Cli::try_parse_from(["kt", "--policy", "/p"]).is_err());
+        assert!(Cli::try_parse_from(["kt", "--socket-path", "/s", "--policy", "/p", "--max-msg-size", "x"]).is_err());
+        assert!(Cli::try_parse_from(["kt", "stats"]).is_err());
+        assert!(Cli::try_parse_from(["kt", "--socket-path", "/s", "--policy", "/p", "--log-level", "loud"]).is_err());
+    }
+}

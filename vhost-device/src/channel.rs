@@ -1,0 +1,125 @@
+//! One channel's state: its host socket, credit both ways, sequence
+//! numbers, the bounded queue of guest messages waiting for the host socket,
+//! and the close handshake flags. Pure state and small helpers; the device
+//! (`device.rs`) drives the transitions.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use kt_proto::{RecvCredit, SendCredit};
+
+use crate::seqpacket::SeqPacket;
+use crate::stats::{Counters, Opener};
+
+/// Where a channel is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Device sent OPEN for a host connection; waiting for OPEN_OK/OPEN_ERR.
+    Opening,
+    /// Both ways open (until a CLOSE is sent or received).
+    Open,
+}
+
+/// A channel between a guest endpoint and a host socket.
+#[derive(Debug)]
+pub struct Channel {
+    /// Service name.
+    pub service: String,
+    /// Which side opened it.
+    pub opener: Opener,
+    /// Life-cycle state.
+    pub state: State,
+    /// The host connection; `None` once the host side is gone.
+    pub sock: Option<SeqPacket>,
+    /// epoll events currently registered for `sock` (0 = not registered).
+    pub registered: u32,
+    /// The host socket may have input: it is not polled for input until a
+    /// receive returns `WouldBlock`.
+    pub readable: bool,
+    /// The host hung up: the fd is out of epoll for good; what is left in
+    /// it is read, then the channel closes.
+    pub hup: bool,
+    /// Whether the channel is queued for the rx scheduler.
+    pub in_ready: bool,
+    /// Host input waits for guest credit.
+    pub stalled: bool,
+    /// Credit towards the guest (host → guest data).
+    pub send: SendCredit,
+    /// Credit we grant the guest (guest → host data).
+    pub recv: RecvCredit,
+    /// Next DATA seq we send to the guest.
+    pub tx_seq: u32,
+    /// Next DATA seq expected from the guest.
+    pub rx_seq: u32,
+    /// Guest messages not yet accepted by the host socket (bounded by the
+    /// credit granted: at most `recv.buf_alloc` credit bytes).
+    pub pending: VecDeque<Vec<u8>>,
+    /// We sent CLOSE.
+    pub sent_close: bool,
+    /// The guest sent CLOSE.
+    pub recv_close: bool,
+    /// A CREDIT_UPDATE is queued towards the guest.
+    pub update_queued: bool,
+    /// Counters shown by `stats`.
+    pub counters: Arc<Counters>,
+}
+
+impl Channel {
+    /// A new channel over `sock` granting the guest `window` credit bytes.
+    pub fn new(
+        service: &str,
+        opener: Opener,
+        state: State,
+        sock: SeqPacket,
+        window: u32,
+        peer_buf_alloc: u32,
+        counters: Arc<Counters>,
+    ) -> Channel {
+        Channel {
+            service: service.to_owned(),
+            opener,
+            state,
+            sock: Some(sock),
+            registered: 0,
+            readable: false,
+            hup: false,
+            in_ready: false,
+            stalled: false,
+            send: SendCredit::new(peer_buf_alloc),
+            recv: RecvCredit::new(window),
+            tx_seq: 0,
+            rx_seq: 0,
+            pending: VecDeque::new(),
+            sent_close: false,
+            recv_close: false,
+            update_queued: false,
+            counters,
+        }
+    }
+
+    /// Whether host input should be read and forwarded to the guest.
+    pub fn wants_host_input(&self) -> bool {
+        self.state == State::Open && !self.sent_close && !self.recv_close && self.sock.is_some()
+    }
+
+    /// The epoll events the channel needs now.
+    pub fn wanted_events(&self) -> u32 {
+        if self.sock.is_none() || self.hup {
+            return 0;
+        }
+        let mut ev = 0;
+        if self.wants_host_input() && !self.readable {
+            ev |= libc::EPOLLIN as u32;
+        }
+        if !self.pending.is_empty() {
+            ev |= libc::EPOLLOUT as u32;
+        }
+        ev
+    }
+
+    /// Whether the channel can be forgotten: both CLOSEs exchanged and
+    /// nothing left for the host.
+    pub fn finished(&self) -> bool {
+        self.sent_close && self.recv_close && (self.pending.is_empty() || self.sock.is_none())
+    }
+}

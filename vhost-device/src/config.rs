@@ -1,0 +1,165 @@
+//! The checked daemon configuration: `TryFrom<RunArgs> for Config` applies
+//! defaults, range-checks every number and loads the policy, so `run` only
+//! ever sees valid values.
+
+use std::path::PathBuf;
+
+use kt_proto::consts::{
+    DEFAULT_MAX_CHANNELS, DEFAULT_MAX_MSG_SIZE, DEFAULT_RX_BUF_SIZE, MAX_MSG_SIZE_LIMIT,
+    MAX_RX_BUF_SIZE, MIN_RX_BUF_SIZE, MSG_OVERHEAD,
+};
+use kt_proto::DeviceConfig;
+
+use crate::args::RunArgs;
+use crate::policy::{Policy, PolicyError};
+
+/// Largest per-channel window accepted (bounds per-channel memory).
+pub const MAX_CHANNEL_BUFFER: u32 = 64 << 20;
+/// Largest `--max-channels` (device ids use bit 31, guest ids the rest).
+pub const MAX_CHANNELS_LIMIT: u32 = 1 << 16;
+
+/// A bad flag value or policy file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A required flag is missing.
+    #[error("missing required flag --{0}")]
+    Missing(&'static str),
+    /// A number out of range.
+    #[error("--{flag} {value}: {why}")]
+    Range {
+        /// Flag name.
+        flag: &'static str,
+        /// Given value.
+        value: u32,
+        /// The allowed range.
+        why: String,
+    },
+    /// The policy file is bad.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+/// Everything `run` needs, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// vhost-user socket path.
+    pub socket_path: PathBuf,
+    /// The policy.
+    pub policy: Policy,
+    /// Host → guest listening socket.
+    pub listen: Option<PathBuf>,
+    /// Control socket.
+    pub control: Option<PathBuf>,
+    /// Config space values.
+    pub device: DeviceConfig,
+    /// Per-channel guest → host window in credit bytes.
+    pub channel_buffer: u32,
+}
+
+fn range(flag: &'static str, value: u32, lo: u32, hi: u32) -> Result<u32, ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::Range {
+            flag,
+            value,
+            why: format!("must be between {lo} and {hi}"),
+        })
+    }
+}
+
+impl TryFrom<RunArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: RunArgs) -> Result<Config, ConfigError> {
+        let socket_path = a.socket_path.ok_or(ConfigError::Missing("socket-path"))?;
+        let policy_path = a.policy.ok_or(ConfigError::Missing("policy"))?;
+        let max_msg_size = range(
+            "max-msg-size",
+            a.max_msg_size.unwrap_or(DEFAULT_MAX_MSG_SIZE),
+            1,
+            MAX_MSG_SIZE_LIMIT,
+        )?;
+        let max_channels = range(
+            "max-channels",
+            a.max_channels.unwrap_or(DEFAULT_MAX_CHANNELS),
+            1,
+            MAX_CHANNELS_LIMIT,
+        )?;
+        let rx_buf_size = range(
+            "rx-buf-size",
+            a.rx_buf_size.unwrap_or(DEFAULT_RX_BUF_SIZE),
+            MIN_RX_BUF_SIZE,
+            MAX_RX_BUF_SIZE,
+        )?;
+        let min_window = max_msg_size + MSG_OVERHEAD;
+        let channel_buffer = range(
+            "channel-buffer",
+            a.channel_buffer.unwrap_or(4 * min_window),
+            min_window,
+            MAX_CHANNEL_BUFFER,
+        )?;
+        let policy = Policy::load(&policy_path)?;
+        Ok(Config {
+            socket_path,
+            policy,
+            listen: a.listen,
+            control: a.control,
+            device: DeviceConfig {
+                max_msg_size,
+                max_channels,
+                rx_buf_size,
+                guest_id: a.guest_id,
+            },
+            channel_buffer,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::LogLevel;
+
+    fn args(policy: &str) -> RunArgs {
+        RunArgs {
+            socket_path: Some("/tmp/x.sock".into()),
+            policy: Some(policy.into()),
+            listen: None,
+            control: None,
+            max_msg_size: None,
+            max_channels: None,
+            rx_buf_size: None,
+            channel_buffer: None,
+            guest_id: 3,
+            log_level: LogLevel::Info,
+        }
+    }
+
+    fn policy_file() -> PathBuf {
+        let p = std::env::temp_dir().join(format!("kt-cfg-{}.toml", std::process::id()));
+        std::fs::write(&p, "[[service]]\nname = \"echo\"\nsocket = \"/tmp/e\"\n").unwrap();
+        p
+    }
+
+    #[test]
+    fn defaults_and_ranges() {
+        let p = policy_file();
+        let c = Config::try_from(args(p.to_str().unwrap())).unwrap();
+        assert_eq!(c.device.max_msg_size, DEFAULT_MAX_MSG_SIZE);
+        assert_eq!(c.channel_buffer, 4 * (DEFAULT_MAX_MSG_SIZE + 32));
+        assert_eq!(c.device.guest_id, 3);
+        let mut a = args(p.to_str().unwrap());
+        a.max_msg_size = Some(0);
+        let e = Config::try_from(a).unwrap_err().to_string();
+        assert_eq!(e, "--max-msg-size 0: must be between 1 and 1048576");
+        let mut a = args(p.to_str().unwrap());
+        a.channel_buffer = Some(100);
+        assert!(Config::try_from(a).unwrap_err().to_string().starts_with("--channel-buffer 100"));
+        let mut a = args(p.to_str().unwrap());
+        a.rx_buf_size = Some(100);
+        assert!(Config::try_from(a).is_err());
+        assert!(Config::try_from(args("/nonexistent.toml")).is_err());
+        std::fs::remove_file(p).unwrap();
+    }
+}

@@ -1,0 +1,25 @@
+//! kt-vhost-device: the host half of kerntransport, a vhost-user backend
+//! daemon for virtio device 60 (`proto/SPEC.md`). Guest channels map to host
+//! Unix `SOCK_SEQPACKET` sockets named in a policy file; host programs reach
+//! guest services through a listening socket.
+//!
+//! Modules: `args`/`config`/`policy` (CLI and checked configuration),
+//! `daemon` (serve frontends in a loop), `backend` (vhost-user glue),
+//! `device` (protocol engine), `channel` (per-channel state), `chain`
+//! (descriptor chains in and out), `seqpacket` (host sockets), `stats` and
+//! `control` (counters and the control socket), `sim` (a simulated guest
+//! driver and vhost-user frontend for tests and the bench).
+
+pub mod args;
+pub mod backend;
+pub mod chain;
+pub mod channel;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod device;
+pub mod policy;
+pub mod seqpacket;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod stats;

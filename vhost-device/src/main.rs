@@ -1,0 +1,72 @@
+//! `kt-vhost-device`: parse flags, set up logging, run the daemon or print
+//! stats. Every error ends as one line on stderr and exit code 1.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kt_vhost_device::args::{Cli, Command, LogLevel, StatsArgs};
+use kt_vhost_device::config::Config;
+use kt_vhost_device::{control, daemon};
+
+fn init_log(level: LogLevel) {
+    env_logger::Builder::new()
+        .filter_level(level.into())
+        .parse_default_env()
+        .format_timestamp_millis()
+        .init();
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("kt-vhost-device: {msg}");
+    ExitCode::from(1)
+}
+
+fn stats(a: &StatsArgs) -> ExitCode {
+    match control::query(&a.control) {
+        Ok(s) if a.json => match serde_json::to_string_pretty(&s) {
+            Ok(j) => {
+                println!("{j}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Ok(s) => {
+            print!("{}", s.table());
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help / --version
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let line = text.lines().next().unwrap_or("bad arguments");
+            return fail(line.trim_start_matches("error: "));
+        }
+    };
+    let run = match cli.command {
+        Some(Command::Stats(a)) => return stats(&a),
+        Some(Command::Run(r)) => r,
+        None => cli.run,
+    };
+    init_log(run.log_level);
+    let config = match Config::try_from(run) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match daemon::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            fail(e)
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! The policy file: which host services a guest may open, and where they
+//! listen. Owns parsing and validation; every problem becomes one line that
+//! names the file, the line when known, and what is wrong.
+//!
+//! ```toml
+//! [[service]]
+//! name = "echo"                 # service name a guest OPENs
+//! socket = "/run/kt/echo.sock"  # host SOCK_SEQPACKET socket to connect to
+//! max_channels = 8              # optional: open channels at once
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a policy file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("policy file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// TOML syntax, unknown keys or wrong types.
+    #[error("policy file {path}{line}: {msg}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// `: line N` when known.
+        line: LineNo,
+        /// The parser's message, one line.
+        msg: String,
+        /// The parser's error.
+        source: Box<toml::de::Error>,
+    },
+    /// A semantic problem with one service entry.
+    #[error("policy file {path}{line}: {msg}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// `: line N` when known.
+        line: LineNo,
+        /// What is wrong.
+        msg: String,
+    },
+}
+
+/// An optional 1-based line number that displays as `: line N`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LineNo(pub Option<usize>);
+
+impl std::fmt::Display for LineNo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, ": line {n}"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One host service a guest may open.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    /// Service name (validated like a wire name).
+    pub name: String,
+    /// Host `SOCK_SEQPACKET` socket the device connects to.
+    pub socket: PathBuf,
+    /// Channels to this service that may be open at once.
+    pub max_channels: Option<u32>,
+}
+
+/// The whole policy: services by name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    services: BTreeMap<String, Service>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    service: Vec<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: toml::Spanned<String>,
+    socket: toml::Spanned<PathBuf>,
+    max_channels: Option<toml::Spanned<u32>>,
+}
+
+fn line_of(text: &str, span: Option<Range<usize>>) -> LineNo {
+    LineNo(span.map(|s| {
+        let end = s.start.min(text.len());
+        text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+    }))
+}
+
+impl Policy {
+    /// Reads and validates the policy file at `path`.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Policy::parse(path, &text)
+    }
+
+    /// Validates policy `text`; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|source| PolicyError::Parse {
+            path: path.to_owned(),
+            line: line_of(text, source.span()),
+            msg: source.message().replace('\n', " "),
+            source: Box::new(source),
+        })?;
+        let invalid = |span: Range<usize>, msg: String| PolicyError::Invalid {
+            path: path.to_owned(),
+            line: line_of(text, Some(span)),
+            msg,
+        };
+        let mut services = BTreeMap::new();
+        for s in raw.service {
+            let name = s.name.get_ref();
+            if let Err(e) = kt_proto::name::validate(name.as_bytes()) {
+                return Err(invalid(
+                    s.name.span(),
+                    format!("invalid service name {name:?}: {e}"),
+                ));
+            }
+            if services.contains_key(name) {
+                return Err(invalid(
+                    s.name.span(),
+                    format!("duplicate service name {name:?}"),
+                ));
+            }
+            if s.socket.get_ref().as_os_str().is_empty() {
+                return Err(invalid(
+                    s.socket.span(),
+                    format!("service {name:?}: empty socket path"),
+                ));
+            }
+            if let Some(m) = &s.max_channels {
+                if *m.get_ref() == 0 {
+                    return Err(invalid(
+                        m.span(),
+                        format!("service {name:?}: max_channels must be at least 1"),
+                    ));
+                }
+            }
+            services.insert(
+                name.clone(),
+                Service {
+                    name: name.clone(),
+                    socket: s.socket.into_inner(),
+                    max_channels: s.max_channels.map(toml::Spanned::into_inner),
+                },
+            );
+        }
+        Ok(Policy { services })
+    }
+
+    /// The service named `name`, if the policy allows it.
+    pub fn get(&self, name: &str) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    /// Number of services.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Whether no service is allowed.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Policy::parse(Path::new("p.toml"), text)
+    }
+
+    #[test]
+    fn parses_services() {
+        let p = parse(
+            "[[service]]\nname = \"echo\"\nsocket = \"/run/kt/echo.sock\"\n\n\
+             [[service]]\nname = \"log\"\nsocket = \"/tmp/l\"\nmax_channels = 2\n",
+        )
+        .unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(p.get("echo").unwrap().socket, PathBuf::from("/run/kt/echo.sock"));
+        assert_eq!(p.get("log").unwrap().max_channels, Some(2));
+        assert!(p.get("nope").is_none());
+        assert!(parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn errors_are_one_line_with_file_and_line() {
+        let cases = [
+            (
+                "[[service]]\nname = \"a\"\nsocket = \"/x\"\ncolour = 1\n",
+                "p.toml: line 4: unknown field `colour`",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nsocket = \"/x\"\n[[service]]\nname = \"a\"\nsocket = \"/y\"\n",
+                "p.toml: line 5: duplicate service name \"a\"",
+            ),
+            (
+                "[[service]]\nname = \"\"\nsocket = \"/x\"\n",
+                "p.toml: line 2: invalid service name \"\"",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nsocket = \"/x\"\nmax_channels = 0\n",
+                "p.toml: line 4: service \"a\": max_channels must be at least 1",
+            ),
+            ("[[service]]\nname = \"a\"\n", "p.toml: line 1: missing field `socket`"),
+            ("[[service]\n", "p.toml: line 1:"),
+            ("[[service]]\nname = 5\nsocket = \"/x\"\n", "p.toml: line 2:"),
+        ];
+        for (text, want) in cases {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("policy file {want}")), "{e:?} vs {want:?}");
+            assert!(!e.contains('\n'), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let e = Policy::load(Path::new("/nonexistent/kt.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("policy file /nonexistent/kt.toml: "));
+    }
+}

@@ -1,0 +1,280 @@
+//! `kt-vmm-bench`: boots the same kernel and initramfs under kt-vmm and
+//! under QEMU (KVM accelerated, same memory and vCPUs, guest RAM in a memfd
+//! for both) and prints a table: time from launch to the guest init's
+//! marker line, and VMM memory overhead (resident memory beyond guest RAM:
+//! VmRSS - RssShmem), with kt-vmm/QEMU ratios.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+/// Compare kt-vmm with QEMU: boot time to the guest's init and VMM memory overhead.
+#[derive(Parser, Debug)]
+#[command(name = "kt-vmm-bench", version)]
+struct Args {
+    /// Guest kernel (bzImage).
+    #[arg(long, value_name = "FILE")]
+    kernel: PathBuf,
+    /// Guest initramfs; its init must print `--marker` as soon as it runs.
+    #[arg(long, value_name = "FILE")]
+    initrd: PathBuf,
+    /// Guest command line (the same for every VMM).
+    #[arg(long, default_value = "console=ttyS0 reboot=k panic=-1 quiet kt.bench")]
+    cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 512, value_name = "MIB")]
+    mem_mib: u32,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    cpus: u8,
+    /// Boots per VMM (the table shows medians).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    runs: usize,
+    /// Serial line that marks "init reached".
+    #[arg(long, default_value = "KT-GUEST: init reached", value_name = "TEXT")]
+    marker: String,
+    /// kt-vmm binary.
+    #[arg(long, default_value = "kt-vmm", value_name = "PATH")]
+    kt_vmm: PathBuf,
+    /// QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64", value_name = "PATH")]
+    qemu: PathBuf,
+    /// QEMU firmware directory (`-L`).
+    #[arg(long, default_value = "/usr/share/qemu", value_name = "DIR")]
+    qemu_firmware: PathBuf,
+    /// Seconds one boot may take before it counts as failed.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    timeout: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("cannot start {0}")]
+    Spawn(String, #[source] std::io::Error),
+    #[error("{0}: no marker within {1} s")]
+    Timeout(String, u64),
+    #[error("{0} exited before the marker")]
+    NoMarker(String),
+    #[error("{0}: cannot read /proc/{1}/status")]
+    Proc(String, u32, #[source] std::io::Error),
+}
+
+/// One measured boot.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    boot: Duration,
+    overhead_kib: u64,
+}
+
+struct Vmm {
+    name: &'static str,
+    argv: Vec<String>,
+}
+
+fn vmms(a: &Args) -> Vec<Vmm> {
+    let s = |p: &PathBuf| p.display().to_string();
+    let mem = format!("{}M", a.mem_mib);
+    let kt = vec![
+        s(&a.kt_vmm),
+        "--kernel".into(),
+        s(&a.kernel),
+        "--initrd".into(),
+        s(&a.initrd),
+        "--cmdline".into(),
+        a.cmdline.clone(),
+        "--mem".into(),
+        mem.clone(),
+        "--cpus".into(),
+        a.cpus.to_string(),
+    ];
+    let qemu = |machine: &str, extra: &[&str]| {
+        let mut v = vec![
+            s(&a.qemu),
+            "-accel".into(),
+            "kvm".into(),
+            "-cpu".into(),
+            "max".into(),
+            "-M".into(),
+            machine.into(),
+            "-m".into(),
+            mem.clone(),
+            "-smp".into(),
+            a.cpus.to_string(),
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            "-nographic".into(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-serial".into(),
+            "stdio".into(),
+            "-no-reboot".into(),
+            "-L".into(),
+            s(&a.qemu_firmware),
+            "-kernel".into(),
+            s(&a.kernel),
+            "-initrd".into(),
+            s(&a.initrd),
+            "-append".into(),
+            a.cmdline.clone(),
+        ];
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    vec![
+        Vmm {
+            name: "kt-vmm",
+            argv: kt,
+        },
+        Vmm {
+            name: "qemu (pc)",
+            argv: qemu("pc,memory-backend=mem", &[]),
+        },
+        Vmm {
+            name: "qemu (microvm)",
+            argv: qemu(
+                "microvm,memory-backend=mem,acpi=on",
+                &["-bios", "bios-microvm.bin"],
+            ),
+        },
+    ]
+}
+
+/// Kills the child on every path out.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn status_kib(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn boot_once(v: &Vmm, marker: &str, timeout: u64) -> Result<Sample, Error> {
+    let start = Instant::now();
+    let child = Command::new(&v.argv[0])
+        .args(&v.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| Error::Spawn(v.name.into(), e))?;
+    let mut guard = Guard(child);
+    let pid = guard.0.id();
+    let stdout = guard.0.stdout.take().ok_or_else(|| Error::NoMarker(v.name.into()))?;
+    let (tx, rx) = mpsc::channel();
+    let marker_owned = marker.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(&marker_owned) && tx.send(Instant::now()).is_err() {
+                break;
+            }
+        }
+    });
+    let seen = match rx.recv_timeout(Duration::from_secs(timeout)) {
+        Ok(t) => t,
+        Err(mpsc::RecvTimeoutError::Timeout) => return Err(Error::Timeout(v.name.into(), timeout)),
+        Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::NoMarker(v.name.into())),
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| Error::Proc(v.name.into(), pid, e))?;
+    let rss = status_kib(&status, "VmRSS:");
+    let shmem = status_kib(&status, "RssShmem:");
+    Ok(Sample {
+        boot: seen - start,
+        overhead_kib: rss.saturating_sub(shmem),
+    })
+}
+
+fn median<T: Copy + Ord>(mut v: Vec<T>) -> T {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn main() {
+    let a = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return;
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("kt-vmm-bench: {}", msg.lines().next().unwrap_or("bad arguments"));
+            std::process::exit(1);
+        }
+    };
+    if a.runs == 0 {
+        eprintln!("kt-vmm-bench: --runs must be at least 1");
+        std::process::exit(1);
+    }
+    let mut rows = Vec::new();
+    for v in vmms(&a) {
+        let mut samples = Vec::new();
+        for run in 0..a.runs {
+            match boot_once(&v, &a.marker, a.timeout) {
+                Ok(s) => {
+                    eprintln!(
+                        "kt-vmm-bench: {} run {}: {} ms, overhead {} KiB",
+                        v.name,
+                        run + 1,
+                        s.boot.as_millis(),
+                        s.overhead_kib
+                    );
+                    samples.push(s);
+                }
+                Err(e) => eprintln!("kt-vmm-bench: {} run {}: {}", v.name, run + 1, kt_vmm::error_chain(&e)),
+            }
+        }
+        if samples.is_empty() {
+            rows.push((v.name, None));
+        } else {
+            let boot = median(samples.iter().map(|s| s.boot).collect());
+            let ovh = median(samples.iter().map(|s| s.overhead_kib).collect());
+            rows.push((v.name, Some((boot, ovh))));
+        }
+    }
+    print_table(&a, &rows);
+    if rows.iter().any(|r| r.1.is_none()) {
+        std::process::exit(1);
+    }
+}
+
+fn print_table(a: &Args, rows: &[(&str, Option<(Duration, u64)>)]) {
+    println!(
+        "\nboot to init and VMM memory overhead: {} vCPU(s), {} MiB, median of {} run(s)",
+        a.cpus, a.mem_mib, a.runs
+    );
+    println!(
+        "{:<16} {:>14} {:>16} {:>18} {:>20}",
+        "VMM", "boot (ms)", "overhead (MiB)", "kt-vmm/this boot", "kt-vmm/this memory"
+    );
+    let kt = rows.first().and_then(|r| r.1);
+    for (name, m) in rows {
+        match (m, kt) {
+            (Some((b, o)), Some((kb, ko))) => println!(
+                "{:<16} {:>14} {:>16.2} {:>18.2} {:>20.2}",
+                name,
+                b.as_millis(),
+                *o as f64 / 1024.0,
+                kb.as_secs_f64() / b.as_secs_f64(),
+                ko as f64 / (*o).max(1) as f64
+            ),
+            _ => println!("{name:<16} {:>14}", "failed"),
+        }
+    }
+    println!("targets: kt-vmm boot <= 0.50 x QEMU, kt-vmm overhead <= 5 MiB");
+}

@@ -1,0 +1,151 @@
+//! An address bus (port I/O or MMIO): non-overlapping ranges, each owned by
+//! a device that gets register reads and writes at an offset into its range.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// A device on a bus.
+pub trait BusDevice: Send {
+    /// Fills `data` from the register at `offset`.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// Writes `data` to the register at `offset`.
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+/// A shared device handle.
+pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
+
+/// Bus setup failures.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    /// A new range overlaps an existing one.
+    #[error("bus range {0:#x}+{1:#x} overlaps another device")]
+    Overlap(u64, u64),
+    /// A zero-length or wrapping range.
+    #[error("bus range {0:#x}+{1:#x} is invalid")]
+    Invalid(u64, u64),
+}
+
+struct Entry {
+    len: u64,
+    device: SharedDevice,
+}
+
+/// Ranges sorted by base address.
+#[derive(Default)]
+pub struct Bus {
+    ranges: BTreeMap<u64, Entry>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r: Vec<(u64, u64)> = self.ranges.iter().map(|(b, e)| (*b, e.len)).collect();
+        f.debug_struct("Bus").field("ranges", &r).finish()
+    }
+}
+
+impl Bus {
+    /// An empty bus.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `device` at `base..base+len`.
+    pub fn insert(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<(), Error> {
+        let end = base.checked_add(len).ok_or(Error::Invalid(base, len))?;
+        if len == 0 {
+            return Err(Error::Invalid(base, len));
+        }
+        let overlaps_prev = self
+            .ranges
+            .range(..end)
+            .next_back()
+            .is_some_and(|(b, e)| b + e.len > base);
+        if overlaps_prev {
+            return Err(Error::Overlap(base, len));
+        }
+        self.ranges.insert(base, Entry { len, device });
+        Ok(())
+    }
+
+    fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
+        let (base, e) = self.ranges.range(..=addr).next_back()?;
+        let off = addr - base;
+        (off + size as u64 <= e.len).then_some((off, &e.device))
+    }
+
+    /// Routes a read; false if no device covers the access.
+    pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        match self.find(addr, data.len()) {
+            Some((off, d)) => {
+                lock(d).read(off, data);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Routes a write; false if no device covers the access.
+    pub fn write(&self, addr: u64, data: &[u8]) -> bool {
+        match self.find(addr, data.len()) {
+            Some((off, d)) => {
+                lock(d).write(off, data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Locks a device, recovering from a poisoned lock (a device that panicked
+/// keeps its last state rather than taking the VMM down).
+pub fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder {
+        last_write: Option<(u64, Vec<u8>)>,
+    }
+
+    impl BusDevice for Recorder {
+        fn read(&mut self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&mut self, offset: u64, data: &[u8]) {
+            self.last_write = Some((offset, data.to_vec()));
+        }
+    }
+
+    #[test]
+    fn routes_by_offset_and_rejects_outside() {
+        let dev = Arc::new(Mutex::new(Recorder::default()));
+        let mut bus = Bus::new();
+        bus.insert(0x3f8, 8, dev.clone()).unwrap();
+        let mut b = [0u8; 1];
+        assert!(bus.read(0x3fa, &mut b));
+        assert_eq!(b, [2]);
+        assert!(bus.write(0x3ff, &[9]));
+        assert_eq!(dev.lock().unwrap().last_write, Some((7, vec![9])));
+        assert!(!bus.read(0x400, &mut b));
+        assert!(!bus.read(0x3f7, &mut b));
+        let mut w = [0u8; 2];
+        assert!(!bus.read(0x3ff, &mut w), "access straddling the end");
+    }
+
+    #[test]
+    fn overlaps_are_refused() {
+        let mut bus = Bus::new();
+        let d = || Arc::new(Mutex::new(Recorder::default())) as SharedDevice;
+        bus.insert(0x100, 0x10, d()).unwrap();
+        assert_eq!(bus.insert(0x108, 0x10, d()), Err(Error::Overlap(0x108, 0x10)));
+        assert_eq!(bus.insert(0xf8, 0x10, d()), Err(Error::Overlap(0xf8, 0x10)));
+        assert_eq!(bus.insert(0x0, 0, d()), Err(Error::Invalid(0, 0)));
+        bus.insert(0x110, 0x10, d()).unwrap();
+        bus.insert(0xf0, 0x10, d()).unwrap();
+    }
+}

@@ -1,0 +1,284 @@
+//! A generic vhost-user device (any virtio ID, queue count and config size)
+//! for the virtio-mmio transport. kt-vmm is the frontend: it negotiates
+//! features, shares the memfd guest memory (SET_MEM_TABLE), and hands each
+//! queue's rings plus two eventfds to the backend: the kick fd is a KVM
+//! ioeventfd on QueueNotify (datamatch = queue index), the call fd a KVM
+//! irqfd on the device's GSI. After that the data path is backend <-> KVM
+//! <-> guest; no kt-vmm thread touches it.
+
+use std::io;
+use std::path::PathBuf;
+
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::mmio::reg;
+use super::{QueueConfig, VirtioBackend};
+use crate::config::VhostUserSpec;
+use crate::memory::GuestMemory;
+
+/// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit, never shown to the guest.
+pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
+
+/// Protocol features kt-vmm uses when the backend offers them.
+fn wanted_protocol_features() -> VhostUserProtocolFeatures {
+    VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+}
+
+/// vhost-user setup failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket could not be reached.
+    #[error("cannot connect to vhost-user backend {0}")]
+    Connect(PathBuf, #[source] vhost::Error),
+    /// A control message failed.
+    #[error("vhost-user backend {0}: {1} failed")]
+    Request(PathBuf, &'static str, #[source] vhost::Error),
+    /// The backend has fewer queues than requested.
+    #[error("vhost-user backend {0} supports {1} queues, {2} requested")]
+    Queues(PathBuf, u64, u16),
+    /// An eventfd could not be created.
+    #[error("creating an eventfd")]
+    EventFd(#[source] io::Error),
+    /// KVM refused an ioeventfd or irqfd.
+    #[error("registering {0} with KVM")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+}
+
+/// Result alias for this module.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// One vhost-user device.
+pub struct VhostUserDevice {
+    spec: VhostUserSpec,
+    frontend: Frontend,
+    backend_features: u64,
+    protocol: VhostUserProtocolFeatures,
+    mem: Option<GuestMemory>,
+    kicks: Vec<EventFd>,
+    calls: Vec<EventFd>,
+    started: Vec<u16>,
+}
+
+impl std::fmt::Debug for VhostUserDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VhostUserDevice")
+            .field("spec", &self.spec)
+            .field("backend_features", &self.backend_features)
+            .field("protocol", &self.protocol)
+            .field("started", &self.started)
+            .finish()
+    }
+}
+
+impl VhostUserDevice {
+    /// Connects to the backend and negotiates the protocol (no guest yet).
+    pub fn connect(spec: &VhostUserSpec) -> Result<Self> {
+        let path = spec.socket.clone();
+        let req = |what: &'static str| {
+            let p = path.clone();
+            move |e| Error::Request(p, what, e)
+        };
+        let mut frontend = Frontend::connect(&spec.socket, u64::from(spec.queues))
+            .map_err(|e| Error::Connect(path.clone(), e))?;
+        frontend.set_owner().map_err(req("SET_OWNER"))?;
+        let backend_features = frontend.get_features().map_err(req("GET_FEATURES"))?;
+        let mut protocol = VhostUserProtocolFeatures::empty();
+        if backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            let offered = frontend
+                .get_protocol_features()
+                .map_err(req("GET_PROTOCOL_FEATURES"))?;
+            protocol = offered & wanted_protocol_features();
+            frontend
+                .set_protocol_features(protocol)
+                .map_err(req("SET_PROTOCOL_FEATURES"))?;
+        }
+        if protocol.contains(VhostUserProtocolFeatures::MQ) {
+            let n = frontend.get_queue_num().map_err(req("GET_QUEUE_NUM"))?;
+            if n < u64::from(spec.queues) {
+                return Err(Error::Queues(path, n, spec.queues));
+            }
+        }
+        if !protocol.contains(VhostUserProtocolFeatures::CONFIG) && spec.config_size > 0 {
+            log::warn!(
+                "vhost-user backend {} lacks the CONFIG protocol feature: config space reads as zeros",
+                spec.socket.display()
+            );
+        }
+        Ok(Self {
+            spec: spec.clone(),
+            frontend,
+            backend_features,
+            protocol,
+            mem: None,
+            kicks: Vec::new(),
+            calls: Vec::new(),
+            started: Vec::new(),
+        })
+    }
+
+    /// Wires the device into the VM: one kick ioeventfd per queue on the
+    /// QueueNotify register at `mmio_base`, one call irqfd per queue on `gsi`.
+    pub fn attach(&mut self, vm: &VmFd, mem: GuestMemory, mmio_base: u64, gsi: u32) -> Result<()> {
+        let notify = IoEventAddress::Mmio(mmio_base + reg::QUEUE_NOTIFY);
+        for q in 0..u32::from(self.spec.queues) {
+            let kick = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd)?;
+            vm.register_ioevent(&kick, &notify, q)
+                .map_err(|e| Error::Kvm("queue-notify ioeventfd", e))?;
+            let call = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd)?;
+            vm.register_irqfd(&call, gsi)
+                .map_err(|e| Error::Kvm("interrupt irqfd", e))?;
+            self.kicks.push(kick);
+            self.calls.push(call);
+        }
+        self.mem = Some(mem);
+        Ok(())
+    }
+
+    fn req(&self, what: &'static str) -> impl Fn(vhost::Error) -> String + '_ {
+        move |e| format!("{}: {what}: {e}", self.spec.socket.display())
+    }
+
+    fn host_addr(mem: &GuestMemory, gpa: u64, len: u64) -> std::result::Result<u64, String> {
+        let slice = mem
+            .get_slice(GuestAddress(gpa), len as usize)
+            .map_err(|e| format!("ring at {gpa:#x}+{len:#x} is not in guest RAM: {e}"))?;
+        Ok(slice.ptr_guard().as_ptr() as u64)
+    }
+
+    fn start(&mut self, features: u64, queues: &[QueueConfig]) -> std::result::Result<(), String> {
+        let mem = self.mem.clone().ok_or("device not attached to a VM")?;
+        let proto_bit = self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES;
+        self.frontend
+            .set_features(features | proto_bit)
+            .map_err(self.req("SET_FEATURES"))?;
+        let regions = mem
+            .iter()
+            .map(VhostUserMemoryRegionInfo::from_guest_region)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| format!("guest memory not shareable: {e}"))?;
+        self.frontend
+            .set_mem_table(&regions)
+            .map_err(self.req("SET_MEM_TABLE"))?;
+        for q in queues.iter().filter(|q| q.ready) {
+            let i = usize::from(q.index);
+            let n = u64::from(q.size);
+            let cfg = VringConfigData {
+                queue_max_size: q.max_size,
+                queue_size: q.size,
+                flags: 0,
+                desc_table_addr: Self::host_addr(&mem, q.desc, 16 * n)?,
+                avail_ring_addr: Self::host_addr(&mem, q.avail, 6 + 2 * n)?,
+                used_ring_addr: Self::host_addr(&mem, q.used, 6 + 8 * n)?,
+                log_addr: None,
+            };
+            self.frontend
+                .set_vring_num(i, q.size)
+                .map_err(self.req("SET_VRING_NUM"))?;
+            self.frontend
+                .set_vring_addr(i, &cfg)
+                .map_err(self.req("SET_VRING_ADDR"))?;
+            self.frontend
+                .set_vring_base(i, 0)
+                .map_err(self.req("SET_VRING_BASE"))?;
+            self.frontend
+                .set_vring_call(i, &self.calls[i])
+                .map_err(self.req("SET_VRING_CALL"))?;
+            self.frontend
+                .set_vring_kick(i, &self.kicks[i])
+                .map_err(self.req("SET_VRING_KICK"))?;
+            if proto_bit != 0 {
+                self.frontend
+                    .set_vring_enable(i, true)
+                    .map_err(self.req("SET_VRING_ENABLE"))?;
+            }
+            self.started.push(q.index);
+        }
+        log::info!(
+            "vhost-user {}: started {} queue(s), features {features:#x}",
+            self.spec.socket.display(),
+            self.started.len()
+        );
+        Ok(())
+    }
+}
+
+impl VirtioBackend for VhostUserDevice {
+    fn device_type(&self) -> u32 {
+        self.spec.virtio_id
+    }
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.spec.queues)
+    }
+
+    fn queue_max_size(&self) -> u16 {
+        self.spec.queue_size
+    }
+
+    fn device_features(&self) -> u64 {
+        self.backend_features & !VHOST_USER_F_PROTOCOL_FEATURES
+    }
+
+    fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let end = offset + data.len() as u64;
+        if end > u64::from(self.spec.config_size)
+            || !self.protocol.contains(VhostUserProtocolFeatures::CONFIG)
+        {
+            return;
+        }
+        let buf = vec![0u8; data.len()];
+        match self.frontend.get_config(
+            offset as u32,
+            data.len() as u32,
+            VhostUserConfigFlags::empty(),
+            &buf,
+        ) {
+            Ok((_, payload)) if payload.len() == data.len() => data.copy_from_slice(&payload),
+            Ok((_, payload)) => log::warn!(
+                "vhost-user GET_CONFIG returned {} bytes, {} expected",
+                payload.len(),
+                data.len()
+            ),
+            Err(e) => log::warn!("vhost-user GET_CONFIG failed: {e}"),
+        }
+    }
+
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let end = offset + data.len() as u64;
+        if end > u64::from(self.spec.config_size)
+            || !self.protocol.contains(VhostUserProtocolFeatures::CONFIG)
+        {
+            return;
+        }
+        if let Err(e) =
+            self.frontend
+                .set_config(offset as u32, VhostUserConfigFlags::WRITABLE, data)
+        {
+            log::warn!("vhost-user SET_CONFIG failed: {e}");
+        }
+    }
+
+    fn activate(&mut self, features: u64, queues: &[QueueConfig]) -> std::result::Result<(), String> {
+        self.start(features, queues)
+    }
+
+    fn reset(&mut self) {
+        for i in std::mem::take(&mut self.started) {
+            // Without protocol features GET_VRING_BASE alone stops the ring.
+            if self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+                if let Err(e) = self.frontend.set_vring_enable(usize::from(i), false) {
+                    log::warn!("vhost-user SET_VRING_ENABLE(false) failed: {e}");
+                }
+            }
+            if let Err(e) = self.frontend.get_vring_base(usize::from(i)) {
+                log::warn!("vhost-user GET_VRING_BASE failed: {e}");
+            }
+        }
+    }
+}
