@@ -8,9 +8,7 @@ use std::os::fd::FromRawFd;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{
-    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::layout;
 
@@ -91,7 +89,11 @@ mod tests {
         assert_eq!(mem.num_regions(), 1);
         let r = mem.iter().next().unwrap();
         assert!(r.file_offset().is_some());
-        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        mem.write_obj(0xdead_beef_u32, GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
     }
 }

@@ -142,7 +142,10 @@ mod tests {
         let mut bus = Bus::new();
         let d = || Arc::new(Mutex::new(Recorder::default())) as SharedDevice;
         bus.insert(0x100, 0x10, d()).unwrap();
-        assert_eq!(bus.insert(0x108, 0x10, d()), Err(Error::Overlap(0x108, 0x10)));
+        assert_eq!(
+            bus.insert(0x108, 0x10, d()),
+            Err(Error::Overlap(0x108, 0x10))
+        );
         assert_eq!(bus.insert(0xf8, 0x10, d()), Err(Error::Overlap(0xf8, 0x10)));
         assert_eq!(bus.insert(0x0, 0, d()), Err(Error::Invalid(0, 0)));
         bus.insert(0x110, 0x10, d()).unwrap();

@@ -1,0 +1,39 @@
+//! The full boot test (`images/runner/test.sh`): Debian's stock 6.12 cloud
+//! kernel under kt-vmm with 2 vCPUs and two vhost-user devices, inside the
+//! KVM runner VM here or directly on a host with a real /dev/kvm. Ignored by
+//! default because it takes one to two minutes:
+//! `cargo test -p kt-vmm --test runner_vm -- --ignored`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+/// Kills the test script if the test fails or times out.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+#[ignore = "boots Linux in the KVM runner VM (1-2 minutes)"]
+fn stock_kernel_boots_with_vhost_user_devices() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/runner/test.sh");
+    let mut g = Guard(
+        Command::new(&script)
+            .spawn()
+            .expect("run images/runner/test.sh"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(900);
+    let status = loop {
+        if let Some(s) = g.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "runner boot test timed out");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "runner boot test failed: {status}");
+}
