@@ -8,8 +8,9 @@
 use std::thread;
 use std::time::Duration;
 
+use kt_tests::client::ClientError;
 use kt_tests::qemu::BOOT_TIMEOUT;
-use kt_tests::{BackendBuilder, Qemu, SeqpacketListener, TempDir};
+use kt_tests::{connect_to_guest, BackendBuilder, Qemu, SeqpacketListener, TempDir};
 
 /// QEMU exits shortly after the guest powers off.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -96,5 +97,53 @@ fn qemu_reconnects_after_a_backend_restart() {
     // One connection per guest channel, before and after the restart; the
     // workload sends no data.
     assert_eq!(echo.join().expect("echo service thread"), (2, 0));
+    guest.wait_exit(EXIT_TIMEOUT).expect("guest powers off");
+}
+
+/// The `--listen` handshake end to end: a host program connects to the
+/// guest kernel's k.echo service, gets `OK <id>`, exchanges messages
+/// (boundaries kept), and an unknown guest service is refused with
+/// `ERR <errno> <text>`.
+#[test]
+#[ignore = "needs the guest image: run make test"]
+fn host_program_reaches_the_guest_kernel_echo_service() {
+    const T: Duration = Duration::from_secs(30);
+    let dir = TempDir::new("e2e-listen").expect("temp dir");
+    let backend = BackendBuilder::new(&dir)
+        .service("echo", &dir.join("echo.sock"))
+        .spawn()
+        .expect("start kt-vhost-device");
+    let listen = backend.listen_path().expect("--listen is on by default");
+    let mut guest = Qemu::new("host-connect")
+        .expect("QEMU and guest image configured")
+        .vhost_user_socket(&backend.socket_path())
+        .append("kt.opens=1")
+        .spawn(&dir)
+        .expect("start QEMU");
+    guest
+        .wait_for("KT: ready for host connections", BOOT_TIMEOUT)
+        .expect("guest ready");
+
+    let ch = connect_to_guest(&listen, "k.echo", T).expect("CONNECT k.echo");
+    assert!(
+        ch.channel & kt_proto::consts::CHAN_DEVICE_BIT != 0,
+        "host-opened ids have the device bit: {:#x}",
+        ch.channel
+    );
+    let big = vec![0xa5u8; 3000];
+    for msg in [b"hello".as_slice(), b"x", &big] {
+        ch.conn.send(msg).expect("send to k.echo");
+        assert_eq!(ch.conn.recv(T).expect("echo from k.echo"), msg);
+    }
+    match connect_to_guest(&listen, "nothing-here", T) {
+        Err(ClientError::Refused { errno, text, .. }) => {
+            assert!(errno > 0, "refusal carries an errno ({text})");
+        }
+        other => panic!("CONNECT to an unknown guest service: expected ERR, got {other:?}"),
+    }
+    drop(ch);
+    guest
+        .expect_pass(BOOT_TIMEOUT)
+        .expect("host-connect workload");
     guest.wait_exit(EXIT_TIMEOUT).expect("guest powers off");
 }
