@@ -266,17 +266,85 @@ impl SeqpacketConn {
         }
     }
 
+    /// Sends `msg` as one message without blocking: `Ok(false)` if the
+    /// peer's queue is full (`EAGAIN`), so backpressure tests can count it.
+    pub fn try_send(&self, msg: &[u8]) -> Result<bool> {
+        loop {
+            // SAFETY: `msg` is valid for reads of `msg.len()` bytes.
+            let n = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    msg.as_ptr().cast(),
+                    msg.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(true);
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(false),
+                Some(libc::EPIPE) | Some(libc::ECONNRESET) => return Err(SocketError::Closed),
+                _ => {
+                    return Err(SocketError::Sys {
+                        op: "send",
+                        path: String::new(),
+                        source: err,
+                    })
+                }
+            }
+        }
+    }
+
+    /// True if a message can be sent without blocking within `timeout`
+    /// (`POLLOUT`).
+    pub fn writable(&self, timeout: Duration) -> Result<bool> {
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: `pfd` is a valid pollfd array of length 1 for the call.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n >= 0 {
+                return Ok(n > 0);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(SocketError::Sys {
+                    op: "poll",
+                    path: String::new(),
+                    source: err,
+                });
+            }
+        }
+    }
+
     /// Receives one message, waiting up to `timeout`. A closed connection
     /// is [`SocketError::Closed`] (so is a zero-length message, which
     /// `SOCK_SEQPACKET` cannot tell apart from end of stream).
     pub fn recv(&self, timeout: Duration) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; RECV_MAX];
+        let len = self.recv_into(&mut buf, timeout)?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Receives one message into `buf` (no allocation: for long streams),
+    /// waiting up to `timeout`; returns its length. End of stream (and a
+    /// zero-length message) is [`SocketError::Closed`]; a message larger
+    /// than `buf` is [`SocketError::Truncated`].
+    pub fn recv_into(&self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
         if !poll_in(self.fd.as_fd(), timeout, "recv")? {
             return Err(SocketError::Timeout {
                 op: "recv",
                 timeout,
             });
         }
-        let mut buf = vec![0u8; RECV_MAX];
         loop {
             // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
             let n = unsafe {
@@ -312,8 +380,7 @@ impl SeqpacketConn {
                     max: buf.len(),
                 });
             }
-            buf.truncate(len);
-            return Ok(buf);
+            return Ok(len);
         }
     }
 
@@ -417,6 +484,8 @@ mod tests {
             }
             other => panic!("expected EAGAIN, got {other}"),
         }
+        assert!(!client.writable(Duration::from_millis(20)).expect("poll"));
+        assert!(!client.try_send(&chunk).expect("try_send on a full queue"));
     }
 
     #[test]

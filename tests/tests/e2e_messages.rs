@@ -1,0 +1,188 @@
+//! End-to-end message traffic in both directions in one guest boot
+//! (workload `messages`): messages of 1 byte up to the maximum size,
+//! 100,000 messages in order with checksums, and the size limit (maximum
+//! passes, maximum + 1 is refused with EMSGSIZE on a guest write, and a
+//! host message over the maximum closes the channel with EMSGSIZE). The
+//! guest runs `kt gen` / `kt verify`; the host side is the harness's
+//! streams in the same format. Needs the artifacts scripts/e2e.sh builds;
+//! ignored by a plain `cargo test`.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kt_tests::qemu::BOOT_TIMEOUT;
+use kt_tests::seqpacket::SocketError;
+use kt_tests::traffic::Received;
+use kt_tests::{
+    connect_to_guest_when_ready, send_stream, verify_stream, BackendBuilder, Qemu,
+    SeqpacketListener, Stream, TempDir,
+};
+
+/// The device's default `max_msg_size` (the backend runs with defaults).
+const MAX: usize = 65536;
+/// Per-message wait on the host side, and for guest progress lines.
+const T: Duration = Duration::from_secs(90);
+/// The guest's 100,000-message steps under TCG.
+const LONG: Duration = Duration::from_secs(180);
+
+/// The guest → host streams of images/workloads/messages.sh, in order.
+fn guest_to_host() -> Vec<Stream> {
+    vec![
+        Stream::new("one", 11, 1, 1, 16).expect("stream"),
+        Stream::new("max", 12, MAX, MAX, 16).expect("stream"),
+        Stream::new("mixed", 13, 1, MAX, 300).expect("stream"),
+        Stream::new("order", 14, 16, 64, 100_000).expect("stream"),
+    ]
+}
+
+/// The host → guest streams (guest listener name = label).
+fn host_to_guest() -> Vec<Stream> {
+    vec![
+        Stream::new("h-one", 21, 1, 1, 16).expect("stream"),
+        Stream::new("h-max", 22, MAX, MAX, 16).expect("stream"),
+        Stream::new("h-mixed", 23, 1, MAX, 300).expect("stream"),
+        Stream::new("h-order", 24, 16, 64, 100_000).expect("stream"),
+    ]
+}
+
+/// The host service "sink": one connection per guest step, verified in
+/// order; the last one carries one maximum-size message of zeros before
+/// the guest's oversized write fails.
+fn sink_service(listener: SeqpacketListener) -> thread::JoinHandle<Result<Vec<Received>, String>> {
+    thread::spawn(move || {
+        let mut got = Vec::new();
+        for stream in guest_to_host() {
+            let conn = listener
+                .accept(BOOT_TIMEOUT)
+                .map_err(|e| format!("g2h {stream}: guest never connected: {e}"))?;
+            let r = verify_stream(&conn, &stream, T).map_err(|e| format!("g2h: {e}"))?;
+            got.push(r);
+        }
+        let conn = listener
+            .accept(T)
+            .map_err(|e| format!("g2h over: guest never connected: {e}"))?;
+        let msg = conn
+            .recv(T)
+            .map_err(|e| format!("g2h over: the maximum-size message: {e}"))?;
+        if msg.len() != MAX || msg.iter().any(|&b| b != 0) {
+            return Err(format!(
+                "g2h over: expected {MAX} zero bytes, got {} bytes",
+                msg.len()
+            ));
+        }
+        match conn.recv(T) {
+            Err(SocketError::Closed) => {}
+            Ok(m) => {
+                return Err(format!(
+                    "g2h over: the oversized write reached the host ({} bytes)",
+                    m.len()
+                ))
+            }
+            Err(e) => return Err(format!("g2h over: expected the channel to close: {e}")),
+        }
+        Ok(got)
+    })
+}
+
+#[test]
+#[ignore = "needs the guest image: run make test"]
+fn messages_of_every_size_in_order_both_ways_and_the_size_limit() {
+    let started = Instant::now();
+    let dir = TempDir::new("e2e-msgs").expect("temp dir");
+    let sink = SeqpacketListener::bind(&dir.join("sink.sock")).expect("sink socket");
+    let backend = BackendBuilder::new(&dir)
+        .service("sink", sink.path())
+        .spawn()
+        .expect("start kt-vhost-device");
+    let listen = backend.listen_path().expect("--listen is on by default");
+    let sink = sink_service(sink);
+    let mut guest = Qemu::new("messages")
+        .expect("QEMU and guest image configured")
+        .vhost_user_socket(&backend.socket_path())
+        .append("kt.timeout=280")
+        .spawn(&dir)
+        .expect("start QEMU");
+    guest
+        .wait_for(&format!("KT: max_msg_size {MAX}"), BOOT_TIMEOUT)
+        .expect("the guest reports the device's max_msg_size");
+    guest
+        .wait_for("KT: ready for host streams", T)
+        .expect("guest listeners started");
+
+    // Host -> guest: each stream on its own channel, checked by the
+    // guest's `kt verify`.
+    for stream in host_to_guest() {
+        let ch = connect_to_guest_when_ready(&listen, stream.label(), T)
+            .unwrap_or_else(|e| panic!("h2g {stream}: CONNECT: {e}"));
+        send_stream(&ch.conn, &stream).unwrap_or_else(|e| panic!("h2g: {e}"));
+    }
+    // Host -> guest over the limit: one message that fits, then one byte
+    // too many. The device closes this connection (SPEC section 9).
+    let ch = connect_to_guest_when_ready(&listen, "h-over", T).expect("CONNECT h-over");
+    ch.conn.send(b"fits").expect("send a small message");
+    ch.conn
+        .send(&vec![0x5au8; MAX + 1])
+        .expect("send the oversized message");
+    match ch.conn.recv(T) {
+        Err(SocketError::Closed) => {}
+        other => panic!("h2g over: the device should close the connection, got {other:?}"),
+    }
+
+    // The guest's verdicts: every host stream verified completely.
+    for stream in host_to_guest() {
+        let want = format!(
+            "KT: h2g {}: verified {} messages, 0 lost, 0 corrupt",
+            stream.label(),
+            stream.count()
+        );
+        guest
+            .wait_for(&want, LONG)
+            .unwrap_or_else(|e| panic!("guest verdict on {stream}: {e}"));
+    }
+    let over = guest
+        .wait_for("KT: h2g h-over:", T)
+        .expect("guest reports the oversized host message");
+    assert!(
+        over.line.contains("fits") && over.line.contains("EMSGSIZE"),
+        "the guest should read 'fits', then get EMSGSIZE: {}",
+        over.line
+    );
+
+    // Guest -> host: the guest's `kt gen` reports, the host verified.
+    let got = sink
+        .join()
+        .expect("sink thread")
+        .unwrap_or_else(|e| panic!("{e}"));
+    for (stream, r) in guest_to_host().iter().zip(&got) {
+        assert_eq!(r.messages, stream.count(), "g2h {stream}");
+        let want = format!(
+            "KT: g2h {}: sent {} messages, {} bytes",
+            stream.label(),
+            stream.count(),
+            r.bytes
+        );
+        guest
+            .wait_for(&want, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("guest report on {stream}: {e}"));
+    }
+    let over = guest
+        .wait_for("KT: g2h over:", Duration::from_secs(1))
+        .expect("guest reports its oversized write");
+    assert!(
+        over.line
+            .contains(&format!("message of {} bytes is too big", MAX + 1))
+            && over.line.contains("(EMSGSIZE)"),
+        "{}",
+        over.line
+    );
+    guest.expect_pass(T).expect("messages workload");
+
+    // The oversized host message is the only malformed input the device saw.
+    let stats = backend.stats().expect("backend stats");
+    assert_eq!(
+        stats["device"]["malformed"], 1,
+        "device counters: {}",
+        stats["device"]
+    );
+    eprintln!("messages: done in {:.1?}", started.elapsed());
+}
