@@ -25,10 +25,11 @@ writer_step() { # LABEL extra-kt-gen-args...
 	label=$1
 	shift
 	s0=$(kt_stat credit_stalls)
+	t0=$(kt_stat tx_msgs)
 	kt gen stall --count 2000 --min-size 1024 --max-size 1024 "$@" \
 		>"/tmp/$label.out" 2>&1 &
 	pid=$!
-	wait_stalled "$pid" "$label" "$s0"
+	wait_stalled "$pid" "$label" "$s0" "$t0"
 	wait "$pid" || fail "$label writer: $(cat "/tmp/$label.out")"
 	echo "KT: $label writer done: $(cat "/tmp/$label.out")"
 }

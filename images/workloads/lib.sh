@@ -66,9 +66,10 @@ host_sessions_done() {
 	[ "$(kt_stat opens_in)" -ge "$1" ] && [ "$(kt_stat open_channels)" = 0 ]
 }
 
-# wait_stalled PID LABEL STALLS0: waits until the writer PID has had to wait
-# for credit (credit_stalls above STALLS0) and sent nothing for a second
-# while still running; output of the writer is in /tmp/LABEL.out.
+# wait_stalled PID LABEL STALLS0 TX0: waits until the writer PID has had to
+# wait for credit (credit_stalls above STALLS0) and sent nothing for a
+# second while still running; reports how many messages went out since
+# tx_msgs was TX0. The writer's output is in /tmp/LABEL.out.
 wait_stalled() {
 	_n=0
 	while :; do
@@ -84,5 +85,5 @@ wait_stalled() {
 		_n=$((_n + 1))
 		[ "$_n" -le 60 ] || fail "$2: the writer did not stall within 60 s"
 	done
-	echo "KT: $2 writer stalled: credit_stalls $(kt_stat credit_stalls), tx_msgs $_b, still running"
+	echo "KT: $2 writer stalled after $((_b - $4)) messages, still running (credit_stalls $(($(kt_stat credit_stalls) - $3)))"
 }

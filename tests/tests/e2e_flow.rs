@@ -21,8 +21,11 @@ const T: Duration = Duration::from_secs(90);
 /// How long the host keeps not reading after the guest reported its
 /// writer stalled, to show that nothing moves meanwhile.
 const HOLD: Duration = Duration::from_millis(500);
+/// A host sender that cannot send for this long is blocked for good.
+const STUCK: Duration = Duration::from_secs(2);
 
-/// Value of `key` in a guest line such as `... credit_stalls 3, tx_msgs 9`.
+/// The number after `key` in a guest line such as `... stalled after 9
+/// messages`.
 fn number_after(line: &str, key: &str) -> u64 {
     let rest = line
         .split_once(key)
@@ -51,7 +54,7 @@ fn stalled_writer(guest: &mut Guest, stall: &SeqpacketListener, label: &str, see
         .unwrap_or_else(|e| {
             panic!("{label}: guest writer should block while the host does not read: {e}")
         });
-    let tx_at_stall = number_after(&stalled.line, "tx_msgs");
+    let tx_at_stall = number_after(&stalled.line, "stalled after");
     assert!(
         tx_at_stall < stream.count(),
         "{label}: the writer stalled only after sending everything ({tx_at_stall})"
@@ -122,12 +125,11 @@ fn backpressure_both_ways_and_a_killed_sender() {
         }
         eagain += 1;
         if sent_when_blocked.is_none() {
-            // Blocked with the reader stopped: it stays blocked.
-            thread::sleep(HOLD);
-            assert!(
-                !ch.conn.writable(Duration::ZERO).expect("poll"),
-                "h-slow: the host became writable while the guest reader was stopped"
-            );
+            // A full socket queue can be a moment's delay in the device;
+            // blocked for STUCK with the reader stopped is backpressure.
+            if ch.conn.writable(STUCK).expect("poll") {
+                continue;
+            }
             sent_when_blocked = Some(seq);
             let r = connect_to_guest_when_ready(&listen, "resume", T).expect("CONNECT resume");
             r.conn.send(b"go").expect("send go");
