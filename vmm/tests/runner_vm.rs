@@ -8,12 +8,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// Kills the test script if the test fails or times out.
+/// Kills the test script and everything it started (its own process
+/// group: QEMU, kt-vmm, backends) if the test fails or times out.
 struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        if let Ok(pgid) = i32::try_from(self.0.id()) {
+            // SAFETY: plain kill(2) on the process group this test created.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        }
         let _ = self.0.wait();
     }
 }
