@@ -6,6 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -38,6 +39,14 @@ pub struct NbStats {
     pub recv_eagain: u64,
 }
 
+/// What a 0-byte read turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterZero {
+    Msg,
+    Eof,
+    Unknown,
+}
+
 /// An open channel.
 #[derive(Debug)]
 pub struct Channel {
@@ -47,6 +56,8 @@ pub struct Channel {
     max_msg_size: usize,
     recv_capacity: usize,
     timeout: Option<Duration>,
+    /// A message read ahead by [`Channel::look_ahead`].
+    stash: Mutex<Option<Vec<u8>>>,
 }
 
 impl Channel {
@@ -66,6 +77,7 @@ impl Channel {
             max_msg_size,
             recv_capacity,
             timeout: None,
+            stash: Mutex::new(None),
         }
     }
 
@@ -113,6 +125,7 @@ impl Channel {
             max_msg_size: self.max_msg_size,
             recv_capacity: self.recv_capacity,
             timeout: self.timeout,
+            stash: Mutex::new(None),
         })
     }
 
@@ -138,12 +151,49 @@ impl Channel {
         Ok(revents != 0)
     }
 
-    /// Whether the peer has hung up (used to tell end-of-channel from a
-    /// zero-length message, which both read as 0 bytes).
-    fn hung_up(&self) -> Result<bool> {
+    /// Decides what a 0-byte read was: end-of-channel and a zero-length
+    /// message both read as 0. While the peer is connected it was a message.
+    /// Once it hung up: a socket counts what is still queued (`FIONREAD`);
+    /// `/dev/kerntransport` cannot, so [`Channel::look_ahead`] decides.
+    fn after_zero(&self) -> Result<AfterZero> {
         let revents = sys::retry(|| sys::poll(self.fd.as_fd(), libc::POLLIN | libc::POLLRDHUP, 0))
             .map_err(|e| self.map_err(e, 0, "poll"))?;
-        Ok(revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0)
+        if revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) == 0 {
+            return Ok(AfterZero::Msg);
+        }
+        if self.kind == Kind::Guest {
+            return Ok(AfterZero::Unknown);
+        }
+        let mut queued: libc::c_int = 0;
+        match sys::ioctl_ptr(self.fd.as_fd(), libc::FIONREAD as u32, &mut queued) {
+            Ok(_) if queued > 0 => Ok(AfterZero::Msg),
+            Ok(_) => Ok(AfterZero::Eof),
+            Err(_) => Ok(AfterZero::Unknown),
+        }
+    }
+
+    /// After a 0-byte read from a peer that has gone: reads the next
+    /// message (reads after a close return at once) and keeps it for the
+    /// next `recv`. Another 0 means end-of-channel (so a zero-length message
+    /// that is the very last one of a departed peer reads as the end); an
+    /// error means the 0 was a message, since the driver reports a failed
+    /// channel's end as that error, and the error comes again next time.
+    fn look_ahead(&self, cap: usize) -> Result<Recv> {
+        let mut next = vec![0u8; cap];
+        match sys::retry(|| self.raw_recv(&mut next)) {
+            Ok(0) => Ok(Recv::Eof),
+            Ok(n) if n > cap => Err(Error::Truncated {
+                label: self.label.clone(),
+                len: n,
+                limit: cap,
+            }),
+            Ok(n) => {
+                next.truncate(n);
+                *self.stash.lock().unwrap_or_else(|e| e.into_inner()) = Some(next);
+                Ok(Recv::Msg(0))
+            }
+            Err(_) => Ok(Recv::Msg(0)),
+        }
     }
 
     fn map_err(&self, e: io::Error, len: usize, what: &str) -> Error {
@@ -196,6 +246,18 @@ impl Channel {
 
     /// Receives one message into `buf` (use [`Channel::recv_buffer`]).
     pub fn recv(&self, buf: &mut [u8], nb: &mut NbStats) -> Result<Recv> {
+        let stashed = self.stash.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(m) = stashed {
+            let Some(dst) = buf.get_mut(..m.len()) else {
+                return Err(Error::Truncated {
+                    label: self.label.clone(),
+                    len: m.len(),
+                    limit: buf.len(),
+                });
+            };
+            dst.copy_from_slice(&m);
+            return Ok(Recv::Msg(m.len()));
+        }
         loop {
             if let Some(t) = self.timeout {
                 if !self.wait(libc::POLLIN, Some(t))? {
@@ -207,11 +269,11 @@ impl Channel {
             }
             match sys::retry(|| self.raw_recv(buf)) {
                 Ok(0) => {
-                    return Ok(if self.hung_up()? {
-                        Recv::Eof
-                    } else {
-                        Recv::Msg(0)
-                    })
+                    return match self.after_zero()? {
+                        AfterZero::Msg => Ok(Recv::Msg(0)),
+                        AfterZero::Eof => Ok(Recv::Eof),
+                        AfterZero::Unknown => self.look_ahead(buf.len()),
+                    }
                 }
                 Ok(n) if n > buf.len() => {
                     return Err(Error::Truncated {
@@ -249,16 +311,40 @@ mod tests {
     fn boundaries_and_eof() {
         let (a, b) = pair();
         let mut nb = NbStats::default();
+        a.send(b"", &mut nb).unwrap();
         a.send(b"one", &mut nb).unwrap();
         a.send(b"", &mut nb).unwrap();
         a.send(&[7u8; 4096], &mut nb).unwrap();
         let mut buf = b.recv_buffer();
+        assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(0));
         assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(3));
         assert_eq!(&buf[..3], b"one");
+        // The sender goes away with messages still queued: the empty one in
+        // the middle must not read as end-of-channel.
+        drop(a);
         assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(0));
         assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(4096));
-        drop(a);
         assert_eq!(b.recv(&mut buf, &mut nb).unwrap(), Recv::Eof);
+    }
+
+    #[test]
+    fn guest_files_tell_empty_messages_from_eof_by_reading_ahead() {
+        // Kind::Guest uses read/write and no FIONREAD, as on
+        // /dev/kerntransport; a seqpacket socket stands in for the device.
+        let (a, b) = seqpacket_pair().unwrap();
+        let a = Channel::new(a, Kind::Guest, "a".into(), 4096, 4096);
+        let b = Channel::new(b, Kind::Guest, "b".into(), 4096, 4096);
+        let mut nb = NbStats::default();
+        for m in [&b""[..], b"one", b"", &[9u8; 4096]] {
+            a.send(m, &mut nb).unwrap();
+        }
+        drop(a);
+        let mut buf = b.recv_buffer();
+        let mut got = Vec::new();
+        while let Recv::Msg(n) = b.recv(&mut buf, &mut nb).unwrap() {
+            got.push(buf[..n].to_vec());
+        }
+        assert_eq!(got, vec![vec![], b"one".to_vec(), vec![], vec![9u8; 4096]]);
     }
 
     #[test]

@@ -66,8 +66,8 @@ pub enum Command {
 pub struct ChannelArgs {
     /// Service name. Guest: the host service to connect to (or, with
     /// --listen, the name to listen on). Host (--host): the guest service.
-    /// Not used with --socket.
-    #[arg(value_name = "NAME", required_unless_present = "socket")]
+    /// Not used with --socket or --direct.
+    #[arg(value_name = "NAME", required_unless_present_any = ["socket", "direct"])]
     pub name: Option<String>,
 
     /// Guest: listen on NAME and use the first channel the host opens,
@@ -80,6 +80,12 @@ pub struct ChannelArgs {
     /// channel).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+
+    /// Host: connect straight to a host service's socket at PATH, as
+    /// kt-vhost-device does for each guest channel (no handshake). Tests
+    /// host services without a VM.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["socket", "listen"])]
+    pub direct: Option<PathBuf>,
 
     /// Use O_NONBLOCK: on EAGAIN wait in poll() and retry, and report how
     /// often that happened.
@@ -115,7 +121,8 @@ pub struct SendArgs {
     #[command(flatten)]
     pub channel: ChannelArgs,
 
-    /// Messages, one per argument (with --socket every positional is TEXT).
+    /// Messages, one per argument (with --socket or --direct every
+    /// positional is TEXT).
     #[arg(value_name = "TEXT")]
     pub texts: Vec<String>,
 

@@ -166,6 +166,32 @@ pub fn connect_service(socket_path: &Path, name: &str, max_msg_size: usize) -> R
     }
 }
 
+/// Connects straight to a host service's socket, the way kt-vhost-device
+/// does for a guest channel (no handshake).
+pub fn connect_direct(path: &Path, max_msg_size: usize) -> Result<Channel> {
+    let fd = connect_path(path).map_err(|e| match e {
+        Error::NoSocket { path } => Error::Socket {
+            path,
+            what: "connect",
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        },
+        Error::SocketRefused { path } => Error::Socket {
+            path,
+            what: "connect",
+            source: io::Error::from_raw_os_error(libc::ECONNREFUSED),
+        },
+        other => other,
+    })?;
+    grow_buffers(&fd);
+    Ok(Channel::new(
+        fd,
+        Kind::Host,
+        path.display().to_string(),
+        max_msg_size,
+        RECV_CAPACITY,
+    ))
+}
+
 /// A listening `SOCK_SEQPACKET` socket of a host service. The socket file
 /// is removed when the listener is dropped.
 #[derive(Debug)]

@@ -1,6 +1,7 @@
 //! Turns the channel options of a verb (NAME, --listen, --socket, global
-//! --host/--device) into an open [`Channel`]: guest connect, guest
-//! listen+accept, host connect through the device, or host service.
+//! --host/--device, --direct) into an open [`Channel`]: guest connect, guest
+//! listen+accept, host connect through the device, host service, or a
+//! direct connection to a host service.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,6 +51,25 @@ pub fn open_channel(ctx: &Ctx, args: &ChannelArgs) -> Result<Channel> {
             .as_deref()
             .ok_or_else(|| Error::Usage("a service NAME is required".into()))
     };
+    if let Some(path) = &args.direct {
+        if ctx.host.is_some() {
+            return Err(Error::Usage(
+                "--direct (a host service's socket) and --host (kt-vhost-device's socket) exclude each other"
+                    .into(),
+            ));
+        }
+        if let Some(name) = &args.name {
+            return Err(Error::Usage(format!(
+                "NAME ({name}) is not used with --direct: the socket is the service"
+            )));
+        }
+        let mut ch = host::connect_direct(path, ctx.max_msg_size)?;
+        if args.nonblock {
+            ch.set_nonblocking(true)?;
+        }
+        ch.set_timeout(timeout);
+        return Ok(ch);
+    }
     let mut ch = match (&args.socket, &ctx.host) {
         (Some(_), Some(_)) => return Err(Error::Usage(
             "--socket (be a host service) and --host (reach a guest service) exclude each other"
@@ -64,7 +84,7 @@ pub fn open_channel(ctx: &Ctx, args: &ChannelArgs) -> Result<Channel> {
             let mut l = host::Listener::bind(path, ctx.max_msg_size)?;
             if !l.wait(timeout)? {
                 return Err(Error::Timeout {
-                    label: path.display().to_string(),
+                    label: format!("{} (waiting for a connection)", path.display()),
                     secs: timeout.map_or(0.0, |t| t.as_secs_f64()),
                 });
             }
@@ -84,7 +104,7 @@ pub fn open_channel(ctx: &Ctx, args: &ChannelArgs) -> Result<Channel> {
             let l = guest::listen(&ctx.device, need_name()?)?;
             if !l.wait(timeout)? {
                 return Err(Error::Timeout {
-                    label: need_name()?.to_string(),
+                    label: format!("{} (waiting for the host to open a channel)", need_name()?),
                     secs: timeout.map_or(0.0, |t| t.as_secs_f64()),
                 });
             }

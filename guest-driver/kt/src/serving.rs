@@ -93,6 +93,7 @@ pub fn pump(ch: &Channel, mode: PumpMode, budget: &Budget) -> Result<Pumped> {
     let mut buf = ch.recv_buffer();
     let mut nb = NbStats::default();
     let mut total = Pumped::default();
+    let mut echo = mode.echo;
     while !budget.done() {
         let n = match ch.recv(&mut buf, &mut nb)? {
             Recv::Eof => break,
@@ -105,8 +106,14 @@ pub fn pump(ch: &Channel, mode: PumpMode, budget: &Budget) -> Result<Pumped> {
         if let Some(hex) = mode.print {
             out::message(msg, hex)?;
         }
-        if mode.echo {
-            ch.send(msg, &mut nb)?;
+        if echo {
+            match ch.send(msg, &mut nb) {
+                Ok(()) => {}
+                // The peer stopped listening (e.g. `kt send` to an echo
+                // service): keep reading what it sent, stop answering.
+                Err(Error::PeerClosed { .. }) => echo = false,
+                Err(e) => return Err(e),
+            }
         }
         total.msgs += 1;
         total.bytes += n as u64;
@@ -217,5 +224,23 @@ mod tests {
             };
             assert_eq!(&buf[..n], want);
         }
+    }
+
+    #[test]
+    fn echo_to_a_departed_peer_still_reads_everything() {
+        let (a, b) = seqpacket_pair().unwrap();
+        let a = Channel::new(a, Kind::Host, "a".into(), 1024, 1024);
+        let b = Channel::new(b, Kind::Host, "b".into(), 1024, 1024);
+        let mut nb = NbStats::default();
+        for m in [&b"x"[..], b"yy", b"zzz"] {
+            a.send(m, &mut nb).unwrap();
+        }
+        drop(a);
+        let mode = PumpMode {
+            print: None,
+            echo: true,
+        };
+        let got = pump(&b, mode, &Budget::new(None)).unwrap();
+        assert_eq!(got, Pumped { msgs: 3, bytes: 6 });
     }
 }

@@ -1,6 +1,7 @@
 //! `kt stats`: reads every attribute the driver exposes in sysfs for each
 //! bound device (`/sys/bus/virtio/drivers/kerntransport/virtio*/`, plus one
-//! level of attribute groups below it) and prints them as a table. Makes no
+//! level of attribute groups below it, e.g. the driver's `kerntransport/`
+//! counters) and prints them as a table. Makes no
 //! assumption about attribute names beyond skipping the generic
 //! device-model entries.
 
@@ -36,10 +37,7 @@ fn read_attr(path: &Path) -> Option<String> {
         return None;
     }
     match fs::read(path) {
-        Ok(bytes) => {
-            let text = String::from_utf8_lossy(&bytes);
-            Some(text.trim_end().lines().collect::<Vec<_>>().join("; "))
-        }
+        Ok(bytes) => Some(String::from_utf8_lossy(&bytes).trim_end().to_string()),
         Err(e) => Some(format!("(unreadable: {e})")),
     }
 }
@@ -61,7 +59,15 @@ fn attrs(dir: &Path, prefix: &str, depth: u32, out: &mut Vec<(String, String)>) 
                 attrs(&e.path(), &format!("{prefix}{name}/"), depth - 1, out)?;
             }
         } else if let Some(v) = read_attr(&e.path()) {
-            out.push((format!("{prefix}{name}"), v));
+            // A multi-line attribute (the per-channel list) gives one row
+            // per line under the same name.
+            let mut lines = v.lines().peekable();
+            if lines.peek().is_none() {
+                out.push((format!("{prefix}{name}"), String::new()));
+            }
+            for line in lines {
+                out.push((format!("{prefix}{name}"), line.to_string()));
+            }
         }
     }
     Ok(())
@@ -136,6 +142,11 @@ mod tests {
         fs::write(dev.join("uevent"), "DRIVER=kerntransport\nX=1\n").unwrap();
         fs::write(dev.join("max_msg_size"), "65536\n").unwrap();
         fs::write(dev.join("stats/tx_msgs"), "12\n").unwrap();
+        fs::write(
+            dev.join("stats/channels"),
+            "0x1 open 1\n0x2 open 2 k.echo\n",
+        )
+        .unwrap();
         fs::write(dev.join("power/control"), "auto\n").unwrap();
         fs::write(dev.join("reset"), "").unwrap();
         fs::set_permissions(dev.join("reset"), fs::Permissions::from_mode(0o200)).unwrap();
@@ -148,6 +159,16 @@ mod tests {
             rows,
             vec![
                 ("virtio7".into(), "max_msg_size".into(), "65536".into()),
+                (
+                    "virtio7".into(),
+                    "stats/channels".into(),
+                    "0x1 open 1".into()
+                ),
+                (
+                    "virtio7".into(),
+                    "stats/channels".into(),
+                    "0x2 open 2 k.echo".into()
+                ),
                 ("virtio7".into(), "stats/tx_msgs".into(), "12".into()),
             ]
         );

@@ -18,8 +18,8 @@ fn print_mode(p: &PrintArgs) -> Option<bool> {
 
 /// `kt send`.
 pub fn send(ctx: &Ctx, mut a: SendArgs) -> Result<()> {
-    if a.channel.socket.is_some() {
-        // No NAME with --socket: the first positional is a message.
+    if a.channel.socket.is_some() || a.channel.direct.is_some() {
+        // No NAME with --socket/--direct: the first positional is a message.
         if let Some(first) = a.channel.name.take() {
             a.texts.insert(0, first);
         }
@@ -134,7 +134,10 @@ pub fn connect(ctx: &Ctx, a: &ConnectArgs) -> Result<()> {
     if count.is_some() {
         // The worker ends the process once the count is reached.
         if worker.join().is_err() {
-            return Err(Error::Usage("receive thread panicked".into()));
+            return Err(Error::io(
+                "receive thread",
+                std::io::Error::other("panicked"),
+            ));
         }
     }
     Ok(())

@@ -1,0 +1,417 @@
+//! Host-side `kt` end to end without a VM: `kt serve` / `--socket` host
+//! services and `--direct` / `--host` clients over real SOCK_SEQPACKET
+//! sockets, plus a fake kt-vhost-device for the SPEC §9 handshake. Proves
+//! gen/verify, message boundaries, non-blocking sends and error reporting.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{assert_fails_with, run, stdout, wait_for, Proc, TempDir};
+use kt::channel::{NbStats, Recv};
+use kt::host::{connect_direct, Listener};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8 path")
+}
+
+#[test]
+fn gen_into_sink_delivers_every_message_and_byte() {
+    let t = TempDir::new("sink");
+    let sock = t.path("sink.sock");
+    let server = Proc::spawn(&[
+        "serve",
+        "--socket",
+        s(&sock),
+        "--mode",
+        "sink",
+        "--channels",
+        "1",
+    ]);
+    wait_for(&sock);
+    let gen = run(&[
+        "gen",
+        "--direct",
+        s(&sock),
+        "--count",
+        "500",
+        "--min-size",
+        "1",
+        "--max-size",
+        "5000",
+    ]);
+    assert!(gen.status.success(), "{gen:?}");
+    let sent = stdout(&gen);
+    let bytes = sent
+        .trim()
+        .strip_prefix("sent 500 messages, ")
+        .and_then(|r| r.strip_suffix(" bytes"))
+        .unwrap_or_else(|| panic!("unexpected gen output {sent:?}"));
+    let out = server.wait_output(LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        stdout(&out).trim(),
+        format!(
+            "connection 1 on {}: received 500 messages, {bytes} bytes",
+            sock.display()
+        )
+    );
+    assert!(!sock.exists(), "serve left its socket behind");
+}
+
+#[test]
+fn gen_and_verify_in_both_directions() {
+    let t = TempDir::new("both");
+    let sock = t.path("v.sock");
+    // Host service verifies, client generates (sizes 1..=3000, incl. < 16).
+    let verifier = Proc::spawn(&[
+        "verify",
+        "--socket",
+        s(&sock),
+        "--count",
+        "400",
+        "--max-size",
+        "3000",
+        "--seed",
+        "7",
+        "--timeout",
+        "30",
+    ]);
+    wait_for(&sock);
+    let gen = run(&[
+        "gen",
+        "--direct",
+        s(&sock),
+        "--count",
+        "400",
+        "--max-size",
+        "3000",
+        "--seed",
+        "7",
+    ]);
+    assert!(gen.status.success(), "{gen:?}");
+    let v = verifier.wait_output(LIMIT);
+    assert!(v.status.success(), "{v:?}");
+    assert_eq!(
+        stdout(&v).trim(),
+        "verified 400 messages, 0 lost, 0 corrupt"
+    );
+
+    // Host service generates (source mode), client verifies.
+    let sock2 = t.path("src.sock");
+    let source = Proc::spawn(&[
+        "serve",
+        "--socket",
+        s(&sock2),
+        "--mode",
+        "source",
+        "--count",
+        "300",
+        "--min-size",
+        "1",
+        "--max-size",
+        "20",
+        "--channels",
+        "1",
+    ]);
+    wait_for(&sock2);
+    let v = run(&[
+        "verify",
+        "--direct",
+        s(&sock2),
+        "--count",
+        "300",
+        "--max-size",
+        "20",
+        "--timeout",
+        "30",
+    ]);
+    assert!(v.status.success(), "{v:?}");
+    assert_eq!(
+        stdout(&v).trim(),
+        "verified 300 messages, 0 lost, 0 corrupt"
+    );
+    assert!(source.wait_output(LIMIT).status.success());
+}
+
+#[test]
+fn verify_reports_corruption_and_loss() {
+    let t = TempDir::new("bad");
+    let sock = t.path("v.sock");
+    // Different seed: the first message differs.
+    let verifier = Proc::spawn(&[
+        "verify",
+        "--socket",
+        s(&sock),
+        "--count",
+        "50",
+        "--seed",
+        "2",
+        "--min-size",
+        "64",
+        "--max-size",
+        "64",
+        "--timeout",
+        "30",
+    ]);
+    wait_for(&sock);
+    let _ = run(&[
+        "gen",
+        "--direct",
+        s(&sock),
+        "--count",
+        "50",
+        "--min-size",
+        "64",
+        "--max-size",
+        "64",
+    ]);
+    let v = verifier.wait_output(LIMIT);
+    assert_fails_with(&v, "verify: seq 0 corrupt: byte 12 of 64");
+    assert_eq!(stdout(&v).trim(), "verified 0 messages, 0 lost, 1 corrupt");
+
+    // Fewer messages than expected: the tail is lost.
+    let verifier = Proc::spawn(&[
+        "verify",
+        "--socket",
+        s(&sock),
+        "--count",
+        "20",
+        "--timeout",
+        "30",
+    ]);
+    wait_for(&sock);
+    let g = run(&["gen", "--direct", s(&sock), "--count", "12"]);
+    assert!(g.status.success());
+    let v = verifier.wait_output(LIMIT);
+    assert_fails_with(&v, "channel closed after 12 of 20 messages");
+    assert_eq!(stdout(&v).trim(), "verified 12 messages, 8 lost, 0 corrupt");
+}
+
+#[test]
+fn boundaries_are_kept_for_texts_files_and_empty_messages() {
+    let t = TempDir::new("bounds");
+    let sock = t.path("p.sock");
+    let file = t.path("blob");
+    let blob: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &blob).unwrap();
+    let printer = Proc::spawn(&[
+        "recv",
+        "--socket",
+        s(&sock),
+        "--hex",
+        "--count",
+        "5",
+        "--timeout",
+        "30",
+    ]);
+    wait_for(&sock);
+    let send = run(&[
+        "send",
+        "--direct",
+        s(&sock),
+        "a",
+        "",
+        "line1\nline2",
+        "bb",
+        "--file",
+        s(&file),
+    ]);
+    assert!(send.status.success(), "{send:?}");
+    let out = printer.wait_output(LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_string).collect();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    assert_eq!(
+        lines,
+        vec![
+            hex(b"a"),
+            String::new(),
+            hex(b"line1\nline2"),
+            hex(b"bb"),
+            hex(&blob)
+        ]
+    );
+}
+
+#[test]
+fn nonblocking_gen_counts_eagain_and_loses_nothing() {
+    let t = TempDir::new("nb");
+    let sock = t.path("nb.sock");
+    let mut listener = Listener::bind(&sock, 65536).unwrap();
+    let gen = Proc::spawn(&[
+        "gen",
+        "--direct",
+        s(&sock),
+        "--nonblock",
+        "--count",
+        "20000",
+        "--min-size",
+        "1000",
+        "--max-size",
+        "1000",
+    ]);
+    let ch = listener.accept().unwrap();
+    // Let the generator fill the socket before draining it.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut v = kt::traffic::Verifier::new(kt::traffic::Params::new(1, 1000, 1000).unwrap());
+    let mut buf = ch.recv_buffer();
+    let mut nb = NbStats::default();
+    while let Recv::Msg(n) = ch.recv(&mut buf, &mut nb).unwrap() {
+        assert_eq!(v.check(&buf[..n]), kt::traffic::Outcome::Ok);
+    }
+    assert_eq!(v.counts().verified, 20000);
+    let out = gen.wait_output(LIMIT);
+    assert!(out.status.success(), "{out:?}");
+    let line = stdout(&out);
+    let eagain: u64 = line
+        .trim()
+        .strip_prefix("sent 20000 messages, 20000000 bytes, ")
+        .and_then(|r| r.strip_suffix(" EAGAIN"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output {line:?}"));
+    assert!(eagain > 0, "20 MB into a full socket without EAGAIN");
+}
+
+/// A fake kt-vhost-device: answers one CONNECT with `reply`; after `OK`
+/// relays the channel to the host service at `relay_to`.
+fn fake_device(
+    sock: &Path,
+    want_name: &'static str,
+    reply: &'static str,
+    relay_to: Option<PathBuf>,
+) -> std::thread::JoinHandle<()> {
+    let mut listener = Listener::bind(sock, 65536).expect("bind device socket");
+    std::thread::spawn(move || {
+        let guest = listener.accept().expect("accept");
+        let mut buf = guest.recv_buffer();
+        let mut nb = NbStats::default();
+        let Recv::Msg(n) = guest.recv(&mut buf, &mut nb).expect("recv CONNECT") else {
+            panic!("no CONNECT")
+        };
+        assert_eq!(&buf[..n], format!("CONNECT {want_name}\n").as_bytes());
+        guest.send(reply.as_bytes(), &mut nb).expect("send reply");
+        let Some(path) = relay_to else { return };
+        let service = connect_direct(&path, 65536).expect("connect service");
+        while let Recv::Msg(n) = guest.recv(&mut buf, &mut nb).expect("relay recv") {
+            service.send(&buf[..n], &mut nb).expect("relay send");
+        }
+    })
+}
+
+#[test]
+fn host_connect_handshake_then_gen() {
+    let t = TempDir::new("hs");
+    let dev = t.path("dev.sock");
+    let svc = t.path("svc.sock");
+    let verifier = Proc::spawn(&[
+        "verify",
+        "--socket",
+        s(&svc),
+        "--count",
+        "200",
+        "--max-size",
+        "2000",
+        "--timeout",
+        "30",
+    ]);
+    wait_for(&svc);
+    let device = fake_device(&dev, "telemetry", "OK 2147483649\n", Some(svc.clone()));
+    let gen = run(&[
+        "--host",
+        s(&dev),
+        "gen",
+        "telemetry",
+        "--count",
+        "200",
+        "--max-size",
+        "2000",
+    ]);
+    assert!(gen.status.success(), "{gen:?}");
+    device.join().unwrap();
+    let v = verifier.wait_output(LIMIT);
+    assert!(v.status.success(), "{v:?}");
+    assert_eq!(
+        stdout(&v).trim(),
+        "verified 200 messages, 0 lost, 0 corrupt"
+    );
+}
+
+#[test]
+fn host_connect_refusals_are_one_line_errors() {
+    let t = TempDir::new("refuse");
+    for (reply, want) in [
+        (
+            "ERR 2 no such service\n",
+            "kt: svc: no such service (ENOENT)",
+        ),
+        ("ERR 13 denied by policy\n", "kt: svc: refused (EACCES)"),
+        (
+            "ERR 111 nobody listens\n",
+            "kt: svc: connection refused — nobody is serving it (ECONNREFUSED)",
+        ),
+    ] {
+        let dev = t.path("dev.sock");
+        let device = fake_device(&dev, "svc", reply, None);
+        let out = run(&["--host", s(&dev), "send", "svc", "hello"]);
+        assert_fails_with(&out, want);
+        device.join().unwrap();
+    }
+}
+
+#[test]
+fn bench_against_an_echo_server_prints_a_table() {
+    let t = TempDir::new("bench");
+    let sock = t.path("echo.sock");
+    let server = Proc::spawn(&[
+        "serve",
+        "--socket",
+        s(&sock),
+        "--mode",
+        "echo",
+        "--channels",
+        "1",
+    ]);
+    wait_for(&sock);
+    let out = run(&[
+        "bench",
+        "--direct",
+        s(&sock),
+        "--iterations",
+        "50",
+        "--bulk-mb",
+        "1",
+        "--small-count",
+        "500",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    for row in [
+        "ping-pong latency p50 (64 B)",
+        "ping-pong latency p99 (64 B)",
+        "throughput, one way (65536 B messages)",
+        "message rate (16 B messages)",
+    ] {
+        assert!(text.contains(row), "missing {row:?} in\n{text}");
+    }
+    assert!(server.wait_output(LIMIT).status.success());
+}
+
+#[test]
+fn echo_mode_answers_each_message() {
+    let t = TempDir::new("echo");
+    let sock = t.path("echo.sock");
+    let _server = Proc::spawn(&["serve", "--socket", s(&sock), "--mode", "echo"]);
+    wait_for(&sock);
+    let ch = connect_direct(&sock, 65536).unwrap();
+    let mut nb = NbStats::default();
+    let mut buf = ch.recv_buffer();
+    for msg in [&b"x"[..], &[0u8; 65536][..], b"last"] {
+        ch.send(msg, &mut nb).unwrap();
+        assert_eq!(ch.recv(&mut buf, &mut nb).unwrap(), Recv::Msg(msg.len()));
+        assert_eq!(&buf[..msg.len()], msg);
+    }
+}
