@@ -1,8 +1,9 @@
-//! The full boot test (`images/runner/test.sh`): Debian's stock 6.12 cloud
-//! kernel under kt-vmm with 2 vCPUs and two vhost-user devices, inside the
-//! KVM runner VM here or directly on a host with a real /dev/kvm. Ignored by
-//! default because it takes one to two minutes:
-//! `cargo test -p kt-vmm --test runner_vm -- --ignored`.
+//! The full boot tests, inside the KVM runner VM here or directly on a host
+//! with a real /dev/kvm: `images/runner/test.sh` (Debian's stock 6.12 cloud
+//! kernel under kt-vmm with 2 vCPUs and two vhost-user devices) and
+//! `images/runner/test-kt-device.sh` (the project's guest image with
+//! kt-vhost-device and one echo round trip). Ignored by default because
+//! they take minutes: `cargo test -p kt-vmm --test runner_vm -- --ignored`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -36,8 +37,20 @@ fn stock_kernel_boots_with_vhost_user_devices() {
         if let Some(s) = g.0.try_wait().expect("wait") {
             break s;
         }
-        assert!(Instant::now() < deadline, "runner boot test timed out");
+        assert!(Instant::now() < deadline, "{name} timed out");
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert!(status.success(), "runner boot test failed: {status}");
+    assert!(status.success(), "{name} failed: {status}");
+}
+
+#[test]
+#[ignore = "boots Linux in the KVM runner VM (1-2 minutes)"]
+fn stock_kernel_boots_with_vhost_user_devices() {
+    run_script("test.sh");
+}
+
+#[test]
+#[ignore = "builds the guest image and boots it in the KVM runner VM (3-5 minutes)"]
+fn project_image_talks_through_kt_vhost_device() {
+    run_script("test-kt-device.sh");
 }
