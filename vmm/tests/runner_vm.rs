@@ -5,6 +5,7 @@
 //! kt-vhost-device and one echo round trip). Ignored by default because
 //! they take minutes: `cargo test -p kt-vmm --test runner_vm -- --ignored`.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -23,14 +24,15 @@ impl Drop for Guard {
     }
 }
 
-#[test]
-#[ignore = "boots Linux in the KVM runner VM (1-2 minutes)"]
-fn stock_kernel_boots_with_vhost_user_devices() {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/runner/test.sh");
+fn run_script(name: &str) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../images/runner")
+        .join(name);
     let mut g = Guard(
         Command::new(&script)
+            .process_group(0)
             .spawn()
-            .expect("run images/runner/test.sh"),
+            .expect("start the runner script"),
     );
     let deadline = Instant::now() + Duration::from_secs(900);
     let status = loop {
