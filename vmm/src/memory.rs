@@ -57,7 +57,28 @@ pub fn create(size: u64) -> Result<GuestMemory> {
         ));
         offset += len;
     }
-    GuestMemoryMmap::from_ranges_with_files(ranges).map_err(Error::Map)
+    let mem = GuestMemoryMmap::from_ranges_with_files(ranges).map_err(Error::Map)?;
+    advise_huge_pages(&mem);
+    Ok(mem)
+}
+
+/// Asks for transparent huge pages on guest RAM: fewer (nested) page faults
+/// and TLB misses. Takes effect where shmem THP is enabled for madvise
+/// (`/sys/kernel/mm/transparent_hugepage/shmem_enabled` = `advise`);
+/// elsewhere it changes nothing, so failure is only logged.
+fn advise_huge_pages(mem: &GuestMemory) {
+    for region in mem.iter() {
+        let (addr, len) = (region.as_ptr(), region.len() as usize);
+        // SAFETY: `addr..addr+len` is a live mapping owned by `mem`;
+        // MADV_HUGEPAGE changes no contents.
+        let rc = unsafe { libc::madvise(addr.cast(), len, libc::MADV_HUGEPAGE) };
+        if rc != 0 {
+            log::debug!(
+                "madvise(MADV_HUGEPAGE) on guest RAM: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
 }
 
 /// Registers every region of `mem` as a KVM memory slot.

@@ -274,3 +274,68 @@ fn serial_file_gets_a_copy() {
     std::fs::remove_file(&p).expect("remove");
     std::fs::remove_file(&out).expect("remove");
 }
+
+/// A minimal ELF64 executable: one PT_LOAD segment of `code` at physical
+/// (and virtual) `addr`, entry at its first byte.
+fn elf64(code: &[u8], addr: u64) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let off = (EHDR + PHDR) as u64;
+    let mut e = Vec::new();
+    e.extend_from_slice(b"\x7fELF");
+    e.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little endian, version 1, SysV
+    e.extend_from_slice(&[0; 8]);
+    e.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    e.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    e.extend_from_slice(&1u32.to_le_bytes());
+    e.extend_from_slice(&addr.to_le_bytes()); // e_entry
+    e.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    e.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    e.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    e.extend_from_slice(&(EHDR as u16).to_le_bytes());
+    e.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    e.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    e.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    e.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    e.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    e.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    e.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    e.extend_from_slice(&off.to_le_bytes()); // p_offset
+    e.extend_from_slice(&addr.to_le_bytes()); // p_vaddr
+    e.extend_from_slice(&addr.to_le_bytes()); // p_paddr
+    e.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
+    e.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
+    e.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    e.extend_from_slice(code);
+    e
+}
+
+/// 64-bit: mov dx,0x3f8; mov al,'6'; out dx,al; mov al,'4'; out dx,al;
+/// mov al,10; out dx,al; mov al,0xfe; out 0x64,al; hlt
+const LONG_MODE_SERIAL: &[u8] = &[
+    0x66, 0xba, 0xf8, 0x03, 0xb0, b'6', 0xee, 0xb0, b'4', 0xee, 0xb0, 0x0a, 0xee, 0xb0, 0xfe, 0xe6,
+    0x64, 0xf4,
+];
+
+#[test]
+fn elf_guest_starts_in_long_mode() {
+    if !kvm_usable() {
+        return;
+    }
+    let p = guest("elf", &elf64(LONG_MODE_SERIAL, 0x20_0000));
+    let o = run(&[
+        "--kernel",
+        p.to_str().expect("utf-8"),
+        "--mem",
+        "16M",
+        "--allow-slow-kvm",
+    ]);
+    std::fs::remove_file(&p).expect("remove");
+    assert_eq!(o.code, 0, "stderr: {}", o.stderr);
+    assert_eq!(o.stdout, "64\n");
+    assert!(
+        o.stderr.contains("guest requested a reset (i8042)"),
+        "{}",
+        o.stderr
+    );
+}

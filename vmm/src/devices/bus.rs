@@ -71,7 +71,8 @@ impl Bus {
     fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
         let (base, e) = self.ranges.range(..=addr).next_back()?;
         let off = addr - base;
-        (off + size as u64 <= e.len).then_some((off, &e.device))
+        let end = off.checked_add(size as u64)?;
+        (end <= e.len).then_some((off, &e.device))
     }
 
     /// Routes a read; false if no device covers the access.
@@ -135,6 +136,10 @@ mod tests {
         assert!(!bus.read(0x3f7, &mut b));
         let mut w = [0u8; 2];
         assert!(!bus.read(0x3ff, &mut w), "access straddling the end");
+        assert!(
+            !bus.read(u64::MAX, &mut w),
+            "access wrapping the address space"
+        );
     }
 
     #[test]
