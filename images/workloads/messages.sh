@@ -2,11 +2,14 @@
 # directions. The host test (tests/tests/e2e_messages.rs) plays the other
 # end of every step; the stream parameters below must match it.
 #
+# MIXED (kt.mixed=, default 300) and ORDER (kt.order=, default 100000) set
+# the sizes of two streams, so the same steps run against a device with a
+# larger max_msg_size in reasonable time.
 # guest -> host (host service "sink", one channel per step, in this order):
 #   one    16 messages of 1 byte               kt gen --seed 11
 #   max    16 messages of max_msg_size bytes   kt gen --seed 12
-#   mixed  300 messages of 1..max_msg_size     kt gen --seed 13
-#   order  100000 messages of 16..64 bytes     kt gen --seed 14
+#   mixed  MIXED messages of 1..max_msg_size   kt gen --seed 13
+#   order  ORDER messages of 16..64 bytes      kt gen --seed 14
 #   over   kt send of a max_msg_size file, then of a max_msg_size+1 file:
 #          the second write must fail with EMSGSIZE
 # host -> guest (guest listeners, all started at once, then
@@ -19,6 +22,8 @@
 need_module kerntransport
 sys=$(kt_sysfs) || fail "no kerntransport device bound"
 max=$(cat "$sys/max_msg_size")
+mixed=$(kt_arg kt.mixed) || mixed=300
+order=$(kt_arg kt.order) || order=100000
 echo "KT: max_msg_size $max"
 
 # Host -> guest listeners first, so the host can work while we send.
@@ -29,8 +34,8 @@ start_verify() { # NAME COUNT MIN MAX SEED
 }
 start_verify h-one 16 1 1 21
 start_verify h-max 16 "$max" "$max" 22
-start_verify h-mixed 300 1 "$max" 23
-start_verify h-order 100000 16 64 24
+start_verify h-mixed "$mixed" 1 "$max" 23
+start_verify h-order "$order" 16 64 24
 kt recv h-over --listen --count 2 --timeout 120 >/tmp/h-over.out 2>&1 &
 over_pid=$!
 echo "KT: ready for host streams"
@@ -43,8 +48,8 @@ g2h() { # LABEL kt-gen-args...
 }
 g2h one --count 16 --min-size 1 --max-size 1 --seed 11
 g2h max --count 16 --min-size "$max" --max-size "$max" --seed 12
-g2h mixed --count 300 --min-size 1 --max-size "$max" --seed 13
-g2h order --count 100000 --min-size 16 --max-size 64 --seed 14
+g2h mixed --count "$mixed" --min-size 1 --max-size "$max" --seed 13
+g2h order --count "$order" --min-size 16 --max-size 64 --seed 14
 
 dd if=/dev/zero of=/tmp/max bs="$max" count=1 2>/dev/null
 dd if=/dev/zero of=/tmp/over bs=$((max + 1)) count=1 2>/dev/null

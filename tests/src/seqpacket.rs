@@ -53,6 +53,43 @@ pub type Result<T> = std::result::Result<T, SocketError>;
 /// Largest message `recv` accepts (the protocol's limit is 1 MiB).
 pub const RECV_MAX: usize = 2 << 20;
 
+/// Send buffer asked for on every connection, so a message of the
+/// protocol's limit (1 MiB) fits: a Unix `SOCK_SEQPACKET` message must fit
+/// the sender's buffer whole, and the default (about 208 KiB) does not.
+/// The kernel caps the request at `net.core.wmem_max` (then such sends fail
+/// with `EMSGSIZE`); see [`max_send_buffer`].
+pub const SEND_BUFFER: usize = (1 << 20) + 64 * 1024;
+
+/// `net.core.wmem_max`: the largest send buffer an unprivileged
+/// `SO_SNDBUF` gets (the kernel doubles it for bookkeeping), or `None` if
+/// it cannot be read.
+pub fn max_send_buffer() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Asks for [`SEND_BUFFER`] bytes of send buffer (best effort: the kernel
+/// caps it, and the failure shows as `EMSGSIZE` on a large send).
+fn grow_send_buffer(fd: &OwnedFd) {
+    let v = libc::c_int::try_from(SEND_BUFFER).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `v` is a valid c_int for the duration of the call and the
+    // length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    // Best effort by design (see above).
+    let _ = rc;
+}
+
 fn sys(op: &'static str, path: &Path) -> SocketError {
     SocketError::Sys {
         op,
@@ -194,6 +231,7 @@ impl SeqpacketListener {
         }
         // SAFETY: `fd` was just returned by accept4(2) and is ours alone.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        grow_send_buffer(&fd);
         Ok(SeqpacketConn { fd })
     }
 }
@@ -233,6 +271,7 @@ impl SeqpacketConn {
         if rc != 0 {
             return Err(sys("connect", path));
         }
+        grow_send_buffer(&fd);
         Ok(SeqpacketConn { fd })
     }
 
@@ -435,6 +474,7 @@ impl AsFd for SeqpacketConn {
 mod tests {
     use super::*;
     use crate::tempdir::TempDir;
+    use std::thread;
 
     const T: Duration = Duration::from_secs(10);
 
@@ -452,6 +492,22 @@ mod tests {
         assert_eq!(client.recv(T).expect("recv reply"), b"back");
         drop(client);
         assert!(matches!(server.recv(T), Err(SocketError::Closed)));
+    }
+
+    #[test]
+    fn a_message_of_the_protocol_limit_fits() {
+        if !matches!(max_send_buffer(), Some(m) if m >= SEND_BUFFER) {
+            eprintln!("skipped: net.core.wmem_max is below {SEND_BUFFER}");
+            return;
+        }
+        let dir = TempDir::new("seqpacket-1m").expect("tempdir");
+        let listener = SeqpacketListener::bind(&dir.join("svc.sock")).expect("bind");
+        let client = SeqpacketConn::connect(listener.path()).expect("connect");
+        let server = listener.accept(T).expect("accept");
+        let msg = vec![3u8; 1 << 20];
+        let sender = thread::spawn(move || client.send(&msg).map(|()| client));
+        assert_eq!(server.recv(T).expect("recv 1 MiB").len(), 1 << 20);
+        sender.join().expect("sender").expect("send 1 MiB");
     }
 
     #[test]

@@ -2,56 +2,68 @@
 //! (workload `messages`): messages of 1 byte up to the maximum size,
 //! 100,000 messages in order with checksums, and the size limit (maximum
 //! passes, maximum + 1 is refused with EMSGSIZE on a guest write, and a
-//! host message over the maximum closes the channel with EMSGSIZE). The
-//! guest runs `kt gen` / `kt verify`; the host side is the harness's
-//! streams in the same format. Needs the artifacts scripts/e2e.sh builds;
-//! ignored by a plain `cargo test`.
+//! host message over the maximum closes the channel with EMSGSIZE); once
+//! with the default `max_msg_size` (64 KiB) and once with the protocol's
+//! limit (1 MiB: messages of 256 rx-buffer fragments). The guest runs
+//! `kt gen` / `kt verify`; the host side is the harness's streams in the
+//! same format. Needs the artifacts scripts/e2e.sh builds; ignored by a
+//! plain `cargo test`.
 
 use std::thread;
 use std::time::{Duration, Instant};
 
 use kt_tests::qemu::BOOT_TIMEOUT;
-use kt_tests::seqpacket::SocketError;
+use kt_tests::seqpacket::{max_send_buffer, SocketError, SEND_BUFFER};
 use kt_tests::traffic::Received;
 use kt_tests::{
     connect_to_guest_when_ready, send_stream, verify_stream, BackendBuilder, Qemu,
     SeqpacketListener, Stream, TempDir,
 };
 
-/// The device's default `max_msg_size` (the backend runs with defaults).
-const MAX: usize = 65536;
 /// Per-message wait on the host side, and for guest progress lines.
 const T: Duration = Duration::from_secs(90);
 /// The guest's 100,000-message steps under TCG.
 const LONG: Duration = Duration::from_secs(180);
 
+/// One run of the workload: the device's `max_msg_size` and the sizes of
+/// the `mixed` and `order` streams (`kt.mixed=`, `kt.order=`).
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    max: usize,
+    mixed: u64,
+    order: u64,
+}
+
 /// The guest → host streams of images/workloads/messages.sh, in order.
-fn guest_to_host() -> Vec<Stream> {
+fn guest_to_host(z: Sizes) -> Vec<Stream> {
     vec![
         Stream::new("one", 11, 1, 1, 16).expect("stream"),
-        Stream::new("max", 12, MAX, MAX, 16).expect("stream"),
-        Stream::new("mixed", 13, 1, MAX, 300).expect("stream"),
-        Stream::new("order", 14, 16, 64, 100_000).expect("stream"),
+        Stream::new("max", 12, z.max, z.max, 16).expect("stream"),
+        Stream::new("mixed", 13, 1, z.max, z.mixed).expect("stream"),
+        Stream::new("order", 14, 16, 64, z.order).expect("stream"),
     ]
 }
 
 /// The host → guest streams (guest listener name = label).
-fn host_to_guest() -> Vec<Stream> {
+fn host_to_guest(z: Sizes) -> Vec<Stream> {
     vec![
         Stream::new("h-one", 21, 1, 1, 16).expect("stream"),
-        Stream::new("h-max", 22, MAX, MAX, 16).expect("stream"),
-        Stream::new("h-mixed", 23, 1, MAX, 300).expect("stream"),
-        Stream::new("h-order", 24, 16, 64, 100_000).expect("stream"),
+        Stream::new("h-max", 22, z.max, z.max, 16).expect("stream"),
+        Stream::new("h-mixed", 23, 1, z.max, z.mixed).expect("stream"),
+        Stream::new("h-order", 24, 16, 64, z.order).expect("stream"),
     ]
 }
 
 /// The host service "sink": one connection per guest step, verified in
 /// order; the last one carries one maximum-size message of zeros before
 /// the guest's oversized write fails.
-fn sink_service(listener: SeqpacketListener) -> thread::JoinHandle<Result<Vec<Received>, String>> {
+fn sink_service(
+    listener: SeqpacketListener,
+    z: Sizes,
+) -> thread::JoinHandle<Result<Vec<Received>, String>> {
     thread::spawn(move || {
         let mut got = Vec::new();
-        for stream in guest_to_host() {
+        for stream in guest_to_host(z) {
             let conn = listener
                 .accept(BOOT_TIMEOUT)
                 .map_err(|e| format!("g2h {stream}: guest never connected: {e}"))?;
@@ -64,9 +76,10 @@ fn sink_service(listener: SeqpacketListener) -> thread::JoinHandle<Result<Vec<Re
         let msg = conn
             .recv(T)
             .map_err(|e| format!("g2h over: the maximum-size message: {e}"))?;
-        if msg.len() != MAX || msg.iter().any(|&b| b != 0) {
+        if msg.len() != z.max || msg.iter().any(|&b| b != 0) {
             return Err(format!(
-                "g2h over: expected {MAX} zero bytes, got {} bytes",
+                "g2h over: expected {} zero bytes, got {} bytes",
+                z.max,
                 msg.len()
             ));
         }
@@ -84,26 +97,29 @@ fn sink_service(listener: SeqpacketListener) -> thread::JoinHandle<Result<Vec<Re
     })
 }
 
-#[test]
-#[ignore = "needs the guest image: run make test"]
-fn messages_of_every_size_in_order_both_ways_and_the_size_limit() {
+/// Boots the `messages` workload against a backend with `max_msg_size`
+/// `z.max` and checks every step.
+fn messages_run(name: &str, z: Sizes) {
     let started = Instant::now();
-    let dir = TempDir::new("e2e-msgs").expect("temp dir");
+    let dir = TempDir::new(name).expect("temp dir");
     let sink = SeqpacketListener::bind(&dir.join("sink.sock")).expect("sink socket");
     let backend = BackendBuilder::new(&dir)
         .service("sink", sink.path())
+        .args(["--max-msg-size".to_string(), z.max.to_string()])
         .spawn()
         .expect("start kt-vhost-device");
     let listen = backend.listen_path().expect("--listen is on by default");
-    let sink = sink_service(sink);
+    let sink = sink_service(sink, z);
     let mut guest = Qemu::new("messages")
         .expect("QEMU and guest image configured")
         .vhost_user_socket(&backend.socket_path())
         .append("kt.timeout=280")
+        .append(&format!("kt.mixed={}", z.mixed))
+        .append(&format!("kt.order={}", z.order))
         .spawn(&dir)
         .expect("start QEMU");
     guest
-        .wait_for(&format!("KT: max_msg_size {MAX}"), BOOT_TIMEOUT)
+        .wait_for(&format!("KT: max_msg_size {}", z.max), BOOT_TIMEOUT)
         .expect("the guest reports the device's max_msg_size");
     guest
         .wait_for("KT: ready for host streams", T)
@@ -111,7 +127,7 @@ fn messages_of_every_size_in_order_both_ways_and_the_size_limit() {
 
     // Host -> guest: each stream on its own channel, checked by the
     // guest's `kt verify`.
-    for stream in host_to_guest() {
+    for stream in host_to_guest(z) {
         let ch = connect_to_guest_when_ready(&listen, stream.label(), T)
             .unwrap_or_else(|e| panic!("h2g {stream}: CONNECT: {e}"));
         send_stream(&ch.conn, &stream).unwrap_or_else(|e| panic!("h2g: {e}"));
@@ -121,7 +137,7 @@ fn messages_of_every_size_in_order_both_ways_and_the_size_limit() {
     let ch = connect_to_guest_when_ready(&listen, "h-over", T).expect("CONNECT h-over");
     ch.conn.send(b"fits").expect("send a small message");
     ch.conn
-        .send(&vec![0x5au8; MAX + 1])
+        .send(&vec![0x5au8; z.max + 1])
         .expect("send the oversized message");
     match ch.conn.recv(T) {
         Err(SocketError::Closed) => {}
@@ -129,7 +145,7 @@ fn messages_of_every_size_in_order_both_ways_and_the_size_limit() {
     }
 
     // The guest's verdicts: every host stream verified completely.
-    for stream in host_to_guest() {
+    for stream in host_to_guest(z) {
         let want = format!(
             "KT: h2g {}: verified {} messages, 0 lost, 0 corrupt",
             stream.label(),
@@ -153,7 +169,7 @@ fn messages_of_every_size_in_order_both_ways_and_the_size_limit() {
         .join()
         .expect("sink thread")
         .unwrap_or_else(|e| panic!("{e}"));
-    for (stream, r) in guest_to_host().iter().zip(&got) {
+    for (stream, r) in guest_to_host(z).iter().zip(&got) {
         assert_eq!(r.messages, stream.count(), "g2h {stream}");
         let want = format!(
             "KT: g2h {}: sent {} messages, {} bytes",
@@ -170,7 +186,7 @@ fn messages_of_every_size_in_order_both_ways_and_the_size_limit() {
         .expect("guest reports its oversized write");
     assert!(
         over.line
-            .contains(&format!("message of {} bytes is too big", MAX + 1))
+            .contains(&format!("message of {} bytes is too big", z.max + 1))
             && over.line.contains("(EMSGSIZE)"),
         "{}",
         over.line
@@ -184,5 +200,47 @@ fn messages_of_every_size_in_order_both_ways_and_the_size_limit() {
         "device counters: {}",
         stats["device"]
     );
-    eprintln!("messages: done in {:.1?}", started.elapsed());
+    eprintln!("{name}: done in {:.1?}", started.elapsed());
+}
+
+#[test]
+#[ignore = "needs the guest image: run make test"]
+fn messages_of_every_size_in_order_both_ways_and_the_size_limit() {
+    messages_run(
+        "e2e-msgs",
+        Sizes {
+            max: 65536,
+            mixed: 300,
+            order: 100_000,
+        },
+    );
+}
+
+/// The same at the protocol's limit, `max_msg_size` = 1 MiB: each maximum
+/// message crosses the rx queue as 256 fragments. Fewer mixed and order
+/// messages keep the boot short.
+#[test]
+#[ignore = "needs the guest image: run make test"]
+fn one_mib_messages_both_ways_and_the_size_limit() {
+    // Host programs and the device need send buffers above the default
+    // net.core.wmem_max (about 208 KiB) for 1 MiB SOCK_SEQPACKET messages.
+    match max_send_buffer() {
+        Some(m) if m >= SEND_BUFFER => {}
+        other => {
+            eprintln!(
+                "SKIPPED one_mib_messages_both_ways_and_the_size_limit: net.core.wmem_max is \
+                 {other:?}, below {SEND_BUFFER}; 1 MiB host messages cannot be sent \
+                 (sysctl -w net.core.wmem_max=4194304 to run it)"
+            );
+            return;
+        }
+    }
+    messages_run(
+        "e2e-msgs1m",
+        Sizes {
+            max: kt_proto::consts::MAX_MSG_SIZE_LIMIT as usize,
+            mixed: 24,
+            order: 2000,
+        },
+    );
 }
