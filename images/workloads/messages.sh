@@ -12,12 +12,15 @@
 #   order  ORDER messages of 16..64 bytes      kt gen --seed 14
 #   over   kt send of a max_msg_size file, then of a max_msg_size+1 file:
 #          the second write must fail with EMSGSIZE
+#   empty  kt send sink "" a "" b "": zero-length messages are messages
 # host -> guest (guest listeners, all started at once, then
 # "KT: ready for host streams"):
 #   h-one, h-max, h-mixed, h-order   kt verify --listen, seeds 21..24
 #   h-over  kt recv --listen: the host sends "fits", then a message one
 #           byte over the limit; the device closes the channel with
 #           EMSGSIZE (SPEC section 9)
+#   h-empty kt recv --listen --count 5 --hex: the host sends "", "a", "",
+#           "b", "" and keeps the channel open until the guest reports
 . /workloads/lib.sh
 need_module kerntransport
 sys=$(kt_sysfs) || fail "no kerntransport device bound"
@@ -38,6 +41,8 @@ start_verify h-mixed "$mixed" 1 "$max" 23
 start_verify h-order "$order" 16 64 24
 kt recv h-over --listen --count 2 --timeout 120 >/tmp/h-over.out 2>&1 &
 over_pid=$!
+kt recv h-empty --listen --count 5 --hex --timeout 120 >/tmp/h-empty.out 2>&1 &
+empty_pid=$!
 echo "KT: ready for host streams"
 
 g2h() { # LABEL kt-gen-args...
@@ -61,6 +66,9 @@ case "$out" in
 *) fail "g2h over: expected EMSGSIZE, got: $out" ;;
 esac
 
+out=$(kt send sink "" a "" b "" 2>&1) || fail "g2h empty: $out"
+echo "KT: g2h empty: sent"
+
 for name in h-one h-max h-mixed h-order; do
 	wait "$(cat "/tmp/$name.pid")" || fail "h2g $name: $(cat "/tmp/$name.out")"
 	echo "KT: h2g $name: $(cat "/tmp/$name.out")"
@@ -72,3 +80,7 @@ case "$(cat /tmp/h-over.out)" in
 fits*EMSGSIZE*) echo "KT: h2g h-over: $(tr '\n' ' ' </tmp/h-over.out)" ;;
 *) fail "h2g h-over: expected 'fits' then EMSGSIZE, got: $(cat /tmp/h-over.out)" ;;
 esac
+wait "$empty_pid" || fail "h2g h-empty: $(cat /tmp/h-empty.out)"
+# --hex prints each message as hex on its own line: an empty line is an
+# empty message.
+echo "KT: h2g h-empty: [$(tr '\n' '|' </tmp/h-empty.out)]"

@@ -423,6 +423,84 @@ impl SeqpacketConn {
         }
     }
 
+    /// Turns on `SO_PASSCRED`: every message then arrives with an
+    /// `SCM_CREDENTIALS` control message and end of stream without one, so
+    /// [`Self::recv_message`] can tell a zero-length message from the end.
+    pub fn set_passcred(&self) -> Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: `on` is a valid c_int for the duration of the call and the
+        // length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(sys("setsockopt SO_PASSCRED", Path::new("")));
+        }
+        Ok(())
+    }
+
+    /// Receives one message into `buf`, waiting up to `timeout`:
+    /// `Some(len)`, or `None` at end of stream. Zero-length messages are
+    /// `Some(0)` once [`Self::set_passcred`] was called (without it they
+    /// read as the end).
+    pub fn recv_message(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>> {
+        if !poll_in(self.fd.as_fd(), timeout, "recv")? {
+            return Err(SocketError::Timeout {
+                op: "recv",
+                timeout,
+            });
+        }
+        // Room for one SCM_CREDENTIALS control message, 8-byte aligned.
+        let mut control = [0u64; 8];
+        loop {
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            // SAFETY: msghdr is plain old data; all-zero is a valid value.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            // SAFETY: `msg` points at `iov` (valid for `buf.len()` bytes)
+            // and at `control`, both alive across the call.
+            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ECONNRESET) => return Ok(None),
+                    _ => {
+                        return Err(SocketError::Sys {
+                            op: "recvmsg",
+                            path: String::new(),
+                            source: err,
+                        })
+                    }
+                }
+            }
+            // n >= 0 here, so the cast is lossless.
+            let len = n.unsigned_abs();
+            if len == 0 && msg.msg_controllen == 0 {
+                return Ok(None);
+            }
+            if len > buf.len() {
+                return Err(SocketError::Truncated {
+                    len,
+                    max: buf.len(),
+                });
+            }
+            return Ok(Some(len));
+        }
+    }
+
     /// True if a message (or hang-up) is ready within `timeout`.
     pub fn readable(&self, timeout: Duration) -> Result<bool> {
         poll_in(self.fd.as_fd(), timeout, "poll")
@@ -492,6 +570,24 @@ mod tests {
         assert_eq!(client.recv(T).expect("recv reply"), b"back");
         drop(client);
         assert!(matches!(server.recv(T), Err(SocketError::Closed)));
+    }
+
+    #[test]
+    fn zero_length_messages_are_told_from_the_end() {
+        let dir = TempDir::new("seqpacket-0").expect("tempdir");
+        let listener = SeqpacketListener::bind(&dir.join("svc.sock")).expect("bind");
+        let client = SeqpacketConn::connect(listener.path()).expect("connect");
+        let server = listener.accept(T).expect("accept");
+        server.set_passcred().expect("SO_PASSCRED");
+        for m in [&b""[..], b"x", b""] {
+            client.send(m).expect("send");
+        }
+        drop(client);
+        let mut buf = [0u8; 16];
+        let got: Vec<Option<usize>> = (0..4)
+            .map(|_| server.recv_message(&mut buf, T).expect("recv"))
+            .collect();
+        assert_eq!(got, [Some(0), Some(1), Some(0), None]);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! (workload `messages`): messages of 1 byte up to the maximum size,
 //! 100,000 messages in order with checksums, and the size limit (maximum
 //! passes, maximum + 1 is refused with EMSGSIZE on a guest write, and a
-//! host message over the maximum closes the channel with EMSGSIZE); once
+//! host message over the maximum closes the channel with EMSGSIZE), and
+//! zero-length messages both ways; once
 //! with the default `max_msg_size` (64 KiB) and once with the protocol's
 //! limit (1 MiB: messages of 256 rx-buffer fragments). The guest runs
 //! `kt gen` / `kt verify`; the host side is the harness's streams in the
@@ -93,6 +94,25 @@ fn sink_service(
             }
             Err(e) => return Err(format!("g2h over: expected the channel to close: {e}")),
         }
+        // Zero-length messages are messages (SO_PASSCRED tells them from
+        // the end of the channel).
+        let conn = listener
+            .accept(T)
+            .map_err(|e| format!("g2h empty: guest never connected: {e}"))?;
+        conn.set_passcred().map_err(|e| format!("g2h empty: {e}"))?;
+        let mut buf = [0u8; 16];
+        let mut empty = Vec::new();
+        loop {
+            match conn.recv_message(&mut buf, T) {
+                Ok(Some(n)) => empty.push(buf[..n].to_vec()),
+                Ok(None) => break,
+                Err(e) => return Err(format!("g2h empty: after {empty:?}: {e}")),
+            }
+        }
+        let want: Vec<Vec<u8>> = vec![vec![], b"a".to_vec(), vec![], b"b".to_vec(), vec![]];
+        if empty != want {
+            return Err(format!("g2h empty: got {empty:?}, want {want:?}"));
+        }
         Ok(got)
     })
 }
@@ -143,6 +163,12 @@ fn messages_run(name: &str, z: Sizes) {
         Err(SocketError::Closed) => {}
         other => panic!("h2g over: the device should close the connection, got {other:?}"),
     }
+    // Host -> guest zero-length messages; the channel stays open until the
+    // guest has read all five.
+    let empty = connect_to_guest_when_ready(&listen, "h-empty", T).expect("CONNECT h-empty");
+    for m in [&b""[..], b"a", b"", b"b", b""] {
+        empty.conn.send(m).expect("send to h-empty");
+    }
 
     // The guest's verdicts: every host stream verified completely.
     for stream in host_to_guest(z) {
@@ -163,6 +189,11 @@ fn messages_run(name: &str, z: Sizes) {
         "the guest should read 'fits', then get EMSGSIZE: {}",
         over.line
     );
+
+    guest
+        .wait_for("KT: h2g h-empty: [|61||62||]", T)
+        .expect("the guest reads 5 messages: empty, a, empty, b, empty");
+    drop(empty);
 
     // Guest -> host: the guest's `kt gen` reports, the host verified.
     let got = sink
