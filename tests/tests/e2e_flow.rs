@@ -7,7 +7,6 @@
 //! messages the driver sent, then EOF. Needs the artifacts scripts/e2e.sh
 //! builds; ignored by a plain `cargo test`.
 
-use std::thread;
 use std::time::{Duration, Instant};
 
 use kt_tests::qemu::{Guest, BOOT_TIMEOUT};
@@ -18,9 +17,6 @@ use kt_tests::{
 
 /// Per-message wait on the host side, and for guest progress lines.
 const T: Duration = Duration::from_secs(90);
-/// How long the host keeps not reading after the guest reported its
-/// writer stalled, to show that nothing moves meanwhile.
-const HOLD: Duration = Duration::from_millis(500);
 /// A host sender that cannot send for this long is blocked for good.
 const STUCK: Duration = Duration::from_secs(2);
 
@@ -58,11 +54,6 @@ fn stalled_writer(guest: &mut Guest, stall: &SeqpacketListener, label: &str, see
     assert!(
         tx_at_stall < stream.count(),
         "{label}: the writer stalled only after sending everything ({tx_at_stall})"
-    );
-    thread::sleep(HOLD);
-    assert!(
-        conn.readable(Duration::ZERO).expect("poll"),
-        "{label}: messages wait for the host"
     );
     let got = verify_stream(&conn, &stream, T).unwrap_or_else(|e| panic!("{label}: {e}"));
     assert_eq!(got.messages, stream.count());
