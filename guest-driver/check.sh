@@ -3,8 +3,8 @@
 # kt_kecho.ko from a packaged (DKMS-layout) copy of the sources against each
 # supported kernel's headers with sparse (C=1) and W=1, failing on any
 # compiler or sparse message; checks the module alias; then runs
-# checkpatch.pl --strict on every C file and header of the driver, failing
-# on any message. checkpatch.pl is extracted once from Debian's
+# checkpatch.pl --strict and kernel-doc -Wall on every C file and header of
+# the driver, failing on any message. checkpatch.pl is extracted once from Debian's
 # linux-source-6.12 tarball into the cache.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -79,5 +79,13 @@ out=$("$checkpatch_dir/checkpatch.pl" --strict --no-tree --terse --show-types \
 if [ -n "$out" ]; then
 	printf '%s\n' "$out" >&2
 	fail "checkpatch messages"
+fi
+kdoc=${KERNELS[0]%-cloud-amd64}-common/scripts/kernel-doc
+[ -x "$kdoc" ] || fail "$kdoc missing"
+echo "check.sh: kernel-doc -Wall on ${#sources[@]} files"
+out=$("$kdoc" -none -Wall "${sources[@]}" 2>&1 || true)
+if [ -n "$out" ]; then
+	printf '%s\n' "$out" >&2
+	fail "kernel-doc messages"
 fi
 echo "check.sh: guest driver OK"

@@ -238,7 +238,10 @@ int kt_chan_connect(struct kt_chan *ch)
 	if (ch->state == KT_CH_CONNECTING) {
 		ch->abandoned = true;
 		err = -EINTR;
-	} else if (ch->state == KT_CH_CLOSED) {
+	} else if (!ch->opened) {
+		/* Refused, or reset/closed before OPEN_OK. Once opened, a
+		 * later close is reported by read/write, not by connect.
+		 */
 		err = ch->err ? -ch->err : -ECONNREFUSED;
 	}
 	spin_unlock(&ch->lock);
@@ -297,19 +300,22 @@ void kt_chan_consumed(struct kt_chan *ch, u32 cost)
  *	(the local reader then sees that errno after its queued data)
  *
  * Sends CLOSE once; the channel leaves the id table when the peer's CLOSE
- * has also been seen. A channel still opening is marked abandoned.
+ * has also been seen. A channel still opening is marked abandoned by a
+ * normal close (its OPEN_OK is answered with CLOSE) and failed by an error.
  */
 void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err)
 {
 	bool send, unlist;
 
 	spin_lock(&ch->lock);
-	if (ch->state == KT_CH_CONNECTING) {
+	if (ch->state == KT_CH_CONNECTING && wire_err == KT_ERR_OK) {
+		/* The answer will be closed when it arrives. */
 		ch->abandoned = true;
 		spin_unlock(&ch->lock);
 		return;
 	}
-	if (ch->state == KT_CH_OPEN) {
+	if (ch->state != KT_CH_CLOSED) {
+		/* A violation while opening fails the open with it. */
 		ch->state = KT_CH_CLOSED;
 		ch->err = wire_err;
 	}

@@ -18,7 +18,7 @@
 static unsigned int window = 256 * 1024;
 module_param(window, uint, 0444);
 MODULE_PARM_DESC(window,
-		 "Receive window per channel in bytes (at least max_msg_size + 32)");
+		 "Receive window per channel in bytes (at least 2 * (max_msg_size + 32))");
 
 struct workqueue_struct *kt_wq;
 
@@ -91,9 +91,14 @@ static void kt_read_config(struct kt_dev *kd)
 	virtio_cread_le(vdev, struct kt_config, guest_id, &v);
 	kd->guest_id = v;
 
-	/* SPEC 5: buf_alloc >= max_msg_size + 32 so any message fits. */
+	/*
+	 * SPEC 5 needs buf_alloc >= max_msg_size + 32 so any message fits.
+	 * Twice that guarantees progress without CREDIT_REQUEST: a sender
+	 * blocked on a largest message has more than half the window in
+	 * flight, so draining it crosses the half-window update threshold.
+	 */
 	kd->buf_alloc = max_t(u32, window,
-			      kd->max_msg_size + KT_MSG_OVERHEAD);
+			      2 * (kd->max_msg_size + KT_MSG_OVERHEAD));
 }
 
 static int kt_probe(struct virtio_device *vdev)
@@ -110,17 +115,19 @@ static int kt_probe(struct virtio_device *vdev)
 		return -EINVAL;
 	}
 
+	/* Held for the whole probe: two devices may probe at once. */
 	mutex_lock(&kt_active_lock);
 	if (kt_active) {
-		mutex_unlock(&kt_active_lock);
 		dev_err(&vdev->dev, "only one kerntransport device is supported\n");
-		return -EBUSY;
+		err = -EBUSY;
+		goto err_unlock;
 	}
-	mutex_unlock(&kt_active_lock);
 
 	kd = kzalloc(sizeof(*kd), GFP_KERNEL);
-	if (!kd)
-		return -ENOMEM;
+	if (!kd) {
+		err = -ENOMEM;
+		goto err_unlock;
+	}
 	kref_init(&kd->ref);
 	kd->vdev = vdev;
 	mutex_init(&kd->rx_mutex);
@@ -149,7 +156,6 @@ static int kt_probe(struct virtio_device *vdev)
 	if (err)
 		goto err_stop;
 
-	mutex_lock(&kt_active_lock);
 	kt_active = kd;
 	mutex_unlock(&kt_active_lock);
 
@@ -165,6 +171,8 @@ err_stop:
 err_put:
 	vdev->priv = NULL;
 	kt_dev_put(kd);
+err_unlock:
+	mutex_unlock(&kt_active_lock);
 	return err;
 }
 

@@ -6,8 +6,8 @@
  * other modules (see include/linux/kerntransport_api.h for that).
  *
  * Locking (outermost first; never take them the other way round):
- *   kt_services_lock (mutex)  global listener/service registry
  *   kd->rx_mutex (mutex)      rx and event virtqueues, reassembly state
+ *   kt_services_lock (mutex)  global listener/service registry
  *   kd->tx_lock (spinlock)    tx virtqueue, pending tx list, tx_live
  *   kd->chans xa_lock         channel id table
  *   svc->lock (spinlock)      a service's accept queue / channel list
@@ -89,6 +89,7 @@ struct kt_chan {
 	bool close_rcvd;
 	bool reset;			/* failed by transport reset/removal */
 	bool abandoned;			/* opener gave up while CONNECTING */
+	bool opened;			/* OPEN_OK was received or sent */
 	bool user_closed;		/* file released or kt_close() called */
 	bool credit_update_queued;
 	bool credit_req_queued;
@@ -170,6 +171,7 @@ struct kt_dev {
 	u32 buf_alloc;			/* receive window we give each channel */
 	bool guest_listen;		/* KT_F_GUEST_LISTEN negotiated */
 
+	bool vqs_up;			/* between kt_vqs_start and _stop */
 	struct mutex rx_mutex;		/* rx side: rx_live .. reasm */
 	bool rx_live;
 	unsigned int rx_posted;		/* rx buffers in the ring */

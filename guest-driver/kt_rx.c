@@ -226,8 +226,13 @@ static void kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 		wire_err = KT_ERR_MSGSIZE;
 	} else if (r->seq != ch->rx_seq) {
 		bad = "DATA out of sequence";
-	} else if ((u64)(u32)(ch->rx_cnt - ch->fwd_cnt) + cost >
+	} else if ((u64)(u32)(ch->rx_cnt - ch->last_fwd_sent) + cost >
 		   ch->buf_alloc) {
+		/*
+		 * Granted = what the device can have seen: the fwd_cnt of
+		 * the last header we put in the ring. fwd_cnt >= that, so
+		 * this also bounds what we hold to buf_alloc.
+		 */
 		bad = "DATA beyond granted credit";
 	} else {
 		ch->rx_seq++;
@@ -351,6 +356,7 @@ static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	}
 	spin_lock(&ch->lock);
 	ch->state = KT_CH_OPEN;
+	ch->opened = true;
 	if (svc->ops)
 		ch->ops = svc->ops->chan_ops;
 	spin_unlock(&ch->lock);
@@ -399,6 +405,7 @@ static void kt_rx_open_answer(struct kt_dev *kd, const struct kt_rx_hdr *r)
 	abandoned = ch->abandoned;
 	if (waiting && ok) {
 		ch->state = KT_CH_OPEN;
+		ch->opened = true;
 		ch->peer_buf_alloc = r->buf_alloc;
 		ch->peer_fwd_cnt = r->fwd_cnt;
 	} else if (waiting) {

@@ -164,7 +164,7 @@ static ssize_t channels_show(struct device *dev,
 			     struct device_attribute *attr, char *buf)
 {
 	struct kt_dev *kd = kt_dev_of(dev);
-	char line[192];
+	char line[256];
 	struct kt_chan *ch;
 	unsigned long id;
 	int len = 0, n;

@@ -200,6 +200,7 @@ int kt_vqs_start(struct kt_dev *kd)
 	virtqueue_kick(kd->ev_vq);
 	/* The device may have used buffers before we enabled callbacks. */
 	queue_work(kt_wq, &kd->rx_work);
+	kd->vqs_up = true;
 	return 0;
 
 err_bufs:
@@ -213,10 +214,15 @@ err_bufs:
  * @kd: the device
  *
  * Shared by remove and freeze. Every channel fails with ECONNRESET: the
- * device loses its channel state when it is reset.
+ * device loses its channel state when it is reset. Does nothing if the
+ * queues are not up (a failed restore).
  */
 void kt_vqs_stop(struct kt_dev *kd)
 {
+	if (!kd->vqs_up)
+		return;
+	kd->vqs_up = false;
+
 	mutex_lock(&kd->rx_mutex);
 	kd->rx_live = false;
 	mutex_unlock(&kd->rx_mutex);

@@ -8,7 +8,8 @@
 # script). Owns the image only; it builds no QEMU and runs no guest.
 # Progress goes to stderr; the last stdout line is
 #   KERNEL=<vmlinuz> INITRAMFS=<initramfs.cpio.gz>
-# Environment: KT_CACHE, KT_GUEST_KVER (override the kernel version).
+# Environment: KT_CACHE, KT_GUEST_KVER (override the kernel version),
+# KT_IMAGE_KEEP (how many cached images to keep, default 8).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -175,5 +176,17 @@ rm -rf "$OUT"
 mv "$WORK/out" "$OUT"
 touch "$OUT/.complete"
 log "built $OUT ($(du -h "$OUT/initramfs.cpio.gz" | cut -f1) initramfs)"
+
+# Keep the newest $KT_IMAGE_KEEP images (default 8): every driver edit makes
+# a new one. Older ones whose lock nobody holds go.
+keep=${KT_IMAGE_KEEP:-8}
+ls -1dt "$KT_CACHE"/image-????????????????/ 2>/dev/null | tail -n +"$((keep + 1))" | while read -r old; do
+	old=${old%/}
+	(
+		flock -n 8 || exit 0
+		rm -rf "$old"
+		rm -f "$old.lock"
+	) 8>"$old.lock"
+done
 sed 's/^KT: /build-image: /' "$OUT/contents.txt" >&2
 report

@@ -21,7 +21,7 @@ PKGS=(
 	build-essential pkg-config git cpio xz-utils zstd gzip
 	busybox-static sparse linux-source-6.12 linux-headers-6.1.0-56-cloud-amd64
 	ninja-build libglib2.0-dev libpixman-1-dev flex bison libfdt-dev
-	python3 python3-venv iproute2 socat
+	python3 python3-venv iproute2 socat kmod
 )
 # Packages that must come from bookworm-backports.
 BPO_PKGS=(qemu-system-x86 linux-image-cloud-amd64 linux-headers-cloud-amd64)

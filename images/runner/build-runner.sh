@@ -9,7 +9,11 @@
 # Env:   KT_RUNNER_KERNEL  kernel of the runner VM   (default: Debian 6.12 cloud)
 #        KT_GUEST_KERNEL   kernel kt-vmm boots        (default: same)
 #        KT_GUEST_INITRD   guest initramfs            (default: built here)
-#        KT_GUEST_EXTRA    directory copied into the guest initramfs
+#        KT_GUEST_EXTRA    directory added to the guest initramfs (copied into
+#                          the built one, appended as a second archive to
+#                          KT_GUEST_INITRD)
+#        KT_RUNNER_BINS    more host programs for the runner's /usr/bin
+#                          (space separated; their libraries come along)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -27,10 +31,11 @@ for f in "$RUNNER_KERNEL" "$GUEST_KERNEL" /bin/busybox; do
 done
 
 # kt-vmm binaries (dynamically linked: their libraries are copied below).
-(cd "$root" && nice cargo build --release -q -p kt-vmm --bins) >&2
+(cd "$root" && nice cargo build --release -q -p kt-vmm --bins --examples) >&2
 target=${CARGO_TARGET_DIR:-$root/target}
 vmm_bin=$target/release/kt-vmm
 bench_bin=$target/release/kt-vmm-bench
+fill_bin=$target/release/examples/vhost-user-fill
 
 modules=()
 for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd arch/x86/kvm/kvm-intel \
@@ -38,13 +43,22 @@ for m in virt/lib/irqbypass arch/x86/kvm/kvm arch/x86/kvm/kvm-amd arch/x86/kvm/k
 	if [ -f "$MODDIR/$m.ko.xz" ]; then modules+=("$MODDIR/$m.ko.xz"); fi
 done
 virtio_mmio=$MODDIR/drivers/virtio/virtio_mmio.ko.xz
+virtio_rng=$MODDIR/drivers/char/hw_random/virtio-rng.ko.xz
 [ -f "$virtio_mmio" ] || die "missing $virtio_mmio"
+[ -f "$virtio_rng" ] || die "missing $virtio_rng"
 qemu_bin=$(command -v qemu-system-x86_64 || true)
 [ "$with_qemu" = 0 ] || [ -n "$qemu_bin" ] || die "qemu-system-x86_64 not installed"
 
 inputs=("$here/build-runner.sh" "$here/runner-init.sh" "$here/guest-init.sh" "$RUNNER_KERNEL"
-	"$GUEST_KERNEL" /bin/busybox "$vmm_bin" "$bench_bin" "$virtio_mmio" "${modules[@]}")
+	"$GUEST_KERNEL" /bin/busybox "$vmm_bin" "$bench_bin" "$fill_bin" "$here/in-runner-boot-test.sh"
+	"$here/in-runner-kt-device-test.sh"
+	"$virtio_mmio" "$virtio_rng" "${modules[@]}")
 if [ -n "${KT_GUEST_INITRD:-}" ]; then inputs+=("$KT_GUEST_INITRD"); fi
+read -r -a extra_bins <<<"${KT_RUNNER_BINS:-}"
+for b in "${extra_bins[@]}"; do
+	[ -x "$b" ] || die "KT_RUNNER_BINS: $b is not an executable"
+	inputs+=("$b")
+done
 if [ "$with_qemu" = 1 ]; then inputs+=("$qemu_bin"); fi
 extra_sums() {
 	if [ -n "${KT_GUEST_EXTRA:-}" ]; then
@@ -79,11 +93,18 @@ mkdir -p "$g/bin" "$g/lib/modules"
 cp /bin/busybox "$g/bin/busybox"
 install -m 755 "$here/guest-init.sh" "$g/init"
 xz -dc "$virtio_mmio" >"$g/lib/modules/virtio_mmio.ko"
+xz -dc "$virtio_rng" >"$g/lib/modules/virtio-rng.ko"
 if [ -n "${KT_GUEST_EXTRA:-}" ]; then cp -a "$KT_GUEST_EXTRA/." "$g/"; fi
 r=$work/runner
 mkdir -p "$r/bin" "$r/lib/modules/kt" "$r/guest"
 if [ -n "${KT_GUEST_INITRD:-}" ]; then
 	cp "$KT_GUEST_INITRD" "$r/guest/initrd.cpio.gz"
+	if [ -n "${KT_GUEST_EXTRA:-}" ]; then
+		mkdir -p "$work/extra"
+		cp -a "$KT_GUEST_EXTRA/." "$work/extra/"
+		mkcpio "$work/extra" "$work/extra.cpio.gz"
+		cat "$work/extra.cpio.gz" >>"$r/guest/initrd.cpio.gz"
+	fi
 else
 	mkcpio "$g" "$r/guest/initrd.cpio.gz"
 fi
@@ -97,6 +118,10 @@ for m in "${modules[@]}"; do
 done
 copy_bin "$vmm_bin" "$r"
 copy_bin "$bench_bin" "$r"
+copy_bin "$fill_bin" "$r"
+for b in "${extra_bins[@]}"; do copy_bin "$b" "$r"; done
+install -m 755 "$here/in-runner-boot-test.sh" "$r/usr/bin/kt-test-boot"
+install -m 755 "$here/in-runner-kt-device-test.sh" "$r/usr/bin/kt-test-device"
 if [ "$with_qemu" = 1 ]; then
 	copy_bin "$qemu_bin" "$r"
 	mkdir -p "$r/usr/share/qemu"
@@ -107,7 +132,8 @@ if [ "$with_qemu" = 1 ]; then
 	done
 fi
 mkcpio "$r" "$work/runner-initrd.cpio.gz"
-mkdir -p "$out"
-mv "$work/runner-initrd.cpio.gz" "$out/"
+mkdir -p "$out/guest"
+cp "$r/guest/vmlinuz" "$r/guest/initrd.cpio.gz" "$out/guest/"
 cp "$RUNNER_KERNEL" "$out/vmlinuz"
+mv "$work/runner-initrd.cpio.gz" "$out/"
 echo "$out"

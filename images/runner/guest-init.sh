@@ -13,10 +13,14 @@ case " $(cat /proc/cmdline) " in
 *" kt.bench "*) poweroff -f ;;
 esac
 if insmod /lib/modules/virtio_mmio.ko; then
+	if [ -f /lib/modules/virtio-rng.ko ]; then insmod /lib/modules/virtio-rng.ko; fi
 	for d in /sys/bus/virtio/devices/*; do
 		[ -e "$d/device" ] || continue
 		echo "KT-GUEST: virtio $(basename "$d") device=$(cat "$d/device") vendor=$(cat "$d/vendor")"
 	done
+	if [ -c /dev/hwrng ]; then
+		echo "KT-GUEST: hwrng $(head -c 8 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
+	fi
 else
 	echo "KT-GUEST: insmod virtio_mmio failed"
 fi

@@ -22,3 +22,21 @@ pci_has() {
 	done
 	return 1
 }
+
+# kt_arg NAME: the value of NAME=VALUE on the kernel command line.
+kt_arg() {
+	for word in $(cat /proc/cmdline); do
+		case "$word" in
+		"$1="*) echo "${word#*=}"; return 0 ;;
+		esac
+	done
+	return 1
+}
+
+# kt_sysfs: the kerntransport sysfs directory of the first bound device.
+kt_sysfs() {
+	for d in /sys/bus/virtio/devices/*; do
+		[ -d "$d/kerntransport" ] && { echo "$d/kerntransport"; return 0; }
+	done
+	return 1
+}

@@ -117,17 +117,39 @@ mod tests {
         let c = Cli::try_parse_from(["kt", "--socket-path", "/s", "--policy", "/p"]).unwrap();
         assert!(c.command.is_none());
         assert_eq!(c.run.socket_path, Some(PathBuf::from("/s")));
-        let c = Cli::try_parse_from(["kt", "run", "--socket-path", "/s", "--policy", "/p"]).unwrap();
+        let c =
+            Cli::try_parse_from(["kt", "run", "--socket-path", "/s", "--policy", "/p"]).unwrap();
         assert!(matches!(c.command, Some(Command::Run(_))));
         let c = Cli::try_parse_from(["kt", "stats", "--control", "/c", "--json"]).unwrap();
-        assert!(matches!(c.command, Some(Command::Stats(StatsArgs { json: true, .. }))));
+        assert!(matches!(
+            c.command,
+            Some(Command::Stats(StatsArgs { json: true, .. }))
+        ));
     }
 
     #[test]
     fn missing_and_bad_flags_fail() {
         assert!(Cli::try_parse_from(["kt", "--policy", "/p"]).is_err());
-        assert!(Cli::try_parse_from(["kt", "--socket-path", "/s", "--policy", "/p", "--max-msg-size", "x"]).is_err());
+        assert!(Cli::try_parse_from([
+            "kt",
+            "--socket-path",
+            "/s",
+            "--policy",
+            "/p",
+            "--max-msg-size",
+            "x"
+        ])
+        .is_err());
         assert!(Cli::try_parse_from(["kt", "stats"]).is_err());
-        assert!(Cli::try_parse_from(["kt", "--socket-path", "/s", "--policy", "/p", "--log-level", "loud"]).is_err());
+        assert!(Cli::try_parse_from([
+            "kt",
+            "--socket-path",
+            "/s",
+            "--policy",
+            "/p",
+            "--log-level",
+            "loud"
+        ])
+        .is_err());
     }
 }

@@ -16,10 +16,15 @@ pub type Mem = GuestMemoryMmap<()>;
 /// A tx chain that could not be accepted.
 #[derive(Debug, thiserror::Error)]
 pub enum TxError {
-    /// Device-writable descriptor, loop, unreadable table or memory outside
-    /// the guest.
+    /// Device-writable descriptor, loop or unreadable table.
     #[error("bad descriptor chain: {0}")]
-    Chain(String),
+    Chain(&'static str),
+    /// Descriptors pointing outside guest memory (or overflowing).
+    #[error("bad descriptor chain: {0}")]
+    Memory(#[source] virtio_queue::Error),
+    /// Reading the chain failed part way.
+    #[error("reading the chain: {0}")]
+    Read(#[source] std::io::Error),
     /// Fewer than 32 bytes.
     #[error("chain of {0} bytes is shorter than a header")]
     Short(usize),
@@ -61,33 +66,34 @@ fn check_readable_chain(chain: &DescriptorChain<&Mem>) -> Result<(), TxError> {
     let mut n = 0usize;
     for d in chain.clone() {
         if d.is_write_only() {
-            return Err(TxError::Chain("device-writable descriptor in a tx chain".into()));
+            return Err(TxError::Chain("device-writable descriptor in a tx chain"));
         }
         last_has_next = d.has_next();
         n += 1;
     }
     if n == 0 {
-        return Err(TxError::Chain("empty or unreadable chain".into()));
+        return Err(TxError::Chain("empty or unreadable chain"));
     }
     if last_has_next {
-        return Err(TxError::Chain("chain loops or points outside its table".into()));
+        return Err(TxError::Chain("chain loops or points outside its table"));
     }
     Ok(())
 }
 
 /// Parses one tx chain: header, semantic checks, exact payload.
-pub fn parse_tx(chain: DescriptorChain<&Mem>, mem: &Mem, limits: &Limits) -> Result<TxMsg, TxError> {
+pub fn parse_tx(
+    chain: DescriptorChain<&Mem>,
+    mem: &Mem,
+    limits: &Limits,
+) -> Result<TxMsg, TxError> {
     check_readable_chain(&chain)?;
-    let mut r: Reader<'_> = chain
-        .reader(mem)
-        .map_err(|e| TxError::Chain(e.to_string()))?;
+    let mut r: Reader<'_> = chain.reader(mem).map_err(TxError::Memory)?;
     let total = r.available_bytes();
     if total < HDR_SIZE {
         return Err(TxError::Short(total));
     }
     let mut hb = [0u8; HDR_SIZE];
-    r.read_exact(&mut hb)
-        .map_err(|e| TxError::Chain(e.to_string()))?;
+    r.read_exact(&mut hb).map_err(TxError::Read)?;
     let hdr = Header::decode(&hb).map_err(TxError::Decode)?;
     hdr.check(limits, Path::Tx)
         .map_err(|err| TxError::Semantic { hdr, err })?;
@@ -96,8 +102,7 @@ pub fn parse_tx(chain: DescriptorChain<&Mem>, mem: &Mem, limits: &Limits) -> Res
         return Err(TxError::Length { hdr, present });
     }
     let mut payload = vec![0u8; present];
-    r.read_exact(&mut payload)
-        .map_err(|e| TxError::Chain(e.to_string()))?;
+    r.read_exact(&mut payload).map_err(TxError::Read)?;
     Ok(TxMsg { hdr, payload })
 }
 
@@ -119,9 +124,12 @@ impl std::fmt::Debug for RxBuf<'_> {
 
 impl<'a> RxBuf<'a> {
     /// Wraps a device-writable chain; fails on descriptors outside memory.
-    pub fn new(chain: DescriptorChain<&'a Mem>, mem: &'a Mem) -> Result<RxBuf<'a>, String> {
+    pub fn new(
+        chain: DescriptorChain<&'a Mem>,
+        mem: &'a Mem,
+    ) -> Result<RxBuf<'a>, virtio_queue::Error> {
         let head = chain.head_index();
-        let writer = chain.writer(mem).map_err(|e| e.to_string())?;
+        let writer = chain.writer(mem)?;
         Ok(RxBuf { head, writer })
     }
 
@@ -142,9 +150,9 @@ impl<'a> RxBuf<'a> {
 mod tests {
     use super::*;
     use kt_proto::MsgType;
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use vm_memory::{Bytes, GuestAddress};
 
     const LIM: Limits = Limits { max_msg_size: 4096 };
@@ -205,12 +213,25 @@ mod tests {
         let hdr = Header::new(MsgType::CreditUpdate, 5);
         put_msg(&m, 0x10000, &hdr, b"");
         // Two descriptors pointing at each other.
-        let d0 = RawDescriptor::from(SplitDescriptor::new(0x10000, 16, VRING_DESC_F_NEXT as u16, 1));
-        let d1 = RawDescriptor::from(SplitDescriptor::new(0x10010, 16, VRING_DESC_F_NEXT as u16, 0));
+        let d0 = RawDescriptor::from(SplitDescriptor::new(
+            0x10000,
+            16,
+            VRING_DESC_F_NEXT as u16,
+            1,
+        ));
+        let d1 = RawDescriptor::from(SplitDescriptor::new(
+            0x10010,
+            16,
+            VRING_DESC_F_NEXT as u16,
+            0,
+        ));
         vq.add_desc_chains(&[d0, d1], 0).unwrap();
         let mut q: virtio_queue::Queue = vq.create_queue().unwrap();
         let chain = virtio_queue::QueueT::pop_descriptor_chain(&mut q, &m).unwrap();
         assert!(matches!(parse_tx(chain, &m, &LIM), Err(TxError::Chain(_))));
+        let vq = MockSplitQueue::new(&m, 16);
+        let chain = vq.build_desc_chain(&[desc(0xfff_0000, 64, 0)]).unwrap();
+        assert!(matches!(parse_tx(chain, &m, &LIM), Err(TxError::Memory(_))));
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct Channel {
     pub in_ready: bool,
     /// Host input waits for guest credit.
     pub stalled: bool,
+    /// Size of the host message that waits for credit.
+    pub stall_need: u32,
     /// Credit towards the guest (host → guest data).
     pub send: SendCredit,
     /// Credit we grant the guest (guest → host data).
@@ -85,6 +87,7 @@ impl Channel {
             hup: false,
             in_ready: false,
             stalled: false,
+            stall_need: 0,
             send: SendCredit::new(peer_buf_alloc),
             recv: RecvCredit::new(window),
             tx_seq: 0,
@@ -117,9 +120,9 @@ impl Channel {
         ev
     }
 
-    /// Whether the channel can be forgotten: both CLOSEs exchanged and
-    /// nothing left for the host.
+    /// Whether the channel can be forgotten: both CLOSEs exchanged (ours is
+    /// sent only once nothing is left for the host, or the host is gone).
     pub fn finished(&self) -> bool {
-        self.sent_close && self.recv_close && (self.pending.is_empty() || self.sock.is_none())
+        self.sent_close && self.recv_close
     }
 }

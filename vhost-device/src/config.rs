@@ -155,7 +155,10 @@ mod tests {
         assert_eq!(e, "--max-msg-size 0: must be between 1 and 1048576");
         let mut a = args(p.to_str().unwrap());
         a.channel_buffer = Some(100);
-        assert!(Config::try_from(a).unwrap_err().to_string().starts_with("--channel-buffer 100"));
+        assert!(Config::try_from(a)
+            .unwrap_err()
+            .to_string()
+            .starts_with("--channel-buffer 100"));
         let mut a = args(p.to_str().unwrap());
         a.rx_buf_size = Some(100);
         assert!(Config::try_from(a).is_err());

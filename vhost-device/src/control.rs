@@ -58,7 +58,8 @@ fn serve_one(stream: UnixStream, stats: &Stats) -> std::io::Result<()> {
     let mut out = &stream;
     match line.trim() {
         "stats" => {
-            let mut json = serde_json::to_string(&stats.snapshot()).map_err(std::io::Error::other)?;
+            let mut json =
+                serde_json::to_string(&stats.snapshot()).map_err(std::io::Error::other)?;
             json.push('\n');
             out.write_all(json.as_bytes())
         }
@@ -107,7 +108,8 @@ pub fn query(path: &Path) -> Result<StatsSnapshot, ControlError> {
         source,
     };
     let mut s = UnixStream::connect(path).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
     s.write_all(b"stats\n").map_err(io)?;
     let mut line = String::new();
     BufReader::new(&s).read_line(&mut line).map_err(io)?;

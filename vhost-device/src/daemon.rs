@@ -56,18 +56,25 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         crate::control::spawn_server(path, stats.clone())?;
     }
     let listener = match &config.listen {
-        Some(path) => Some(SeqListener::bind(path).map_err(|source| DaemonError::Listen {
-            path: path.clone(),
-            source,
-        })?),
+        Some(path) => Some(
+            SeqListener::bind(path).map_err(|source| DaemonError::Listen {
+                path: path.clone(),
+                source,
+            })?,
+        ),
         None => None,
     };
     let params = Params {
         config: config.device,
         channel_buffer: config.channel_buffer,
     };
-    let device = Device::new(params, Arc::new(config.policy.clone()), stats.clone(), listener)
-        .map_err(DaemonError::Setup)?;
+    let device = Device::new(
+        params,
+        Arc::new(config.policy.clone()),
+        stats.clone(),
+        listener,
+    )
+    .map_err(DaemonError::Setup)?;
     let backend = Arc::new(RwLock::new(KtBackend::new(device, stats)));
     let mut vu_listener =
         Listener::new(&config.socket_path, true).map_err(|source| DaemonError::Socket {
@@ -90,28 +97,27 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
 }
 
-fn serve_one(
-    backend: &Arc<RwLock<KtBackend>>,
-    listener: &mut Listener,
-) -> Result<(), DaemonError> {
+fn serve_one(backend: &Arc<RwLock<KtBackend>>, listener: &mut Listener) -> Result<(), DaemonError> {
     let mut daemon = VhostUserDaemon::new(
         "kt-vhost-device".into(),
         backend.clone(),
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
     .map_err(DaemonError::Daemon)?;
+    // A panic while holding the lock cannot leave the fd invalid.
     let host_fd = backend
         .read()
-        .map_err(|_| DaemonError::Setup(std::io::Error::other("backend lock poisoned")))?
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .host_epoll_fd();
     for h in daemon.get_epoll_handlers() {
         h.register_listener(host_fd, EventSet::IN, u64::from(HOST_EVENT))
             .map_err(DaemonError::Register)?;
     }
     daemon.start(listener).map_err(DaemonError::Daemon)?;
-    if let Ok(mut b) = backend.write() {
-        b.connected();
-    }
+    backend
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .connected();
     log::info!("frontend connected");
     match daemon.wait() {
         Ok(())
@@ -122,8 +128,9 @@ fn serve_one(
     }
     // Dropping the daemon stops its worker threads before the next one.
     drop(daemon);
-    if let Ok(mut b) = backend.write() {
-        b.disconnected();
-    }
+    backend
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .disconnected();
     Ok(())
 }

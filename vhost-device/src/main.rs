@@ -47,9 +47,15 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // clap's first paragraph, folded onto one line (usage and tips
+            // follow after an empty line).
             let text = e.render().to_string();
-            let line = text.lines().next().unwrap_or("bad arguments");
-            return fail(line.trim_start_matches("error: "));
+            let line: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            return fail(line.join(" ").trim_start_matches("error: "));
         }
     };
     let run = match cli.command {
@@ -64,9 +70,6 @@ fn main() -> ExitCode {
     };
     match daemon::run(config) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error!("{e}");
-            fail(e)
-        }
+        Err(e) => fail(e),
     }
 }

@@ -98,7 +98,11 @@ struct RawService {
 fn line_of(text: &str, span: Option<Range<usize>>) -> LineNo {
     LineNo(span.map(|s| {
         let end = s.start.min(text.len());
-        text.as_bytes()[..end].iter().filter(|b| **b == b'\n').count() + 1
+        text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }))
 }
 
@@ -198,7 +202,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.len(), 2);
-        assert_eq!(p.get("echo").unwrap().socket, PathBuf::from("/run/kt/echo.sock"));
+        assert_eq!(
+            p.get("echo").unwrap().socket,
+            PathBuf::from("/run/kt/echo.sock")
+        );
         assert_eq!(p.get("log").unwrap().max_channels, Some(2));
         assert!(p.get("nope").is_none());
         assert!(parse("").unwrap().is_empty());
@@ -229,7 +236,10 @@ mod tests {
         ];
         for (text, want) in cases {
             let e = parse(text).unwrap_err().to_string();
-            assert!(e.starts_with(&format!("policy file {want}")), "{e:?} vs {want:?}");
+            assert!(
+                e.starts_with(&format!("policy file {want}")),
+                "{e:?} vs {want:?}"
+            );
             assert!(!e.contains('\n'), "{e:?}");
         }
     }
@@ -237,6 +247,8 @@ mod tests {
     #[test]
     fn missing_file_names_the_file() {
         let e = Policy::load(Path::new("/nonexistent/kt.toml")).unwrap_err();
-        assert!(e.to_string().starts_with("policy file /nonexistent/kt.toml: "));
+        assert!(e
+            .to_string()
+            .starts_with("policy file /nonexistent/kt.toml: "));
     }
 }

@@ -67,10 +67,7 @@ fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     if bytes.is_empty() || bytes.len() >= addr.sun_path.len() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!(
-                "socket path must be 1 to {} bytes",
-                addr.sun_path.len() - 1
-            ),
+            format!("socket path must be 1 to {} bytes", addr.sun_path.len() - 1),
         ));
     }
     for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {

@@ -1,6 +1,9 @@
 //! Starts the real daemon and drives it as a VMM + guest would: open, echo
 //! both ways, policy refusal, host-initiated channels, stats.
 
+// Test helpers outside #[test] functions fail the test by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::Fixture;
@@ -13,7 +16,10 @@ fn echo_round_trip_and_refusals() {
     assert_eq!(d.config.guest_id, 7);
     assert_eq!(d.config.max_msg_size, 65536);
     let id = d.open("echo").unwrap().unwrap();
-    for (i, len) in [0usize, 1, 100, 4064, 4065, 10_000, 65536].into_iter().enumerate() {
+    for (i, len) in [0usize, 1, 100, 4064, 4065, 10_000, 65536]
+        .into_iter()
+        .enumerate()
+    {
         let msg: Vec<u8> = (0..len).map(|b| (b + i) as u8).collect();
         d.send(id, &msg).unwrap();
         assert_eq!(d.recv(id).unwrap(), msg, "len {len}");
@@ -23,10 +29,65 @@ fn echo_round_trip_and_refusals() {
     let l1 = d.open("limited").unwrap().unwrap();
     assert_eq!(d.open("limited").unwrap(), Err(ErrorCode::MFile));
     d.close(l1).unwrap();
-    d.wait_until("CLOSE answer", |d| d.closed(l1).is_some()).unwrap();
+    d.wait_until("CLOSE answer", |d| d.closed(l1).is_some())
+        .unwrap();
     assert!(d.errors.is_empty(), "{:?}", d.errors);
     let s = fx.stats();
     assert!(s.active);
     assert_eq!(s.open_refused, 3);
     assert!(s.device.msgs_to_host >= 7);
+}
+
+#[test]
+fn oversized_host_message_closes_only_that_connection() {
+    let fx = Fixture::new("oversize", &["--max-msg-size", "1024"]);
+    let mut d = fx.driver_with(kt_vhost_device::sim::DriverOptions {
+        listen: vec!["gsvc".into()],
+        ..kt_vhost_device::sim::DriverOptions::default()
+    });
+    let good = d.open("echo").unwrap().unwrap();
+    let listen = fx.listen.clone();
+    let host = std::thread::spawn(move || {
+        let (s, _) = kt_vhost_device::sim::host::connect_guest(&listen, "gsvc")
+            .unwrap()
+            .unwrap();
+        s.send(&[1u8; 1024]).unwrap();
+        s.send(&[2u8; 1025]).unwrap();
+        // The device hangs up on us.
+        let mut buf = [0u8; 2048];
+        s.recv(&mut buf).unwrap()
+    });
+    d.wait_until("host connection", |d| !d.accepted.is_empty())
+        .unwrap();
+    let (id, _) = d.accepted.pop_front().unwrap();
+    assert_eq!(d.recv(id).unwrap(), vec![1u8; 1024]);
+    d.wait_until("CLOSE", |d| d.closed(id).is_some()).unwrap();
+    assert_eq!(d.closed(id), Some(ErrorCode::MsgSize as u32));
+    assert_eq!(host.join().unwrap(), kt_vhost_device::seqpacket::Recv::Eof);
+    d.send(good, b"still here").unwrap();
+    assert_eq!(d.recv(good).unwrap(), b"still here");
+    assert_eq!(fx.stats().device.malformed, 1);
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+}
+
+#[test]
+fn host_connections_need_a_guest_that_listens() {
+    let fx = Fixture::new("nolisten", &[]);
+    // A driver that does not ack KT_F_GUEST_LISTEN.
+    let mut opts = kt_vhost_device::sim::DriverOptions::default();
+    opts.features &= !(1 << kt_proto::consts::F_GUEST_LISTEN);
+    opts.listen = vec!["gsvc".into()];
+    let mut d = fx.driver_with(opts);
+    let listen = fx.listen.clone();
+    let host = std::thread::spawn(move || {
+        kt_vhost_device::sim::host::connect_guest(&listen, "gsvc").unwrap()
+    });
+    d.wait_until("refusal", |_| host.is_finished()).unwrap();
+    let r = host.join().unwrap();
+    assert!(matches!(&r, Err(t) if t.starts_with("111 ")), "{r:?}");
+    assert!(d.accepted.is_empty());
+    // Guest-initiated channels still work.
+    let id = d.open("echo").unwrap().unwrap();
+    d.send(id, b"x").unwrap();
+    assert_eq!(d.recv(id).unwrap(), b"x");
 }

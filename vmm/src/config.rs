@@ -142,7 +142,9 @@ impl FromStr for VhostUserSpec {
             ));
         }
         if config_size > MAX_CONFIG_SIZE {
-            return Err(format!("config-size {config_size} exceeds {MAX_CONFIG_SIZE}"));
+            return Err(format!(
+                "config-size {config_size} exceeds {MAX_CONFIG_SIZE}"
+            ));
         }
         Ok(Self {
             socket,
@@ -188,6 +190,19 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// A clap error as one line: its message paragraph without the usage and
+/// help hints (`the following required arguments were not provided: --kernel <FILE>`).
+pub fn one_line_clap_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let msg: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+        .map(str::trim)
+        .collect();
+    let line = msg.join(" ");
+    line.trim_start_matches("error: ").to_string()
+}
+
 /// Cross-flag checks clap cannot express.
 pub fn validate(args: &Args) -> Result<(), String> {
     if args.vhost_user.len() > MAX_VIRTIO_DEVICES {
@@ -220,11 +235,15 @@ mod tests {
 
     #[test]
     fn vhost_user_spec_full() {
-        let s: VhostUserSpec = "socket=/run/kt.sock,virtio-id=60,queues=3,queue-size=128,config-size=16"
-            .parse()
-            .unwrap();
+        let s: VhostUserSpec =
+            "socket=/run/kt.sock,virtio-id=60,queues=3,queue-size=128,config-size=16"
+                .parse()
+                .unwrap();
         assert_eq!(s.socket, PathBuf::from("/run/kt.sock"));
-        assert_eq!((s.virtio_id, s.queues, s.queue_size, s.config_size), (60, 3, 128, 16));
+        assert_eq!(
+            (s.virtio_id, s.queues, s.queue_size, s.config_size),
+            (60, 3, 128, 16)
+        );
     }
 
     #[test]
@@ -253,7 +272,10 @@ mod tests {
             .unwrap();
         assert_eq!((a.cpus, a.mem), (2, 1 << 30));
         assert_eq!(a.cmdline, DEFAULT_CMDLINE);
-        assert!(Args::try_parse_from(["kt-vmm"]).is_err());
+        let e = Args::try_parse_from(["kt-vmm"]).unwrap_err();
+        let line = one_line_clap_error(&e);
+        assert!(line.contains("--kernel"), "{line}");
+        assert!(!line.contains('\n'));
         assert!(Args::try_parse_from(["kt-vmm", "--kernel", "k", "--cpus", "0"]).is_err());
         assert!(Args::try_parse_from(["kt-vmm", "--kernel", "k", "--mem", "1X"]).is_err());
     }

@@ -166,12 +166,9 @@ fn probe_speed(kvm: &Kvm) -> Result<Duration> {
     regs.rflags = 2;
     vcpu.set_regs(&regs).map_err(|e| probe("set regs", e))?;
     let start = Instant::now();
-    loop {
-        match vcpu.run().map_err(|e| probe("run", e))? {
-            VcpuExit::IoOut(0x80, _) => break,
-            VcpuExit::Hlt => break,
-            other => return Err(Error::Probe(format!("unexpected exit {other:?}"))),
-        }
+    match vcpu.run().map_err(|e| probe("run", e))? {
+        VcpuExit::IoOut(0x80, _) | VcpuExit::Hlt => {}
+        other => return Err(Error::Probe(format!("unexpected exit {other:?}"))),
     }
     let took = start.elapsed();
     drop(vcpu);

@@ -38,7 +38,7 @@ mod tests {
 
     #[test]
     fn chain_is_one_line() {
-        let e = Outer(std::io::Error::new(std::io::ErrorKind::Other, "inner\nx"));
+        let e = Outer(std::io::Error::other("inner\nx"));
         assert_eq!(error_chain(&e), "outer: inner x");
     }
 }

@@ -21,9 +21,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let msg = e.to_string();
-            let line = msg.lines().next().unwrap_or("invalid arguments");
-            eprintln!("kt-vmm: {}", line.trim_start_matches("error: "));
+            eprintln!("kt-vmm: {}", kt_vmm::config::one_line_clap_error(&e));
             return ExitCode::from(1);
         }
     };

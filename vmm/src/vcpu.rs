@@ -138,7 +138,9 @@ mod tests {
     use std::sync::Mutex;
     use vmm_sys_util::eventfd::EventFd;
 
-    fn machine() -> (Buses, Arc<ExitSignal>, Arc<Mutex<SerialDevice<Vec<u8>>>>) {
+    type TestSerial = Arc<Mutex<SerialDevice<Vec<u8>>>>;
+
+    fn machine() -> (Buses, Arc<ExitSignal>, TestSerial) {
         let signal = Arc::new(ExitSignal::new().unwrap());
         let serial = Arc::new(Mutex::new(SerialDevice::new(
             EventFd::new(libc::EFD_NONBLOCK).unwrap(),
@@ -186,7 +188,10 @@ mod tests {
     #[test]
     fn triple_fault_and_system_events() {
         let (buses, signal, _) = machine();
-        assert_eq!(handle_exit(VcpuExit::Shutdown, &buses, &signal, 1), Flow::Stop);
+        assert_eq!(
+            handle_exit(VcpuExit::Shutdown, &buses, &signal, 1),
+            Flow::Stop
+        );
         assert_eq!(signal.reason(), Some(ExitReason::TripleFault { cpu: 1 }));
         let (buses, signal, _) = machine();
         let f = handle_exit(

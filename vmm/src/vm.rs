@@ -133,7 +133,8 @@ fn virtio_devices(
     for (i, mut dev) in devices.into_iter().enumerate() {
         let addr = layout::virtio_mmio_addr(i);
         let gsi = layout::virtio_gsi(i);
-        dev.attach(vm, mem.clone(), addr, gsi)?;
+        dev.attach(mem.clone())?;
+        dev.register_with_kvm(vm, addr, gsi)?;
         mmio.insert(
             addr,
             layout::VIRTIO_MMIO_SIZE,
@@ -150,6 +151,7 @@ fn virtio_devices(
 
 /// Runs the VM described by `args` until it stops.
 pub fn run(args: &Args) -> Result<ExitReason> {
+    let started = std::time::Instant::now();
     crate::config::validate(args).map_err(Error::Config)?;
     boot::check_files(&args.kernel, args.initrd.as_deref())?;
     let backends = args
@@ -195,6 +197,11 @@ pub fn run(args: &Args) -> Result<ExitReason> {
         vcpus.push(vcpu);
     }
 
+    log::info!(
+        "VM set up in {} ms; starting {} vCPU(s)",
+        started.elapsed().as_millis(),
+        args.cpus
+    );
     let buses = Arc::new(Buses { io, mmio });
     for (id, vcpu) in vcpus.into_iter().enumerate() {
         vcpu::spawn(vcpu, id as u8, buses.clone(), signal.clone())

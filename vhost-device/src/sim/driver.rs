@@ -15,7 +15,9 @@ use kt_proto::consts::{
     F_GUEST_LISTEN, HDR_SIZE, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
-use kt_proto::{DeviceConfig, ErrorCode, Header, Limits, MsgType, Path as HdrPath, RecvCredit, SendCredit};
+use kt_proto::{
+    DeviceConfig, ErrorCode, Header, Limits, MsgType, Path as HdrPath, RecvCredit, SendCredit,
+};
 use vhost::vhost_user::Frontend;
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
@@ -55,6 +57,9 @@ pub struct DriverOptions {
     pub event_bufs: u16,
     /// Timeout of blocking helpers.
     pub timeout: Duration,
+    /// Publish tx chains without kicking; kicks happen in `poll`/`flush`
+    /// (batching, like a driver with more packets queued).
+    pub defer_kicks: bool,
 }
 
 impl Default for DriverOptions {
@@ -71,6 +76,7 @@ impl Default for DriverOptions {
             max_msg: 65536,
             event_bufs: 8,
             timeout: Duration::from_secs(20),
+            defer_kicks: false,
         }
     }
 }
@@ -162,7 +168,10 @@ fn xorshift(s: &mut u64) -> u64 {
 }
 
 fn timeout_err(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, format!("timed out waiting for {what}"))
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("timed out waiting for {what}"),
+    )
 }
 
 impl Driver {
@@ -343,6 +352,7 @@ impl Driver {
     /// Processes used rings, waiting up to `timeout` for a call if nothing
     /// is there yet. Returns whether anything arrived.
     pub fn poll(&mut self, timeout: Duration) -> io::Result<bool> {
+        self.flush()?;
         if self.process()? {
             return Ok(true);
         }
@@ -376,8 +386,17 @@ impl Driver {
         self.process()
     }
 
+    /// Kicks tx if the device wants it (deferred kicks).
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.rings[1].kick(&self.mem)
+    }
+
     /// Polls until `cond` holds or the timeout passes.
-    pub fn wait_until(&mut self, what: &str, mut cond: impl FnMut(&mut Driver) -> bool) -> io::Result<()> {
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        mut cond: impl FnMut(&mut Driver) -> bool,
+    ) -> io::Result<()> {
         let deadline = Instant::now() + self.opts.timeout;
         while !cond(self) {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -472,7 +491,11 @@ impl Driver {
                 return Ok(());
             }
             if data.len() != first.msg_len as usize {
-                self.error(format!("message of {} bytes, msg_len {}", data.len(), first.msg_len));
+                self.error(format!(
+                    "message of {} bytes, msg_len {}",
+                    data.len(),
+                    first.msg_len
+                ));
                 return Ok(());
             }
             self.deliver(first, data);
@@ -492,12 +515,18 @@ impl Driver {
         c.send.on_peer(h.buf_alloc, h.fwd_cnt);
         if h.seq != c.rx_seq {
             let want = c.rx_seq;
-            self.error(format!("channel {:#x}: seq {} expected {want}", h.channel, h.seq));
+            self.error(format!(
+                "channel {:#x}: seq {} expected {want}",
+                h.channel, h.seq
+            ));
             return;
         }
         c.rx_seq = c.rx_seq.wrapping_add(1);
         if let Err(e) = c.recv.on_receive(h.msg_len) {
-            self.error(format!("channel {:#x}: device overran credit: {e}", h.channel));
+            self.error(format!(
+                "channel {:#x}: device overran credit: {e}",
+                h.channel
+            ));
             return;
         }
         c.inbox.push_back(data);
@@ -623,9 +652,21 @@ impl Driver {
                 self.rings[1].add_chain(
                     &self.mem,
                     &[
-                        Desc { addr: a, len: c1, flags: 0 },
-                        Desc { addr: a + u64::from(c1), len: c2, flags: 0 },
-                        Desc { addr: a + u64::from(c1 + c2), len: t - c1 - c2, flags: 0 },
+                        Desc {
+                            addr: a,
+                            len: c1,
+                            flags: 0,
+                        },
+                        Desc {
+                            addr: a + u64::from(c1),
+                            len: c2,
+                            flags: 0,
+                        },
+                        Desc {
+                            addr: a + u64::from(c1 + c2),
+                            len: t - c1 - c2,
+                            flags: 0,
+                        },
                     ],
                 )?
             }
@@ -634,15 +675,27 @@ impl Driver {
                 self.rings[1].add_indirect(
                     &self.mem,
                     &[
-                        Desc { addr: a, len: c1, flags: 0 },
-                        Desc { addr: a + u64::from(c1), len: t - c1, flags: 0 },
+                        Desc {
+                            addr: a,
+                            len: c1,
+                            flags: 0,
+                        },
+                        Desc {
+                            addr: a + u64::from(c1),
+                            len: t - c1,
+                            flags: 0,
+                        },
                     ],
                 )?
             }
         };
         let head = head.ok_or_else(|| timeout_err("tx descriptors"))?;
         self.rings[1].publish(&self.mem, head)?;
-        self.rings[1].kick(&self.mem)
+        if self.opts.defer_kicks {
+            Ok(())
+        } else {
+            self.rings[1].kick(&self.mem)
+        }
     }
 
     fn fill(&mut self, hdr: &mut Header) {
@@ -667,13 +720,25 @@ impl Driver {
         self.open_id(id, name.as_bytes())
     }
 
-    /// Sends OPEN with an explicit id and raw name bytes and waits for the
-    /// answer.
-    pub fn open_id(&mut self, id: u32, name: &[u8]) -> io::Result<Result<u32, ErrorCode>> {
+    /// Sends OPEN with an explicit id and raw name bytes without waiting.
+    pub fn open_async(&mut self, id: u32, name: &[u8]) -> io::Result<()> {
         self.opens.insert(id, None);
         let mut h = Header::with_payload(MsgType::Open, id, name.len() as u32);
         h.buf_alloc = self.opts.buf_alloc;
-        self.send_raw(&h, name)?;
+        self.send_raw(&h, name)
+    }
+
+    /// The answer to an `open_async`, once it arrived (then forgotten).
+    pub fn open_result(&mut self, id: u32) -> Option<Result<(), ErrorCode>> {
+        let r = self.opens.get(&id).copied().flatten()?;
+        self.opens.remove(&id);
+        Some(r)
+    }
+
+    /// Sends OPEN with an explicit id and raw name bytes and waits for the
+    /// answer.
+    pub fn open_id(&mut self, id: u32, name: &[u8]) -> io::Result<Result<u32, ErrorCode>> {
+        self.open_async(id, name)?;
         self.wait_until("OPEN answer", |d| {
             d.opens.get(&id).is_some_and(Option::is_some)
         })?;
@@ -687,10 +752,16 @@ impl Driver {
     /// Sends one DATA message if credit allows; `Ok(false)` when it does not.
     pub fn try_send(&mut self, id: u32, data: &[u8]) -> io::Result<bool> {
         let Some(c) = self.chans.get_mut(&id) else {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, format!("channel {id:#x} not open")));
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("channel {id:#x} not open"),
+            ));
         };
         if c.closed.is_some() {
-            return Err(io::Error::new(io::ErrorKind::ConnectionReset, format!("channel {id:#x} closed")));
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                format!("channel {id:#x} closed"),
+            ));
         }
         let len = data.len() as u32;
         if !c.send.can_send(len) {
@@ -720,11 +791,17 @@ impl Driver {
     /// Takes one received message if there is one, returning its credit.
     pub fn try_recv(&mut self, id: u32) -> io::Result<Option<Vec<u8>>> {
         let Some(c) = self.chans.get_mut(&id) else {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, format!("channel {id:#x} not open")));
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("channel {id:#x} not open"),
+            ));
         };
         let Some(m) = c.inbox.pop_front() else {
             if c.closed.is_some() {
-                return Err(io::Error::new(io::ErrorKind::ConnectionReset, format!("channel {id:#x} closed")));
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    format!("channel {id:#x} closed"),
+                ));
             }
             return Ok(None);
         };

@@ -58,10 +58,7 @@ impl DaemonProc {
     /// Starts `bin` with `args` and waits until `socket` exists.
     pub fn spawn(bin: &Path, socket: &Path, args: &[String]) -> io::Result<DaemonProc> {
         let _ = std::fs::remove_file(socket);
-        let child = Command::new(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .spawn()?;
+        let child = Command::new(bin).args(args).stdin(Stdio::null()).spawn()?;
         let mut d = DaemonProc {
             child,
             socket: socket.to_owned(),
@@ -83,6 +80,18 @@ impl DaemonProc {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory in KiB (from /proc), if readable.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// Whether it is still running.
@@ -202,7 +211,9 @@ pub fn connect_guest(listen: &Path, name: &str) -> io::Result<Result<(SeqPacket,
     };
     match kt_proto::handshake::parse_reply(&buf[..n]) {
         Ok(kt_proto::handshake::Reply::Ok { channel }) => Ok(Ok((s, channel))),
-        Ok(kt_proto::handshake::Reply::Err { code, text }) => Ok(Err(format!("{} {text}", code.errno()))),
+        Ok(kt_proto::handshake::Reply::Err { code, text }) => {
+            Ok(Err(format!("{} {text}", code.errno())))
+        }
         Err(e) => Err(io::Error::other(e)),
     }
 }

@@ -84,6 +84,10 @@ pub fn memfd_memory(size: u64) -> io::Result<GuestMemoryMmap> {
     let file = unsafe { File::from_raw_fd(fd) };
     file.set_len(size)?;
     let len = usize::try_from(size).map_err(io::Error::other)?;
-    GuestMemoryMmap::from_ranges_with_files([(GuestAddress(0), len, Some(FileOffset::new(file, 0)))])
-        .map_err(io::Error::other)
+    GuestMemoryMmap::from_ranges_with_files([(
+        GuestAddress(0),
+        len,
+        Some(FileOffset::new(file, 0)),
+    )])
+    .map_err(io::Error::other)
 }

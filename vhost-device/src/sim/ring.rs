@@ -125,7 +125,8 @@ impl Ring {
         b[8..12].copy_from_slice(&d.len.to_le_bytes());
         b[12..14].copy_from_slice(&d.flags.to_le_bytes());
         b[14..16].copy_from_slice(&next.to_le_bytes());
-        mem.write_slice(&b, GuestAddress(at)).map_err(io::Error::other)
+        mem.write_slice(&b, GuestAddress(at))
+            .map_err(io::Error::other)
     }
 
     /// Writes a chain of `descs` into the table; returns its head, or `None`
@@ -150,7 +151,11 @@ impl Ring {
 
     /// Writes `descs` as an indirect table owned by the next free
     /// descriptor; returns the head.
-    pub fn add_indirect(&mut self, mem: &GuestMemoryMmap, descs: &[Desc]) -> io::Result<Option<u16>> {
+    pub fn add_indirect(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        descs: &[Desc],
+    ) -> io::Result<Option<u16>> {
         if descs.is_empty() || descs.len() as u64 * 16 > INDIRECT_SLOT {
             return Err(io::Error::other("indirect table too long"));
         }
@@ -160,7 +165,11 @@ impl Ring {
         let table = self.indirect + u64::from(head) * INDIRECT_SLOT;
         for (i, d) in descs.iter().enumerate() {
             let last = i + 1 == descs.len();
-            let flags = if last { d.flags & !F_NEXT } else { d.flags | F_NEXT };
+            let flags = if last {
+                d.flags & !F_NEXT
+            } else {
+                d.flags | F_NEXT
+            };
             let next = if last { 0 } else { i as u16 + 1 };
             Self::write_desc(mem, table + i as u64 * 16, Desc { flags, ..*d }, next)?;
         }
@@ -175,7 +184,13 @@ impl Ring {
     }
 
     /// Writes raw table entry `idx` (hostile tests: any flags and next).
-    pub fn write_raw(&mut self, mem: &GuestMemoryMmap, idx: u16, d: Desc, next: u16) -> io::Result<()> {
+    pub fn write_raw(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        idx: u16,
+        d: Desc,
+        next: u16,
+    ) -> io::Result<()> {
         self.free.retain(|f| *f != idx);
         Self::write_desc(mem, self.desc + u64::from(idx % self.size) * 16, d, next)
     }
@@ -201,8 +216,12 @@ impl Ring {
             .map_err(io::Error::other)?;
         self.avail_idx += 1;
         fence(Ordering::SeqCst);
-        mem.store(self.avail_idx.0.to_le(), GuestAddress(self.avail + 2), Ordering::Release)
-            .map_err(io::Error::other)
+        mem.store(
+            self.avail_idx.0.to_le(),
+            GuestAddress(self.avail + 2),
+            Ordering::Release,
+        )
+        .map_err(io::Error::other)
     }
 
     /// Kicks the device if it asked for it (EVENT_IDX) or did not suppress
@@ -216,7 +235,10 @@ impl Ring {
         }
         let need = if self.event_idx {
             let ev: u16 = mem
-                .load(GuestAddress(self.used + 4 + u64::from(self.size) * 8), Ordering::Acquire)
+                .load(
+                    GuestAddress(self.used + 4 + u64::from(self.size) * 8),
+                    Ordering::Acquire,
+                )
                 .map_err(io::Error::other)?;
             need_event(u16::from_le(ev), new, old)
         } else {
@@ -249,7 +271,9 @@ impl Ring {
         fence(Ordering::SeqCst);
         let at = self.used + 4 + u64::from(self.last_used.0 % self.size) * 8;
         let id: u32 = mem.read_obj(GuestAddress(at)).map_err(io::Error::other)?;
-        let len: u32 = mem.read_obj(GuestAddress(at + 4)).map_err(io::Error::other)?;
+        let len: u32 = mem
+            .read_obj(GuestAddress(at + 4))
+            .map_err(io::Error::other)?;
         self.last_used += 1;
         let head = (u32::from_le(id) % u32::from(self.size)) as u16;
         let chain = std::mem::take(&mut self.chains[usize::from(head)]);
@@ -261,8 +285,12 @@ impl Ring {
     pub fn arm(&mut self, mem: &GuestMemoryMmap) -> io::Result<()> {
         if self.event_idx {
             let at = self.avail + 4 + u64::from(self.size) * 2;
-            mem.store(self.last_used.0.to_le(), GuestAddress(at), Ordering::Release)
-                .map_err(io::Error::other)?;
+            mem.store(
+                self.last_used.0.to_le(),
+                GuestAddress(at),
+                Ordering::Release,
+            )
+            .map_err(io::Error::other)?;
         }
         fence(Ordering::SeqCst);
         Ok(())

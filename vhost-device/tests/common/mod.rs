@@ -2,6 +2,9 @@
 //! file, host services, and the real daemon binary as a child process
 //! (killed when the fixture drops).
 
+// Test helpers outside #[test] functions fail the test by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Each test binary uses a different part of the fixture.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -95,48 +98,76 @@ impl Fixture {
     }
 }
 
-/// Deterministic message `i` of a stream: 8-byte index, 4-byte checksum,
-/// pseudo-random body; size from the same generator.
-pub fn message(i: u64, max: usize) -> Vec<u8> {
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+/// Size of message `i` (mostly small, some up to `max`).
+pub fn message_size(i: u64, max: usize) -> usize {
     let mut s = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
+    let r = xorshift(&mut s);
+    let size = match r % 64 {
+        0 => (xorshift(&mut s) as usize) % (max + 1),
+        1..=15 => (xorshift(&mut s) as usize) % 4097,
+        _ => (xorshift(&mut s) as usize) % 257,
     };
-    let r = next();
-    // Mostly small, some up to `max`.
-    let size = match r % 16 {
-        0 => (next() as usize) % (max + 1),
-        1..=3 => (next() as usize) % 4097,
-        _ => (next() as usize) % 257,
+    size.max(16)
+}
+
+fn checksum(body: &[u8]) -> u32 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut words = body.chunks_exact(8);
+    for w in &mut words {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(w);
+        h = (h ^ u64::from_le_bytes(b)).wrapping_mul(0x100_0000_01b3);
     }
-    .max(12);
-    let mut m = Vec::with_capacity(size);
-    m.extend_from_slice(&i.to_le_bytes());
-    m.extend_from_slice(&[0; 4]);
-    while m.len() < size {
-        m.extend_from_slice(&next().to_le_bytes());
+    for b in words.remainder() {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
     }
-    m.truncate(size);
-    let sum = m[12..].iter().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(*b)));
-    m[8..12].copy_from_slice(&sum.to_le_bytes());
+    (h ^ (h >> 32)) as u32
+}
+
+/// Deterministic message `i` of a stream: 8-byte index, 4-byte length,
+/// 4-byte checksum of the body, pseudo-random body.
+pub fn message(i: u64, max: usize) -> Vec<u8> {
+    let size = message_size(i, max);
+    let mut m = vec![0u8; size];
+    let mut s = i.wrapping_add(0x2545_f491_4f6c_dd1d) | 1;
+    for w in m[16..].chunks_mut(8) {
+        let v = xorshift(&mut s).to_le_bytes();
+        w.copy_from_slice(&v[..w.len()]);
+    }
+    m[..8].copy_from_slice(&i.to_le_bytes());
+    m[8..12].copy_from_slice(&(size as u32).to_le_bytes());
+    let sum = checksum(&m[16..]);
+    m[12..16].copy_from_slice(&sum.to_le_bytes());
     m
 }
 
-/// Checks a message produced by [`message`]; returns its index.
-pub fn check_message(m: &[u8]) -> Result<u64, String> {
-    if m.len() < 12 {
+/// Checks a message produced by [`message`] (index, length, checksum);
+/// returns its index.
+pub fn check_message(m: &[u8], max: usize) -> Result<u64, String> {
+    if m.len() < 16 {
         return Err(format!("message of {} bytes", m.len()));
     }
-    let mut idx = [0u8; 8];
-    idx.copy_from_slice(&m[..8]);
-    let i = u64::from_le_bytes(idx);
-    let sum = m[12..].iter().fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(*b)));
-    let mut want = [0u8; 4];
-    want.copy_from_slice(&m[8..12]);
-    if u32::from_le_bytes(want) != sum {
+    let word = |r: std::ops::Range<usize>| {
+        let mut b = [0u8; 8];
+        b[..r.len()].copy_from_slice(&m[r]);
+        u64::from_le_bytes(b)
+    };
+    let i = word(0..8);
+    if word(8..12) as usize != m.len() || m.len() != message_size(i, max) {
+        return Err(format!(
+            "message {i}: {} bytes, expected {}",
+            m.len(),
+            message_size(i, max)
+        ));
+    }
+    if word(12..16) as u32 != checksum(&m[16..]) {
         return Err(format!("message {i}: checksum mismatch"));
     }
     Ok(i)

@@ -3,13 +3,15 @@
 //! virtio-mmio device as `LNRO0005` (what the stock kernel's `virtio_mmio`
 //! module binds to) plus `_S5_` so the guest can power off.
 
-use acpi_tables::{aml, Aml};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
+use acpi_tables::{aml, Aml};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::layout;
@@ -102,7 +104,15 @@ pub fn dsdt(devices: &[MmioDevice]) -> Vec<u8> {
 /// Builds the FADT: hardware-reduced, with sleep control/status and reset
 /// registers in I/O space and the DSDT's address.
 pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
-    let io = |port: u16| GAS::new(AddressSpace::SystemIo, 8, 0, AccessSize::ByteAccess, port.into());
+    let io = |port: u16| {
+        GAS::new(
+            AddressSpace::SystemIo,
+            8,
+            0,
+            AccessSize::ByteAccess,
+            port.into(),
+        )
+    };
     let mut b = FADTBuilder::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION)
         .dsdt_64(dsdt_addr)
         .flag(Flags::HwReducedAcpi)
@@ -239,7 +249,10 @@ mod tests {
         let f = fadt(0x1234_5678);
         let flags = u32::from_le_bytes(f[112..116].try_into().unwrap());
         assert_ne!(flags & (1 << 20), 0);
-        assert_eq!(u64::from_le_bytes(f[140..148].try_into().unwrap()), 0x1234_5678);
+        assert_eq!(
+            u64::from_le_bytes(f[140..148].try_into().unwrap()),
+            0x1234_5678
+        );
     }
 
     #[test]

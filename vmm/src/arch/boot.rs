@@ -257,11 +257,17 @@ mod tests {
         let mem = crate::memory::create(64 << 20).unwrap();
         let map = e820_map(&mem);
         assert_eq!(map.len(), 3);
-        assert_eq!((map[0].addr, map[0].size, map[0].r#type), (0, 0x9fc00, E820_RAM));
+        assert_eq!(
+            (map[0].addr, map[0].size, map[0].r#type),
+            (0, 0x9fc00, E820_RAM)
+        );
         assert_eq!({ map[1].r#type }, E820_RESERVED);
         assert!(map[1].addr <= layout::ACPI_START);
         assert_eq!(map[1].addr + map[1].size, 0x10_0000);
-        assert_eq!((map[2].addr, map[2].size), (0x10_0000, (64 << 20) - 0x10_0000));
+        assert_eq!(
+            (map[2].addr, map[2].size),
+            (0x10_0000, (64 << 20) - 0x10_0000)
+        );
     }
 
     #[test]
@@ -276,7 +282,12 @@ mod tests {
             rsdp_addr: 0,
         };
         let e = load(&mem, &spec).unwrap();
-        assert_eq!(e, Entry::RealMode { addr: layout::RAW_IMAGE_ADDR });
+        assert_eq!(
+            e,
+            Entry::RealMode {
+                addr: layout::RAW_IMAGE_ADDR
+            }
+        );
         let b: u8 = mem.read_obj(GuestAddress(layout::RAW_IMAGE_ADDR)).unwrap();
         assert_eq!(b, 0xf4);
         std::fs::remove_file(p).unwrap();

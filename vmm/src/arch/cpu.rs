@@ -160,7 +160,8 @@ pub fn setup_common(vcpu: &VcpuFd, cpuid: &CpuId, id: u8, count: u8) -> Result<(
         mxcsr: 0x1f80,
         ..Default::default()
     };
-    vcpu.set_fpu(&fpu).map_err(|e| Error::Kvm("KVM_SET_FPU", e))?;
+    vcpu.set_fpu(&fpu)
+        .map_err(|e| Error::Kvm("KVM_SET_FPU", e))?;
     let mut lapic = vcpu
         .get_lapic()
         .map_err(|e| Error::Kvm("KVM_GET_LAPIC", e))?;
@@ -294,7 +295,10 @@ mod tests {
     #[test]
     fn gdt_code_segment_is_64_bit() {
         let cs = segment(GDT[1], 1);
-        assert_eq!((cs.selector, cs.l, cs.db, cs.present, cs.s), (8, 1, 0, 1, 1));
+        assert_eq!(
+            (cs.selector, cs.l, cs.db, cs.present, cs.s),
+            (8, 1, 0, 1, 1)
+        );
         assert_eq!(cs.type_, 0xb);
         assert_eq!(cs.limit, 0xffff_ffff);
         let tss = segment(GDT[3], 3);
@@ -345,7 +349,9 @@ mod tests {
     fn boot_tables_identity_map_the_first_gib() {
         let mem = crate::memory::create(4 << 20).unwrap();
         write_boot_tables(&mem).unwrap();
-        let pde: u64 = mem.read_obj(GuestAddress(layout::PD_ADDR + 511 * 8)).unwrap();
+        let pde: u64 = mem
+            .read_obj(GuestAddress(layout::PD_ADDR + 511 * 8))
+            .unwrap();
         assert_eq!(pde, (511 << 21) | 0x83);
         let pml4: u64 = mem.read_obj(GuestAddress(layout::PML4_ADDR)).unwrap();
         assert_eq!(pml4, layout::PDPT_ADDR | 3);

@@ -2,7 +2,8 @@
 //! under QEMU (KVM accelerated, same memory and vCPUs, guest RAM in a memfd
 //! for both) and prints a table: time from launch to the guest init's
 //! marker line, and VMM memory overhead (resident memory beyond guest RAM:
-//! VmRSS - RssShmem), with kt-vmm/QEMU ratios.
+//! the process's Rss minus the Rss of its memfd guest-RAM mappings, read
+//! from /proc/PID/smaps when the marker appears), with kt-vmm/QEMU ratios.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -59,7 +60,7 @@ enum Error {
     Timeout(String, u64),
     #[error("{0} exited before the marker")]
     NoMarker(String),
-    #[error("{0}: cannot read /proc/{1}/status")]
+    #[error("{0}: cannot read /proc/{1}/smaps")]
     Proc(String, u32, #[source] std::io::Error),
 }
 
@@ -67,7 +68,19 @@ enum Error {
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     boot: Duration,
+    /// Launch to the guest kernel's clock starting: VMM setup, firmware,
+    /// kernel decompression (boot minus the uptime the marker line reports).
+    before_kernel: Option<Duration>,
     overhead_kib: u64,
+}
+
+/// The guest uptime in a marker line such as `... after 3.08s uptime`.
+fn uptime_in(line: &str) -> Option<Duration> {
+    let secs: f64 = line
+        .split_whitespace()
+        .filter_map(|w| w.strip_suffix('s'))
+        .find_map(|w| w.parse().ok())?;
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 struct Vmm {
@@ -153,13 +166,39 @@ impl Drop for Guard {
     }
 }
 
-fn status_kib(status: &str, key: &str) -> u64 {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next())
+/// Mappings at least this large backed by a memfd count as guest RAM.
+const GUEST_RAM_MIN_KIB: u64 = 16 * 1024;
+
+fn kib(v: &str) -> u64 {
+    v.split_whitespace()
+        .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// (total Rss, Rss of memfd guest-RAM mappings) in KiB from smaps text.
+fn rss_split(smaps: &str) -> (u64, u64) {
+    let (mut total, mut guest) = (0, 0);
+    let (mut in_memfd, mut size) = (false, 0);
+    for line in smaps.lines() {
+        let mut f = line.split_whitespace();
+        let first = f.next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping header: range perms offset dev inode [path].
+            let path = line.split_whitespace().nth(5).unwrap_or("");
+            in_memfd = path.starts_with("/memfd:");
+            size = 0;
+        } else if let Some(v) = line.strip_prefix("Size:") {
+            size = kib(v);
+        } else if let Some(v) = line.strip_prefix("Rss:") {
+            let rss = kib(v);
+            total += rss;
+            if in_memfd && size >= GUEST_RAM_MIN_KIB {
+                guest += rss;
+            }
+        }
+    }
+    (total, guest)
 }
 
 fn boot_once(v: &Vmm, marker: &str, timeout: u64) -> Result<Sample, Error> {
@@ -173,29 +212,34 @@ fn boot_once(v: &Vmm, marker: &str, timeout: u64) -> Result<Sample, Error> {
         .map_err(|e| Error::Spawn(v.name.into(), e))?;
     let mut guard = Guard(child);
     let pid = guard.0.id();
-    let stdout = guard.0.stdout.take().ok_or_else(|| Error::NoMarker(v.name.into()))?;
+    let stdout = guard
+        .0
+        .stdout
+        .take()
+        .ok_or_else(|| Error::NoMarker(v.name.into()))?;
     let (tx, rx) = mpsc::channel();
     let marker_owned = marker.to_string();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if line.contains(&marker_owned) && tx.send(Instant::now()).is_err() {
+            if line.contains(&marker_owned) && tx.send((Instant::now(), line)).is_err() {
                 break;
             }
         }
     });
-    let seen = match rx.recv_timeout(Duration::from_secs(timeout)) {
+    let (seen, line) = match rx.recv_timeout(Duration::from_secs(timeout)) {
         Ok(t) => t,
         Err(mpsc::RecvTimeoutError::Timeout) => return Err(Error::Timeout(v.name.into(), timeout)),
         Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::NoMarker(v.name.into())),
     };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
         .map_err(|e| Error::Proc(v.name.into(), pid, e))?;
-    let rss = status_kib(&status, "VmRSS:");
-    let shmem = status_kib(&status, "RssShmem:");
+    let (rss, guest) = rss_split(&smaps);
+    let boot = seen - start;
     Ok(Sample {
-        boot: seen - start,
-        overhead_kib: rss.saturating_sub(shmem),
+        boot,
+        before_kernel: uptime_in(&line).and_then(|u| boot.checked_sub(u)),
+        overhead_kib: rss.saturating_sub(guest),
     })
 }
 
@@ -213,7 +257,10 @@ fn main() {
         }
         Err(e) => {
             let msg = e.to_string();
-            eprintln!("kt-vmm-bench: {}", msg.lines().next().unwrap_or("bad arguments"));
+            eprintln!(
+                "kt-vmm-bench: {}",
+                msg.lines().next().unwrap_or("bad arguments")
+            );
             std::process::exit(1);
         }
     };
@@ -228,23 +275,35 @@ fn main() {
             match boot_once(&v, &a.marker, a.timeout) {
                 Ok(s) => {
                     eprintln!(
-                        "kt-vmm-bench: {} run {}: {} ms, overhead {} KiB",
+                        "kt-vmm-bench: {} run {}: {} ms ({} ms before the kernel clock), overhead {} KiB",
                         v.name,
                         run + 1,
                         s.boot.as_millis(),
+                        s.before_kernel.map_or(0, |d| d.as_millis()),
                         s.overhead_kib
                     );
                     samples.push(s);
                 }
-                Err(e) => eprintln!("kt-vmm-bench: {} run {}: {}", v.name, run + 1, kt_vmm::error_chain(&e)),
+                Err(e) => eprintln!(
+                    "kt-vmm-bench: {} run {}: {}",
+                    v.name,
+                    run + 1,
+                    kt_vmm::error_chain(&e)
+                ),
             }
         }
         if samples.is_empty() {
             rows.push((v.name, None));
         } else {
             let boot = median(samples.iter().map(|s| s.boot).collect());
+            let pre = median(
+                samples
+                    .iter()
+                    .map(|s| s.before_kernel.unwrap_or_default())
+                    .collect(),
+            );
             let ovh = median(samples.iter().map(|s| s.overhead_kib).collect());
-            rows.push((v.name, Some((boot, ovh))));
+            rows.push((v.name, Some((boot, pre, ovh))));
         }
     }
     print_table(&a, &rows);
@@ -253,28 +312,71 @@ fn main() {
     }
 }
 
-fn print_table(a: &Args, rows: &[(&str, Option<(Duration, u64)>)]) {
+type Row<'a> = (&'a str, Option<(Duration, Duration, u64)>);
+
+fn print_table(a: &Args, rows: &[Row]) {
     println!(
         "\nboot to init and VMM memory overhead: {} vCPU(s), {} MiB, median of {} run(s)",
         a.cpus, a.mem_mib, a.runs
     );
     println!(
-        "{:<16} {:>14} {:>16} {:>18} {:>20}",
-        "VMM", "boot (ms)", "overhead (MiB)", "kt-vmm/this boot", "kt-vmm/this memory"
+        "{:<16} {:>10} {:>18} {:>15} {:>12} {:>14} {:>14}",
+        "VMM",
+        "boot (ms)",
+        "pre-kernel (ms)",
+        "overhead (MiB)",
+        "boot ratio",
+        "pre-k. ratio",
+        "memory ratio"
     );
     let kt = rows.first().and_then(|r| r.1);
     for (name, m) in rows {
         match (m, kt) {
-            (Some((b, o)), Some((kb, ko))) => println!(
-                "{:<16} {:>14} {:>16.2} {:>18.2} {:>20.2}",
+            (Some((b, p, o)), Some((kb, kp, ko))) => println!(
+                "{:<16} {:>10} {:>18} {:>15.2} {:>12.2} {:>14.2} {:>14.2}",
                 name,
                 b.as_millis(),
+                p.as_millis(),
                 *o as f64 / 1024.0,
                 kb.as_secs_f64() / b.as_secs_f64(),
+                kp.as_secs_f64() / p.as_secs_f64().max(1e-3),
                 ko as f64 / (*o).max(1) as f64
             ),
-            _ => println!("{name:<16} {:>14}", "failed"),
+            _ => println!("{name:<16} {:>10}", "failed"),
         }
     }
+    println!("ratios are kt-vmm / this row; pre-kernel = launch to the guest kernel clock");
     println!("targets: kt-vmm boot <= 0.50 x QEMU, kt-vmm overhead <= 5 MiB");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMAPS: &str = "\
+55d0-55e0 r-xp 00000000 00:02 12 /usr/bin/kt-vmm
+Size:                 64 kB
+Rss:                  40 kB
+7f00-7f80 rw-s 00000000 00:01 99 /memfd:kt-vmm-guest-ram (deleted)
+Size:             524288 kB
+Rss:               30000 kB
+7f90-7f91 rw-s 00000000 00:01 98 /memfd:small (deleted)
+Size:                  4 kB
+Rss:                   4 kB
+7fa0-7fb0 rw-p 00000000 00:00 0
+Size:               1024 kB
+Rss:                 100 kB
+";
+
+    #[test]
+    fn uptime_is_read_from_the_marker() {
+        let u = uptime_in("KT-GUEST: init reached after 3.08s uptime");
+        assert_eq!(u, Some(Duration::from_millis(3080)));
+        assert_eq!(uptime_in("KT-GUEST: init reached"), None);
+    }
+
+    #[test]
+    fn guest_ram_is_the_large_memfd_mappings() {
+        assert_eq!(rss_split(SMAPS), (30144, 30000));
+    }
 }

@@ -71,7 +71,8 @@ impl Bus {
     fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
         let (base, e) = self.ranges.range(..=addr).next_back()?;
         let off = addr - base;
-        (off + size as u64 <= e.len).then_some((off, &e.device))
+        let end = off.checked_add(size as u64)?;
+        (end <= e.len).then_some((off, &e.device))
     }
 
     /// Routes a read; false if no device covers the access.
@@ -135,6 +136,10 @@ mod tests {
         assert!(!bus.read(0x3f7, &mut b));
         let mut w = [0u8; 2];
         assert!(!bus.read(0x3ff, &mut w), "access straddling the end");
+        assert!(
+            !bus.read(u64::MAX, &mut w),
+            "access wrapping the address space"
+        );
     }
 
     #[test]
@@ -142,7 +147,10 @@ mod tests {
         let mut bus = Bus::new();
         let d = || Arc::new(Mutex::new(Recorder::default())) as SharedDevice;
         bus.insert(0x100, 0x10, d()).unwrap();
-        assert_eq!(bus.insert(0x108, 0x10, d()), Err(Error::Overlap(0x108, 0x10)));
+        assert_eq!(
+            bus.insert(0x108, 0x10, d()),
+            Err(Error::Overlap(0x108, 0x10))
+        );
         assert_eq!(bus.insert(0xf8, 0x10, d()), Err(Error::Overlap(0xf8, 0x10)));
         assert_eq!(bus.insert(0x0, 0, d()), Err(Error::Invalid(0, 0)));
         bus.insert(0x110, 0x10, d()).unwrap();

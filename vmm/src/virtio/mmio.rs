@@ -309,7 +309,11 @@ mod tests {
         wr(t, reg::DRIVER_FEATURES, features as u32);
         wr(t, reg::DRIVER_FEATURES_SEL, 1);
         wr(t, reg::DRIVER_FEATURES, (features >> 32) as u32);
-        wr(t, reg::STATUS, status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK);
+        wr(
+            t,
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
     }
 
     #[test]
@@ -350,7 +354,10 @@ mod tests {
         assert_eq!(*features, VIRTIO_F_VERSION_1 | 1);
         assert!(!queues[0].ready);
         let q = queues[1];
-        assert_eq!((q.size, q.desc, q.avail, q.used, q.ready), (128, 0x1_0000_1000, 0x2000, 0x3000, true));
+        assert_eq!(
+            (q.size, q.desc, q.avail, q.used, q.ready),
+            (128, 0x1_0000_1000, 0x2000, 0x3000, true)
+        );
         // Queue registers are frozen once running.
         wr(&mut t, reg::QUEUE_NUM, 4);
         wr(&mut t, reg::STATUS, 0);

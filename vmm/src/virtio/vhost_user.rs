@@ -121,21 +121,39 @@ impl VhostUserDevice {
         })
     }
 
-    /// Wires the device into the VM: one kick ioeventfd per queue on the
-    /// QueueNotify register at `mmio_base`, one call irqfd per queue on `gsi`.
-    pub fn attach(&mut self, vm: &VmFd, mem: GuestMemory, mmio_base: u64, gsi: u32) -> Result<()> {
-        let notify = IoEventAddress::Mmio(mmio_base + reg::QUEUE_NOTIFY);
-        for q in 0..u32::from(self.spec.queues) {
-            let kick = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd)?;
-            vm.register_ioevent(&kick, &notify, q)
-                .map_err(|e| Error::Kvm("queue-notify ioeventfd", e))?;
-            let call = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd)?;
-            vm.register_irqfd(&call, gsi)
-                .map_err(|e| Error::Kvm("interrupt irqfd", e))?;
-            self.kicks.push(kick);
-            self.calls.push(call);
+    /// Gives the device guest memory and one kick and one call eventfd per queue.
+    pub fn attach(&mut self, mem: GuestMemory) -> Result<()> {
+        for _ in 0..self.spec.queues {
+            let new =
+                || EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd);
+            self.kicks.push(new()?);
+            self.calls.push(new()?);
         }
         self.mem = Some(mem);
+        Ok(())
+    }
+
+    /// Kick eventfds, by queue index (written when the guest notifies).
+    pub fn kick_fds(&self) -> &[EventFd] {
+        &self.kicks
+    }
+
+    /// Call eventfds, by queue index (written by the backend to interrupt).
+    pub fn call_fds(&self) -> &[EventFd] {
+        &self.calls
+    }
+
+    /// Wires the eventfds into KVM: each kick fd becomes an ioeventfd on the
+    /// QueueNotify register at `mmio_base` matching its queue index, each
+    /// call fd an irqfd on `gsi`.
+    pub fn register_with_kvm(&self, vm: &VmFd, mmio_base: u64, gsi: u32) -> Result<()> {
+        let notify = IoEventAddress::Mmio(mmio_base + reg::QUEUE_NOTIFY);
+        for (q, (kick, call)) in self.kicks.iter().zip(&self.calls).enumerate() {
+            vm.register_ioevent(kick, &notify, q as u32)
+                .map_err(|e| Error::Kvm("queue-notify ioeventfd", e))?;
+            vm.register_irqfd(call, gsi)
+                .map_err(|e| Error::Kvm("interrupt irqfd", e))?;
+        }
         Ok(())
     }
 
@@ -264,7 +282,11 @@ impl VirtioBackend for VhostUserDevice {
         }
     }
 
-    fn activate(&mut self, features: u64, queues: &[QueueConfig]) -> std::result::Result<(), String> {
+    fn activate(
+        &mut self,
+        features: u64,
+        queues: &[QueueConfig],
+    ) -> std::result::Result<(), String> {
         self.start(features, queues)
     }
 

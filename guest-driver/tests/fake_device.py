@@ -1,0 +1,493 @@
+#!/usr/bin/env python3
+"""Scripted kerntransport device for the guest driver's conformance tests.
+
+A small vhost-user backend (stdlib only) that QEMU's vhost-user-device-pci
+connects to. It implements just enough of proto/SPEC.md to drive the guest
+driver through its paths, and deliberately misbehaves on request: it injects
+malformed messages, breaks fragment sequences and credit, and sends RESET.
+It also checks what the driver sends (header fields, sequence numbers,
+credit) and prints "VIOLATION:" lines that run.sh turns into a failure.
+Not the real device: that is vhost-device/ (kt-vhost-device).
+
+Services the guest can open (see kt_guest_test.c for the expectations):
+  echo, big (reply N bytes), slow (window of one message, never credits),
+  closeafter, refuse (EACCES), silent (never answers), reset (RESET on
+  "reset-now"), mal-noise, mal-seq, mal-frag, mal-credit,
+  dial:<name> (the host opens <name> in the guest and reports on this
+  channel), hold:<name> (the host opens <name> and keeps it open until this
+  channel closes). Anything else: ENOENT.
+
+Environment: KT_MAX_MSG, KT_RX_BUF (config space), KT_EVENT_IDX and
+KT_INDIRECT (0 to stop offering the ring feature).
+
+usage: fake_device.py <vhost-user socket path>
+"""
+import array
+import mmap
+import os
+import select
+import socket
+import struct
+import sys
+import time
+
+HDR = struct.Struct('<IHHIIIIII')
+MSG_OPEN, MSG_OPEN_OK, MSG_OPEN_ERR, MSG_DATA, MSG_CLOSE, MSG_CU, MSG_CR, MSG_RESET = range(1, 9)
+F_MORE = 1
+MAX_MSG = int(os.environ.get('KT_MAX_MSG', '65536'))
+RX_BUF = int(os.environ.get('KT_RX_BUF', '4096'))
+EVENT_IDX = os.environ.get('KT_EVENT_IDX', '1') == '1'
+INDIRECT = os.environ.get('KT_INDIRECT', '1') == '1'
+
+def log(*a):
+    print('[fake_device]', *a, flush=True)
+
+
+def violation(what):
+    print('VIOLATION:', what, flush=True)
+
+class Mem:
+    def __init__(self):
+        self.regions = []  # (gpa, size, uaddr, mm, off)
+    def set(self, regions):
+        self.regions = regions
+    def _find(self, addr, n, user):
+        for gpa, size, uaddr, mm, off in self.regions:
+            base = uaddr if user else gpa
+            if base <= addr and addr + n <= base + size:
+                return mm, off + addr - base
+        raise ValueError('bad addr %#x' % addr)
+    def read(self, addr, n, user=False):
+        mm, o = self._find(addr, n, user)
+        return mm[o:o + n]
+    def write(self, addr, data, user=False):
+        mm, o = self._find(addr, len(data), user)
+        mm[o:o + len(data)] = data
+    def u2g(self, uaddr):
+        for gpa, size, ua, mm, off in self.regions:
+            if ua <= uaddr < ua + size:
+                return gpa + uaddr - ua
+        raise ValueError('bad uaddr')
+
+class VQ:
+    def __init__(self, dev, idx):
+        self.dev, self.idx = dev, idx
+        self.num = 0; self.desc = self.avail = self.used = 0
+        self.last_avail = 0; self.used_idx = 0
+        self.kick = None; self.call = None; self.enabled = False; self.started = False
+    def ready(self):
+        return self.enabled and self.started and self.num
+    def avail_idx(self):
+        return struct.unpack('<H', self.dev.mem.read(self.avail + 2, 2))[0]
+    def has(self):
+        return self.ready() and self.avail_idx() != self.last_avail
+    def pop(self):
+        m = self.dev.mem
+        if not self.has():
+            return None
+        head = struct.unpack('<H', m.read(self.avail + 4 + 2 * (self.last_avail % self.num), 2))[0]
+        self.last_avail = (self.last_avail + 1) & 0xffff
+        segs = []
+        self._walk(self.desc, self.num, head, segs, True)
+        return head, segs
+    def _walk(self, table, n, i, segs, top):
+        m = self.dev.mem
+        for _ in range(n + 1):
+            addr, ln, flags, nxt = struct.unpack('<QIHH', m.read(table + 16 * i, 16))
+            if flags & 4:
+                self._walk(addr, ln // 16, 0, segs, False)
+            else:
+                segs.append((addr, ln, bool(flags & 2)))
+            if not flags & 1:
+                return
+            i = nxt
+        raise ValueError('loop')
+    def push(self, head, ln):
+        m = self.dev.mem
+        m.write(self.used + 4 + 8 * (self.used_idx % self.num), struct.pack('<II', head, ln))
+        self.used_idx = (self.used_idx + 1) & 0xffff
+        m.write(self.used + 2, struct.pack('<H', self.used_idx))
+        if self.dev.event_idx:
+            m.write(self.used + 4 + 8 * self.num, struct.pack('<H', self.last_avail))
+    def set_avail_event(self):
+        if self.dev.event_idx and self.ready():
+            self.dev.mem.write(self.used + 4 + 8 * self.num, struct.pack('<H', self.last_avail))
+    def notify(self):
+        if self.call is not None:
+            os.write(self.call, struct.pack('<Q', 1))
+
+def hdr(ch, typ, ln=0, msg_len=None, seq=0, flags=0, buf_alloc=0, fwd=0, arg=0):
+    return HDR.pack(ch, typ, flags, ln, ln if msg_len is None else msg_len, seq, buf_alloc, fwd, arg)
+
+class Chan:
+    def __init__(self, cid, name, svc):
+        self.id, self.name, self.svc = cid, name, svc
+        self.buf_alloc = 2 * (MAX_MSG + 32); self.fwd = 0
+        self.peer_buf = 0; self.peer_fwd = 0; self.tx_cnt = 0
+        self.tx_seq = 0; self.rx_seq = 0
+        self.out = []  # pending host->guest payloads (credit)
+        self.open = True; self.expect = []; self.report = None; self.got = 0
+        self.close_sent = False
+        self.expect_send = []
+        self.rx_cnt = 0
+        self.held = None
+
+class Dev:
+    def __init__(self, path):
+        self.mem = Mem(); self.vqs = [VQ(self, i) for i in range(3)]
+        self.features = 0; self.event_idx = False
+        self.rxq = []  # raw (hdr_bytes_fn, payload) messages to put in rx
+        self.evq = []
+        self.chans = {}
+        self.next_host_id = 0x80000001
+        self.stats = {}
+        self.timers = []
+        self.path = path
+        if os.path.exists(path):
+            os.unlink(path)
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(path); self.srv.listen(1)
+
+    # ---- vhost-user ----
+    def recv_msg(self):
+        fds = array.array('i')
+        data, anc, flags, _ = self.conn.recvmsg(12, socket.CMSG_SPACE(8 * 4))
+        if not data:
+            return None
+        for lvl, typ, d in anc:
+            if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                fds.frombytes(d[:len(d) - len(d) % 4])
+        req, fl, size = struct.unpack('<III', data)
+        payload = b''
+        while len(payload) < size:
+            chunk, anc, _, _ = self.conn.recvmsg(size - len(payload), socket.CMSG_SPACE(8 * 4))
+            for lvl, typ, d in anc:
+                if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                    fds.frombytes(d[:len(d) - len(d) % 4])
+            payload += chunk
+        return req, fl, payload, list(fds)
+
+    def reply(self, req, payload):
+        self.conn.sendall(struct.pack('<III', req, 0x5, len(payload)) + payload)
+
+    def handle_vu(self):
+        m = self.recv_msg()
+        if m is None:
+            log('frontend disconnected'); sys.exit(0)
+        req, fl, p, fds = m
+        if req == 1:
+            f = (1 << 32) | (1 << 30) | 1
+            if EVENT_IDX: f |= 1 << 29
+            if INDIRECT: f |= 1 << 28
+            self.reply(req, struct.pack('<Q', f))
+        elif req == 2:
+            self.features = struct.unpack('<Q', p[:8])[0]
+            self.event_idx = bool(self.features & (1 << 29))
+            log('features %#x' % self.features)
+        elif req == 15:
+            self.reply(req, struct.pack('<Q', (1 << 0) | (1 << 9)))
+        elif req == 17:
+            self.reply(req, struct.pack('<Q', 3))
+        elif req == 5:
+            n = struct.unpack('<I', p[:4])[0]
+            regs = []
+            for i in range(n):
+                gpa, size, ua, off = struct.unpack('<QQQQ', p[8 + 32 * i:8 + 32 * (i + 1)])
+                mm = mmap.mmap(fds[i], size + off, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                os.close(fds[i])
+                regs.append((gpa, size, ua, mm, off))
+            self.mem.set(regs)
+        elif req == 8:
+            i, num = struct.unpack('<II', p[:8]); self.vqs[i].num = num
+        elif req == 9:
+            i, fl2, d, u, a, _ = struct.unpack('<IIQQQQ', p[:40])
+            q = self.vqs[i]
+            q.desc, q.used, q.avail = self.mem.u2g(d), self.mem.u2g(u), self.mem.u2g(a)
+            q.started = True
+        elif req == 10:
+            i, base = struct.unpack('<II', p[:8]); self.vqs[i].last_avail = base; self.vqs[i].used_idx = base
+        elif req == 11:
+            i = struct.unpack('<I', p[:4])[0]; q = self.vqs[i]
+            q.started = False
+            self.reply(req, struct.pack('<II', i, q.last_avail))
+        elif req in (12, 13, 14):
+            v = struct.unpack('<Q', p[:8])[0]; i = v & 0xff
+            fd = fds[0] if fds else None
+            if req == 12:
+                self.vqs[i].kick = fd
+            elif req == 13:
+                self.vqs[i].call = fd
+            elif fd is not None:
+                os.close(fd)
+        elif req == 18:
+            i, en = struct.unpack('<II', p[:8]); self.vqs[i].enabled = bool(en)
+        elif req == 24:
+            off, size, flg = struct.unpack('<III', p[:12])
+            cfg = struct.pack('<IIII', MAX_MSG, 64, RX_BUF, 7)
+            self.reply(req, struct.pack('<III', off, size, flg) + cfg[off:off + size].ljust(size, b'\0'))
+        elif req in (3, 4, 16, 6, 7):
+            pass
+        else:
+            log('unhandled vhost-user request', req)
+            if fl & 0x8:
+                self.reply(req, struct.pack('<Q', 0))
+
+    # ---- device ----
+    def send_rx(self, ch, typ, payload=b'', **kw):
+        self.rxq.append((ch, typ, payload, kw))
+
+    def ctrl(self, c, typ, arg=0):
+        self.send_rx(c.id, typ, b'', chan=c, arg=arg)
+
+    def host_send(self, c, payload):
+        c.out.append(payload)
+        self.flush_chan(c)
+
+    def flush_chan(self, c):
+        while c.out and c.open:
+            p = c.out[0]
+            cost = 32 + len(p)
+            if ((c.tx_cnt - c.peer_fwd) & 0xffffffff) + cost > c.peer_buf and not c.svc.startswith('mal-credit'):
+                return
+            c.out.pop(0)
+            c.tx_cnt = (c.tx_cnt + cost) & 0xffffffff
+            self.send_rx(c.id, MSG_DATA, p, chan=c, seq=c.tx_seq)
+            c.tx_seq = (c.tx_seq + 1) & 0xffffffff
+
+    def fill_rx(self):
+        q = self.vqs[0]
+        did = False
+        while self.rxq and q.ready():
+            ch, typ, payload, kw = self.rxq[0]
+            raw = kw.get('raw')
+            c = kw.get('chan')
+            ba = kw.get('ba', c.buf_alloc if c else 0)
+            fw = kw.get('fw', c.fwd if c else 0)
+            off = kw.get('off', 0)
+            # one buffer
+            if not q.has():
+                break
+            head, segs = q.pop()
+            cap = sum(l for a, l, w in segs if w)
+            if raw is not None:
+                data = raw; used = kw.get('used', len(raw))
+                self.rxq.pop(0)
+            else:
+                room = cap - 32
+                chunk = payload[off:off + room]
+                more = off + len(chunk) < len(payload)
+                if typ != MSG_DATA:
+                    more = False
+                h = hdr(ch, typ, len(chunk), len(payload), kw.get('seq', 0), F_MORE if more else 0, ba, fw, kw.get('arg', 0))
+                data = h + chunk; used = len(data)
+                if more:
+                    self.rxq[0] = (ch, typ, payload, dict(kw, off=off + len(chunk), ba=ba, fw=fw))
+                else:
+                    self.rxq.pop(0)
+            pos = 0
+            for a, l, w in segs:
+                if not w:
+                    continue
+                part = data[pos:pos + l]
+                if part:
+                    self.mem.write(a, part)
+                pos += len(part)
+            q.push(head, used); did = True
+        q.set_avail_event()
+        if did:
+            q.notify()
+
+    def fill_ev(self):
+        q = self.vqs[2]; did = False
+        while self.evq and q.has():
+            head, segs = q.pop()
+            data = self.evq.pop(0)
+            self.mem.write(segs[0][0], data)
+            q.push(head, len(data)); did = True
+        q.set_avail_event()
+        if did:
+            q.notify()
+
+    def process_tx(self):
+        q = self.vqs[1]; did = False
+        while q.has():
+            head, segs = q.pop()
+            data = b''.join(self.mem.read(a, l) for a, l, w in segs)
+            q.push(head, 0); did = True
+            self.on_msg(data)
+        q.set_avail_event()
+        if did:
+            q.notify()
+
+    def on_msg(self, data):
+        if len(data) < 32:
+            log('short tx'); return
+        cid, typ, flags, ln, msg_len, seq, ba, fw, arg = HDR.unpack(data[:32])
+        payload = data[32:]
+        if len(payload) != ln:
+            violation('len %d but %d payload bytes' % (ln, len(payload)))
+            return
+        if flags or msg_len != ln or (typ != MSG_DATA and seq):
+            violation('bad header fields: type %d flags %#x len %d msg_len %d seq %d'
+                      % (typ, flags, ln, msg_len, seq))
+        if ln > MAX_MSG or (ln and typ not in (MSG_OPEN, MSG_DATA)):
+            violation('bad length %d for type %d' % (ln, typ))
+        self.stats[typ] = self.stats.get(typ, 0) + 1
+        c = self.chans.get(cid)
+        if typ == MSG_OPEN:
+            name = payload.decode()
+            log('OPEN %#x %s' % (cid, name))
+            self.guest_open(cid, name, ba, fw)
+            return
+        if c is None:
+            log('msg type %d for unknown channel %#x' % (typ, cid))
+            if typ != MSG_CLOSE:
+                self.send_rx(cid, MSG_CLOSE, b'', arg=104)
+            return
+        c.peer_buf, c.peer_fwd = ba, fw
+        if typ == MSG_OPEN_OK:
+            log('guest accepted %#x' % cid)
+            for p in c.expect_send:
+                self.host_send(c, p)
+        elif typ == MSG_OPEN_ERR:
+            log('guest refused %#x: %d' % (cid, arg))
+            del self.chans[cid]
+            if c.report:
+                self.host_send(c.report, b'dial refused %d' % arg)
+        elif typ == MSG_DATA:
+            if seq != c.rx_seq & 0xffffffff:
+                violation('channel %#x: seq %d, expected %d' % (cid, seq, c.rx_seq))
+            c.rx_seq += 1
+            c.rx_cnt = (c.rx_cnt + 32 + ln) & 0xffffffff
+            if ((c.rx_cnt - c.fwd) & 0xffffffff) > c.buf_alloc:
+                violation('channel %#x: guest sent beyond the credit granted' % cid)
+            if not c.svc.startswith('slow'):
+                c.fwd = (c.fwd + 32 + ln) & 0xffffffff
+            self.on_data(c, payload)
+        elif typ == MSG_CLOSE:
+            log('guest CLOSE %#x arg %d' % (cid, arg))
+            if not c.close_sent:
+                self.ctrl(c, MSG_CLOSE)
+            del self.chans[cid]
+            h = c.held
+            if h is not None and h.id in self.chans:
+                self.ctrl(h, MSG_CLOSE)
+                h.close_sent = True
+            if c.report:
+                self.host_send(c.report, b'dial ok' if not c.expect and c.got else b'dial fail: closed early, %d left' % len(c.expect))
+        elif typ == MSG_CR:
+            self.ctrl(c, MSG_CU)
+        elif typ == MSG_CU:
+            pass
+        self.flush_chan(c)
+
+    def guest_open(self, cid, name, ba, fw):
+        if name in ('refuse',):
+            self.send_rx(cid, MSG_OPEN_ERR, b'', arg=13); return
+        if name == 'silent':
+            return
+        known = ('echo', 'big', 'slow', 'closeafter', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
+        if name not in known and not name.startswith('dial:') and not name.startswith('hold:'):
+            self.send_rx(cid, MSG_OPEN_ERR, b'', arg=2); return
+        c = Chan(cid, name, name)
+        c.peer_buf, c.peer_fwd = ba, fw
+        if name == 'slow':
+            c.buf_alloc = MAX_MSG + 32
+        self.chans[cid] = c
+        self.ctrl(c, MSG_OPEN_OK)
+        if name == 'reset':
+            self.host_send(c, b'before-reset')
+        elif name == 'mal-noise':
+            X = lambda **kw: self.send_rx(0, 0, b'', **kw)
+            X(raw=hdr(cid, MSG_CU, flags=0x8000, buf_alloc=c.buf_alloc))
+            X(raw=hdr(cid, 99))
+            X(raw=hdr(0, MSG_RESET))
+            X(raw=hdr(0x1234, MSG_DATA, 4) + b'abcd')
+            X(raw=hdr(cid, MSG_CU)[:10], used=10)
+            X(raw=hdr(0x4321, MSG_DATA, 100) + b'x' * 10)
+            X(raw=hdr(0x80000077, MSG_OPEN, 3) + b'a\x01b')
+            X(raw=hdr(0x00000077, MSG_OPEN, 3) + b'abc')
+            X(raw=hdr(cid, MSG_CU, 4) + b'zzzz')
+            X(raw=hdr(cid, MSG_OPEN_OK))
+        elif name == 'mal-seq':
+            self.send_rx(cid, MSG_DATA, b'good', chan=c, seq=0)
+            self.send_rx(cid, MSG_DATA, b'bad', chan=c, seq=5)
+            c.tx_seq = 6
+        elif name == 'mal-frag':
+            self.send_rx(cid, MSG_DATA, b'ok1', chan=c, seq=0)
+            self.send_rx(0, 0, b'', raw=hdr(cid, MSG_DATA, 10, 100, 1, F_MORE, c.buf_alloc) + b'f' * 10)
+            self.send_rx(0, 0, b'', raw=hdr(cid, MSG_CU, buf_alloc=c.buf_alloc))
+            c.tx_seq = 2
+        elif name == 'mal-credit':
+            for i in range(8):
+                self.host_send(c, bytes([65 + i]) * 60000)
+        elif name.startswith('hold:'):
+            target = name[5:]
+            hid = self.next_host_id; self.next_host_id += 1
+            d = Chan(hid, target, 'held')
+            d.expect_send = [b'held']
+            c.held = d
+            self.chans[hid] = d
+            self.send_rx(hid, MSG_OPEN, target.encode(), chan=d)
+        elif name.startswith('dial:'):
+            target = name[5:]
+            hid = self.next_host_id; self.next_host_id += 1
+            d = Chan(hid, target, 'dialed')
+            d.report = c
+            d.expect_send = [b'hello', b'x' * 5000, b'', bytes(range(256)) * 256]
+            d.expect = list(d.expect_send)
+            self.chans[hid] = d
+            self.send_rx(hid, MSG_OPEN, target.encode(), chan=d)
+
+    def on_data(self, c, p):
+        if c.svc == 'reset' and p == b'reset-now':
+            self.host_send(c, b'last-data')
+            self.timers.append((time.time() + 0.5, self.do_reset))
+        elif c.svc == 'echo' or c.svc == 'mal-noise':
+            self.host_send(c, p)
+        elif c.svc == 'closeafter':
+            self.host_send(c, p)
+            self.ctrl(c, MSG_CLOSE); c.close_sent = True
+        elif c.svc == 'big':
+            n = int(p.decode())
+            self.host_send(c, bytes((i * 7) & 0xff for i in range(n)))
+        elif c.svc == 'dialed':
+            exp = c.expect.pop(0) if c.expect else None
+            c.got += 1
+            if p != exp:
+                log('dial mismatch on %#x: got %d bytes, want %s' % (c.id, len(p), None if exp is None else len(exp)))
+                c.expect = [None]
+            if not c.expect:
+                self.ctrl(c, MSG_CLOSE); c.close_sent = True
+        elif c.svc.startswith('dial:') and p == b'stats':
+            self.host_send(c, repr(self.stats).encode())
+
+    def do_reset(self):
+        log('sending RESET')
+        self.evq.append(hdr(0, MSG_RESET))
+        self.chans.clear()
+
+    def run(self):
+        log('listening on', self.path)
+        self.conn, _ = self.srv.accept()
+        log('frontend connected')
+        while True:
+            fds = [self.conn] + [q.kick for q in self.vqs if q.kick is not None]
+            r, _, _ = select.select(fds, [], [], 0.05)
+            for f in r:
+                if f is self.conn:
+                    self.handle_vu()
+                else:
+                    try:
+                        os.read(f, 8)
+                    except BlockingIOError:
+                        pass
+            now = time.time()
+            for t in [t for t in self.timers if t[0] <= now]:
+                self.timers.remove(t); t[1]()
+            if self.vqs[1].ready():
+                self.process_tx()
+            self.fill_rx()
+            self.fill_ev()
+
+Dev(sys.argv[1]).run()

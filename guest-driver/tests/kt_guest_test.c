@@ -1,0 +1,597 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Guest side of the driver conformance tests: exercises /dev/kerntransport
+ * against the scripted device in fake_device.py (or without a device).
+ * One static binary, one subcommand per scenario; prints "ok:"/"FAIL:" per
+ * check and "<scenario>: N failures" last, exit status 1 on any failure.
+ * The services it talks to (echo, big, slow, mal-*, dial:, ...) are the
+ * ones fake_device.py implements.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <glob.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/wait.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include "kerntransport.h"
+
+#define MAX_MSG		65536
+#define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
+#define HUGE_MSG	1048576
+
+static int failures;
+static char buf[HUGE_MSG + 64];
+static char wbuf[HUGE_MSG];
+
+static void check(bool ok, const char *fmt, ...)
+{
+	int err = errno;
+	va_list ap;
+
+	printf("%s: ", ok ? "ok" : "FAIL");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	if (!ok) {
+		printf(" (errno %d %s)", err, strerror(err));
+		failures++;
+	}
+	printf("\n");
+	fflush(stdout);
+}
+
+static int name_ioctl(int fd, unsigned long req, const char *name)
+{
+	struct kt_ioc_name n;
+
+	memset(&n, 0, sizeof(n));
+	snprintf(n.name, sizeof(n.name), "%s", name);
+	return ioctl(fd, req, &n);
+}
+
+/* Returns a connected fd, or -1 with errno from KT_IOC_CONNECT. */
+static int connect_to(const char *name, int flags)
+{
+	int fd = open("/dev/kerntransport", O_RDWR | flags);
+	int err;
+
+	if (fd < 0)
+		return -1;
+	if (name_ioctl(fd, KT_IOC_CONNECT, name) < 0) {
+		err = errno;
+		close(fd);
+		errno = err;
+		return -1;
+	}
+	return fd;
+}
+
+static bool call_ok(int fd, const char *msg, size_t len)
+{
+	return write(fd, msg, len) == (ssize_t)len &&
+	       read(fd, buf, sizeof(buf)) == (ssize_t)len &&
+	       !memcmp(buf, msg, len);
+}
+
+static long sys_counter(const char *attr)
+{
+	char path[256];
+	long v = -1;
+	glob_t g;
+	FILE *f;
+
+	if (glob("/sys/bus/virtio/devices/virtio*/kerntransport", 0, NULL, &g))
+		return -1;
+	snprintf(path, sizeof(path), "%s/%s", g.gl_pathv[0], attr);
+	globfree(&g);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+static short poll_one(int fd, short events, int timeout_ms)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+
+	if (poll(&p, 1, timeout_ms) < 0)
+		return -1;
+	return p.revents;
+}
+
+static int state_of(int fd)
+{
+	struct kt_ioc_info info;
+
+	if (ioctl(fd, KT_IOC_INFO, &info))
+		return -1;
+	return info.state;
+}
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+}
+
+/* Checks that need no device (and are also valid with one). */
+static void test_nodev(bool have_device)
+{
+	struct kt_ioc_info info;
+	int fd, l, l2;
+
+	fd = open("/dev/kerntransport", O_RDWR);
+	check(fd >= 0, "open /dev/kerntransport");
+	check(ioctl(fd, KT_IOC_INFO, &info) == 0 &&
+	      info.state == KT_STATE_IDLE, "INFO on a new file: idle");
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_LISTEN, "k.echo") < 0 && errno == EPERM,
+	      "LISTEN k.echo -> EPERM");
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_LISTEN, "") < 0 && errno == EINVAL,
+	      "LISTEN on an empty name -> EINVAL");
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_LISTEN, "bad\x01name") < 0 &&
+	      errno == EINVAL, "LISTEN on a name with a control char -> EINVAL");
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_LISTEN, "\xff\xfe") < 0 && errno == EINVAL,
+	      "LISTEN on a name that is not UTF-8 -> EINVAL");
+	errno = 0;
+	check(read(fd, buf, 4) < 0 && errno == ENOTCONN,
+	      "read on an idle file -> ENOTCONN");
+	errno = 0;
+	check(ioctl(fd, KT_IOC_ACCEPT) < 0 && errno == EINVAL,
+	      "ACCEPT on an idle file -> EINVAL");
+
+	l = open("/dev/kerntransport", O_RDWR | O_NONBLOCK);
+	check(name_ioctl(l, KT_IOC_LISTEN, "svc") == 0, "LISTEN svc");
+	l2 = open("/dev/kerntransport", O_RDWR);
+	errno = 0;
+	check(name_ioctl(l2, KT_IOC_LISTEN, "svc") < 0 && errno == EADDRINUSE,
+	      "second LISTEN svc -> EADDRINUSE");
+	errno = 0;
+	check(ioctl(l, KT_IOC_ACCEPT) < 0 && errno == EAGAIN,
+	      "ACCEPT with O_NONBLOCK and nobody waiting -> EAGAIN");
+	check(poll_one(l, POLLIN, 0) == 0, "listener not readable");
+	check(state_of(l) == KT_STATE_LISTENING, "INFO: listening");
+	errno = 0;
+	check(name_ioctl(l, KT_IOC_CONNECT, "x") < 0 && errno == EINVAL,
+	      "CONNECT on a listener -> EINVAL");
+	close(l2);
+	close(l);
+	if (!have_device) {
+		errno = 0;
+		check(name_ioctl(fd, KT_IOC_CONNECT, "echo") < 0 &&
+		      errno == ENODEV, "CONNECT without a device -> ENODEV");
+	}
+	close(fd);
+}
+
+static void test_echo(void)
+{
+	struct kt_ioc_info info;
+	ssize_t n;
+	int fd, i, rc;
+	char m[32];
+
+	fd = connect_to("echo", 0);
+	check(fd >= 0, "connect echo");
+	memset(&info, 0, sizeof(info));
+	rc = ioctl(fd, KT_IOC_INFO, &info);
+	check(rc == 0 && info.state == KT_STATE_OPEN && info.channel &&
+	      info.max_msg_size == MAX_MSG && info.guest_id == 7,
+	      "INFO: open, channel %u, max %u, guest %u", info.channel,
+	      info.max_msg_size, info.guest_id);
+	check(poll_one(fd, POLLIN | POLLOUT, 0) == POLLOUT,
+	      "fresh channel: POLLOUT only");
+	check(write(fd, "hello", 5) == 5, "write hello");
+	check(poll_one(fd, POLLIN, 5000) & POLLIN, "POLLIN once echoed");
+	n = read(fd, buf, sizeof(buf));
+	check(n == 5 && !memcmp(buf, "hello", 5), "read hello back");
+	check(write(fd, "", 0) == 0, "write an empty message");
+	check(write(fd, "after", 5) == 5, "write another behind it");
+	check(read(fd, buf, sizeof(buf)) == 0, "the empty message reads as 0");
+	n = read(fd, buf, sizeof(buf));
+	check(n == 5 && !memcmp(buf, "after", 5), "then the next message");
+
+	for (i = 0; i < MAX_MSG; i++)
+		wbuf[i] = i * 13;
+	check(call_ok(fd, wbuf, MAX_MSG), "max_msg_size message echoed intact");
+	errno = 0;
+	check(write(fd, wbuf, MAX_MSG + 1) < 0 && errno == EMSGSIZE,
+	      "write over max_msg_size -> EMSGSIZE");
+	check(write(fd, "0123456789", 10) == 10, "write 10 bytes");
+	check(poll_one(fd, POLLIN, 5000) & POLLIN, "echo arrived");
+	errno = 0;
+	check(read(fd, buf, 4) < 0 && errno == EMSGSIZE,
+	      "read into a 4-byte buffer -> EMSGSIZE");
+	n = read(fd, buf, 100);
+	check(n == 10 && !memcmp(buf, "0123456789", 10),
+	      "the message stayed queued");
+
+	for (i = 0; i < 200; i++) {
+		n = snprintf(m, sizeof(m), "msg-%d", i);
+		if (write(fd, m, n) != n)
+			break;
+	}
+	check(i == 200, "200 pipelined writes");
+	for (i = 0; i < 200; i++) {
+		int len = snprintf(m, sizeof(m), "msg-%d", i);
+
+		n = read(fd, buf, sizeof(buf));
+		if (n != len || memcmp(buf, m, len))
+			break;
+	}
+	check(i == 200, "200 messages back in order");
+	close(fd);
+
+	errno = 0;
+	check(connect_to("refuse", 0) < 0 && errno == EACCES,
+	      "connect refused by policy -> EACCES");
+	errno = 0;
+	check(connect_to("nosuch", 0) < 0 && errno == ENOENT,
+	      "connect to an unknown service -> ENOENT");
+}
+
+static void test_big(void)
+{
+	static const int sizes[] = { 65536, 4064, 4065, 0, 12345, 1 };
+	char req[16];
+	ssize_t n;
+	int fd, i, j;
+
+	fd = connect_to("big", 0);
+	check(fd >= 0, "connect big");
+	for (i = 0; i < (int)ARRAY_SIZE(sizes); i++) {
+		snprintf(req, sizeof(req), "%d", sizes[i]);
+		if (write(fd, req, strlen(req)) < 0)
+			break;
+		n = read(fd, buf, sizeof(buf));
+		for (j = 0; j < n; j++)
+			if ((unsigned char)buf[j] != ((j * 7) & 0xff))
+				break;
+		check(n == sizes[i] && j == n,
+		      "%d-byte message from the host, reassembled", sizes[i]);
+	}
+	close(fd);
+}
+
+static void test_close(void)
+{
+	ssize_t n;
+	short ev;
+	int fd;
+
+	fd = connect_to("closeafter", 0);
+	check(fd >= 0, "connect closeafter");
+	check(call_ok(fd, "x", 1), "echo before the host closes");
+	n = read(fd, buf, sizeof(buf));
+	check(n == 0, "then EOF");
+	ev = poll_one(fd, POLLIN | POLLOUT, 0);
+	check((ev & POLLHUP) && !(ev & POLLERR) && !(ev & POLLOUT),
+	      "poll after the host closed: POLLHUP, no POLLERR/POLLOUT (%#x)",
+	      ev);
+	errno = 0;
+	check(write(fd, "y", 1) < 0 && errno == EPIPE,
+	      "write after the host closed -> EPIPE");
+	check(state_of(fd) == KT_STATE_CLOSED, "INFO: closed");
+	close(fd);
+}
+
+static void test_credit(void)
+{
+	long stalls = sys_counter("credit_stalls");
+	int fd;
+
+	fd = connect_to("slow", O_NONBLOCK);
+	check(fd >= 0, "connect slow (host window = one message)");
+	check(write(fd, wbuf, MAX_MSG) == MAX_MSG, "first message fits");
+	errno = 0;
+	check(write(fd, wbuf, 100) < 0 && errno == EAGAIN,
+	      "O_NONBLOCK write without credit -> EAGAIN");
+	check(poll_one(fd, POLLOUT, 300) == 0, "no POLLOUT without credit");
+	check(sys_counter("credit_stalls") > stalls, "credit_stalls counted");
+	close(fd);
+}
+
+static void test_malformed(void)
+{
+	long bad = sys_counter("malformed");
+	ssize_t n;
+	int fd, i;
+
+	fd = connect_to("mal-noise", 0);
+	check(fd >= 0, "connect mal-noise");
+	usleep(300000);
+	check(call_ok(fd, "ping", 4), "channel works after the noise");
+	check(sys_counter("malformed") >= bad + 9,
+	      "malformed input counted (%ld -> %ld)", bad,
+	      sys_counter("malformed"));
+	close(fd);
+
+	fd = connect_to("mal-seq", 0);
+	check(read(fd, buf, sizeof(buf)) == 4, "mal-seq: good message first");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == EPROTO,
+	      "mal-seq: then EPROTO");
+	close(fd);
+
+	fd = connect_to("mal-frag", 0);
+	check(read(fd, buf, sizeof(buf)) == 3, "mal-frag: good message first");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == EPROTO,
+	      "mal-frag: then EPROTO");
+	close(fd);
+
+	fd = connect_to("mal-credit", 0);
+	usleep(500000);	/* all 8 arrive before any credit is returned */
+	for (i = 0; i < 8; i++) {
+		n = read(fd, buf, sizeof(buf));
+		if (n != 60000)
+			break;
+	}
+	check(i == 4 && n < 0 && errno == EPROTO,
+	      "mal-credit: the 4 messages within the window, then EPROTO");
+	close(fd);
+}
+
+static void echo_until_eof(int fd)
+{
+	ssize_t n;
+
+	for (;;) {
+		n = read(fd, buf, sizeof(buf));
+		if (n < 0)
+			_exit(1);
+		/* 0 is an empty message while open, EOF once closed. */
+		if (n == 0 && state_of(fd) != KT_STATE_OPEN)
+			_exit(0);
+		if (write(fd, buf, n) != n)
+			_exit(1);
+	}
+}
+
+static bool read_str(int fd, const char *want)
+{
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+
+	buf[n > 0 ? n : 0] = '\0';
+	return n > 0 && !strcmp(buf, want);
+}
+
+static void test_listen(void)
+{
+	struct kt_ioc_info info;
+	int fd, l, a, st, rc;
+
+	fd = connect_to("dial:k.echo", 0);
+	check(fd >= 0 && read_str(fd, "dial ok"),
+	      "host <-> guest kernel (k.echo): %s", buf);
+	close(fd);
+
+	l = open("/dev/kerntransport", O_RDWR | O_NONBLOCK);
+	check(name_ioctl(l, KT_IOC_LISTEN, "svc") == 0, "listen svc");
+	fd = connect_to("dial:svc", 0);
+	check(fd >= 0, "ask the host to connect to svc");
+	check(poll_one(l, POLLIN, 5000) & POLLIN, "listener POLLIN");
+	a = ioctl(l, KT_IOC_ACCEPT);
+	check(a >= 0, "ACCEPT returns a new fd");
+	memset(&info, 0, sizeof(info));
+	rc = ioctl(a, KT_IOC_INFO, &info);
+	check(rc == 0 && (info.channel & KT_CHAN_DEVICE_BIT),
+	      "accepted channel %#x", info.channel);
+	if (fork() == 0)
+		echo_until_eof(a);
+	close(a);
+	check(read_str(fd, "dial ok"), "host <-> guest user space: %s", buf);
+	wait(&st);
+	check(WIFEXITED(st) && WEXITSTATUS(st) == 0, "accepted fd saw EOF");
+	close(fd);
+	close(l);
+
+	fd = connect_to("dial:nobody", 0);
+	check(read_str(fd, "dial refused 2"),
+	      "host connect to a name nobody serves: %s", buf);
+	close(fd);
+}
+
+static void test_stress(void)
+{
+	int fd, i, j, len, st;
+	ssize_t n;
+
+	fd = connect_to("echo", 0);
+	check(fd >= 0, "connect echo for the stress test");
+	if (fork() == 0) {
+		for (i = 0; i < 300; i++) {
+			len = (i * 7919) % (MAX_MSG + 1);
+			memset(wbuf, i & 0xff, len);
+			if (write(fd, wbuf, len) != len)
+				_exit(1);
+		}
+		_exit(0);
+	}
+	for (i = 0; i < 300; i++) {
+		len = (i * 7919) % (MAX_MSG + 1);
+		n = read(fd, buf, sizeof(buf));
+		if (n != len)
+			break;
+		for (j = 0; j < len; j++)
+			if ((unsigned char)buf[j] != (i & 0xff))
+				break;
+		if (j != len)
+			break;
+	}
+	wait(&st);
+	check(i == 300 && WIFEXITED(st) && !WEXITSTATUS(st),
+	      "300 messages up to 64 KiB, blocking writer and reader");
+	close(fd);
+}
+
+static void test_reset(void)
+{
+	long resets = sys_counter("resets");
+	int fd, other, l;
+	short ev;
+
+	other = connect_to("echo", 0);
+	l = open("/dev/kerntransport", O_RDWR);
+	check(name_ioctl(l, KT_IOC_LISTEN, "svc") == 0, "listen svc");
+	fd = connect_to("reset", 0);
+	check(read(fd, buf, sizeof(buf)) == 12, "reset: first message");
+	check(write(fd, "reset-now", 9) == 9, "ask for a transport reset");
+	check(read_str(fd, "last-data"), "data sent before the reset");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "then ECONNRESET");
+	errno = 0;
+	check(write(fd, "z", 1) < 0 && errno == ECONNRESET,
+	      "write after the reset -> ECONNRESET");
+	errno = 0;
+	check(write(other, "z", 1) < 0 && errno == ECONNRESET,
+	      "another channel: write -> ECONNRESET");
+	ev = poll_one(other, POLLIN, 0);
+	check((ev & (POLLERR | POLLHUP)) == (POLLERR | POLLHUP),
+	      "another channel: POLLERR|POLLHUP");
+	check(sys_counter("resets") == resets + 1, "resets counted");
+	check(state_of(l) == KT_STATE_LISTENING, "listener kept");
+	close(fd);
+	close(other);
+	close(l);
+	fd = connect_to("echo", 0);
+	check(fd >= 0 && call_ok(fd, "again", 5), "new channel after reset");
+	close(fd);
+	usleep(300000);
+	check(sys_counter("open_channels") == 0, "no channel left open");
+}
+
+static void test_signals(void)
+{
+	struct sigaction sa = { .sa_handler = on_alarm };
+	int fd;
+
+	sigaction(SIGALRM, &sa, NULL);
+	alarm(1);
+	errno = 0;
+	check(connect_to("silent", 0) < 0 && errno == EINTR,
+	      "connect to a service that never answers, signal -> EINTR");
+	fd = connect_to("echo", 0);
+	alarm(1);
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == EINTR,
+	      "blocking read, signal -> EINTR");
+	close(fd);
+	fd = connect_to("slow", 0);
+	check(write(fd, wbuf, MAX_MSG) == MAX_MSG, "fill the host window");
+	alarm(1);
+	errno = 0;
+	check(write(fd, wbuf, 10) < 0 && errno == EINTR,
+	      "write waiting for credit, signal -> EINTR");
+	close(fd);
+}
+
+static void test_unbind(void)
+{
+	int fd, l;
+
+	fd = connect_to("echo", 0);
+	check(fd >= 0 && write(fd, "a", 1) == 1, "connect echo, send");
+	usleep(200000);
+	l = open("/dev/kerntransport", O_RDWR);
+	check(name_ioctl(l, KT_IOC_LISTEN, "svc2") == 0, "listen svc2");
+	check(!system("echo virtio0 > /sys/bus/virtio/drivers/kerntransport/unbind"),
+	      "unbind the device with channels open");
+	check(read(fd, buf, sizeof(buf)) == 1, "queued data still readable");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "then ECONNRESET");
+	errno = 0;
+	check(write(fd, "b", 1) < 0 && errno == ECONNRESET,
+	      "write -> ECONNRESET");
+	errno = 0;
+	check(connect_to("echo", 0) < 0 && errno == ENODEV,
+	      "connect without a device -> ENODEV");
+	close(fd);
+	check(!system("echo virtio0 > /sys/bus/virtio/drivers/kerntransport/bind"),
+	      "bind it again");
+	fd = connect_to("echo", 0);
+	check(fd >= 0 && call_ok(fd, "c", 1), "echo after rebind");
+	close(fd);
+	close(l);
+}
+
+static void test_huge(void)
+{
+	int fd, i, k;
+
+	fd = connect_to("echo", 0);
+	check(fd >= 0, "connect echo");
+	for (k = 0; k < 3; k++) {
+		for (i = 0; i < HUGE_MSG; i++)
+			wbuf[i] = i * 31 + k;
+		check(call_ok(fd, wbuf, HUGE_MSG), "1 MiB message echoed");
+	}
+	close(fd);
+}
+
+static void test_hold(void)
+{
+	int fd;
+
+	fd = connect_to("hold:k.echo", 0);
+	check(fd >= 0, "host holds a channel to k.echo");
+	sleep(1);
+	check(system("rmmod kt_kecho 2>/dev/null") != 0,
+	      "kt_kecho cannot be unloaded while a channel is open");
+	close(fd);
+	sleep(1);
+	check(system("rmmod kt_kecho") == 0,
+	      "kt_kecho unloads once the host closed the channel");
+}
+
+int main(int argc, char **argv)
+{
+	const char *what = argc > 1 ? argv[1] : "";
+
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (!strcmp(what, "nodev")) {
+		test_nodev(false);
+	} else if (!strcmp(what, "dev")) {
+		test_nodev(true);
+		test_echo();
+		test_big();
+		test_close();
+		test_credit();
+		test_malformed();
+		test_listen();
+		test_stress();
+		test_reset();
+		test_signals();
+	} else if (!strcmp(what, "unbind")) {
+		test_unbind();
+	} else if (!strcmp(what, "huge")) {
+		test_huge();
+	} else if (!strcmp(what, "hold")) {
+		test_hold();
+	} else if (!strcmp(what, "quick")) {
+		int fd = connect_to("echo", 0);
+
+		check(fd >= 0 && call_ok(fd, "quick", 5), "echo");
+	} else {
+		fprintf(stderr,
+			"usage: %s nodev|dev|unbind|huge|hold|quick\n", argv[0]);
+		return 2;
+	}
+	printf("%s: %d failures\n", what, failures);
+	return failures != 0;
+}

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Guest driver conformance tests under QEMU TCG (about two minutes).
+#
+# Boots Debian's 6.12 cloud kernel with a busybox initramfs holding
+# kerntransport.ko, kt_kecho.ko, kt_api_test.ko and kt_guest_test:
+#   nodev   stock QEMU, no device: load/unload/reload, the char device alone
+#   dev     fake_device.py behind the patched QEMU's vhost-user-device-pci:
+#           every user-space path, malformed input, reset, the kernel API,
+#           unbind/rebind with channels open, module pinning, reload;
+#           once with EVENT_IDX + INDIRECT_DESC and 4 KiB rx buffers, once
+#           with neither and 256-byte rx buffers (heavy fragmentation)
+#   huge    max_msg_size 1 MiB
+# Fails on any "FAIL:" or "N failures" (N > 0) line, a kernel BUG/WARNING, a
+# protocol violation seen by fake_device.py, or a guest that did not finish.
+# Needs the patched QEMU (images/ builds it into $KT_CACHE/qemu-*/); set
+# QEMU_KT to use another one. Not run by check.sh.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+drv=$(dirname "$here")
+repo=$(dirname "$drv")
+cache=${KT_CACHE:-$HOME/.cache/kerntransport}
+kver=6.12.95+deb12-cloud-amd64
+kdir=/usr/src/linux-headers-$kver
+kernel=/boot/vmlinuz-$kver
+
+fail() {
+	echo "run.sh: $*" >&2
+	exit 1
+}
+
+QEMU_KT=${QEMU_KT:-$(compgen -G "$cache/qemu-*/bin/qemu-system-x86_64" | head -n1 || true)}
+[ -n "$QEMU_KT" ] && [ -x "$QEMU_KT" ] ||
+	fail "patched QEMU not found in $cache/qemu-*/bin (build images/ first or set QEMU_KT)"
+[ -r "$kernel" ] || fail "$kernel missing"
+[ -x /bin/busybox ] || fail "busybox-static missing"
+
+work=$(mktemp -d /tmp/kt-driver-test.XXXXXX)
+device_pid=
+cleanup() {
+	[ -z "$device_pid" ] || kill "$device_pid" 2>/dev/null || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+echo "run.sh: building modules and the guest test program in $work"
+make -s -C "$drv" dist DESTDIR="$work/drv" >/dev/null
+mkdir -p "$work/drv/tests"
+cp "$here/kt_api_test.c" "$here/Kbuild" "$work/drv/tests/"
+nice make -s -C "$kdir" M="$work/drv" modules >/dev/null 2>&1 ||
+	fail "module build failed (run guest-driver/check.sh)"
+nice make -s -C "$kdir" M="$work/drv/tests" \
+	KBUILD_EXTRA_SYMBOLS="$work/drv/Module.symvers" modules >/dev/null 2>&1 ||
+	fail "kt_api_test.ko build failed"
+gcc -static -O2 -Wall -Werror -I"$repo/proto/include" \
+	-o "$work/kt_guest_test" "$here/kt_guest_test.c"
+
+root=$work/root
+mkdir -p "$root"/{bin,proc,sys,dev,tmp,lib/modules}
+cp /bin/busybox "$root/bin/"
+for a in sh mount insmod rmmod lsmod cat dmesg grep sed poweroff sleep echo; do
+	ln -s busybox "$root/bin/$a"
+done
+cp "$work/drv/kerntransport.ko" "$work/drv/kt_kecho.ko" \
+	"$work/drv/tests/kt_api_test.ko" "$root/lib/modules/"
+cp "$work/kt_guest_test" "$root/bin/"
+cat >"$root/init" <<'EOF'
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+m=/lib/modules
+run() { "$@" || echo "FAIL: $*"; }
+scenario=$(sed -n 's/.*kt\.scenario=\([a-z]*\).*/\1/p' /proc/cmdline)
+echo "KT-START $scenario"
+run insmod $m/kerntransport.ko
+run insmod $m/kt_kecho.ko
+case $scenario in
+nodev)
+	run kt_guest_test nodev
+	rmmod kerntransport 2>/dev/null && echo "FAIL: unloaded under kt_kecho"
+	run rmmod kt_kecho
+	run rmmod kerntransport
+	run insmod $m/kerntransport.ko
+	run insmod $m/kt_kecho.ko
+	run rmmod kt_kecho
+	run rmmod kerntransport
+	;;
+dev)
+	run kt_guest_test dev
+	run insmod $m/kt_api_test.ko
+	dmesg | grep "kt_api_test"
+	dmesg | grep -q "kt_api_test: 0 failures" || echo "FAIL: kt_api_test"
+	run rmmod kt_api_test
+	run kt_guest_test unbind
+	run kt_guest_test hold
+	run rmmod kerntransport
+	run insmod $m/kerntransport.ko
+	run kt_guest_test quick
+	run rmmod kerntransport
+	;;
+huge)
+	run kt_guest_test huge
+	run rmmod kt_kecho
+	run rmmod kerntransport
+	;;
+*)
+	echo "FAIL: unknown scenario '$scenario'"
+	;;
+esac
+dmesg | grep -E "BUG:|WARNING:|Oops|general protection|refcount_t" &&
+	echo "FAIL: kernel problem"
+echo "KT-END"
+poweroff -f
+EOF
+chmod +x "$root/init"
+(cd "$root" && find . | cpio -o -H newc 2>/dev/null | gzip -1) >"$work/initrd.gz"
+
+failed=0
+# run_guest <name> <scenario> <qemu binary> [env for fake_device.py...]
+run_guest() {
+	local name=$1 scenario=$2 qemu=$3 log=$work/$1.log dlog=$work/$1.device.log
+	shift 3
+	local args=(-L /usr/share/qemu -L /usr/share/seabios -nic none -m 512
+		-kernel "$kernel" -initrd "$work/initrd.gz" -nographic -no-reboot
+		-append "console=ttyS0 quiet kt.scenario=$scenario")
+	if [ "$scenario" != nodev ]; then
+		local sock=$work/$name.sock
+		env "$@" python3 "$here/fake_device.py" "$sock" >"$dlog" 2>&1 &
+		device_pid=$!
+		for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
+		[ -S "$sock" ] || fail "$name: fake_device.py did not start: $(cat "$dlog")"
+		args+=(-object memory-backend-memfd,id=mem,size=512M,share=on
+			-numa node,memdev=mem -chardev "socket,id=kt,path=$sock"
+			-device vhost-user-device-pci,chardev=kt,virtio-id=60,num_vqs=3,vq_size=256,config_size=16)
+	fi
+	echo "run.sh: $name"
+	timeout 300 "$qemu" "${args[@]}" >"$log" 2>&1 || true
+	if [ -n "$device_pid" ]; then
+		kill "$device_pid" 2>/dev/null || true
+		wait "$device_pid" 2>/dev/null || true
+		device_pid=
+	fi
+	sed -i 's/\x1b\[[0-9;?]*[a-zA-Z]//g' "$log"
+	local bad
+	bad=$(grep -E '^FAIL|failures' "$log" | grep -Ev ': 0 failures' || true)
+	[ -f "$dlog" ] && bad+=$'\n'$(grep -E 'VIOLATION|Traceback' "$dlog" | head -n 20 || true)
+	bad=$(printf '%s\n' "$bad" | sed '/^$/d')
+	grep -q KT-END "$log" || bad+=$'\nguest did not finish'
+	if [ -n "$bad" ]; then
+		echo "run.sh: $name FAILED:" >&2
+		printf '%s\n' "$bad" >&2
+		echo "--- serial log: $log, device log: $dlog" >&2
+		cp "$log" "/tmp/kt-driver-test-$name.log"
+		[ -f "$dlog" ] && cp "$dlog" "/tmp/kt-driver-test-$name.device.log"
+		failed=1
+	else
+		echo "run.sh: $name ok ($(grep -c '^ok:' "$log") checks)"
+	fi
+}
+
+run_guest nodev nodev qemu-system-x86_64
+run_guest dev dev "$QEMU_KT"
+run_guest dev-plain-ring dev "$QEMU_KT" KT_EVENT_IDX=0 KT_INDIRECT=0 KT_RX_BUF=256
+run_guest huge huge "$QEMU_KT" KT_MAX_MSG=1048576
+[ "$failed" = 0 ] || fail "failed (logs copied to /tmp/kt-driver-test-*.log)"
+echo "run.sh: all guest driver conformance tests passed"

@@ -1,0 +1,148 @@
+//! The command line: help for every flag, one-line errors with exit code 1
+//! for bad arguments and bad policy files, and `stats` against a live
+//! daemon (table and JSON).
+
+// Test helpers outside #[test] functions fail the test by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{bin, Fixture};
+use kt_vhost_device::sim::TempDir;
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn one_line_error(args: &[&str], needle: &str) {
+    let (code, _, err) = run(args);
+    assert_eq!(code, 1, "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{args:?}: {err:?}");
+    assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
+}
+
+#[test]
+fn help_lists_every_flag() {
+    let (code, out, _) = run(&["--help"]);
+    assert_eq!(code, 0);
+    for f in [
+        "--socket-path",
+        "--policy",
+        "--listen",
+        "--control",
+        "--max-msg-size",
+        "--max-channels",
+        "--rx-buf-size",
+        "--channel-buffer",
+        "--guest-id",
+        "--log-level",
+    ] {
+        assert!(out.contains(f), "--help lacks {f}");
+    }
+    let (code, out, _) = run(&["stats", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("--control") && out.contains("--json"));
+}
+
+#[test]
+fn bad_arguments_fail_with_one_line() {
+    let dir = TempDir::new("cli").unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(
+        &good,
+        "[[service]]\nname = \"echo\"\nsocket = \"/tmp/e.sock\"\n",
+    )
+    .unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[service]]\nname = \"echo\"\nsocket = \"/tmp/e.sock\"\nport = 5\n",
+    )
+    .unwrap();
+    let dup = dir.join("dup.toml");
+    std::fs::write(
+        &dup,
+        "[[service]]\nname = \"a\"\nsocket = \"/x\"\n[[service]]\nname = \"a\"\nsocket = \"/y\"\n",
+    )
+    .unwrap();
+    let sock = dir.join("v.sock");
+    let (s, g, b, d) = (
+        sock.to_str().unwrap(),
+        good.to_str().unwrap(),
+        bad.to_str().unwrap(),
+        dup.to_str().unwrap(),
+    );
+    one_line_error(&[], "--socket-path");
+    one_line_error(&["--socket-path", s], "--policy");
+    one_line_error(&["--socket-path", s, "--policy", g, "--bogus"], "--bogus");
+    one_line_error(
+        &["--socket-path", s, "--policy", g, "--max-msg-size", "lots"],
+        "lots",
+    );
+    one_line_error(
+        &["--socket-path", s, "--policy", g, "--max-msg-size", "0"],
+        "--max-msg-size 0",
+    );
+    one_line_error(
+        &["--socket-path", s, "--policy", g, "--rx-buf-size", "100"],
+        "--rx-buf-size 100",
+    );
+    one_line_error(
+        &["--socket-path", s, "--policy", g, "--channel-buffer", "10"],
+        "--channel-buffer 10",
+    );
+    one_line_error(
+        &["--socket-path", s, "--policy", g, "--log-level", "loud"],
+        "loud",
+    );
+    one_line_error(
+        &["--socket-path", s, "--policy", b],
+        &format!("{b}: line 4: unknown field `port`"),
+    );
+    one_line_error(
+        &["--socket-path", s, "--policy", d],
+        "line 5: duplicate service name",
+    );
+    one_line_error(
+        &["--socket-path", s, "--policy", "/nonexistent.toml"],
+        "/nonexistent.toml",
+    );
+    one_line_error(
+        &["--socket-path", "/nonexistent/dir/v.sock", "--policy", g],
+        "/nonexistent/dir/v.sock",
+    );
+    one_line_error(
+        &["stats", "--control", "/nonexistent.sock"],
+        "/nonexistent.sock",
+    );
+}
+
+#[test]
+fn stats_table_and_json() {
+    let fx = Fixture::new("cli-stats", &[]);
+    let mut d = fx.driver();
+    let id = d.open("echo").unwrap().unwrap();
+    d.send(id, b"abc").unwrap();
+    assert_eq!(d.recv(id).unwrap(), b"abc");
+    let ctl = fx.control.to_str().unwrap();
+    let (code, out, err) = run(&["stats", "--control", ctl]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("echo") && out.contains("total") && out.contains("guest 7"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["stats", "--control", ctl, "--json"]);
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["guest_id"], 7);
+    assert_eq!(v["channels"][0]["service"], "echo");
+    assert_eq!(v["channels"][0]["msgs_to_host"], 1);
+    assert_eq!(v["device"]["bytes_to_guest"], 3);
+}

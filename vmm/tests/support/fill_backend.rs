@@ -1,0 +1,126 @@
+//! A tiny vhost-user backend for testing kt-vmm's frontend: every buffer the
+//! driver posts on any queue is filled with `PATTERN` and returned (so with
+//! virtio ID 4 the guest's virtio-rng driver reads it as entropy); config
+//! space byte `i` reads as `i`. Used by the frontend integration test and by
+//! the `vhost-user-fill` example that runs inside the KVM runner VM.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackendMut, VhostUserDaemon, VringRwLock, VringT};
+use virtio_queue::QueueOwnedT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+
+/// Byte every returned buffer is filled with.
+pub const PATTERN: u8 = 0x5a;
+/// VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES.
+const FEATURES: u64 = (1 << 32) | (1 << 30);
+
+/// The backend state.
+#[derive(Debug)]
+pub struct FillBackend {
+    queues: usize,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+}
+
+impl FillBackend {
+    /// A backend with `queues` queues.
+    pub fn new(queues: usize) -> Self {
+        Self {
+            queues,
+            mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        }
+    }
+
+    fn fill(&self, vring: &VringRwLock) -> io::Result<bool> {
+        let mem = self.mem.memory();
+        let chains: Vec<_> = vring
+            .get_mut()
+            .get_queue_mut()
+            .iter(mem.clone())
+            .map_err(|e| io::Error::other(format!("queue: {e}")))?
+            .collect();
+        let any = !chains.is_empty();
+        for chain in chains {
+            let head = chain.head_index();
+            let mut w = chain
+                .writer(&mem)
+                .map_err(|e| io::Error::other(format!("descriptor chain: {e}")))?;
+            let n = w.available_bytes();
+            w.write_all(&vec![PATTERN; n])?;
+            vring
+                .add_used(head, n as u32)
+                .map_err(|e| io::Error::other(format!("used ring: {e}")))?;
+        }
+        Ok(any)
+    }
+}
+
+impl VhostUserBackendMut for FillBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        self.queues
+    }
+
+    fn max_queue_size(&self) -> usize {
+        1024
+    }
+
+    fn features(&self) -> u64 {
+        FEATURES
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+    }
+
+    fn set_event_idx(&mut self, _enabled: bool) {}
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        (offset..offset.saturating_add(size))
+            .map(|i| i as u8)
+            .collect()
+    }
+
+    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        self.mem = mem;
+        Ok(())
+    }
+
+    fn handle_event(
+        &mut self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        let Some(vring) = vrings.get(usize::from(device_event)) else {
+            return Ok(());
+        };
+        if self.fill(vring)? {
+            vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+}
+
+/// Serves one frontend connection on `socket` (blocking).
+pub fn serve(socket: &Path, queues: usize) -> Result<(), String> {
+    let backend = Arc::new(RwLock::new(FillBackend::new(queues)));
+    let mut daemon = VhostUserDaemon::new(
+        "vhost-user-fill".into(),
+        backend,
+        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+    )
+    .map_err(|e| format!("daemon: {e}"))?;
+    let result = daemon.serve(socket).map_err(|e| format!("serve: {e}"));
+    // Dropping the daemon joins its vring worker, which (vhost-user-backend
+    // 0.24) can stay parked in epoll after the frontend hung up: leak it.
+    std::mem::forget(daemon);
+    result
+}
