@@ -120,7 +120,7 @@ head_line "guest: booting under QEMU ($accel) with the kerntransport device"
 	-L /usr/share/qemu -L /usr/share/seabios -nic none -no-reboot \
 	-m 512M -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
 	-serial "file:$work/serial.log" -kernel "$kernel" -initrd "$initramfs" \
-	-append "console=ttyS0 panic=-1 quiet kt.workload=demo kt.timeout=120" \
+	-append "console=ttyS0 panic=-1 no_timer_check quiet kt.workload=demo kt.timeout=120" \
 	-chardev "socket,id=kt0,path=$work/vm.vhost,reconnect-ms=500" \
 	-device vhost-user-device-pci,chardev=kt0,virtio-id=60,num_vqs=3,vq_size=256,config_size=16 \
 	>"$work/qemu.log" 2>&1 &
