@@ -1688,6 +1688,41 @@ mod tests {
     }
 
     #[test]
+    fn hang_up_is_seen_while_input_waits_for_credit() {
+        let m = mem();
+        let mut r = Rig::new(&m);
+        r.post_rx(16, 256);
+        let host = r.open(2, kt_proto::credit::cost(60) + 10);
+        host.send(&[1u8; 60]).unwrap();
+        host.send(&[2u8; 60]).unwrap();
+        r.run(true);
+        let types: Vec<MsgType> = r.take_used(0).iter().map(|(h, _)| h.msg_type).collect();
+        assert_eq!(types, [MsgType::Data, MsgType::CreditRequest]);
+        // Paused for credit: not polled for input, still for hang-up.
+        let ch = &r.dev.channels[&2];
+        assert!(ch.stalled);
+        assert_eq!(ch.registered, libc::EPOLLRDHUP as u32);
+        drop(host);
+        r.run(true);
+        assert!(r.dev.channels[&2].hup, "hang-up not seen while paused");
+        assert!(
+            r.take_used(0).is_empty(),
+            "CLOSE before the waiting message"
+        );
+        // Credit back: the waiting message, then CLOSE.
+        let mut u = Header::new(MsgType::CreditUpdate, 2);
+        u.buf_alloc = kt_proto::credit::cost(60) + 10;
+        u.fwd_cnt = kt_proto::credit::cost(60);
+        r.send(&u, &[]);
+        r.run(true);
+        let got = r.take_used(0);
+        let types: Vec<MsgType> = got.iter().map(|(h, _)| h.msg_type).collect();
+        assert_eq!(types, [MsgType::Data, MsgType::Close]);
+        assert_eq!(got[0].1, [2u8; 60]);
+        assert_eq!(got[1].0.arg, 0);
+    }
+
+    #[test]
     fn guest_close_is_answered_after_pending_data_reaches_the_host() {
         let m = mem();
         let mut r = Rig::with_window(&m, 1 << 20);
