@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::sys;
+use crate::{framed, sys};
 
 /// Which side of the transport the channel lives on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +19,13 @@ pub enum Kind {
     Guest,
     /// A Unix `SOCK_SEQPACKET` socket on the host: `recv`/`send`.
     Host,
+    /// A byte stream (vsock, virtio-serial, Unix `SOCK_STREAM`) carrying
+    /// length-prefixed messages ([`crate::framed`]); `socket` selects
+    /// `send` over `write`.
+    Stream {
+        /// The fd is a socket.
+        socket: bool,
+    },
 }
 
 /// What one receive produced.
@@ -133,6 +140,7 @@ impl Channel {
         match self.kind {
             Kind::Guest => sys::write(self.fd.as_fd(), msg),
             Kind::Host => sys::send(self.fd.as_fd(), msg),
+            Kind::Stream { socket } => framed::write_frame(self.fd.as_fd(), msg, socket),
         }
     }
 
@@ -140,6 +148,8 @@ impl Channel {
         match self.kind {
             Kind::Guest => sys::read(self.fd.as_fd(), buf),
             Kind::Host => sys::recv_trunc(self.fd.as_fd(), buf),
+            // A clean end of stream is EPIPE, so 0 is always a message.
+            Kind::Stream { .. } => framed::read_frame(self.fd.as_fd(), buf),
         }
     }
 
@@ -156,6 +166,9 @@ impl Channel {
     /// Once it hung up: a socket counts what is still queued (`FIONREAD`);
     /// `/dev/kerntransport` cannot, so [`Channel::look_ahead`] decides.
     fn after_zero(&self) -> Result<AfterZero> {
+        if matches!(self.kind, Kind::Stream { .. }) {
+            return Ok(AfterZero::Msg);
+        }
         let revents = sys::retry(|| sys::poll(self.fd.as_fd(), libc::POLLIN | libc::POLLRDHUP, 0))
             .map_err(|e| self.map_err(e, 0, "poll"))?;
         if revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) == 0 {

@@ -67,7 +67,10 @@ pub struct ChannelArgs {
     /// Service name. Guest: the host service to connect to (or, with
     /// --listen, the name to listen on). Host (--host): the guest service.
     /// Not used with --socket or --direct.
-    #[arg(value_name = "NAME", required_unless_present_any = ["socket", "direct"])]
+    #[arg(
+        value_name = "NAME",
+        required_unless_present_any = ["socket", "direct", "vsock", "serial"]
+    )]
     pub name: Option<String>,
 
     /// Guest: listen on NAME and use the first channel the host opens,
@@ -96,6 +99,18 @@ pub struct ChannelArgs {
     /// this many seconds. Default: wait forever.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
+
+    /// Guest, peer transport (benchmarks): an AF_VSOCK SOCK_STREAM
+    /// connection to CID:PORT instead of kerntransport; messages carry a
+    /// u32 little-endian length prefix. No NAME.
+    #[arg(long, value_name = "CID:PORT", conflicts_with_all = ["socket", "direct", "listen", "serial"])]
+    pub vsock: Option<String>,
+
+    /// Guest, peer transport (benchmarks): a virtio-serial port (e.g.
+    /// /dev/virtio-ports/kt.bench) instead of kerntransport; a byte stream,
+    /// so messages carry a u32 little-endian length prefix. No NAME.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["socket", "direct", "listen"])]
+    pub serial: Option<PathBuf>,
 }
 
 /// Size and seed of a test stream; gen and verify must agree.
@@ -223,6 +238,13 @@ pub struct ServeArgs {
     /// Path of the listening socket (the path kt-vhost-device's policy names).
     #[arg(long, value_name = "PATH")]
     pub socket: PathBuf,
+
+    /// Listen on a Unix SOCK_STREAM socket instead, each connection
+    /// carrying u32 little-endian length-prefixed messages: the host end of
+    /// a peer transport for benchmarks (vhost-device-vsock's
+    /// `<uds-path>_<port>` socket, QEMU's virtio-serial chardev socket).
+    #[arg(long)]
+    pub framed: bool,
 
     /// What to do with each channel.
     #[arg(long, value_enum, default_value_t = ServeMode::Echo)]

@@ -45,8 +45,12 @@ fn sockaddr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
 }
 
 fn socket() -> io::Result<OwnedFd> {
+    socket_of(libc::SOCK_SEQPACKET)
+}
+
+fn socket_of(ty: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -200,12 +204,25 @@ pub struct Listener {
     path: PathBuf,
     max_msg_size: usize,
     accepted: u64,
+    kind: Kind,
 }
 
 impl Listener {
     /// Binds and listens at `path`. A stale socket file (nobody listening)
     /// is replaced; a live one is an error.
     pub fn bind(path: &Path, max_msg_size: usize) -> Result<Listener> {
+        Self::bind_kind(path, max_msg_size, Kind::Host)
+    }
+
+    /// Binds a `SOCK_STREAM` listener whose connections carry
+    /// length-prefixed messages ([`crate::framed`]): the host end of
+    /// vhost-device-vsock (`<uds>_<port>`) and of QEMU's virtio-serial
+    /// chardev. The socket file must not exist yet.
+    pub fn bind_stream(path: &Path, max_msg_size: usize) -> Result<Listener> {
+        Self::bind_kind(path, max_msg_size, Kind::Stream { socket: true })
+    }
+
+    fn bind_kind(path: &Path, max_msg_size: usize, kind: Kind) -> Result<Listener> {
         let (addr, len) = sockaddr(path)?;
         if let Ok(meta) = std::fs::symlink_metadata(path) {
             if !meta.file_type().is_socket() {
@@ -239,7 +256,11 @@ impl Listener {
             what,
             source,
         };
-        let fd = socket().map_err(|e| sock_err("socket", e))?;
+        let ty = match kind {
+            Kind::Stream { .. } => libc::SOCK_STREAM,
+            _ => libc::SOCK_SEQPACKET,
+        };
+        let fd = socket_of(ty).map_err(|e| sock_err("socket", e))?;
         let addr_ptr: *const libc::sockaddr_un = &addr;
         // SAFETY: addr is a valid sockaddr_un of length `len`.
         let r = unsafe { libc::bind(fd.as_raw_fd(), addr_ptr.cast(), len) };
@@ -251,6 +272,7 @@ impl Listener {
             path: path.to_path_buf(),
             max_msg_size,
             accepted: 0,
+            kind,
         };
         // SAFETY: plain listen(2) on our socket.
         let r = unsafe { libc::listen(listener.fd.as_raw_fd(), 128) };
@@ -314,12 +336,16 @@ impl Listener {
         })?;
         grow_buffers(&fd);
         self.accepted += 1;
+        let recv_capacity = match self.kind {
+            Kind::Stream { .. } => crate::framed::RECV_CAPACITY,
+            _ => RECV_CAPACITY,
+        };
         Ok(Channel::new(
             fd,
-            Kind::Host,
+            self.kind,
             format!("connection {} on {}", self.accepted, self.path.display()),
             self.max_msg_size,
-            RECV_CAPACITY,
+            recv_capacity,
         ))
     }
 }

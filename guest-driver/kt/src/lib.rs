@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod crc32;
 pub mod error;
+pub mod framed;
 pub mod guest;
 pub mod host;
 pub mod input;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::channel::Channel;
 use crate::cli::{ChannelArgs, Cli};
 use crate::error::{Error, Result};
-use crate::{guest, host};
+use crate::{framed, guest, host};
 
 /// Options shared by every verb.
 #[derive(Debug, Clone)]
@@ -43,6 +43,12 @@ pub fn timeout(secs: Option<f64>) -> Result<Option<Duration>> {
     }
 }
 
+/// A peer transport of the benchmark (not kerntransport).
+enum Peer<'a> {
+    Vsock(&'a str),
+    Serial(&'a PathBuf),
+}
+
 /// Opens the channel a verb asked for.
 pub fn open_channel(ctx: &Ctx, args: &ChannelArgs) -> Result<Channel> {
     let timeout = timeout(args.timeout)?;
@@ -51,6 +57,32 @@ pub fn open_channel(ctx: &Ctx, args: &ChannelArgs) -> Result<Channel> {
             .as_deref()
             .ok_or_else(|| Error::Usage("a service NAME is required".into()))
     };
+    let peer = match (&args.vsock, &args.serial) {
+        (Some(addr), _) => Some(Peer::Vsock(addr)),
+        (None, Some(path)) => Some(Peer::Serial(path)),
+        (None, None) => None,
+    };
+    if let Some(peer) = peer {
+        if let Some(name) = &args.name {
+            return Err(Error::Usage(format!(
+                "NAME ({name}) is not used with --vsock or --serial"
+            )));
+        }
+        if ctx.host.is_some() {
+            return Err(Error::Usage(
+                "--vsock/--serial are guest-side peer transports; they exclude --host".into(),
+            ));
+        }
+        let mut ch = match peer {
+            Peer::Vsock(addr) => framed::connect_vsock(addr, ctx.max_msg_size)?,
+            Peer::Serial(path) => framed::open_serial(path, ctx.max_msg_size)?,
+        };
+        if args.nonblock {
+            ch.set_nonblocking(true)?;
+        }
+        ch.set_timeout(timeout);
+        return Ok(ch);
+    }
     if let Some(path) = &args.direct {
         if ctx.host.is_some() {
             return Err(Error::Usage(

@@ -15,7 +15,11 @@ use crate::serving::{accept_loop, pump, Budget, Handler, PumpMode};
 /// `kt serve`.
 pub fn serve(ctx: &Ctx, a: &ServeArgs) -> Result<()> {
     let params = stream_params(&a.stream)?;
-    let mut listener = Listener::bind(&a.socket, ctx.max_msg_size)?;
+    let mut listener = if a.framed {
+        Listener::bind_stream(&a.socket, ctx.max_msg_size)?
+    } else {
+        Listener::bind(&a.socket, ctx.max_msg_size)?
+    };
     let budget = Arc::new(Budget::new(None));
     let b = Arc::clone(&budget);
     let (mode, count, print) = (a.mode, a.count, a.print);
