@@ -98,6 +98,16 @@ else
 	log "guest-driver/Makefile is not in the tree yet: building the image without kerntransport.ko and kt_kecho.ko"
 fi
 
+# The guest kernel's vsock modules, for the peer benchmark
+# (scripts/bench-peers.sh; virtio-serial is built in): one path a line.
+PEER_MODULES="vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
+peer_modules() {
+	local m
+	for m in $PEER_MODULES; do
+		find "/lib/modules/$KVER/kernel/net/vmw_vsock" -name "$m.ko*" -print -quit 2>/dev/null
+	done
+}
+
 # 2. The cache key.
 HASH=$( {
 	echo "kernel $KVER"
@@ -108,6 +118,8 @@ HASH=$( {
 	if [ -n "$KT_BIN" ]; then sha256sum <"$KT_BIN"; else echo none; fi
 	echo "driver $HAVE_DRIVER"
 	[ "$HAVE_DRIVER" = 0 ] || source_files guest-driver proto/include | grep -v '^guest-driver/kt/' | hash_files
+	echo "peer modules"
+	peer_modules | while read -r f; do sha256sum <"$f"; done
 	echo "image scripts"
 	source_files images/build-image.sh images/initramfs images/workloads | hash_files
 } | sha256sum | cut -c1-16)
@@ -159,6 +171,16 @@ ln -s busybox "$STAGE/bin/sh"
 install -m 0755 "$HERE/initramfs/init" "$STAGE/init"
 install -m 0644 "$HERE"/workloads/*.sh "$STAGE/workloads/"
 [ -z "$KT_BIN" ] || install -m 0755 -s "$KT_BIN" "$STAGE/usr/bin/kt"
+# 4b. Peer-benchmark modules, decompressed for busybox insmod (missing ones
+#     are skipped; the benchmark then reports vsock as n/a).
+mkdir -p "$STAGE/lib/modules/peers"
+peer_modules | while read -r f; do
+	m=$(basename "$f")
+	case "$f" in
+	*.xz) xz -dc "$f" >"$STAGE/lib/modules/peers/${m%.xz}" ;;
+	*.ko) cp "$f" "$STAGE/lib/modules/peers/" ;;
+	esac
+done
 {
 	echo "KT: image $HASH kernel $KVER"
 	echo "KT: modules: $(cd "$STAGE/lib/modules/kerntransport" && echo *.ko | sed 's/^\*\.ko$/none/')"

@@ -25,6 +25,8 @@ pub enum Kind {
     Stream {
         /// The fd is a socket.
         socket: bool,
+        /// Largest single `send`/`write` (0: no limit).
+        chunk: usize,
     },
 }
 
@@ -140,7 +142,9 @@ impl Channel {
         match self.kind {
             Kind::Guest => sys::write(self.fd.as_fd(), msg),
             Kind::Host => sys::send(self.fd.as_fd(), msg),
-            Kind::Stream { socket } => framed::write_frame(self.fd.as_fd(), msg, socket),
+            Kind::Stream { socket, chunk } => {
+                framed::write_frame(self.fd.as_fd(), msg, socket, chunk)
+            }
         }
     }
 

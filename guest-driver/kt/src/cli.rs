@@ -111,6 +111,13 @@ pub struct ChannelArgs {
     /// so messages carry a u32 little-endian length prefix. No NAME.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["socket", "direct", "listen"])]
     pub serial: Option<PathBuf>,
+
+    /// With --vsock/--serial: write at most BYTES per send()/write() call
+    /// (a frame then takes several calls). Works around vsock backends that
+    /// cannot take a TX packet split over several descriptors (Linux sends
+    /// packets above 32 KiB that way).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_chunk: Option<u64>,
 }
 
 /// Size and seed of a test stream; gen and verify must agree.

@@ -23,12 +23,16 @@ fn wait(fd: BorrowedFd<'_>, events: libc::c_short) -> io::Result<()> {
     sys::retry(|| sys::poll(fd, events, -1)).map(|_| ())
 }
 
-fn write_all(fd: BorrowedFd<'_>, mut data: &[u8], socket: bool) -> io::Result<()> {
+fn write_all(fd: BorrowedFd<'_>, mut data: &[u8], socket: bool, chunk: usize) -> io::Result<()> {
     while !data.is_empty() {
+        let part = match chunk {
+            0 => data,
+            c => data.get(..c).unwrap_or(data),
+        };
         let r = if socket {
-            sys::send(fd, data)
+            sys::send(fd, part)
         } else {
-            sys::write(fd, data)
+            sys::write(fd, part)
         };
         match r {
             Ok(0) => return Err(io::Error::from_raw_os_error(libc::EPIPE)),
@@ -67,13 +71,18 @@ fn read_exact(fd: BorrowedFd<'_>, buf: &mut [u8], nonblock_start: bool) -> io::R
 }
 
 /// Sends `msg` as one frame; returns `msg.len()`. `socket` selects
-/// `send(MSG_NOSIGNAL)` over `write`.
-pub fn write_frame(fd: BorrowedFd<'_>, msg: &[u8], socket: bool) -> io::Result<usize> {
+/// `send(MSG_NOSIGNAL)` over `write`; `chunk` (0: no limit) caps each call.
+pub fn write_frame(
+    fd: BorrowedFd<'_>,
+    msg: &[u8],
+    socket: bool,
+    chunk: usize,
+) -> io::Result<usize> {
     let len = u32::try_from(msg.len()).map_err(|_| io::Error::from_raw_os_error(libc::EMSGSIZE))?;
     let mut frame = Vec::with_capacity(HEADER + msg.len());
     frame.extend_from_slice(&len.to_le_bytes());
     frame.extend_from_slice(msg);
-    write_all(fd, &frame, socket)?;
+    write_all(fd, &frame, socket, chunk)?;
     Ok(msg.len())
 }
 
@@ -108,8 +117,9 @@ pub fn parse_vsock(s: &str) -> Result<(u32, u32)> {
     ))
 }
 
-/// Guest: connects an `AF_VSOCK` `SOCK_STREAM` socket to `cid:port`.
-pub fn connect_vsock(addr: &str, max_msg_size: usize) -> Result<Channel> {
+/// Guest: connects an `AF_VSOCK` `SOCK_STREAM` socket to `cid:port`;
+/// every `send` carries at most `chunk` bytes (0: no limit).
+pub fn connect_vsock(addr: &str, max_msg_size: usize, chunk: usize) -> Result<Channel> {
     let (cid, port) = parse_vsock(addr)?;
     let io_err = |what: &str, e| Error::io(format!("vsock {addr}: {what}"), e);
     // SAFETY: plain socket(2) call.
@@ -138,15 +148,19 @@ pub fn connect_vsock(addr: &str, max_msg_size: usize) -> Result<Channel> {
     .map_err(|e| io_err("connect", e))?;
     Ok(Channel::new(
         fd,
-        Kind::Stream { socket: true },
+        Kind::Stream {
+            socket: true,
+            chunk,
+        },
         format!("vsock {addr}"),
         max_msg_size,
         RECV_CAPACITY,
     ))
 }
 
-/// Guest: opens a virtio-serial port (a character device) read-write.
-pub fn open_serial(path: &Path, max_msg_size: usize) -> Result<Channel> {
+/// Guest: opens a virtio-serial port (a character device) read-write;
+/// every `write` carries at most `chunk` bytes (0: no limit).
+pub fn open_serial(path: &Path, max_msg_size: usize, chunk: usize) -> Result<Channel> {
     let f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -154,7 +168,10 @@ pub fn open_serial(path: &Path, max_msg_size: usize) -> Result<Channel> {
         .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
     Ok(Channel::new(
         OwnedFd::from(f),
-        Kind::Stream { socket: false },
+        Kind::Stream {
+            socket: false,
+            chunk,
+        },
         format!("serial {}", path.display()),
         max_msg_size,
         RECV_CAPACITY,
@@ -172,7 +189,8 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let (a, b) = (OwnedFd::from(a), OwnedFd::from(b));
         for m in [&b"one"[..], b"", &[9u8; 5000]] {
-            assert_eq!(write_frame(a.as_fd(), m, true).unwrap(), m.len());
+            // A chunk limit splits the writes, never the frames.
+            assert_eq!(write_frame(a.as_fd(), m, true, 1000).unwrap(), m.len());
         }
         let mut buf = vec![0u8; 8192];
         assert_eq!(read_frame(b.as_fd(), &mut buf).unwrap(), 3);
@@ -190,7 +208,7 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let (a, b) = (OwnedFd::from(a), OwnedFd::from(b));
         // Header says 10 bytes, only 2 follow, then the writer goes.
-        write_all(a.as_fd(), &[10, 0, 0, 0, 1, 2], true).unwrap();
+        write_all(a.as_fd(), &[10, 0, 0, 0, 1, 2], true, 0).unwrap();
         drop(a);
         let mut buf = vec![0u8; 64];
         let e = read_frame(b.as_fd(), &mut buf).unwrap_err();
@@ -198,7 +216,7 @@ mod tests {
 
         let (a, b) = UnixStream::pair().unwrap();
         let (a, b) = (OwnedFd::from(a), OwnedFd::from(b));
-        write_frame(a.as_fd(), &[1u8; 100], true).unwrap();
+        write_frame(a.as_fd(), &[1u8; 100], true, 0).unwrap();
         assert_eq!(read_frame(b.as_fd(), &mut buf[..16]).unwrap(), 100);
     }
 

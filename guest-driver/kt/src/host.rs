@@ -219,7 +219,14 @@ impl Listener {
     /// vhost-device-vsock (`<uds>_<port>`) and of QEMU's virtio-serial
     /// chardev. The socket file must not exist yet.
     pub fn bind_stream(path: &Path, max_msg_size: usize) -> Result<Listener> {
-        Self::bind_kind(path, max_msg_size, Kind::Stream { socket: true })
+        Self::bind_kind(
+            path,
+            max_msg_size,
+            Kind::Stream {
+                socket: true,
+                chunk: 0,
+            },
+        )
     }
 
     fn bind_kind(path: &Path, max_msg_size: usize, kind: Kind) -> Result<Listener> {

@@ -62,6 +62,11 @@ pub fn open_channel(ctx: &Ctx, args: &ChannelArgs) -> Result<Channel> {
         (None, Some(path)) => Some(Peer::Serial(path)),
         (None, None) => None,
     };
+    if peer.is_none() && args.write_chunk.is_some() {
+        return Err(Error::Usage(
+            "--write-chunk applies to --vsock and --serial only".into(),
+        ));
+    }
     if let Some(peer) = peer {
         if let Some(name) = &args.name {
             return Err(Error::Usage(format!(
@@ -73,9 +78,12 @@ pub fn open_channel(ctx: &Ctx, args: &ChannelArgs) -> Result<Channel> {
                 "--vsock/--serial are guest-side peer transports; they exclude --host".into(),
             ));
         }
+        let chunk = args
+            .write_chunk
+            .map_or(0, |c| usize::try_from(c).unwrap_or(usize::MAX));
         let mut ch = match peer {
-            Peer::Vsock(addr) => framed::connect_vsock(addr, ctx.max_msg_size)?,
-            Peer::Serial(path) => framed::open_serial(path, ctx.max_msg_size)?,
+            Peer::Vsock(addr) => framed::connect_vsock(addr, ctx.max_msg_size, chunk)?,
+            Peer::Serial(path) => framed::open_serial(path, ctx.max_msg_size, chunk)?,
         };
         if args.nonblock {
             ch.set_nonblocking(true)?;
