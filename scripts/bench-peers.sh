@@ -180,7 +180,7 @@ names=("latency p50, 64 B (lower is better)" "latency p99, 64 B (lower is better
 		printf '%s|%s|%s|%s|%s|%s\n' "${names[$i]}" "$k" "$v" "$s" "$(ratio "$k" "$v")" "$(ratio "$k" "$s")"
 	done
 } >"$work/table.txt"
-echo "bench-peers: one $accel guest ($(uname -m), $(nproc) host cores), kernel $(basename "$kernel") image $(basename "$(dirname "$initramfs")"), KT_BENCH=$params (iterations,bulk MB,small count)"
+echo "bench-peers: one $accel guest boot, $("$KT_QEMU" --version | head -n1), $(sed -n 's/^KT: image \([^ ]*\) kernel \(.*\)/guest kernel \2, image \1/p' "$(dirname "$initramfs")/contents.txt"), host $(nproc) cores; KT_BENCH=$params (round trips, bulk MB, 16 B messages)"
 echo "framing: kerntransport keeps message boundaries itself; vsock = SOCK_STREAM (vhost-device-vsock $VSOCK_VERSION has no SEQPACKET) and virtio-serial = byte stream, both with a 4-byte length prefix per message"
 column -t -s '|' "$work/table.txt"
 grep -q 'n/a' "$work/table.txt" && keep=1
