@@ -109,6 +109,11 @@ impl<B: VirtioBackend> MmioTransport<B> {
         &self.backend
     }
 
+    /// The backend, mutably (reconnects).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+
     /// Current status register.
     pub fn status(&self) -> u32 {
         self.status

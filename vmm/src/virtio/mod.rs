@@ -1,6 +1,7 @@
 //! Virtio: the virtio-mmio transport and the vhost-user device behind it.
 
 pub mod mmio;
+pub mod reconnect;
 pub mod vhost_user;
 
 /// One virtqueue as the driver configured it.

@@ -5,15 +5,22 @@
 //! ioeventfd on QueueNotify (datamatch = queue index), the call fd a KVM
 //! irqfd on the device's GSI. After that the data path is backend <-> KVM
 //! <-> guest; no kt-vmm thread touches it.
+//!
+//! When the backend goes away (`virtio::reconnect` notices) the guest keeps
+//! running: config reads return the last values, and `reconnect` redoes the
+//! whole setup on a new connection, each ring resuming at the used index the
+//! guest sees (what the old backend finished), so buffers it never returned
+//! are offered again and the new backend sees a non-zero base.
 
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use vm_memory::{GuestAddress, GuestMemoryBackend};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::mmio::reg;
@@ -47,6 +54,12 @@ pub enum Error {
     /// KVM refused an ioeventfd or irqfd.
     #[error("registering {0} with KVM")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// A reconnected backend lacks features the driver already uses.
+    #[error("vhost-user backend {0} came back without features {1:#x} the driver uses")]
+    FeaturesLost(PathBuf, u64),
+    /// Rings could not be handed over on a new connection.
+    #[error("vhost-user backend {0}: {1}")]
+    Restart(PathBuf, String),
 }
 
 /// Result alias for this module.
@@ -62,6 +75,52 @@ pub struct VhostUserDevice {
     kicks: Vec<EventFd>,
     calls: Vec<EventFd>,
     started: Vec<u16>,
+    /// Features and queues of the running driver (set on activate).
+    running: Option<(u64, Vec<QueueConfig>)>,
+    /// Config space as last read (served while the backend is away).
+    config_cache: Vec<u8>,
+    connected: bool,
+}
+
+/// One negotiated vhost-user connection.
+struct Connection {
+    frontend: Frontend,
+    features: u64,
+    protocol: VhostUserProtocolFeatures,
+}
+
+/// SET_OWNER, features, protocol features and queue count on a new socket.
+fn handshake(spec: &VhostUserSpec) -> Result<Connection> {
+    let path = spec.socket.clone();
+    let req = |what: &'static str| {
+        let p = path.clone();
+        move |e| Error::Request(p, what, e)
+    };
+    let mut frontend = Frontend::connect(&spec.socket, u64::from(spec.queues))
+        .map_err(|e| Error::Connect(path.clone(), e))?;
+    frontend.set_owner().map_err(req("SET_OWNER"))?;
+    let features = frontend.get_features().map_err(req("GET_FEATURES"))?;
+    let mut protocol = VhostUserProtocolFeatures::empty();
+    if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+        let offered = frontend
+            .get_protocol_features()
+            .map_err(req("GET_PROTOCOL_FEATURES"))?;
+        protocol = offered & wanted_protocol_features();
+        frontend
+            .set_protocol_features(protocol)
+            .map_err(req("SET_PROTOCOL_FEATURES"))?;
+    }
+    if protocol.contains(VhostUserProtocolFeatures::MQ) {
+        let n = frontend.get_queue_num().map_err(req("GET_QUEUE_NUM"))?;
+        if n < u64::from(spec.queues) {
+            return Err(Error::Queues(path, n, spec.queues));
+        }
+    }
+    Ok(Connection {
+        frontend,
+        features,
+        protocol,
+    })
 }
 
 impl std::fmt::Debug for VhostUserDevice {
@@ -78,32 +137,8 @@ impl std::fmt::Debug for VhostUserDevice {
 impl VhostUserDevice {
     /// Connects to the backend and negotiates the protocol (no guest yet).
     pub fn connect(spec: &VhostUserSpec) -> Result<Self> {
-        let path = spec.socket.clone();
-        let req = |what: &'static str| {
-            let p = path.clone();
-            move |e| Error::Request(p, what, e)
-        };
-        let mut frontend = Frontend::connect(&spec.socket, u64::from(spec.queues))
-            .map_err(|e| Error::Connect(path.clone(), e))?;
-        frontend.set_owner().map_err(req("SET_OWNER"))?;
-        let backend_features = frontend.get_features().map_err(req("GET_FEATURES"))?;
-        let mut protocol = VhostUserProtocolFeatures::empty();
-        if backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-            let offered = frontend
-                .get_protocol_features()
-                .map_err(req("GET_PROTOCOL_FEATURES"))?;
-            protocol = offered & wanted_protocol_features();
-            frontend
-                .set_protocol_features(protocol)
-                .map_err(req("SET_PROTOCOL_FEATURES"))?;
-        }
-        if protocol.contains(VhostUserProtocolFeatures::MQ) {
-            let n = frontend.get_queue_num().map_err(req("GET_QUEUE_NUM"))?;
-            if n < u64::from(spec.queues) {
-                return Err(Error::Queues(path, n, spec.queues));
-            }
-        }
-        if !protocol.contains(VhostUserProtocolFeatures::CONFIG) && spec.config_size > 0 {
+        let c = handshake(spec)?;
+        if !c.protocol.contains(VhostUserProtocolFeatures::CONFIG) && spec.config_size > 0 {
             log::warn!(
                 "vhost-user backend {} lacks the CONFIG protocol feature: config space reads as zeros",
                 spec.socket.display()
@@ -111,14 +146,61 @@ impl VhostUserDevice {
         }
         Ok(Self {
             spec: spec.clone(),
-            frontend,
-            backend_features,
-            protocol,
+            frontend: c.frontend,
+            backend_features: c.features,
+            protocol: c.protocol,
             mem: None,
             kicks: Vec::new(),
             calls: Vec::new(),
             started: Vec::new(),
+            running: None,
+            config_cache: vec![0; spec.config_size as usize],
+            connected: true,
         })
+    }
+
+    /// The backend's socket path.
+    pub fn socket_path(&self) -> &std::path::Path {
+        &self.spec.socket
+    }
+
+    /// The vhost-user socket (watched for the backend hanging up).
+    pub fn socket_fd(&self) -> RawFd {
+        self.frontend.as_raw_fd()
+    }
+
+    /// Whether the backend is connected.
+    pub fn is_connected(&self) -> bool {
+        self.connected
+    }
+
+    /// The backend hung up: serve config reads from the cache and send
+    /// nothing until `reconnect` succeeds.
+    pub fn mark_disconnected(&mut self) {
+        self.connected = false;
+        self.started.clear();
+    }
+
+    /// Connects again (one attempt) and, if the driver is running, hands
+    /// the rings over once more, each resuming at the used index in guest
+    /// memory. On error the device stays disconnected.
+    pub fn reconnect(&mut self) -> Result<()> {
+        let c = handshake(&self.spec)?;
+        if let Some((features, _)) = &self.running {
+            let lost = features & !c.features & !super::mmio::VIRTIO_F_VERSION_1;
+            if lost != 0 {
+                return Err(Error::FeaturesLost(self.spec.socket.clone(), lost));
+            }
+        }
+        self.frontend = c.frontend;
+        self.backend_features = c.features;
+        self.protocol = c.protocol;
+        if let Some((features, queues)) = self.running.clone() {
+            self.setup_rings(features, &queues, true)
+                .map_err(|e| Error::Restart(self.spec.socket.clone(), e))?;
+        }
+        self.connected = true;
+        Ok(())
     }
 
     /// Gives the device guest memory and one kick and one call eventfd per queue.
@@ -169,6 +251,34 @@ impl VhostUserDevice {
     }
 
     fn start(&mut self, features: u64, queues: &[QueueConfig]) -> std::result::Result<(), String> {
+        self.running = Some((features, queues.to_vec()));
+        if !self.connected {
+            log::warn!(
+                "vhost-user {}: driver started while the backend is away; rings go over on reconnect",
+                self.spec.socket.display()
+            );
+            return Ok(());
+        }
+        self.setup_rings(features, queues, false)
+    }
+
+    /// The ring's used index as the guest sees it: where a new backend
+    /// resumes after the old one went away.
+    fn used_index(mem: &GuestMemory, q: &QueueConfig) -> std::result::Result<u16, String> {
+        mem.read_obj::<u16>(GuestAddress(q.used + 2))
+            .map(u16::from_le)
+            .map_err(|e| format!("used ring of queue {} unreadable: {e}", q.index))
+    }
+
+    /// SET_FEATURES, SET_MEM_TABLE and per ready queue
+    /// NUM/ADDR/BASE/CALL/KICK/ENABLE. `resume`: base = the used index
+    /// (reconnect), else 0 (fresh driver).
+    fn setup_rings(
+        &mut self,
+        features: u64,
+        queues: &[QueueConfig],
+        resume: bool,
+    ) -> std::result::Result<(), String> {
         let mem = self.mem.clone().ok_or("device not attached to a VM")?;
         let proto_bit = self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES;
         self.frontend
@@ -200,8 +310,13 @@ impl VhostUserDevice {
             self.frontend
                 .set_vring_addr(i, &cfg)
                 .map_err(self.req("SET_VRING_ADDR"))?;
+            let base = if resume {
+                Self::used_index(&mem, q)?
+            } else {
+                0
+            };
             self.frontend
-                .set_vring_base(i, 0)
+                .set_vring_base(i, base)
                 .map_err(self.req("SET_VRING_BASE"))?;
             self.frontend
                 .set_vring_call(i, &self.calls[i])
@@ -217,8 +332,9 @@ impl VhostUserDevice {
             self.started.push(q.index);
         }
         log::info!(
-            "vhost-user {}: started {} queue(s), features {features:#x}",
+            "vhost-user {}: {} {} queue(s), features {features:#x}",
             self.spec.socket.display(),
+            if resume { "resumed" } else { "started" },
             self.started.len()
         );
         Ok(())
@@ -250,21 +366,27 @@ impl VirtioBackend for VhostUserDevice {
         {
             return;
         }
-        let buf = vec![0u8; data.len()];
-        match self.frontend.get_config(
-            offset as u32,
-            data.len() as u32,
-            VhostUserConfigFlags::empty(),
-            &buf,
-        ) {
-            Ok((_, payload)) if payload.len() == data.len() => data.copy_from_slice(&payload),
-            Ok((_, payload)) => log::warn!(
-                "vhost-user GET_CONFIG returned {} bytes, {} expected",
-                payload.len(),
-                data.len()
-            ),
-            Err(e) => log::warn!("vhost-user GET_CONFIG failed: {e}"),
+        let (start, end) = (offset as usize, end as usize);
+        if self.connected {
+            let buf = vec![0u8; data.len()];
+            match self.frontend.get_config(
+                offset as u32,
+                data.len() as u32,
+                VhostUserConfigFlags::empty(),
+                &buf,
+            ) {
+                Ok((_, payload)) if payload.len() == data.len() => {
+                    self.config_cache[start..end].copy_from_slice(&payload);
+                }
+                Ok((_, payload)) => log::warn!(
+                    "vhost-user GET_CONFIG returned {} bytes, {} expected",
+                    payload.len(),
+                    data.len()
+                ),
+                Err(e) => log::warn!("vhost-user GET_CONFIG failed: {e}"),
+            }
         }
+        data.copy_from_slice(&self.config_cache[start..end]);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -272,6 +394,10 @@ impl VirtioBackend for VhostUserDevice {
         if end > u64::from(self.spec.config_size)
             || !self.protocol.contains(VhostUserProtocolFeatures::CONFIG)
         {
+            return;
+        }
+        if !self.connected {
+            log::warn!("vhost-user backend away: config write at {offset:#x} lost");
             return;
         }
         if let Err(e) =
@@ -291,6 +417,11 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn reset(&mut self) {
+        self.running = None;
+        if !self.connected {
+            self.started.clear();
+            return;
+        }
         for i in std::mem::take(&mut self.started) {
             // Without protocol features GET_VRING_BASE alone stops the ring.
             if self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
