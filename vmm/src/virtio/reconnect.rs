@@ -2,7 +2,8 @@
 //! subscriber per device watches its socket for the backend hanging up,
 //! then retries the connection on a timer until a backend listens on the
 //! same path again and the device has handed its rings over (see
-//! `VhostUserDevice::reconnect`). The guest keeps running meanwhile.
+//! `VhostUserDevice::reconnect`). The guest keeps running meanwhile. It
+//! also serves the backend's request channel (config-change messages).
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,8 @@ pub struct BackendWatch {
     timer: TimerFd,
     /// The socket being watched (None while disconnected).
     socket: Option<RawFd>,
+    /// The backend request channel being watched.
+    requests: Option<RawFd>,
     lost_at: Option<Instant>,
     last_report: Option<Instant>,
 }
@@ -48,16 +51,46 @@ impl BackendWatch {
             dev,
             timer: TimerFd::new()?,
             socket: None,
+            requests: None,
             lost_at: None,
             last_report: None,
         })
     }
 
     fn watch_socket(&mut self, ops: &mut EventOps) {
-        let fd = lock(&self.dev).backend().socket_fd();
+        let (fd, req) = {
+            let dev = lock(&self.dev);
+            (
+                dev.backend().socket_fd(),
+                dev.backend().backend_request_fd(),
+            )
+        };
         match ops.add(Events::new_raw(fd, hangup_events())) {
             Ok(()) => self.socket = Some(fd),
             Err(e) => log::error!("cannot watch the vhost-user socket: {e}"),
+        }
+        if let Some(req) = req {
+            match ops.add(Events::new_raw(req, EventSet::IN)) {
+                Ok(()) => self.requests = Some(req),
+                Err(e) => log::error!("cannot watch the vhost-user backend request channel: {e}"),
+            }
+        }
+    }
+
+    fn unwatch_requests(&mut self, ops: &mut EventOps) {
+        if let Some(fd) = self.requests.take() {
+            if let Err(e) = ops.remove(Events::new_raw(fd, EventSet::IN)) {
+                log::warn!("cannot stop watching the backend request channel: {e}");
+            }
+        }
+    }
+
+    fn on_request(&mut self, ops: &mut EventOps) {
+        let result = lock(&self.dev).backend_mut().handle_backend_request();
+        if let Err(e) = result {
+            // Closed with the backend (the socket's hang-up follows) or broken.
+            log::debug!("vhost-user backend request channel: {e}");
+            self.unwatch_requests(ops);
         }
     }
 
@@ -66,6 +99,7 @@ impl BackendWatch {
             log::warn!("cannot stop watching the vhost-user socket: {e}");
         }
         self.socket = None;
+        self.unwatch_requests(ops);
         let mut dev = lock(&self.dev);
         let path = dev.backend().socket_path().display().to_string();
         dev.backend_mut().mark_disconnected();
@@ -115,6 +149,8 @@ impl MutEventSubscriber for BackendWatch {
             self.on_timer(ops);
         } else if Some(events.fd()) == self.socket {
             self.on_hangup(events, ops);
+        } else if Some(events.fd()) == self.requests {
+            self.on_request(ops);
         }
     }
 

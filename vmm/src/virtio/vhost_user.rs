@@ -11,14 +11,22 @@
 //! whole setup on a new connection, each ring resuming at the used index the
 //! guest sees (what the old backend finished), so buffers it never returned
 //! are offered again and the new backend sees a non-zero base.
+//!
+//! With the BACKEND_REQ protocol feature the backend gets a request channel;
+//! its CONFIG_CHANGE_MSG sets the config-change interrupt bit, bumps the
+//! config generation and raises the device's GSI (a third irqfd).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
-use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::vhost_user::{
+    Frontend, FrontendReqHandler, HandlerResult, VhostUserFrontend, VhostUserFrontendReqHandler,
+};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
@@ -33,7 +41,37 @@ pub const VHOST_USER_F_PROTOCOL_FEATURES: u64 = 1 << 30;
 
 /// Protocol features kt-vmm uses when the backend offers them.
 fn wanted_protocol_features() -> VhostUserProtocolFeatures {
-    VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+    VhostUserProtocolFeatures::CONFIG
+        | VhostUserProtocolFeatures::MQ
+        | VhostUserProtocolFeatures::BACKEND_REQ
+}
+
+/// Config-change state shared by the backend request channel (sets it)
+/// and the virtio-mmio registers (report and acknowledge it).
+#[derive(Debug)]
+pub struct ConfigEvents {
+    pending: AtomicBool,
+    generation: AtomicU32,
+    irq: EventFd,
+}
+
+impl ConfigEvents {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            pending: AtomicBool::new(false),
+            generation: AtomicU32::new(0),
+            irq: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(Error::EventFd)?,
+        })
+    }
+}
+
+impl VhostUserFrontendReqHandler for ConfigEvents {
+    fn handle_config_change(&self) -> HandlerResult<u64> {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.pending.store(true, Ordering::SeqCst);
+        self.irq.write(1)?;
+        Ok(0)
+    }
 }
 
 /// vhost-user setup failures.
@@ -80,6 +118,9 @@ pub struct VhostUserDevice {
     /// Config space as last read (served while the backend is away).
     config_cache: Vec<u8>,
     connected: bool,
+    config_events: Arc<ConfigEvents>,
+    /// The backend's request channel (BACKEND_REQ), if negotiated.
+    requests: Option<FrontendReqHandler<ConfigEvents>>,
 }
 
 /// One negotiated vhost-user connection.
@@ -87,10 +128,12 @@ struct Connection {
     frontend: Frontend,
     features: u64,
     protocol: VhostUserProtocolFeatures,
+    requests: Option<FrontendReqHandler<ConfigEvents>>,
 }
 
-/// SET_OWNER, features, protocol features and queue count on a new socket.
-fn handshake(spec: &VhostUserSpec) -> Result<Connection> {
+/// SET_OWNER, features, protocol features, queue count and the backend
+/// request channel on a new socket.
+fn handshake(spec: &VhostUserSpec, events: &Arc<ConfigEvents>) -> Result<Connection> {
     let path = spec.socket.clone();
     let req = |what: &'static str| {
         let p = path.clone();
@@ -116,10 +159,25 @@ fn handshake(spec: &VhostUserSpec) -> Result<Connection> {
             return Err(Error::Queues(path, n, spec.queues));
         }
     }
+    let mut requests = None;
+    if protocol.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
+        let handler = FrontendReqHandler::new(events.clone()).map_err(|e| {
+            Error::Request(
+                path.clone(),
+                "creating the backend request channel",
+                vhost::Error::VhostUserProtocol(e),
+            )
+        })?;
+        frontend
+            .set_backend_request_fd(&handler.get_tx_raw_fd())
+            .map_err(req("SET_BACKEND_REQ_FD"))?;
+        requests = Some(handler);
+    }
     Ok(Connection {
         frontend,
         features,
         protocol,
+        requests,
     })
 }
 
@@ -137,7 +195,8 @@ impl std::fmt::Debug for VhostUserDevice {
 impl VhostUserDevice {
     /// Connects to the backend and negotiates the protocol (no guest yet).
     pub fn connect(spec: &VhostUserSpec) -> Result<Self> {
-        let c = handshake(spec)?;
+        let config_events = Arc::new(ConfigEvents::new()?);
+        let c = handshake(spec, &config_events)?;
         if !c.protocol.contains(VhostUserProtocolFeatures::CONFIG) && spec.config_size > 0 {
             log::warn!(
                 "vhost-user backend {} lacks the CONFIG protocol feature: config space reads as zeros",
@@ -156,7 +215,28 @@ impl VhostUserDevice {
             running: None,
             config_cache: vec![0; spec.config_size as usize],
             connected: true,
+            config_events,
+            requests: c.requests,
         })
+    }
+
+    /// The config-change state (what a CONFIG_CHANGE_MSG updates).
+    pub fn config_events(&self) -> &Arc<ConfigEvents> {
+        &self.config_events
+    }
+
+    /// The backend request channel, watched for CONFIG_CHANGE_MSG.
+    pub fn backend_request_fd(&self) -> Option<RawFd> {
+        self.requests.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// Serves one message on the backend request channel. An error means
+    /// the channel is unusable (stop watching it).
+    pub fn handle_backend_request(&mut self) -> std::result::Result<(), vhost::vhost_user::Error> {
+        match self.requests.as_mut() {
+            Some(r) => r.handle_request().map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     /// The backend's socket path.
@@ -185,7 +265,7 @@ impl VhostUserDevice {
     /// the rings over once more, each resuming at the used index in guest
     /// memory. On error the device stays disconnected.
     pub fn reconnect(&mut self) -> Result<()> {
-        let c = handshake(&self.spec)?;
+        let c = handshake(&self.spec, &self.config_events)?;
         if let Some((features, _)) = &self.running {
             let lost = features & !c.features & !super::mmio::VIRTIO_F_VERSION_1;
             if lost != 0 {
@@ -195,6 +275,7 @@ impl VhostUserDevice {
         self.frontend = c.frontend;
         self.backend_features = c.features;
         self.protocol = c.protocol;
+        self.requests = c.requests;
         if let Some((features, queues)) = self.running.clone() {
             self.setup_rings(features, &queues, true)
                 .map_err(|e| Error::Restart(self.spec.socket.clone(), e))?;
@@ -227,8 +308,10 @@ impl VhostUserDevice {
 
     /// Wires the eventfds into KVM: each kick fd becomes an ioeventfd on the
     /// QueueNotify register at `mmio_base` matching its queue index, each
-    /// call fd an irqfd on `gsi`.
+    /// call fd and the config-change fd an irqfd on `gsi`.
     pub fn register_with_kvm(&self, vm: &VmFd, mmio_base: u64, gsi: u32) -> Result<()> {
+        vm.register_irqfd(&self.config_events.irq, gsi)
+            .map_err(|e| Error::Kvm("config-change irqfd", e))?;
         let notify = IoEventAddress::Mmio(mmio_base + reg::QUEUE_NOTIFY);
         for (q, (kick, call)) in self.kicks.iter().zip(&self.calls).enumerate() {
             vm.register_ioevent(kick, &notify, q as u32)
@@ -414,6 +497,18 @@ impl VirtioBackend for VhostUserDevice {
         queues: &[QueueConfig],
     ) -> std::result::Result<(), String> {
         self.start(features, queues)
+    }
+
+    fn config_changed(&self) -> bool {
+        self.config_events.pending.load(Ordering::SeqCst)
+    }
+
+    fn ack_config_change(&mut self) {
+        self.config_events.pending.store(false, Ordering::SeqCst);
+    }
+
+    fn config_generation(&self) -> u32 {
+        self.config_events.generation.load(Ordering::SeqCst)
     }
 
     fn reset(&mut self) {
