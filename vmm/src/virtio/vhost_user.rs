@@ -83,6 +83,9 @@ pub enum Error {
     /// A control message failed.
     #[error("vhost-user backend {0}: {1} failed")]
     Request(PathBuf, &'static str, #[source] vhost::Error),
+    /// The peer's answer to the first request was not vhost-user at all.
+    #[error("{0} does not speak vhost-user (its answer to {1} is not a vhost-user message): is it the backend's vhost-user socket?")]
+    NotVhostUser(PathBuf, &'static str),
     /// The backend has fewer queues than requested.
     #[error("vhost-user backend {0} supports {1} queues, {2} requested")]
     Queues(PathBuf, u64, u16),
@@ -142,7 +145,14 @@ fn handshake(spec: &VhostUserSpec, events: &Arc<ConfigEvents>) -> Result<Connect
     let mut frontend = Frontend::connect(&spec.socket, u64::from(spec.queues))
         .map_err(|e| Error::Connect(path.clone(), e))?;
     frontend.set_owner().map_err(req("SET_OWNER"))?;
-    let features = frontend.get_features().map_err(req("GET_FEATURES"))?;
+    let features = frontend.get_features().map_err(|e| match e {
+        vhost::Error::VhostUserProtocol(
+            vhost::vhost_user::Error::InvalidMessage
+            | vhost::vhost_user::Error::PartialMessage
+            | vhost::vhost_user::Error::OversizedMsg,
+        ) => Error::NotVhostUser(path.clone(), "GET_FEATURES"),
+        e => Error::Request(path.clone(), "GET_FEATURES", e),
+    })?;
     let mut protocol = VhostUserProtocolFeatures::empty();
     if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
         let offered = frontend
