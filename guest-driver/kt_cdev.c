@@ -64,11 +64,8 @@ static int kt_open_file(struct inode *inode, struct file *file)
 	return stream_open(inode, file);
 }
 
-/**
- * kt_listener_drain() - close a user listener and the channels it holds
- * @svc: a user listener already removed from the registry
- */
-void kt_listener_drain(struct kt_service *svc)
+/* Closes the channels waiting in a listener already out of the registry. */
+static void kt_listener_drain(struct kt_service *svc)
 {
 	struct kt_chan *ch;
 

@@ -257,7 +257,6 @@ void kt_chan_work(struct work_struct *work);
 /* kt_cdev.c */
 int kt_cdev_register(void);
 void kt_cdev_unregister(void);
-void kt_listener_drain(struct kt_service *svc);
 
 /* kt_sysfs.c */
 extern const struct attribute_group kt_attr_group;

@@ -17,6 +17,10 @@ KT_QEMU=$(images/build-qemu.sh | tail -n1)
 export KT_QEMU
 echo "KT_QEMU=$KT_QEMU ($(elapsed))"
 
+step "guest driver conformance tests against a scripted fake device (guest-driver/tests/run.sh)"
+QEMU_KT=$KT_QEMU guest-driver/tests/run.sh
+echo "driver conformance done ($(elapsed))"
+
 step "workspace release binaries"
 cargo build --workspace --release
 

@@ -19,7 +19,7 @@ need_root() {
 # Packages from bookworm (main/security).
 PKGS=(
 	build-essential pkg-config git cpio xz-utils zstd gzip
-	busybox-static sparse linux-source-6.12 linux-headers-6.1.0-56-cloud-amd64
+	busybox-static sparse linux-source-6.12
 	ninja-build libglib2.0-dev libpixman-1-dev flex bison libfdt-dev
 	python3 python3-venv iproute2 socat kmod
 )
@@ -59,6 +59,23 @@ EOS
 	return 0
 }
 
+# The guest driver also builds against bookworm's own 6.1 cloud kernel; its
+# headers package name carries an ABI number that changes with updates, so
+# find the newest one the archive has.
+have_headers_61() {
+	dpkg-query -W -f='${Package} ${Status}\n' 'linux-headers-6.1.*-cloud-amd64' 2>/dev/null |
+		grep -q "install ok installed"
+}
+
+headers_61_pkg() {
+	local v
+	v=$(apt-cache madison linux-headers-cloud-amd64 |
+		awk -F'|' '{gsub(/ /, "", $2)} $2 ~ /^6\.1\./ {print $2; exit}')
+	[ -n "$v" ] || { echo "setup: no 6.1 cloud kernel headers in apt's lists" >&2; exit 1; }
+	apt-cache show "linux-headers-cloud-amd64=$v" |
+		sed -n 's/^Depends: \(linux-headers-[^ ,]*\).*/\1/p' | head -n1
+}
+
 main() {
 	need_root
 	local updated=0
@@ -69,7 +86,12 @@ main() {
 	local m b
 	m=$(missing "${PKGS[@]}")
 	b=$(missing "${BPO_PKGS[@]}")
-	if [ -n "$m$b" ]; then
+	if ! have_headers_61; then
+		[ "$updated" = 1 ] || $SUDO apt-get update -q
+		updated=1
+		m="$m $(headers_61_pkg)"
+	fi
+	if [ -n "${m// /}$b" ]; then
 		[ "$updated" = 1 ] || $SUDO apt-get update -q
 		export DEBIAN_FRONTEND=noninteractive
 		# shellcheck disable=SC2086

@@ -6,7 +6,8 @@ connects to. It implements just enough of proto/SPEC.md to drive the guest
 driver through its paths, and deliberately misbehaves on request: it injects
 malformed messages, breaks fragment sequences and credit, and sends RESET.
 It also checks what the driver sends (header fields, sequence numbers,
-credit) and prints "VIOLATION:" lines that run.sh turns into a failure.
+credit) and whether it kicks when it should, and prints "VIOLATION:" lines
+that run.sh turns into a failure.
 Not the real device: that is vhost-device/ (kt-vhost-device).
 
 Services the guest can open (see kt_guest_test.c for the expectations):
@@ -142,6 +143,8 @@ class Dev:
         self.next_host_id = 0x80000001
         self.stats = {}
         self.timers = []
+        self.rx_starved = False
+        self.strikes = {}
         self.path = path
         if os.path.exists(path):
             os.unlink(path)
@@ -467,27 +470,49 @@ class Dev:
         self.evq.append(hdr(0, MSG_RESET))
         self.chans.clear()
 
+    def missed_kicks(self, kicked):
+        """Called when select timed out: work the driver made available
+        without a kick, seen on two timeouts in a row, is a violation (the
+        loop still processes it so the test does not hang)."""
+        tx, rx = self.vqs[1], self.vqs[0]
+        stale_tx = tx.ready() and tx.has() and 1 not in kicked
+        stale_rx = (self.rx_starved and rx.ready() and rx.has()
+                    and 0 not in kicked)
+        if stale_tx and self.strikes.get('tx'):
+            violation('tx buffers made available without a kick')
+        if stale_rx and self.strikes.get('rx'):
+            violation('rx buffers added without a kick while the device waited')
+        self.strikes = {'tx': stale_tx, 'rx': stale_rx}
+
     def run(self):
         log('listening on', self.path)
         self.conn, _ = self.srv.accept()
         log('frontend connected')
+        self.strikes = {}
         while True:
-            fds = [self.conn] + [q.kick for q in self.vqs if q.kick is not None]
-            r, _, _ = select.select(fds, [], [], 0.05)
+            kicks = {q.kick: q.idx for q in self.vqs if q.kick is not None}
+            r, _, _ = select.select([self.conn] + list(kicks), [], [], 0.05)
+            kicked = set()
             for f in r:
                 if f is self.conn:
                     self.handle_vu()
-                else:
-                    try:
-                        os.read(f, 8)
-                    except BlockingIOError:
-                        pass
+                    continue
+                kicked.add(kicks[f])
+                try:
+                    os.read(f, 8)
+                except BlockingIOError:
+                    pass
+            if not r:
+                self.missed_kicks(kicked)
             now = time.time()
             for t in [t for t in self.timers if t[0] <= now]:
-                self.timers.remove(t); t[1]()
+                self.timers.remove(t)
+                t[1]()
             if self.vqs[1].ready():
                 self.process_tx()
             self.fill_rx()
+            self.rx_starved = bool(self.rxq) and self.vqs[0].ready() and not self.vqs[0].has()
             self.fill_ev()
+
 
 Dev(sys.argv[1]).run()

@@ -122,7 +122,7 @@ run_guest() {
 	shift 3
 	local args=(-L /usr/share/qemu -L /usr/share/seabios -nic none -m 512
 		-kernel "$kernel" -initrd "$work/initrd.gz" -nographic -no-reboot
-		-append "console=ttyS0 quiet kt.scenario=$scenario")
+		-append "console=ttyS0 quiet no_timer_check kt.scenario=$scenario")
 	if [ "$scenario" != nodev ]; then
 		local sock=$work/$name.sock
 		env "$@" python3 "$here/fake_device.py" "$sock" >"$dlog" 2>&1 &

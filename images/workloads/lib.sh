@@ -40,3 +40,50 @@ kt_sysfs() {
 	done
 	return 1
 }
+
+# wait_until SECONDS WHAT COMMAND...: runs COMMAND every 0.1 s until it
+# succeeds; fails with "timed out after SECONDS s waiting for WHAT".
+wait_until() {
+	_limit=$(($1 * 10))
+	_what=$2
+	shift 2
+	_n=0
+	until "$@"; do
+		_n=$((_n + 1))
+		[ "$_n" -le "$_limit" ] || fail "timed out after $((_limit / 10)) s waiting for $_what"
+		usleep 100000
+	done
+}
+
+# kt_stat NAME: one counter of the bound device (see kt_sysfs).
+kt_stat() {
+	cat "$(kt_sysfs)/$1"
+}
+
+# host_sessions_done N: true once N host-initiated channels were opened
+# and no channel is open any more.
+host_sessions_done() {
+	[ "$(kt_stat opens_in)" -ge "$1" ] && [ "$(kt_stat open_channels)" = 0 ]
+}
+
+# wait_stalled PID LABEL STALLS0 TX0: waits until the writer PID has had to
+# wait for credit (credit_stalls above STALLS0) and sent nothing for a
+# second while still running; reports how many messages went out since
+# tx_msgs was TX0. The writer's output is in /tmp/LABEL.out.
+wait_stalled() {
+	_n=0
+	while :; do
+		kill -0 "$1" 2>/dev/null ||
+			fail "$2: the writer exited before it stalled: $(cat "/tmp/$2.out")"
+		_a=$(kt_stat tx_msgs)
+		sleep 1
+		_b=$(kt_stat tx_msgs)
+		if [ "$_a" = "$_b" ] && [ "$(kt_stat credit_stalls)" -gt "$3" ] &&
+			kill -0 "$1" 2>/dev/null; then
+			break
+		fi
+		_n=$((_n + 1))
+		[ "$_n" -le 60 ] || fail "$2: the writer did not stall within 60 s"
+	done
+	echo "KT: $2 writer stalled after $((_b - $4)) messages, still running (credit_stalls $(($(kt_stat credit_stalls) - $3)))"
+}

@@ -26,7 +26,7 @@ pub enum Reply {
 pub enum HandshakeError {
     /// Not ASCII/UTF-8 text.
     #[error("handshake message is not UTF-8")]
-    NotText,
+    NotText(#[from] std::str::Utf8Error),
     /// The first word is not what the handshake expects.
     #[error("expected {expected}, got {got:?}")]
     Unexpected {
@@ -39,12 +39,18 @@ pub enum HandshakeError {
     #[error("bad service name: {0}")]
     BadName(#[from] NameError),
     /// A number did not parse.
-    #[error("bad number {0:?} in handshake reply")]
-    BadNumber(String),
+    #[error("bad number {text:?} in handshake reply")]
+    BadNumber {
+        /// The text that should have been a number.
+        text: String,
+        /// Why it did not parse.
+        #[source]
+        source: std::num::ParseIntError,
+    },
 }
 
 fn text(buf: &[u8]) -> Result<&str, HandshakeError> {
-    let s = std::str::from_utf8(buf).map_err(|_| HandshakeError::NotText)?;
+    let s = std::str::from_utf8(buf)?;
     Ok(s.strip_suffix('\n').unwrap_or(s))
 }
 
@@ -87,14 +93,18 @@ pub fn parse_reply(buf: &[u8]) -> Result<Reply, HandshakeError> {
         let channel = id
             .trim()
             .parse()
-            .map_err(|_| HandshakeError::BadNumber(id.to_string()))?;
+            .map_err(|source| HandshakeError::BadNumber {
+                text: id.to_string(),
+                source,
+            })?;
         return Ok(Reply::Ok { channel });
     }
     if let Some(rest) = line.strip_prefix("ERR ") {
         let (num, text) = rest.split_once(' ').unwrap_or((rest, ""));
-        let errno: u32 = num
-            .parse()
-            .map_err(|_| HandshakeError::BadNumber(num.to_string()))?;
+        let errno: u32 = num.parse().map_err(|source| HandshakeError::BadNumber {
+            text: num.to_string(),
+            source,
+        })?;
         return Ok(Reply::Err {
             code: ErrorCode::from_wire(errno),
             text: text.to_string(),
@@ -119,7 +129,10 @@ mod tests {
             parse_connect(b"CONNECT "),
             Err(HandshakeError::BadName(NameError::Length(0)))
         ));
-        assert_eq!(parse_connect(&[0xff]), Err(HandshakeError::NotText));
+        assert!(matches!(
+            parse_connect(&[0xff]),
+            Err(HandshakeError::NotText(_))
+        ));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! backend's command line and lifetime, not its behaviour.
 
 use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
@@ -48,6 +50,14 @@ pub enum BackendError {
         /// The socket it should have created.
         socket: PathBuf,
     },
+    /// The control socket failed or answered something unexpected.
+    #[error("stats from {path}: {why}")]
+    Stats {
+        /// The control socket.
+        path: PathBuf,
+        /// What went wrong.
+        why: String,
+    },
     /// Its vhost-user socket did not appear in time.
     #[error("kt-vhost-device did not create {socket} within {timeout:?}")]
     NotListening {
@@ -63,6 +73,9 @@ pub type Result<T> = std::result::Result<T, BackendError>;
 
 /// How long the backend gets to create its vhost-user socket.
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a stats request may take.
+const STATS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the backend's command line.
 #[derive(Clone, Debug)]
@@ -339,6 +352,32 @@ impl Backend {
     /// The `--control` socket, if enabled.
     pub fn control_path(&self) -> Option<PathBuf> {
         self.builder.control_path()
+    }
+
+    /// The backend's counters, as `kt-vhost-device stats --json` prints
+    /// them (`device.malformed`, `resets`, `channels[]`, ...), read from the
+    /// `--control` socket.
+    pub fn stats(&self) -> Result<serde_json::Value> {
+        let path = self.control_path().ok_or_else(|| BackendError::Stats {
+            path: PathBuf::new(),
+            why: "--control is off".to_string(),
+        })?;
+        let fail = |why: String| BackendError::Stats {
+            path: path.clone(),
+            why,
+        };
+        let mut stream = UnixStream::connect(&path).map_err(|e| fail(format!("connect: {e}")))?;
+        stream
+            .set_read_timeout(Some(STATS_TIMEOUT))
+            .map_err(|e| fail(format!("set timeout: {e}")))?;
+        stream
+            .write_all(b"stats\n")
+            .map_err(|e| fail(format!("write: {e}")))?;
+        let mut line = String::new();
+        BufReader::new(&stream)
+            .read_line(&mut line)
+            .map_err(|e| fail(format!("read: {e}")))?;
+        serde_json::from_str(&line).map_err(|e| fail(format!("{e} in {line:?}")))
     }
 
     /// The binary being run.

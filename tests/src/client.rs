@@ -4,7 +4,8 @@
 //! host program's side; the parsing is kt-proto's.
 
 use std::path::Path;
-use std::time::Duration;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use kt_proto::handshake::{self, HandshakeError, Reply};
 use kt_proto::ErrorCode;
@@ -80,12 +81,40 @@ pub fn connect_to_guest(
     }
 }
 
+/// How long [`connect_to_guest_when_ready`] waits between attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Like [`connect_to_guest`], but while the guest is not ready yet — nobody
+/// listens on `name` (`ERR 2`), or no driver is live (`ERR 111`, e.g. during
+/// boot, a module reload or a backend restart) — tries again until
+/// `timeout` has passed. Any other refusal or error is returned at once.
+/// Guest workloads start their listeners in the background, so the host
+/// cannot know the exact moment the name is served.
+pub fn connect_to_guest_when_ready(
+    listen: &Path,
+    name: &str,
+    timeout: Duration,
+) -> Result<GuestChannel, ClientError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match connect_to_guest(listen, name, left.max(RETRY_PAUSE)) {
+            Err(ClientError::Refused { errno, .. })
+                if (errno == libc::ENOENT || errno == libc::ECONNREFUSED)
+                    && Instant::now() + RETRY_PAUSE < deadline =>
+            {
+                thread::sleep(RETRY_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::seqpacket::SeqpacketListener;
     use crate::tempdir::TempDir;
-    use std::thread;
 
     const T: Duration = Duration::from_secs(10);
 
@@ -125,6 +154,39 @@ mod tests {
             }
             other => panic!("expected Refused, got {other}"),
         }
+        device.join().expect("device");
+    }
+
+    #[test]
+    fn retries_until_the_guest_listens() {
+        let dir = TempDir::new("client-retry").expect("tempdir");
+        let listener = SeqpacketListener::bind(&dir.join("listen.sock")).expect("bind");
+        let device = thread::spawn(move || {
+            for reply in [
+                &b"ERR 111 no driver\n"[..],
+                b"ERR 2 nobody listens\n",
+                b"OK 9\n",
+            ] {
+                let conn = listener.accept(T).expect("accept");
+                conn.recv(T).expect("CONNECT");
+                conn.send(reply).expect("reply");
+                if reply.starts_with(b"OK") {
+                    let _ = conn.recv(T);
+                }
+            }
+        });
+        let ch = connect_to_guest_when_ready(&dir.join("listen.sock"), "svc", T).expect("ok");
+        assert_eq!(ch.channel, 9);
+        drop(ch);
+        device.join().expect("device");
+        // Other refusals are final.
+        let (dir, device) = fake_device(b"ERR 13 no\n");
+        let err =
+            connect_to_guest_when_ready(&dir.join("listen.sock"), "svc", T).expect_err("refused");
+        assert!(
+            matches!(err, ClientError::Refused { errno: 13, .. }),
+            "{err}"
+        );
         device.join().expect("device");
     }
 

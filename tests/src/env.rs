@@ -3,7 +3,9 @@
 //! Reads the environment `scripts/e2e.sh` sets: `KT_QEMU` (patched
 //! qemu-system-x86_64), `KT_KERNEL` and `KT_INITRAMFS` (the guest image),
 //! `KT_VHOST_DEVICE` (the backend binary; default: cargo's target dir),
-//! `KT_ACCEL` (force `kvm` or `tcg`). Owns lookup and host probing only.
+//! `KT_TOOL` (the host build of the `kt` tool; default: cargo's target
+//! dir), `KT_ACCEL` (force `kvm` or `tcg`). Owns lookup and host probing
+//! only.
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +35,9 @@ pub enum EnvError {
     /// The backend binary is neither configured nor built.
     #[error("kt-vhost-device not found: set KT_VHOST_DEVICE or build it (looked in {0})")]
     NoBackend(String),
+    /// The host `kt` tool is neither configured nor built.
+    #[error("kt (the host tool) not found: set KT_TOOL or build it (looked in {0})")]
+    NoTool(String),
 }
 
 /// Result alias for this module.
@@ -75,12 +80,9 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-/// The `kt-vhost-device` binary: `KT_VHOST_DEVICE`, else the build of the
-/// same profile as this test, else the other profile.
-pub fn vhost_device() -> Result<PathBuf> {
-    if std::env::var_os("KT_VHOST_DEVICE").is_some() {
-        return file_from_env("KT_VHOST_DEVICE", "kt-vhost-device binary");
-    }
+/// Binary `name` in cargo's target dir: the build of the same profile as
+/// this test, else the other profile.
+fn built_binary(name: &str) -> Option<PathBuf> {
     let target = target_dir();
     let profiles = if cfg!(debug_assertions) {
         ["debug", "release"]
@@ -89,9 +91,27 @@ pub fn vhost_device() -> Result<PathBuf> {
     };
     profiles
         .iter()
-        .map(|p| target.join(p).join("kt-vhost-device"))
+        .map(|p| target.join(p).join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| EnvError::NoBackend(target.display().to_string()))
+}
+
+/// The `kt-vhost-device` binary: `KT_VHOST_DEVICE`, else the build of the
+/// same profile as this test, else the other profile.
+pub fn vhost_device() -> Result<PathBuf> {
+    if std::env::var_os("KT_VHOST_DEVICE").is_some() {
+        return file_from_env("KT_VHOST_DEVICE", "kt-vhost-device binary");
+    }
+    built_binary("kt-vhost-device")
+        .ok_or_else(|| EnvError::NoBackend(target_dir().display().to_string()))
+}
+
+/// The host build of the `kt` tool: `KT_TOOL`, else cargo's target dir
+/// (as for [`vhost_device`]).
+pub fn kt_tool() -> Result<PathBuf> {
+    if std::env::var_os("KT_TOOL").is_some() {
+        return file_from_env("KT_TOOL", "host build of the kt tool");
+    }
+    built_binary("kt").ok_or_else(|| EnvError::NoTool(target_dir().display().to_string()))
 }
 
 /// True if `/dev/kvm` is a hypervisor that runs a Linux guest at full

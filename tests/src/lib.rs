@@ -5,8 +5,10 @@
 //! ([`children`]), log files a test can wait on ([`log`]), scratch
 //! directories ([`tempdir`]), the patched QEMU running the guest image
 //! ([`qemu`]), the `kt-vhost-device` backend ([`backend`]), host-side
-//! `SOCK_SEQPACKET` services and clients ([`seqpacket`], [`client`]), and
-//! where the built artifacts are ([`env`]). It holds no test scenarios.
+//! `SOCK_SEQPACKET` services and clients ([`seqpacket`], [`client`]),
+//! verifiable test streams on the host side ([`traffic`]), the host build
+//! of the `kt` tool ([`tool`]), and where the built artifacts are
+//! ([`env`]). It holds no test scenarios.
 //!
 //! Every handle that owns a process kills and reaps it when dropped, and
 //! dumps its logs to stderr when dropped during a panic, so a failing test
@@ -20,11 +22,15 @@ pub mod log;
 pub mod qemu;
 pub mod seqpacket;
 pub mod tempdir;
+pub mod tool;
+pub mod traffic;
 
 pub use backend::{Backend, BackendBuilder};
 pub use children::{ChildProcess, Children};
-pub use client::{connect_to_guest, GuestChannel};
+pub use client::{connect_to_guest, connect_to_guest_when_ready, GuestChannel};
 pub use log::{LogFile, Match};
 pub use qemu::{Accel, Guest, KtResult, Qemu};
 pub use seqpacket::{SeqpacketConn, SeqpacketListener};
 pub use tempdir::TempDir;
+pub use tool::{KtProcess, KtTool};
+pub use traffic::{send_stream, verify_stream, verify_until_eof, Stream};

@@ -53,6 +53,43 @@ pub type Result<T> = std::result::Result<T, SocketError>;
 /// Largest message `recv` accepts (the protocol's limit is 1 MiB).
 pub const RECV_MAX: usize = 2 << 20;
 
+/// Send buffer asked for on every connection, so a message of the
+/// protocol's limit (1 MiB) fits: a Unix `SOCK_SEQPACKET` message must fit
+/// the sender's buffer whole, and the default (about 208 KiB) does not.
+/// The kernel caps the request at `net.core.wmem_max` (then such sends fail
+/// with `EMSGSIZE`); see [`max_send_buffer`].
+pub const SEND_BUFFER: usize = (1 << 20) + 64 * 1024;
+
+/// `net.core.wmem_max`: the largest send buffer an unprivileged
+/// `SO_SNDBUF` gets (the kernel doubles it for bookkeeping), or `None` if
+/// it cannot be read.
+pub fn max_send_buffer() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Asks for [`SEND_BUFFER`] bytes of send buffer (best effort: the kernel
+/// caps it, and the failure shows as `EMSGSIZE` on a large send).
+fn grow_send_buffer(fd: &OwnedFd) {
+    let v = libc::c_int::try_from(SEND_BUFFER).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `v` is a valid c_int for the duration of the call and the
+    // length passed is its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    // Best effort by design (see above).
+    let _ = rc;
+}
+
 fn sys(op: &'static str, path: &Path) -> SocketError {
     SocketError::Sys {
         op,
@@ -194,6 +231,7 @@ impl SeqpacketListener {
         }
         // SAFETY: `fd` was just returned by accept4(2) and is ours alone.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        grow_send_buffer(&fd);
         Ok(SeqpacketConn { fd })
     }
 }
@@ -233,6 +271,7 @@ impl SeqpacketConn {
         if rc != 0 {
             return Err(sys("connect", path));
         }
+        grow_send_buffer(&fd);
         Ok(SeqpacketConn { fd })
     }
 
@@ -266,17 +305,85 @@ impl SeqpacketConn {
         }
     }
 
+    /// Sends `msg` as one message without blocking: `Ok(false)` if the
+    /// peer's queue is full (`EAGAIN`), so backpressure tests can count it.
+    pub fn try_send(&self, msg: &[u8]) -> Result<bool> {
+        loop {
+            // SAFETY: `msg` is valid for reads of `msg.len()` bytes.
+            let n = unsafe {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    msg.as_ptr().cast(),
+                    msg.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n >= 0 {
+                return Ok(true);
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(false),
+                Some(libc::EPIPE) | Some(libc::ECONNRESET) => return Err(SocketError::Closed),
+                _ => {
+                    return Err(SocketError::Sys {
+                        op: "send",
+                        path: String::new(),
+                        source: err,
+                    })
+                }
+            }
+        }
+    }
+
+    /// True if a message can be sent without blocking within `timeout`
+    /// (`POLLOUT`).
+    pub fn writable(&self, timeout: Duration) -> Result<bool> {
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: `pfd` is a valid pollfd array of length 1 for the call.
+            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+            if n >= 0 {
+                return Ok(n > 0);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(SocketError::Sys {
+                    op: "poll",
+                    path: String::new(),
+                    source: err,
+                });
+            }
+        }
+    }
+
     /// Receives one message, waiting up to `timeout`. A closed connection
     /// is [`SocketError::Closed`] (so is a zero-length message, which
     /// `SOCK_SEQPACKET` cannot tell apart from end of stream).
     pub fn recv(&self, timeout: Duration) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; RECV_MAX];
+        let len = self.recv_into(&mut buf, timeout)?;
+        buf.truncate(len);
+        Ok(buf)
+    }
+
+    /// Receives one message into `buf` (no allocation: for long streams),
+    /// waiting up to `timeout`; returns its length. End of stream (and a
+    /// zero-length message) is [`SocketError::Closed`]; a message larger
+    /// than `buf` is [`SocketError::Truncated`].
+    pub fn recv_into(&self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
         if !poll_in(self.fd.as_fd(), timeout, "recv")? {
             return Err(SocketError::Timeout {
                 op: "recv",
                 timeout,
             });
         }
-        let mut buf = vec![0u8; RECV_MAX];
         loop {
             // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
             let n = unsafe {
@@ -312,8 +419,85 @@ impl SeqpacketConn {
                     max: buf.len(),
                 });
             }
-            buf.truncate(len);
-            return Ok(buf);
+            return Ok(len);
+        }
+    }
+
+    /// Turns on `SO_PASSCRED`: every message then arrives with an
+    /// `SCM_CREDENTIALS` control message and end of stream without one, so
+    /// [`Self::recv_message`] can tell a zero-length message from the end.
+    pub fn set_passcred(&self) -> Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: `on` is a valid c_int for the duration of the call and the
+        // length passed is its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(sys("setsockopt SO_PASSCRED", Path::new("")));
+        }
+        Ok(())
+    }
+
+    /// Receives one message into `buf`, waiting up to `timeout`:
+    /// `Some(len)`, or `None` at end of stream. Zero-length messages are
+    /// `Some(0)` once [`Self::set_passcred`] was called (without it they
+    /// read as the end).
+    pub fn recv_message(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>> {
+        if !poll_in(self.fd.as_fd(), timeout, "recv")? {
+            return Err(SocketError::Timeout {
+                op: "recv",
+                timeout,
+            });
+        }
+        // Room for one SCM_CREDENTIALS control message, 8-byte aligned.
+        let mut control = [0u64; 8];
+        loop {
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
+            // SAFETY: msghdr is plain old data; all-zero is a valid value.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            // SAFETY: `msg` points at `iov` (valid for `buf.len()` bytes)
+            // and at `control`, both alive across the call.
+            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EINTR) => continue,
+                    Some(libc::ECONNRESET) => return Ok(None),
+                    _ => {
+                        return Err(SocketError::Sys {
+                            op: "recvmsg",
+                            path: String::new(),
+                            source: err,
+                        })
+                    }
+                }
+            }
+            // n >= 0 here, so the cast is lossless.
+            let len = n.unsigned_abs();
+            if len == 0 && msg.msg_controllen == 0 {
+                return Ok(None);
+            }
+            if len > buf.len() {
+                return Err(SocketError::Truncated {
+                    len,
+                    max: buf.len(),
+                });
+            }
+            return Ok(Some(len));
         }
     }
 
@@ -368,6 +552,7 @@ impl AsFd for SeqpacketConn {
 mod tests {
     use super::*;
     use crate::tempdir::TempDir;
+    use std::thread;
 
     const T: Duration = Duration::from_secs(10);
 
@@ -385,6 +570,40 @@ mod tests {
         assert_eq!(client.recv(T).expect("recv reply"), b"back");
         drop(client);
         assert!(matches!(server.recv(T), Err(SocketError::Closed)));
+    }
+
+    #[test]
+    fn zero_length_messages_are_told_from_the_end() {
+        let dir = TempDir::new("seqpacket-0").expect("tempdir");
+        let listener = SeqpacketListener::bind(&dir.join("svc.sock")).expect("bind");
+        let client = SeqpacketConn::connect(listener.path()).expect("connect");
+        let server = listener.accept(T).expect("accept");
+        server.set_passcred().expect("SO_PASSCRED");
+        for m in [&b""[..], b"x", b""] {
+            client.send(m).expect("send");
+        }
+        drop(client);
+        let mut buf = [0u8; 16];
+        let got: Vec<Option<usize>> = (0..4)
+            .map(|_| server.recv_message(&mut buf, T).expect("recv"))
+            .collect();
+        assert_eq!(got, [Some(0), Some(1), Some(0), None]);
+    }
+
+    #[test]
+    fn a_message_of_the_protocol_limit_fits() {
+        if !matches!(max_send_buffer(), Some(m) if m >= SEND_BUFFER) {
+            eprintln!("skipped: net.core.wmem_max is below {SEND_BUFFER}");
+            return;
+        }
+        let dir = TempDir::new("seqpacket-1m").expect("tempdir");
+        let listener = SeqpacketListener::bind(&dir.join("svc.sock")).expect("bind");
+        let client = SeqpacketConn::connect(listener.path()).expect("connect");
+        let server = listener.accept(T).expect("accept");
+        let msg = vec![3u8; 1 << 20];
+        let sender = thread::spawn(move || client.send(&msg).map(|()| client));
+        assert_eq!(server.recv(T).expect("recv 1 MiB").len(), 1 << 20);
+        sender.join().expect("sender").expect("send 1 MiB");
     }
 
     #[test]
@@ -417,6 +636,8 @@ mod tests {
             }
             other => panic!("expected EAGAIN, got {other}"),
         }
+        assert!(!client.writable(Duration::from_millis(20)).expect("poll"));
+        assert!(!client.try_send(&chunk).expect("try_send on a full queue"));
     }
 
     #[test]

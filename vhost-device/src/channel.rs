@@ -39,6 +39,11 @@ pub struct Channel {
     /// The host hung up: the fd is out of epoll for good; what is left in
     /// it is read, then the channel closes.
     pub hup: bool,
+    /// The host closed without reading everything the guest sent (the
+    /// kernel said `ECONNRESET` or `EPIPE`): later guest data is discarded
+    /// and the final CLOSE carries `KT_ERR_CONNRESET`, after the host's
+    /// remaining messages.
+    pub host_unread: bool,
     /// Whether the channel is queued for the rx scheduler.
     pub in_ready: bool,
     /// Host input waits for guest credit.
@@ -85,6 +90,7 @@ impl Channel {
             registered: 0,
             readable: false,
             hup: false,
+            host_unread: false,
             in_ready: false,
             stalled: false,
             stall_need: 0,
@@ -105,19 +111,35 @@ impl Channel {
         self.state == State::Open && !self.sent_close && !self.recv_close && self.sock.is_some()
     }
 
-    /// The epoll events the channel needs now.
+    /// The epoll events the channel needs now. An open channel's socket
+    /// stays registered for hang-up (`EPOLLRDHUP`; `EPOLLHUP`/`EPOLLERR`
+    /// are always reported) even while its input waits for guest credit or
+    /// rx buffers, so a host close is seen at once whatever else is going
+    /// on; `EPOLLIN` only while input is wanted and not already known.
     pub fn wanted_events(&self) -> u32 {
-        if self.sock.is_none() || self.hup {
+        if self.sock.is_none() || self.hup || self.state != State::Open {
             return 0;
         }
-        let mut ev = 0;
+        let mut ev = libc::EPOLLRDHUP as u32;
         if self.wants_host_input() && !self.readable {
             ev |= libc::EPOLLIN as u32;
         }
-        if !self.pending.is_empty() {
+        if !self.pending.is_empty() && !self.host_unread {
             ev |= libc::EPOLLOUT as u32;
         }
         ev
+    }
+
+    /// The host closed without reading what the guest sent: from now on
+    /// guest data is discarded (its credit returned at once). Returns how
+    /// many waiting messages were dropped.
+    pub fn host_stopped_reading(&mut self) -> usize {
+        self.host_unread = true;
+        let n = self.pending.len();
+        for m in self.pending.drain(..) {
+            self.recv.on_consume(m.len() as u32);
+        }
+        n
     }
 
     /// Whether the channel can be forgotten: both CLOSEs exchanged (ours is

@@ -724,6 +724,14 @@ impl Device {
             return;
         }
         ch.rx_seq = ch.rx_seq.wrapping_add(1);
+        if ch.host_unread {
+            // The host closed without reading: nobody will (SPEC §3.2,
+            // the reader has gone); the credit comes back at once.
+            log::debug!("DATA on channel {id:#x} discarded: the host closed");
+            ch.recv.on_consume(payload.len() as u32);
+            self.queue_credit_update(id, false);
+            return;
+        }
         ch.pending.push_back(payload);
         self.flush_pending(id);
     }
@@ -788,6 +796,21 @@ impl Device {
             }
         }
         if let Some(e) = failed {
+            let gone = matches!(
+                e.raw_os_error(),
+                Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
+            );
+            if gone && ch.wants_host_input() {
+                // The host closed (or stopped reading) with guest data
+                // unwritten. What it sent before still goes to the guest;
+                // its hang-up arrives as an epoll event and ends the
+                // channel after that data.
+                let n = ch.host_stopped_reading();
+                log::debug!("channel {id:#x}: host stopped reading ({e}); {n} message(s) dropped");
+                self.queue_credit_update(id, false);
+                self.update_interest(id);
+                return;
+            }
             let code = if e.raw_os_error() == Some(libc::EMSGSIZE) {
                 log::warn!("channel {id:#x}: host socket cannot carry a message: {e}");
                 ErrorCode::MsgSize
@@ -956,30 +979,8 @@ impl Device {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
-        if set.intersects(EventSet::HANG_UP | EventSet::ERROR) {
-            // Reported whatever the interest: stop polling this fd for good,
-            // read what is left, then the receive sees EOF.
-            if let Some(sock) = &ch.sock {
-                let _ = self.epoll.ctl(
-                    ControlOperation::Delete,
-                    sock.as_raw_fd(),
-                    EpollEvent::new(EventSet::empty(), 0),
-                );
-            }
-            ch.registered = 0;
-            ch.hup = true;
-            ch.readable = true;
-            let reader = ch.wants_host_input();
-            let pending = !ch.pending.is_empty();
-            if pending {
-                // Fails with EPIPE and closes, or delivers if still possible.
-                self.flush_pending(id);
-            }
-            if reader {
-                self.push_ready(id);
-            } else {
-                self.close_from_host(id, ErrorCode::ConnReset);
-            }
+        if set.intersects(EventSet::HANG_UP | EventSet::READ_HANG_UP | EventSet::ERROR) {
+            self.host_hung_up(id);
             return;
         }
         if set.contains(EventSet::IN) {
@@ -990,6 +991,40 @@ impl Device {
             self.flush_pending(id);
         }
         self.update_interest(id);
+    }
+
+    /// The host closed its connection (or it failed). Registered for
+    /// hang-up whatever else the channel waits for, so this runs as soon as
+    /// it happens, even while input is paused for credit or rx buffers. The
+    /// fd leaves epoll for good; guest data still waiting is written if the
+    /// socket takes it; then what the host sent before its close is read
+    /// and forwarded (credit permitting) and only then the guest gets CLOSE
+    /// (`read_host` at EOF).
+    fn host_hung_up(&mut self, id: u32) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        log::debug!("channel {id:#x} ({:?}): host hung up", ch.service);
+        if let Some(sock) = &ch.sock {
+            if ch.registered != 0 {
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    sock.as_raw_fd(),
+                    EpollEvent::new(EventSet::empty(), 0),
+                );
+            }
+        }
+        ch.registered = 0;
+        ch.hup = true;
+        ch.readable = true;
+        if !ch.pending.is_empty() {
+            self.flush_pending(id);
+        }
+        match self.channels.get(&id) {
+            Some(ch) if ch.wants_host_input() => self.push_ready(id),
+            Some(_) => self.close_from_host(id, ErrorCode::ConnReset),
+            None => {}
+        }
     }
 
     fn accept_hosts(&mut self) {
@@ -1167,8 +1202,29 @@ impl Device {
         if !ch.wants_host_input() || !ch.readable {
             return None;
         }
-        let sock = ch.sock.as_ref()?;
-        let payload = match recv_host(sock, &mut self.scratch, &ch.send, max) {
+        let mut got = recv_host(ch.sock.as_ref()?, &mut self.scratch, &ch.send, max);
+        let mut stopped_reading = false;
+        if matches!(&got, HostRead::Failed(e) if e.raw_os_error() == Some(libc::ECONNRESET)) {
+            // The host closed with guest data unread. The kernel says so
+            // once; the messages it sent before closing are still queued.
+            let n = ch.host_stopped_reading();
+            log::debug!(
+                "channel {id:#x}: host closed with guest data unread; {n} message(s) dropped"
+            );
+            stopped_reading = true;
+            got = recv_host(ch.sock.as_ref()?, &mut self.scratch, &ch.send, max);
+        }
+        let end = if ch.host_unread {
+            ErrorCode::ConnReset
+        } else {
+            ErrorCode::Ok
+        };
+        if stopped_reading {
+            self.queue_credit_update(id, false);
+            self.update_interest(id);
+        }
+        let ch = self.channels.get_mut(&id)?;
+        let payload = match got {
             HostRead::Msg(p) => p,
             HostRead::Stall(need) => {
                 ch.stall_need = need;
@@ -1184,14 +1240,14 @@ impl Device {
                 ch.readable = false;
                 if ch.hup {
                     // Hung up and drained without EOF: nothing more comes.
-                    self.close_from_host(id, ErrorCode::Ok);
+                    self.close_from_host(id, end);
                 } else {
                     self.update_interest(id);
                 }
                 return None;
             }
             HostRead::Eof => {
-                self.close_from_host(id, ErrorCode::Ok);
+                self.close_from_host(id, end);
                 return None;
             }
             HostRead::TooBig(len) => {
@@ -1629,6 +1685,41 @@ mod tests {
         let got = r.take_used(0);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].1, [2u8; 60]);
+    }
+
+    #[test]
+    fn hang_up_is_seen_while_input_waits_for_credit() {
+        let m = mem();
+        let mut r = Rig::new(&m);
+        r.post_rx(16, 256);
+        let host = r.open(2, kt_proto::credit::cost(60) + 10);
+        host.send(&[1u8; 60]).unwrap();
+        host.send(&[2u8; 60]).unwrap();
+        r.run(true);
+        let types: Vec<MsgType> = r.take_used(0).iter().map(|(h, _)| h.msg_type).collect();
+        assert_eq!(types, [MsgType::Data, MsgType::CreditRequest]);
+        // Paused for credit: not polled for input, still for hang-up.
+        let ch = &r.dev.channels[&2];
+        assert!(ch.stalled);
+        assert_eq!(ch.registered, libc::EPOLLRDHUP as u32);
+        drop(host);
+        r.run(true);
+        assert!(r.dev.channels[&2].hup, "hang-up not seen while paused");
+        assert!(
+            r.take_used(0).is_empty(),
+            "CLOSE before the waiting message"
+        );
+        // Credit back: the waiting message, then CLOSE.
+        let mut u = Header::new(MsgType::CreditUpdate, 2);
+        u.buf_alloc = kt_proto::credit::cost(60) + 10;
+        u.fwd_cnt = kt_proto::credit::cost(60);
+        r.send(&u, &[]);
+        r.run(true);
+        let got = r.take_used(0);
+        let types: Vec<MsgType> = got.iter().map(|(h, _)| h.msg_type).collect();
+        assert_eq!(types, [MsgType::Data, MsgType::Close]);
+        assert_eq!(got[0].1, [2u8; 60]);
+        assert_eq!(got[1].0.arg, 0);
     }
 
     #[test]

@@ -288,6 +288,13 @@ impl Channel {
                     self.wait(libc::POLLIN, None)?;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(Recv::Eof),
+                // Our buffer always holds max_msg_size, so EMSGSIZE on a read
+                // is the channel's close reason, not a too-small buffer.
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                    return Err(Error::ClosedTooBig {
+                        label: self.label.clone(),
+                    })
+                }
                 Err(e) => return Err(self.map_err(e, 0, "receive")),
             }
         }

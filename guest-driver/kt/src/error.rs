@@ -95,6 +95,13 @@ pub enum Error {
         /// Channel label.
         label: String,
     },
+    /// The peer closed the channel because a message was larger than the
+    /// device's maximum (SPEC §9: an oversized host message).
+    #[error("{label}: the peer closed the channel: a message was too big (EMSGSIZE)")]
+    ClosedTooBig {
+        /// Channel label.
+        label: String,
+    },
     /// The channel ended before the expected number of messages.
     #[error("{label}: channel closed after {got} of {want} messages")]
     Ended {

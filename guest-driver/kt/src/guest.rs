@@ -146,9 +146,31 @@ pub fn listen(path: &Path, name: &str) -> Result<GuestListener> {
 }
 
 impl GuestListener {
-    /// Waits up to `timeout` for a pending channel; `Ok(false)` on timeout.
+    /// Waits up to `timeout` (`None`: forever) for a pending channel;
+    /// `Ok(false)` on timeout. Polls in short slices, so a missed wakeup
+    /// costs at most one slice.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
+        let slice = Duration::from_millis(200);
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        loop {
+            let left = match deadline {
+                None => slice,
+                Some(d) => {
+                    let left = d.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Ok(false);
+                    }
+                    left.min(slice)
+                }
+            };
+            if self.poll_once(left)? {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn poll_once(&self, timeout: Duration) -> Result<bool> {
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
         match sys::poll(self.fd.as_fd(), libc::POLLIN, ms) {
             Ok(revents) => Ok(revents != 0),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {

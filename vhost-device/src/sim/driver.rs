@@ -147,6 +147,8 @@ pub struct Driver {
     partial: Option<(Header, Vec<u8>)>,
     next_id: u32,
     rng: u64,
+    /// While set, nothing kicks the device (see [`Driver::wait_without_kicks`]).
+    hold_kicks: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -206,6 +208,7 @@ impl Driver {
             partial: None,
             next_id: 0,
             rng: 0x9e37_79b9_7f4a_7c15,
+            hold_kicks: false,
         };
         d.attach(path, [0; 3])?;
         d.post_all()?;
@@ -342,7 +345,7 @@ impl Driver {
             self.post_event()?;
             reposted = true;
         }
-        if reposted {
+        if reposted && !self.hold_kicks {
             self.rings[0].kick(&self.mem)?;
             self.rings[2].kick(&self.mem)?;
         }
@@ -406,6 +409,72 @@ impl Driver {
             self.poll(left.min(Duration::from_millis(50)))?;
         }
         Ok(())
+    }
+
+    /// Waits up to `timeout` for `cond` with the device never kicked: used
+    /// entries are reaped and buffers reposted (and anything the driver
+    /// answers is queued on tx), but no queue is kicked until `cond` holds
+    /// or the time is up. What arrives meanwhile was brought by the device
+    /// on its own (host socket events), as a guest that sleeps in `read()`
+    /// would see it. Pending kicks are delivered before returning.
+    pub fn wait_without_kicks(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&mut Driver) -> bool,
+    ) -> io::Result<()> {
+        self.flush()?;
+        self.hold_kicks = true;
+        let r = self.wait_held(what, timeout, &mut cond);
+        self.hold_kicks = false;
+        for i in 0..3 {
+            self.rings[i].kick(&self.mem)?;
+        }
+        r
+    }
+
+    fn wait_held(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        cond: &mut dyn FnMut(&mut Driver) -> bool,
+    ) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.process()?;
+            for r in &mut self.rings {
+                r.arm(&self.mem)?;
+            }
+            self.process()?;
+            if cond(self) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timeout_err(what));
+            }
+            let mut fds: Vec<libc::pollfd> = self
+                .rings
+                .iter()
+                .map(|r| libc::pollfd {
+                    fd: r.call.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX).max(1);
+            // SAFETY: `fds` is a valid array of pollfd for the call's duration.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            for ring in &self.rings {
+                let _ = ring.call.read();
+            }
+        }
     }
 
     // ----------------------------------------------------------------- rx
@@ -512,6 +581,11 @@ impl Driver {
             self.error(format!("DATA for unknown channel {:#x}", h.channel));
             return;
         };
+        if c.closed.is_some() {
+            // SPEC §3.2: nothing follows a CLOSE on its channel.
+            self.error(format!("DATA on channel {:#x} after its CLOSE", h.channel));
+            return;
+        }
         c.send.on_peer(h.buf_alloc, h.fwd_cnt);
         if h.seq != c.rx_seq {
             let want = c.rx_seq;
@@ -691,7 +765,7 @@ impl Driver {
         };
         let head = head.ok_or_else(|| timeout_err("tx descriptors"))?;
         self.rings[1].publish(&self.mem, head)?;
-        if self.opts.defer_kicks {
+        if self.opts.defer_kicks || self.hold_kicks {
             Ok(())
         } else {
             self.rings[1].kick(&self.mem)

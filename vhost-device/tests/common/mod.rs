@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 
+use kt_vhost_device::seqpacket::SeqListener;
 use kt_vhost_device::sim::host::{Behaviour, Service};
 use kt_vhost_device::sim::{DaemonProc, Driver, DriverOptions, TempDir};
 
@@ -40,11 +41,13 @@ impl Fixture {
                 "[[service]]\nname = \"echo\"\nsocket = \"{}\"\n\n\
                  [[service]]\nname = \"sink\"\nsocket = \"{}\"\n\n\
                  [[service]]\nname = \"down\"\nsocket = \"{}\"\n\n\
-                 [[service]]\nname = \"limited\"\nsocket = \"{}\"\nmax_channels = 1\n",
+                 [[service]]\nname = \"limited\"\nsocket = \"{}\"\nmax_channels = 1\n\n\
+                 [[service]]\nname = \"manual\"\nsocket = \"{}\"\n",
                 dir.join("echo.sock").display(),
                 dir.join("sink.sock").display(),
                 dir.join("nobody.sock").display(),
                 dir.join("echo.sock").display(),
+                dir.join("manual.sock").display(),
             ),
         )
         .expect("policy");
@@ -91,6 +94,12 @@ impl Fixture {
     pub fn restart_daemon(&mut self) {
         self.daemon.kill();
         self.daemon = DaemonProc::spawn(&bin(), &self.sock, &self.args).expect("daemon restart");
+    }
+
+    /// Listens on the `manual` service's socket; the test accepts and
+    /// drives each connection itself.
+    pub fn manual_service(&self) -> SeqListener {
+        SeqListener::bind(&self.dir.join("manual.sock")).expect("manual service")
     }
 
     pub fn stats(&self) -> kt_vhost_device::stats::StatsSnapshot {

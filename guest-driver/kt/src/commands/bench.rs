@@ -104,9 +104,13 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
             "--iterations, --bulk-size and --small-count must be at least 1".into(),
         ));
     }
-    let lat = ping_pong(&ch, a.size, a.iterations)?;
     let bulk_count = (a.bulk_mb * 1_000_000).div_ceil(bulk_size as u64).max(1);
+    // Progress on stderr: a slow (emulated) guest takes a while per phase.
+    eprintln!("kt bench: ping-pong, {} x {} B", a.iterations, a.size);
+    let lat = ping_pong(&ch, a.size, a.iterations)?;
+    eprintln!("kt bench: streaming {bulk_count} x {bulk_size} B");
     let bulk_time = stream(&ch, bulk_size, bulk_count)?;
+    eprintln!("kt bench: streaming {} x {} B", a.small_count, a.small_size);
     let small_time = stream(&ch, a.small_size, a.small_count)?;
 
     let mb_s = (bulk_count * bulk_size as u64) as f64 / bulk_time.as_secs_f64() / 1e6;
