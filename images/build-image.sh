@@ -2,10 +2,11 @@
 # Builds the kerntransport guest image: Debian's 6.12 cloud kernel (installed
 # from bookworm-backports) plus a gzip cpio initramfs with busybox-static,
 # kerntransport.ko and kt_kecho.ko built against exactly that kernel's
-# headers, the static guest tool `kt`, /init and the workload scripts.
+# headers, the kernel's own virtio_mmio.ko (decompressed, for kt-vmm), the
+# static guest tool `kt`, /init and the workload scripts.
 # Cached in $KT_CACHE/image-<hash>/, keyed by every input (kernel version and
-# vmlinuz checksum, module sources, kt binary, busybox, init, workloads, this
-# script). Owns the image only; it builds no QEMU and runs no guest.
+# vmlinuz checksum, virtio_mmio.ko, module sources, kt binary, busybox, init,
+# workloads, this script). Owns the image only; it builds no QEMU and runs no guest.
 # Progress goes to stderr; the last stdout line is
 #   KERNEL=<vmlinuz> INITRAMFS=<initramfs.cpio.gz>
 # Environment: KT_CACHE, KT_GUEST_KVER (override the kernel version),
@@ -52,6 +53,10 @@ KDIR=/lib/modules/$KVER/build
 [ -r "$VMLINUZ" ] || die "$VMLINUZ missing (package linux-image-$KVER)"
 [ -f "$KDIR/Makefile" ] || die "headers for $KVER missing at $KDIR (install linux-headers-$KVER)"
 [ -x "$BUSYBOX" ] || die "$BUSYBOX missing (install busybox-static)"
+# kt-vmm's devices are virtio-mmio; the cloud kernel builds that as a module
+# (xz, which busybox insmod cannot read: it goes in decompressed).
+VIRTIO_MMIO=/lib/modules/$KVER/kernel/drivers/virtio/virtio_mmio.ko.xz
+[ -r "$VIRTIO_MMIO" ] || die "$VIRTIO_MMIO missing (package linux-image-$KVER)"
 log "guest kernel $KVER"
 
 # Source files of a directory (tracked and untracked-but-not-ignored), so
@@ -112,6 +117,8 @@ peer_modules() {
 HASH=$( {
 	echo "kernel $KVER"
 	sha256sum <"$VMLINUZ"
+	echo "virtio_mmio"
+	sha256sum <"$VIRTIO_MMIO"
 	echo "busybox"
 	sha256sum <"$BUSYBOX"
 	echo "kt"
@@ -169,6 +176,7 @@ fi
 cp "$BUSYBOX" "$STAGE/bin/busybox"
 ln -s busybox "$STAGE/bin/sh"
 install -m 0755 "$HERE/initramfs/init" "$STAGE/init"
+xz -dc "$VIRTIO_MMIO" >"$STAGE/lib/modules/virtio_mmio.ko"
 install -m 0644 "$HERE"/workloads/*.sh "$STAGE/workloads/"
 [ -z "$KT_BIN" ] || install -m 0755 -s "$KT_BIN" "$STAGE/usr/bin/kt"
 # 4b. Peer-benchmark modules, decompressed for busybox insmod (missing ones

@@ -4,7 +4,14 @@
 # guests. Each stage says what it runs; the first failure stops the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-stage() { printf '\n==== %s ====\n' "$*"; }
+stages=0
+stage() {
+	stages=$((stages + 1))
+	printf '\n==== %s ====\n' "$*"
+}
+# Every stage must pass (set -e stops at the first failure), so reaching the
+# end means all of them did.
+trap 'rc=$?; [ "$rc" = 0 ] || echo "stages: $((stages - 1)) passed, 1 failed"' EXIT
 
 stage "lint: cargo fmt, cargo clippy"
 cargo fmt --all -- --check
@@ -26,3 +33,12 @@ if [ -x scripts/e2e.sh ]; then
 else
 	echo "end-to-end tests: not in the tree yet"
 fi
+
+if [ -x images/runner/test-e2e.sh ]; then
+	stage "kt-vmm end to end (KVM runner VM: stock kernel + project image, backend restart)"
+	images/runner/test-e2e.sh
+else
+	echo "kt-vmm end to end: not in the tree yet"
+fi
+
+echo "stages: $stages passed, 0 failed"

@@ -12,6 +12,10 @@
 #        KT_GUEST_EXTRA    directory added to the guest initramfs (copied into
 #                          the built one, appended as a second archive to
 #                          KT_GUEST_INITRD)
+#        KT_IMAGE_KERNEL, KT_IMAGE_INITRD
+#                          a second guest (the project image from
+#                          images/build-image.sh) at /kt-image/{vmlinuz,
+#                          initramfs.cpio.gz}, next to /guest
 #        KT_RUNNER_BINS    more host programs for the runner's /usr/bin
 #                          (space separated; their libraries come along)
 set -euo pipefail
@@ -51,9 +55,14 @@ qemu_bin=$(command -v qemu-system-x86_64 || true)
 
 inputs=("$here/build-runner.sh" "$here/runner-init.sh" "$here/guest-init.sh" "$RUNNER_KERNEL"
 	"$GUEST_KERNEL" /bin/busybox "$vmm_bin" "$bench_bin" "$fill_bin" "$here/in-runner-boot-test.sh"
-	"$here/in-runner-kt-device-test.sh"
+	"$here/in-runner-kt-device-test.sh" "$here/in-runner-e2e-test.sh" "$here/in-runner-demo.sh"
 	"$virtio_mmio" "$virtio_rng" "${modules[@]}")
 if [ -n "${KT_GUEST_INITRD:-}" ]; then inputs+=("$KT_GUEST_INITRD"); fi
+if [ -n "${KT_IMAGE_KERNEL:-}" ] || [ -n "${KT_IMAGE_INITRD:-}" ]; then
+	[ -r "${KT_IMAGE_KERNEL:-}" ] && [ -r "${KT_IMAGE_INITRD:-}" ] ||
+		die "KT_IMAGE_KERNEL and KT_IMAGE_INITRD must both name readable files"
+	inputs+=("$KT_IMAGE_KERNEL" "$KT_IMAGE_INITRD")
+fi
 read -r -a extra_bins <<<"${KT_RUNNER_BINS:-}"
 for b in "${extra_bins[@]}"; do
 	[ -x "$b" ] || die "KT_RUNNER_BINS: $b is not an executable"
@@ -122,6 +131,13 @@ copy_bin "$fill_bin" "$r"
 for b in "${extra_bins[@]}"; do copy_bin "$b" "$r"; done
 install -m 755 "$here/in-runner-boot-test.sh" "$r/usr/bin/kt-test-boot"
 install -m 755 "$here/in-runner-kt-device-test.sh" "$r/usr/bin/kt-test-device"
+install -m 755 "$here/in-runner-e2e-test.sh" "$r/usr/bin/kt-test-e2e"
+install -m 755 "$here/in-runner-demo.sh" "$r/usr/bin/kt-demo-vmm"
+if [ -n "${KT_IMAGE_KERNEL:-}" ]; then
+	mkdir -p "$r/kt-image"
+	cp "$KT_IMAGE_KERNEL" "$r/kt-image/vmlinuz"
+	cp "$KT_IMAGE_INITRD" "$r/kt-image/initramfs.cpio.gz"
+fi
 if [ "$with_qemu" = 1 ]; then
 	copy_bin "$qemu_bin" "$r"
 	mkdir -p "$r/usr/share/qemu"

@@ -1,5 +1,6 @@
 //! The main thread's event loop (event-manager): guest serial input from
-//! stdin, and the exit signal that ends the VM.
+//! stdin, the exit signal that ends the VM, and whatever other subscribers
+//! the VM adds (vhost-user backend watches).
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
@@ -77,18 +78,24 @@ impl MutEventSubscriber for ExitWatch {
 #[error("event loop")]
 pub struct Error(#[source] event_manager::Error);
 
+/// An event-loop subscriber.
+pub type Subscriber = Box<dyn MutEventSubscriber + Send>;
+
 /// Runs until the exit signal fires; returns its reason.
 pub fn run(
     signal: Arc<ExitSignal>,
     console: Option<Arc<Mutex<dyn ConsoleInput>>>,
+    others: Vec<Subscriber>,
 ) -> Result<ExitReason, Error> {
-    let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> =
-        EventManager::new().map_err(Error)?;
+    let mut em: EventManager<Subscriber> = EventManager::new().map_err(Error)?;
     em.add_subscriber(Box::new(ExitWatch {
         signal: signal.clone(),
     }));
     if let Some(console) = console {
         em.add_subscriber(Box::new(StdinInput { console }));
+    }
+    for s in others {
+        em.add_subscriber(s);
     }
     loop {
         if let Some(r) = signal.reason() {
@@ -110,7 +117,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(20));
             s2.request(ExitReason::PowerOff);
         });
-        assert_eq!(run(s, None).unwrap(), ExitReason::PowerOff);
+        assert_eq!(run(s, None, Vec::new()).unwrap(), ExitReason::PowerOff);
         t.join().unwrap();
     }
 }

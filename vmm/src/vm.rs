@@ -21,6 +21,7 @@ use crate::exit::{ExitReason, ExitSignal};
 use crate::memory::{self, GuestMemory};
 use crate::vcpu::{self, Buses};
 use crate::virtio::mmio::MmioTransport;
+use crate::virtio::reconnect::BackendWatch;
 use crate::virtio::vhost_user::{self, VhostUserDevice};
 use crate::{devices, kvm};
 
@@ -122,31 +123,33 @@ fn legacy_devices(
     Ok(serial)
 }
 
-/// Puts each vhost-user device on virtio-mmio; returns their ACPI descriptions.
+/// Puts each vhost-user device on virtio-mmio; returns their ACPI
+/// descriptions and a backend watch per device (reconnects).
 fn virtio_devices(
     devices: Vec<VhostUserDevice>,
     vm: &VmFd,
     mem: &GuestMemory,
     mmio: &mut Bus,
-) -> Result<Vec<acpi::MmioDevice>> {
+) -> Result<(Vec<acpi::MmioDevice>, Vec<event_loop::Subscriber>)> {
     let mut described = Vec::new();
+    let mut watches: Vec<event_loop::Subscriber> = Vec::new();
     for (i, mut dev) in devices.into_iter().enumerate() {
         let addr = layout::virtio_mmio_addr(i);
         let gsi = layout::virtio_gsi(i);
         dev.attach(mem.clone())?;
         dev.register_with_kvm(vm, addr, gsi)?;
-        mmio.insert(
-            addr,
-            layout::VIRTIO_MMIO_SIZE,
-            Arc::new(Mutex::new(MmioTransport::new(dev))),
-        )?;
+        let dev = Arc::new(Mutex::new(MmioTransport::new(dev)));
+        watches.push(Box::new(
+            BackendWatch::new(dev.clone()).map_err(|e| Error::Os("timerfd", e))?,
+        ));
+        mmio.insert(addr, layout::VIRTIO_MMIO_SIZE, dev)?;
         described.push(acpi::MmioDevice {
             addr,
             size: layout::VIRTIO_MMIO_SIZE,
             gsi,
         });
     }
-    Ok(described)
+    Ok((described, watches))
 }
 
 /// Runs the VM described by `args` until it stops.
@@ -169,7 +172,7 @@ pub fn run(args: &Args) -> Result<ExitReason> {
     let mut io = Bus::new();
     let mut mmio = Bus::new();
     let serial = legacy_devices(args, &vm, &signal, &mut io)?;
-    let described = virtio_devices(backends, &vm, &mem, &mut mmio)?;
+    let (described, watches) = virtio_devices(backends, &vm, &mem, &mut mmio)?;
 
     let rsdp_addr = acpi::write(&mem, args.cpus, &described)?;
     let spec = boot::BootSpec {
@@ -208,7 +211,7 @@ pub fn run(args: &Args) -> Result<ExitReason> {
             .map_err(|e| Error::Os("spawning a vCPU thread", e))?;
     }
     let console: Arc<Mutex<dyn ConsoleInput>> = serial;
-    let reason = event_loop::run(signal, Some(console))?;
+    let reason = event_loop::run(signal, Some(console), watches)?;
     // The VM, its memory and the vCPU threads end with the process.
     std::mem::forget(vm);
     std::mem::forget(mem);

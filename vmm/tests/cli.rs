@@ -163,6 +163,35 @@ fn unreachable_backend_is_one_line() {
 }
 
 #[test]
+fn socket_that_is_not_vhost_user_is_one_line() {
+    use std::io::Write;
+    use std::os::unix::net::UnixListener;
+    let k = guest("notvu", &[0xf4]);
+    let sock = std::env::temp_dir().join(format!("kt-vmm-notvu-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).expect("bind");
+    // A peer that answers the first request with text and stays connected.
+    let peer = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        let _ = c.read(&mut buf);
+        let _ = c.write_all(&[b'x'; 64]);
+        let _ = c.read(&mut buf);
+    });
+    let spec = format!("socket={},virtio-id=60,queues=3", sock.display());
+    let o = run(&[
+        "--kernel",
+        k.to_str().expect("utf-8"),
+        "--vhost-user",
+        &spec,
+    ]);
+    peer.join().expect("peer");
+    std::fs::remove_file(&k).expect("remove");
+    std::fs::remove_file(&sock).expect("remove");
+    assert_one_line_error(&o, "does not speak vhost-user");
+}
+
+#[test]
 fn missing_kvm_is_explained() {
     let k = guest("nokvm", &[0xf4]);
     let o = run(&[

@@ -2,8 +2,11 @@
 //! with a real /dev/kvm: `images/runner/test.sh` (Debian's stock 6.12 cloud
 //! kernel under kt-vmm with 2 vCPUs and two vhost-user devices) and
 //! `images/runner/test-kt-device.sh` (the project's guest image with
-//! kt-vhost-device and one echo round trip). Ignored by default because
-//! they take minutes: `cargo test -p kt-vmm --test runner_vm -- --ignored`.
+//! kt-vhost-device and one echo round trip) and `images/runner/test-e2e.sh`
+//! (both of those checks' scope and more, in one runner boot: both
+//! directions, k.echo, ordering, backpressure, backend restart). Ignored by
+//! default because they take minutes:
+//! `cargo test -p kt-vmm --test runner_vm -- --ignored`.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -55,4 +58,10 @@ fn stock_kernel_boots_with_vhost_user_devices() {
 #[ignore = "builds the guest image and boots it in the KVM runner VM (3-5 minutes)"]
 fn project_image_talks_through_kt_vhost_device() {
     run_script("test-kt-device.sh");
+}
+
+#[test]
+#[ignore = "builds the guest image and boots it in the KVM runner VM (1-2 minutes)"]
+fn project_image_end_to_end_with_backend_restart() {
+    run_script("test-e2e.sh");
 }

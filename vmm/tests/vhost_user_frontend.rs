@@ -3,7 +3,8 @@
 //! queue to the backend (features, SET_MEM_TABLE with the memfd, vring
 //! addresses, kick and call eventfds); a kick makes the backend fill a
 //! guest buffer and raise the call eventfd, exactly the path KVM's
-//! ioeventfd and irqfd take in a VM.
+//! ioeventfd and irqfd take in a VM; the backend request channel is set up
+//! and a config change shows in InterruptStatus/ConfigGeneration.
 
 #[path = "support/fill_backend.rs"]
 mod fill_backend;
@@ -14,8 +15,9 @@ use std::time::{Duration, Instant};
 use kt_vmm::config::VhostUserSpec;
 use kt_vmm::devices::bus::BusDevice;
 use kt_vmm::memory;
-use kt_vmm::virtio::mmio::{reg, status, MmioTransport, VIRTIO_F_VERSION_1};
+use kt_vmm::virtio::mmio::{reg, status, MmioTransport, INT_CONFIG, INT_VRING, VIRTIO_F_VERSION_1};
 use kt_vmm::virtio::vhost_user::VhostUserDevice;
+use vhost::vhost_user::VhostUserFrontendReqHandler;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -133,6 +135,20 @@ fn kick_reaches_backend_and_call_comes_back() {
     let mut buf = vec![0u8; BUF_LEN as usize];
     mem.read_slice(&mut buf, GuestAddress(BUF)).unwrap();
     assert!(buf.iter().all(|b| *b == fill_backend::PATTERN));
+
+    // The backend request channel was set up (SET_BACKEND_REQ_FD); a
+    // config change (what its CONFIG_CHANGE_MSG handler does) shows in
+    // InterruptStatus until acknowledged and moves ConfigGeneration.
+    assert!(t.backend().backend_request_fd().is_some());
+    assert_eq!(rd(&mut t, reg::CONFIG_GENERATION), 0);
+    t.backend()
+        .config_events()
+        .handle_config_change()
+        .expect("config change");
+    assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), INT_VRING | INT_CONFIG);
+    assert_eq!(rd(&mut t, reg::CONFIG_GENERATION), 1);
+    wr(&mut t, reg::INTERRUPT_ACK, INT_CONFIG);
+    assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), INT_VRING);
 
     // Driver reset stops the ring; closing the frontend ends the backend.
     wr(&mut t, reg::STATUS, 0);

@@ -3,7 +3,7 @@
 //! `VirtioBackend` that gets the queues on DRIVER_OK. Queue notifications
 //! never come here (KVM ioeventfds catch them) and interrupts are raised by
 //! the backend through an irqfd, so InterruptStatus always reports "used
-//! buffer".
+//! buffer", plus "config change" while the backend's change is unacknowledged.
 
 use super::{QueueConfig, VirtioBackend};
 use crate::devices::bus::BusDevice;
@@ -59,6 +59,8 @@ pub mod status {
 
 /// InterruptStatus bit: a used buffer was added.
 pub const INT_VRING: u32 = 1;
+/// InterruptStatus bit: the device configuration changed.
+pub const INT_CONFIG: u32 = 2;
 
 /// One virtio-mmio device.
 #[derive(Debug)]
@@ -107,6 +109,11 @@ impl<B: VirtioBackend> MmioTransport<B> {
     /// The backend (for tests and diagnostics).
     pub fn backend(&self) -> &B {
         &self.backend
+    }
+
+    /// The backend, mutably (reconnects).
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
     }
 
     /// Current status register.
@@ -177,11 +184,18 @@ impl<B: VirtioBackend> MmioTransport<B> {
             },
             reg::QUEUE_NUM_MAX => self.queue().map_or(0, |q| u32::from(q.max_size)),
             reg::QUEUE_READY => self.queue().map_or(0, |q| u32::from(q.ready)),
-            reg::INTERRUPT_STATUS => INT_VRING,
+            reg::INTERRUPT_STATUS => {
+                INT_VRING
+                    | if self.backend.config_changed() {
+                        INT_CONFIG
+                    } else {
+                        0
+                    }
+            }
             reg::STATUS => self.status,
             // No shared memory regions: length reads as all ones.
             reg::SHM_LEN_LOW..=reg::SHM_BASE_HIGH => u32::MAX,
-            reg::CONFIG_GENERATION => 0,
+            reg::CONFIG_GENERATION => self.backend.config_generation(),
             _ => 0,
         }
     }
@@ -222,7 +236,11 @@ impl<B: VirtioBackend> MmioTransport<B> {
             reg::QUEUE_NOTIFY => {
                 log::debug!("virtio-mmio: notify for queue {v} reached the VMM");
             }
-            reg::INTERRUPT_ACK => {}
+            reg::INTERRUPT_ACK => {
+                if v & INT_CONFIG != 0 {
+                    self.backend.ack_config_change();
+                }
+            }
             reg::STATUS => self.write_status(v),
             _ => log::debug!("virtio-mmio: ignored write {v:#x} at {offset:#x}"),
         }
@@ -259,6 +277,7 @@ mod tests {
         resets: usize,
         fail: bool,
         config: Vec<u8>,
+        config_pending: bool,
     }
 
     impl VirtioBackend for Mock {
@@ -289,6 +308,15 @@ mod tests {
         }
         fn reset(&mut self) {
             self.resets += 1;
+        }
+        fn config_changed(&self) -> bool {
+            self.config_pending
+        }
+        fn ack_config_change(&mut self) {
+            self.config_pending = false;
+        }
+        fn config_generation(&self) -> u32 {
+            7
         }
     }
 
@@ -388,6 +416,20 @@ mod tests {
         negotiate(&mut t, VIRTIO_F_VERSION_1);
         wr(&mut t, reg::STATUS, 0xf);
         assert_ne!(rd(&mut t, reg::STATUS) & status::NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn config_change_interrupt_until_acknowledged() {
+        let mut t = MmioTransport::new(Mock {
+            config_pending: true,
+            ..Default::default()
+        });
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), INT_VRING | INT_CONFIG);
+        assert_eq!(rd(&mut t, reg::CONFIG_GENERATION), 7);
+        wr(&mut t, reg::INTERRUPT_ACK, INT_VRING);
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), INT_VRING | INT_CONFIG);
+        wr(&mut t, reg::INTERRUPT_ACK, INT_CONFIG);
+        assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS), INT_VRING);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Virtio: the virtio-mmio transport and the vhost-user device behind it.
 
 pub mod mmio;
+pub mod reconnect;
 pub mod vhost_user;
 
 /// One virtqueue as the driver configured it.
@@ -56,4 +57,14 @@ pub trait VirtioBackend: Send {
     fn activate(&mut self, features: u64, queues: &[QueueConfig]) -> Result<(), String>;
     /// Stops the device (driver reset).
     fn reset(&mut self);
+    /// A config change the driver has not acknowledged yet.
+    fn config_changed(&self) -> bool {
+        false
+    }
+    /// The driver acknowledged the config-change interrupt.
+    fn ack_config_change(&mut self) {}
+    /// Changes with every config change (ConfigGeneration).
+    fn config_generation(&self) -> u32 {
+        0
+    }
 }

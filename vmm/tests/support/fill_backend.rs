@@ -76,7 +76,12 @@ impl VhostUserBackendMut for FillBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+        // BACKEND_REQ: the frontend sets up its request channel (this
+        // backend never sends on it: vhost 0.18's `Backend` cannot send
+        // CONFIG_CHANGE_MSG).
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::BACKEND_REQ
     }
 
     fn set_event_idx(&mut self, _enabled: bool) {}
