@@ -80,14 +80,17 @@ hash_files() {
 }
 
 # 1. The guest tool: static, for the guest's architecture. Its own target dir
-#    in the cache, so the static RUSTFLAGS never invalidate host builds.
+#    in the cache, so the static RUSTFLAGS never invalidate host builds; one
+#    per checkout, because cargo's freshness checks (mtimes) cannot tell two
+#    checkouts' sources apart and would hand one the other's binary.
 KT_BIN=
 if [ -f "$KT_CRATE/Cargo.toml" ]; then
 	log "building the guest tool kt (static)"
+	guest_target=$KT_CACHE/cargo-guest-tool-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
 	RUSTFLAGS='-C target-feature=+crt-static' nice cargo build --release --quiet \
 		--manifest-path "$KT_CRATE/Cargo.toml" --target "$TARGET" \
-		--target-dir "$KT_CACHE/cargo-guest-tool" >&2
-	KT_BIN="$KT_CACHE/cargo-guest-tool/$TARGET/release/kt"
+		--target-dir "$guest_target" >&2
+	KT_BIN="$guest_target/$TARGET/release/kt"
 	[ -x "$KT_BIN" ] || die "cargo built no 'kt' binary at $KT_BIN"
 	if readelf -l "$KT_BIN" | grep -q 'INTERP'; then
 		die "$KT_BIN is dynamically linked; the initramfs has no libc"

@@ -56,7 +56,7 @@ log "building (cached after the first run; log: $work/build.log)"
 	# Its own image cache: build-image.sh's guest-tool target dir is shared
 	# by every checkout using $KT_CACHE, and cargo can take another
 	# checkout's kt (without --vsock/--serial) as up to date.
-	image=$(KT_CACHE=$KT_CACHE/peers images/build-image.sh | tail -n1)
+	image=$(images/build-image.sh | tail -n1)
 	echo "QEMU=$KT_QEMU"
 	echo "IMAGE=$image"
 } >"$work/build.log" 2>&1 || {
