@@ -53,9 +53,6 @@ log "building (cached after the first run; log: $work/build.log)"
 {
 	KT_QEMU=$(images/build-qemu.sh | tail -n1)
 	nice cargo build --release -p kt -p kt-vhost-device
-	# Its own image cache: build-image.sh's guest-tool target dir is shared
-	# by every checkout using $KT_CACHE, and cargo can take another
-	# checkout's kt (without --vsock/--serial) as up to date.
 	image=$(images/build-image.sh | tail -n1)
 	echo "QEMU=$KT_QEMU"
 	echo "IMAGE=$image"
