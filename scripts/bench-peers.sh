@@ -15,6 +15,8 @@
 # Exit 0 if the guest ran and at least kerntransport was measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/artifacts.sh
+. scripts/lib/artifacts.sh
 export KT_CACHE=${KT_CACHE:-$HOME/.cache/kerntransport}
 VSOCK_VERSION=0.3.0
 VSOCK_PORT=5000
@@ -50,23 +52,11 @@ case "$params" in
 esac
 
 log "building (cached after the first run; log: $work/build.log)"
-{
-	KT_QEMU=$(images/build-qemu.sh | tail -n1)
-	nice cargo build --release -p kt -p kt-vhost-device
-	image=$(images/build-image.sh | tail -n1)
-	echo "QEMU=$KT_QEMU"
-	echo "IMAGE=$image"
-} >"$work/build.log" 2>&1 || {
-	tail -n 30 "$work/build.log" >&2
-	die "build failed"
-}
-KT_QEMU=$(sed -n 's/^QEMU=//p' "$work/build.log")
-image=$(sed -n 's/^IMAGE=//p' "$work/build.log")
-kernel=${image#KERNEL=}
-kernel=${kernel%% INITRAMFS=*}
-initramfs=${image##* INITRAMFS=}
-device=$PWD/target/release/kt-vhost-device
-kt=$PWD/target/release/kt
+kt_build_artifacts "$work/build.log" || die "build failed"
+kernel=$KT_KERNEL
+initramfs=$KT_INITRAMFS
+device=$KT_DEVICE_BIN
+kt=$KT_TOOL_BIN
 
 # vhost-device-vsock: a published crate, installed once into the cache.
 vsock_dev=${KT_VSOCK_DEVICE:-$KT_CACHE/peers/vhost-device-vsock-$VSOCK_VERSION/bin/vhost-device-vsock}

@@ -9,6 +9,8 @@
 # step worked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/artifacts.sh
+. scripts/lib/artifacts.sh
 export KT_CACHE=${KT_CACHE:-$HOME/.cache/kerntransport}
 t0=$(date +%s)
 work=$(mktemp -d /tmp/kt-demo.XXXXXX)
@@ -63,26 +65,11 @@ wait_serial() {
 }
 
 head_line "building (cached after the first run; log: $work/build.log)"
-{
-	KT_QEMU=$(images/build-qemu.sh | tail -n1)
-	cargo build --workspace --release
-	image=$(images/build-image.sh | tail -n1)
-	echo "QEMU=$KT_QEMU"
-	echo "IMAGE=$image"
-} >"$work/build.log" 2>&1 || {
-	tail -n 30 "$work/build.log" >&2
-	die "build failed"
-}
-KT_QEMU=$(sed -n 's/^QEMU=//p' "$work/build.log")
-image=$(sed -n 's/^IMAGE=//p' "$work/build.log")
-kernel=${image#KERNEL=}
-kernel=${kernel%% INITRAMFS=*}
-initramfs=${image##* INITRAMFS=}
-device=$PWD/target/release/kt-vhost-device
-kt=$PWD/target/release/kt
-for f in "$KT_QEMU" "$kernel" "$initramfs" "$device" "$kt"; do
-	[ -e "$f" ] || die "missing build output $f"
-done
+kt_build_artifacts "$work/build.log" || die "build failed"
+kernel=$KT_KERNEL
+initramfs=$KT_INITRAMFS
+device=$KT_DEVICE_BIN
+kt=$KT_TOOL_BIN
 say "QEMU:      $KT_QEMU"
 say "kernel:    $kernel"
 say "initramfs: $initramfs"

@@ -6,6 +6,8 @@
 # plainly which parts are not in the tree yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/artifacts.sh
+. scripts/lib/artifacts.sh
 export KT_CACHE=${KT_CACHE:-$HOME/.cache/kerntransport}
 step() { printf -- '-- e2e: %s\n' "$*"; }
 t0=$(date +%s)
@@ -26,13 +28,10 @@ cargo build --workspace --release
 
 step "guest image (images/build-image.sh)"
 image=$(images/build-image.sh | tail -n1)
-case "$image" in
-KERNEL=*" INITRAMFS="*) ;;
-*) echo "e2e: build-image.sh printed '$image', expected KERNEL=... INITRAMFS=..." >&2; exit 1 ;;
-esac
-KT_KERNEL=${image#KERNEL=}
-KT_KERNEL=${KT_KERNEL%% INITRAMFS=*}
-KT_INITRAMFS=${image##* INITRAMFS=}
+kt_split_image "$image" || {
+	echo "e2e: build-image.sh printed '$image', expected KERNEL=... INITRAMFS=..." >&2
+	exit 1
+}
 export KT_KERNEL KT_INITRAMFS
 echo "KT_KERNEL=$KT_KERNEL"
 echo "KT_INITRAMFS=$KT_INITRAMFS ($(elapsed))"
