@@ -14,10 +14,14 @@
 
 #[path = "support/fill_backend.rs"]
 mod fill_backend;
+#[path = "support/mmio_ring.rs"]
+mod mmio_ring;
+
+use mmio_ring::{set_u64, wait_for, wr, AVAIL, BUF, BUF_LEN, DESC, USED, VIRTQ_DESC_F_WRITE};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kt_vmm::config::VhostUserSpec;
 use kt_vmm::devices::bus::BusDevice;
@@ -26,12 +30,6 @@ use kt_vmm::virtio::mmio::{reg, status, MmioTransport, VIRTIO_F_VERSION_1};
 use kt_vmm::virtio::vhost_user::VhostUserDevice;
 use vm_memory::{Bytes, GuestAddress};
 
-const DESC: u64 = 0x10000;
-const AVAIL: u64 = 0x11000;
-const USED: u64 = 0x12000;
-const BUF: u64 = 0x20000;
-const BUF_LEN: u32 = 64;
-const VIRTQ_DESC_F_WRITE: u16 = 2;
 const PATTERN: u8 = fill_backend::PATTERN;
 /// Set in a backend child: the socket it serves.
 const CHILD_ENV: &str = "KT_FILL_SOCKET";
@@ -54,23 +52,6 @@ impl Drop for Backend {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn wr(t: &mut MmioTransport<VhostUserDevice>, off: u64, v: u32) {
-    t.write(off, &v.to_le_bytes());
-}
-
-fn set_u64(t: &mut MmioTransport<VhostUserDevice>, low: u64, v: u64) {
-    wr(t, low, v as u32);
-    wr(t, low + 4, (v >> 32) as u32);
 }
 
 /// Publishes descriptor `i` (a writable buffer) as available entry `i`.

@@ -8,9 +8,12 @@
 
 #[path = "support/fill_backend.rs"]
 mod fill_backend;
+#[path = "support/mmio_ring.rs"]
+mod mmio_ring;
+
+use mmio_ring::{rd, set_u64, wait_for, wr, AVAIL, BUF, BUF_LEN, DESC, USED, VIRTQ_DESC_F_WRITE};
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use kt_vmm::config::VhostUserSpec;
 use kt_vmm::devices::bus::BusDevice;
@@ -20,36 +23,6 @@ use kt_vmm::virtio::vhost_user::VhostUserDevice;
 use vhost::vhost_user::VhostUserFrontendReqHandler;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::EventFd;
-
-const DESC: u64 = 0x10000;
-const AVAIL: u64 = 0x11000;
-const USED: u64 = 0x12000;
-const BUF: u64 = 0x20000;
-const BUF_LEN: u32 = 64;
-const VIRTQ_DESC_F_WRITE: u16 = 2;
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-fn wr(t: &mut MmioTransport<VhostUserDevice>, off: u64, v: u32) {
-    t.write(off, &v.to_le_bytes());
-}
-
-fn rd(t: &mut MmioTransport<VhostUserDevice>, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(off, &mut b);
-    u32::from_le_bytes(b)
-}
-
-fn set_u64(t: &mut MmioTransport<VhostUserDevice>, low: u64, v: u64) {
-    wr(t, low, v as u32);
-    wr(t, low + 4, (v >> 32) as u32);
-}
 
 #[test]
 fn kick_reaches_backend_and_call_comes_back() {
