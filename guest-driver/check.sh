@@ -10,10 +10,16 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${KT_CACHE:-$HOME/.cache/kerntransport}
 
-KERNELS=(
-	/usr/src/linux-headers-6.12.95+deb12-cloud-amd64
-	/usr/src/linux-headers-6.1.0-56-cloud-amd64
-)
+# shellcheck source=scripts/lib/kernels.sh
+. "$here/../scripts/lib/kernels.sh"
+mapfile -t releases < <(kt_supported_kernels)
+[ "${#releases[@]}" -gt 0 ] || exit 1
+if [ "${1:-}" = "--print-kernels" ]; then
+	printf '%s\n' "${releases[@]}"
+	exit 0
+fi
+KERNELS=()
+for r in "${releases[@]}"; do KERNELS+=("$(kt_headers_dir "$r")"); done
 SOURCE_TARBALL=/usr/src/linux-source-6.12.tar.xz
 
 fail() {

@@ -24,30 +24,20 @@ TARGET=x86_64-unknown-linux-gnu
 log() { printf 'build-image: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# The kernel the guest runs: the version linux-image-cloud-amd64 depends on,
-# else the newest installed linux-image-6.12.*-cloud-amd64.
-guest_kernel_version() {
-	if [ -n "${KT_GUEST_KVER:-}" ]; then
-		echo "$KT_GUEST_KVER"
-		return
-	fi
-	local dep
-	dep=$(dpkg-query -W -f='${Status}|${Depends}\n' linux-image-cloud-amd64 2>/dev/null |
-		sed -n 's/^install ok installed|.*linux-image-\([^ ,]*-cloud-amd64\).*/\1/p' | head -n1)
-	if [ -n "$dep" ]; then
-		echo "$dep"
-		return
-	fi
-	dpkg-query -W -f='${Status}|${Package}\n' 'linux-image-6.12*-cloud-amd64' 2>/dev/null |
-		sed -n 's/^install ok installed|linux-image-//p' | grep -v -- '-unsigned$' | sort -V | tail -n1
-}
-
-KVER=$(guest_kernel_version)
+# The kernel the guest runs: scripts/lib/kernels.sh decides (KT_GUEST_KVER
+# overrides it there).
+# shellcheck source=scripts/lib/kernels.sh
+. "$ROOT/scripts/lib/kernels.sh"
+KVER=$(kt_kernel_612)
 [ -n "$KVER" ] || die "no Debian 6.12 cloud kernel installed; run scripts/setup.sh"
 case "$KVER" in
 6.12.*) ;;
 *) die "guest kernel $KVER is not a 6.12 kernel" ;;
 esac
+if [ "${1:-}" = "--print-kernel" ]; then
+	echo "$KVER"
+	exit 0
+fi
 VMLINUZ=/boot/vmlinuz-$KVER
 KDIR=/lib/modules/$KVER/build
 [ -r "$VMLINUZ" ] || die "$VMLINUZ missing (package linux-image-$KVER)"

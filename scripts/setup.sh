@@ -4,6 +4,11 @@
 # sources), Debian packages, and Python build tools for QEMU. Idempotent:
 # a second run only checks. Owns installation; builds nothing.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=scripts/lib/apt-sources.sh
+. "$here/lib/apt-sources.sh"
+# shellcheck source=scripts/lib/kernels.sh
+. "$here/lib/kernels.sh"
 
 need_root() {
 	if [ "$(id -u)" -ne 0 ]; then
@@ -22,9 +27,10 @@ PKGS=(
 	busybox-static sparse linux-source-6.12
 	ninja-build libglib2.0-dev libpixman-1-dev flex bison libfdt-dev
 	python3 python3-venv iproute2 socat kmod
+	debootstrap dkms dpkg-dev systemd
 )
 # Packages that must come from bookworm-backports.
-BPO_PKGS=(qemu-system-x86 linux-image-cloud-amd64 linux-headers-cloud-amd64)
+BPO_PKGS=(qemu-system-x86 "${KT_KERNEL_612_PACKAGES[@]}")
 
 missing() {
 	local p out=()
@@ -34,22 +40,24 @@ missing() {
 	echo "${out[@]:-}"
 }
 
-archive_uri() {
-	# The archive host the machine already uses for bookworm.
-	local uri
-	uri=$(grep -rhoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-		| grep -v security | head -n1 || true)
-	echo "${uri:-http://deb.debian.org/debian}"
-}
+# The sources files setup reads and writes (KT_APT_ROOT: tests only).
+APT_ROOT=${KT_APT_ROOT:-}
 
 add_backports() {
-	if grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+	local files uri
+	mapfile -t files < <(apt_source_files "$APT_ROOT")
+	if apt_has_suite bookworm-backports "${files[@]}"; then
 		return 1
 	fi
-	local uri
-	uri=$(archive_uri)
+	# The archive host the machine already uses for bookworm, read from
+	# apt's active entries only; never a host of our own.
+	if ! uri=$(apt_bookworm_uri "${files[@]}"); then
+		echo "setup: no active apt entry for bookworm in ${files[*]:-/etc/apt} (need one to add bookworm-backports on the same archive host)" >&2
+		exit 1
+	fi
 	echo "setup: adding bookworm-backports from $uri"
-	$SUDO tee /etc/apt/sources.list.d/kerntransport-backports.sources >/dev/null <<EOS
+	$SUDO mkdir -p "$APT_ROOT/etc/apt/sources.list.d"
+	$SUDO tee "$APT_ROOT/etc/apt/sources.list.d/kerntransport-backports.sources" >/dev/null <<EOS
 Types: deb deb-src
 URIs: $uri
 Suites: bookworm-backports
@@ -59,25 +67,14 @@ EOS
 	return 0
 }
 
-# The guest driver also builds against bookworm's own 6.1 cloud kernel; its
-# headers package name carries an ABI number that changes with updates, so
-# find the newest one the archive has.
-have_headers_61() {
-	dpkg-query -W -f='${Package} ${Status}\n' 'linux-headers-6.1.*-cloud-amd64' 2>/dev/null |
-		grep -q "install ok installed"
-}
-
-headers_61_pkg() {
-	local v
-	v=$(apt-cache madison linux-headers-cloud-amd64 |
-		awk -F'|' '{gsub(/ /, "", $2)} $2 ~ /^6\.1\./ {print $2; exit}')
-	[ -n "$v" ] || { echo "setup: no 6.1 cloud kernel headers in apt's lists" >&2; exit 1; }
-	apt-cache show "linux-headers-cloud-amd64=$v" |
-		sed -n 's/^Depends: \(linux-headers-[^ ,]*\).*/\1/p' | head -n1
-}
-
 main() {
 	need_root
+	if [ "${1:-}" = "--backports-only" ]; then
+		# Only the apt sources step (used by scripts/tests/apt-sources.sh
+		# with KT_APT_ROOT pointing at sample roots).
+		add_backports || echo "setup: bookworm-backports already in apt's sources"
+		return 0
+	fi
 	local updated=0
 	if add_backports; then
 		$SUDO apt-get update -q
@@ -86,10 +83,13 @@ main() {
 	local m b
 	m=$(missing "${PKGS[@]}")
 	b=$(missing "${BPO_PKGS[@]}")
-	if ! have_headers_61; then
+	if [ -z "$(kt_kernel_61)" ]; then
 		[ "$updated" = 1 ] || $SUDO apt-get update -q
 		updated=1
-		m="$m $(headers_61_pkg)"
+		local h61
+		h61=$(kt_kernel_61_package)
+		[ -n "$h61" ] || { echo "setup: no 6.1 cloud kernel headers in apt's lists" >&2; exit 1; }
+		m="$m $h61"
 	fi
 	if [ -n "${m// /}$b" ]; then
 		[ "$updated" = 1 ] || $SUDO apt-get update -q
@@ -99,7 +99,13 @@ main() {
 		# shellcheck disable=SC2086
 		[ -z "$m" ] || $SUDO apt-get install -y -q $m
 	fi
-	echo "setup: Debian packages present"
+	# The kernels every other script will use must now be present.
+	local k
+	for k in $(kt_supported_kernels); do
+		[ -f "$(kt_headers_dir "$k")/Makefile" ] ||
+			{ echo "setup: headers for $k missing after installation" >&2; exit 1; }
+	done
+	echo "setup: Debian packages present; kernels: $(kt_supported_kernels | paste -sd' ')"
 }
 
 main "$@"

@@ -19,8 +19,15 @@ here=$(cd "$(dirname "$0")" && pwd)
 drv=$(dirname "$here")
 repo=$(dirname "$drv")
 cache=${KT_CACHE:-$HOME/.cache/kerntransport}
-kver=6.12.95+deb12-cloud-amd64
-kdir=/usr/src/linux-headers-$kver
+# shellcheck source=scripts/lib/kernels.sh
+. "$repo/scripts/lib/kernels.sh"
+kver=$(kt_kernel_612)
+[ -n "$kver" ] || { echo "run.sh: no Debian 6.12 cloud kernel installed (run scripts/setup.sh)" >&2; exit 1; }
+if [ "${1:-}" = "--print-kernel" ]; then
+	echo "$kver"
+	exit 0
+fi
+kdir=$(kt_headers_dir "$kver")
 kernel=/boot/vmlinuz-$kver
 
 fail() {

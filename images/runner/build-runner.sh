@@ -21,7 +21,14 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-KVER=${KVER:-6.12.95+deb12-cloud-amd64}
+# shellcheck source=scripts/lib/kernels.sh
+. "$root/scripts/lib/kernels.sh"
+KVER=$(kt_kernel_612)
+[ -n "$KVER" ] || { echo "build-runner: no Debian 6.12 cloud kernel installed (run scripts/setup.sh)" >&2; exit 1; }
+if [ "${1:-}" = "--print-kernel" ]; then
+	echo "$KVER"
+	exit 0
+fi
 RUNNER_KERNEL=${KT_RUNNER_KERNEL:-/boot/vmlinuz-$KVER}
 GUEST_KERNEL=${KT_GUEST_KERNEL:-/boot/vmlinuz-$KVER}
 MODDIR=/lib/modules/$KVER/kernel
