@@ -2,8 +2,8 @@
 # End-to-end tests: builds (or takes from $KT_CACHE) the patched QEMU and the
 # guest image, builds the workspace's release binaries, then runs kt-tests'
 # ignored end-to-end tests one at a time with KT_QEMU, KT_KERNEL,
-# KT_INITRAMFS and KT_VHOST_DEVICE set. Called by scripts/test.sh; says
-# plainly which parts are not in the tree yet.
+# KT_INITRAMFS and KT_VHOST_DEVICE set. Called by scripts/test.sh; fails
+# when any part is missing (never falls back to a subset).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/artifacts.sh
@@ -36,18 +36,13 @@ export KT_KERNEL KT_INITRAMFS
 echo "KT_KERNEL=$KT_KERNEL"
 echo "KT_INITRAMFS=$KT_INITRAMFS ($(elapsed))"
 
-# Tests needing the backend live in tests/tests/e2e_device.rs (and later
-# files); without kt-vhost-device only the guest-only ones run.
-targets=(--tests)
-backend=${KT_VHOST_DEVICE:-$PWD/target/release/kt-vhost-device}
-if [ -x "$backend" ]; then
-	export KT_VHOST_DEVICE=$backend
-	echo "KT_VHOST_DEVICE=$KT_VHOST_DEVICE"
-else
-	echo "e2e: kt-vhost-device is not in the tree yet: running only the guest-only tests (e2e_boot)"
-	targets=(--lib --test e2e_boot)
-fi
+# The backend the tests run: the release build just made (honouring
+# CARGO_TARGET_DIR), or KT_VHOST_DEVICE. Every e2e test needs it.
+backend=${KT_VHOST_DEVICE:-$(kt_target_dir)/release/kt-vhost-device}
+[ -x "$backend" ] || { echo "e2e: backend $backend not found after the release build" >&2; exit 1; }
+export KT_VHOST_DEVICE=$backend
+echo "KT_VHOST_DEVICE=$KT_VHOST_DEVICE"
 
 step "cargo test -p kt-tests (end-to-end, one at a time)"
-cargo test -p kt-tests --release "${targets[@]}" -- --include-ignored --test-threads=1
+cargo test -p kt-tests --release --tests -- --include-ignored --test-threads=1
 echo "e2e: done in $(elapsed)"

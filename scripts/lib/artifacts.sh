@@ -4,6 +4,11 @@
 # KT_KERNEL, KT_INITRAMFS, KT_DEVICE_BIN and KT_TOOL_BIN. Owns only the
 # build-and-locate step; callers own their processes and output.
 
+# kt_target_dir: cargo's target directory (CARGO_TARGET_DIR or ./target).
+kt_target_dir() {
+	echo "${CARGO_TARGET_DIR:-$PWD/target}"
+}
+
 # kt_split_image "KERNEL=... INITRAMFS=..." sets KT_KERNEL and KT_INITRAMFS
 # from build-image.sh's last line; returns 1 if the line has another shape.
 kt_split_image() {
@@ -32,8 +37,8 @@ kt_build_artifacts() {
 		echo "build-image.sh printed '$image', expected KERNEL=... INITRAMFS=..." >&2
 		return 1
 	}
-	KT_DEVICE_BIN=$PWD/target/release/kt-vhost-device
-	KT_TOOL_BIN=$PWD/target/release/kt
+	KT_DEVICE_BIN=$(kt_target_dir)/release/kt-vhost-device
+	KT_TOOL_BIN=$(kt_target_dir)/release/kt
 	local f
 	for f in "$KT_QEMU" "$KT_KERNEL" "$KT_INITRAMFS" "$KT_DEVICE_BIN" "$KT_TOOL_BIN"; do
 		[ -e "$f" ] || {

@@ -7,8 +7,9 @@
 //! ([`qemu`]), the `kt-vhost-device` backend ([`backend`]), host-side
 //! `SOCK_SEQPACKET` services and clients ([`seqpacket`], [`client`]),
 //! verifiable test streams on the host side ([`traffic`]), the host build
-//! of the `kt` tool ([`tool`]), and where the built artifacts are
-//! ([`env`]). It holds no test scenarios.
+//! of the `kt` tool ([`tool`]), where the built artifacts are ([`env`]),
+//! and how a test that cannot run here says so ([`skip`]). It holds no
+//! test scenarios.
 //!
 //! Every handle that owns a process kills and reaps it when dropped, and
 //! dumps its logs to stderr when dropped during a panic, so a failing test
@@ -21,6 +22,7 @@ pub mod env;
 pub mod log;
 pub mod qemu;
 pub mod seqpacket;
+pub mod skip;
 pub mod tempdir;
 pub mod tool;
 pub mod traffic;

@@ -60,15 +60,38 @@ pub const RECV_MAX: usize = 2 << 20;
 /// with `EMSGSIZE`); see [`max_send_buffer`].
 pub const SEND_BUFFER: usize = (1 << 20) + 64 * 1024;
 
+const WMEM_MAX: &str = "/proc/sys/net/core/wmem_max";
+
 /// `net.core.wmem_max`: the largest send buffer an unprivileged
 /// `SO_SNDBUF` gets (the kernel doubles it for bookkeeping), or `None` if
 /// it cannot be read.
 pub fn max_send_buffer() -> Option<usize> {
-    std::fs::read_to_string("/proc/sys/net/core/wmem_max")
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    std::fs::read_to_string(WMEM_MAX).ok()?.trim().parse().ok()
+}
+
+/// Makes sure `net.core.wmem_max` lets a [`SEND_BUFFER`]-sized send buffer
+/// through, raising it (tests run as root) when the machine's default is
+/// smaller. Tests of 1 MiB messages call this first and fail with its
+/// message when it cannot be done, rather than skipping.
+pub fn ensure_send_buffer_limit() -> Result<(), String> {
+    match max_send_buffer() {
+        Some(m) if m >= SEND_BUFFER => return Ok(()),
+        None => return Err(format!("{WMEM_MAX} cannot be read")),
+        Some(_) => {}
+    }
+    let want = (4 * SEND_BUFFER).to_string();
+    std::fs::write(WMEM_MAX, &want).map_err(|e| {
+        format!(
+            "net.core.wmem_max is {:?}, below the {SEND_BUFFER} bytes a 1 MiB message needs, \
+             and raising it failed ({e}); run the tests as root or \
+             `sysctl -w net.core.wmem_max={want}`",
+            max_send_buffer()
+        )
+    })?;
+    match max_send_buffer() {
+        Some(m) if m >= SEND_BUFFER => Ok(()),
+        other => Err(format!("net.core.wmem_max is still {other:?} after writing {want}")),
+    }
 }
 
 /// Asks for [`SEND_BUFFER`] bytes of send buffer (best effort: the kernel
@@ -592,9 +615,8 @@ mod tests {
 
     #[test]
     fn a_message_of_the_protocol_limit_fits() {
-        if !matches!(max_send_buffer(), Some(m) if m >= SEND_BUFFER) {
-            eprintln!("skipped: net.core.wmem_max is below {SEND_BUFFER}");
-            return;
+        if let Err(e) = ensure_send_buffer_limit() {
+            panic!("{e}");
         }
         let dir = TempDir::new("seqpacket-1m").expect("tempdir");
         let listener = SeqpacketListener::bind(&dir.join("svc.sock")).expect("bind");

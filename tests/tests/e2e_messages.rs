@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use kt_tests::qemu::BOOT_TIMEOUT;
-use kt_tests::seqpacket::{max_send_buffer, SocketError, SEND_BUFFER};
+use kt_tests::seqpacket::{ensure_send_buffer_limit, SocketError};
 use kt_tests::traffic::Received;
 use kt_tests::{
     connect_to_guest_when_ready, send_stream, verify_stream, BackendBuilder, Qemu,
@@ -255,16 +255,8 @@ fn messages_of_every_size_in_order_both_ways_and_the_size_limit() {
 fn one_mib_messages_both_ways_and_the_size_limit() {
     // Host programs and the device need send buffers above the default
     // net.core.wmem_max (about 208 KiB) for 1 MiB SOCK_SEQPACKET messages.
-    match max_send_buffer() {
-        Some(m) if m >= SEND_BUFFER => {}
-        other => {
-            eprintln!(
-                "SKIPPED one_mib_messages_both_ways_and_the_size_limit: net.core.wmem_max is \
-                 {other:?}, below {SEND_BUFFER}; 1 MiB host messages cannot be sent \
-                 (sysctl -w net.core.wmem_max=4194304 to run it)"
-            );
-            return;
-        }
+    if let Err(e) = ensure_send_buffer_limit() {
+        panic!("{e}");
     }
     messages_run(
         "e2e-msgs1m",

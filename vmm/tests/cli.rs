@@ -2,13 +2,15 @@
 //! an emulating or missing KVM is reported clearly; tiny hand-assembled
 //! real-mode guests (which run even under the emulating KVM of the project's
 //! build machines) check serial output, i8042 reset, ACPI power-off and
-//! triple-fault handling end to end. Guest tests skip, saying so, where no
-//! /dev/kvm can be opened.
+//! triple-fault handling end to end. Guest tests are recorded as SKIP
+//! (`kt_tests::skip`) where no /dev/kvm can be opened.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use kt_tests::skip::skip;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kt-vmm");
 
@@ -80,16 +82,19 @@ fn guest(name: &str, code: &[u8]) -> PathBuf {
     p
 }
 
-fn kvm_usable() -> bool {
-    let ok = std::fs::OpenOptions::new()
+/// Whether `/dev/kvm` can be opened; when not, records `test` as skipped.
+fn kvm_usable(test: &str) -> bool {
+    match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
-        .is_ok();
-    if !ok {
-        eprintln!("skipping: /dev/kvm cannot be opened here");
+    {
+        Ok(_) => true,
+        Err(e) => {
+            skip(test, &format!("/dev/kvm cannot be opened here ({e})"));
+            false
+        }
     }
-    ok
 }
 
 fn run_guest(code: &[u8], name: &str) -> Outcome {
@@ -206,8 +211,14 @@ fn missing_kvm_is_explained() {
 
 #[test]
 fn emulating_kvm_is_refused_without_allow_slow_kvm() {
-    if !Path::new("/sys/module/kvm_pvm").exists() || !kvm_usable() {
-        eprintln!("skipping: this host's KVM is not the emulating kvm_pvm");
+    if !kvm_usable("emulating_kvm_is_refused_without_allow_slow_kvm") {
+        return;
+    }
+    if !Path::new("/sys/module/kvm_pvm").exists() {
+        skip(
+            "emulating_kvm_is_refused_without_allow_slow_kvm",
+            "this host's KVM is not the emulating kvm_pvm",
+        );
         return;
     }
     let k = guest("pvm", &[0xf4]);
@@ -238,7 +249,7 @@ const TRIPLE_FAULT: &[u8] = &[
 
 #[test]
 fn tiny_guest_prints_on_serial_and_resets() {
-    if !kvm_usable() {
+    if !kvm_usable("tiny_guest_prints_on_serial_and_resets") {
         return;
     }
     let o = run_guest(SERIAL_THEN_RESET, "serial");
@@ -253,7 +264,7 @@ fn tiny_guest_prints_on_serial_and_resets() {
 
 #[test]
 fn tiny_guest_acpi_poweroff_exits_zero() {
-    if !kvm_usable() {
+    if !kvm_usable("tiny_guest_acpi_poweroff_exits_zero") {
         return;
     }
     let o = run_guest(ACPI_POWEROFF, "poweroff");
@@ -263,7 +274,7 @@ fn tiny_guest_acpi_poweroff_exits_zero() {
 
 #[test]
 fn tiny_guest_triple_fault_exits_two() {
-    if !kvm_usable() {
+    if !kvm_usable("tiny_guest_triple_fault_exits_two") {
         return;
     }
     let o = run_guest(TRIPLE_FAULT, "triple");
@@ -280,7 +291,7 @@ fn tiny_guest_triple_fault_exits_two() {
 
 #[test]
 fn serial_file_gets_a_copy() {
-    if !kvm_usable() {
+    if !kvm_usable("serial_file_gets_a_copy") {
         return;
     }
     let p = guest("serialfile", SERIAL_THEN_RESET);
@@ -348,7 +359,7 @@ const LONG_MODE_SERIAL: &[u8] = &[
 
 #[test]
 fn elf_guest_starts_in_long_mode() {
-    if !kvm_usable() {
+    if !kvm_usable("elf_guest_starts_in_long_mode") {
         return;
     }
     let p = guest("elf", &elf64(LONG_MODE_SERIAL, 0x20_0000));
