@@ -90,7 +90,9 @@ pub fn ensure_send_buffer_limit() -> Result<(), String> {
     })?;
     match max_send_buffer() {
         Some(m) if m >= SEND_BUFFER => Ok(()),
-        other => Err(format!("net.core.wmem_max is still {other:?} after writing {want}")),
+        other => Err(format!(
+            "net.core.wmem_max is still {other:?} after writing {want}"
+        )),
     }
 }
 
