@@ -73,7 +73,7 @@ pub fn max_send_buffer() -> Option<usize> {
 /// through, raising it (tests run as root) when the machine's default is
 /// smaller. Tests of 1 MiB messages call this first and fail with its
 /// message when it cannot be done, rather than skipping.
-pub fn ensure_send_buffer_limit() -> Result<(), String> {
+pub fn ensure_send_buffer_limit() -> std::result::Result<(), String> {
     match max_send_buffer() {
         Some(m) if m >= SEND_BUFFER => return Ok(()),
         None => return Err(format!("{WMEM_MAX} cannot be read")),
