@@ -5,8 +5,10 @@
 # Cached in ${KT_CACHE:-~/.cache/kerntransport}/runner-<hash>/ keyed by every
 # input; prints that directory as the last line of stdout.
 #
-# Usage: build-runner.sh [--with-qemu]
-# Env:   KT_RUNNER_KERNEL  kernel of the runner VM   (default: Debian 6.12 cloud)
+# Usage: build-runner.sh [--with-qemu | --print-kernel]
+# Env:   KT_RUNNER_KERNEL  kernel of the runner VM   (default: Debian's 6.12
+#                          cloud kernel as scripts/lib/kernels.sh names it;
+#                          KT_GUEST_KVER overrides that release there)
 #        KT_GUEST_KERNEL   kernel kt-vmm boots        (default: same)
 #        KT_GUEST_INITRD   guest initramfs            (default: built here)
 #        KT_GUEST_EXTRA    directory added to the guest initramfs (copied into
