@@ -9,11 +9,13 @@
 # host's, mounted read-only; crates come from crates.io as on any machine.
 # Owns the scratch root and its mounts; never touches the host's packages.
 #
-# Usage: scripts/fresh-machine.sh [--keep] [--only demo|test] [DIR]
+# Usage: scripts/fresh-machine.sh [--keep] [--no-base-cache] [--only demo|test] [DIR]
 #   DIR      where the root goes (default /var/tmp/kt-fresh-machine; it is
 #            deleted first, and afterwards unless --keep)
 #   --keep   keep the root (and its cache) after the run
 #   --only   run just one of the two commands
+#   --no-base-cache  debootstrap even if a base root from the last week is
+#            cached in $KT_CACHE
 # Each command's full output goes to DIR/root/<command>.log; its last lines
 # (KT_FRESH_TAIL, default 25) are printed with its result and time.
 # Needs root. Takes about as long as a cold `make demo` plus `make test`
@@ -27,10 +29,12 @@ repo=$(cd "$here/.." && pwd)
 
 keep=0
 only=
+base_cache=1
 dir=/var/tmp/kt-fresh-machine
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--keep) keep=1 ;;
+	--no-base-cache) base_cache=0 ;;
 	--only)
 		only=${2:-}
 		case "$only" in demo | test) ;; *) echo "fresh-machine: --only takes demo or test" >&2; exit 2 ;; esac
@@ -89,12 +93,36 @@ t0=$(date +%s)
 # Beyond debootstrap's minimal base, only what the README assumes to get and
 # drive the repo: make, git, and ca-certificates for crates.io. No compiler:
 # set-up installs build-essential before anything is built.
-say "debootstrap bookworm from $mirror into $dir"
-debootstrap --variant=minbase --include=make,git,ca-certificates \
-	bookworm "$dir" "$mirror" >"$dir.debootstrap.log" 2>&1 ||
-	{ tail -n 20 "$dir.debootstrap.log" >&2; die "debootstrap failed (log $dir.debootstrap.log)"; }
-rm -f "$dir.debootstrap.log"
+# debootstrap's result is cached (a tarball under $KT_CACHE keyed by the
+# mirror and the package list, rebuilt after a week) so repeated checks do
+# not spend minutes on it; --no-base-cache always debootstraps.
+include=make,git,ca-certificates
+base=${KT_CACHE:-$HOME/.cache/kerntransport}/fresh-base-$(echo "$mirror $include" | sha256sum | cut -c1-16).tar
+if [ "$base_cache" = 1 ] && [ -f "$base" ] && [ -n "$(find "$base" -mtime -7)" ]; then
+	say "unpacking the cached bookworm base $base"
+	tar -xf "$base" -C "$dir"
+else
+	say "debootstrap bookworm from $mirror into $dir"
+	debootstrap --variant=minbase --include="$include" \
+		bookworm "$dir" "$mirror" >"$dir.debootstrap.log" 2>&1 ||
+		{ tail -n 20 "$dir.debootstrap.log" >&2; die "debootstrap failed (log $dir.debootstrap.log)"; }
+	rm -f "$dir.debootstrap.log"
+	if [ "$base_cache" = 1 ]; then
+		mkdir -p "$(dirname "$base")"
+		tar -cf "$base.tmp" -C "$dir" . && mv "$base.tmp" "$base"
+	fi
+fi
 say "root ready in $(($(date +%s) - t0)) s"
+
+# The machine's network trust, as any machine of this site has it: local CA
+# certificates (a TLS-inspecting egress proxy signs with one) and the
+# variables that point tools such as pip at the bundle.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+	mkdir -p "$dir/usr/local/share/ca-certificates"
+	cp /usr/local/share/ca-certificates/*.crt "$dir/usr/local/share/ca-certificates/"
+	chroot "$dir" update-ca-certificates >/dev/null
+fi
+[ ! -f /etc/pip.conf ] || cp /etc/pip.conf "$dir/etc/pip.conf"
 
 # The stock image's sources: deb822, a commented snapshot URL above each
 # real URIs line, no one-line sources.list.
@@ -131,6 +159,9 @@ git clone -q "$repo" "$dir/root/kerntransport"
 
 env_vars=(HOME=/root PATH=/opt/rust/cargo-bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 	RUSTUP_HOME=/opt/rust/rustup CARGO_HOME=/root/.cargo TERM=dumb LANG=C.UTF-8)
+for v in SSL_CERT_FILE SSL_CERT_DIR CURL_CA_BUNDLE REQUESTS_CA_BUNDLE PIP_CERT GIT_SSL_CAINFO; do
+	[ -z "${!v:-}" ] || env_vars+=("$v=${!v}")
+done
 results=()
 status=0
 run_one() {

@@ -22,7 +22,7 @@ _kt_installed() {
 		sed -n 's/^install ok installed|//p'
 }
 
-# kt_kernel_612: the 6.12 release the project uses, e.g. 6.12.57+deb12-cloud-amd64:
+# kt_kernel_612: the 6.12 release the project uses, e.g. 6.12.<n>+deb12-cloud-amd64:
 # the one the installed linux-image-cloud-amd64 depends on, else the newest
 # installed linux-image-6.12*-cloud-amd64. Prints nothing when there is none.
 kt_kernel_612() {
@@ -42,7 +42,7 @@ kt_kernel_612() {
 }
 
 # kt_kernel_61: the newest installed bookworm 6.1 cloud kernel headers'
-# release, e.g. 6.1.0-57-cloud-amd64. Prints nothing when there is none.
+# release, e.g. 6.1.0-<abi>-cloud-amd64. Prints nothing when there is none.
 kt_kernel_61() {
 	_kt_installed 'linux-headers-6.1.*-cloud-amd64' | sed 's/^linux-headers-//' | sort -V | tail -n1
 }
