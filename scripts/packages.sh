@@ -57,12 +57,15 @@ done
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/kt-packages.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+# Each package is staged in $stage/PKG: the debian/PKG layout
+# dpkg-shlibdeps expects.
+stage=$work/debian
 mkdir -p "$out"
 
-# copyright PKG: /usr/share/doc/PKG/copyright in staging dir $work/PKG.
+# copyright PKG: /usr/share/doc/PKG/copyright in staging dir $stage/PKG.
 copyright() {
-	install -d "$work/$1/usr/share/doc/$1"
-	cat >"$work/$1/usr/share/doc/$1/copyright" <<EOF
+	install -d "$stage/$1/usr/share/doc/$1"
+	cat >"$stage/$1/usr/share/doc/$1/copyright" <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: kerntransport
 
@@ -76,7 +79,9 @@ EOF
 
 # binary PKG BIN "man page name line": the stripped binary and its man page.
 binary() {
-	local pkg=$1 bin=$2 what=$3 d=$work/$1
+	local bin=$2 what=$3 d=$stage/$1
+	# DEBIAN/ marks the package root for dpkg-shlibdeps.
+	install -d "$d/DEBIAN"
 	install -D -m 0755 "$bindir/$bin" "$d/usr/bin/$bin"
 	strip --strip-unneeded "$d/usr/bin/$bin"
 	install -d "$d/usr/share/man/man1"
@@ -92,12 +97,11 @@ binary() {
 
 # shlibs PKG: the Depends line dpkg-shlibdeps computes for PKG's binaries.
 shlibs() {
-	local d=$work/$1 src=$work/shlibs-$1 f args=()
-	mkdir -p "$src/debian"
-	printf 'Source: kerntransport\n\nPackage: %s\nArchitecture: any\n' "$1" >"$src/debian/control"
-	for f in "$d"/usr/bin/*; do args+=("-e$f"); done
-	(cd "$src" && dpkg-shlibdeps -O "${args[@]}") | sed -n 's/^shlibs:Depends=//p'
-	rm -rf "$src"
+	local f args=()
+	printf 'Source: kerntransport\n\nPackage: %s\nArchitecture: any\n' "$1" >"$stage/control"
+	for f in "$stage/$1"/usr/bin/*; do args+=("-edebian/$1/usr/bin/${f##*/}"); done
+	(cd "$work" && dpkg-shlibdeps -O "${args[@]}") | sed -n 's/^shlibs:Depends=//p'
+	rm "$stage/control"
 }
 
 # depends PKG [EXTRA]: PKG's shared-library dependencies (never empty: every
@@ -114,7 +118,7 @@ depends() {
 
 # control PKG ARCH DEPENDS SECTION DESCRIPTION...: writes DEBIAN/control.
 control() {
-	local pkg=$1 a=$2 deps=$3 section=$4 d=$work/$1
+	local pkg=$1 a=$2 deps=$3 section=$4 d=$stage/$1
 	shift 4
 	install -d "$d/DEBIAN"
 	{
@@ -135,14 +139,14 @@ control() {
 
 # script PKG NAME: a maintainer script from packaging/PKG/NAME, @VERSION@ set.
 script() {
-	install -d "$work/$1/DEBIAN"
-	sed "s/@VERSION@/$version/g" "packaging/$1/$2" >"$work/$1/DEBIAN/$2"
-	chmod 0755 "$work/$1/DEBIAN/$2"
+	install -d "$stage/$1/DEBIAN"
+	sed "s/@VERSION@/$version/g" "packaging/$1/$2" >"$stage/$1/DEBIAN/$2"
+	chmod 0755 "$stage/$1/DEBIAN/$2"
 }
 
 deb() {
 	local file=$out/${1}_${version}_$2.deb
-	dpkg-deb --root-owner-group -Zxz --build "$work/$1" "$file" >/dev/null
+	dpkg-deb --root-owner-group -Zxz --build "$stage/$1" "$file" >/dev/null
 	echo "packages: $file"
 }
 
@@ -150,11 +154,11 @@ deb() {
 p=kt-vhost-device
 copyright $p
 binary $p kt-vhost-device "kerntransport host backend, a vhost-user device daemon"
-install -D -m 0644 "packaging/$p/kt-vhost-device@.service" "$work/$p/lib/systemd/system/kt-vhost-device@.service"
-install -D -m 0644 "packaging/$p/example.toml" "$work/$p/usr/share/doc/$p/examples/vm0.toml"
-install -D -m 0644 "packaging/$p/example.conf" "$work/$p/usr/share/doc/$p/examples/vm0.conf"
-install -D -m 0644 docs/packages.md "$work/$p/usr/share/doc/$p/packages.md"
-install -d -m 0755 "$work/$p/etc/kerntransport"
+install -D -m 0644 "packaging/$p/kt-vhost-device@.service" "$stage/$p/lib/systemd/system/kt-vhost-device@.service"
+install -D -m 0644 "packaging/$p/example.toml" "$stage/$p/usr/share/doc/$p/examples/vm0.toml"
+install -D -m 0644 "packaging/$p/example.conf" "$stage/$p/usr/share/doc/$p/examples/vm0.conf"
+install -D -m 0644 docs/packages.md "$stage/$p/usr/share/doc/$p/packages.md"
+install -d -m 0755 "$stage/$p/etc/kerntransport"
 script $p postinst
 script $p postrm
 deps=$(depends $p adduser)
@@ -194,8 +198,8 @@ deb $p "$arch"
 # kerntransport-dkms
 p=kerntransport-dkms
 copyright $p
-make -s -C guest-driver dist DESTDIR="$work/$p/usr/src/kerntransport-$version" VERSION="$version" >/dev/null
-grep -qx "PACKAGE_VERSION=\"$version\"" "$work/$p/usr/src/kerntransport-$version/dkms.conf" || {
+make -s -C guest-driver dist DESTDIR="$stage/$p/usr/src/kerntransport-$version" VERSION="$version" >/dev/null
+grep -qx "PACKAGE_VERSION=\"$version\"" "$stage/$p/usr/src/kerntransport-$version/dkms.conf" || {
 	echo "packages: dkms.conf does not carry version $version" >&2
 	exit 1
 }
