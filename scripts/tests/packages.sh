@@ -14,7 +14,7 @@ set -euo pipefail
 shopt -s inherit_errexit
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
-# shellcheck source=../lib/kernels.sh
+# shellcheck source=scripts/lib/kernels.sh
 . scripts/lib/kernels.sh
 
 fail() {
@@ -71,9 +71,11 @@ for s in kt-vhost-device:postinst kt-vhost-device:postrm kerntransport-dkms:post
 	sh -n "$ctl/${s#*:}" || fail "$pkg ${s#*:} is not valid sh"
 	! grep -q '@VERSION@' "$ctl/${s#*:}" || fail "$pkg ${s#*:} still has @VERSION@"
 done
-grep -q "common.postinst \"\$NAME\" \"\$VERSION\"" "$scratch/control-kerntransport-dkms/postinst" &&
-	grep -qx "VERSION=$version" "$scratch/control-kerntransport-dkms/postinst" ||
+# shellcheck disable=SC2016 # literal $NAME and $VERSION
+if ! grep -q 'common.postinst "$NAME" "$VERSION"' "$scratch/control-kerntransport-dkms/postinst" ||
+	! grep -qx "VERSION=$version" "$scratch/control-kerntransport-dkms/postinst"; then
 	fail "kerntransport-dkms postinst does not run dkms's common.postinst for $version"
+fi
 ok "maintainer scripts"
 
 # 3. Files, and the installed binaries run.
@@ -152,6 +154,7 @@ mok_signing_key="$dk/mok.key"
 mok_certificate="$dk/mok.pub"
 EOF
 dkms_scratch() {
+	# shellcheck disable=SC2016 # the inner script expands its own arguments
 	unshare --mount --propagation private -- bash -euc '
 		mount --bind "$1" /etc/dkms
 		mount --bind "$2" /var/lib/dkms
@@ -183,4 +186,5 @@ for rel in $kernels; do
 done
 [ -z "$(ls -A "$dk/varlib")" ] || fail "dkms wrote into /var/lib/dkms: $(ls -A "$dk/varlib")"
 
-echo "packages test: PASS ($(ls "$debs" | tr '\n' ' '))"
+built=$(cd "$debs" && printf '%s ' *.deb)
+echo "packages test: PASS (${built% })"
