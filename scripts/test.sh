@@ -45,6 +45,9 @@ cargo test --workspace
 stage "guest driver: build against each supported kernel, checkpatch, sparse"
 guest-driver/check.sh
 
+stage "packages: build, install in a scratch root, dkms build, systemd-analyze verify"
+scripts/tests/packages.sh
+
 stage "end-to-end tests"
 scripts/e2e.sh
 

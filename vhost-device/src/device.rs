@@ -1449,6 +1449,29 @@ mod tests {
     const QSIZE: u16 = 512;
     const DATA: u64 = 0x40_0000;
 
+    /// A directory for the rig's service socket, removed on drop.
+    struct TestDir(std::path::PathBuf);
+
+    impl TestDir {
+        fn new() -> TestDir {
+            static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::env::temp_dir().join(format!("kt-dev-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&path).unwrap();
+            TestDir(path)
+        }
+
+        fn join(&self, name: &str) -> std::path::PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     struct Rig<'a> {
         mem: &'a Mem,
         vq: [MockSplitQueue<'a, Mem>; 3],
@@ -1459,7 +1482,7 @@ mod tests {
         dev: Device,
         stats: Arc<Stats>,
         listener: SeqListener,
-        _dir: crate::sim::TempDir,
+        _dir: TestDir,
     }
 
     fn mem() -> Mem {
@@ -1472,7 +1495,7 @@ mod tests {
         }
 
         fn with_window(mem: &'a Mem, window: u32) -> Rig<'a> {
-            let dir = crate::sim::TempDir::new("dev").unwrap();
+            let dir = TestDir::new();
             let path = dir.join("svc.sock");
             let listener = SeqListener::bind(&path).unwrap();
             let text = format!(

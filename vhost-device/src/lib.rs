@@ -7,8 +7,9 @@
 //! `daemon` (serve frontends in a loop), `backend` (vhost-user glue),
 //! `device` (protocol engine), `channel` (per-channel state), `chain`
 //! (descriptor chains in and out), `seqpacket` (host sockets), `stats` and
-//! `control` (counters and the control socket), `sim` (a simulated guest
-//! driver and vhost-user frontend for tests and the bench).
+//! `control` (counters and the control socket). The simulated guest driver
+//! the tests and the bench use is the separate dev-only crate `kt-sim`
+//! (`vhost-device/sim/`).
 
 pub mod args;
 pub mod backend;
@@ -20,6 +21,4 @@ pub mod daemon;
 pub mod device;
 pub mod policy;
 pub mod seqpacket;
-#[cfg(feature = "sim")]
-pub mod sim;
 pub mod stats;

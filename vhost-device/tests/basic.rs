@@ -41,14 +41,14 @@ fn echo_round_trip_and_refusals() {
 #[test]
 fn oversized_host_message_closes_only_that_connection() {
     let fx = Fixture::new("oversize", &["--max-msg-size", "1024"]);
-    let mut d = fx.driver_with(kt_vhost_device::sim::DriverOptions {
+    let mut d = fx.driver_with(kt_sim::DriverOptions {
         listen: vec!["gsvc".into()],
-        ..kt_vhost_device::sim::DriverOptions::default()
+        ..kt_sim::DriverOptions::default()
     });
     let good = d.open("echo").unwrap().unwrap();
     let listen = fx.listen.clone();
     let host = std::thread::spawn(move || {
-        let (s, _) = kt_vhost_device::sim::host::connect_guest(&listen, "gsvc")
+        let (s, _) = kt_sim::host::connect_guest(&listen, "gsvc")
             .unwrap()
             .unwrap();
         s.send(&[1u8; 1024]).unwrap();
@@ -74,14 +74,12 @@ fn oversized_host_message_closes_only_that_connection() {
 fn host_connections_need_a_guest_that_listens() {
     let fx = Fixture::new("nolisten", &[]);
     // A driver that does not ack KT_F_GUEST_LISTEN.
-    let mut opts = kt_vhost_device::sim::DriverOptions::default();
+    let mut opts = kt_sim::DriverOptions::default();
     opts.features &= !(1 << kt_proto::consts::F_GUEST_LISTEN);
     opts.listen = vec!["gsvc".into()];
     let mut d = fx.driver_with(opts);
     let listen = fx.listen.clone();
-    let host = std::thread::spawn(move || {
-        kt_vhost_device::sim::host::connect_guest(&listen, "gsvc").unwrap()
-    });
+    let host = std::thread::spawn(move || kt_sim::host::connect_guest(&listen, "gsvc").unwrap());
     d.wait_until("refusal", |_| host.is_finished()).unwrap();
     let r = host.join().unwrap();
     assert!(matches!(&r, Err(t) if t.starts_with("111 ")), "{r:?}");

@@ -10,7 +10,7 @@ mod common;
 use std::process::Command;
 
 use common::{bin, Fixture};
-use kt_vhost_device::sim::TempDir;
+use kt_sim::TempDir;
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(bin()).args(args).output().unwrap();

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use common::Fixture;
 use kt_proto::consts::HDR_SIZE;
 use kt_proto::MsgType;
+use kt_sim::host::connect_guest;
+use kt_sim::DriverOptions;
 use kt_vhost_device::seqpacket::Recv;
-use kt_vhost_device::sim::host::connect_guest;
-use kt_vhost_device::sim::DriverOptions;
 
-fn settle(d: &mut kt_vhost_device::sim::Driver, ms: u64) {
+fn settle(d: &mut kt_sim::Driver, ms: u64) {
     let end = Instant::now() + Duration::from_millis(ms);
     while Instant::now() < end {
         d.poll(Duration::from_millis(20)).unwrap();

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use common::Fixture;
 use kt_proto::consts::CHAN_DEVICE_BIT;
 use kt_proto::{ErrorCode, Header, MsgType};
-use kt_vhost_device::sim::ring::{Desc, F_NEXT, F_WRITE};
-use kt_vhost_device::sim::Driver;
+use kt_sim::ring::{Desc, F_NEXT, F_WRITE};
+use kt_sim::Driver;
 use vm_memory::Bytes;
 
 /// Publishes a raw tx chain of `(addr, len, flags)` and waits until the

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{check_message, message, Fixture};
-use kt_vhost_device::sim::{DriverOptions, Shape};
+use kt_sim::{DriverOptions, Shape};
 
 #[test]
 fn million_messages_both_ways_in_order() {

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::Fixture;
 use kt_proto::ErrorCode;
+use kt_sim::host::connect_guest;
+use kt_sim::{Driver, DriverOptions};
 use kt_vhost_device::seqpacket::{Recv, SeqPacket};
-use kt_vhost_device::sim::host::connect_guest;
-use kt_vhost_device::sim::{Driver, DriverOptions};
 
 /// How long a host event may take to reach a guest that does not kick.
 /// Generous for a loaded machine; the bug this guards against waits

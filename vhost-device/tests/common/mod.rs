@@ -9,9 +9,9 @@
 
 use std::path::PathBuf;
 
+use kt_sim::host::{Behaviour, Service};
+use kt_sim::{DaemonProc, Driver, DriverOptions, TempDir};
 use kt_vhost_device::seqpacket::SeqListener;
-use kt_vhost_device::sim::host::{Behaviour, Service};
-use kt_vhost_device::sim::{DaemonProc, Driver, DriverOptions, TempDir};
 
 pub struct Fixture {
     pub dir: TempDir,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::seqpacket::{Recv, SeqListener, SeqPacket};
+use kt_vhost_device::seqpacket::{Recv, SeqListener, SeqPacket};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 

@@ -3,7 +3,7 @@
 //! MB/s for 64 B, 4 KiB and 64 KiB messages in both directions, next to a
 //! plain `memcpy` of the same bytes on this machine.
 //!
-//! Run it optimized: `cargo run --release -p kt-vhost-device --bin
+//! Run it optimized: `cargo run --release -p kt-sim --bin
 //! kt-vhost-device-bench`.
 
 use std::hint::black_box;
@@ -12,10 +12,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use kt_sim::host::{Behaviour, Service};
+use kt_sim::{Driver, DriverOptions, TempDir};
 use kt_vhost_device::args::{LogLevel, RunArgs};
 use kt_vhost_device::config::Config;
-use kt_vhost_device::sim::host::{Behaviour, Service};
-use kt_vhost_device::sim::{Driver, DriverOptions, TempDir};
 
 /// Throughput of kt-vhost-device through a simulated guest driver.
 #[derive(Debug, Parser)]
@@ -103,9 +103,9 @@ fn host_to_guest(d: &mut Driver, name: &'static str, c: &Case) -> Result<f64, Be
 
 fn run(a: &Args) -> Result<Vec<Row>, BenchError> {
     let shape = match a.shape.as_str() {
-        "single" => kt_vhost_device::sim::Shape::Single,
-        "split" => kt_vhost_device::sim::Shape::Split,
-        "indirect" => kt_vhost_device::sim::Shape::Indirect,
+        "single" => kt_sim::Shape::Single,
+        "split" => kt_sim::Shape::Split,
+        "indirect" => kt_sim::Shape::Indirect,
         other => {
             return Err(BenchError::Usage(format!(
                 "--shape {other}: use single, split or indirect"

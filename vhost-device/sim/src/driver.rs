@@ -21,9 +21,9 @@ use kt_proto::{
 use vhost::vhost_user::Frontend;
 use vm_memory::{Address, Bytes, GuestMemoryMmap};
 
-use super::frontend;
-use super::memory::{memfd_memory, Layout};
-use super::ring::{Desc, Ring, F_WRITE};
+use crate::frontend;
+use crate::memory::{memfd_memory, Layout};
+use crate::ring::{Desc, Ring, F_WRITE};
 
 /// How tx chains are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

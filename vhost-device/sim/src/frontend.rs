@@ -15,7 +15,7 @@ use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
-use super::ring::Ring;
+use crate::ring::Ring;
 
 fn vh(e: vhost::Error) -> io::Error {
     io::Error::other(e)

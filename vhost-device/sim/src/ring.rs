@@ -9,7 +9,7 @@ use std::sync::atomic::{fence, Ordering};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::memory::{AVAIL_OFF, INDIRECT_SLOT, QUEUE_SIZE, USED_OFF};
+use crate::memory::{AVAIL_OFF, INDIRECT_SLOT, QUEUE_SIZE, USED_OFF};
 
 /// `VRING_DESC_F_NEXT`.
 pub const F_NEXT: u16 = 1;
