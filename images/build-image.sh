@@ -28,16 +28,12 @@ die() { log "error: $*"; exit 1; }
 # overrides it there).
 # shellcheck source=scripts/lib/kernels.sh
 . "$ROOT/scripts/lib/kernels.sh"
-KVER=$(kt_kernel_612)
-[ -n "$KVER" ] || die "no Debian 6.12 cloud kernel installed; run scripts/setup.sh"
+KVER=$(kt_require_kernel_612 build-image) || exit 1
 case "$KVER" in
 6.12.*) ;;
 *) die "guest kernel $KVER is not a 6.12 kernel" ;;
 esac
-if [ "${1:-}" = "--print-kernel" ]; then
-	echo "$KVER"
-	exit 0
-fi
+[ "${1:-}" != "--print-kernel" ] || { echo "$KVER"; exit 0; }
 VMLINUZ=/boot/vmlinuz-$KVER
 KDIR=/lib/modules/$KVER/build
 [ -r "$VMLINUZ" ] || die "$VMLINUZ missing (package linux-image-$KVER)"

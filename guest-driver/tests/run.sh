@@ -21,12 +21,8 @@ repo=$(dirname "$drv")
 cache=${KT_CACHE:-$HOME/.cache/kerntransport}
 # shellcheck source=scripts/lib/kernels.sh
 . "$repo/scripts/lib/kernels.sh"
-kver=$(kt_kernel_612)
-[ -n "$kver" ] || { echo "run.sh: no Debian 6.12 cloud kernel installed (run scripts/setup.sh)" >&2; exit 1; }
-if [ "${1:-}" = "--print-kernel" ]; then
-	echo "$kver"
-	exit 0
-fi
+kver=$(kt_require_kernel_612 run.sh) || exit 1
+[ "${1:-}" != "--print-kernel" ] || { echo "$kver"; exit 0; }
 kdir=$(kt_headers_dir "$kver")
 kernel=/boot/vmlinuz-$kver
 

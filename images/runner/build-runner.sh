@@ -25,12 +25,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 # shellcheck source=scripts/lib/kernels.sh
 . "$root/scripts/lib/kernels.sh"
-KVER=$(kt_kernel_612)
-[ -n "$KVER" ] || { echo "build-runner: no Debian 6.12 cloud kernel installed (run scripts/setup.sh)" >&2; exit 1; }
-if [ "${1:-}" = "--print-kernel" ]; then
-	echo "$KVER"
-	exit 0
-fi
+KVER=$(kt_require_kernel_612 build-runner) || exit 1
+[ "${1:-}" != "--print-kernel" ] || { echo "$KVER"; exit 0; }
 RUNNER_KERNEL=${KT_RUNNER_KERNEL:-/boot/vmlinuz-$KVER}
 GUEST_KERNEL=${KT_GUEST_KERNEL:-/boot/vmlinuz-$KVER}
 MODDIR=/lib/modules/$KVER/kernel

@@ -41,6 +41,18 @@ kt_kernel_612() {
 		grep -v -- '-unsigned$' | sort -V | tail -n1
 }
 
+# kt_require_kernel_612 WHO: kt_kernel_612, or WHO's one-line error and
+# status 1 when there is none (use as: k=$(kt_require_kernel_612 me) || exit 1).
+kt_require_kernel_612() {
+	local k
+	k=$(kt_kernel_612)
+	if [ -z "$k" ]; then
+		echo "$1: no Debian 6.12 cloud kernel installed (run scripts/setup.sh)" >&2
+		return 1
+	fi
+	echo "$k"
+}
+
 # kt_kernel_61: the newest installed bookworm 6.1 cloud kernel headers'
 # release, e.g. 6.1.0-<abi>-cloud-amd64. Prints nothing when there is none.
 kt_kernel_61() {
