@@ -52,6 +52,9 @@ pub type Result<T> = std::result::Result<T, LogError>;
 
 /// How often waits re-read the file.
 const POLL: Duration = Duration::from_millis(25);
+/// How long a matching last line without its newline must stay unchanged
+/// before a wait takes it as it is.
+const PARTIAL_SETTLE: Duration = Duration::from_secs(1);
 
 /// Where a pattern was found.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,12 +133,27 @@ impl LogFile {
         mut gone: impl FnMut() -> Option<String>,
     ) -> Result<Match> {
         let deadline = Instant::now() + timeout;
+        // A match on the last line before its newline arrived: the line may
+        // still be growing (a slow serial console writes a few bytes at a
+        // time), so it is taken only once the file stopped growing for
+        // PARTIAL_SETTLE, or the writer is gone.
+        let mut partial: Option<(usize, Instant)> = None;
         loop {
             // Read before checking the writer, so its last words count.
             let why = gone();
             let bytes = fs::read(&self.path).unwrap_or_default();
-            if let Some(m) = find_line(&bytes, after, pattern) {
-                return Ok(m);
+            match find_line(&bytes, after, pattern) {
+                Some((m, true)) => return Ok(m),
+                Some((m, false)) => match partial {
+                    _ if why.is_some() => return Ok(m),
+                    Some((len, since)) if len == bytes.len() => {
+                        if since.elapsed() >= PARTIAL_SETTLE {
+                            return Ok(m);
+                        }
+                    }
+                    _ => partial = Some((bytes.len(), Instant::now())),
+                },
+                None => partial = None,
             }
             if let Some(why) = why {
                 return Err(LogError::WriterGone {
@@ -174,8 +192,8 @@ impl LogFile {
 }
 
 /// The first complete or trailing line of `bytes` that contains `pattern`
-/// and ends after `after`.
-fn find_line(bytes: &[u8], after: usize, pattern: &str) -> Option<Match> {
+/// and ends after `after`, and whether it is complete (ends in a newline).
+fn find_line(bytes: &[u8], after: usize, pattern: &str) -> Option<(Match, bool)> {
     let pat = pattern.as_bytes();
     if pat.is_empty() {
         return None;
@@ -187,10 +205,11 @@ fn find_line(bytes: &[u8], after: usize, pattern: &str) -> Option<Match> {
         let next = nl.map_or(bytes.len(), |_| end + 1);
         if next > after && bytes[start..end].windows(pat.len()).any(|w| w == pat) {
             let line = String::from_utf8_lossy(&bytes[start..end]);
-            return Some(Match {
+            let m = Match {
                 line: line.trim_end_matches('\r').to_string(),
                 end: next,
-            });
+            };
+            return Some((m, nl.is_some()));
         }
         start = next;
     }
@@ -236,17 +255,49 @@ mod tests {
     #[test]
     fn finds_lines_and_later_occurrences() {
         let text = b"boot\r\nKT-RESULT: PASS\r\nagain KT-RESULT: FAIL x\npartial KT-";
-        let first = find_line(text, 0, "KT-RESULT:").expect("first");
+        let (first, complete) = find_line(text, 0, "KT-RESULT:").expect("first");
         assert_eq!(first.line, "KT-RESULT: PASS");
-        let second = find_line(text, first.end, "KT-RESULT:").expect("second");
+        assert!(complete);
+        let (second, _) = find_line(text, first.end, "KT-RESULT:").expect("second");
         assert_eq!(second.line, "again KT-RESULT: FAIL x");
         assert_eq!(find_line(text, second.end, "KT-RESULT:"), None);
-        // A trailing line without newline still counts.
+        // A trailing line without newline is found, marked incomplete.
         assert_eq!(
-            find_line(text, 0, "partial").map(|m| m.line),
-            Some("partial KT-".to_string())
+            find_line(text, 0, "partial").map(|(m, c)| (m.line, c)),
+            Some(("partial KT-".to_string(), false))
         );
         assert_eq!(find_line(text, 0, ""), None);
+    }
+
+    #[test]
+    fn a_line_still_being_written_is_awaited_whole() {
+        let dir = TempDir::new("log-partial").expect("tempdir");
+        let (log, mut file) = LogFile::create("serial", &dir.path().join("s.log")).expect("log");
+        file.write_all(b"boot\nKT: h2g h-over: fits kt: the peer closed: a")
+            .expect("write");
+        file.flush().expect("flush");
+        let writer = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            file.write_all(b" message was too big (EMSGSIZE)\n")
+                .expect("write");
+        });
+        let m = log
+            .wait_for("KT: h2g h-over:", Duration::from_secs(10))
+            .expect("line");
+        writer.join().expect("writer");
+        assert!(m.line.ends_with("(EMSGSIZE)"), "{}", m.line);
+    }
+
+    #[test]
+    fn a_last_line_without_newline_counts_once_it_settles() {
+        let dir = TempDir::new("log-prompt").expect("tempdir");
+        let (log, mut file) = LogFile::create("prompt", &dir.path().join("p.log")).expect("log");
+        file.write_all(b"login: ").expect("write");
+        file.flush().expect("flush");
+        let m = log
+            .wait_for("login:", Duration::from_secs(10))
+            .expect("prompt");
+        assert_eq!(m.line, "login: ");
     }
 
     #[test]
