@@ -26,11 +26,12 @@ const COLORS: [RGBColor; 3] = [
     RGBColor(44, 160, 44),
 ];
 
-/// A value with three significant digits (at least), no exponent.
+/// A value as bench-peers prints it: no decimals from 1000 on, one from
+/// 10 on, two below (never an exponent).
 pub fn short(v: f64) -> String {
     if v >= 1000.0 {
         format!("{v:.0}")
-    } else if v >= 100.0 {
+    } else if v >= 10.0 {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
@@ -202,7 +203,7 @@ mod tests {
             "151.6 us",
             "948.5 us",
             "61785 msgs/s",
-            "46.10 MB/s",
+            "46.1 MB/s",
             "n/a",
             "virtio-serial",
             "guest kernel 6.12 &amp; &lt;host&gt;",
@@ -222,6 +223,7 @@ mod tests {
         assert_eq!(axis(0.25, 1.0), "0.25");
         assert_eq!(short(61785.4), "61785");
         assert_eq!(short(151.64), "151.6");
+        assert_eq!(short(46.1), "46.1");
         assert_eq!(short(0.5), "0.50");
     }
 }
