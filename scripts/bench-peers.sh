@@ -7,11 +7,17 @@
 # collects the guest's "BENCH <transport>:" lines and prints one table:
 # rows = metric, columns = kerntransport | vsock | virtio-serial, plus
 # kerntransport/peer ratios. A transport that fails shows "n/a (reason)".
+# It also writes, into $KT_BENCH_OUT (default docs/bench, the committed
+# latest results): peers.md (the table in markdown, with the environment),
+# peers.csv (row,unit,kerntransport,vsock,virtio_serial,better), peers.env
+# (the environment: date, commit, host CPU and kernel, QEMU, guest kernel,
+# sizes) and peers.svg (the chart, drawn by kt-benchplot from the CSV).
 # Not part of `make test`: it is a benchmark, not a test.
 #
 # Environment: KT_CACHE, KT_ACCEL (tcg|kvm), KT_BENCH=ITER,BULK_MB,SMALL_COUNT
 # (default 1000,8,10000), KT_VSOCK_DEVICE (a vhost-device-vsock binary;
-# default: `cargo install vhost-device-vsock@0.3.0 --locked` into the cache).
+# default: `cargo install vhost-device-vsock@0.3.0 --locked` into the cache),
+# KT_BENCH_OUT (output directory).
 # Exit 0 if the guest ran and at least kerntransport was measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +28,9 @@ VSOCK_VERSION=0.3.0
 VSOCK_PORT=5000
 GUEST_CID=3
 params=${KT_BENCH:-1000,8,10000}
+out_dir=${KT_BENCH_OUT:-docs/bench}
 t0=$(date +%s)
+load=$(cut -d' ' -f1-3 /proc/loadavg)
 work=$(mktemp -d /tmp/kt-peers.XXXXXX)
 pids=()
 keep=0
@@ -155,9 +163,19 @@ ratio() {
 	*) awk -v a="${1%% *}" -v b="${2%% *}" 'BEGIN { if (b > 0) printf "%.2fx\n", a / b; else print "-" }' ;;
 	esac
 }
+# csv_cell "NUM unit" | "n/a (...)": the number, or n/a.
+csv_cell() {
+	case "$1" in
+	n/a*) echo "n/a" ;;
+	*) echo "${1%% *}" ;;
+	esac
+}
 metrics=("ping-pong latency p50" "ping-pong latency p99" "throughput, one way" "message rate")
 names=("latency p50, 64 B (lower is better)" "latency p99, 64 B (lower is better)"
 	"one-way throughput, 64 KiB msgs" "message rate, 16 B msgs")
+csv_names=("latency p50, 64 B" "latency p99, 64 B" "one-way throughput, 64 KiB msgs" "message rate, 16 B msgs")
+units=(us us MB/s msgs/s)
+better=(lower lower higher higher)
 {
 	printf 'metric|kerntransport|vsock|virtio-serial|kt/vsock|kt/serial\n'
 	for i in "${!metrics[@]}"; do
@@ -165,10 +183,56 @@ names=("latency p50, 64 B (lower is better)" "latency p99, 64 B (lower is better
 		v=$(value vsock "${metrics[$i]}")
 		s=$(value serial "${metrics[$i]}")
 		printf '%s|%s|%s|%s|%s|%s\n' "${names[$i]}" "$k" "$v" "$s" "$(ratio "$k" "$v")" "$(ratio "$k" "$s")"
+		printf '"%s",%s,%s,%s,%s,%s\n' "${csv_names[$i]}" "${units[$i]}" \
+			"$(csv_cell "$k")" "$(csv_cell "$v")" "$(csv_cell "$s")" "${better[$i]}" >>"$work/rows.csv"
 	done
 } >"$work/table.txt"
-echo "bench-peers: one $accel guest boot, $("$KT_QEMU" --version | head -n1), $(sed -n 's/^KT: image \([^ ]*\) kernel \(.*\)/guest kernel \2, image \1/p' "$(dirname "$initramfs")/contents.txt"), host $(nproc) cores; KT_BENCH=$params (round trips, bulk MB, 16 B messages)"
-echo "framing: kerntransport keeps message boundaries itself; vsock = SOCK_STREAM (vhost-device-vsock $VSOCK_VERSION has no SEQPACKET) and virtio-serial = byte stream, both with a 4-byte length prefix per message"
+qemu_version=$("$KT_QEMU" --version | head -n1)
+guest=$(sed -n 's/^KT: image \([^ ]*\) kernel \(.*\)/\2 (image \1)/p' "$(dirname "$initramfs")/contents.txt")
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+[ -z "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] || commit="$commit (with uncommitted changes)"
+echo "bench-peers: one $accel guest boot, $qemu_version, guest kernel $guest, host $(nproc) cores; KT_BENCH=$params (round trips, bulk MB, 16 B messages)"
+framing="kerntransport keeps message boundaries itself; vsock = SOCK_STREAM (vhost-device-vsock $VSOCK_VERSION has no SEQPACKET) and virtio-serial = byte stream, both with a 4-byte length prefix per message"
+echo "framing: $framing"
 column -t -s '|' "$work/table.txt"
 grep -q 'n/a' "$work/table.txt" && keep=1
+
+# The files: written in $work, then moved into $out_dir together.
+{
+	echo "# scripts/bench-peers.sh environment (key=value)"
+	echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+	echo "git_commit=$commit"
+	echo "host_cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1) ($(nproc) cores)"
+	echo "host_kernel=$(uname -sr)"
+	echo "host_load=$load (1/5/15-min load average when the run started; other jobs share the host)"
+	echo "qemu=$qemu_version, accel $accel, -cpu max, 512 MiB"
+	echo "guest_kernel=$guest"
+	echo "kt_bench=$params (round trips, bulk MB, 16 B messages)"
+	echo "vsock_device=vhost-device-vsock $VSOCK_VERSION${KT_VSOCK_DEVICE:+ ($KT_VSOCK_DEVICE)}"
+} >"$work/peers.env"
+{
+	echo "row,unit,kerntransport,vsock,virtio_serial,better"
+	cat "$work/rows.csv"
+} >"$work/peers.csv"
+{
+	echo "# bench-peers: latest results"
+	echo
+	echo "Written by \`scripts/bench-peers.sh\` ([docs/benchmarks.md](../benchmarks.md)); chart: [peers.svg](peers.svg), data: [peers.csv](peers.csv), environment: [peers.env](peers.env)."
+	echo
+	sed -n 's/^\([a-z_]*\)=\(.*\)/- \1: \2/p' "$work/peers.env"
+	echo
+	echo "| metric | kerntransport | vsock | virtio-serial | kt/vsock | kt/serial |"
+	echo "|---|---|---|---|---|---|"
+	tail -n +2 "$work/table.txt" | sed 's/|/ | /g; s/^/| /; s/$/ |/'
+	echo
+	echo "Framing: $framing. Ratios are kerntransport / peer."
+} >"$work/peers.md"
+"$KT_TARGET_DIR/release/kt-benchplot" "$work/peers.csv" "$work/peers.svg" --env "$work/peers.env" \
+	--title "kerntransport, vsock and virtio-serial in one $accel guest (KT_BENCH=$params)" ||
+	die "kt-benchplot failed"
+mkdir -p "$out_dir"
+for f in peers.md peers.csv peers.env peers.svg; do
+	cp "$work/$f" "$out_dir/.$f.tmp" && mv -f "$out_dir/.$f.tmp" "$out_dir/$f"
+done
+log "results in $out_dir: peers.md peers.csv peers.env peers.svg"
 log "done in $(($(date +%s) - t0)) s"

@@ -1,12 +1,16 @@
 # Sourced by the scripts that boot the guest image (demo-qemu.sh,
 # bench-peers.sh): builds, or takes from $KT_CACHE, the patched QEMU, the
 # workspace's release binaries and the guest image, and sets KT_QEMU,
-# KT_KERNEL, KT_INITRAMFS, KT_DEVICE_BIN and KT_TOOL_BIN. Owns only the
+# KT_KERNEL, KT_INITRAMFS, KT_TARGET_DIR (cargo's target directory, which
+# honours CARGO_TARGET_DIR), KT_DEVICE_BIN and KT_TOOL_BIN. Owns only the
 # build-and-locate step; callers own their processes and output.
 
 # kt_target_dir: cargo's target directory (CARGO_TARGET_DIR or ./target).
+# (made absolute).
 kt_target_dir() {
-	echo "${CARGO_TARGET_DIR:-$PWD/target}"
+	local t=${CARGO_TARGET_DIR:-$PWD/target}
+	case "$t" in /*) ;; *) t=$PWD/$t ;; esac
+	echo "$t"
 }
 
 # kt_split_image "KERNEL=... INITRAMFS=..." sets KT_KERNEL and KT_INITRAMFS
@@ -37,8 +41,9 @@ kt_build_artifacts() {
 		echo "build-image.sh printed '$image', expected KERNEL=... INITRAMFS=..." >&2
 		return 1
 	}
-	KT_DEVICE_BIN=$(kt_target_dir)/release/kt-vhost-device
-	KT_TOOL_BIN=$(kt_target_dir)/release/kt
+	KT_TARGET_DIR=$(kt_target_dir)
+	KT_DEVICE_BIN=$KT_TARGET_DIR/release/kt-vhost-device
+	KT_TOOL_BIN=$KT_TARGET_DIR/release/kt
 	local f
 	for f in "$KT_QEMU" "$KT_KERNEL" "$KT_INITRAMFS" "$KT_DEVICE_BIN" "$KT_TOOL_BIN"; do
 		[ -e "$f" ] || {

@@ -103,9 +103,35 @@ pub struct StatsArgs {
     /// The daemon's control socket (its --control).
     #[arg(long, value_name = "PATH")]
     pub control: PathBuf,
-    /// Print JSON (one object) instead of a table.
-    #[arg(long)]
+    /// Output format: a table, one JSON object, or the Prometheus text
+    /// exposition format (for node-exporter's textfile collector).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = StatsFormat::Table)]
+    pub format: StatsFormat,
+    /// Same as --format json (kept for scripts).
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+}
+
+/// What `kt-vhost-device stats` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormat {
+    /// A human-readable table.
+    Table,
+    /// One JSON object (`StatsSnapshot`).
+    Json,
+    /// Prometheus text exposition format 0.0.4, metrics `kt_device_*`.
+    Prometheus,
+}
+
+impl StatsArgs {
+    /// The format asked for, `--json` counting as `--format json`.
+    pub fn format(&self) -> StatsFormat {
+        if self.json {
+            StatsFormat::Json
+        } else {
+            self.format
+        }
+    }
 }
 
 #[cfg(test)]
@@ -121,10 +147,26 @@ mod tests {
             Cli::try_parse_from(["kt", "run", "--socket-path", "/s", "--policy", "/p"]).unwrap();
         assert!(matches!(c.command, Some(Command::Run(_))));
         let c = Cli::try_parse_from(["kt", "stats", "--control", "/c", "--json"]).unwrap();
-        assert!(matches!(
-            c.command,
-            Some(Command::Stats(StatsArgs { json: true, .. }))
-        ));
+        let Some(Command::Stats(a)) = c.command else {
+            panic!("not stats: {c:?}");
+        };
+        assert_eq!(a.format(), StatsFormat::Json);
+        for (args, want) in [
+            (&["kt", "stats", "--control", "/c"][..], StatsFormat::Table),
+            (
+                &["kt", "stats", "--control", "/c", "--format", "json"][..],
+                StatsFormat::Json,
+            ),
+            (
+                &["kt", "stats", "--control", "/c", "--format", "prometheus"][..],
+                StatsFormat::Prometheus,
+            ),
+        ] {
+            let Some(Command::Stats(a)) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not stats: {args:?}");
+            };
+            assert_eq!(a.format(), want, "{args:?}");
+        }
     }
 
     #[test]
@@ -141,6 +183,20 @@ mod tests {
         ])
         .is_err());
         assert!(Cli::try_parse_from(["kt", "stats"]).is_err());
+        for bad in [
+            &["kt", "stats", "--control", "/c", "--format", "xml"][..],
+            &[
+                "kt",
+                "stats",
+                "--control",
+                "/c",
+                "--json",
+                "--format",
+                "prometheus",
+            ][..],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
         assert!(Cli::try_parse_from([
             "kt",
             "--socket-path",

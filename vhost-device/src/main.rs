@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kt_vhost_device::args::{Cli, Command, LogLevel, StatsArgs};
+use kt_vhost_device::args::{Cli, Command, LogLevel, StatsArgs, StatsFormat};
 use kt_vhost_device::config::Config;
 use kt_vhost_device::{control, daemon};
 
@@ -22,19 +22,23 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn stats(a: &StatsArgs) -> ExitCode {
-    match control::query(&a.control) {
-        Ok(s) if a.json => match serde_json::to_string_pretty(&s) {
-            Ok(j) => {
-                println!("{j}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(e),
+    let s = match control::query(&a.control) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let text = match a.format() {
+        StatsFormat::Table => s.table(),
+        StatsFormat::Prometheus => s.prometheus(),
+        StatsFormat::Json => match serde_json::to_string_pretty(&s) {
+            Ok(j) => j + "\n",
+            Err(e) => return fail(e),
         },
-        Ok(s) => {
-            print!("{}", s.table());
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(e),
+    };
+    // An unwritable stdout (full disk under a textfile collector) must
+    // fail the command, so a wrapper does not install a partial file.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format_args!("writing stats: {e}")),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Device and per-channel counters, shared between the worker thread (which
 //! bumps them) and the control socket (which reads them), plus the snapshot
-//! format the `stats` command prints as a table or JSON.
+//! formats the `stats` command prints: a table, JSON, or the Prometheus text
+//! exposition format (0.0.4) for node-exporter's textfile collector.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -265,6 +266,219 @@ impl StatsSnapshot {
     }
 }
 
+/// Builds a Prometheus text exposition (format 0.0.4). A family's `# HELP`
+/// and `# TYPE` lines are written with its first sample, so families
+/// without samples (no open channels) leave no empty headers.
+#[derive(Debug, Default)]
+struct PromWriter {
+    out: String,
+    name: &'static str,
+    header: Option<(&'static str, &'static str)>,
+}
+
+/// Escapes a label value: backslash, double quote and newline (spec 0.0.4).
+fn prom_label_value(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+impl PromWriter {
+    /// Starts family `name` of type `kind` ("counter" or "gauge"); `help`
+    /// must not contain a backslash or a newline.
+    fn family(&mut self, name: &'static str, kind: &'static str, help: &'static str) {
+        self.name = name;
+        self.header = Some((kind, help));
+    }
+
+    /// One sample of the current family.
+    fn sample(&mut self, labels: &[(&str, &str)], value: u64) {
+        let name = self.name;
+        if let Some((kind, help)) = self.header.take() {
+            let _ = writeln!(self.out, "# HELP {name} {help}");
+            let _ = writeln!(self.out, "# TYPE {name} {kind}");
+        }
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", prom_label_value(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+}
+
+impl StatsSnapshot {
+    /// The counters in the Prometheus text exposition format 0.0.4, metric
+    /// names prefixed `kt_device_`, every sample labelled `guest` (the
+    /// daemon's `--guest-id`); per-channel samples add `channel` (the id,
+    /// unique while open), `service` and `opener`; message and byte counts
+    /// have `direction="to_host"|"to_guest"`.
+    pub fn prometheus(&self) -> String {
+        let guest = self.guest_id.to_string();
+        let g = [("guest", guest.as_str())];
+        let mut w = PromWriter::default();
+        let bool_gauge = |b: bool| u64::from(b);
+        w.family(
+            "kt_device_active",
+            "gauge",
+            "1 while a guest driver is live on the queues, else 0.",
+        );
+        w.sample(&g, bool_gauge(self.active));
+        let events: [(&'static str, &'static str, u64); 5] = [
+            (
+                "kt_device_frontends_total",
+                "vhost-user frontend (VMM) connections accepted.",
+                self.frontends,
+            ),
+            (
+                "kt_device_channels_opened_total",
+                "Channels opened, by the guest or by host programs.",
+                self.opened,
+            ),
+            (
+                "kt_device_opens_refused_total",
+                "OPENs refused (policy, limits, host service down).",
+                self.open_refused,
+            ),
+            (
+                "kt_device_resets_total",
+                "Transport RESETs sent to the guest.",
+                self.resets,
+            ),
+            (
+                "kt_device_host_connects_total",
+                "Host program connections on the --listen socket.",
+                self.host_connects,
+            ),
+        ];
+        for (name, help, v) in events {
+            w.family(name, "counter", help);
+            w.sample(&g, v);
+        }
+        w.family(
+            "kt_device_open_channels",
+            "gauge",
+            "Channels currently open.",
+        );
+        w.sample(&g, self.channels.len() as u64);
+        let d = &self.device;
+        w.family(
+            "kt_device_messages_total",
+            "counter",
+            "Messages carried, all channels.",
+        );
+        w.sample(&[g[0], ("direction", "to_host")], d.msgs_to_host);
+        w.sample(&[g[0], ("direction", "to_guest")], d.msgs_to_guest);
+        w.family(
+            "kt_device_bytes_total",
+            "counter",
+            "Payload bytes carried, all channels.",
+        );
+        w.sample(&[g[0], ("direction", "to_host")], d.bytes_to_host);
+        w.sample(&[g[0], ("direction", "to_guest")], d.bytes_to_guest);
+        w.family(
+            "kt_device_credit_stalls_total",
+            "counter",
+            "Times host input waited for guest credit, all channels.",
+        );
+        w.sample(&g, d.credit_stalls);
+        w.family(
+            "kt_device_malformed_total",
+            "counter",
+            "Malformed input (from the guest, or oversized host messages), including unknown channels.",
+        );
+        w.sample(&g, d.malformed);
+
+        let ids: Vec<String> = self
+            .channels
+            .iter()
+            .map(|c| format!("{:#x}", c.id))
+            .collect();
+        let labels = |i: usize| -> [(&str, &str); 4] {
+            let c = &self.channels[i];
+            let opener = match c.opener {
+                Opener::Guest => "guest",
+                Opener::Host => "host",
+            };
+            [
+                g[0],
+                ("channel", ids[i].as_str()),
+                ("service", c.service.as_str()),
+                ("opener", opener),
+            ]
+        };
+        type Pick = fn(&CountersSnapshot) -> u64;
+        let per_channel: [(&'static str, &'static str, Option<&'static str>, Pick); 6] = [
+            (
+                "kt_device_channel_messages_total",
+                "Messages carried on an open channel.",
+                Some("to_host"),
+                |c| c.msgs_to_host,
+            ),
+            (
+                "kt_device_channel_messages_total",
+                "",
+                Some("to_guest"),
+                |c| c.msgs_to_guest,
+            ),
+            (
+                "kt_device_channel_bytes_total",
+                "Payload bytes carried on an open channel.",
+                Some("to_host"),
+                |c| c.bytes_to_host,
+            ),
+            ("kt_device_channel_bytes_total", "", Some("to_guest"), |c| {
+                c.bytes_to_guest
+            }),
+            (
+                "kt_device_channel_credit_stalls_total",
+                "Times host input on an open channel waited for guest credit.",
+                None,
+                |c| c.credit_stalls,
+            ),
+            (
+                "kt_device_channel_malformed_total",
+                "Malformed input on an open channel.",
+                None,
+                |c| c.malformed,
+            ),
+        ];
+        for (name, help, dir, pick) in per_channel {
+            if !help.is_empty() {
+                w.family(name, "counter", help);
+            }
+            for (i, c) in self.channels.iter().enumerate() {
+                let base = labels(i);
+                match dir {
+                    Some(dir) => {
+                        let l = [base[0], base[1], base[2], base[3], ("direction", dir)];
+                        w.sample(&l, pick(&c.counters));
+                    }
+                    None => w.sample(&base, pick(&c.counters)),
+                }
+            }
+        }
+        w.out
+    }
+}
+
+#[cfg(test)]
+#[path = "../tests/common/promcheck.rs"]
+mod promcheck;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,5 +500,70 @@ mod tests {
         assert_eq!(back, s);
         st.close_channel(3);
         assert!(st.snapshot().channels.is_empty());
+    }
+
+    #[test]
+    fn prometheus_parses_back() {
+        let st = Stats::new(7);
+        st.active.store(true, Relaxed);
+        add(&st.events.frontends, 2);
+        add(&st.events.opened, 3);
+        let a = st.open_channel(1, "echo", Opener::Guest);
+        let b = st.open_channel(0x40000002, "we\"ird\\name", Opener::Host);
+        add(&a.msgs_to_host, 5);
+        add(&a.bytes_to_host, 500);
+        add(&b.msgs_to_guest, 9);
+        add(&b.credit_stalls, 1);
+        add(&st.device.msgs_to_host, 5);
+        add(&st.device.msgs_to_guest, 9);
+        add(&st.device.malformed, 4);
+        let text = st.snapshot().prometheus();
+        let ex = promcheck::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        for f in ex.families.keys() {
+            assert!(f.starts_with("kt_device_"), "{f}");
+        }
+        assert!(ex
+            .samples
+            .iter()
+            .all(|s| s.labels[0] == ("guest".into(), "7".into())));
+        assert_eq!(ex.families["kt_device_messages_total"].kind, "counter");
+        assert_eq!(ex.families["kt_device_active"].kind, "gauge");
+        assert_eq!(ex.value("kt_device_active", &[]), Some(1.0));
+        assert_eq!(ex.value("kt_device_frontends_total", &[]), Some(2.0));
+        assert_eq!(ex.value("kt_device_channels_opened_total", &[]), Some(3.0));
+        assert_eq!(ex.value("kt_device_open_channels", &[]), Some(2.0));
+        assert_eq!(ex.value("kt_device_malformed_total", &[]), Some(4.0));
+        let to_guest = [("direction", "to_guest")];
+        assert_eq!(ex.value("kt_device_messages_total", &to_guest), Some(9.0));
+        let echo_up = [("service", "echo"), ("direction", "to_host")];
+        assert_eq!(
+            ex.value("kt_device_channel_messages_total", &echo_up),
+            Some(5.0)
+        );
+        assert_eq!(
+            ex.value("kt_device_channel_bytes_total", &echo_up),
+            Some(500.0)
+        );
+        // The odd name comes back unescaped, on the channel it belongs to.
+        let odd = [
+            ("channel", "0x40000002"),
+            ("service", "we\"ird\\name"),
+            ("opener", "host"),
+        ];
+        assert_eq!(
+            ex.value("kt_device_channel_credit_stalls_total", &odd),
+            Some(1.0)
+        );
+        assert!(text.contains(r#"service="we\"ird\\name""#), "{text}");
+        assert_eq!(prom_label_value("a\nb\"c\\"), r#"a\nb\"c\\"#);
+    }
+
+    #[test]
+    fn prometheus_without_channels_has_no_channel_families() {
+        let text = Stats::new(0).snapshot().prometheus();
+        let ex = promcheck::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(!text.contains("kt_device_channel_"), "{text}");
+        assert_eq!(ex.value("kt_device_active", &[("guest", "0")]), Some(0.0));
+        assert_eq!(ex.value("kt_device_open_channels", &[]), Some(0.0));
     }
 }

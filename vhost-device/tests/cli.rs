@@ -1,11 +1,13 @@
 //! The command line: help for every flag, one-line errors with exit code 1
 //! for bad arguments and bad policy files, and `stats` against a live
-//! daemon (table and JSON).
+//! daemon (table, JSON and Prometheus text).
 
 // Test helpers outside #[test] functions fail the test by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "common/promcheck.rs"]
+mod promcheck;
 
 use std::process::Command;
 
@@ -49,6 +51,10 @@ fn help_lists_every_flag() {
     let (code, out, _) = run(&["stats", "--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("--control") && out.contains("--json"));
+    assert!(
+        out.contains("--format") && out.contains("prometheus"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -138,11 +144,82 @@ fn stats_table_and_json() {
         out.contains("echo") && out.contains("total") && out.contains("guest 7"),
         "{out}"
     );
-    let (code, out, _) = run(&["stats", "--control", ctl, "--json"]);
-    assert_eq!(code, 0);
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["guest_id"], 7);
-    assert_eq!(v["channels"][0]["service"], "echo");
-    assert_eq!(v["channels"][0]["msgs_to_host"], 1);
-    assert_eq!(v["device"]["bytes_to_guest"], 3);
+    for json in [&["--json"][..], &["--format", "json"][..]] {
+        let mut args = vec!["stats", "--control", ctl];
+        args.extend_from_slice(json);
+        let (code, out, err) = run(&args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["guest_id"], 7);
+        assert_eq!(v["channels"][0]["service"], "echo");
+        assert_eq!(v["channels"][0]["msgs_to_host"], 1);
+        assert_eq!(v["device"]["bytes_to_guest"], 3);
+    }
+}
+
+#[test]
+fn stats_prometheus() {
+    let fx = Fixture::new("cli-prom", &[]);
+    let mut d = fx.driver();
+    let id = d.open("echo").unwrap().unwrap();
+    d.send(id, b"abcd").unwrap();
+    assert_eq!(d.recv(id).unwrap(), b"abcd");
+    assert!(
+        d.open("nosuch").unwrap().is_err(),
+        "nosuch is not in the policy"
+    );
+    let ctl = fx.control.to_str().unwrap();
+    let (code, out, err) = run(&["stats", "--control", ctl, "--format", "prometheus"]);
+    assert_eq!(code, 0, "{err}");
+    let ex = promcheck::check(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert!(
+        ex.families.keys().all(|f| f.starts_with("kt_device_")),
+        "{out}"
+    );
+    let g = ("guest", "7");
+    assert_eq!(ex.value("kt_device_active", &[g]), Some(1.0), "{out}");
+    assert_eq!(
+        ex.value("kt_device_channels_opened_total", &[g]),
+        Some(1.0),
+        "{out}"
+    );
+    assert_eq!(
+        ex.value("kt_device_opens_refused_total", &[g]),
+        Some(1.0),
+        "{out}"
+    );
+    assert_eq!(
+        ex.value("kt_device_open_channels", &[g]),
+        Some(1.0),
+        "{out}"
+    );
+    let up = ("direction", "to_host");
+    let down = ("direction", "to_guest");
+    assert_eq!(ex.value("kt_device_messages_total", &[g, up]), Some(1.0));
+    assert_eq!(ex.value("kt_device_bytes_total", &[g, down]), Some(4.0));
+    let chan = format!("{id:#x}");
+    let echo = [
+        g,
+        ("channel", chan.as_str()),
+        ("service", "echo"),
+        ("opener", "guest"),
+    ];
+    let mut l = echo.to_vec();
+    l.push(up);
+    assert_eq!(
+        ex.value("kt_device_channel_messages_total", &l),
+        Some(1.0),
+        "{out}"
+    );
+    l.pop();
+    l.push(down);
+    assert_eq!(
+        ex.value("kt_device_channel_bytes_total", &l),
+        Some(4.0),
+        "{out}"
+    );
+    assert_eq!(
+        ex.value("kt_device_channel_malformed_total", &echo),
+        Some(0.0)
+    );
 }

@@ -350,6 +350,19 @@ pub struct StatsArgs {
     /// The driver's sysfs directory (one entry per bound virtio device).
     #[arg(long, value_name = "DIR", default_value = crate::stats::DEFAULT_ROOT)]
     pub sysfs: PathBuf,
+    /// Output format: a table of every attribute, or the driver's counters
+    /// in the Prometheus text exposition format (metrics kt_guest_*).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = StatsFormat::Table)]
+    pub format: StatsFormat,
+}
+
+/// What `kt stats` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatsFormat {
+    /// `device attribute value` rows.
+    Table,
+    /// Prometheus text exposition format 0.0.4.
+    Prometheus,
 }
 
 /// `kt info`.
@@ -464,7 +477,20 @@ mod tests {
                 ..
             })
         ));
-        assert!(matches!(ok(&["stats"]).command, Command::Stats(_)));
+        assert!(matches!(
+            ok(&["stats"]).command,
+            Command::Stats(StatsArgs {
+                format: StatsFormat::Table,
+                ..
+            })
+        ));
+        assert!(matches!(
+            ok(&["stats", "--format", "prometheus"]).command,
+            Command::Stats(StatsArgs {
+                format: StatsFormat::Prometheus,
+                ..
+            })
+        ));
         assert!(matches!(ok(&["info"]).command, Command::Info(_)));
         assert!(matches!(
             ok(&["listen", "svc", "--echo"]).command,

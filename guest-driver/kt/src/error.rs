@@ -208,6 +208,16 @@ pub enum Error {
         /// The sysfs directory.
         path: PathBuf,
     },
+    /// A driver counter in sysfs did not hold a number.
+    #[error("{device}/{attribute}: {value:?} is not a number")]
+    BadAttribute {
+        /// The virtio device (`virtioN`).
+        device: String,
+        /// The attribute, relative to the device.
+        attribute: String,
+        /// What it held.
+        value: String,
+    },
 }
 
 impl Error {
