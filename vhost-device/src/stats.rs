@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use kt_prom::{Kind, Writer};
 use serde::{Deserialize, Serialize};
 
 /// Traffic counters kept per channel and summed per device.
@@ -266,60 +267,6 @@ impl StatsSnapshot {
     }
 }
 
-/// Builds a Prometheus text exposition (format 0.0.4). A family's `# HELP`
-/// and `# TYPE` lines are written with its first sample, so families
-/// without samples (no open channels) leave no empty headers.
-#[derive(Debug, Default)]
-struct PromWriter {
-    out: String,
-    name: &'static str,
-    header: Option<(&'static str, &'static str)>,
-}
-
-/// Escapes a label value: backslash, double quote and newline (spec 0.0.4).
-fn prom_label_value(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for c in v.chars() {
-        match c {
-            '\\' => s.push_str("\\\\"),
-            '"' => s.push_str("\\\""),
-            '\n' => s.push_str("\\n"),
-            c => s.push(c),
-        }
-    }
-    s
-}
-
-impl PromWriter {
-    /// Starts family `name` of type `kind` ("counter" or "gauge"); `help`
-    /// must not contain a backslash or a newline.
-    fn family(&mut self, name: &'static str, kind: &'static str, help: &'static str) {
-        self.name = name;
-        self.header = Some((kind, help));
-    }
-
-    /// One sample of the current family.
-    fn sample(&mut self, labels: &[(&str, &str)], value: u64) {
-        let name = self.name;
-        if let Some((kind, help)) = self.header.take() {
-            let _ = writeln!(self.out, "# HELP {name} {help}");
-            let _ = writeln!(self.out, "# TYPE {name} {kind}");
-        }
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                let _ = write!(self.out, "{k}=\"{}\"", prom_label_value(v));
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
-    }
-}
-
 impl StatsSnapshot {
     /// The counters in the Prometheus text exposition format 0.0.4, metric
     /// names prefixed `kt_device_`, every sample labelled `guest` (the
@@ -329,11 +276,11 @@ impl StatsSnapshot {
     pub fn prometheus(&self) -> String {
         let guest = self.guest_id.to_string();
         let g = [("guest", guest.as_str())];
-        let mut w = PromWriter::default();
+        let mut w = Writer::default();
         let bool_gauge = |b: bool| u64::from(b);
         w.family(
             "kt_device_active",
-            "gauge",
+            Kind::Gauge,
             "1 while a guest driver is live on the queues, else 0.",
         );
         w.sample(&g, bool_gauge(self.active));
@@ -365,39 +312,39 @@ impl StatsSnapshot {
             ),
         ];
         for (name, help, v) in events {
-            w.family(name, "counter", help);
+            w.family(name, Kind::Counter, help);
             w.sample(&g, v);
         }
         w.family(
             "kt_device_open_channels",
-            "gauge",
+            Kind::Gauge,
             "Channels currently open.",
         );
         w.sample(&g, self.channels.len() as u64);
         let d = &self.device;
         w.family(
             "kt_device_messages_total",
-            "counter",
+            Kind::Counter,
             "Messages carried, all channels.",
         );
         w.sample(&[g[0], ("direction", "to_host")], d.msgs_to_host);
         w.sample(&[g[0], ("direction", "to_guest")], d.msgs_to_guest);
         w.family(
             "kt_device_bytes_total",
-            "counter",
+            Kind::Counter,
             "Payload bytes carried, all channels.",
         );
         w.sample(&[g[0], ("direction", "to_host")], d.bytes_to_host);
         w.sample(&[g[0], ("direction", "to_guest")], d.bytes_to_guest);
         w.family(
             "kt_device_credit_stalls_total",
-            "counter",
+            Kind::Counter,
             "Times host input waited for guest credit, all channels.",
         );
         w.sample(&g, d.credit_stalls);
         w.family(
             "kt_device_malformed_total",
-            "counter",
+            Kind::Counter,
             "Malformed input (from the guest, or oversized host messages), including unknown channels.",
         );
         w.sample(&g, d.malformed);
@@ -458,7 +405,7 @@ impl StatsSnapshot {
         ];
         for (name, help, dir, pick) in per_channel {
             if !help.is_empty() {
-                w.family(name, "counter", help);
+                w.family(name, Kind::Counter, help);
             }
             for (i, c) in self.channels.iter().enumerate() {
                 let base = labels(i);
@@ -471,13 +418,9 @@ impl StatsSnapshot {
                 }
             }
         }
-        w.out
+        w.finish()
     }
 }
-
-#[cfg(test)]
-#[path = "../tests/common/promcheck.rs"]
-mod promcheck;
 
 #[cfg(test)]
 mod tests {
@@ -518,7 +461,7 @@ mod tests {
         add(&st.device.msgs_to_guest, 9);
         add(&st.device.malformed, 4);
         let text = st.snapshot().prometheus();
-        let ex = promcheck::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         for f in ex.families.keys() {
             assert!(f.starts_with("kt_device_"), "{f}");
         }
@@ -555,13 +498,13 @@ mod tests {
             Some(1.0)
         );
         assert!(text.contains(r#"service="we\"ird\\name""#), "{text}");
-        assert_eq!(prom_label_value("a\nb\"c\\"), r#"a\nb\"c\\"#);
+        assert_eq!(kt_prom::label_value("a\nb\"c\\"), r#"a\nb\"c\\"#);
     }
 
     #[test]
     fn prometheus_without_channels_has_no_channel_families() {
         let text = Stats::new(0).snapshot().prometheus();
-        let ex = promcheck::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert!(!text.contains("kt_device_channel_"), "{text}");
         assert_eq!(ex.value("kt_device_active", &[("guest", "0")]), Some(0.0));
         assert_eq!(ex.value("kt_device_open_channels", &[]), Some(0.0));

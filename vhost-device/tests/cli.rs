@@ -6,8 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-#[path = "common/promcheck.rs"]
-mod promcheck;
 
 use std::process::Command;
 
@@ -171,7 +169,7 @@ fn stats_prometheus() {
     let ctl = fx.control.to_str().unwrap();
     let (code, out, err) = run(&["stats", "--control", ctl, "--format", "prometheus"]);
     assert_eq!(code, 0, "{err}");
-    let ex = promcheck::check(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    let ex = kt_prom::check::check(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
     assert!(
         ex.families.keys().all(|f| f.starts_with("kt_device_")),
         "{out}"

@@ -17,7 +17,6 @@ pub mod input;
 pub mod ioctl;
 pub mod open;
 pub mod out;
-pub mod prom;
 pub mod serving;
 pub mod signal;
 pub mod stats;

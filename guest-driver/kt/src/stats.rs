@@ -16,7 +16,7 @@ use std::path::Path;
 use crate::cli::{StatsArgs, StatsFormat};
 use crate::error::{Error, Result};
 use crate::out;
-use crate::prom::{Kind, Writer};
+use kt_prom::{Kind, Writer};
 
 /// The driver's directory in sysfs.
 pub const DEFAULT_ROOT: &str = "/sys/bus/virtio/drivers/kerntransport";
@@ -455,7 +455,7 @@ mod tests {
         let t = tempdir("prom");
         let root = fake_driver(&t);
         let text = prometheus(&collect(&root).unwrap()).unwrap();
-        let ex = crate::prom::promcheck::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert!(
             ex.families.keys().all(|f| f.starts_with("kt_guest_")),
             "{text}"

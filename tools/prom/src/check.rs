@@ -1,13 +1,8 @@
 //! A strict checker for the Prometheus text exposition format 0.0.4, for
-//! tests only: it parses what `kt-vhost-device stats --format prometheus`
-//! and `kt stats --format prometheus` print back into samples and refuses
-//! anything node-exporter's textfile collector would refuse (or that breaks
-//! the conventions we promise). Included with `#[path]` by
-//! `vhost-device/src/stats.rs`, `vhost-device/tests/cli.rs` and
-//! `guest-driver/kt/src/prom.rs`; owns nothing else.
-
-// Each includer uses a different part of it.
-#![allow(dead_code)]
+//! tests only (feature `check`): it parses what `kt-vhost-device stats
+//! --format prometheus` and `kt stats --format prometheus` print back into
+//! samples and refuses anything node-exporter's textfile collector would
+//! refuse (or that breaks the conventions we promise). Owns nothing else.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -2,7 +2,9 @@
 //! node-exporter's textfile collector reads): `# HELP` and `# TYPE` once per
 //! family, written with its first sample, so a family without samples
 //! leaves nothing behind; label values escaped per the spec. Owns only the
-//! text; `stats.rs` decides which metrics there are.
+//! text; the users (`kt-vhost-device stats`, `kt stats`) decide which
+//! metrics there are. With feature `check`, [`check`] parses an exposition
+//! back strictly, for their tests.
 
 use std::fmt::Write as _;
 
@@ -79,9 +81,8 @@ impl Writer {
     }
 }
 
-#[cfg(test)]
-#[path = "../../../vhost-device/tests/common/promcheck.rs"]
-pub(crate) mod promcheck;
+#[cfg(any(test, feature = "check"))]
+pub mod check;
 
 #[cfg(test)]
 mod tests {
@@ -103,7 +104,7 @@ mod tests {
              x_total{a=\"q\\\"\\\\\\nz\"} 3\nx_total{a=\"plain\"} 4\n\
              # HELP y Y.\n# TYPE y gauge\ny 0\n"
         );
-        let ex = promcheck::check(&text).unwrap();
+        let ex = check::check(&text).unwrap();
         assert_eq!(ex.families["x_total"].help, "A \\ help\ntext.");
         assert_eq!(ex.value("x_total", &[("a", "q\"\\\nz")]), Some(3.0));
         assert!(!ex.families.contains_key("never_total"));
