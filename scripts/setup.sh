@@ -27,7 +27,7 @@ PKGS=(
 	busybox-static sparse linux-source-6.12
 	ninja-build libglib2.0-dev libpixman-1-dev flex bison libfdt-dev
 	python3 python3-venv iproute2 socat kmod
-	debootstrap dkms dpkg-dev systemd help2man
+	debootstrap dkms dpkg-dev systemd help2man man-db
 )
 # Packages that must come from bookworm-backports.
 BPO_PKGS=(qemu-system-x86 "${KT_KERNEL_612_PACKAGES[@]}")
