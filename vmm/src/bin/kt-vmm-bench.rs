@@ -47,9 +47,15 @@ struct Args {
     /// QEMU firmware directory (`-L`).
     #[arg(long, default_value = "/usr/share/qemu", value_name = "DIR")]
     qemu_firmware: PathBuf,
-    /// Seconds one boot may take before it counts as failed.
-    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    /// Seconds one boot may take before it counts as failed (a VMM that
+    /// times out is not booted again: its row says so).
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
     timeout: u64,
+    /// Seconds the whole bench may take: boots that would start after it is
+    /// spent are not run, and the table is printed in time. The default fits
+    /// the KVM runner VM's 600 s limit (`images/runner/run.sh`).
+    #[arg(long, default_value_t = 480, value_name = "SECONDS")]
+    budget: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,7 +207,7 @@ fn rss_split(smaps: &str) -> (u64, u64) {
     (total, guest)
 }
 
-fn boot_once(v: &Vmm, marker: &str, timeout: u64) -> Result<Sample, Error> {
+fn boot_once(v: &Vmm, marker: &str, timeout: Duration) -> Result<Sample, Error> {
     let start = Instant::now();
     let child = Command::new(&v.argv[0])
         .args(&v.argv[1..])
@@ -227,9 +233,11 @@ fn boot_once(v: &Vmm, marker: &str, timeout: u64) -> Result<Sample, Error> {
             }
         }
     });
-    let (seen, line) = match rx.recv_timeout(Duration::from_secs(timeout)) {
+    let (seen, line) = match rx.recv_timeout(timeout) {
         Ok(t) => t,
-        Err(mpsc::RecvTimeoutError::Timeout) => return Err(Error::Timeout(v.name.into(), timeout)),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            return Err(Error::Timeout(v.name.into(), timeout.as_secs()))
+        }
         Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Error::NoMarker(v.name.into())),
     };
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
@@ -268,82 +276,140 @@ fn main() {
         eprintln!("kt-vmm-bench: --runs must be at least 1");
         std::process::exit(1);
     }
+    let deadline = Instant::now() + Duration::from_secs(a.budget);
     let mut rows = Vec::new();
     for v in vmms(&a) {
-        let mut samples = Vec::new();
-        for run in 0..a.runs {
-            match boot_once(&v, &a.marker, a.timeout) {
-                Ok(s) => {
-                    eprintln!(
-                        "kt-vmm-bench: {} run {}: {} ms ({} ms before the kernel clock), overhead {} KiB",
-                        v.name,
-                        run + 1,
-                        s.boot.as_millis(),
-                        s.before_kernel.map_or(0, |d| d.as_millis()),
-                        s.overhead_kib
-                    );
-                    samples.push(s);
-                }
-                Err(e) => eprintln!(
-                    "kt-vmm-bench: {} run {}: {}",
-                    v.name,
-                    run + 1,
-                    kt_vmm::error_chain(&e)
-                ),
-            }
-        }
-        if samples.is_empty() {
-            rows.push((v.name, None));
-        } else {
-            let boot = median(samples.iter().map(|s| s.boot).collect());
-            let pre = median(
-                samples
-                    .iter()
-                    .map(|s| s.before_kernel.unwrap_or_default())
-                    .collect(),
-            );
-            let ovh = median(samples.iter().map(|s| s.overhead_kib).collect());
-            rows.push((v.name, Some((boot, pre, ovh))));
-        }
+        let row = bench_vmm(&a, &v, deadline);
+        rows.push((v.name, row));
     }
     print_table(&a, &rows);
-    if rows.iter().any(|r| r.1.is_none()) {
+    if rows.iter().any(|r| r.1.is_err()) {
         std::process::exit(1);
     }
 }
 
-type Row<'a> = (&'a str, Option<(Duration, Duration, u64)>);
+/// Boots `v` up to `--runs` times within the per-boot timeout and the
+/// bench's deadline; the medians, or why there are none.
+fn bench_vmm(a: &Args, v: &Vmm, deadline: Instant) -> Result<Medians, String> {
+    let mut samples = Vec::new();
+    let mut failure = None;
+    for run in 1..=a.runs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left < Duration::from_secs(1) {
+            failure = Some(format!(
+                "bench budget of {} s spent before run {run} of {}",
+                a.budget, a.runs
+            ));
+            break;
+        }
+        let timeout = Duration::from_secs(a.timeout).min(left);
+        match boot_once(v, &a.marker, timeout) {
+            Ok(s) => {
+                eprintln!(
+                    "kt-vmm-bench: {} run {run}: {} ms ({} ms before the kernel clock), overhead {} KiB",
+                    v.name,
+                    s.boot.as_millis(),
+                    s.before_kernel.map_or(0, |d| d.as_millis()),
+                    s.overhead_kib
+                );
+                samples.push(s);
+            }
+            Err(e) => {
+                let why = kt_vmm::error_chain(&e);
+                eprintln!("kt-vmm-bench: {} run {run}: {why}", v.name);
+                let timed_out = matches!(e, Error::Timeout(..));
+                failure = Some(format!("run {run} of {}: {why}", a.runs));
+                if timed_out {
+                    // It will not boot faster next time: spend the budget
+                    // on the other VMMs.
+                    if run < a.runs {
+                        eprintln!(
+                            "kt-vmm-bench: {}: remaining {} run(s) skipped after a timeout",
+                            v.name,
+                            a.runs - run
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    if samples.is_empty() {
+        return Err(failure.unwrap_or_else(|| "no run".into()));
+    }
+    Ok(Medians {
+        boot: median(samples.iter().map(|s| s.boot).collect()),
+        before_kernel: median(
+            samples
+                .iter()
+                .map(|s| s.before_kernel.unwrap_or_default())
+                .collect(),
+        ),
+        overhead_kib: median(samples.iter().map(|s| s.overhead_kib).collect()),
+        runs: samples.len(),
+        failure,
+    })
+}
+
+/// A VMM's row: medians over the boots that reached the marker.
+#[derive(Debug)]
+struct Medians {
+    boot: Duration,
+    before_kernel: Duration,
+    overhead_kib: u64,
+    /// Boots that reached the marker.
+    runs: usize,
+    /// Why the other boots did not, if any failed.
+    failure: Option<String>,
+}
+
+type Row<'a> = (&'a str, Result<Medians, String>);
 
 fn print_table(a: &Args, rows: &[Row]) {
     println!(
-        "\nboot to init and VMM memory overhead: {} vCPU(s), {} MiB, median of {} run(s)",
+        "\nboot to init and VMM memory overhead: {} vCPU(s), {} MiB, median of up to {} run(s)",
         a.cpus, a.mem_mib, a.runs
     );
     println!(
-        "{:<16} {:>10} {:>18} {:>15} {:>12} {:>14} {:>14}",
+        "{:<16} {:>10} {:>18} {:>15} {:>12} {:>14} {:>14} {:>6}",
         "VMM",
         "boot (ms)",
         "pre-kernel (ms)",
         "overhead (MiB)",
         "boot ratio",
         "pre-k. ratio",
-        "memory ratio"
+        "memory ratio",
+        "runs"
     );
-    let kt = rows.first().and_then(|r| r.1);
+    let kt = rows.first().and_then(|r| r.1.as_ref().ok());
+    let mut notes = Vec::new();
     for (name, m) in rows {
-        match (m, kt) {
-            (Some((b, p, o)), Some((kb, kp, ko))) => println!(
-                "{:<16} {:>10} {:>18} {:>15.2} {:>12.2} {:>14.2} {:>14.2}",
-                name,
-                b.as_millis(),
-                p.as_millis(),
-                *o as f64 / 1024.0,
-                kb.as_secs_f64() / b.as_secs_f64(),
-                kp.as_secs_f64() / p.as_secs_f64().max(1e-3),
-                ko as f64 / (*o).max(1) as f64
-            ),
-            _ => println!("{name:<16} {:>10}", "failed"),
+        match m {
+            Ok(m) => {
+                let ratio = |f: &dyn Fn(&Medians) -> f64| match kt {
+                    Some(k) => format!("{:.2}", f(k) / f(m).max(1e-3)),
+                    None => "-".into(),
+                };
+                println!(
+                    "{:<16} {:>10} {:>18} {:>15.2} {:>12} {:>14} {:>14} {:>6}",
+                    name,
+                    m.boot.as_millis(),
+                    m.before_kernel.as_millis(),
+                    m.overhead_kib as f64 / 1024.0,
+                    ratio(&|x| x.boot.as_secs_f64()),
+                    ratio(&|x| x.before_kernel.as_secs_f64()),
+                    ratio(&|x| x.overhead_kib as f64),
+                    m.runs
+                );
+                if let Some(f) = &m.failure {
+                    notes.push(format!("{name}: {f}"));
+                }
+            }
+            Err(why) => println!("{name:<16} {:>10}  {why}", "failed"),
         }
+    }
+    for n in notes {
+        println!("note: {n}");
     }
     println!("ratios are kt-vmm / this row; pre-kernel = launch to the guest kernel clock");
     println!("targets: kt-vmm boot <= 0.50 x QEMU, kt-vmm overhead <= 5 MiB");
@@ -373,6 +439,59 @@ Rss:                 100 kB
         let u = uptime_in("KT-GUEST: init reached after 3.08s uptime");
         assert_eq!(u, Some(Duration::from_millis(3080)));
         assert_eq!(uptime_in("KT-GUEST: init reached"), None);
+    }
+
+    fn args(extra: &[&str]) -> Args {
+        let base = ["kt-vmm-bench", "--kernel", "k", "--initrd", "i"];
+        Args::parse_from(base.iter().chain(extra))
+    }
+
+    fn sh(script: &str) -> Vmm {
+        Vmm {
+            name: "fake",
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        }
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(600)
+    }
+
+    #[test]
+    fn a_vmm_that_prints_the_marker_is_measured_every_run() {
+        let a = args(&["--runs", "2"]);
+        let m = bench_vmm(&a, &sh("echo 'KT-GUEST: init reached'; sleep 5"), far())
+            .expect("both boots reach the marker");
+        assert_eq!(m.runs, 2);
+        assert!(m.failure.is_none());
+    }
+
+    #[test]
+    fn a_timeout_ends_that_vmm_row_with_the_reason() {
+        let a = args(&["--runs", "3", "--timeout", "1"]);
+        let why = bench_vmm(&a, &sh("sleep 30"), far()).expect_err("never boots");
+        assert!(why.starts_with("run 1 of 3:"), "{why}");
+        assert!(why.contains("no marker within 1 s"), "{why}");
+    }
+
+    #[test]
+    fn a_vmm_that_exits_early_is_reported_and_retried() {
+        let a = args(&["--runs", "2"]);
+        let why = bench_vmm(&a, &sh("exit 3"), far()).expect_err("never boots");
+        assert!(why.starts_with("run 2 of 2:"), "{why}");
+        assert!(why.contains("exited before the marker"), "{why}");
+    }
+
+    #[test]
+    fn no_boot_starts_once_the_budget_is_spent() {
+        let a = args(&["--runs", "3"]);
+        let spent = Instant::now();
+        let why =
+            bench_vmm(&a, &sh("echo 'KT-GUEST: init reached'"), spent).expect_err("no time left");
+        assert!(
+            why.contains("budget of 480 s spent before run 1 of 3"),
+            "{why}"
+        );
     }
 
     #[test]
