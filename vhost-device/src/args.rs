@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::seccomp::SeccompMode;
+
 /// kerntransport host backend: a vhost-user device daemon (virtio device 60)
 /// that maps guest channels to host Unix SOCK_SEQPACKET sockets.
 #[derive(Debug, Parser)]
@@ -95,6 +97,11 @@ pub struct RunArgs {
     /// Log level (RUST_LOG overrides it).
     #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+    /// System-call filter installed once the sockets are bound: `enforce`
+    /// refuses calls outside the daemon's allow-list with EPERM, `log` only
+    /// has the kernel log them, `off` installs none.
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = SeccompMode::Enforce)]
+    pub seccomp: SeccompMode,
 }
 
 /// Flags of `kt-vhost-device stats`.

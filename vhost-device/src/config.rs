@@ -54,6 +54,8 @@ pub struct Config {
     pub device: DeviceConfig,
     /// Per-channel guest → host window in credit bytes.
     pub channel_buffer: u32,
+    /// System-call filter mode.
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 fn range(flag: &'static str, value: u32, lo: u32, hi: u32) -> Result<u32, ConfigError> {
@@ -112,6 +114,7 @@ impl TryFrom<RunArgs> for Config {
                 guest_id: a.guest_id,
             },
             channel_buffer,
+            seccomp: a.seccomp,
         })
     }
 }
@@ -133,6 +136,7 @@ mod tests {
             channel_buffer: None,
             guest_id: 3,
             log_level: LogLevel::Info,
+            seccomp: crate::seccomp::SeccompMode::Enforce,
         }
     }
 

@@ -47,6 +47,9 @@ pub enum DaemonError {
     /// Registering the host epoll fd failed.
     #[error("registering host events: {0}")]
     Register(std::io::Error),
+    /// The system-call filter could not be installed.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 /// Runs the daemon until a fatal error.
@@ -92,6 +95,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             .map(|p| format!(", host connections on {}", p.display()))
             .unwrap_or_default()
     );
+    // Every socket is bound and the control thread runs: from here on the
+    // daemon only serves, and the filter says so.
+    crate::seccomp::install(config.seccomp)?;
+    log::debug!("seccomp filter: {:?}", config.seccomp);
     loop {
         serve_one(&backend, &mut vu_listener)?;
     }

@@ -6,7 +6,8 @@
 //! Modules: `args`/`config`/`policy` (CLI and checked configuration),
 //! `daemon` (serve frontends in a loop), `backend` (vhost-user glue),
 //! `device` (protocol engine), `channel` (per-channel state), `chain`
-//! (descriptor chains in and out), `seqpacket` (host sockets), `stats` and
+//! (descriptor chains in and out), `seqpacket` (host sockets), `seccomp` (the
+//! system-call allow-list), `stats` and
 //! `control` (counters and the control socket). The simulated guest driver
 //! the tests and the bench use is the separate dev-only crate `kt-sim`
 //! (`vhost-device/sim/`).
@@ -20,5 +21,6 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod policy;
+pub mod seccomp;
 pub mod seqpacket;
 pub mod stats;

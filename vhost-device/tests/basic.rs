@@ -89,3 +89,28 @@ fn host_connections_need_a_guest_that_listens() {
     d.send(id, b"x").unwrap();
     assert_eq!(d.recv(id).unwrap(), b"x");
 }
+
+/// The `Seccomp:` mode of a process (0 none, 2 filter) from /proc.
+fn seccomp_mode(pid: u32) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_daemon_serves_under_its_seccomp_filter_by_default() {
+    for (flags, want) in [(&[][..], "2"), (&["--seccomp", "off"][..], "0")] {
+        let fx = Fixture::new("seccomp", flags);
+        let mut d = fx.driver();
+        // A round trip through a host service: the daemon is in its
+        // serving loop, past the point where the filter goes on.
+        let id = d.open("echo").unwrap().unwrap();
+        d.send(id, b"under the filter").unwrap();
+        assert_eq!(d.recv(id).unwrap(), b"under the filter");
+        assert_eq!(seccomp_mode(fx.daemon.pid()), want, "flags {flags:?}");
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+    }
+}

@@ -1,0 +1,226 @@
+//! The daemon's system-call allow-list (seccomp-bpf via `seccompiler`).
+//!
+//! Installed on every thread once the sockets are bound and the control
+//! thread runs: from then on the daemon serves vhost-user, reads and writes
+//! guest memory and host `AF_UNIX` sockets, and nothing else. A call outside
+//! the list fails with `EPERM` (`--seccomp enforce`, the default) or is
+//! allowed and logged by the kernel's audit log (`--seccomp log`, to find a
+//! missing entry); `--seccomp off` installs nothing.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// What the filter does with a call outside the allow-list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeccompMode {
+    /// Refuse it with EPERM.
+    Enforce,
+    /// Allow it and have the kernel log it (audit).
+    Log,
+    /// Install no filter.
+    Off,
+}
+
+/// Why the filter could not be built or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// This CPU architecture has no filter.
+    #[error("seccomp: unsupported architecture {0}")]
+    Arch(&'static str),
+    /// seccompiler rejected the rules.
+    #[error("seccomp: building the filter")]
+    Build(#[source] seccompiler::BackendError),
+    /// seccompiler could not compile the filter.
+    #[error("seccomp: compiling the filter")]
+    Compile(#[source] seccompiler::BackendError),
+    /// The kernel refused the filter.
+    #[error("seccomp: installing the filter")]
+    Install(#[source] seccompiler::Error),
+}
+
+/// Result alias of this module.
+pub type Result<T> = std::result::Result<T, SeccompError>;
+
+/// Calls the daemon makes after set-up, found by tracing the integration
+/// tests and the e2e runs, plus what a panic or an allocator needs.
+const ALLOWED: &[libc::c_long] = &[
+    // memory: guest RAM (vhost-user SET_MEM_TABLE maps the frontend's fds),
+    // allocator, thread stacks
+    libc::SYS_mmap,
+    libc::SYS_munmap,
+    libc::SYS_mprotect,
+    libc::SYS_madvise,
+    libc::SYS_mremap,
+    libc::SYS_brk,
+    // descriptors and I/O
+    libc::SYS_read,
+    libc::SYS_write,
+    libc::SYS_readv,
+    libc::SYS_writev,
+    libc::SYS_pread64,
+    libc::SYS_pwrite64,
+    libc::SYS_lseek,
+    libc::SYS_close,
+    libc::SYS_fcntl,
+    libc::SYS_ioctl,
+    libc::SYS_dup,
+    libc::SYS_dup3,
+    libc::SYS_pipe2,
+    libc::SYS_eventfd2,
+    libc::SYS_fstat,
+    libc::SYS_newfstatat,
+    libc::SYS_statx,
+    libc::SYS_fstatfs,
+    // the spare descriptor for EMFILE handling (/dev/null)
+    libc::SYS_openat,
+    // sockets (socket() and socketpair() are limited to AF_UNIX below)
+    libc::SYS_accept4,
+    libc::SYS_connect,
+    libc::SYS_recvfrom,
+    libc::SYS_recvmsg,
+    libc::SYS_sendto,
+    libc::SYS_sendmsg,
+    libc::SYS_shutdown,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+    libc::SYS_getsockname,
+    libc::SYS_getpeername,
+    // event loops and waiting
+    libc::SYS_epoll_create1,
+    libc::SYS_epoll_ctl,
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_futex,
+    libc::SYS_nanosleep,
+    libc::SYS_clock_nanosleep,
+    libc::SYS_clock_gettime,
+    libc::SYS_sched_yield,
+    // threads (one set of workers per frontend connection)
+    libc::SYS_clone,
+    libc::SYS_clone3,
+    libc::SYS_set_robust_list,
+    libc::SYS_rseq,
+    libc::SYS_sigaltstack,
+    libc::SYS_prctl,
+    libc::SYS_sched_getaffinity,
+    libc::SYS_gettid,
+    libc::SYS_getpid,
+    libc::SYS_exit,
+    libc::SYS_exit_group,
+    // signals, and what a panic's abort needs
+    libc::SYS_rt_sigaction,
+    libc::SYS_rt_sigprocmask,
+    libc::SYS_rt_sigreturn,
+    libc::SYS_tgkill,
+    // limits and randomness (hash maps)
+    libc::SYS_prlimit64,
+    libc::SYS_getrandom,
+];
+
+fn target_arch() -> Result<TargetArch> {
+    TargetArch::try_from(std::env::consts::ARCH)
+        .map_err(|_| SeccompError::Arch(std::env::consts::ARCH))
+}
+
+/// The allow-list as a BPF program; calls outside it get `mismatch`.
+fn program(mismatch: SeccompAction) -> Result<BpfProgram> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
+    // Host peers are Unix sockets; the daemon never opens another family.
+    let unix_only = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::Eq,
+        libc::AF_UNIX as u64,
+    )
+    .map_err(SeccompError::Build)?;
+    for nr in [libc::SYS_socket, libc::SYS_socketpair] {
+        rules.insert(
+            nr,
+            vec![SeccompRule::new(vec![unix_only.clone()]).map_err(SeccompError::Build)?],
+        );
+    }
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, target_arch()?)
+        .map_err(SeccompError::Build)?;
+    BpfProgram::try_from(filter).map_err(SeccompError::Compile)
+}
+
+/// Installs the filter on every thread of the process (TSYNC); threads
+/// started later inherit it.
+pub fn install(mode: SeccompMode) -> Result<()> {
+    let mismatch = match mode {
+        SeccompMode::Off => return Ok(()),
+        SeccompMode::Enforce => SeccompAction::Errno(libc::EPERM as u32),
+        SeccompMode::Log => SeccompAction::Log,
+    };
+    let prog = program(mismatch)?;
+    seccompiler::apply_filter_all_threads(&prog).map_err(SeccompError::Install)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    /// Runs `f` on a thread of its own under the enforcing filter (a filter
+    /// on one thread leaves the test harness's other threads alone).
+    fn under_filter<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            let prog = program(SeccompAction::Errno(libc::EPERM as u32)).expect("filter builds");
+            seccompiler::apply_filter(&prog).expect("filter installs");
+            f()
+        })
+        .join()
+        .expect("filtered thread")
+    }
+
+    #[test]
+    fn forbidden_calls_are_refused_with_eperm() {
+        let (inet, exec, ptrace) = under_filter(|| {
+            // SAFETY: socket() takes no pointers; a returned fd is closed.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            let inet = (fd, errno());
+            if fd >= 0 {
+                // SAFETY: fd was just returned by socket() and is ours.
+                unsafe { libc::close(fd) };
+            }
+            let path = c"/bin/true";
+            let argv = [path.as_ptr(), std::ptr::null()];
+            let envp = [std::ptr::null()];
+            // SAFETY: NUL-terminated path and NULL-terminated argv/envp
+            // that live across the call; on success the thread would be
+            // replaced, which the filter must prevent.
+            let r = unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            let exec = (r, errno());
+            // SAFETY: PTRACE_TRACEME takes no pointers.
+            let r = unsafe { libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0) };
+            (inet, exec, (r, errno()))
+        });
+        assert_eq!(inet, (-1, libc::EPERM), "socket(AF_INET)");
+        assert_eq!(exec, (-1, libc::EPERM), "execve");
+        assert_eq!(ptrace.1, libc::EPERM, "ptrace");
+    }
+
+    #[test]
+    fn the_daemons_own_calls_still_work() {
+        let ok = under_filter(|| {
+            let (a, b) = std::os::unix::net::UnixDatagram::pair().expect("AF_UNIX pair");
+            a.send(b"x").expect("send");
+            let mut buf = [0u8; 1];
+            let n = b.recv(&mut buf).expect("recv");
+            let v: Vec<u8> = (0..4096).map(|i| i as u8).collect();
+            let t = std::thread::spawn(move || v.len()).join().expect("thread");
+            n == 1 && buf == *b"x" && t == 4096
+        });
+        assert!(ok);
+    }
+}
