@@ -157,10 +157,11 @@ pub fn run(args: &Args) -> Result<ExitReason> {
     let started = std::time::Instant::now();
     crate::config::validate(args).map_err(Error::Config)?;
     boot::check_files(&args.kernel, args.initrd.as_deref())?;
+    let timeout = std::time::Duration::from_millis(args.vhost_user_timeout_ms);
     let backends = args
         .vhost_user
         .iter()
-        .map(VhostUserDevice::connect)
+        .map(|spec| VhostUserDevice::connect(spec, timeout))
         .collect::<std::result::Result<Vec<_>, _>>()?;
 
     let kvm = kvm::open(&args.kvm_device, args.allow_slow_kvm)?;

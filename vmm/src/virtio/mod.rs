@@ -1,5 +1,6 @@
 //! Virtio: the virtio-mmio transport and the vhost-user device behind it.
 
+pub mod deadline;
 pub mod mmio;
 pub mod reconnect;
 pub mod vhost_user;
@@ -67,4 +68,12 @@ pub trait VirtioBackend: Send {
     fn config_generation(&self) -> u32 {
         0
     }
+    /// Whether the device failed (e.g. its backend stopped answering)
+    /// since the last call; the transport then sets DEVICE_NEEDS_RESET.
+    fn take_failure(&mut self) -> bool {
+        false
+    }
+    /// Sends the driver a configuration change notification (new
+    /// generation, config-change interrupt).
+    fn signal_config_change(&mut self) {}
 }
