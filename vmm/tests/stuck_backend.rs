@@ -25,7 +25,7 @@ use kt_vmm::virtio::mmio::{reg, status, MmioTransport, INT_CONFIG, VIRTIO_F_VERS
 use kt_vmm::virtio::vhost_user::{Error, VhostUserDevice};
 
 /// The request timeout these tests give the frontend.
-const TIMEOUT: Duration = Duration::from_millis(300);
+const TIMEOUT: Duration = Duration::from_millis(1000);
 /// A call that takes longer than this is hung, not merely slow.
 const HUNG: Duration = Duration::from_secs(10);
 
@@ -66,17 +66,20 @@ fn reply_u64(s: &mut UnixStream, code: u32, v: u64) {
 }
 
 /// Serves one connection on `socket`; returns the request codes it read
-/// (answered or not) once the frontend closes or shuts the socket down.
-fn fake_backend(socket: &Path, mode: Fake) -> JoinHandle<Vec<u32>> {
+/// (answered or not) once the frontend closes or shuts the socket down,
+/// and reports each one it leaves unanswered on the receiver as it comes.
+fn fake_backend(socket: &Path, mode: Fake) -> (JoinHandle<Vec<u32>>, mpsc::Receiver<u32>) {
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket).expect("bind");
-    std::thread::spawn(move || {
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().expect("accept");
         let mut seen = Vec::new();
         let mut handshake_done = matches!(mode, Fake::Silent);
         while let Some(code) = read_msg(&mut s) {
             seen.push(code);
             if handshake_done {
+                let _ = tx.send(code);
                 continue;
             }
             match code {
@@ -87,7 +90,8 @@ fn fake_backend(socket: &Path, mode: Fake) -> JoinHandle<Vec<u32>> {
             }
         }
         seen
-    })
+    });
+    (handle, rx)
 }
 
 /// A socket path in a directory of its own (tests run in parallel).
@@ -177,7 +181,7 @@ const OTHER: u64 = 0x2000;
 #[test]
 fn handshake_with_a_silent_backend_times_out() {
     let socket = temp_socket("silent.sock");
-    let backend = fake_backend(&socket, Fake::Silent);
+    let (backend, _) = fake_backend(&socket, Fake::Silent);
     let s = spec(&socket);
     let (r, took) = bounded("connect", move || VhostUserDevice::connect(&s, TIMEOUT));
     let e = match r {
@@ -188,8 +192,9 @@ fn handshake_with_a_silent_backend_times_out() {
     let msg = kt_vmm::error_chain(&e);
     assert!(
         msg.starts_with(&format!(
-            "vhost-user backend {}: no answer to GET_FEATURES within 300 ms",
-            socket.display()
+            "vhost-user backend {}: no answer to GET_FEATURES within {} ms",
+            socket.display(),
+            TIMEOUT.as_millis()
         )),
         "{msg}"
     );
@@ -201,7 +206,7 @@ fn handshake_with_a_silent_backend_times_out() {
 #[test]
 fn stalled_config_read_fails_the_device_not_the_bus() {
     let socket = temp_socket("config.sock");
-    let backend = fake_backend(&socket, Fake::Handshake);
+    let (backend, unanswered) = fake_backend(&socket, Fake::Handshake);
     let mut dev = VhostUserDevice::connect(&spec(&socket), TIMEOUT).expect("connect");
     dev.attach(memory::create(16 << 20).expect("memory"))
         .expect("attach");
@@ -228,20 +233,23 @@ fn stalled_config_read_fails_the_device_not_the_bus() {
         b.read(STUCK + reg::CONFIG, &mut data);
         let _ = tx.send((data, start.elapsed()));
     });
-    // Meanwhile another vCPU uses the other device on the same bus.
-    std::thread::sleep(TIMEOUT / 3);
-    let (other_ok, other_took) = {
-        let b = bus.clone();
-        bounded("the other device", move || {
-            let mut d = [0u8; 4];
-            let r = b.read(OTHER, &mut d);
-            let w = b.write(OTHER + 4, &[1, 2, 3, 4]);
-            r && w && d == [0x5a; 4]
-        })
-    };
-    assert!(other_ok);
+    // Once the backend holds the unanswered GET_CONFIG, another vCPU
+    // uses the other device on the same bus.
+    loop {
+        match unanswered.recv_timeout(HUNG) {
+            Ok(24) => break,
+            Ok(_) => {}
+            Err(e) => panic!("the backend never got GET_CONFIG: {e}"),
+        }
+    }
+    let start = Instant::now();
+    let mut d = [0u8; 4];
+    assert!(bus.read(OTHER, &mut d));
+    assert!(bus.write(OTHER + 4, &[1, 2, 3, 4]));
+    let other_took = start.elapsed();
+    assert_eq!(d, [0x5a; 4]);
     assert!(
-        other_took < TIMEOUT / 3,
+        other_took < TIMEOUT / 2,
         "the other device waited {other_took:?}"
     );
     assert!(
@@ -283,7 +291,7 @@ fn stalled_config_read_fails_the_device_not_the_bus() {
 #[test]
 fn stalled_driver_reset_returns_in_time() {
     let socket = temp_socket("reset.sock");
-    let backend = fake_backend(&socket, Fake::Handshake);
+    let (backend, _) = fake_backend(&socket, Fake::Handshake);
     let mut dev = VhostUserDevice::connect(&spec(&socket), TIMEOUT).expect("connect");
     dev.attach(memory::create(16 << 20).expect("memory"))
         .expect("attach");
