@@ -1,5 +1,8 @@
 //! An address bus (port I/O or MMIO): non-overlapping ranges, each owned by
 //! a device that gets register reads and writes at an offset into its range.
+//! Most devices sit behind a mutex the bus takes for each access; a device
+//! that must not hold its lock across slow work (a vhost-user request)
+//! does its own locking (`SelfLockingDevice`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +18,19 @@ pub trait BusDevice: Send {
 /// A shared device handle.
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
+/// A device that locks its own state, as little as it can, per access.
+pub trait SelfLockingDevice: Send + Sync {
+    /// Fills `data` from the register at `offset`.
+    fn read(&self, offset: u64, data: &mut [u8]);
+    /// Writes `data` to the register at `offset`.
+    fn write(&self, offset: u64, data: &[u8]);
+}
+
+enum Target {
+    Locked(SharedDevice),
+    SelfLocking(Arc<dyn SelfLockingDevice>),
+}
+
 /// Bus setup failures.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
@@ -28,7 +44,7 @@ pub enum Error {
 
 struct Entry {
     len: u64,
-    device: SharedDevice,
+    device: Target,
 }
 
 /// Ranges sorted by base address.
@@ -52,6 +68,20 @@ impl Bus {
 
     /// Adds `device` at `base..base+len`.
     pub fn insert(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<(), Error> {
+        self.insert_target(base, len, Target::Locked(device))
+    }
+
+    /// Adds a device that does its own locking at `base..base+len`.
+    pub fn insert_self_locking(
+        &mut self,
+        base: u64,
+        len: u64,
+        device: Arc<dyn SelfLockingDevice>,
+    ) -> Result<(), Error> {
+        self.insert_target(base, len, Target::SelfLocking(device))
+    }
+
+    fn insert_target(&mut self, base: u64, len: u64, device: Target) -> Result<(), Error> {
         let end = base.checked_add(len).ok_or(Error::Invalid(base, len))?;
         if len == 0 {
             return Err(Error::Invalid(base, len));
@@ -68,7 +98,7 @@ impl Bus {
         Ok(())
     }
 
-    fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
+    fn find(&self, addr: u64, size: usize) -> Option<(u64, &Target)> {
         let (base, e) = self.ranges.range(..=addr).next_back()?;
         let off = addr - base;
         let end = off.checked_add(size as u64)?;
@@ -78,8 +108,12 @@ impl Bus {
     /// Routes a read; false if no device covers the access.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
-            Some((off, d)) => {
+            Some((off, Target::Locked(d))) => {
                 lock(d).read(off, data);
+                true
+            }
+            Some((off, Target::SelfLocking(d))) => {
+                d.read(off, data);
                 true
             }
             None => false,
@@ -89,8 +123,12 @@ impl Bus {
     /// Routes a write; false if no device covers the access.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
-            Some((off, d)) => {
+            Some((off, Target::Locked(d))) => {
                 lock(d).write(off, data);
+                true
+            }
+            Some((off, Target::SelfLocking(d))) => {
+                d.write(off, data);
                 true
             }
             None => false,

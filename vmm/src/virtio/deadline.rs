@@ -97,12 +97,21 @@ fn set_timeout(fd: RawFd, opt: libc::c_int, tv: &libc::timeval) -> io::Result<()
     }
 }
 
+/// One request in progress.
+#[derive(Debug)]
+struct Armed {
+    id: u64,
+    socket: RawFd,
+    deadline: Instant,
+    /// It ran out of time (its socket was shut down).
+    fired: bool,
+}
+
 #[derive(Debug, Default)]
 struct State {
-    /// The socket and when its current request runs out of time.
-    armed: Option<(RawFd, Instant)>,
-    /// The last request ran out of time (its socket was shut down).
-    fired: bool,
+    /// Requests in progress (several threads may each have one).
+    armed: Vec<Armed>,
+    next_id: u64,
     /// The owner is gone: the thread ends.
     stop: bool,
 }
@@ -118,7 +127,8 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
 }
 
 /// Shuts a socket down when a request on it outlives the timeout. One per
-/// vhost-user device; its thread ends when the watchdog is dropped.
+/// vhost-user device (requests from several threads at once are fine); its
+/// thread ends when the watchdog is dropped.
 #[derive(Debug)]
 pub struct Watchdog {
     shared: Arc<Shared>,
@@ -145,17 +155,27 @@ impl Watchdog {
     /// result and whether the limit was hit (then `socket` is shut down and
     /// `f`'s error is the consequence).
     pub fn run<T>(&self, socket: &impl AsRawFd, f: impl FnOnce() -> T) -> (T, bool) {
-        {
+        let id = {
             let mut st = lock(&self.shared);
-            st.armed = Some((socket.as_raw_fd(), Instant::now() + self.timeout));
-            st.fired = false;
-        }
+            let id = st.next_id;
+            st.next_id += 1;
+            st.armed.push(Armed {
+                id,
+                socket: socket.as_raw_fd(),
+                deadline: Instant::now() + self.timeout,
+                fired: false,
+            });
+            id
+        };
         self.shared.wake.notify_one();
         let out = f();
         let mut st = lock(&self.shared);
         // Disarmed under the lock: the socket is never shut down after this.
-        st.armed = None;
-        (out, std::mem::take(&mut st.fired))
+        let fired = match st.armed.iter().position(|a| a.id == id) {
+            Some(i) => st.armed.swap_remove(i).fired,
+            None => false,
+        };
+        (out, fired)
     }
 }
 
@@ -172,28 +192,32 @@ fn watch(s: &Shared) {
         if st.stop {
             return;
         }
-        match st.armed {
-            None => {
-                st = s.wake.wait(st).unwrap_or_else(|p| p.into_inner());
-            }
-            Some((fd, deadline)) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    // SAFETY: fd is the socket of the request still in
-                    // progress (`run` disarms under this lock before its
-                    // caller can close it); shutdown takes no pointers.
-                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-                    st.armed = None;
-                    st.fired = true;
-                } else {
-                    st = s
-                        .wake
-                        .wait_timeout(st, deadline - now)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|p| p.into_inner().0);
-                }
-            }
+        let now = Instant::now();
+        for a in st
+            .armed
+            .iter_mut()
+            .filter(|a| !a.fired && a.deadline <= now)
+        {
+            // SAFETY: a.socket is the socket of a request still in progress
+            // (`run` disarms under this lock before its caller can close
+            // it); shutdown takes no pointers.
+            unsafe { libc::shutdown(a.socket, libc::SHUT_RDWR) };
+            a.fired = true;
         }
+        let next = st
+            .armed
+            .iter()
+            .filter(|a| !a.fired)
+            .map(|a| a.deadline)
+            .min();
+        st = match next {
+            None => s.wake.wait(st).unwrap_or_else(|p| p.into_inner()),
+            Some(d) => s
+                .wake
+                .wait_timeout(st, d.saturating_duration_since(now))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0),
+        };
     }
 }
 
@@ -222,6 +246,26 @@ mod tests {
         std::io::Write::write_all(&mut &d, b"y").unwrap();
         assert_eq!(c.read(&mut [0u8; 1]).unwrap(), 1, "not shut down later");
         drop(a);
+    }
+
+    #[test]
+    fn requests_from_two_threads_are_timed_separately() {
+        let w = Arc::new(Watchdog::new(Duration::from_millis(300)).unwrap());
+        let (stalled, _peer) = UnixStream::pair().unwrap();
+        let w2 = w.clone();
+        let t = std::thread::spawn(move || {
+            let s = stalled;
+            w2.run(&s, || (&s).read(&mut [0u8; 1]))
+        });
+        // A quick request meanwhile neither fires nor disarms the other.
+        std::thread::sleep(Duration::from_millis(50));
+        let (c, d) = UnixStream::pair().unwrap();
+        std::io::Write::write_all(&mut &d, b"x").unwrap();
+        let (r, fired) = w.run(&c, || (&c).read(&mut [0u8; 1]));
+        assert_eq!((r.unwrap(), fired), (1, false));
+        let (r, fired) = t.join().unwrap();
+        assert!(fired);
+        assert_eq!(r.unwrap(), 0);
     }
 
     #[test]
