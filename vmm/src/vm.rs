@@ -23,6 +23,7 @@ use crate::vcpu::{self, Buses};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::reconnect::BackendWatch;
 use crate::virtio::vhost_user::{self, VhostUserDevice};
+use crate::virtio::vhost_user_mmio::VhostUserMmio;
 use crate::{devices, kvm};
 
 /// Everything that can stop kt-vmm before the guest runs.
@@ -142,7 +143,11 @@ fn virtio_devices(
         watches.push(Box::new(
             BackendWatch::new(dev.clone()).map_err(|e| Error::Os("timerfd", e))?,
         ));
-        mmio.insert(addr, layout::VIRTIO_MMIO_SIZE, dev)?;
+        mmio.insert_self_locking(
+            addr,
+            layout::VIRTIO_MMIO_SIZE,
+            Arc::new(VhostUserMmio::new(dev)),
+        )?;
         described.push(acpi::MmioDevice {
             addr,
             size: layout::VIRTIO_MMIO_SIZE,

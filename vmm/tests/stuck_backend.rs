@@ -3,8 +3,9 @@
 //! connection, answers the handshake or nothing at all, then reads every
 //! request and answers none. Each frontend call must come back within the
 //! request timeout with an error, the device must report DEVICE_NEEDS_RESET
-//! (with a config-change interrupt for a running driver), and the other
-//! device on the same bus must stay usable meanwhile.
+//! (with a config-change interrupt for a running driver), and meanwhile
+//! the device's other registers, its lock (which the main thread's backend
+//! watch takes) and another device on the same bus must stay usable.
 
 #[path = "support/mmio_ring.rs"]
 mod mmio_ring;
@@ -23,6 +24,7 @@ use kt_vmm::devices::bus::{Bus, BusDevice};
 use kt_vmm::memory;
 use kt_vmm::virtio::mmio::{reg, status, MmioTransport, INT_CONFIG, VIRTIO_F_VERSION_1};
 use kt_vmm::virtio::vhost_user::{Error, VhostUserDevice};
+use kt_vmm::virtio::vhost_user_mmio::VhostUserMmio;
 
 /// The request timeout these tests give the frontend.
 const TIMEOUT: Duration = Duration::from_millis(1000);
@@ -220,7 +222,8 @@ fn stalled_config_read_fails_the_device_not_the_bus() {
     let stuck = Arc::new(Mutex::new(t));
     let other = Arc::new(Mutex::new(Other::default()));
     let mut bus = Bus::new();
-    bus.insert(STUCK, 0x1000, stuck.clone()).expect("insert");
+    bus.insert_self_locking(STUCK, 0x1000, Arc::new(VhostUserMmio::new(stuck.clone())))
+        .expect("insert");
     bus.insert(OTHER, 0x1000, other.clone()).expect("insert");
     let bus = Arc::new(bus);
 
@@ -234,7 +237,8 @@ fn stalled_config_read_fails_the_device_not_the_bus() {
         let _ = tx.send((data, start.elapsed()));
     });
     // Once the backend holds the unanswered GET_CONFIG, another vCPU
-    // uses the other device on the same bus.
+    // uses the same device's registers and the other device on the bus,
+    // and the device's lock is free.
     loop {
         match unanswered.recv_timeout(HUNG) {
             Ok(24) => break,
@@ -244,13 +248,17 @@ fn stalled_config_read_fails_the_device_not_the_bus() {
     }
     let start = Instant::now();
     let mut d = [0u8; 4];
+    assert!(bus.read(STUCK + reg::STATUS, &mut d));
+    assert_eq!(u32::from_le_bytes(d), 0xf, "Status readable meanwhile");
+    assert!(bus.read(STUCK + reg::INTERRUPT_STATUS, &mut d));
+    assert!(stuck.try_lock().is_ok(), "the device's lock is free");
     assert!(bus.read(OTHER, &mut d));
     assert!(bus.write(OTHER + 4, &[1, 2, 3, 4]));
     let other_took = start.elapsed();
     assert_eq!(d, [0x5a; 4]);
     assert!(
         other_took < TIMEOUT / 2,
-        "the other device waited {other_took:?}"
+        "the other registers and device waited {other_took:?}"
     );
     assert!(
         rx.try_recv().is_err(),

@@ -180,6 +180,37 @@ mod tests {
         );
     }
 
+    /// Counts accesses with no lock of its own to take.
+    #[derive(Default)]
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl SelfLockingDevice for Counter {
+        fn read(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&self, _offset: u64, _data: &[u8]) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn self_locking_devices_are_routed_and_placed_like_others() {
+        let c = Arc::new(Counter::default());
+        let mut bus = Bus::new();
+        bus.insert_self_locking(0x1000, 0x100, c.clone()).unwrap();
+        let mut b = [0u8; 1];
+        assert!(bus.read(0x1010, &mut b));
+        assert_eq!(b, [0x10]);
+        assert!(bus.write(0x10ff, &[1]));
+        assert_eq!(c.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!bus.write(0x1100, &[1]));
+        let r = Arc::new(Mutex::new(Recorder::default()));
+        assert_eq!(
+            bus.insert(0x10f0, 0x20, r),
+            Err(Error::Overlap(0x10f0, 0x20))
+        );
+    }
+
     #[test]
     fn overlaps_are_refused() {
         let mut bus = Bus::new();

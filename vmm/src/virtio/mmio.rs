@@ -128,8 +128,9 @@ impl<B: VirtioBackend> MmioTransport<B> {
         self.queues.get_mut(self.queue_sel as usize)
     }
 
-    /// After any call into the backend: a failed device needs a reset.
-    fn check_failure(&mut self) {
+    /// After any call into the backend: a failed device needs a reset
+    /// (DEVICE_NEEDS_RESET; a running driver also gets a config change).
+    pub fn check_failure(&mut self) {
         if self.backend.take_failure() {
             self.status |= status::NEEDS_RESET;
             if self.status & status::DRIVER_OK != 0 {

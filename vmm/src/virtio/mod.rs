@@ -4,6 +4,7 @@ pub mod deadline;
 pub mod mmio;
 pub mod reconnect;
 pub mod vhost_user;
+pub mod vhost_user_mmio;
 
 /// One virtqueue as the driver configured it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,12 +20,14 @@
 //! not answer in time has its socket shut down, the request fails with
 //! `Error::Timeout`, and the device reports itself failed (`take_failure`:
 //! the transport sets DEVICE_NEEDS_RESET) and counts as disconnected, so
-//! `reconnect` takes over as for a backend that went away.
+//! `reconnect` takes over as for a backend that went away. A config read
+//! can be made without the device's lock (`begin_config_read`,
+//! `PendingConfigRead::run`, `finish_config_read`; see `vhost_user_mmio`).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -155,10 +157,80 @@ fn request<T>(
 /// Result alias for this module.
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// The connection to the backend: its socket (one request at a time), the
+/// watchdog bounding each request, and a generation that changes with
+/// every new connection. Shared with requests made without the device's
+/// lock (`PendingConfigRead`).
+struct Link {
+    frontend: Mutex<Frontend>,
+    watchdog: Watchdog,
+    path: PathBuf,
+    generation: AtomicU64,
+}
+
+impl Link {
+    fn request<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T> {
+        let mut frontend = lock(&self.frontend);
+        request(&self.watchdog, &mut frontend, &self.path, what, f)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn replace(&self, frontend: Frontend) {
+        *lock(&self.frontend) = frontend;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A GET_CONFIG to make without holding the device's lock: taken with
+/// `VhostUserDevice::begin_config_read`, made with `run`, its result handed
+/// to `finish_config_read`.
+pub struct PendingConfigRead {
+    link: Arc<Link>,
+    generation: u64,
+    offset: u64,
+    len: usize,
+}
+
+impl std::fmt::Debug for PendingConfigRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingConfigRead")
+            .field("generation", &self.generation)
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl PendingConfigRead {
+    /// Asks the backend (blocks for at most the request timeout).
+    pub fn run(&self) -> Result<Vec<u8>> {
+        let buf = vec![0u8; self.len];
+        self.link
+            .request("GET_CONFIG", |f| {
+                f.get_config(
+                    self.offset as u32,
+                    self.len as u32,
+                    VhostUserConfigFlags::empty(),
+                    &buf,
+                )
+            })
+            .map(|(_, payload)| payload)
+    }
+}
+
 /// One vhost-user device.
 pub struct VhostUserDevice {
     spec: VhostUserSpec,
-    frontend: Frontend,
+    link: Arc<Link>,
+    /// The current connection's socket.
+    socket: RawFd,
     backend_features: u64,
     protocol: VhostUserProtocolFeatures,
     mem: Option<GuestMemory>,
@@ -173,8 +245,6 @@ pub struct VhostUserDevice {
     config_events: Arc<ConfigEvents>,
     /// The backend's request channel (BACKEND_REQ), if negotiated.
     requests: BackendRequests,
-    /// Bounds every request on `frontend`.
-    watchdog: Watchdog,
     /// A request timed out and the transport has not been told yet.
     failed: bool,
 }
@@ -288,9 +358,17 @@ impl VhostUserDevice {
                 spec.socket.display()
             );
         }
+        let socket = c.frontend.as_raw_fd();
+        let link = Arc::new(Link {
+            frontend: Mutex::new(c.frontend),
+            watchdog,
+            path: spec.socket.clone(),
+            generation: AtomicU64::new(0),
+        });
         Ok(Self {
             spec: spec.clone(),
-            frontend: c.frontend,
+            link,
+            socket,
             backend_features: c.features,
             protocol: c.protocol,
             mem: None,
@@ -302,7 +380,6 @@ impl VhostUserDevice {
             connected: true,
             config_events,
             requests: Arc::new(Mutex::new(c.requests)),
-            watchdog,
             failed: false,
         })
     }
@@ -315,22 +392,77 @@ impl VhostUserDevice {
         what: &'static str,
         f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
     ) -> Result<T> {
-        let r = request(
-            &self.watchdog,
-            &mut self.frontend,
-            &self.spec.socket,
-            what,
-            f,
-        );
+        let r = self.link.request(what, f);
         if let Err(e @ Error::Timeout(..)) = &r {
-            log::error!(
-                "{}: device marked failed (DEVICE_NEEDS_RESET), reconnecting",
-                crate::error_chain(e)
-            );
-            self.failed = true;
-            self.mark_disconnected();
+            self.fail(e);
         }
         r
+    }
+
+    /// A request timed out: the device is failed (until the transport
+    /// takes the failure) and disconnected (its socket is shut down, so
+    /// the backend watch sees a hang-up and starts reconnecting).
+    fn fail(&mut self, e: &Error) {
+        log::error!(
+            "{}: device marked failed (DEVICE_NEEDS_RESET), reconnecting",
+            crate::error_chain(e)
+        );
+        self.failed = true;
+        self.mark_disconnected();
+    }
+
+    /// The GET_CONFIG a config-space read of `len` bytes at `offset`
+    /// needs, if any (none while disconnected, beyond `config-size` or
+    /// without the CONFIG protocol feature: the read is served locally).
+    pub fn begin_config_read(&self, offset: u64, len: usize) -> Option<PendingConfigRead> {
+        let end = offset + len as u64;
+        let asks = self.connected
+            && end <= u64::from(self.spec.config_size)
+            && self.protocol.contains(VhostUserProtocolFeatures::CONFIG);
+        asks.then(|| PendingConfigRead {
+            link: self.link.clone(),
+            generation: self.link.generation(),
+            offset,
+            len,
+        })
+    }
+
+    /// Takes the backend's answer to `p` into the config cache and fills
+    /// `data` from the cache. A timeout fails the device unless it has
+    /// reconnected meanwhile.
+    pub fn finish_config_read(
+        &mut self,
+        p: &PendingConfigRead,
+        answer: Result<Vec<u8>>,
+        data: &mut [u8],
+    ) {
+        let (start, end) = (p.offset as usize, p.offset as usize + p.len);
+        match answer {
+            Ok(payload) if payload.len() == p.len => {
+                self.config_cache[start..end].copy_from_slice(&payload);
+            }
+            Ok(payload) => log::warn!(
+                "vhost-user GET_CONFIG returned {} bytes, {} expected",
+                payload.len(),
+                p.len
+            ),
+            Err(e @ Error::Timeout(..)) => {
+                if p.generation == self.link.generation() && self.connected {
+                    self.fail(&e);
+                }
+            }
+            Err(e) => log::warn!("{}", crate::error_chain(&e)),
+        }
+        self.serve_config(p.offset, data);
+    }
+
+    /// Fills `data` from the config cache (zeros beyond it).
+    fn serve_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let start = offset as usize;
+        if let Some(cached) = self.config_cache.get(start..start + data.len()) {
+            data.copy_from_slice(cached);
+        }
     }
 
     /// The config-change state (what a CONFIG_CHANGE_MSG updates).
@@ -361,7 +493,7 @@ impl VhostUserDevice {
 
     /// The vhost-user socket (watched for the backend hanging up).
     pub fn socket_fd(&self) -> RawFd {
-        self.frontend.as_raw_fd()
+        self.socket
     }
 
     /// Whether the backend is connected.
@@ -380,14 +512,15 @@ impl VhostUserDevice {
     /// the rings over once more, each resuming at the used index in guest
     /// memory. On error the device stays disconnected.
     pub fn reconnect(&mut self) -> Result<()> {
-        let c = handshake(&self.spec, &self.config_events, &self.watchdog)?;
+        let c = handshake(&self.spec, &self.config_events, &self.link.watchdog)?;
         if let Some((features, _)) = &self.running {
             let lost = features & !c.features & !super::mmio::VIRTIO_F_VERSION_1;
             if lost != 0 {
                 return Err(Error::FeaturesLost(self.spec.socket.clone(), lost));
             }
         }
-        self.frontend = c.frontend;
+        self.socket = c.frontend.as_raw_fd();
+        self.link.replace(c.frontend);
         self.backend_features = c.features;
         self.protocol = c.protocol;
         *lock(&self.requests) = c.requests;
@@ -548,38 +681,13 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let end = offset + data.len() as u64;
-        if end > u64::from(self.spec.config_size)
-            || !self.protocol.contains(VhostUserProtocolFeatures::CONFIG)
-        {
-            return;
-        }
-        let (start, end) = (offset as usize, end as usize);
-        if self.connected {
-            let buf = vec![0u8; data.len()];
-            let r = self.call("GET_CONFIG", |f| {
-                f.get_config(
-                    offset as u32,
-                    data.len() as u32,
-                    VhostUserConfigFlags::empty(),
-                    &buf,
-                )
-            });
-            match r {
-                Ok((_, payload)) if payload.len() == data.len() => {
-                    self.config_cache[start..end].copy_from_slice(&payload);
-                }
-                Ok((_, payload)) => log::warn!(
-                    "vhost-user GET_CONFIG returned {} bytes, {} expected",
-                    payload.len(),
-                    data.len()
-                ),
-                Err(Error::Timeout(..)) => {}
-                Err(e) => log::warn!("{}", crate::error_chain(&e)),
+        match self.begin_config_read(offset, data.len()) {
+            Some(p) => {
+                let answer = p.run();
+                self.finish_config_read(&p, answer, data);
             }
+            None => self.serve_config(offset, data),
         }
-        data.copy_from_slice(&self.config_cache[start..end]);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
