@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a Debian bookworm x86_64 machine:
 # apt sources for bookworm-backports (same archive host as the existing
-# sources), Debian packages, and Python build tools for QEMU. Idempotent:
-# a second run only checks. Owns installation; builds nothing.
+# sources), Debian packages, Python build tools for QEMU, and cargo-fuzz
+# (crate registry; for scripts/fuzz.sh). Idempotent: a second run only
+# checks. Owns installation; builds nothing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=scripts/lib/apt-sources.sh
@@ -67,6 +68,19 @@ EOS
 	return 0
 }
 
+# cargo-fuzz for scripts/fuzz.sh, which runs it with the nightly toolchain
+# rustup already has. Without nightly: one error line, the rest of setup
+# goes on (the fuzz stage of make test then fails with the same reason).
+cargo_fuzz() {
+	if ! cargo +nightly --version >/dev/null 2>&1; then
+		echo "setup: error: no nightly Rust toolchain (needed by scripts/fuzz.sh): rustup toolchain install nightly" >&2
+		return 0
+	fi
+	cargo +nightly fuzz --version >/dev/null 2>&1 && return 0
+	echo "setup: installing cargo-fuzz (cargo install --locked cargo-fuzz)"
+	cargo install --locked --quiet cargo-fuzz
+}
+
 main() {
 	need_root
 	if [ "${1:-}" = "--backports-only" ]; then
@@ -106,6 +120,7 @@ main() {
 			{ echo "setup: headers for $k missing after installation" >&2; exit 1; }
 	done
 	echo "setup: Debian packages present; kernels: $(kt_supported_kernels | paste -sd' ')"
+	cargo_fuzz
 }
 
 main "$@"

@@ -42,6 +42,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 stage "Rust tests (unit, integration, C layout check)"
 cargo test --workspace
 
+stage "fuzz: proto decode + backend tx_chain, ${KT_FUZZ_SECS:-60} s each (nightly, cargo-fuzz)"; scripts/fuzz.sh
+
 stage "guest driver: build against each supported kernel, checkpatch, sparse"
 guest-driver/check.sh
 

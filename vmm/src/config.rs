@@ -62,11 +62,22 @@ pub struct Args {
     #[arg(long, default_value = "/dev/kvm", value_name = "PATH")]
     pub kvm_device: PathBuf,
 
+    /// Time limit of each vhost-user request, in milliseconds. A backend
+    /// that does not answer in time is treated as failed: kt-vmm logs an
+    /// error, sets DEVICE_NEEDS_RESET for the guest (with a config-change
+    /// interrupt when the driver is running) and reconnects.
+    #[arg(long, default_value_t = DEFAULT_VHOST_USER_TIMEOUT_MS, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub vhost_user_timeout_ms: u64,
+
     /// Run even when /dev/kvm is an emulating (nested, page-table-based)
     /// hypervisor under which guests run about 1000 times slower.
     #[arg(long)]
     pub allow_slow_kvm: bool,
 }
+
+/// Default of `--vhost-user-timeout-ms`.
+pub const DEFAULT_VHOST_USER_TIMEOUT_MS: u64 = 5000;
 
 /// Kernel image formats `--kernel-format` accepts.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,6 +283,14 @@ mod tests {
             .unwrap();
         assert_eq!((a.cpus, a.mem), (2, 1 << 30));
         assert_eq!(a.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(a.vhost_user_timeout_ms, DEFAULT_VHOST_USER_TIMEOUT_MS);
+        let a = Args::try_parse_from(["kt-vmm", "--kernel", "k", "--vhost-user-timeout-ms", "250"])
+            .unwrap();
+        assert_eq!(a.vhost_user_timeout_ms, 250);
+        assert!(
+            Args::try_parse_from(["kt-vmm", "--kernel", "k", "--vhost-user-timeout-ms", "0"])
+                .is_err()
+        );
         let e = Args::try_parse_from(["kt-vmm"]).unwrap_err();
         let line = one_line_clap_error(&e);
         assert!(line.contains("--kernel"), "{line}");

@@ -23,6 +23,7 @@ use crate::vcpu::{self, Buses};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::reconnect::BackendWatch;
 use crate::virtio::vhost_user::{self, VhostUserDevice};
+use crate::virtio::vhost_user_mmio::VhostUserMmio;
 use crate::{devices, kvm};
 
 /// Everything that can stop kt-vmm before the guest runs.
@@ -142,7 +143,11 @@ fn virtio_devices(
         watches.push(Box::new(
             BackendWatch::new(dev.clone()).map_err(|e| Error::Os("timerfd", e))?,
         ));
-        mmio.insert(addr, layout::VIRTIO_MMIO_SIZE, dev)?;
+        mmio.insert_self_locking(
+            addr,
+            layout::VIRTIO_MMIO_SIZE,
+            Arc::new(VhostUserMmio::new(dev)),
+        )?;
         described.push(acpi::MmioDevice {
             addr,
             size: layout::VIRTIO_MMIO_SIZE,
@@ -157,10 +162,11 @@ pub fn run(args: &Args) -> Result<ExitReason> {
     let started = std::time::Instant::now();
     crate::config::validate(args).map_err(Error::Config)?;
     boot::check_files(&args.kernel, args.initrd.as_deref())?;
+    let timeout = std::time::Duration::from_millis(args.vhost_user_timeout_ms);
     let backends = args
         .vhost_user
         .iter()
-        .map(VhostUserDevice::connect)
+        .map(|spec| VhostUserDevice::connect(spec, timeout))
         .collect::<std::result::Result<Vec<_>, _>>()?;
 
     let kvm = kvm::open(&args.kvm_device, args.allow_slow_kvm)?;

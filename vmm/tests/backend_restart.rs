@@ -26,6 +26,7 @@ use std::time::Duration;
 use kt_vmm::config::VhostUserSpec;
 use kt_vmm::devices::bus::BusDevice;
 use kt_vmm::memory::{self, GuestMemory};
+use kt_vmm::virtio::deadline::DEFAULT_TIMEOUT;
 use kt_vmm::virtio::mmio::{reg, status, MmioTransport, VIRTIO_F_VERSION_1};
 use kt_vmm::virtio::vhost_user::VhostUserDevice;
 use vm_memory::{Bytes, GuestAddress};
@@ -106,7 +107,7 @@ fn rings_resume_at_the_used_index_after_a_backend_restart() {
         queue_size: 16,
         config_size: 8,
     };
-    let mut dev = VhostUserDevice::connect(&spec).expect("connect");
+    let mut dev = VhostUserDevice::connect(&spec, DEFAULT_TIMEOUT).expect("connect");
     let mem = memory::create(16 << 20).unwrap();
     dev.attach(mem.clone()).unwrap();
     let kick = dev.kick_fds()[0].try_clone().unwrap();

@@ -124,6 +124,9 @@ fn help_documents_every_flag() {
         "--cpus",
         "--mem",
         "--vhost-user",
+        "--vhost-user-timeout-ms",
+        "DEVICE_NEEDS_RESET",
+        "[default: 5000]",
         "--serial",
         "--no-stdout",
         "--kvm-device",
@@ -194,6 +197,43 @@ fn socket_that_is_not_vhost_user_is_one_line() {
     std::fs::remove_file(&k).expect("remove");
     std::fs::remove_file(&sock).expect("remove");
     assert_one_line_error(&o, "does not speak vhost-user");
+}
+
+#[test]
+fn backend_that_never_answers_is_one_line_after_the_timeout() {
+    use std::os::unix::net::UnixListener;
+    let k = guest("silent", &[0xf4]);
+    let sock = std::env::temp_dir().join(format!("kt-vmm-silent-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let listener = UnixListener::bind(&sock).expect("bind");
+    // A peer that accepts, reads, and never answers.
+    let peer = std::thread::spawn(move || {
+        let (mut c, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 64];
+        while matches!(c.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    let spec = format!("socket={},virtio-id=60,queues=3", sock.display());
+    let start = Instant::now();
+    let o = run(&[
+        "--kernel",
+        k.to_str().expect("utf-8"),
+        "--vhost-user",
+        &spec,
+        "--vhost-user-timeout-ms",
+        "300",
+    ]);
+    let took = start.elapsed();
+    peer.join().expect("peer");
+    std::fs::remove_file(&k).expect("remove");
+    std::fs::remove_file(&sock).expect("remove");
+    assert_one_line_error(
+        &o,
+        &format!(
+            "vhost-user backend {}: no answer to GET_FEATURES within 300 ms",
+            sock.display()
+        ),
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
 }
 
 #[test]

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use kt_vmm::config::VhostUserSpec;
 use kt_vmm::devices::bus::BusDevice;
 use kt_vmm::memory;
+use kt_vmm::virtio::deadline::DEFAULT_TIMEOUT;
 use kt_vmm::virtio::mmio::{reg, status, MmioTransport, INT_CONFIG, INT_VRING, VIRTIO_F_VERSION_1};
 use kt_vmm::virtio::vhost_user::VhostUserDevice;
 use vhost::vhost_user::VhostUserFrontendReqHandler;
@@ -40,7 +41,7 @@ fn kick_reaches_backend_and_call_comes_back() {
         queue_size: 16,
         config_size: 8,
     };
-    let mut dev = VhostUserDevice::connect(&spec).expect("connect");
+    let mut dev = VhostUserDevice::connect(&spec, DEFAULT_TIMEOUT).expect("connect");
     let mem = memory::create(16 << 20).unwrap();
     dev.attach(mem.clone()).unwrap();
     let kick: EventFd = dev.kick_fds()[0].try_clone().unwrap();

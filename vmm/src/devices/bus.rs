@@ -1,5 +1,8 @@
 //! An address bus (port I/O or MMIO): non-overlapping ranges, each owned by
 //! a device that gets register reads and writes at an offset into its range.
+//! Most devices sit behind a mutex the bus takes for each access; a device
+//! that must not hold its lock across slow work (a vhost-user request)
+//! does its own locking (`SelfLockingDevice`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +18,19 @@ pub trait BusDevice: Send {
 /// A shared device handle.
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
+/// A device that locks its own state, as little as it can, per access.
+pub trait SelfLockingDevice: Send + Sync {
+    /// Fills `data` from the register at `offset`.
+    fn read(&self, offset: u64, data: &mut [u8]);
+    /// Writes `data` to the register at `offset`.
+    fn write(&self, offset: u64, data: &[u8]);
+}
+
+enum Target {
+    Locked(SharedDevice),
+    SelfLocking(Arc<dyn SelfLockingDevice>),
+}
+
 /// Bus setup failures.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
@@ -28,7 +44,7 @@ pub enum Error {
 
 struct Entry {
     len: u64,
-    device: SharedDevice,
+    device: Target,
 }
 
 /// Ranges sorted by base address.
@@ -52,6 +68,20 @@ impl Bus {
 
     /// Adds `device` at `base..base+len`.
     pub fn insert(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<(), Error> {
+        self.insert_target(base, len, Target::Locked(device))
+    }
+
+    /// Adds a device that does its own locking at `base..base+len`.
+    pub fn insert_self_locking(
+        &mut self,
+        base: u64,
+        len: u64,
+        device: Arc<dyn SelfLockingDevice>,
+    ) -> Result<(), Error> {
+        self.insert_target(base, len, Target::SelfLocking(device))
+    }
+
+    fn insert_target(&mut self, base: u64, len: u64, device: Target) -> Result<(), Error> {
         let end = base.checked_add(len).ok_or(Error::Invalid(base, len))?;
         if len == 0 {
             return Err(Error::Invalid(base, len));
@@ -68,7 +98,7 @@ impl Bus {
         Ok(())
     }
 
-    fn find(&self, addr: u64, size: usize) -> Option<(u64, &SharedDevice)> {
+    fn find(&self, addr: u64, size: usize) -> Option<(u64, &Target)> {
         let (base, e) = self.ranges.range(..=addr).next_back()?;
         let off = addr - base;
         let end = off.checked_add(size as u64)?;
@@ -78,8 +108,12 @@ impl Bus {
     /// Routes a read; false if no device covers the access.
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr, data.len()) {
-            Some((off, d)) => {
+            Some((off, Target::Locked(d))) => {
                 lock(d).read(off, data);
+                true
+            }
+            Some((off, Target::SelfLocking(d))) => {
+                d.read(off, data);
                 true
             }
             None => false,
@@ -89,8 +123,12 @@ impl Bus {
     /// Routes a write; false if no device covers the access.
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr, data.len()) {
-            Some((off, d)) => {
+            Some((off, Target::Locked(d))) => {
                 lock(d).write(off, data);
+                true
+            }
+            Some((off, Target::SelfLocking(d))) => {
+                d.write(off, data);
                 true
             }
             None => false,
@@ -139,6 +177,37 @@ mod tests {
         assert!(
             !bus.read(u64::MAX, &mut w),
             "access wrapping the address space"
+        );
+    }
+
+    /// Counts accesses with no lock of its own to take.
+    #[derive(Default)]
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl SelfLockingDevice for Counter {
+        fn read(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write(&self, _offset: u64, _data: &[u8]) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn self_locking_devices_are_routed_and_placed_like_others() {
+        let c = Arc::new(Counter::default());
+        let mut bus = Bus::new();
+        bus.insert_self_locking(0x1000, 0x100, c.clone()).unwrap();
+        let mut b = [0u8; 1];
+        assert!(bus.read(0x1010, &mut b));
+        assert_eq!(b, [0x10]);
+        assert!(bus.write(0x10ff, &[1]));
+        assert_eq!(c.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!bus.write(0x1100, &[1]));
+        let r = Arc::new(Mutex::new(Recorder::default()));
+        assert_eq!(
+            bus.insert(0x10f0, 0x20, r),
+            Err(Error::Overlap(0x10f0, 0x20))
         );
     }
 

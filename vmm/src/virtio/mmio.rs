@@ -4,6 +4,9 @@
 //! never come here (KVM ioeventfds catch them) and interrupts are raised by
 //! the backend through an irqfd, so InterruptStatus always reports "used
 //! buffer", plus "config change" while the backend's change is unacknowledged.
+//! A backend that reports a failure (a vhost-user request timed out) gets
+//! DEVICE_NEEDS_RESET in Status and, once the driver is running, a config
+//! change notification, as the virtio spec (2.1.2) requires.
 
 use super::{QueueConfig, VirtioBackend};
 use crate::devices::bus::BusDevice;
@@ -125,9 +128,22 @@ impl<B: VirtioBackend> MmioTransport<B> {
         self.queues.get_mut(self.queue_sel as usize)
     }
 
+    /// After any call into the backend: a failed device needs a reset
+    /// (DEVICE_NEEDS_RESET; a running driver also gets a config change).
+    pub fn check_failure(&mut self) {
+        if self.backend.take_failure() {
+            self.status |= status::NEEDS_RESET;
+            if self.status & status::DRIVER_OK != 0 {
+                self.backend.signal_config_change();
+            }
+        }
+    }
+
     fn reset(&mut self) {
         if self.active {
             self.backend.reset();
+            // The driver is resetting anyway: the device starts afresh.
+            let _ = self.backend.take_failure();
         }
         let max = self.backend.queue_max_size();
         for (i, q) in self.queues.iter_mut().enumerate() {
@@ -168,6 +184,7 @@ impl<B: VirtioBackend> MmioTransport<B> {
                     self.status |= status::NEEDS_RESET;
                 }
             }
+            self.check_failure();
         }
     }
 
@@ -251,6 +268,7 @@ impl<B: VirtioBackend + Send> BusDevice for MmioTransport<B> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= reg::CONFIG {
             self.backend.read_config(offset - reg::CONFIG, data);
+            self.check_failure();
         } else if data.len() == 4 && offset % 4 == 0 {
             data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
         } else {
@@ -261,6 +279,7 @@ impl<B: VirtioBackend + Send> BusDevice for MmioTransport<B> {
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= reg::CONFIG {
             self.backend.write_config(offset - reg::CONFIG, data);
+            self.check_failure();
         } else if let (Ok(b), 0) = (<[u8; 4]>::try_from(data), offset % 4) {
             self.write_reg(offset, u32::from_le_bytes(b));
         }
@@ -278,6 +297,10 @@ mod tests {
         fail: bool,
         config: Vec<u8>,
         config_pending: bool,
+        /// The next config access fails (as a timed-out backend does).
+        fail_next_access: bool,
+        failed: bool,
+        config_signals: usize,
     }
 
     impl VirtioBackend for Mock {
@@ -294,6 +317,7 @@ mod tests {
             1 << 29 | 1 << 0
         }
         fn read_config(&mut self, offset: u64, data: &mut [u8]) {
+            self.failed |= std::mem::take(&mut self.fail_next_access);
             for (i, b) in data.iter_mut().enumerate() {
                 *b = self.config.get(offset as usize + i).copied().unwrap_or(0);
             }
@@ -317,6 +341,12 @@ mod tests {
         }
         fn config_generation(&self) -> u32 {
             7
+        }
+        fn take_failure(&mut self) -> bool {
+            std::mem::take(&mut self.failed)
+        }
+        fn signal_config_change(&mut self) {
+            self.config_signals += 1;
         }
     }
 
@@ -416,6 +446,28 @@ mod tests {
         negotiate(&mut t, VIRTIO_F_VERSION_1);
         wr(&mut t, reg::STATUS, 0xf);
         assert_ne!(rd(&mut t, reg::STATUS) & status::NEEDS_RESET, 0);
+    }
+
+    #[test]
+    fn backend_failure_sets_needs_reset_and_notifies_a_running_driver() {
+        let mut t = MmioTransport::new(Mock::default());
+        t.backend_mut().fail_next_access = true;
+        let mut b = [0u8; 4];
+        t.read(reg::CONFIG, &mut b);
+        assert_ne!(rd(&mut t, reg::STATUS) & status::NEEDS_RESET, 0);
+        assert_eq!(t.backend().config_signals, 0, "no driver to notify yet");
+        wr(&mut t, reg::STATUS, 0);
+        assert_eq!(rd(&mut t, reg::STATUS), 0);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        wr(&mut t, reg::STATUS, 0xf);
+        t.read(reg::CONFIG, &mut b);
+        assert_eq!(rd(&mut t, reg::STATUS) & status::NEEDS_RESET, 0);
+        t.backend_mut().fail_next_access = true;
+        t.read(reg::CONFIG, &mut b);
+        assert_eq!(rd(&mut t, reg::STATUS), 0xf | status::NEEDS_RESET);
+        assert_eq!(t.backend().config_signals, 1);
+        wr(&mut t, reg::STATUS, 0);
+        assert_eq!(rd(&mut t, reg::STATUS), 0, "a driver reset clears it");
     }
 
     #[test]

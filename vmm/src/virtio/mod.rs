@@ -1,8 +1,10 @@
 //! Virtio: the virtio-mmio transport and the vhost-user device behind it.
 
+pub mod deadline;
 pub mod mmio;
 pub mod reconnect;
 pub mod vhost_user;
+pub mod vhost_user_mmio;
 
 /// One virtqueue as the driver configured it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,4 +69,12 @@ pub trait VirtioBackend: Send {
     fn config_generation(&self) -> u32 {
         0
     }
+    /// Whether the device failed (e.g. its backend stopped answering)
+    /// since the last call; the transport then sets DEVICE_NEEDS_RESET.
+    fn take_failure(&mut self) -> bool {
+        false
+    }
+    /// Sends the driver a configuration change notification (new
+    /// generation, config-change interrupt).
+    fn signal_config_change(&mut self) {}
 }

@@ -4,9 +4,14 @@
 //! same path again and the device has handed its rings over (see
 //! `VhostUserDevice::reconnect`). The guest keeps running meanwhile. It
 //! also serves the backend's request channel (config-change messages).
+//!
+//! The main thread never waits for a device a vCPU holds (a vCPU may be
+//! in a vhost-user request, up to the timeout): it only `try_lock`s the
+//! device and leaves the work to the next timer tick when it is busy; the
+//! request channel has its own lock.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -14,7 +19,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::mmio::MmioTransport;
-use super::vhost_user::VhostUserDevice;
+use super::vhost_user::{self, BackendRequests, VhostUserDevice};
 use crate::devices::bus::lock;
 
 /// Time between connection attempts.
@@ -26,9 +31,14 @@ const REPORT_EVERY: Duration = Duration::from_secs(10);
 pub type SharedDevice = Arc<Mutex<MmioTransport<VhostUserDevice>>>;
 
 /// Watches one device's backend connection.
-#[derive(Debug)]
 pub struct BackendWatch {
     dev: SharedDevice,
+    /// The socket path (for messages, without locking the device).
+    path: String,
+    /// The device's backend request channel.
+    backend_requests: BackendRequests,
+    /// A hang-up seen while the device was busy: applied on a timer tick.
+    hangup_pending: bool,
     timer: TimerFd,
     /// The socket being watched (None while disconnected).
     socket: Option<RawFd>,
@@ -38,17 +48,47 @@ pub struct BackendWatch {
     last_report: Option<Instant>,
 }
 
+impl std::fmt::Debug for BackendWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendWatch")
+            .field("path", &self.path)
+            .field("socket", &self.socket)
+            .field("requests", &self.requests)
+            .field("hangup_pending", &self.hangup_pending)
+            .finish()
+    }
+}
+
 /// Only a hang-up counts: replies to requests made by vCPU threads (config
 /// reads) make the socket readable without meaning anything here.
 fn hangup_events() -> EventSet {
     EventSet::READ_HANG_UP | EventSet::HANG_UP | EventSet::ERROR
 }
 
+/// The device if no one else holds it (a poisoned lock is recovered).
+fn try_lock(dev: &SharedDevice) -> Option<MutexGuard<'_, MmioTransport<VhostUserDevice>>> {
+    match dev.try_lock() {
+        Ok(g) => Some(g),
+        Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
+
 impl BackendWatch {
     /// A watcher for `dev`.
     pub fn new(dev: SharedDevice) -> std::io::Result<Self> {
+        let (path, backend_requests) = {
+            let d = lock(&dev);
+            (
+                d.backend().socket_path().display().to_string(),
+                d.backend().backend_requests(),
+            )
+        };
         Ok(Self {
             dev,
+            path,
+            backend_requests,
+            hangup_pending: false,
             timer: TimerFd::new()?,
             socket: None,
             requests: None,
@@ -57,14 +97,7 @@ impl BackendWatch {
         })
     }
 
-    fn watch_socket(&mut self, ops: &mut EventOps) {
-        let (fd, req) = {
-            let dev = lock(&self.dev);
-            (
-                dev.backend().socket_fd(),
-                dev.backend().backend_request_fd(),
-            )
-        };
+    fn watch_socket(&mut self, ops: &mut EventOps, fd: RawFd, req: Option<RawFd>) {
         match ops.add(Events::new_raw(fd, hangup_events())) {
             Ok(()) => self.socket = Some(fd),
             Err(e) => log::error!("cannot watch the vhost-user socket: {e}"),
@@ -86,7 +119,7 @@ impl BackendWatch {
     }
 
     fn on_request(&mut self, ops: &mut EventOps) {
-        let result = lock(&self.dev).backend_mut().handle_backend_request();
+        let result = vhost_user::serve_backend_request(&self.backend_requests);
         if let Err(e) = result {
             // Closed with the backend (the socket's hang-up follows) or broken.
             log::debug!("vhost-user backend request channel: {e}");
@@ -100,11 +133,15 @@ impl BackendWatch {
         }
         self.socket = None;
         self.unwatch_requests(ops);
-        let mut dev = lock(&self.dev);
-        let path = dev.backend().socket_path().display().to_string();
-        dev.backend_mut().mark_disconnected();
-        drop(dev);
-        log::warn!("vhost-user backend {path} disconnected; the guest keeps running, reconnecting");
+        match try_lock(&self.dev) {
+            Some(mut dev) => dev.backend_mut().mark_disconnected(),
+            // A vCPU is in a request (which fails on the dead socket).
+            None => self.hangup_pending = true,
+        }
+        log::warn!(
+            "vhost-user backend {} disconnected; the guest keeps running, reconnecting",
+            self.path
+        );
         self.lost_at = Some(Instant::now());
         self.last_report = self.lost_at;
         if let Err(e) = self.timer.reset(RETRY_INTERVAL, Some(RETRY_INTERVAL)) {
@@ -115,17 +152,29 @@ impl BackendWatch {
     fn on_timer(&mut self, ops: &mut EventOps) {
         // The expiry count does not matter: one attempt per wake-up.
         let _ = self.timer.wait();
-        let mut dev = lock(&self.dev);
-        let path = dev.backend().socket_path().display().to_string();
+        // Busy (a vCPU in a request): try again on the next tick.
+        let Some(mut dev) = try_lock(&self.dev) else {
+            return;
+        };
+        if std::mem::take(&mut self.hangup_pending) {
+            dev.backend_mut().mark_disconnected();
+        }
         match dev.backend_mut().reconnect() {
             Ok(()) => {
+                let (fd, req) = (
+                    dev.backend().socket_fd(),
+                    dev.backend().backend_request_fd(),
+                );
                 drop(dev);
                 if let Err(e) = self.timer.clear() {
                     log::warn!("cannot disarm the reconnect timer: {e}");
                 }
                 let after = self.lost_at.map_or(0, |t| t.elapsed().as_millis());
-                log::warn!("vhost-user backend {path} reconnected after {after} ms");
-                self.watch_socket(ops);
+                log::warn!(
+                    "vhost-user backend {} reconnected after {after} ms",
+                    self.path
+                );
+                self.watch_socket(ops, fd, req);
             }
             Err(e) => {
                 drop(dev);
@@ -158,8 +207,13 @@ impl MutEventSubscriber for BackendWatch {
         if let Err(e) = ops.add(Events::new(&self.timer, EventSet::IN)) {
             log::error!("cannot watch the reconnect timer: {e}");
         }
-        if lock(&self.dev).backend().is_connected() {
-            self.watch_socket(ops);
+        let (connected, fd, req) = {
+            let dev = lock(&self.dev);
+            let b = dev.backend();
+            (b.is_connected(), b.socket_fd(), b.backend_request_fd())
+        };
+        if connected {
+            self.watch_socket(ops, fd, req);
         }
     }
 }

@@ -15,12 +15,21 @@
 //! With the BACKEND_REQ protocol feature the backend gets a request channel;
 //! its CONFIG_CHANGE_MSG sets the config-change interrupt bit, bumps the
 //! config generation and raises the device's GSI (a third irqfd).
+//!
+//! Every request is time-limited (`virtio::deadline`): a backend that does
+//! not answer in time has its socket shut down, the request fails with
+//! `Error::Timeout`, and the device reports itself failed (`take_failure`:
+//! the transport sets DEVICE_NEEDS_RESET) and counts as disconnected, so
+//! `reconnect` takes over as for a backend that went away. A config read
+//! can be made without the device's lock (`begin_config_read`,
+//! `PendingConfigRead::run`, `finish_config_read`; see `vhost_user_mmio`).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vhost::vhost_user::message::{VhostUserConfigFlags, VhostUserProtocolFeatures};
@@ -31,9 +40,11 @@ use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::deadline::{self, Watchdog};
 use super::mmio::reg;
 use super::{QueueConfig, VirtioBackend};
 use crate::config::VhostUserSpec;
+use crate::devices::bus::lock;
 use crate::memory::GuestMemory;
 
 /// VHOST_USER_F_PROTOCOL_FEATURES: a vhost-user bit, never shown to the guest.
@@ -65,24 +76,44 @@ impl ConfigEvents {
     }
 }
 
-impl VhostUserFrontendReqHandler for ConfigEvents {
-    fn handle_config_change(&self) -> HandlerResult<u64> {
+impl ConfigEvents {
+    /// A configuration change notification: new generation, interrupt
+    /// bit set until acknowledged, the device's GSI raised.
+    fn raise(&self) -> io::Result<()> {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.pending.store(true, Ordering::SeqCst);
-        self.irq.write(1)?;
+        self.irq.write(1)
+    }
+}
+
+impl VhostUserFrontendReqHandler for ConfigEvents {
+    fn handle_config_change(&self) -> HandlerResult<u64> {
+        self.raise()?;
         Ok(0)
     }
 }
+
+/// The backend request channel of a device, shared with the main thread's
+/// watch so serving it never waits for the device (whose lock a vCPU may
+/// hold during a request).
+pub type BackendRequests = Arc<Mutex<Option<FrontendReqHandler<ConfigEvents>>>>;
 
 /// vhost-user setup failures.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The socket could not be reached.
     #[error("cannot connect to vhost-user backend {0}")]
-    Connect(PathBuf, #[source] vhost::Error),
+    Connect(PathBuf, #[source] io::Error),
     /// A control message failed.
     #[error("vhost-user backend {0}: {1} failed")]
     Request(PathBuf, &'static str, #[source] vhost::Error),
+    /// The backend did not answer a control message in time (its socket
+    /// was shut down, the error is what that left the request with).
+    #[error("vhost-user backend {0}: no answer to {1} within {2} ms")]
+    Timeout(PathBuf, &'static str, u128, #[source] vhost::Error),
+    /// The request watchdog thread could not start.
+    #[error("starting the vhost-user request watchdog")]
+    Watchdog(#[source] io::Error),
     /// The peer's answer to the first request was not vhost-user at all.
     #[error("{0} does not speak vhost-user (its answer to {1} is not a vhost-user message): is it the backend's vhost-user socket?")]
     NotVhostUser(PathBuf, &'static str),
@@ -103,13 +134,103 @@ pub enum Error {
     Restart(PathBuf, String),
 }
 
+/// Runs one request on `frontend` under `watchdog`'s time limit; `what`
+/// names it in errors.
+fn request<T>(
+    watchdog: &Watchdog,
+    frontend: &mut Frontend,
+    path: &Path,
+    what: &'static str,
+    f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+) -> Result<T> {
+    let fd = frontend.as_raw_fd();
+    let (r, fired) = watchdog.run(&fd, || f(frontend));
+    r.map_err(|e| {
+        if fired {
+            Error::Timeout(path.into(), what, watchdog.timeout().as_millis(), e)
+        } else {
+            Error::Request(path.into(), what, e)
+        }
+    })
+}
+
 /// Result alias for this module.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The connection to the backend: its socket (one request at a time), the
+/// watchdog bounding each request, and a generation that changes with
+/// every new connection. Shared with requests made without the device's
+/// lock (`PendingConfigRead`).
+struct Link {
+    frontend: Mutex<Frontend>,
+    watchdog: Watchdog,
+    path: PathBuf,
+    generation: AtomicU64,
+}
+
+impl Link {
+    fn request<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T> {
+        let mut frontend = lock(&self.frontend);
+        request(&self.watchdog, &mut frontend, &self.path, what, f)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn replace(&self, frontend: Frontend) {
+        *lock(&self.frontend) = frontend;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A GET_CONFIG to make without holding the device's lock: taken with
+/// `VhostUserDevice::begin_config_read`, made with `run`, its result handed
+/// to `finish_config_read`.
+pub struct PendingConfigRead {
+    link: Arc<Link>,
+    generation: u64,
+    offset: u64,
+    len: usize,
+}
+
+impl std::fmt::Debug for PendingConfigRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingConfigRead")
+            .field("generation", &self.generation)
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl PendingConfigRead {
+    /// Asks the backend (blocks for at most the request timeout).
+    pub fn run(&self) -> Result<Vec<u8>> {
+        let buf = vec![0u8; self.len];
+        self.link
+            .request("GET_CONFIG", |f| {
+                f.get_config(
+                    self.offset as u32,
+                    self.len as u32,
+                    VhostUserConfigFlags::empty(),
+                    &buf,
+                )
+            })
+            .map(|(_, payload)| payload)
+    }
+}
 
 /// One vhost-user device.
 pub struct VhostUserDevice {
     spec: VhostUserSpec,
-    frontend: Frontend,
+    link: Arc<Link>,
+    /// The current connection's socket.
+    socket: RawFd,
     backend_features: u64,
     protocol: VhostUserProtocolFeatures,
     mem: Option<GuestMemory>,
@@ -123,7 +244,9 @@ pub struct VhostUserDevice {
     connected: bool,
     config_events: Arc<ConfigEvents>,
     /// The backend's request channel (BACKEND_REQ), if negotiated.
-    requests: Option<FrontendReqHandler<ConfigEvents>>,
+    requests: BackendRequests,
+    /// A request timed out and the transport has not been told yet.
+    failed: bool,
 }
 
 /// One negotiated vhost-user connection.
@@ -136,35 +259,44 @@ struct Connection {
 
 /// SET_OWNER, features, protocol features, queue count and the backend
 /// request channel on a new socket.
-fn handshake(spec: &VhostUserSpec, events: &Arc<ConfigEvents>) -> Result<Connection> {
+fn handshake(
+    spec: &VhostUserSpec,
+    events: &Arc<ConfigEvents>,
+    watchdog: &Watchdog,
+) -> Result<Connection> {
     let path = spec.socket.clone();
-    let req = |what: &'static str| {
-        let p = path.clone();
-        move |e| Error::Request(p, what, e)
-    };
-    let mut frontend = Frontend::connect(&spec.socket, u64::from(spec.queues))
+    let stream = deadline::connect(&spec.socket, watchdog.timeout())
         .map_err(|e| Error::Connect(path.clone(), e))?;
-    frontend.set_owner().map_err(req("SET_OWNER"))?;
-    let features = frontend.get_features().map_err(|e| match e {
-        vhost::Error::VhostUserProtocol(
-            vhost::vhost_user::Error::InvalidMessage
-            | vhost::vhost_user::Error::PartialMessage
-            | vhost::vhost_user::Error::OversizedMsg,
-        ) => Error::NotVhostUser(path.clone(), "GET_FEATURES"),
-        e => Error::Request(path.clone(), "GET_FEATURES", e),
+    let mut frontend = Frontend::from_stream(stream, u64::from(spec.queues));
+    let mut req = |what, f: &dyn Fn(&mut Frontend) -> vhost::Result<u64>| {
+        request(watchdog, &mut frontend, &path, what, f)
+    };
+    req("SET_OWNER", &|f| f.set_owner().map(|()| 0))?;
+    let features = req("GET_FEATURES", &|f| f.get_features()).map_err(|e| match e {
+        Error::Request(
+            p,
+            what,
+            vhost::Error::VhostUserProtocol(
+                vhost::vhost_user::Error::InvalidMessage
+                | vhost::vhost_user::Error::PartialMessage
+                | vhost::vhost_user::Error::OversizedMsg,
+            ),
+        ) => Error::NotVhostUser(p, what),
+        e => e,
     })?;
     let mut protocol = VhostUserProtocolFeatures::empty();
     if features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-        let offered = frontend
-            .get_protocol_features()
-            .map_err(req("GET_PROTOCOL_FEATURES"))?;
-        protocol = offered & wanted_protocol_features();
-        frontend
-            .set_protocol_features(protocol)
-            .map_err(req("SET_PROTOCOL_FEATURES"))?;
+        let offered = req("GET_PROTOCOL_FEATURES", &|f| {
+            f.get_protocol_features().map(|p| p.bits())
+        })?;
+        protocol =
+            VhostUserProtocolFeatures::from_bits_truncate(offered) & wanted_protocol_features();
+        req("SET_PROTOCOL_FEATURES", &|f| {
+            f.set_protocol_features(protocol).map(|()| 0)
+        })?;
     }
     if protocol.contains(VhostUserProtocolFeatures::MQ) {
-        let n = frontend.get_queue_num().map_err(req("GET_QUEUE_NUM"))?;
+        let n = req("GET_QUEUE_NUM", &|f| f.get_queue_num())?;
         if n < u64::from(spec.queues) {
             return Err(Error::Queues(path, n, spec.queues));
         }
@@ -178,9 +310,10 @@ fn handshake(spec: &VhostUserSpec, events: &Arc<ConfigEvents>) -> Result<Connect
                 vhost::Error::VhostUserProtocol(e),
             )
         })?;
-        frontend
-            .set_backend_request_fd(&handler.get_tx_raw_fd())
-            .map_err(req("SET_BACKEND_REQ_FD"))?;
+        let fd = handler.get_tx_raw_fd();
+        req("SET_BACKEND_REQ_FD", &|f| {
+            f.set_backend_request_fd(&fd).map(|()| 0)
+        })?;
         requests = Some(handler);
     }
     Ok(Connection {
@@ -189,6 +322,16 @@ fn handshake(spec: &VhostUserSpec, events: &Arc<ConfigEvents>) -> Result<Connect
         protocol,
         requests,
     })
+}
+
+/// Serves one message on a device's backend request channel.
+pub fn serve_backend_request(
+    requests: &BackendRequests,
+) -> std::result::Result<(), vhost::vhost_user::Error> {
+    match lock(requests).as_mut() {
+        Some(r) => r.handle_request().map(|_| ()),
+        None => Ok(()),
+    }
 }
 
 impl std::fmt::Debug for VhostUserDevice {
@@ -204,18 +347,28 @@ impl std::fmt::Debug for VhostUserDevice {
 
 impl VhostUserDevice {
     /// Connects to the backend and negotiates the protocol (no guest yet).
-    pub fn connect(spec: &VhostUserSpec) -> Result<Self> {
+    /// Every request, now and later, may take at most `timeout`.
+    pub fn connect(spec: &VhostUserSpec, timeout: Duration) -> Result<Self> {
         let config_events = Arc::new(ConfigEvents::new()?);
-        let c = handshake(spec, &config_events)?;
+        let watchdog = Watchdog::new(timeout).map_err(Error::Watchdog)?;
+        let c = handshake(spec, &config_events, &watchdog)?;
         if !c.protocol.contains(VhostUserProtocolFeatures::CONFIG) && spec.config_size > 0 {
             log::warn!(
                 "vhost-user backend {} lacks the CONFIG protocol feature: config space reads as zeros",
                 spec.socket.display()
             );
         }
+        let socket = c.frontend.as_raw_fd();
+        let link = Arc::new(Link {
+            frontend: Mutex::new(c.frontend),
+            watchdog,
+            path: spec.socket.clone(),
+            generation: AtomicU64::new(0),
+        });
         Ok(Self {
             spec: spec.clone(),
-            frontend: c.frontend,
+            link,
+            socket,
             backend_features: c.features,
             protocol: c.protocol,
             mem: None,
@@ -226,8 +379,90 @@ impl VhostUserDevice {
             config_cache: vec![0; spec.config_size as usize],
             connected: true,
             config_events,
-            requests: c.requests,
+            requests: Arc::new(Mutex::new(c.requests)),
+            failed: false,
         })
+    }
+
+    /// One request on the current connection, time-limited. A timeout
+    /// marks the device failed and disconnected (its socket is shut down,
+    /// so the backend watch sees a hang-up and starts reconnecting).
+    fn call<T>(
+        &mut self,
+        what: &'static str,
+        f: impl FnOnce(&mut Frontend) -> vhost::Result<T>,
+    ) -> Result<T> {
+        let r = self.link.request(what, f);
+        if let Err(e @ Error::Timeout(..)) = &r {
+            self.fail(e);
+        }
+        r
+    }
+
+    /// A request timed out: the device is failed (until the transport
+    /// takes the failure) and disconnected (its socket is shut down, so
+    /// the backend watch sees a hang-up and starts reconnecting).
+    fn fail(&mut self, e: &Error) {
+        log::error!(
+            "{}: device marked failed (DEVICE_NEEDS_RESET), reconnecting",
+            crate::error_chain(e)
+        );
+        self.failed = true;
+        self.mark_disconnected();
+    }
+
+    /// The GET_CONFIG a config-space read of `len` bytes at `offset`
+    /// needs, if any (none while disconnected, beyond `config-size` or
+    /// without the CONFIG protocol feature: the read is served locally).
+    pub fn begin_config_read(&self, offset: u64, len: usize) -> Option<PendingConfigRead> {
+        let end = offset + len as u64;
+        let asks = self.connected
+            && end <= u64::from(self.spec.config_size)
+            && self.protocol.contains(VhostUserProtocolFeatures::CONFIG);
+        asks.then(|| PendingConfigRead {
+            link: self.link.clone(),
+            generation: self.link.generation(),
+            offset,
+            len,
+        })
+    }
+
+    /// Takes the backend's answer to `p` into the config cache and fills
+    /// `data` from the cache. A timeout fails the device unless it has
+    /// reconnected meanwhile.
+    pub fn finish_config_read(
+        &mut self,
+        p: &PendingConfigRead,
+        answer: Result<Vec<u8>>,
+        data: &mut [u8],
+    ) {
+        let (start, end) = (p.offset as usize, p.offset as usize + p.len);
+        match answer {
+            Ok(payload) if payload.len() == p.len => {
+                self.config_cache[start..end].copy_from_slice(&payload);
+            }
+            Ok(payload) => log::warn!(
+                "vhost-user GET_CONFIG returned {} bytes, {} expected",
+                payload.len(),
+                p.len
+            ),
+            Err(e @ Error::Timeout(..)) => {
+                if p.generation == self.link.generation() && self.connected {
+                    self.fail(&e);
+                }
+            }
+            Err(e) => log::warn!("{}", crate::error_chain(&e)),
+        }
+        self.serve_config(p.offset, data);
+    }
+
+    /// Fills `data` from the config cache (zeros beyond it).
+    fn serve_config(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let start = offset as usize;
+        if let Some(cached) = self.config_cache.get(start..start + data.len()) {
+            data.copy_from_slice(cached);
+        }
     }
 
     /// The config-change state (what a CONFIG_CHANGE_MSG updates).
@@ -237,16 +472,18 @@ impl VhostUserDevice {
 
     /// The backend request channel, watched for CONFIG_CHANGE_MSG.
     pub fn backend_request_fd(&self) -> Option<RawFd> {
-        self.requests.as_ref().map(AsRawFd::as_raw_fd)
+        lock(&self.requests).as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// The backend request channel itself (see `serve_backend_request`).
+    pub fn backend_requests(&self) -> BackendRequests {
+        self.requests.clone()
     }
 
     /// Serves one message on the backend request channel. An error means
     /// the channel is unusable (stop watching it).
     pub fn handle_backend_request(&mut self) -> std::result::Result<(), vhost::vhost_user::Error> {
-        match self.requests.as_mut() {
-            Some(r) => r.handle_request().map(|_| ()),
-            None => Ok(()),
-        }
+        serve_backend_request(&self.requests)
     }
 
     /// The backend's socket path.
@@ -256,7 +493,7 @@ impl VhostUserDevice {
 
     /// The vhost-user socket (watched for the backend hanging up).
     pub fn socket_fd(&self) -> RawFd {
-        self.frontend.as_raw_fd()
+        self.socket
     }
 
     /// Whether the backend is connected.
@@ -275,17 +512,18 @@ impl VhostUserDevice {
     /// the rings over once more, each resuming at the used index in guest
     /// memory. On error the device stays disconnected.
     pub fn reconnect(&mut self) -> Result<()> {
-        let c = handshake(&self.spec, &self.config_events)?;
+        let c = handshake(&self.spec, &self.config_events, &self.link.watchdog)?;
         if let Some((features, _)) = &self.running {
             let lost = features & !c.features & !super::mmio::VIRTIO_F_VERSION_1;
             if lost != 0 {
                 return Err(Error::FeaturesLost(self.spec.socket.clone(), lost));
             }
         }
-        self.frontend = c.frontend;
+        self.socket = c.frontend.as_raw_fd();
+        self.link.replace(c.frontend);
         self.backend_features = c.features;
         self.protocol = c.protocol;
-        self.requests = c.requests;
+        *lock(&self.requests) = c.requests;
         if let Some((features, queues)) = self.running.clone() {
             self.setup_rings(features, &queues, true)
                 .map_err(|e| Error::Restart(self.spec.socket.clone(), e))?;
@@ -332,10 +570,6 @@ impl VhostUserDevice {
         Ok(())
     }
 
-    fn req(&self, what: &'static str) -> impl Fn(vhost::Error) -> String + '_ {
-        move |e| format!("{}: {what}: {e}", self.spec.socket.display())
-    }
-
     fn host_addr(mem: &GuestMemory, gpa: u64, len: u64) -> std::result::Result<u64, String> {
         let slice = mem
             .get_slice(GuestAddress(gpa), len as usize)
@@ -374,17 +608,16 @@ impl VhostUserDevice {
     ) -> std::result::Result<(), String> {
         let mem = self.mem.clone().ok_or("device not attached to a VM")?;
         let proto_bit = self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES;
-        self.frontend
-            .set_features(features | proto_bit)
-            .map_err(self.req("SET_FEATURES"))?;
+        let msg = |e: Error| crate::error_chain(&e);
+        self.call("SET_FEATURES", |f| f.set_features(features | proto_bit))
+            .map_err(msg)?;
         let regions = mem
             .iter()
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| format!("guest memory not shareable: {e}"))?;
-        self.frontend
-            .set_mem_table(&regions)
-            .map_err(self.req("SET_MEM_TABLE"))?;
+        self.call("SET_MEM_TABLE", |f| f.set_mem_table(&regions))
+            .map_err(msg)?;
         for q in queues.iter().filter(|q| q.ready) {
             let i = usize::from(q.index);
             let n = u64::from(q.size);
@@ -397,30 +630,26 @@ impl VhostUserDevice {
                 used_ring_addr: Self::host_addr(&mem, q.used, 6 + 8 * n)?,
                 log_addr: None,
             };
-            self.frontend
-                .set_vring_num(i, q.size)
-                .map_err(self.req("SET_VRING_NUM"))?;
-            self.frontend
-                .set_vring_addr(i, &cfg)
-                .map_err(self.req("SET_VRING_ADDR"))?;
+            self.call("SET_VRING_NUM", |f| f.set_vring_num(i, q.size))
+                .map_err(msg)?;
+            self.call("SET_VRING_ADDR", |f| f.set_vring_addr(i, &cfg))
+                .map_err(msg)?;
             let base = if resume {
                 Self::used_index(&mem, q)?
             } else {
                 0
             };
-            self.frontend
-                .set_vring_base(i, base)
-                .map_err(self.req("SET_VRING_BASE"))?;
-            self.frontend
-                .set_vring_call(i, &self.calls[i])
-                .map_err(self.req("SET_VRING_CALL"))?;
-            self.frontend
-                .set_vring_kick(i, &self.kicks[i])
-                .map_err(self.req("SET_VRING_KICK"))?;
+            self.call("SET_VRING_BASE", |f| f.set_vring_base(i, base))
+                .map_err(msg)?;
+            let call = self.calls[i].try_clone().map_err(|e| e.to_string())?;
+            self.call("SET_VRING_CALL", |f| f.set_vring_call(i, &call))
+                .map_err(msg)?;
+            let kick = self.kicks[i].try_clone().map_err(|e| e.to_string())?;
+            self.call("SET_VRING_KICK", |f| f.set_vring_kick(i, &kick))
+                .map_err(msg)?;
             if proto_bit != 0 {
-                self.frontend
-                    .set_vring_enable(i, true)
-                    .map_err(self.req("SET_VRING_ENABLE"))?;
+                self.call("SET_VRING_ENABLE", |f| f.set_vring_enable(i, true))
+                    .map_err(msg)?;
             }
             self.started.push(q.index);
         }
@@ -452,34 +681,13 @@ impl VirtioBackend for VhostUserDevice {
     }
 
     fn read_config(&mut self, offset: u64, data: &mut [u8]) {
-        data.fill(0);
-        let end = offset + data.len() as u64;
-        if end > u64::from(self.spec.config_size)
-            || !self.protocol.contains(VhostUserProtocolFeatures::CONFIG)
-        {
-            return;
-        }
-        let (start, end) = (offset as usize, end as usize);
-        if self.connected {
-            let buf = vec![0u8; data.len()];
-            match self.frontend.get_config(
-                offset as u32,
-                data.len() as u32,
-                VhostUserConfigFlags::empty(),
-                &buf,
-            ) {
-                Ok((_, payload)) if payload.len() == data.len() => {
-                    self.config_cache[start..end].copy_from_slice(&payload);
-                }
-                Ok((_, payload)) => log::warn!(
-                    "vhost-user GET_CONFIG returned {} bytes, {} expected",
-                    payload.len(),
-                    data.len()
-                ),
-                Err(e) => log::warn!("vhost-user GET_CONFIG failed: {e}"),
+        match self.begin_config_read(offset, data.len()) {
+            Some(p) => {
+                let answer = p.run();
+                self.finish_config_read(&p, answer, data);
             }
+            None => self.serve_config(offset, data),
         }
-        data.copy_from_slice(&self.config_cache[start..end]);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -493,11 +701,11 @@ impl VirtioBackend for VhostUserDevice {
             log::warn!("vhost-user backend away: config write at {offset:#x} lost");
             return;
         }
-        if let Err(e) =
-            self.frontend
-                .set_config(offset as u32, VhostUserConfigFlags::WRITABLE, data)
-        {
-            log::warn!("vhost-user SET_CONFIG failed: {e}");
+        match self.call("SET_CONFIG", |f| {
+            f.set_config(offset as u32, VhostUserConfigFlags::WRITABLE, data)
+        }) {
+            Ok(()) | Err(Error::Timeout(..)) => {}
+            Err(e) => log::warn!("{}", crate::error_chain(&e)),
         }
     }
 
@@ -521,6 +729,19 @@ impl VirtioBackend for VhostUserDevice {
         self.config_events.generation.load(Ordering::SeqCst)
     }
 
+    fn take_failure(&mut self) -> bool {
+        std::mem::take(&mut self.failed)
+    }
+
+    fn signal_config_change(&mut self) {
+        if let Err(e) = self.config_events.raise() {
+            log::error!(
+                "vhost-user {}: cannot raise the config-change interrupt: {e}",
+                self.spec.socket.display()
+            );
+        }
+    }
+
     fn reset(&mut self) {
         self.running = None;
         if !self.connected {
@@ -528,14 +749,21 @@ impl VirtioBackend for VhostUserDevice {
             return;
         }
         for i in std::mem::take(&mut self.started) {
+            let i = usize::from(i);
             // Without protocol features GET_VRING_BASE alone stops the ring.
             if self.backend_features & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
-                if let Err(e) = self.frontend.set_vring_enable(usize::from(i), false) {
-                    log::warn!("vhost-user SET_VRING_ENABLE(false) failed: {e}");
+                if let Err(e) = self.call("SET_VRING_ENABLE", |f| f.set_vring_enable(i, false)) {
+                    log::warn!("{}", crate::error_chain(&e));
                 }
             }
-            if let Err(e) = self.frontend.get_vring_base(usize::from(i)) {
-                log::warn!("vhost-user GET_VRING_BASE failed: {e}");
+            if self.connected {
+                if let Err(e) = self.call("GET_VRING_BASE", |f| f.get_vring_base(i)) {
+                    log::warn!("{}", crate::error_chain(&e));
+                }
+            }
+            if !self.connected {
+                // Timed out: the rest go over (or not) on reconnect.
+                break;
             }
         }
     }
