@@ -57,7 +57,7 @@ die() { say "error: $*" >&2; exit 1; }
 command -v debootstrap >/dev/null || die "debootstrap missing (run scripts/setup.sh)"
 rustup_home=${RUSTUP_HOME:-$HOME/.rustup}
 cargo_bin=${CARGO_HOME:-$HOME/.cargo}/bin
-[ -x "$cargo_bin/cargo" ] && [ -d "$rustup_home" ] ||
+[ -x "$cargo_bin/rustup" ] && [ -d "$rustup_home" ] ||
 	die "no Rust toolchain at $cargo_bin and $rustup_home (the README's one prerequisite)"
 
 mapfile -t files < <(apt_source_files)
@@ -79,7 +79,12 @@ trap cleanup EXIT
 bind() {
 	local src=$1 dst=$dir$2
 	shift 2
-	mkdir -p "$dst"
+	if [ -d "$src" ]; then
+		mkdir -p "$dst"
+	else
+		mkdir -p "$(dirname "$dst")"
+		: >"$dst"
+	fi
 	mount --bind "$src" "$dst"
 	mounted+=("$dst")
 	if [ "${1:-}" = ro ]; then mount -o remount,bind,ro "$dst"; fi
@@ -152,7 +157,12 @@ mount --rbind /dev "$dir/dev"
 mount --make-rslave "$dir/dev"
 mounted+=("$dir/dev")
 bind "$rustup_home" /opt/rust/rustup ro
-bind "$cargo_bin" /opt/rust/cargo-bin ro
+# rustup and its proxies only: tools installed on the host with `cargo
+# install` (cargo-fuzz, ...) must not leak in and hide an install step.
+bind "$cargo_bin/rustup" /opt/rust/cargo-bin/rustup ro
+for p in cargo cargo-clippy cargo-fmt clippy-driver rustc rustdoc rustfmt; do
+	ln -s rustup "$dir/opt/rust/cargo-bin/$p"
+done
 
 say "cloning $(git -C "$repo" rev-parse --short HEAD) into /root/kerntransport"
 git clone -q "$repo" "$dir/root/kerntransport"

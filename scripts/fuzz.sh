@@ -8,6 +8,11 @@
 # what a run finds goes to */fuzz/corpus/TARGET (not committed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/fuzz-tools.sh
+. scripts/lib/fuzz-tools.sh
+PATH=$(kt_cargo_fuzz_root)/bin:$PATH
+# Builds are cached outside the checkout (a fresh clone reuses them).
+target_dir=${KT_FUZZ_TARGET_DIR:-${KT_CACHE:-$HOME/.cache/kerntransport}/fuzz-target}
 
 secs=${1:-${KT_FUZZ_SECS:-60}}
 case $secs in
@@ -28,7 +33,7 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
 	exit 1
 fi
 if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
-	echo "fuzz: FAIL: cargo-fuzz is not installed; scripts/setup.sh installs it (cargo install --locked cargo-fuzz)" >&2
+	echo "fuzz: FAIL: cargo-fuzz is not installed in $(kt_cargo_fuzz_root); scripts/setup.sh installs it" >&2
 	exit 1
 fi
 
@@ -39,7 +44,7 @@ crashed=0
 for t in "${TARGETS[@]}"; do
 	read -r crate target <<<"$t"
 	log=$logs/$target.log
-	if ! (cd "$crate" && nice cargo +nightly fuzz build "$target") >"$log" 2>&1; then
+	if ! (cd "$crate" && nice cargo +nightly fuzz build --target-dir "$target_dir/$crate" "$target") >"$log" 2>&1; then
 		tail -n 30 "$log" >&2
 		echo "fuzz $target: FAIL: build failed (cd $crate && cargo +nightly fuzz build $target)" >&2
 		exit 1
@@ -47,7 +52,7 @@ for t in "${TARGETS[@]}"; do
 	mkdir -p "$crate/fuzz/corpus/$target"
 	rc=0
 	# Absent stats (an early crash) leave a field empty, shown as "?".
-	(cd "$crate" && nice cargo +nightly fuzz run "$target" \
+	(cd "$crate" && nice cargo +nightly fuzz run --target-dir "$target_dir/$crate" "$target" \
 		"fuzz/corpus/$target" "fuzz/seeds/$target" -- \
 		-max_total_time="$secs" -timeout=10 -print_final_stats=1) >"$log" 2>&1 || rc=$?
 	runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1 || true)

@@ -10,6 +10,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib/apt-sources.sh"
 # shellcheck source=scripts/lib/kernels.sh
 . "$here/lib/kernels.sh"
+# shellcheck source=scripts/lib/fuzz-tools.sh
+. "$here/lib/fuzz-tools.sh"
 
 need_root() {
 	if [ "$(id -u)" -ne 0 ]; then
@@ -69,16 +71,20 @@ EOS
 }
 
 # cargo-fuzz for scripts/fuzz.sh, which runs it with the nightly toolchain
-# rustup already has. Without nightly: one error line, the rest of setup
-# goes on (the fuzz stage of make test then fails with the same reason).
+# rustup already has, from $(kt_cargo_fuzz_root) (scripts/lib/fuzz-tools.sh).
+# Without nightly: one error line, the rest of setup goes on (the fuzz stage
+# of make test then fails with the same reason).
 cargo_fuzz() {
+	local root
+	root=$(kt_cargo_fuzz_root)
 	if ! cargo +nightly --version >/dev/null 2>&1; then
 		echo "setup: error: no nightly Rust toolchain (needed by scripts/fuzz.sh): rustup toolchain install nightly" >&2
 		return 0
 	fi
-	cargo +nightly fuzz --version >/dev/null 2>&1 && return 0
-	echo "setup: installing cargo-fuzz (cargo install --locked cargo-fuzz)"
-	cargo install --locked --quiet cargo-fuzz
+	[ -x "$root/bin/cargo-fuzz" ] && return 0
+	echo "setup: installing cargo-fuzz $KT_CARGO_FUZZ_VERSION into $root"
+	cargo install --locked --quiet --version "$KT_CARGO_FUZZ_VERSION" --root "$root" cargo-fuzz ||
+		{ echo "setup: installing cargo-fuzz failed" >&2; exit 1; }
 }
 
 main() {
