@@ -37,6 +37,7 @@ struct virtqueue;
 #define KT_EV_BUFS		8	/* buffers kept posted on the event queue */
 #define KT_ACCEPT_BACKLOG	64	/* channels waiting in one listener */
 #define KT_REPLY_PENDING_MAX	256	/* queued replies not tied to a channel */
+#define KT_CTRL_PENDING_MAX	1024	/* queued control messages, all kinds */
 #define KT_MAX_CHANNELS_CAP	65536	/* upper clamp for config max_channels */
 #define KT_RX_BUF_SIZE_MAX	65536
 
@@ -179,11 +180,14 @@ struct kt_dev {
 	struct work_struct rx_work;	/* event queue, then rx queue */
 	struct kt_reasm reasm;
 
-	spinlock_t tx_lock;		/* tx side: tx_live .. replies_pending */
+	spinlock_t tx_lock;		/* tx side: tx_live .. ctrl_queued */
 	bool tx_live;
 	struct list_head tx_pending;	/* struct kt_txbuf waiting for ring room */
-	unsigned int replies_pending;
+	unsigned int tx_queued;		/* entries of tx_pending */
+	unsigned int replies_pending;	/* of them: replies without a channel */
+	unsigned int ctrl_queued;	/* of them: not DATA */
 	struct work_struct tx_work;
+	struct delayed_work tx_retry;	/* an add failed: try again later */
 
 	struct xarray chans;		/* id -> struct kt_chan (holds a ref) */
 	u32 next_id;
@@ -215,6 +219,7 @@ int kt_vqs_start(struct kt_dev *kd);
 void kt_vqs_stop(struct kt_dev *kd);
 void kt_rx_work(struct work_struct *work);
 void kt_tx_work(struct work_struct *work);
+void kt_tx_retry_work(struct work_struct *work);
 struct kt_txbuf *kt_txbuf_alloc(size_t len, gfp_t gfp);
 void kt_txbuf_free(struct kt_txbuf *txb);
 int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg);

@@ -140,6 +140,13 @@ static ssize_t open_channels_show(struct device *dev,
 }
 static DEVICE_ATTR_RO(open_channels);
 
+static ssize_t tx_pending_show(struct device *dev,
+			       struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n", READ_ONCE(kt_dev_of(dev)->tx_queued));
+}
+static DEVICE_ATTR_RO(tx_pending);
+
 static const char *kt_state_name(const struct kt_chan *ch)
 {
 	if (ch->reset)
@@ -204,6 +211,7 @@ static struct attribute *kt_attrs[] = {
 	&dev_attr_opens_in.attr,
 	&dev_attr_opens_out.attr,
 	&dev_attr_open_channels.attr,
+	&dev_attr_tx_pending.attr,
 	&dev_attr_max_msg_size.attr,
 	&dev_attr_max_channels.attr,
 	&dev_attr_rx_buf_size.attr,

@@ -23,6 +23,8 @@
 #define KT_RX_POSTED_MAX	256U
 /* Kick the rx queue at least this often while draining a long burst. */
 #define KT_RX_KICK_BATCH	32
+/* Retry a tx add that failed for another reason than a full ring. */
+#define KT_TX_RETRY_DELAY	(HZ / 10)
 
 static void kt_rx_done(struct virtqueue *vq)
 {
@@ -233,6 +235,7 @@ void kt_vqs_stop(struct kt_dev *kd)
 	virtio_reset_device(kd->vdev);
 	cancel_work_sync(&kd->rx_work);
 	cancel_work_sync(&kd->tx_work);
+	cancel_delayed_work_sync(&kd->tx_retry);
 
 	mutex_lock(&kd->rx_mutex);
 	kt_reasm_abort(kd, false);
@@ -366,16 +369,35 @@ void kt_txbuf_free(struct kt_txbuf *txb)
 	kvfree(txb);
 }
 
-/* Fills the credit fields as the message enters the ring (SPEC 5). */
-static void kt_tx_fill_credit(struct kt_txbuf *txb)
+/*
+ * Fills the credit fields just before the message is offered to the ring
+ * (SPEC 5), so a queued CREDIT_UPDATE is never stale. Returns the fwd_cnt
+ * written; nothing about the channel changes until the add succeeded.
+ */
+static u32 kt_tx_fill_credit(struct kt_txbuf *txb)
+{
+	struct kt_chan *ch = txb->ch;
+	u32 fwd;
+
+	spin_lock(&ch->lock);
+	fwd = ch->fwd_cnt;
+	txb->hdr.buf_alloc = cpu_to_le32(ch->buf_alloc);
+	txb->hdr.fwd_cnt = cpu_to_le32(fwd);
+	spin_unlock(&ch->lock);
+	return fwd;
+}
+
+/*
+ * The message is on the ring: the device can now see @fwd, and a credit
+ * message of this kind may be queued again (at most one waits, SPEC 8).
+ */
+static void kt_tx_entered_ring(struct kt_txbuf *txb, u32 fwd)
 {
 	struct kt_chan *ch = txb->ch;
 	u16 type = le16_to_cpu(txb->hdr.type);
 
 	spin_lock(&ch->lock);
-	txb->hdr.buf_alloc = cpu_to_le32(ch->buf_alloc);
-	txb->hdr.fwd_cnt = cpu_to_le32(ch->fwd_cnt);
-	ch->last_fwd_sent = ch->fwd_cnt;
+	ch->last_fwd_sent = fwd;
 	if (type == KT_MSG_CREDIT_UPDATE)
 		ch->credit_update_queued = false;
 	else if (type == KT_MSG_CREDIT_REQUEST)
@@ -385,46 +407,56 @@ static void kt_tx_fill_credit(struct kt_txbuf *txb)
 
 /*
  * Moves pending messages into the ring while it has room. tx_lock held.
- * Messages that cannot be added at all go to @done for the caller to free
- * after dropping the lock.
+ * A message leaves kd->tx_pending only once virtqueue_add_outbuf() took
+ * it: accepted data is never dropped. If the add fails for another reason
+ * than a full ring (DMA mapping, or a ring with no room even when empty),
+ * a retry is scheduled; a broken ring is left to kt_vq_broken().
  */
-static void kt_tx_push_locked(struct kt_dev *kd, struct list_head *done)
+static void kt_tx_push_locked(struct kt_dev *kd)
 {
+	struct virtqueue *vq = kd->tx_vq;
 	struct kt_txbuf *txb;
 	bool added = false;
+	u32 fwd = 0;
 	int err;
 
 	while ((txb = list_first_entry_or_null(&kd->tx_pending,
 					       struct kt_txbuf, node))) {
 		if (txb->ch)
-			kt_tx_fill_credit(txb);
-		err = virtqueue_add_outbuf(kd->tx_vq, txb->sg, txb->nsg, txb,
+			fwd = kt_tx_fill_credit(txb);
+		err = virtqueue_add_outbuf(vq, txb->sg, txb->nsg, txb,
 					   GFP_ATOMIC);
-		if (err == -ENOSPC)
-			break;
-		list_del(&txb->node);
-		if (!txb->ch)
-			kd->replies_pending--;
 		if (err) {
-			/* Only a broken ring fails this way. */
-			dev_warn_ratelimited(&kd->vdev->dev,
-					     "tx add failed: %d\n", err);
-			atomic64_inc(&kd->stats.tx_dropped);
-			list_add_tail(&txb->node, done);
-			continue;
+			if (virtqueue_is_broken(vq))
+				break;
+			if (err != -ENOSPC ||
+			    vq->num_free == virtqueue_get_vring_size(vq))
+				mod_delayed_work(kt_wq, &kd->tx_retry,
+						 KT_TX_RETRY_DELAY);
+			break;
 		}
+		list_del(&txb->node);
+		kd->tx_queued--;
+		if (txb->hdr.type != cpu_to_le16(KT_MSG_DATA))
+			kd->ctrl_queued--;
+		if (txb->ch)
+			kt_tx_entered_ring(txb, fwd);
+		else
+			kd->replies_pending--;
 		added = true;
 	}
 	if (added)
-		virtqueue_kick(kd->tx_vq);
+		virtqueue_kick(vq);
 }
 
 /* Queues @txb (header filled but for credit) behind earlier messages. */
-static void kt_tx_enqueue_locked(struct kt_dev *kd, struct kt_txbuf *txb,
-				 struct list_head *done)
+static void kt_tx_enqueue_locked(struct kt_dev *kd, struct kt_txbuf *txb)
 {
 	list_add_tail(&txb->node, &kd->tx_pending);
-	kt_tx_push_locked(kd, done);
+	kd->tx_queued++;
+	if (txb->hdr.type != cpu_to_le16(KT_MSG_DATA))
+		kd->ctrl_queued++;
+	kt_tx_push_locked(kd);
 }
 
 static void kt_hdr_init(struct kt_hdr *hdr, u32 id, u16 type, u32 len,
@@ -456,7 +488,6 @@ static void kt_hdr_init(struct kt_hdr *hdr, u32 id, u16 type, u32 len,
 int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
 {
 	struct kt_txbuf *txb;
-	LIST_HEAD(done);
 	int err = 0;
 
 	txb = kt_txbuf_alloc(0, GFP_KERNEL);
@@ -473,11 +504,10 @@ int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
 		err = -ENOBUFS;
 	} else {
 		kd->replies_pending++;
-		kt_tx_enqueue_locked(kd, txb, &done);
+		kt_tx_enqueue_locked(kd, txb);
 	}
 	spin_unlock(&kd->tx_lock);
 
-	kt_txbufs_complete(&done);
 	if (err) {
 		atomic64_inc(&kd->stats.tx_dropped);
 		kt_txbuf_free(txb);
@@ -494,19 +524,26 @@ int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
  * @len: payload bytes
  *
  * Nothing is queued after the channel's CLOSE, and at most one
- * CREDIT_UPDATE and one CREDIT_REQUEST wait at a time (their credit fields
- * are filled when they enter the ring, so one is always enough).
+ * CREDIT_UPDATE and one CREDIT_REQUEST wait for ring room at a time (their
+ * credit fields are filled when they enter the ring, so one is always
+ * enough; the flag clears only once the message is on the ring). OPEN,
+ * OPEN_OK and CLOSE are sent once per channel, so the messages waiting are
+ * bounded by max_channels; credit messages are also bounded globally
+ * (KT_CTRL_PENDING_MAX): past that they are dropped and counted, and sent
+ * again when the reader or the peer next asks.
  *
- * Return: 0 if queued or coalesced, -ENOMEM, or -ECONNRESET if the device
- * is not live or the channel was reset.
+ * Return: 0 if queued or coalesced, -ENOMEM, -ENOBUFS (credit message
+ * dropped), or -ECONNRESET if the device is not live or the channel was
+ * reset.
  */
 int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 		     const void *payload, u32 len)
 {
 	struct kt_dev *kd = ch->kd;
+	bool credit = type == KT_MSG_CREDIT_UPDATE ||
+		      type == KT_MSG_CREDIT_REQUEST;
 	struct kt_txbuf *txb;
 	bool skip = false;
-	LIST_HEAD(done);
 	int err = 0;
 
 	txb = kt_txbuf_alloc(len, GFP_KERNEL);
@@ -522,6 +559,8 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 		err = -ECONNRESET;
 	} else if (ch->close_queued) {
 		skip = true;
+	} else if (credit && kd->ctrl_queued >= KT_CTRL_PENDING_MAX) {
+		err = -ENOBUFS;
 	} else if (type == KT_MSG_CREDIT_UPDATE) {
 		skip = ch->credit_update_queued;
 		ch->credit_update_queued = true;
@@ -535,12 +574,16 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 	if (!err && !skip) {
 		kref_get(&ch->ref);
 		txb->ch = ch;
-		kt_tx_enqueue_locked(kd, txb, &done);
+		kt_tx_enqueue_locked(kd, txb);
 		txb = NULL;
 	}
 	spin_unlock(&kd->tx_lock);
 
-	kt_txbufs_complete(&done);
+	if (err == -ENOBUFS) {
+		atomic64_inc(&kd->stats.tx_dropped);
+		dev_warn_ratelimited(&kd->vdev->dev,
+				     "tx queue full: credit message dropped\n");
+	}
 	if (txb)
 		kt_txbuf_free(txb);
 	return err;
@@ -605,7 +648,6 @@ int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled)
 	u32 cost = kt_msg_cost(len);
 	bool peer_limited = false;
 	bool request = false;
-	LIST_HEAD(done);
 	int err;
 
 	spin_lock(&kd->tx_lock);
@@ -638,21 +680,20 @@ int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled)
 		kref_get(&ch->ref);
 		txb->ch = ch;
 		txb->cost = cost;
-		kt_tx_enqueue_locked(kd, txb, &done);
+		kt_tx_enqueue_locked(kd, txb);
 		atomic64_inc(&kd->stats.tx_msgs);
 		atomic64_add(len, &kd->stats.tx_bytes);
 	}
 	spin_unlock(&kd->tx_lock);
 
-	kt_txbufs_complete(&done);
 	if (request)
 		kt_tx_queue_ctrl(ch, KT_MSG_CREDIT_REQUEST, 0, NULL, 0);
 	return err;
 }
 
-void kt_tx_work(struct work_struct *work)
+/* Reclaims completed tx buffers, then moves waiting ones into the ring. */
+static void kt_tx_reclaim(struct kt_dev *kd)
 {
-	struct kt_dev *kd = container_of(work, struct kt_dev, tx_work);
 	struct virtqueue *vq = kd->tx_vq;
 	struct kt_txbuf *txb;
 	unsigned int used;
@@ -665,11 +706,22 @@ void kt_tx_work(struct work_struct *work)
 			while ((txb = virtqueue_get_buf(vq, &used)))
 				list_add_tail(&txb->node, &done);
 		} while (!virtqueue_enable_cb(vq));
-		kt_tx_push_locked(kd, &done);
+		kt_tx_push_locked(kd);
 	}
 	spin_unlock(&kd->tx_lock);
 
 	kt_txbufs_complete(&done);
+}
+
+void kt_tx_work(struct work_struct *work)
+{
+	kt_tx_reclaim(container_of(work, struct kt_dev, tx_work));
+}
+
+void kt_tx_retry_work(struct work_struct *work)
+{
+	kt_tx_reclaim(container_of(to_delayed_work(work), struct kt_dev,
+				   tx_retry));
 }
 
 /**
@@ -686,6 +738,8 @@ void kt_tx_purge(struct kt_dev *kd)
 	spin_lock(&kd->tx_lock);
 	list_splice_init(&kd->tx_pending, &done);
 	kd->replies_pending = 0;
+	kd->ctrl_queued = 0;
+	kd->tx_queued = 0;
 	spin_unlock(&kd->tx_lock);
 	kt_txbufs_complete(&done);
 }

@@ -13,7 +13,10 @@ Not the real device: that is vhost-device/ (kt-vhost-device).
 Services the guest can open (see kt_guest_test.c for the expectations):
   echo, big (reply N bytes), slow (window of one message, never credits),
   closeafter, refuse (EACCES), silent (never answers), reset (RESET on
-  "reset-now"), mal-noise, mal-seq, mal-frag, mal-credit,
+  "reset-now"), stall (window of one message; on the first message the
+  device stops completing tx buffers, floods CREDIT_REQUEST, sends
+  "flood-done" and resumes a few seconds after the guest took it all),
+  mal-noise, mal-seq, mal-frag, mal-credit,
   dial:<name> (the host opens <name> in the guest and reports on this
   channel), hold:<name> (the host opens <name> and keeps it open until this
   channel closes). Anything else: ENOENT.
@@ -39,6 +42,7 @@ MAX_MSG = int(os.environ.get('KT_MAX_MSG', '65536'))
 RX_BUF = int(os.environ.get('KT_RX_BUF', '4096'))
 EVENT_IDX = os.environ.get('KT_EVENT_IDX', '1') == '1'
 INDIRECT = os.environ.get('KT_INDIRECT', '1') == '1'
+STALL_FLOOD = 10000
 
 def log(*a):
     print('[fake_device]', *a, flush=True)
@@ -144,6 +148,7 @@ class Dev:
         self.stats = {}
         self.timers = []
         self.rx_starved = False
+        self.tx_stalled = False
         self.strikes = {}
         self.path = path
         if os.path.exists(path):
@@ -313,7 +318,7 @@ class Dev:
 
     def process_tx(self):
         q = self.vqs[1]; did = False
-        while q.has():
+        while q.has() and not self.tx_stalled:
             head, segs = q.pop()
             data = b''.join(self.mem.read(a, l) for a, l, w in segs)
             q.push(head, 0); did = True
@@ -364,7 +369,7 @@ class Dev:
             c.rx_cnt = (c.rx_cnt + 32 + ln) & 0xffffffff
             if ((c.rx_cnt - c.fwd) & 0xffffffff) > c.buf_alloc:
                 violation('channel %#x: guest sent beyond the credit granted' % cid)
-            if not c.svc.startswith('slow'):
+            if not c.svc.startswith('slow') and c.svc != 'stall':
                 c.fwd = (c.fwd + 32 + ln) & 0xffffffff
             self.on_data(c, payload)
         elif typ == MSG_CLOSE:
@@ -389,12 +394,12 @@ class Dev:
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=13); return
         if name == 'silent':
             return
-        known = ('echo', 'big', 'slow', 'closeafter', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
+        known = ('echo', 'big', 'slow', 'stall', 'closeafter', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
         if name not in known and not name.startswith('dial:') and not name.startswith('hold:'):
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=2); return
         c = Chan(cid, name, name)
         c.peer_buf, c.peer_fwd = ba, fw
-        if name == 'slow':
+        if name in ('slow', 'stall'):
             c.buf_alloc = MAX_MSG + 32
         self.chans[cid] = c
         self.ctrl(c, MSG_OPEN_OK)
@@ -446,6 +451,13 @@ class Dev:
         if c.svc == 'reset' and p == b'reset-now':
             self.host_send(c, b'last-data')
             self.timers.append((time.time() + 0.5, self.do_reset))
+        elif c.svc == 'stall' and not self.tx_stalled:
+            log('stall: tx stops, CREDIT_REQUEST flood on %#x' % c.id)
+            self.tx_stalled = True
+            for _ in range(STALL_FLOOD):
+                self.ctrl(c, MSG_CR)
+            self.host_send(c, b'flood-done')
+            self.timers.append((time.time() + 0.5, self.stall_resume))
         elif c.svc == 'echo' or c.svc == 'mal-noise':
             self.host_send(c, p)
         elif c.svc == 'closeafter':
@@ -465,6 +477,17 @@ class Dev:
         elif c.svc.startswith('dial:') and p == b'stats':
             self.host_send(c, repr(self.stats).encode())
 
+    def stall_resume(self):
+        """Resumes tx a few seconds after the guest took the whole flood."""
+        if self.rxq:
+            self.timers.append((time.time() + 0.5, self.stall_resume))
+        elif self.tx_stalled is True:
+            self.tx_stalled = 'ending'
+            self.timers.append((time.time() + 4, self.stall_resume))
+        else:
+            log('stall: tx resumes')
+            self.tx_stalled = False
+
     def do_reset(self):
         log('sending RESET')
         self.evq.append(hdr(0, MSG_RESET))
@@ -475,7 +498,8 @@ class Dev:
         without a kick, seen on two timeouts in a row, is a violation (the
         loop still processes it so the test does not hang)."""
         tx, rx = self.vqs[1], self.vqs[0]
-        stale_tx = tx.ready() and tx.has() and 1 not in kicked
+        stale_tx = (tx.ready() and tx.has() and 1 not in kicked
+                    and not self.tx_stalled)
         stale_rx = (self.rx_starved and rx.ready() and rx.has()
                     and 0 not in kicked)
         if stale_tx and self.strikes.get('tx'):

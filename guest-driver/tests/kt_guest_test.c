@@ -304,6 +304,70 @@ static void test_credit(void)
 	close(fd);
 }
 
+static bool read_str(int fd, const char *want)
+{
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+
+	buf[n > 0 ? n : 0] = '\0';
+	return n > 0 && !strcmp(buf, want);
+}
+
+/* A field of /proc/meminfo in kB, or -1. */
+static long meminfo_kb(const char *key)
+{
+	char line[128];
+	long v = -1;
+	FILE *f;
+
+	f = fopen("/proc/meminfo", "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)) &&
+		    sscanf(line + strlen(key), "%ld", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+/*
+ * The device stops completing tx and floods CREDIT_REQUEST while a
+ * non-blocking writer retries on EAGAIN: at most one CREDIT_UPDATE and one
+ * CREDIT_REQUEST wait (SPEC 8), guest memory stays flat, and everything
+ * flows again once the device resumes.
+ */
+static void test_stall(void)
+{
+	long slab0, slab1, pend = -1;
+	int fd, i, again = 0;
+
+	fd = connect_to("stall", O_NONBLOCK);
+	check(fd >= 0, "connect stall");
+	slab0 = meminfo_kb("Slab:");
+	check(write(fd, wbuf, MAX_MSG) == MAX_MSG, "stall: first message fits");
+	check(poll_one(fd, POLLIN, 60000) & POLLIN, "stall: flood arrived");
+	check(read_str(fd, "flood-done"), "stall: flood-done after the flood");
+	for (i = 0; i < 10000; i++)
+		again += write(fd, "x", 1) < 0 && errno == EAGAIN;
+	check(again == 10000, "stall: 10000 non-blocking writes -> EAGAIN");
+	slab1 = meminfo_kb("Slab:");
+	pend = sys_counter("tx_pending");
+	check(pend >= 0 && pend <= 2,
+	      "stall: tx_pending %ld (one CREDIT_UPDATE, one CREDIT_REQUEST)",
+	      pend);
+	check(slab0 > 0 && slab1 - slab0 < 1024,
+	      "stall: guest slab stays bounded (%ld kB -> %ld kB)", slab0,
+	      slab1);
+	for (i = 0; i < 300 && sys_counter("tx_pending") != 0; i++)
+		usleep(100000);
+	check(sys_counter("tx_pending") == 0,
+	      "stall: queued messages leave once the device resumes");
+	close(fd);
+	fd = connect_to("echo", 0);
+	check(fd >= 0 && call_ok(fd, "alive", 5), "stall: echo afterwards");
+	close(fd);
+}
+
 static void test_malformed(void)
 {
 	long bad = sys_counter("malformed");
@@ -359,14 +423,6 @@ static void echo_until_eof(int fd)
 		if (write(fd, buf, n) != n)
 			_exit(1);
 	}
-}
-
-static bool read_str(int fd, const char *want)
-{
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-
-	buf[n > 0 ? n : 0] = '\0';
-	return n > 0 && !strcmp(buf, want);
 }
 
 static void test_listen(void)
@@ -572,6 +628,7 @@ int main(int argc, char **argv)
 		test_big();
 		test_close();
 		test_credit();
+		test_stall();
 		test_malformed();
 		test_listen();
 		test_stress();
