@@ -113,8 +113,11 @@ static void kt_chan_unreserve(struct kt_chan *ch)
  * kt_chan_insert_local() - give a channel we open an id and list it
  * @ch: the new channel
  *
- * Ids are handed out in increasing order and wrap, skipping ids in use
- * (SPEC section 3).
+ * Ids are handed out in increasing order from a random start and wrap,
+ * skipping ids in use (SPEC section 3). The id is reserved first (a
+ * reserved entry looks up as NULL), and the channel is stored only once
+ * ch->id is set, so no message from the device can reach a channel that
+ * is not fully initialised.
  *
  * Return: 0, -EMFILE (max_channels reached or no id free) or -ENOMEM.
  */
@@ -127,7 +130,7 @@ int kt_chan_insert_local(struct kt_chan *ch)
 	err = kt_chan_reserve(ch);
 	if (err)
 		return err;
-	err = xa_alloc_cyclic(&kd->chans, &id, ch,
+	err = xa_alloc_cyclic(&kd->chans, &id, NULL,
 			      XA_LIMIT(1, KT_CHAN_DEVICE_BIT - 1),
 			      &kd->next_id, GFP_KERNEL);
 	if (err < 0) {
@@ -135,6 +138,13 @@ int kt_chan_insert_local(struct kt_chan *ch)
 		return err == -EBUSY ? -EMFILE : err;
 	}
 	ch->id = id;
+	/* Storing over the reserved entry allocates nothing. */
+	err = xa_err(xa_store(&kd->chans, id, ch, GFP_KERNEL));
+	if (err) {
+		xa_release(&kd->chans, id);
+		kt_chan_unreserve(ch);
+		return err;
+	}
 	return 0;
 }
 

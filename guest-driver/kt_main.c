@@ -9,6 +9,7 @@
  * kt_vq.c, the protocol in kt_rx.c and kt_chan.c.
  */
 #include <linux/module.h>
+#include <linux/random.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
@@ -137,7 +138,8 @@ static int kt_probe(struct virtio_device *vdev)
 	INIT_WORK(&kd->tx_work, kt_tx_work);
 	INIT_DELAYED_WORK(&kd->tx_retry, kt_tx_retry_work);
 	xa_init_flags(&kd->chans, XA_FLAGS_ALLOC);
-	kd->next_id = 1;
+	/* Ids are not predictable from the start (SPEC 3: any start). */
+	kd->next_id = get_random_u32() & (KT_CHAN_DEVICE_BIT - 1);
 	vdev->priv = kd;
 
 	kd->ev_bufs = kcalloc(KT_EV_BUFS, sizeof(*kd->ev_bufs), GFP_KERNEL);

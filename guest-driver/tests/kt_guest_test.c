@@ -192,6 +192,9 @@ static void test_echo(void)
 	      info.max_msg_size == MAX_MSG && info.guest_id == 7,
 	      "INFO: open, channel %u, max %u, guest %u", info.channel,
 	      info.max_msg_size, info.guest_id);
+	/* The first channel since probe: ids start at a random point. */
+	check(info.channel != 1 && !(info.channel & KT_CHAN_DEVICE_BIT),
+	      "first channel id %#x is not predictable (not 1)", info.channel);
 	check(poll_one(fd, POLLIN | POLLOUT, 0) == POLLOUT,
 	      "fresh channel: POLLOUT only");
 	check(write(fd, "hello", 5) == 5, "write hello");
@@ -641,9 +644,13 @@ int main(int argc, char **argv)
 	} else if (!strcmp(what, "hold")) {
 		test_hold();
 	} else if (!strcmp(what, "quick")) {
+		struct kt_ioc_info info = { 0 };
 		int fd = connect_to("echo", 0);
 
 		check(fd >= 0 && call_ok(fd, "quick", 5), "echo");
+		check(!ioctl(fd, KT_IOC_INFO, &info) && info.channel != 1,
+		      "first channel after reload: id %#x, not 1",
+		      info.channel);
 	} else {
 		fprintf(stderr,
 			"usage: %s nodev|dev|unbind|huge|hold|quick\n", argv[0]);
