@@ -136,6 +136,7 @@ static int kt_probe(struct virtio_device *vdev)
 	INIT_LIST_HEAD(&kd->tx_pending);
 	INIT_WORK(&kd->rx_work, kt_rx_work);
 	INIT_WORK(&kd->tx_work, kt_tx_work);
+	INIT_DELAYED_WORK(&kd->rx_retry, kt_rx_retry_work);
 	INIT_DELAYED_WORK(&kd->tx_retry, kt_tx_retry_work);
 	xa_init_flags(&kd->chans, XA_FLAGS_ALLOC);
 	/* Ids are not predictable from the start (SPEC 3: any start). */

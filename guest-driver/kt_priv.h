@@ -178,6 +178,7 @@ struct kt_dev {
 	unsigned int rx_posted;		/* rx buffers in the ring */
 	struct kt_hdr *ev_bufs;		/* KT_EV_BUFS event buffers */
 	struct work_struct rx_work;	/* event queue, then rx queue */
+	struct delayed_work rx_retry;	/* rx buffers could not be posted */
 	struct kt_reasm reasm;
 
 	spinlock_t tx_lock;		/* tx side: tx_live .. ctrl_queued */
@@ -220,6 +221,7 @@ void kt_vqs_stop(struct kt_dev *kd);
 void kt_rx_work(struct work_struct *work);
 void kt_tx_work(struct work_struct *work);
 void kt_tx_retry_work(struct work_struct *work);
+void kt_rx_retry_work(struct work_struct *work);
 struct kt_txbuf *kt_txbuf_alloc(size_t len, gfp_t gfp);
 void kt_txbuf_free(struct kt_txbuf *txb);
 int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg);
@@ -233,6 +235,7 @@ void kt_tx_purge(struct kt_dev *kd);
 void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used);
 void kt_rx_bad_len(struct kt_dev *kd, u32 used);
 void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used);
+bool kt_rx_event_is_reset(const struct kt_hdr *hdr, u32 used);
 void kt_reasm_abort(struct kt_dev *kd, bool broken);
 
 /* kt_chan.c: channels, credit, services */

@@ -591,6 +591,24 @@ void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
 }
 
 /**
+ * kt_rx_event_is_reset() - is this used event buffer a valid RESET?
+ * @hdr: the buffer (one header)
+ * @used: the used length the device reported
+ *
+ * Return: true if kt_rx_event() would reset the transport for it.
+ */
+bool kt_rx_event_is_reset(const struct kt_hdr *hdr, u32 used)
+{
+	struct kt_rx_hdr r;
+
+	if (used < KT_HDR_SIZE || used > sizeof(*hdr))
+		return false;
+	kt_decode(hdr, &r);
+	return r.type == KT_MSG_RESET && r.id == KT_CHAN_TRANSPORT && !r.len &&
+	       !r.flags && !r.msg_len;
+}
+
+/**
  * kt_rx_event() - handle one used event buffer
  * @kd: the device (rx_mutex held)
  * @hdr: the buffer (one header)
@@ -604,14 +622,14 @@ void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used)
 		kt_malformed(kd, NULL, "event of wrong size", 0, 0);
 		return;
 	}
-	kt_decode(hdr, &r);
-	if (r.type != KT_MSG_RESET || r.id != KT_CHAN_TRANSPORT || r.len ||
-	    r.flags || r.msg_len) {
+	if (!kt_rx_event_is_reset(hdr, used)) {
+		kt_decode(hdr, &r);
 		kt_malformed(kd, NULL, "unknown event", r.id, r.type);
 		return;
 	}
 	atomic64_inc(&kd->stats.resets);
-	dev_info(&kd->vdev->dev, "transport reset: failing open channels\n");
+	dev_info_ratelimited(&kd->vdev->dev,
+			     "transport reset: failing open channels\n");
 	kt_reasm_abort(kd, false);
 	kt_chans_reset(kd);
 }

@@ -23,6 +23,10 @@
 #define KT_RX_POSTED_MAX	256U
 /* Kick the rx queue at least this often while draining a long burst. */
 #define KT_RX_KICK_BATCH	32
+/* rx/event buffers handled per run of the rx work item. */
+#define KT_RX_BUDGET		64U
+/* Retry posting rx buffers after an allocation failure. */
+#define KT_RX_RETRY_DELAY	(HZ / 10)
 /* Retry a tx add that failed for another reason than a full ring. */
 #define KT_TX_RETRY_DELAY	(HZ / 10)
 
@@ -104,7 +108,7 @@ static void kt_rx_fill(struct kt_dev *kd)
 	void *buf;
 
 	while (kd->rx_posted < target) {
-		buf = kmalloc(kd->rx_buf_size, GFP_KERNEL);
+		buf = kzalloc(kd->rx_buf_size, GFP_KERNEL);
 		if (!buf)
 			break;
 		if (kt_rx_post(kd, buf)) {
@@ -215,15 +219,21 @@ err_bufs:
  * kt_vqs_stop() - stop the device and tear the queues down
  * @kd: the device
  *
- * Shared by remove and freeze. Every channel fails with ECONNRESET: the
- * device loses its channel state when it is reset. Does nothing if the
- * queues are not up (a failed restore).
+ * Shared by remove and freeze. The queues are marked broken first, so no
+ * callback queues work any more and a drain running now finds nothing
+ * (however fast the device completes buffers); then the device is reset,
+ * work is cancelled and the queues are deleted. Every channel fails with
+ * ECONNRESET: the device loses its channel state when it is reset. Does
+ * nothing if the queues are not up (a failed restore).
  */
 void kt_vqs_stop(struct kt_dev *kd)
 {
 	if (!kd->vqs_up)
 		return;
 	kd->vqs_up = false;
+
+	virtio_break_device(kd->vdev);
+	virtio_synchronize_cbs(kd->vdev);
 
 	mutex_lock(&kd->rx_mutex);
 	kd->rx_live = false;
@@ -234,6 +244,7 @@ void kt_vqs_stop(struct kt_dev *kd)
 
 	virtio_reset_device(kd->vdev);
 	cancel_work_sync(&kd->rx_work);
+	cancel_delayed_work_sync(&kd->rx_retry);
 	cancel_work_sync(&kd->tx_work);
 	cancel_delayed_work_sync(&kd->tx_retry);
 
@@ -246,66 +257,139 @@ void kt_vqs_stop(struct kt_dev *kd)
 	kd->vdev->config->del_vqs(kd->vdev);
 }
 
-static void kt_ev_drain(struct kt_dev *kd)
+/*
+ * Handles at most @budget used rx buffers, reposting each; returns how
+ * many it took. rx_mutex held.
+ */
+static unsigned int kt_rx_take(struct kt_dev *kd, unsigned int budget)
+{
+	struct virtqueue *vq = kd->rx_vq;
+	unsigned int used, n = 0, batch = 0;
+	void *buf;
+
+	while (n < budget && (buf = virtqueue_get_buf(vq, &used))) {
+		n++;
+		kd->rx_posted--;
+		if (used > kd->rx_buf_size) {
+			kt_rx_bad_len(kd, used);
+			used = kd->rx_buf_size;
+		} else {
+			kt_rx_buf(kd, buf, used);
+		}
+		/* What the device wrote never reaches the next message. */
+		memset(buf, 0, used);
+		if (kt_rx_post(kd, buf))
+			kfree(buf);
+		else
+			kd->rx_posted++;
+		if (++batch >= KT_RX_KICK_BATCH) {
+			virtqueue_kick(vq);
+			batch = 0;
+		}
+		cond_resched();
+	}
+	return n;
+}
+
+static void kt_ev_repost(struct kt_dev *kd, struct kt_hdr *hdr)
+{
+	memset(hdr, 0, sizeof(*hdr));
+	if (kt_ev_post(kd, hdr))
+		dev_warn_ratelimited(&kd->vdev->dev, "event buffer lost\n");
+}
+
+/*
+ * Returns true if the budget ran out with events still waiting. Before a
+ * RESET takes effect, the rx buffers the device used before it are
+ * handled (SPEC 6: data first): they are among the buffers posted now.
+ */
+static bool kt_ev_drain(struct kt_dev *kd)
 {
 	struct virtqueue *vq = kd->ev_vq;
+	unsigned int used, n = 0;
 	struct kt_hdr *hdr;
-	unsigned int used;
 	bool posted = false;
 
 	do {
 		virtqueue_disable_cb(vq);
 		while ((hdr = virtqueue_get_buf(vq, &used))) {
+			if (kt_rx_event_is_reset(hdr, used)) {
+				kt_rx_take(kd, kd->rx_posted);
+				virtqueue_kick(kd->rx_vq);
+			}
 			kt_rx_event(kd, hdr, used);
-			if (kt_ev_post(kd, hdr))
-				dev_warn_ratelimited(&kd->vdev->dev,
-						     "event buffer lost\n");
+			kt_ev_repost(kd, hdr);
 			posted = true;
+			if (++n >= KT_EV_BUFS) {
+				virtqueue_kick(vq);
+				return true;
+			}
 		}
 	} while (!virtqueue_enable_cb(vq));
 	if (posted)
 		virtqueue_kick(vq);
+	return false;
 }
 
-static void kt_rx_drain(struct kt_dev *kd)
+/* Returns true if the budget ran out with buffers still used. */
+static bool kt_rx_drain(struct kt_dev *kd)
 {
 	struct virtqueue *vq = kd->rx_vq;
-	unsigned int used, batch = 0;
-	void *buf;
+	unsigned int budget = KT_RX_BUDGET;
 
 	do {
 		virtqueue_disable_cb(vq);
-		while ((buf = virtqueue_get_buf(vq, &used))) {
-			kd->rx_posted--;
-			if (used > kd->rx_buf_size)
-				kt_rx_bad_len(kd, used);
-			else
-				kt_rx_buf(kd, buf, used);
-			if (kt_rx_post(kd, buf))
-				kfree(buf);
-			else
-				kd->rx_posted++;
-			if (++batch >= KT_RX_KICK_BATCH) {
-				virtqueue_kick(vq);
-				batch = 0;
-			}
-			cond_resched();
+		budget -= kt_rx_take(kd, budget);
+		if (!budget) {
+			virtqueue_kick(vq);
+			return true;
 		}
 		kt_rx_fill(kd);
 	} while (!virtqueue_enable_cb(vq));
 	virtqueue_kick(vq);
+	return false;
+}
+
+/*
+ * Both drains are budgeted: a device that completes buffers as fast as we
+ * post them gets the work requeued (behind other work) instead of one
+ * work item that never ends and holds rx_mutex.
+ */
+static void kt_rx_run(struct kt_dev *kd)
+{
+	bool more = false;
+
+	mutex_lock(&kd->rx_mutex);
+	if (kd->rx_live) {
+		more = kt_ev_drain(kd);
+		more |= kt_rx_drain(kd);
+		if (kd->rx_posted < kt_rx_target(kd))
+			mod_delayed_work(kt_wq, &kd->rx_retry,
+					 KT_RX_RETRY_DELAY);
+		if (more)
+			queue_work(kt_wq, &kd->rx_work);
+	}
+	mutex_unlock(&kd->rx_mutex);
 }
 
 void kt_rx_work(struct work_struct *work)
 {
-	struct kt_dev *kd = container_of(work, struct kt_dev, rx_work);
+	kt_rx_run(container_of(work, struct kt_dev, rx_work));
+}
+
+/* rx refill failed earlier (no memory): try again. */
+void kt_rx_retry_work(struct work_struct *work)
+{
+	struct kt_dev *kd = container_of(to_delayed_work(work), struct kt_dev,
+					 rx_retry);
 
 	mutex_lock(&kd->rx_mutex);
 	if (kd->rx_live) {
-		kt_ev_drain(kd);
-		kt_rx_drain(kd);
+		kt_rx_fill(kd);
+		virtqueue_kick(kd->rx_vq);
 	}
 	mutex_unlock(&kd->rx_mutex);
+	kt_rx_run(kd);
 }
 
 /* ---- tx ---- */

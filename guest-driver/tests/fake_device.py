@@ -13,7 +13,9 @@ Not the real device: that is vhost-device/ (kt-vhost-device).
 Services the guest can open (see kt_guest_test.c for the expectations):
   echo, big (reply N bytes), slow (window of one message, never credits),
   closeafter, refuse (EACCES), silent (never answers), reset (RESET on
-  "reset-now"), stall (window of one message; on the first message the
+  "reset-now"; on "reset-tight" the last data and the RESET are both used
+  before the guest is notified), firehose (CREDIT_UPDATEs as fast as the
+  guest posts rx buffers, until the queues stop), stall (window of one message; on the first message the
   device stops completing tx buffers, floods CREDIT_REQUEST, sends
   "flood-done" and resumes a few seconds after the guest took it all),
   mal-noise, mal-seq, mal-frag, mal-credit,
@@ -149,6 +151,7 @@ class Dev:
         self.timers = []
         self.rx_starved = False
         self.tx_stalled = False
+        self.firehose = None
         self.strikes = {}
         self.path = path
         if os.path.exists(path):
@@ -217,6 +220,11 @@ class Dev:
         elif req == 11:
             i = struct.unpack('<I', p[:4])[0]; q = self.vqs[i]
             q.started = False
+            if self.firehose is not None:
+                log('firehose stops: queue %d stopped' % i)
+                fid = self.firehose.id
+                self.rxq = [m for m in self.rxq if m[0] != fid]
+                self.firehose = None
             self.reply(req, struct.pack('<II', i, q.last_avail))
         elif req in (12, 13, 14):
             v = struct.unpack('<Q', p[:8])[0]; i = v & 0xff
@@ -262,9 +270,13 @@ class Dev:
             self.send_rx(c.id, MSG_DATA, p, chan=c, seq=c.tx_seq)
             c.tx_seq = (c.tx_seq + 1) & 0xffffffff
 
-    def fill_rx(self):
+    def fill_rx(self, notify=True):
         q = self.vqs[0]
         did = False
+        fh = self.firehose
+        if fh is not None and len(self.rxq) < 512:
+            for _ in range(512):
+                self.ctrl(fh, MSG_CU)
         while self.rxq and q.ready():
             ch, typ, payload, kw = self.rxq[0]
             raw = kw.get('raw')
@@ -302,7 +314,7 @@ class Dev:
                 pos += len(part)
             q.push(head, used); did = True
         q.set_avail_event()
-        if did:
+        if did and notify:
             q.notify()
 
     def fill_ev(self):
@@ -394,7 +406,7 @@ class Dev:
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=13); return
         if name == 'silent':
             return
-        known = ('echo', 'big', 'slow', 'stall', 'closeafter', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
+        known = ('echo', 'big', 'slow', 'stall', 'firehose', 'closeafter', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
         if name not in known and not name.startswith('dial:') and not name.startswith('hold:'):
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=2); return
         c = Chan(cid, name, name)
@@ -405,6 +417,9 @@ class Dev:
         self.ctrl(c, MSG_OPEN_OK)
         if name == 'reset':
             self.host_send(c, b'before-reset')
+        elif name == 'firehose':
+            log('firehose on %#x' % cid)
+            self.firehose = c
         elif name == 'mal-noise':
             X = lambda **kw: self.send_rx(0, 0, b'', **kw)
             X(raw=hdr(cid, MSG_CU, flags=0x8000, buf_alloc=c.buf_alloc))
@@ -451,6 +466,14 @@ class Dev:
         if c.svc == 'reset' and p == b'reset-now':
             self.host_send(c, b'last-data')
             self.timers.append((time.time() + 0.5, self.do_reset))
+        elif c.svc == 'reset' and p == b'reset-tight':
+            # The data is used first, then the RESET; only then does the
+            # guest hear of either, so it sees both at once.
+            self.host_send(c, b'last-data')
+            self.fill_rx(notify=False)
+            self.do_reset()
+            self.fill_ev()
+            self.vqs[0].notify()
         elif c.svc == 'stall' and not self.tx_stalled:
             log('stall: tx stops, CREDIT_REQUEST flood on %#x' % c.id)
             self.tx_stalled = True

@@ -534,6 +534,26 @@ static void test_reset(void)
 	check(sys_counter("open_channels") == 0, "no channel left open");
 }
 
+/*
+ * DATA used before a RESET that the guest sees in the same batch is
+ * delivered first (SPEC 6), not dropped as data for an unknown channel.
+ */
+static void test_reset_tight(void)
+{
+	int fd;
+
+	fd = connect_to("reset", 0);
+	check(read(fd, buf, sizeof(buf)) == 12, "reset-tight: first message");
+	check(write(fd, "reset-tight", 11) == 11,
+	      "ask for data and a RESET used together");
+	check(read_str(fd, "last-data"),
+	      "reset-tight: data used before the RESET is delivered");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "reset-tight: then ECONNRESET");
+	close(fd);
+}
+
 static void test_signals(void)
 {
 	struct sigaction sa = { .sa_handler = on_alarm };
@@ -589,6 +609,40 @@ static void test_unbind(void)
 	close(l);
 }
 
+/* Unbind while the device completes rx buffers as fast as they are posted. */
+static void test_firehose(void)
+{
+	int fd, i, st = -1;
+	pid_t pid;
+
+	fd = connect_to("firehose", 0);
+	check(fd >= 0, "connect firehose");
+	sleep(1);
+	pid = fork();
+	if (pid == 0) {
+		execl("/bin/sh", "sh", "-c",
+		      "echo virtio0 > /sys/bus/virtio/drivers/kerntransport/unbind",
+		      (char *)NULL);
+		_exit(127);
+	}
+	for (i = 0; i < 300; i++) {
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			break;
+		usleep(100000);
+	}
+	check(i < 300 && WIFEXITED(st) && !WEXITSTATUS(st),
+	      "unbind finishes while the device floods rx (%d ms)", i * 100);
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "firehose channel -> ECONNRESET");
+	close(fd);
+	check(!system("echo virtio0 > /sys/bus/virtio/drivers/kerntransport/bind"),
+	      "bind it again");
+	fd = connect_to("echo", 0);
+	check(fd >= 0 && call_ok(fd, "d", 1), "echo after the firehose");
+	close(fd);
+}
+
 static void test_huge(void)
 {
 	int fd, i, k;
@@ -636,9 +690,12 @@ int main(int argc, char **argv)
 		test_listen();
 		test_stress();
 		test_reset();
+		test_reset_tight();
 		test_signals();
 	} else if (!strcmp(what, "unbind")) {
 		test_unbind();
+	} else if (!strcmp(what, "firehose")) {
+		test_firehose();
 	} else if (!strcmp(what, "huge")) {
 		test_huge();
 	} else if (!strcmp(what, "hold")) {
@@ -653,7 +710,7 @@ int main(int argc, char **argv)
 		      info.channel);
 	} else {
 		fprintf(stderr,
-			"usage: %s nodev|dev|unbind|huge|hold|quick\n", argv[0]);
+			"usage: %s nodev|dev|unbind|firehose|huge|hold|quick\n", argv[0]);
 		return 2;
 	}
 	printf("%s: %d failures\n", what, failures);

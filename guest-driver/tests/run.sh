@@ -95,6 +95,7 @@ dev)
 	dmesg | grep -q "kt_api_test: 0 failures" || echo "FAIL: kt_api_test"
 	run rmmod kt_api_test
 	run kt_guest_test unbind
+	run kt_guest_test firehose
 	run kt_guest_test hold
 	run rmmod kerntransport
 	run insmod $m/kerntransport.ko
