@@ -112,6 +112,18 @@ static bool kt_chan_readable(struct kt_chan *ch)
 	return ret;
 }
 
+/*
+ * read()'s answer once a closed channel's queue is empty. EMSGSIZE already
+ * means "your buffer is too small" (the message stays queued), so a peer
+ * closing with KT_ERR_MSGSIZE is reported as ECONNABORTED.
+ */
+static ssize_t kt_read_errno(int err)
+{
+	if (err == EMSGSIZE)
+		return -ECONNABORTED;
+	return -err;
+}
+
 static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
 		       loff_t *ppos)
 {
@@ -122,8 +134,13 @@ static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
 
 	if (!ch)
 		return -ENOTCONN;
-	if (mutex_lock_interruptible(&ch->rd_mutex))
+	/* A non-blocking reader never sleeps behind a blocked one. */
+	if (file->f_flags & O_NONBLOCK) {
+		if (!mutex_trylock(&ch->rd_mutex))
+			return -EAGAIN;
+	} else if (mutex_lock_interruptible(&ch->rd_mutex)) {
 		return -ERESTARTSYS;
+	}
 
 	/* Only a reader (under rd_mutex) removes messages from rxq. */
 	for (;;) {
@@ -145,7 +162,8 @@ static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
 	spin_unlock(&ch->lock);
 
 	if (!msg) {
-		ret = err ? -err : 0;	/* queued data first, then EOF/error */
+		/* Queued data first, then EOF or the close reason. */
+		ret = kt_read_errno(err);
 		goto out;
 	}
 	if (msg->len > count) {

@@ -12,7 +12,7 @@ Not the real device: that is vhost-device/ (kt-vhost-device).
 
 Services the guest can open (see kt_guest_test.c for the expectations):
   echo, big (reply N bytes), slow (window of one message, never credits),
-  closeafter, refuse (EACCES), silent (never answers), reset (RESET on
+  closeafter, closemsgsize (closes with KT_ERR_MSGSIZE), refuse (EACCES), silent (never answers), reset (RESET on
   "reset-now"; on "reset-tight" the last data and the RESET are both used
   before the guest is notified), firehose (CREDIT_UPDATEs as fast as the
   guest posts rx buffers, until the queues stop), stall (window of one message; on the first message the
@@ -406,7 +406,8 @@ class Dev:
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=13); return
         if name == 'silent':
             return
-        known = ('echo', 'big', 'slow', 'stall', 'firehose', 'closeafter', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
+        known = ('echo', 'big', 'slow', 'stall', 'firehose', 'closeafter',
+                 'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
         if name not in known and not name.startswith('dial:') and not name.startswith('hold:'):
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=2); return
         c = Chan(cid, name, name)
@@ -483,9 +484,10 @@ class Dev:
             self.timers.append((time.time() + 0.5, self.stall_resume))
         elif c.svc == 'echo' or c.svc == 'mal-noise':
             self.host_send(c, p)
-        elif c.svc == 'closeafter':
+        elif c.svc in ('closeafter', 'closemsgsize'):
             self.host_send(c, p)
-            self.ctrl(c, MSG_CLOSE); c.close_sent = True
+            arg = 90 if c.svc == 'closemsgsize' else 0
+            self.ctrl(c, MSG_CLOSE, arg); c.close_sent = True
         elif c.svc == 'big':
             n = int(p.decode())
             self.host_send(c, bytes((i * 7) & 0xff for i in range(n)))

@@ -291,6 +291,56 @@ static void test_close(void)
 	close(fd);
 }
 
+/*
+ * A host close with KT_ERR_MSGSIZE reads as ECONNABORTED, not as the
+ * EMSGSIZE of a too small buffer.
+ */
+static void test_close_msgsize(void)
+{
+	short ev;
+	int fd;
+
+	fd = connect_to("closemsgsize", 0);
+	check(fd >= 0, "connect closemsgsize");
+	check(call_ok(fd, "x", 1), "echo before the host closes (MSGSIZE)");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNABORTED,
+	      "host CLOSE KT_ERR_MSGSIZE -> read ECONNABORTED");
+	ev = poll_one(fd, POLLIN, 0);
+	check((ev & (POLLERR | POLLHUP)) == (POLLERR | POLLHUP),
+	      "closemsgsize: POLLERR|POLLHUP (%#x)", ev);
+	close(fd);
+}
+
+/* O_NONBLOCK read while another reader sleeps in read(): EAGAIN at once. */
+static void test_nonblock_read(void)
+{
+	struct sigaction sa = { .sa_handler = on_alarm };
+	int fd, st = -1;
+	ssize_t n;
+	pid_t pid;
+
+	sigaction(SIGALRM, &sa, NULL);
+	fd = connect_to("echo", 0);
+	check(fd >= 0, "connect echo for two readers");
+	pid = fork();
+	if (pid == 0)
+		_exit(read(fd, buf, sizeof(buf)) == 4 ? 0 : 1);
+	usleep(300000);
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	alarm(2);
+	errno = 0;
+	n = read(fd, buf, sizeof(buf));
+	alarm(0);
+	check(n < 0 && errno == EAGAIN,
+	      "O_NONBLOCK read beside a blocked reader -> EAGAIN at once");
+	fcntl(fd, F_SETFL, 0);
+	check(write(fd, "wake", 4) == 4, "message for the blocked reader");
+	waitpid(pid, &st, 0);
+	check(WIFEXITED(st) && !WEXITSTATUS(st), "the blocked reader got it");
+	close(fd);
+}
+
 static void test_credit(void)
 {
 	long stalls = sys_counter("credit_stalls");
@@ -684,6 +734,8 @@ int main(int argc, char **argv)
 		test_echo();
 		test_big();
 		test_close();
+		test_close_msgsize();
+		test_nonblock_read();
 		test_credit();
 		test_stall();
 		test_malformed();
