@@ -212,7 +212,7 @@ void kt_chan_notify(struct kt_chan *ch)
 	spin_unlock(&ch->lock);
 	if (kernel) {
 		kref_get(&ch->ref);	/* the work item's reference */
-		if (!queue_work(kt_wq, &ch->work))
+		if (!queue_work(kt_cb_wq, &ch->work))
 			kt_chan_put(ch);
 	}
 }

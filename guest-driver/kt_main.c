@@ -21,7 +21,13 @@ module_param(window, uint, 0444);
 MODULE_PARM_DESC(window,
 		 "Receive window per channel in bytes (at least 2 * (max_msg_size + 32))");
 
+/*
+ * kt_wq runs the virtqueue work (rx, tx); kt_cb_wq runs kernel endpoints'
+ * callbacks, which may sleep in kt_send() waiting for the host's credit:
+ * however many of them block, receiving never waits behind them.
+ */
 struct workqueue_struct *kt_wq;
+struct workqueue_struct *kt_cb_wq;
 
 /* The one device /dev/kerntransport and kt_open() use. */
 static DEFINE_MUTEX(kt_active_lock);
@@ -245,6 +251,11 @@ static int __init kt_init(void)
 	kt_wq = alloc_workqueue("kerntransport", 0, 0);
 	if (!kt_wq)
 		return -ENOMEM;
+	kt_cb_wq = alloc_workqueue("kerntransport_cb", 0, 0);
+	if (!kt_cb_wq) {
+		err = -ENOMEM;
+		goto err_wq;
+	}
 
 	err = kt_cdev_register();
 	if (err)
@@ -258,6 +269,8 @@ static int __init kt_init(void)
 err_cdev:
 	kt_cdev_unregister();
 err_wq:
+	if (kt_cb_wq)
+		destroy_workqueue(kt_cb_wq);
 	destroy_workqueue(kt_wq);
 	return err;
 }
@@ -266,6 +279,7 @@ static void __exit kt_exit(void)
 {
 	unregister_virtio_driver(&kt_driver);
 	kt_cdev_unregister();
+	destroy_workqueue(kt_cb_wq);
 	destroy_workqueue(kt_wq);
 }
 

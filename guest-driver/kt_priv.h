@@ -212,6 +212,7 @@ struct kt_txbuf {
 
 /* kt_main.c */
 extern struct workqueue_struct *kt_wq;
+extern struct workqueue_struct *kt_cb_wq;
 struct kt_dev *kt_dev_get_active(void);
 void kt_dev_put(struct kt_dev *kd);
 
