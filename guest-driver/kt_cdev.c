@@ -446,6 +446,30 @@ static int kt_ioc_info(struct kt_file *kf, void __user *argp)
 	return 0;
 }
 
+static int kt_ioc_next(struct kt_file *kf, void __user *argp)
+{
+	struct kt_chan *ch = kt_file_chan(kf);
+	struct kt_ioc_next next = { };
+	struct kt_msg *msg;
+
+	if (!ch)
+		return -ENOTCONN;
+	spin_lock(&ch->lock);
+	msg = list_first_entry_or_null(&ch->rxq, struct kt_msg, node);
+	if (msg) {
+		next.flags |= KT_NEXT_F_MSG;
+		next.len = msg->len;
+	}
+	if (ch->state == KT_CH_CLOSED) {
+		next.flags |= KT_NEXT_F_ENDED;
+		next.error = -kt_read_errno(ch->err);
+	}
+	spin_unlock(&ch->lock);
+	if (copy_to_user(argp, &next, sizeof(next)))
+		return -EFAULT;
+	return 0;
+}
+
 static long kt_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct kt_file *kf = file->private_data;
@@ -460,6 +484,8 @@ static long kt_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return kt_ioc_accept(file, kf);
 	case KT_IOC_INFO:
 		return kt_ioc_info(kf, argp);
+	case KT_IOC_NEXT:
+		return kt_ioc_next(kf, argp);
 	default:
 		return -ENOTTY;
 	}

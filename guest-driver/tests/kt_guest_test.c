@@ -291,6 +291,48 @@ static void test_close(void)
 	close(fd);
 }
 
+static bool next_is(int fd, unsigned int flags, unsigned int len,
+		    unsigned int error)
+{
+	struct kt_ioc_next nx;
+
+	memset(&nx, 0xff, sizeof(nx));
+	if (ioctl(fd, KT_IOC_NEXT, &nx))
+		return false;
+	return nx.flags == flags && nx.len == (flags & KT_NEXT_F_MSG ? len : 0) &&
+	       nx.error == error && !nx.reserved;
+}
+
+/* KT_IOC_NEXT tells an empty message from EOF while both are queued. */
+static void test_next(void)
+{
+	int fd;
+
+	fd = connect_to("closeafter", 0);
+	check(fd >= 0, "connect closeafter for KT_IOC_NEXT");
+	check(next_is(fd, 0, 0, 0), "NEXT on an open, empty channel: nothing");
+	check(write(fd, "", 0) == 0, "send an empty message (echoed, then CLOSE)");
+	check(poll_one(fd, POLLHUP, 5000) & POLLHUP, "the host closed");
+	check(state_of(fd) == KT_STATE_CLOSED, "INFO already says closed");
+	check(next_is(fd, KT_NEXT_F_MSG | KT_NEXT_F_ENDED, 0, 0),
+	      "NEXT: an empty message is queued, then the end");
+	check(read(fd, buf, sizeof(buf)) == 0, "read the empty message");
+	check(next_is(fd, KT_NEXT_F_ENDED, 0, 0), "NEXT: now EOF");
+	check(read(fd, buf, sizeof(buf)) == 0, "read EOF");
+	close(fd);
+	fd = connect_to("closemsgsize", 0);
+	check(call_ok(fd, "abc", 3) && poll_one(fd, POLLHUP, 5000) & POLLHUP,
+	      "closemsgsize for KT_IOC_NEXT");
+	check(next_is(fd, KT_NEXT_F_ENDED, 0, ECONNABORTED),
+	      "NEXT: ended with ECONNABORTED");
+	close(fd);
+	fd = open("/dev/kerntransport", O_RDWR);
+	errno = 0;
+	check(ioctl(fd, KT_IOC_NEXT, buf) < 0 && errno == ENOTCONN,
+	      "NEXT on an idle file -> ENOTCONN");
+	close(fd);
+}
+
 /*
  * A host close with KT_ERR_MSGSIZE reads as ECONNABORTED, not as the
  * EMSGSIZE of a too small buffer.
@@ -736,6 +778,7 @@ int main(int argc, char **argv)
 		test_close();
 		test_close_msgsize();
 		test_nonblock_read();
+		test_next();
 		test_credit();
 		test_stall();
 		test_malformed();
