@@ -196,7 +196,7 @@ static ssize_t kt_write(struct file *file, const char __user *buf,
 		return -ENOTCONN;
 	if (count > ch->kd->max_msg_size)
 		return -EMSGSIZE;
-	txb = kt_txbuf_alloc(count, GFP_KERNEL);
+	txb = kt_txbuf_alloc(ch->kd, count, GFP_KERNEL);
 	if (!txb)
 		return -ENOMEM;
 	if (copy_from_user(txb->data, buf, count)) {

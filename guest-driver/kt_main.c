@@ -156,6 +156,8 @@ static int kt_probe(struct virtio_device *vdev)
 	}
 
 	kt_read_config(kd);
+	/* DMA may limit segments (swiotlb); never below a page. */
+	kd->tx_max_seg = max_t(size_t, virtio_max_dma_size(vdev), PAGE_SIZE);
 	kd->guest_listen = virtio_has_feature(vdev, KT_F_GUEST_LISTEN);
 
 	err = kt_vqs_start(kd);

@@ -170,6 +170,7 @@ struct kt_dev {
 	u32 rx_buf_size;
 	u32 guest_id;
 	u32 buf_alloc;			/* receive window we give each channel */
+	size_t tx_max_seg;		/* largest tx scatterlist entry */
 	bool guest_listen;		/* KT_F_GUEST_LISTEN negotiated */
 
 	bool vqs_up;			/* between kt_vqs_start and _stop */
@@ -223,7 +224,7 @@ void kt_rx_work(struct work_struct *work);
 void kt_tx_work(struct work_struct *work);
 void kt_tx_retry_work(struct work_struct *work);
 void kt_rx_retry_work(struct work_struct *work);
-struct kt_txbuf *kt_txbuf_alloc(size_t len, gfp_t gfp);
+struct kt_txbuf *kt_txbuf_alloc(struct kt_dev *kd, size_t len, gfp_t gfp);
 void kt_txbuf_free(struct kt_txbuf *txb);
 int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg);
 int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,

@@ -394,20 +394,35 @@ void kt_rx_retry_work(struct work_struct *work)
 
 /* ---- tx ---- */
 
+/* The next scatterlist entry's size at @p: one DMA segment, one page of vmalloc. */
+static size_t kt_sg_chunk(const u8 *p, size_t left, size_t max_seg, bool vm)
+{
+	size_t chunk = min(left, max_seg);
+
+	if (vm)
+		chunk = min_t(size_t, chunk, PAGE_SIZE - offset_in_page(p));
+	return chunk;
+}
+
 /**
  * kt_txbuf_alloc() - allocate a message to send
+ * @kd: the device it goes to (for its largest DMA segment)
  * @len: payload bytes (the caller fills txb->data)
  * @gfp: allocation flags
  *
- * Return: the buffer with its scatterlist set up over header and payload,
- * or NULL.
+ * The scatterlist covers header and payload in entries no larger than
+ * virtio_max_dma_size() (and one page each if vmalloc'd).
+ *
+ * Return: the buffer with its scatterlist set up, or NULL.
  */
-struct kt_txbuf *kt_txbuf_alloc(size_t len, gfp_t gfp)
+struct kt_txbuf *kt_txbuf_alloc(struct kt_dev *kd, size_t len, gfp_t gfp)
 {
 	size_t bytes = KT_HDR_SIZE + len;
+	size_t max_seg = kd->tx_max_seg;
 	struct kt_txbuf *txb;
 	unsigned int i, n;
-	size_t total;
+	size_t total, left, chunk;
+	bool vm;
 	u8 *p;
 
 	total = struct_size(txb, data, len);
@@ -417,30 +432,33 @@ struct kt_txbuf *kt_txbuf_alloc(size_t len, gfp_t gfp)
 	memset(txb, 0, sizeof(*txb));
 	INIT_LIST_HEAD(&txb->node);
 	txb->len = len;
-	p = (u8 *)&txb->hdr;
+	vm = is_vmalloc_addr(txb);
 
-	if (!is_vmalloc_addr(txb)) {
+	n = 0;
+	p = (u8 *)&txb->hdr;
+	for (left = bytes; left; left -= chunk, p += chunk, n++)
+		chunk = kt_sg_chunk(p, left, max_seg, vm);
+
+	if (n == 1) {
 		txb->sg = &txb->sg_inline;
 		txb->nsg = 1;
-		sg_init_one(txb->sg, p, bytes);
+		sg_init_one(txb->sg, &txb->hdr, bytes);
 		return txb;
 	}
-
-	n = DIV_ROUND_UP(offset_in_page(p) + bytes, PAGE_SIZE);
 	txb->sg = kmalloc_array(n, sizeof(*txb->sg), gfp);
 	if (!txb->sg) {
 		kvfree(txb);
 		return NULL;
 	}
 	sg_init_table(txb->sg, n);
-	for (i = 0; i < n; i++) {
-		size_t chunk = min_t(size_t, bytes,
-				     PAGE_SIZE - offset_in_page(p));
-
-		sg_set_page(&txb->sg[i], vmalloc_to_page(p), chunk,
-			    offset_in_page(p));
-		p += chunk;
-		bytes -= chunk;
+	p = (u8 *)&txb->hdr;
+	for (i = 0, left = bytes; i < n; i++, left -= chunk, p += chunk) {
+		chunk = kt_sg_chunk(p, left, max_seg, vm);
+		if (vm)
+			sg_set_page(&txb->sg[i], vmalloc_to_page(p), chunk,
+				    offset_in_page(p));
+		else
+			sg_set_buf(&txb->sg[i], p, chunk);
 	}
 	txb->nsg = n;
 	return txb;
@@ -574,7 +592,7 @@ int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
 	struct kt_txbuf *txb;
 	int err = 0;
 
-	txb = kt_txbuf_alloc(0, GFP_KERNEL);
+	txb = kt_txbuf_alloc(kd, 0, GFP_KERNEL);
 	if (!txb) {
 		atomic64_inc(&kd->stats.tx_dropped);
 		return -ENOMEM;
@@ -630,7 +648,7 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 	bool skip = false;
 	int err = 0;
 
-	txb = kt_txbuf_alloc(len, GFP_KERNEL);
+	txb = kt_txbuf_alloc(kd, len, GFP_KERNEL);
 	if (!txb)
 		return -ENOMEM;
 	kt_hdr_init(&txb->hdr, ch->id, type, len, arg);
