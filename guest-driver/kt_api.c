@@ -87,7 +87,7 @@ struct kt_chan *kt_open(const char *name, const struct kt_chan_ops *ops,
 	ch->owner = ops->owner;
 	ch->priv = priv;
 
-	err = kt_chan_connect(ch);
+	err = kt_chan_connect(ch, false);
 	if (err) {
 		kt_chan_put(ch);
 		return ERR_PTR(err);

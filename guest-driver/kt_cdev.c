@@ -102,6 +102,11 @@ static int kt_release(struct inode *inode, struct file *file)
 	return 0;
 }
 
+static bool kt_chan_connecting(struct kt_chan *ch)
+{
+	return READ_ONCE(ch->state) == KT_CH_CONNECTING;
+}
+
 static bool kt_chan_readable(struct kt_chan *ch)
 {
 	bool ret;
@@ -268,7 +273,8 @@ static int kt_get_name(void __user *argp, char *name)
 	return 0;
 }
 
-static int kt_ioc_connect(struct kt_file *kf, void __user *argp)
+static int kt_ioc_connect(struct file *file, struct kt_file *kf,
+			  void __user *argp)
 {
 	char name[KT_NAME_MAX + 1];
 	struct kt_dev *kd;
@@ -282,7 +288,8 @@ static int kt_ioc_connect(struct kt_file *kf, void __user *argp)
 	mutex_lock(&kf->lock);
 	if (kf->mode != KT_FILE_IDLE) {
 		err = kf->mode == KT_FILE_LISTENER ? -EINVAL :
-		      kf->mode == KT_FILE_CONNECTING ? -EALREADY : -EISCONN;
+		      kf->mode == KT_FILE_CONNECTING ? -EALREADY :
+		      kt_chan_connecting(kf->ch) ? -EALREADY : -EISCONN;
 		mutex_unlock(&kf->lock);
 		return err;
 	}
@@ -300,16 +307,20 @@ static int kt_ioc_connect(struct kt_file *kf, void __user *argp)
 		err = -ENOMEM;
 		goto out;
 	}
-	err = kt_chan_connect(ch);
-	if (err)
+	err = kt_chan_connect(ch, file->f_flags & O_NONBLOCK);
+	if (err && err != -EINPROGRESS)
 		kt_chan_put(ch);
 out:
 	mutex_lock(&kf->lock);
-	if (err) {
+	if (err && err != -EINPROGRESS) {
 		kf->mode = KT_FILE_IDLE;
 	} else {
 		kf->mode = KT_FILE_CHANNEL;
-		/* Publish only a connected channel to read/write/poll. */
+		/*
+		 * Publish only a connected channel, or one whose non-blocking
+		 * connect is in progress (poll shows when it ends), to
+		 * read/write/poll.
+		 */
 		smp_store_release(&kf->ch, ch);
 	}
 	mutex_unlock(&kf->lock);
@@ -356,8 +367,14 @@ err_unlock:
 	return err;
 }
 
-static int kt_ioc_accept(struct file *file, struct kt_file *kf)
+/*
+ * The argument is accept4()'s flags: O_CLOEXEC and O_NONBLOCK are honoured,
+ * other bits ignored (older callers passed nothing).
+ */
+static int kt_ioc_accept(struct file *file, struct kt_file *kf,
+			 unsigned long arg)
 {
+	int flags = O_RDWR | (arg & (O_CLOEXEC | O_NONBLOCK));
 	struct kt_service *svc = READ_ONCE(kf->lst);
 	struct kt_file *nkf;
 	struct kt_chan *ch;
@@ -390,7 +407,7 @@ static int kt_ioc_accept(struct file *file, struct kt_file *kf)
 	/* The accept queue's reference moves to the new file. */
 	nkf->mode = KT_FILE_CHANNEL;
 	nkf->ch = ch;
-	fd = anon_inode_getfd("[kerntransport]", &kt_fops, nkf, O_RDWR);
+	fd = anon_inode_getfd("[kerntransport]", &kt_fops, nkf, flags);
 	if (fd < 0) {
 		kfree(nkf);
 		goto err_close;
@@ -425,6 +442,7 @@ static int kt_ioc_info(struct kt_file *kf, void __user *argp)
 		spin_lock(&ch->lock);
 		info.channel = ch->id;
 		info.state = ch->state == KT_CH_OPEN ? KT_STATE_OPEN :
+			     ch->state == KT_CH_CONNECTING ? KT_STATE_CONNECTING :
 			     KT_STATE_CLOSED;
 		spin_unlock(&ch->lock);
 		info.max_msg_size = ch->kd->max_msg_size;
@@ -477,11 +495,11 @@ static long kt_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 
 	switch (cmd) {
 	case KT_IOC_CONNECT:
-		return kt_ioc_connect(kf, argp);
+		return kt_ioc_connect(file, kf, argp);
 	case KT_IOC_LISTEN:
 		return kt_ioc_listen(kf, argp);
 	case KT_IOC_ACCEPT:
-		return kt_ioc_accept(file, kf);
+		return kt_ioc_accept(file, kf, arg);
 	case KT_IOC_INFO:
 		return kt_ioc_info(kf, argp);
 	case KT_IOC_NEXT:

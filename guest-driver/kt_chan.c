@@ -220,15 +220,17 @@ void kt_chan_notify(struct kt_chan *ch)
 /**
  * kt_chan_connect() - open a channel to a host service and wait
  * @ch: a new channel from kt_chan_new()
+ * @nonblock: return -EINPROGRESS once OPEN is queued instead of waiting
  *
  * Sends OPEN and sleeps interruptibly for OPEN_OK or OPEN_ERR. If a signal
  * arrives first, the channel is abandoned: a late OPEN_OK is answered with
- * CLOSE.
+ * CLOSE. With @nonblock the answer moves the channel to open or closed
+ * (with the refusal in ch->err) and wakes ch->wq.
  *
- * Return: 0 when open, -EINTR, or the errno of the refusal (-ENOENT,
- * -EACCES, -ECONNREFUSED, ...), -EMFILE, -ECONNRESET.
+ * Return: 0 when open, -EINPROGRESS, -EINTR, or the errno of the refusal
+ * (-ENOENT, -EACCES, -ECONNREFUSED, ...), -EMFILE, -ECONNRESET.
  */
-int kt_chan_connect(struct kt_chan *ch)
+int kt_chan_connect(struct kt_chan *ch, bool nonblock)
 {
 	int err;
 
@@ -240,6 +242,8 @@ int kt_chan_connect(struct kt_chan *ch)
 		kt_chan_unlist(ch);
 		return err;
 	}
+	if (nonblock)
+		return -EINPROGRESS;
 
 	wait_event_interruptible(ch->wq,
 				 READ_ONCE(ch->state) != KT_CH_CONNECTING);

@@ -206,7 +206,8 @@ static void kt_remove(struct virtio_device *vdev)
 
 static void kt_config_changed(struct virtio_device *vdev)
 {
-	dev_dbg(&vdev->dev, "config change ignored: values are fixed at probe\n");
+	dev_dbg_ratelimited(&vdev->dev,
+			    "config change ignored: values are fixed at probe\n");
 }
 
 #ifdef CONFIG_PM_SLEEP

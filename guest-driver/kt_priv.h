@@ -41,6 +41,14 @@ struct virtqueue;
 #define KT_MAX_CHANNELS_CAP	65536	/* upper clamp for config max_channels */
 #define KT_RX_BUF_SIZE_MAX	65536
 
+/*
+ * One event-queue buffer. Each has its own cache line: the device writes
+ * them while the driver reads others (DMA on non-coherent systems).
+ */
+struct kt_ev_buf {
+	struct kt_hdr hdr;
+} ____cacheline_aligned;
+
 /* One received message, queued on a channel until read. */
 struct kt_msg {
 	struct list_head node;
@@ -177,7 +185,7 @@ struct kt_dev {
 	struct mutex rx_mutex;		/* rx side: rx_live .. reasm */
 	bool rx_live;
 	unsigned int rx_posted;		/* rx buffers in the ring */
-	struct kt_hdr *ev_bufs;		/* KT_EV_BUFS event buffers */
+	struct kt_ev_buf *ev_bufs;	/* KT_EV_BUFS event buffers */
 	struct work_struct rx_work;	/* event queue, then rx queue */
 	struct delayed_work rx_retry;	/* rx buffers could not be posted */
 	struct kt_reasm reasm;
@@ -249,7 +257,7 @@ int kt_chan_insert_local(struct kt_chan *ch);
 int kt_chan_insert_remote(struct kt_chan *ch, u32 id);
 void kt_chan_unlist(struct kt_chan *ch);
 void kt_chan_notify(struct kt_chan *ch);
-int kt_chan_connect(struct kt_chan *ch);
+int kt_chan_connect(struct kt_chan *ch, bool nonblock);
 int kt_chan_send(struct kt_chan *ch, struct kt_txbuf *txb, bool nonblock);
 void kt_chan_consumed(struct kt_chan *ch, u32 cost);
 void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err);

@@ -70,7 +70,8 @@ void kt_rx_bad_len(struct kt_dev *kd, u32 used)
 {
 	kt_reasm_abort(kd, true);
 	kt_malformed(kd, NULL, "used length beyond buffer", 0, 0);
-	dev_dbg(&kd->vdev->dev, "used length %u > %u\n", used, kd->rx_buf_size);
+	dev_dbg_ratelimited(&kd->vdev->dev, "used length %u > %u\n", used,
+			    kd->rx_buf_size);
 }
 
 /* Records the peer's credit from any header for the channel. */
@@ -372,8 +373,8 @@ static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	/* Kernel service: the owner's reference is the one from kt_chan_new. */
 	mutex_unlock(&kt_services_lock);
 	atomic64_inc(&kd->stats.opens_in);
-	dev_dbg(&kd->vdev->dev, "channel %#x: host opened \"%s\"\n", r->id,
-		name);
+	dev_dbg_ratelimited(&kd->vdev->dev, "channel %#x: host opened \"%s\"\n",
+			    r->id, name);
 	return;
 
 out_unlist:
@@ -382,8 +383,8 @@ out_put:
 	kt_chan_put(ch);
 out_unlock:
 	mutex_unlock(&kt_services_lock);
-	dev_dbg(&kd->vdev->dev, "channel %#x: refused \"%s\": %u\n", r->id,
-		name, refuse);
+	dev_dbg_ratelimited(&kd->vdev->dev, "channel %#x: refused \"%s\": %u\n",
+			    r->id, name, refuse);
 	kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, refuse);
 }
 

@@ -189,7 +189,7 @@ int kt_vqs_start(struct kt_dev *kd)
 		goto err_bufs;
 	}
 	for (i = 0; i < KT_EV_BUFS; i++) {
-		err = kt_ev_post(kd, &kd->ev_bufs[i]);
+		err = kt_ev_post(kd, &kd->ev_bufs[i].hdr);
 		if (err)
 			goto err_bufs;
 	}

@@ -57,10 +57,13 @@ static int name_ioctl(int fd, unsigned long req, const char *name)
 	return ioctl(fd, req, &n);
 }
 
-/* Returns a connected fd, or -1 with errno from KT_IOC_CONNECT. */
+/*
+ * Returns a connected fd (blocking connect, then @flags set), or -1 with
+ * errno from KT_IOC_CONNECT.
+ */
 static int connect_to(const char *name, int flags)
 {
-	int fd = open("/dev/kerntransport", O_RDWR | flags);
+	int fd = open("/dev/kerntransport", O_RDWR);
 	int err;
 
 	if (fd < 0)
@@ -71,6 +74,8 @@ static int connect_to(const char *name, int flags)
 		errno = err;
 		return -1;
 	}
+	if (flags)
+		fcntl(fd, F_SETFL, flags);
 	return fd;
 }
 
@@ -150,7 +155,7 @@ static void test_nodev(bool have_device)
 	check(read(fd, buf, 4) < 0 && errno == ENOTCONN,
 	      "read on an idle file -> ENOTCONN");
 	errno = 0;
-	check(ioctl(fd, KT_IOC_ACCEPT) < 0 && errno == EINVAL,
+	check(ioctl(fd, KT_IOC_ACCEPT, 0) < 0 && errno == EINVAL,
 	      "ACCEPT on an idle file -> EINVAL");
 
 	l = open("/dev/kerntransport", O_RDWR | O_NONBLOCK);
@@ -160,7 +165,7 @@ static void test_nodev(bool have_device)
 	check(name_ioctl(l2, KT_IOC_LISTEN, "svc") < 0 && errno == EADDRINUSE,
 	      "second LISTEN svc -> EADDRINUSE");
 	errno = 0;
-	check(ioctl(l, KT_IOC_ACCEPT) < 0 && errno == EAGAIN,
+	check(ioctl(l, KT_IOC_ACCEPT, 0) < 0 && errno == EAGAIN,
 	      "ACCEPT with O_NONBLOCK and nobody waiting -> EAGAIN");
 	check(poll_one(l, POLLIN, 0) == 0, "listener not readable");
 	check(state_of(l) == KT_STATE_LISTENING, "INFO: listening");
@@ -383,6 +388,56 @@ static void test_nonblock_read(void)
 	close(fd);
 }
 
+/* CONNECT on an O_NONBLOCK file: EINPROGRESS, the outcome shows in poll. */
+static void test_nonblock_connect(void)
+{
+	short ev;
+	int fd, st;
+
+	fd = open("/dev/kerntransport", O_RDWR | O_NONBLOCK);
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_CONNECT, "echo") < 0 &&
+	      errno == EINPROGRESS, "O_NONBLOCK CONNECT -> EINPROGRESS");
+	st = state_of(fd);
+	check(st == KT_STATE_CONNECTING || st == KT_STATE_OPEN,
+	      "INFO while connecting: %d", st);
+	ev = poll_one(fd, POLLOUT, 5000);
+	check(ev == POLLOUT, "POLLOUT once the host accepted (%#x)", ev);
+	check(state_of(fd) == KT_STATE_OPEN, "INFO: open");
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_CONNECT, "echo") < 0 && errno == EISCONN,
+	      "CONNECT again -> EISCONN");
+	check(write(fd, "nb", 2) == 2 && (poll_one(fd, POLLIN, 5000) & POLLIN) &&
+	      read(fd, buf, sizeof(buf)) == 2, "echo on the non-blocking channel");
+	close(fd);
+
+	fd = open("/dev/kerntransport", O_RDWR | O_NONBLOCK);
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_CONNECT, "nosuch") < 0 &&
+	      errno == EINPROGRESS, "O_NONBLOCK CONNECT nosuch -> EINPROGRESS");
+	ev = poll_one(fd, POLLIN | POLLOUT, 5000);
+	check((ev & (POLLERR | POLLHUP)) == (POLLERR | POLLHUP) &&
+	      !(ev & POLLOUT), "refused: POLLERR|POLLHUP (%#x)", ev);
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ENOENT,
+	      "read reports the refusal: ENOENT");
+	close(fd);
+
+	fd = open("/dev/kerntransport", O_RDWR | O_NONBLOCK);
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_CONNECT, "silent") < 0 &&
+	      errno == EINPROGRESS, "O_NONBLOCK CONNECT silent -> EINPROGRESS");
+	check(poll_one(fd, POLLIN | POLLOUT, 300) == 0,
+	      "no answer: no poll event");
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_CONNECT, "silent") < 0 && errno == EALREADY,
+	      "CONNECT again while in progress -> EALREADY");
+	errno = 0;
+	check(write(fd, "x", 1) < 0 && errno == ENOTCONN,
+	      "write while connecting -> ENOTCONN");
+	close(fd);
+}
+
 static void test_credit(void)
 {
 	long stalls = sys_counter("credit_stalls");
@@ -535,8 +590,10 @@ static void test_listen(void)
 	fd = connect_to("dial:svc", 0);
 	check(fd >= 0, "ask the host to connect to svc");
 	check(poll_one(l, POLLIN, 5000) & POLLIN, "listener POLLIN");
-	a = ioctl(l, KT_IOC_ACCEPT);
+	a = ioctl(l, KT_IOC_ACCEPT, O_CLOEXEC);
 	check(a >= 0, "ACCEPT returns a new fd");
+	check(a >= 0 && (fcntl(a, F_GETFD) & FD_CLOEXEC),
+	      "ACCEPT with O_CLOEXEC: the fd is close-on-exec");
 	memset(&info, 0, sizeof(info));
 	rc = ioctl(a, KT_IOC_INFO, &info);
 	check(rc == 0 && (info.channel & KT_CHAN_DEVICE_BIT),
@@ -779,6 +836,7 @@ int main(int argc, char **argv)
 		test_close_msgsize();
 		test_nonblock_read();
 		test_next();
+		test_nonblock_connect();
 		test_credit();
 		test_stall();
 		test_malformed();

@@ -141,7 +141,10 @@ struct kt_ioc_next {
 #define KT_IOC_CONNECT		_IOW(KT_IOC_MAGIC, 1, struct kt_ioc_name)
 /* Listen on a name for host-initiated channels. */
 #define KT_IOC_LISTEN		_IOW(KT_IOC_MAGIC, 2, struct kt_ioc_name)
-/* On a listening file: returns a new fd for the next incoming channel. */
+/*
+ * On a listening file: returns a new fd for the next incoming channel. The
+ * argument is accept4()-style flags (O_CLOEXEC, O_NONBLOCK; pass 0).
+ */
 #define KT_IOC_ACCEPT		_IO(KT_IOC_MAGIC, 3)
 #define KT_IOC_INFO		_IOR(KT_IOC_MAGIC, 4, struct kt_ioc_info)
 /* On a channel: fills struct kt_ioc_next; ENOTCONN on other files. */
