@@ -856,9 +856,12 @@ int main(int argc, char **argv)
 	} else if (!strcmp(what, "quick")) {
 		struct kt_ioc_info info = { 0 };
 		int fd = connect_to("echo", 0);
+		int rc;
 
 		check(fd >= 0 && call_ok(fd, "quick", 5), "echo");
-		check(!ioctl(fd, KT_IOC_INFO, &info) && info.channel != 1,
+		rc = ioctl(fd, KT_IOC_INFO, &info);
+
+		check(!rc && info.channel != 1,
 		      "first channel after reload: id %#x, not 1",
 		      info.channel);
 	} else {
