@@ -65,6 +65,54 @@ void kt_dev_put(struct kt_dev *kd)
 	kref_put(&kd->ref, kt_dev_release);
 }
 
+/**
+ * kt_vq_broken() - a virtqueue is broken: schedule recovery
+ * @kd: the device
+ *
+ * The virtio core marks a queue broken when the device hands back an id
+ * the driver did not post (or already got back): nothing more comes out
+ * of it, so no buffer is parsed twice. Every channel then fails at once
+ * and the device is reset and restarted, from a work item. Any context.
+ */
+void kt_vq_broken(struct kt_dev *kd)
+{
+	if (READ_ONCE(kd->stopping) || atomic_xchg(&kd->recover_queued, 1))
+		return;
+	atomic64_inc(&kd->stats.rings_broken);
+	kref_get(&kd->ref);
+	get_device(&kd->vdev->dev);
+	queue_work(kt_wq, &kd->recover_work);
+}
+
+void kt_recover_work(struct work_struct *work)
+{
+	struct kt_dev *kd = container_of(work, struct kt_dev, recover_work);
+	struct virtio_device *vdev = kd->vdev;
+	int err = 0;
+
+	/* Excludes remove, probe, freeze and restore; we are still bound? */
+	device_lock(&vdev->dev);
+	if (vdev->priv == kd && kd->vqs_up) {
+		dev_warn_ratelimited(&vdev->dev,
+				     "virtqueue broken by the device: resetting it\n");
+		if (IS_ENABLED(CONFIG_PM_SLEEP)) {
+			/* Reset, renegotiate, kt_freeze() + kt_restore(). */
+			err = virtio_device_freeze(vdev);
+			if (!err)
+				err = virtio_device_restore(vdev);
+		} else {
+			kt_vqs_stop(kd);	/* channels fail; rebind to recover */
+		}
+		if (err)
+			dev_err_ratelimited(&vdev->dev,
+					    "device reset failed: %d\n", err);
+	}
+	atomic_set(&kd->recover_queued, 0);
+	device_unlock(&vdev->dev);
+	put_device(&vdev->dev);
+	kt_dev_put(kd);
+}
+
 /* SPEC 1.3: config values are untrusted; clamp them into range. */
 static void kt_read_config(struct kt_dev *kd)
 {
@@ -143,6 +191,7 @@ static int kt_probe(struct virtio_device *vdev)
 	INIT_WORK(&kd->rx_work, kt_rx_work);
 	INIT_WORK(&kd->tx_work, kt_tx_work);
 	INIT_DELAYED_WORK(&kd->rx_retry, kt_rx_retry_work);
+	INIT_WORK(&kd->recover_work, kt_recover_work);
 	INIT_DELAYED_WORK(&kd->tx_retry, kt_tx_retry_work);
 	xa_init_flags(&kd->chans, XA_FLAGS_ALLOC);
 	/* Ids are not predictable from the start (SPEC 3: any start). */

@@ -152,6 +152,7 @@ struct kt_dev_stats {
 	atomic64_t resets;
 	atomic64_t opens_in;		/* host-initiated channels accepted */
 	atomic64_t opens_out;		/* guest-initiated channels opened */
+	atomic64_t rings_broken;	/* virtqueues the device broke */
 };
 
 /* Reassembly of a fragmented DATA message (SPEC section 4). */
@@ -182,6 +183,9 @@ struct kt_dev {
 	bool guest_listen;		/* KT_F_GUEST_LISTEN negotiated */
 
 	bool vqs_up;			/* between kt_vqs_start and _stop */
+	bool stopping;			/* kt_vqs_stop broke the queues */
+	atomic_t recover_queued;	/* recover_work queued, not finished */
+	struct work_struct recover_work; /* a queue broke: reset the device */
 	struct mutex rx_mutex;		/* rx side: rx_live .. reasm */
 	bool rx_live;
 	unsigned int rx_posted;		/* rx buffers in the ring */
@@ -221,6 +225,8 @@ struct kt_txbuf {
 
 /* kt_main.c */
 extern struct workqueue_struct *kt_wq;
+void kt_vq_broken(struct kt_dev *kd);
+void kt_recover_work(struct work_struct *work);
 extern struct workqueue_struct *kt_cb_wq;
 struct kt_dev *kt_dev_get_active(void);
 void kt_dev_put(struct kt_dev *kd);

@@ -182,6 +182,7 @@ int kt_vqs_start(struct kt_dev *kd)
 	err = kt_find_vqs(kd);
 	if (err)
 		return err;
+	WRITE_ONCE(kd->stopping, false);
 
 	kt_rx_fill(kd);
 	if (!kd->rx_posted) {
@@ -232,6 +233,7 @@ void kt_vqs_stop(struct kt_dev *kd)
 		return;
 	kd->vqs_up = false;
 
+	WRITE_ONCE(kd->stopping, true);
 	virtio_break_device(kd->vdev);
 	virtio_synchronize_cbs(kd->vdev);
 
@@ -368,6 +370,9 @@ static void kt_rx_run(struct kt_dev *kd)
 					 KT_RX_RETRY_DELAY);
 		if (more)
 			queue_work(kt_wq, &kd->rx_work);
+		if (virtqueue_is_broken(kd->rx_vq) ||
+		    virtqueue_is_broken(kd->ev_vq))
+			kt_vq_broken(kd);
 	}
 	mutex_unlock(&kd->rx_mutex);
 }
@@ -529,8 +534,10 @@ static void kt_tx_push_locked(struct kt_dev *kd)
 		err = virtqueue_add_outbuf(vq, txb->sg, txb->nsg, txb,
 					   GFP_ATOMIC);
 		if (err) {
-			if (virtqueue_is_broken(vq))
+			if (virtqueue_is_broken(vq)) {
+				kt_vq_broken(kd);
 				break;
+			}
 			if (err != -ENOSPC ||
 			    vq->num_free == virtqueue_get_vring_size(vq))
 				mod_delayed_work(kt_wq, &kd->tx_retry,
@@ -808,7 +815,10 @@ static void kt_tx_reclaim(struct kt_dev *kd)
 			while ((txb = virtqueue_get_buf(vq, &used)))
 				list_add_tail(&txb->node, &done);
 		} while (!virtqueue_enable_cb(vq));
-		kt_tx_push_locked(kd);
+		if (virtqueue_is_broken(vq))
+			kt_vq_broken(kd);
+		else
+			kt_tx_push_locked(kd);
 	}
 	spin_unlock(&kd->tx_lock);
 

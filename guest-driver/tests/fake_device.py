@@ -15,7 +15,8 @@ Services the guest can open (see kt_guest_test.c for the expectations):
   closeafter, closemsgsize (closes with KT_ERR_MSGSIZE), refuse (EACCES), silent (never answers), reset (RESET on
   "reset-now"; on "reset-tight" the last data and the RESET are both used
   before the guest is notified), firehose (CREDIT_UPDATEs as fast as the
-  guest posts rx buffers, until the queues stop), stall (window of one message; on the first message the
+  guest posts rx buffers, until the queues stop), breakring (after
+  OPEN_OK, a used rx entry with an id the guest never posted), stall (window of one message; on the first message the
   device stops completing tx buffers, floods CREDIT_REQUEST, sends
   "flood-done" and resumes a few seconds after the guest took it all),
   mal-noise, mal-seq, mal-frag, mal-credit,
@@ -152,6 +153,7 @@ class Dev:
         self.rx_starved = False
         self.tx_stalled = False
         self.firehose = None
+        self.break_rx = False
         self.strikes = {}
         self.path = path
         if os.path.exists(path):
@@ -313,6 +315,9 @@ class Dev:
                     self.mem.write(a, part)
                 pos += len(part)
             q.push(head, used); did = True
+        if self.break_rx and not self.rxq and q.ready():
+            self.break_rx = False
+            q.push(q.num + 5, 32); did = True
         q.set_avail_event()
         if did and notify:
             q.notify()
@@ -406,7 +411,8 @@ class Dev:
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=13); return
         if name == 'silent':
             return
-        known = ('echo', 'big', 'slow', 'stall', 'firehose', 'closeafter',
+        known = ('echo', 'big', 'slow', 'stall', 'firehose', 'breakring',
+                 'closeafter',
                  'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
         if name not in known and not name.startswith('dial:') and not name.startswith('hold:'):
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=2); return
@@ -418,6 +424,9 @@ class Dev:
         self.ctrl(c, MSG_OPEN_OK)
         if name == 'reset':
             self.host_send(c, b'before-reset')
+        elif name == 'breakring':
+            log('breakring: a used id the guest never posted follows')
+            self.break_rx = True
         elif name == 'firehose':
             log('firehose on %#x' % cid)
             self.firehose = c

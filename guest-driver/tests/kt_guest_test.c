@@ -792,6 +792,41 @@ static void test_firehose(void)
 	close(fd);
 }
 
+/*
+ * The device hands back an rx id the driver never posted: the ring is
+ * broken, counted, every channel fails at once and the device is reset.
+ */
+static void test_breakring(void)
+{
+	struct sigaction sa = { .sa_handler = on_alarm };
+	long broken = sys_counter("rings_broken");
+	int fd, i;
+
+	sigaction(SIGALRM, &sa, NULL);
+	alarm(10);
+	fd = connect_to("breakring", 0);
+	check(fd >= 0, "connect breakring");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "the device breaks the rx ring: the channel fails (ECONNRESET)");
+	alarm(0);
+	check(broken >= 0 && sys_counter("rings_broken") == broken + 1,
+	      "rings_broken counted (%ld -> %ld)", broken,
+	      sys_counter("rings_broken"));
+	close(fd);
+	alarm(10);
+	for (i = 0; i < 50; i++) {
+		fd = connect_to("echo", 0);
+		if (fd >= 0 || errno == EINTR)
+			break;
+		usleep(100000);
+	}
+	check(fd >= 0 && call_ok(fd, "back", 4),
+	      "the device was reset: echo works again");
+	alarm(0);
+	close(fd);
+}
+
 static void test_huge(void)
 {
 	int fd, i, k;
@@ -847,6 +882,8 @@ int main(int argc, char **argv)
 		test_signals();
 	} else if (!strcmp(what, "unbind")) {
 		test_unbind();
+	} else if (!strcmp(what, "breakring")) {
+		test_breakring();
 	} else if (!strcmp(what, "firehose")) {
 		test_firehose();
 	} else if (!strcmp(what, "huge")) {
@@ -866,7 +903,7 @@ int main(int argc, char **argv)
 		      info.channel);
 	} else {
 		fprintf(stderr,
-			"usage: %s nodev|dev|unbind|firehose|huge|hold|quick\n", argv[0]);
+			"usage: %s nodev|dev|unbind|firehose|breakring|huge|hold|quick\n", argv[0]);
 		return 2;
 	}
 	printf("%s: %d failures\n", what, failures);

@@ -101,6 +101,7 @@ dev)
 	run rmmod kerntransport
 	run insmod $m/kerntransport.ko
 	run kt_guest_test quick
+	run kt_guest_test breakring
 	run rmmod kerntransport
 	;;
 huge)
