@@ -12,6 +12,7 @@
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/string.h>
+#include <linux/virtio.h>
 
 #include "kt_priv.h"
 
@@ -184,10 +185,16 @@ void kt_chan_unlist(struct kt_chan *ch)
 	struct kt_dev *kd = ch->kd;
 	bool was;
 
+	bool half;
+
 	spin_lock(&ch->lock);
 	was = ch->in_table;
 	ch->in_table = false;
+	half = ch->half_closed;
+	ch->half_closed = false;
 	spin_unlock(&ch->lock);
+	if (half)
+		atomic_dec(&kd->nclosing);
 	if (!was)
 		return;
 	xa_cmpxchg(&kd->chans, ch->id, ch, NULL, 0);
@@ -319,7 +326,7 @@ void kt_chan_consumed(struct kt_chan *ch, u32 cost)
  */
 void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err)
 {
-	bool send, unlist;
+	bool send, unlist, half;
 
 	spin_lock(&ch->lock);
 	if (ch->state == KT_CH_CONNECTING && wire_err == KT_ERR_OK) {
@@ -341,7 +348,22 @@ void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err)
 
 	spin_lock(&ch->lock);
 	unlist = ch->close_queued && ch->close_rcvd;
+	half = !unlist && ch->close_queued && ch->in_table && !ch->half_closed;
+	if (half)
+		ch->half_closed = true;
 	spin_unlock(&ch->lock);
+	if (half && atomic_inc_return(&ch->kd->nclosing) >
+		    ch->kd->max_closing) {
+		/*
+		 * The peer leaves too many channels half-closed: stop
+		 * waiting for this one's CLOSE (a late one is discarded).
+		 */
+		atomic64_inc(&ch->kd->stats.malformed);
+		dev_warn_ratelimited(&ch->kd->vdev->dev,
+				     "channel %#x: too many channels wait for the peer's CLOSE, forgotten\n",
+				     ch->id);
+		unlist = true;
+	}
 	if (unlist)
 		kt_chan_unlist(ch);
 	kt_chan_notify(ch);
@@ -353,9 +375,19 @@ void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err)
  */
 void kt_chan_release(struct kt_chan *ch)
 {
+	struct kt_msg *msg, *tmp;
+	LIST_HEAD(gone);
+
+	/* Nobody reads any more: free what was queued now, not when the
+	 * peer's CLOSE comes (it may never come).
+	 */
 	spin_lock(&ch->lock);
 	ch->user_closed = true;
+	list_splice_init(&ch->rxq, &gone);
+	ch->fwd_cnt = ch->rx_cnt;
 	spin_unlock(&ch->lock);
+	list_for_each_entry_safe(msg, tmp, &gone, node)
+		kvfree(msg);
 	kt_chan_shutdown(ch, KT_ERR_OK);
 }
 
@@ -386,6 +418,9 @@ void kt_chans_reset(struct kt_dev *kd)
 		spin_lock(&ch->lock);
 		was = ch->in_table;
 		ch->in_table = false;
+		if (ch->half_closed)
+			atomic_dec(&kd->nclosing);
+		ch->half_closed = false;
 		ch->reset = true;
 		ch->close_queued = true;
 		ch->close_rcvd = true;

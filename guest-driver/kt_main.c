@@ -152,6 +152,9 @@ static void kt_read_config(struct kt_dev *kd)
 	 * blocked on a largest message has more than half the window in
 	 * flight, so draining it crosses the half-window update threshold.
 	 */
+	/* A peer that never answers CLOSE may pin at most this many ids. */
+	kd->max_closing = max(1U, kd->max_channels / 4);
+
 	kd->buf_alloc = max_t(u32, window,
 			      2 * (kd->max_msg_size + KT_MSG_OVERHEAD));
 }

@@ -96,6 +96,7 @@ struct kt_chan {
 	bool in_table;			/* listed in kd->chans */
 	bool close_queued;		/* our CLOSE is queued: send nothing more */
 	bool close_rcvd;
+	bool half_closed;		/* counted in kd->nclosing */
 	bool reset;			/* failed by transport reset/removal */
 	bool abandoned;			/* opener gave up while CONNECTING */
 	bool opened;			/* OPEN_OK was received or sent */
@@ -206,6 +207,8 @@ struct kt_dev {
 	struct xarray chans;		/* id -> struct kt_chan (holds a ref) */
 	u32 next_id;
 	atomic_t nchan;
+	atomic_t nclosing;		/* our CLOSE sent, the peer's not seen */
+	unsigned int max_closing;	/* bound on nclosing */
 
 	struct kt_dev_stats stats;
 };

@@ -16,7 +16,8 @@ Services the guest can open (see kt_guest_test.c for the expectations):
   "reset-now"; on "reset-tight" the last data and the RESET are both used
   before the guest is notified), firehose (CREDIT_UPDATEs as fast as the
   guest posts rx buffers, until the queues stop), breakring (after
-  OPEN_OK, a used rx entry with an id the guest never posted), stall (window of one message; on the first message the
+  OPEN_OK, a used rx entry with an id the guest never posted), noclose
+  (echoes, never answers the guest's CLOSE), stall (window of one message; on the first message the
   device stops completing tx buffers, floods CREDIT_REQUEST, sends
   "flood-done" and resumes a few seconds after the guest took it all),
   mal-noise, mal-seq, mal-frag, mal-credit,
@@ -389,6 +390,8 @@ class Dev:
             if not c.svc.startswith('slow') and c.svc != 'stall':
                 c.fwd = (c.fwd + 32 + ln) & 0xffffffff
             self.on_data(c, payload)
+        elif typ == MSG_CLOSE and c.svc == 'noclose':
+            log('guest CLOSE %#x: never answered (noclose)' % cid)
         elif typ == MSG_CLOSE:
             log('guest CLOSE %#x arg %d' % (cid, arg))
             if not c.close_sent:
@@ -411,7 +414,7 @@ class Dev:
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=13); return
         if name == 'silent':
             return
-        known = ('echo', 'big', 'slow', 'stall', 'firehose', 'breakring',
+        known = ('echo', 'big', 'slow', 'stall', 'firehose', 'breakring', 'noclose',
                  'closeafter',
                  'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
         if name not in known and not name.startswith('dial:') and not name.startswith('hold:'):
@@ -491,7 +494,7 @@ class Dev:
                 self.ctrl(c, MSG_CR)
             self.host_send(c, b'flood-done')
             self.timers.append((time.time() + 0.5, self.stall_resume))
-        elif c.svc == 'echo' or c.svc == 'mal-noise':
+        elif c.svc in ('echo', 'mal-noise', 'noclose'):
             self.host_send(c, p)
         elif c.svc in ('closeafter', 'closemsgsize'):
             self.host_send(c, p)

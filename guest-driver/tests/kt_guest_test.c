@@ -518,6 +518,40 @@ static void test_stall(void)
 	close(fd);
 }
 
+/*
+ * A peer that never answers CLOSE: the channels it leaves half-closed are
+ * bounded (max_channels / 4 = 16 with the fake device's 64), and their
+ * ids do not stop new channels.
+ */
+static void test_noclose(void)
+{
+	long open0 = sys_counter("open_channels"), n;
+	int fds[32], i, ok = 0;
+
+	for (i = 0; i < 32; i++) {
+		fds[i] = connect_to("noclose", 0);
+		ok += fds[i] >= 0 && call_ok(fds[i], "m", 1);
+	}
+	check(ok == 32, "32 channels to noclose");
+	for (i = 0; i < 32; i++)
+		close(fds[i]);
+	usleep(300000);
+	n = sys_counter("open_channels");
+	check(open0 >= 0 && n == open0 + 16,
+	      "half-closed channels bounded: %ld -> %ld listed", open0, n);
+	for (i = 0; i < 32; i++) {
+		fds[i] = connect_to("noclose", 0);
+		if (fds[i] < 0)
+			break;
+	}
+	check(i == 32, "32 more channels open (ids not pinned)");
+	for (i = 0; i < 32; i++)
+		close(fds[i]);
+	i = connect_to("echo", 0);
+	check(i >= 0 && call_ok(i, "still", 5), "noclose: echo afterwards");
+	close(i);
+}
+
 static void test_malformed(void)
 {
 	long bad = sys_counter("malformed");
@@ -874,6 +908,7 @@ int main(int argc, char **argv)
 		test_nonblock_connect();
 		test_credit();
 		test_stall();
+		test_noclose();
 		test_malformed();
 		test_listen();
 		test_stress();
