@@ -16,7 +16,8 @@ Services the guest can open (see kt_guest_test.c for the expectations):
   "reset-now"; on "reset-tight" the last data and the RESET are both used
   before the guest is notified), firehose (CREDIT_UPDATEs as fast as the
   guest posts rx buffers, until the queues stop), breakring (after
-  OPEN_OK, a used rx entry with an id the guest never posted), noclose
+  OPEN_OK, a used rx entry with an id the guest never posted), breaktx (on
+  a message, a used tx entry with an id the guest never posted), noclose
   (echoes, never answers the guest's CLOSE), stall (window of one message; on the first message the
   device stops completing tx buffers, floods CREDIT_REQUEST, sends
   "flood-done" and resumes a few seconds after the guest took it all),
@@ -415,6 +416,7 @@ class Dev:
         if name == 'silent':
             return
         known = ('echo', 'big', 'slow', 'stall', 'firehose', 'breakring', 'noclose',
+                 'breaktx',
                  'closeafter',
                  'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
         if name not in known and not name.startswith('dial:') and not name.startswith('hold:'):
@@ -487,6 +489,11 @@ class Dev:
             self.do_reset()
             self.fill_ev()
             self.vqs[0].notify()
+        elif c.svc == 'breaktx':
+            log('breaktx: a used tx id the guest never posted')
+            q = self.vqs[1]
+            q.push(q.num + 7, 0)
+            q.notify()
         elif c.svc == 'stall' and not self.tx_stalled:
             log('stall: tx stops, CREDIT_REQUEST flood on %#x' % c.id)
             self.tx_stalled = True

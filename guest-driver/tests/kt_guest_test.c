@@ -884,6 +884,42 @@ static void test_breakring(void)
 	close(fd);
 }
 
+/*
+ * The device breaks the tx ring under a writer: what write() accepted is
+ * never dropped silently (tx_dropped stays), the channel fails instead.
+ */
+static void test_breaktx(void)
+{
+	struct sigaction sa = { .sa_handler = on_alarm };
+	long broken = sys_counter("rings_broken");
+	long dropped = sys_counter("tx_dropped");
+	int fd;
+
+	sigaction(SIGALRM, &sa, NULL);
+	alarm(10);
+	fd = connect_to("breaktx", 0);
+	check(fd >= 0 && write(fd, "x", 1) == 1,
+	      "breaktx: a message (the device then breaks the tx ring)");
+	usleep(200000);
+	write(fd, "after", 5);
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "breaktx: the channel fails (ECONNRESET)");
+	alarm(0);
+	check(sys_counter("tx_dropped") == dropped,
+	      "breaktx: nothing write() accepted was dropped (tx_dropped %ld -> %ld)",
+	      dropped, sys_counter("tx_dropped"));
+	check(broken >= 0 && sys_counter("rings_broken") == broken + 1,
+	      "breaktx: rings_broken counted");
+	close(fd);
+	alarm(10);
+	fd = connect_to("echo", 0);
+	check(fd >= 0 && call_ok(fd, "again", 5),
+	      "breaktx: the device was reset: echo works again");
+	alarm(0);
+	close(fd);
+}
+
 static void test_huge(void)
 {
 	int fd, i, k;
@@ -942,6 +978,7 @@ int main(int argc, char **argv)
 		test_unbind();
 	} else if (!strcmp(what, "breakring")) {
 		test_breakring();
+		test_breaktx();
 	} else if (!strcmp(what, "firehose")) {
 		test_firehose();
 	} else if (!strcmp(what, "huge")) {
