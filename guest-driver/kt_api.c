@@ -87,7 +87,7 @@ struct kt_chan *kt_open(const char *name, const struct kt_chan_ops *ops,
 	ch->owner = ops->owner;
 	ch->priv = priv;
 
-	err = kt_chan_connect(ch);
+	err = kt_chan_connect(ch, false);
 	if (err) {
 		kt_chan_put(ch);
 		return ERR_PTR(err);
@@ -127,7 +127,7 @@ int kt_send(struct kt_chan *ch, const void *data, size_t len,
 
 	if (len > ch->kd->max_msg_size)
 		return -EMSGSIZE;
-	txb = kt_txbuf_alloc(len, GFP_KERNEL);
+	txb = kt_txbuf_alloc(ch->kd, len, GFP_KERNEL);
 	if (!txb)
 		return -ENOMEM;
 	memcpy(txb->data, data, len);

@@ -102,6 +102,11 @@ static int kt_release(struct inode *inode, struct file *file)
 	return 0;
 }
 
+static bool kt_chan_connecting(struct kt_chan *ch)
+{
+	return READ_ONCE(ch->state) == KT_CH_CONNECTING;
+}
+
 static bool kt_chan_readable(struct kt_chan *ch)
 {
 	bool ret;
@@ -110,6 +115,18 @@ static bool kt_chan_readable(struct kt_chan *ch)
 	ret = !list_empty(&ch->rxq) || ch->state == KT_CH_CLOSED;
 	spin_unlock(&ch->lock);
 	return ret;
+}
+
+/*
+ * read()'s answer once a closed channel's queue is empty. EMSGSIZE already
+ * means "your buffer is too small" (the message stays queued), so a peer
+ * closing with KT_ERR_MSGSIZE is reported as ECONNABORTED.
+ */
+static ssize_t kt_read_errno(int err)
+{
+	if (err == EMSGSIZE)
+		return -ECONNABORTED;
+	return -err;
 }
 
 static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
@@ -122,8 +139,13 @@ static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
 
 	if (!ch)
 		return -ENOTCONN;
-	if (mutex_lock_interruptible(&ch->rd_mutex))
+	/* A non-blocking reader never sleeps behind a blocked one. */
+	if (file->f_flags & O_NONBLOCK) {
+		if (!mutex_trylock(&ch->rd_mutex))
+			return -EAGAIN;
+	} else if (mutex_lock_interruptible(&ch->rd_mutex)) {
 		return -ERESTARTSYS;
+	}
 
 	/* Only a reader (under rd_mutex) removes messages from rxq. */
 	for (;;) {
@@ -145,7 +167,8 @@ static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
 	spin_unlock(&ch->lock);
 
 	if (!msg) {
-		ret = err ? -err : 0;	/* queued data first, then EOF/error */
+		/* Queued data first, then EOF or the close reason. */
+		ret = kt_read_errno(err);
 		goto out;
 	}
 	if (msg->len > count) {
@@ -178,7 +201,7 @@ static ssize_t kt_write(struct file *file, const char __user *buf,
 		return -ENOTCONN;
 	if (count > ch->kd->max_msg_size)
 		return -EMSGSIZE;
-	txb = kt_txbuf_alloc(count, GFP_KERNEL);
+	txb = kt_txbuf_alloc(ch->kd, count, GFP_KERNEL);
 	if (!txb)
 		return -ENOMEM;
 	if (copy_from_user(txb->data, buf, count)) {
@@ -250,7 +273,8 @@ static int kt_get_name(void __user *argp, char *name)
 	return 0;
 }
 
-static int kt_ioc_connect(struct kt_file *kf, void __user *argp)
+static int kt_ioc_connect(struct file *file, struct kt_file *kf,
+			  void __user *argp)
 {
 	char name[KT_NAME_MAX + 1];
 	struct kt_dev *kd;
@@ -264,7 +288,8 @@ static int kt_ioc_connect(struct kt_file *kf, void __user *argp)
 	mutex_lock(&kf->lock);
 	if (kf->mode != KT_FILE_IDLE) {
 		err = kf->mode == KT_FILE_LISTENER ? -EINVAL :
-		      kf->mode == KT_FILE_CONNECTING ? -EALREADY : -EISCONN;
+		      kf->mode == KT_FILE_CONNECTING ? -EALREADY :
+		      kt_chan_connecting(kf->ch) ? -EALREADY : -EISCONN;
 		mutex_unlock(&kf->lock);
 		return err;
 	}
@@ -282,16 +307,20 @@ static int kt_ioc_connect(struct kt_file *kf, void __user *argp)
 		err = -ENOMEM;
 		goto out;
 	}
-	err = kt_chan_connect(ch);
-	if (err)
+	err = kt_chan_connect(ch, file->f_flags & O_NONBLOCK);
+	if (err && err != -EINPROGRESS)
 		kt_chan_put(ch);
 out:
 	mutex_lock(&kf->lock);
-	if (err) {
+	if (err && err != -EINPROGRESS) {
 		kf->mode = KT_FILE_IDLE;
 	} else {
 		kf->mode = KT_FILE_CHANNEL;
-		/* Publish only a connected channel to read/write/poll. */
+		/*
+		 * Publish only a connected channel, or one whose non-blocking
+		 * connect is in progress (poll shows when it ends), to
+		 * read/write/poll.
+		 */
 		smp_store_release(&kf->ch, ch);
 	}
 	mutex_unlock(&kf->lock);
@@ -338,8 +367,14 @@ err_unlock:
 	return err;
 }
 
-static int kt_ioc_accept(struct file *file, struct kt_file *kf)
+/*
+ * The argument is accept4()'s flags: O_CLOEXEC and O_NONBLOCK are honoured,
+ * other bits ignored (older callers passed nothing).
+ */
+static int kt_ioc_accept(struct file *file, struct kt_file *kf,
+			 unsigned long arg)
 {
+	int flags = O_RDWR | (arg & (O_CLOEXEC | O_NONBLOCK));
 	struct kt_service *svc = READ_ONCE(kf->lst);
 	struct kt_file *nkf;
 	struct kt_chan *ch;
@@ -372,7 +407,7 @@ static int kt_ioc_accept(struct file *file, struct kt_file *kf)
 	/* The accept queue's reference moves to the new file. */
 	nkf->mode = KT_FILE_CHANNEL;
 	nkf->ch = ch;
-	fd = anon_inode_getfd("[kerntransport]", &kt_fops, nkf, O_RDWR);
+	fd = anon_inode_getfd("[kerntransport]", &kt_fops, nkf, flags);
 	if (fd < 0) {
 		kfree(nkf);
 		goto err_close;
@@ -407,6 +442,7 @@ static int kt_ioc_info(struct kt_file *kf, void __user *argp)
 		spin_lock(&ch->lock);
 		info.channel = ch->id;
 		info.state = ch->state == KT_CH_OPEN ? KT_STATE_OPEN :
+			     ch->state == KT_CH_CONNECTING ? KT_STATE_CONNECTING :
 			     KT_STATE_CLOSED;
 		spin_unlock(&ch->lock);
 		info.max_msg_size = ch->kd->max_msg_size;
@@ -428,6 +464,30 @@ static int kt_ioc_info(struct kt_file *kf, void __user *argp)
 	return 0;
 }
 
+static int kt_ioc_next(struct kt_file *kf, void __user *argp)
+{
+	struct kt_chan *ch = kt_file_chan(kf);
+	struct kt_ioc_next next = { };
+	struct kt_msg *msg;
+
+	if (!ch)
+		return -ENOTCONN;
+	spin_lock(&ch->lock);
+	msg = list_first_entry_or_null(&ch->rxq, struct kt_msg, node);
+	if (msg) {
+		next.flags |= KT_NEXT_F_MSG;
+		next.len = msg->len;
+	}
+	if (ch->state == KT_CH_CLOSED) {
+		next.flags |= KT_NEXT_F_ENDED;
+		next.error = -kt_read_errno(ch->err);
+	}
+	spin_unlock(&ch->lock);
+	if (copy_to_user(argp, &next, sizeof(next)))
+		return -EFAULT;
+	return 0;
+}
+
 static long kt_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct kt_file *kf = file->private_data;
@@ -435,13 +495,15 @@ static long kt_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 
 	switch (cmd) {
 	case KT_IOC_CONNECT:
-		return kt_ioc_connect(kf, argp);
+		return kt_ioc_connect(file, kf, argp);
 	case KT_IOC_LISTEN:
 		return kt_ioc_listen(kf, argp);
 	case KT_IOC_ACCEPT:
-		return kt_ioc_accept(file, kf);
+		return kt_ioc_accept(file, kf, arg);
 	case KT_IOC_INFO:
 		return kt_ioc_info(kf, argp);
+	case KT_IOC_NEXT:
+		return kt_ioc_next(kf, argp);
 	default:
 		return -ENOTTY;
 	}

@@ -12,6 +12,7 @@
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
 #include <linux/string.h>
+#include <linux/virtio.h>
 
 #include "kt_priv.h"
 
@@ -113,8 +114,11 @@ static void kt_chan_unreserve(struct kt_chan *ch)
  * kt_chan_insert_local() - give a channel we open an id and list it
  * @ch: the new channel
  *
- * Ids are handed out in increasing order and wrap, skipping ids in use
- * (SPEC section 3).
+ * Ids are handed out in increasing order from a random start and wrap,
+ * skipping ids in use (SPEC section 3). The id is reserved first (a
+ * reserved entry looks up as NULL), and the channel is stored only once
+ * ch->id is set, so no message from the device can reach a channel that
+ * is not fully initialised.
  *
  * Return: 0, -EMFILE (max_channels reached or no id free) or -ENOMEM.
  */
@@ -127,7 +131,7 @@ int kt_chan_insert_local(struct kt_chan *ch)
 	err = kt_chan_reserve(ch);
 	if (err)
 		return err;
-	err = xa_alloc_cyclic(&kd->chans, &id, ch,
+	err = xa_alloc_cyclic(&kd->chans, &id, NULL,
 			      XA_LIMIT(1, KT_CHAN_DEVICE_BIT - 1),
 			      &kd->next_id, GFP_KERNEL);
 	if (err < 0) {
@@ -135,6 +139,13 @@ int kt_chan_insert_local(struct kt_chan *ch)
 		return err == -EBUSY ? -EMFILE : err;
 	}
 	ch->id = id;
+	/* Storing over the reserved entry allocates nothing. */
+	err = xa_err(xa_store(&kd->chans, id, ch, GFP_KERNEL));
+	if (err) {
+		xa_release(&kd->chans, id);
+		kt_chan_unreserve(ch);
+		return err;
+	}
 	return 0;
 }
 
@@ -174,10 +185,16 @@ void kt_chan_unlist(struct kt_chan *ch)
 	struct kt_dev *kd = ch->kd;
 	bool was;
 
+	bool half;
+
 	spin_lock(&ch->lock);
 	was = ch->in_table;
 	ch->in_table = false;
+	half = ch->half_closed;
+	ch->half_closed = false;
 	spin_unlock(&ch->lock);
+	if (half)
+		atomic_dec(&kd->nclosing);
 	if (!was)
 		return;
 	xa_cmpxchg(&kd->chans, ch->id, ch, NULL, 0);
@@ -202,7 +219,7 @@ void kt_chan_notify(struct kt_chan *ch)
 	spin_unlock(&ch->lock);
 	if (kernel) {
 		kref_get(&ch->ref);	/* the work item's reference */
-		if (!queue_work(kt_wq, &ch->work))
+		if (!queue_work(kt_cb_wq, &ch->work))
 			kt_chan_put(ch);
 	}
 }
@@ -210,15 +227,17 @@ void kt_chan_notify(struct kt_chan *ch)
 /**
  * kt_chan_connect() - open a channel to a host service and wait
  * @ch: a new channel from kt_chan_new()
+ * @nonblock: return -EINPROGRESS once OPEN is queued instead of waiting
  *
  * Sends OPEN and sleeps interruptibly for OPEN_OK or OPEN_ERR. If a signal
  * arrives first, the channel is abandoned: a late OPEN_OK is answered with
- * CLOSE.
+ * CLOSE. With @nonblock the answer moves the channel to open or closed
+ * (with the refusal in ch->err) and wakes ch->wq.
  *
- * Return: 0 when open, -EINTR, or the errno of the refusal (-ENOENT,
- * -EACCES, -ECONNREFUSED, ...), -EMFILE, -ECONNRESET.
+ * Return: 0 when open, -EINPROGRESS, -EINTR, or the errno of the refusal
+ * (-ENOENT, -EACCES, -ECONNREFUSED, ...), -EMFILE, -ECONNRESET.
  */
-int kt_chan_connect(struct kt_chan *ch)
+int kt_chan_connect(struct kt_chan *ch, bool nonblock)
 {
 	int err;
 
@@ -230,6 +249,8 @@ int kt_chan_connect(struct kt_chan *ch)
 		kt_chan_unlist(ch);
 		return err;
 	}
+	if (nonblock)
+		return -EINPROGRESS;
 
 	wait_event_interruptible(ch->wq,
 				 READ_ONCE(ch->state) != KT_CH_CONNECTING);
@@ -305,7 +326,7 @@ void kt_chan_consumed(struct kt_chan *ch, u32 cost)
  */
 void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err)
 {
-	bool send, unlist;
+	bool send, unlist, half;
 
 	spin_lock(&ch->lock);
 	if (ch->state == KT_CH_CONNECTING && wire_err == KT_ERR_OK) {
@@ -327,7 +348,22 @@ void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err)
 
 	spin_lock(&ch->lock);
 	unlist = ch->close_queued && ch->close_rcvd;
+	half = !unlist && ch->close_queued && ch->in_table && !ch->half_closed;
+	if (half)
+		ch->half_closed = true;
 	spin_unlock(&ch->lock);
+	if (half && atomic_inc_return(&ch->kd->nclosing) >
+		    ch->kd->max_closing) {
+		/*
+		 * The peer leaves too many channels half-closed: stop
+		 * waiting for this one's CLOSE (a late one is discarded).
+		 */
+		atomic64_inc(&ch->kd->stats.malformed);
+		dev_warn_ratelimited(&ch->kd->vdev->dev,
+				     "channel %#x: too many channels wait for the peer's CLOSE, forgotten\n",
+				     ch->id);
+		unlist = true;
+	}
 	if (unlist)
 		kt_chan_unlist(ch);
 	kt_chan_notify(ch);
@@ -339,9 +375,19 @@ void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err)
  */
 void kt_chan_release(struct kt_chan *ch)
 {
+	struct kt_msg *msg, *tmp;
+	LIST_HEAD(gone);
+
+	/* Nobody reads any more: free what was queued now, not when the
+	 * peer's CLOSE comes (it may never come).
+	 */
 	spin_lock(&ch->lock);
 	ch->user_closed = true;
+	list_splice_init(&ch->rxq, &gone);
+	ch->fwd_cnt = ch->rx_cnt;
 	spin_unlock(&ch->lock);
+	list_for_each_entry_safe(msg, tmp, &gone, node)
+		kvfree(msg);
 	kt_chan_shutdown(ch, KT_ERR_OK);
 }
 
@@ -372,6 +418,9 @@ void kt_chans_reset(struct kt_dev *kd)
 		spin_lock(&ch->lock);
 		was = ch->in_table;
 		ch->in_table = false;
+		if (ch->half_closed)
+			atomic_dec(&kd->nclosing);
+		ch->half_closed = false;
 		ch->reset = true;
 		ch->close_queued = true;
 		ch->close_rcvd = true;

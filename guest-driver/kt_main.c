@@ -9,6 +9,7 @@
  * kt_vq.c, the protocol in kt_rx.c and kt_chan.c.
  */
 #include <linux/module.h>
+#include <linux/random.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
@@ -20,7 +21,13 @@ module_param(window, uint, 0444);
 MODULE_PARM_DESC(window,
 		 "Receive window per channel in bytes (at least 2 * (max_msg_size + 32))");
 
+/*
+ * kt_wq runs the virtqueue work (rx, tx); kt_cb_wq runs kernel endpoints'
+ * callbacks, which may sleep in kt_send() waiting for the host's credit:
+ * however many of them block, receiving never waits behind them.
+ */
 struct workqueue_struct *kt_wq;
+struct workqueue_struct *kt_cb_wq;
 
 /* The one device /dev/kerntransport and kt_open() use. */
 static DEFINE_MUTEX(kt_active_lock);
@@ -56,6 +63,54 @@ static void kt_dev_release(struct kref *ref)
 void kt_dev_put(struct kt_dev *kd)
 {
 	kref_put(&kd->ref, kt_dev_release);
+}
+
+/**
+ * kt_vq_broken() - a virtqueue is broken: schedule recovery
+ * @kd: the device
+ *
+ * The virtio core marks a queue broken when the device hands back an id
+ * the driver did not post (or already got back): nothing more comes out
+ * of it, so no buffer is parsed twice. Every channel then fails at once
+ * and the device is reset and restarted, from a work item. Any context.
+ */
+void kt_vq_broken(struct kt_dev *kd)
+{
+	if (READ_ONCE(kd->stopping) || atomic_xchg(&kd->recover_queued, 1))
+		return;
+	atomic64_inc(&kd->stats.rings_broken);
+	kref_get(&kd->ref);
+	get_device(&kd->vdev->dev);
+	queue_work(kt_wq, &kd->recover_work);
+}
+
+void kt_recover_work(struct work_struct *work)
+{
+	struct kt_dev *kd = container_of(work, struct kt_dev, recover_work);
+	struct virtio_device *vdev = kd->vdev;
+	int err = 0;
+
+	/* Excludes remove, probe, freeze and restore; we are still bound? */
+	device_lock(&vdev->dev);
+	if (vdev->priv == kd && kd->vqs_up) {
+		dev_warn_ratelimited(&vdev->dev,
+				     "virtqueue broken by the device: resetting it\n");
+		if (IS_ENABLED(CONFIG_PM_SLEEP)) {
+			/* Reset, renegotiate, kt_freeze() + kt_restore(). */
+			err = virtio_device_freeze(vdev);
+			if (!err)
+				err = virtio_device_restore(vdev);
+		} else {
+			kt_vqs_stop(kd);	/* channels fail; rebind to recover */
+		}
+		if (err)
+			dev_err_ratelimited(&vdev->dev,
+					    "device reset failed: %d\n", err);
+	}
+	atomic_set(&kd->recover_queued, 0);
+	device_unlock(&vdev->dev);
+	put_device(&vdev->dev);
+	kt_dev_put(kd);
 }
 
 /* SPEC 1.3: config values are untrusted; clamp them into range. */
@@ -97,6 +152,9 @@ static void kt_read_config(struct kt_dev *kd)
 	 * blocked on a largest message has more than half the window in
 	 * flight, so draining it crosses the half-window update threshold.
 	 */
+	/* A peer that never answers CLOSE may pin at most this many ids. */
+	kd->max_closing = max(1U, kd->max_channels / 4);
+
 	kd->buf_alloc = max_t(u32, window,
 			      2 * (kd->max_msg_size + KT_MSG_OVERHEAD));
 }
@@ -135,8 +193,12 @@ static int kt_probe(struct virtio_device *vdev)
 	INIT_LIST_HEAD(&kd->tx_pending);
 	INIT_WORK(&kd->rx_work, kt_rx_work);
 	INIT_WORK(&kd->tx_work, kt_tx_work);
+	INIT_DELAYED_WORK(&kd->rx_retry, kt_rx_retry_work);
+	INIT_WORK(&kd->recover_work, kt_recover_work);
+	INIT_DELAYED_WORK(&kd->tx_retry, kt_tx_retry_work);
 	xa_init_flags(&kd->chans, XA_FLAGS_ALLOC);
-	kd->next_id = 1;
+	/* Ids are not predictable from the start (SPEC 3: any start). */
+	kd->next_id = get_random_u32() & (KT_CHAN_DEVICE_BIT - 1);
 	vdev->priv = kd;
 
 	kd->ev_bufs = kcalloc(KT_EV_BUFS, sizeof(*kd->ev_bufs), GFP_KERNEL);
@@ -146,6 +208,8 @@ static int kt_probe(struct virtio_device *vdev)
 	}
 
 	kt_read_config(kd);
+	/* DMA may limit segments (swiotlb); never below a page. */
+	kd->tx_max_seg = max_t(size_t, virtio_max_dma_size(vdev), PAGE_SIZE);
 	kd->guest_listen = virtio_has_feature(vdev, KT_F_GUEST_LISTEN);
 
 	err = kt_vqs_start(kd);
@@ -194,7 +258,8 @@ static void kt_remove(struct virtio_device *vdev)
 
 static void kt_config_changed(struct virtio_device *vdev)
 {
-	dev_dbg(&vdev->dev, "config change ignored: values are fixed at probe\n");
+	dev_dbg_ratelimited(&vdev->dev,
+			    "config change ignored: values are fixed at probe\n");
 }
 
 #ifdef CONFIG_PM_SLEEP
@@ -241,6 +306,11 @@ static int __init kt_init(void)
 	kt_wq = alloc_workqueue("kerntransport", 0, 0);
 	if (!kt_wq)
 		return -ENOMEM;
+	kt_cb_wq = alloc_workqueue("kerntransport_cb", 0, 0);
+	if (!kt_cb_wq) {
+		err = -ENOMEM;
+		goto err_wq;
+	}
 
 	err = kt_cdev_register();
 	if (err)
@@ -254,6 +324,8 @@ static int __init kt_init(void)
 err_cdev:
 	kt_cdev_unregister();
 err_wq:
+	if (kt_cb_wq)
+		destroy_workqueue(kt_cb_wq);
 	destroy_workqueue(kt_wq);
 	return err;
 }
@@ -262,6 +334,7 @@ static void __exit kt_exit(void)
 {
 	unregister_virtio_driver(&kt_driver);
 	kt_cdev_unregister();
+	destroy_workqueue(kt_cb_wq);
 	destroy_workqueue(kt_wq);
 }
 

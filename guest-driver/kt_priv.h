@@ -37,8 +37,17 @@ struct virtqueue;
 #define KT_EV_BUFS		8	/* buffers kept posted on the event queue */
 #define KT_ACCEPT_BACKLOG	64	/* channels waiting in one listener */
 #define KT_REPLY_PENDING_MAX	256	/* queued replies not tied to a channel */
+#define KT_CTRL_PENDING_MAX	1024	/* queued control messages, all kinds */
 #define KT_MAX_CHANNELS_CAP	65536	/* upper clamp for config max_channels */
 #define KT_RX_BUF_SIZE_MAX	65536
+
+/*
+ * One event-queue buffer. Each has its own cache line: the device writes
+ * them while the driver reads others (DMA on non-coherent systems).
+ */
+struct kt_ev_buf {
+	struct kt_hdr hdr;
+} ____cacheline_aligned;
 
 /* One received message, queued on a channel until read. */
 struct kt_msg {
@@ -87,6 +96,7 @@ struct kt_chan {
 	bool in_table;			/* listed in kd->chans */
 	bool close_queued;		/* our CLOSE is queued: send nothing more */
 	bool close_rcvd;
+	bool half_closed;		/* counted in kd->nclosing */
 	bool reset;			/* failed by transport reset/removal */
 	bool abandoned;			/* opener gave up while CONNECTING */
 	bool opened;			/* OPEN_OK was received or sent */
@@ -143,6 +153,7 @@ struct kt_dev_stats {
 	atomic64_t resets;
 	atomic64_t opens_in;		/* host-initiated channels accepted */
 	atomic64_t opens_out;		/* guest-initiated channels opened */
+	atomic64_t rings_broken;	/* virtqueues the device broke */
 };
 
 /* Reassembly of a fragmented DATA message (SPEC section 4). */
@@ -169,25 +180,35 @@ struct kt_dev {
 	u32 rx_buf_size;
 	u32 guest_id;
 	u32 buf_alloc;			/* receive window we give each channel */
+	size_t tx_max_seg;		/* largest tx scatterlist entry */
 	bool guest_listen;		/* KT_F_GUEST_LISTEN negotiated */
 
 	bool vqs_up;			/* between kt_vqs_start and _stop */
+	bool stopping;			/* kt_vqs_stop broke the queues */
+	atomic_t recover_queued;	/* recover_work queued, not finished */
+	struct work_struct recover_work; /* a queue broke: reset the device */
 	struct mutex rx_mutex;		/* rx side: rx_live .. reasm */
 	bool rx_live;
 	unsigned int rx_posted;		/* rx buffers in the ring */
-	struct kt_hdr *ev_bufs;		/* KT_EV_BUFS event buffers */
+	struct kt_ev_buf *ev_bufs;	/* KT_EV_BUFS event buffers */
 	struct work_struct rx_work;	/* event queue, then rx queue */
+	struct delayed_work rx_retry;	/* rx buffers could not be posted */
 	struct kt_reasm reasm;
 
-	spinlock_t tx_lock;		/* tx side: tx_live .. replies_pending */
+	spinlock_t tx_lock;		/* tx side: tx_live .. ctrl_queued */
 	bool tx_live;
 	struct list_head tx_pending;	/* struct kt_txbuf waiting for ring room */
-	unsigned int replies_pending;
+	unsigned int tx_queued;		/* entries of tx_pending */
+	unsigned int replies_pending;	/* of them: replies without a channel */
+	unsigned int ctrl_queued;	/* of them: not DATA */
 	struct work_struct tx_work;
+	struct delayed_work tx_retry;	/* an add failed: try again later */
 
 	struct xarray chans;		/* id -> struct kt_chan (holds a ref) */
 	u32 next_id;
 	atomic_t nchan;
+	atomic_t nclosing;		/* our CLOSE sent, the peer's not seen */
+	unsigned int max_closing;	/* bound on nclosing */
 
 	struct kt_dev_stats stats;
 };
@@ -207,6 +228,9 @@ struct kt_txbuf {
 
 /* kt_main.c */
 extern struct workqueue_struct *kt_wq;
+void kt_vq_broken(struct kt_dev *kd);
+void kt_recover_work(struct work_struct *work);
+extern struct workqueue_struct *kt_cb_wq;
 struct kt_dev *kt_dev_get_active(void);
 void kt_dev_put(struct kt_dev *kd);
 
@@ -215,7 +239,9 @@ int kt_vqs_start(struct kt_dev *kd);
 void kt_vqs_stop(struct kt_dev *kd);
 void kt_rx_work(struct work_struct *work);
 void kt_tx_work(struct work_struct *work);
-struct kt_txbuf *kt_txbuf_alloc(size_t len, gfp_t gfp);
+void kt_tx_retry_work(struct work_struct *work);
+void kt_rx_retry_work(struct work_struct *work);
+struct kt_txbuf *kt_txbuf_alloc(struct kt_dev *kd, size_t len, gfp_t gfp);
 void kt_txbuf_free(struct kt_txbuf *txb);
 int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg);
 int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
@@ -228,6 +254,7 @@ void kt_tx_purge(struct kt_dev *kd);
 void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used);
 void kt_rx_bad_len(struct kt_dev *kd, u32 used);
 void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used);
+bool kt_rx_event_is_reset(const struct kt_hdr *hdr, u32 used);
 void kt_reasm_abort(struct kt_dev *kd, bool broken);
 
 /* kt_chan.c: channels, credit, services */
@@ -239,7 +266,7 @@ int kt_chan_insert_local(struct kt_chan *ch);
 int kt_chan_insert_remote(struct kt_chan *ch, u32 id);
 void kt_chan_unlist(struct kt_chan *ch);
 void kt_chan_notify(struct kt_chan *ch);
-int kt_chan_connect(struct kt_chan *ch);
+int kt_chan_connect(struct kt_chan *ch, bool nonblock);
 int kt_chan_send(struct kt_chan *ch, struct kt_txbuf *txb, bool nonblock);
 void kt_chan_consumed(struct kt_chan *ch, u32 cost);
 void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err);

@@ -70,7 +70,8 @@ void kt_rx_bad_len(struct kt_dev *kd, u32 used)
 {
 	kt_reasm_abort(kd, true);
 	kt_malformed(kd, NULL, "used length beyond buffer", 0, 0);
-	dev_dbg(&kd->vdev->dev, "used length %u > %u\n", used, kd->rx_buf_size);
+	dev_dbg_ratelimited(&kd->vdev->dev, "used length %u > %u\n", used,
+			    kd->rx_buf_size);
 }
 
 /* Records the peer's credit from any header for the channel. */
@@ -372,8 +373,8 @@ static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	/* Kernel service: the owner's reference is the one from kt_chan_new. */
 	mutex_unlock(&kt_services_lock);
 	atomic64_inc(&kd->stats.opens_in);
-	dev_dbg(&kd->vdev->dev, "channel %#x: host opened \"%s\"\n", r->id,
-		name);
+	dev_dbg_ratelimited(&kd->vdev->dev, "channel %#x: host opened \"%s\"\n",
+			    r->id, name);
 	return;
 
 out_unlist:
@@ -382,8 +383,8 @@ out_put:
 	kt_chan_put(ch);
 out_unlock:
 	mutex_unlock(&kt_services_lock);
-	dev_dbg(&kd->vdev->dev, "channel %#x: refused \"%s\": %u\n", r->id,
-		name, refuse);
+	dev_dbg_ratelimited(&kd->vdev->dev, "channel %#x: refused \"%s\": %u\n",
+			    r->id, name, refuse);
 	kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, refuse);
 }
 
@@ -591,6 +592,24 @@ void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
 }
 
 /**
+ * kt_rx_event_is_reset() - is this used event buffer a valid RESET?
+ * @hdr: the buffer (one header)
+ * @used: the used length the device reported
+ *
+ * Return: true if kt_rx_event() would reset the transport for it.
+ */
+bool kt_rx_event_is_reset(const struct kt_hdr *hdr, u32 used)
+{
+	struct kt_rx_hdr r;
+
+	if (used < KT_HDR_SIZE || used > sizeof(*hdr))
+		return false;
+	kt_decode(hdr, &r);
+	return r.type == KT_MSG_RESET && r.id == KT_CHAN_TRANSPORT && !r.len &&
+	       !r.flags && !r.msg_len;
+}
+
+/**
  * kt_rx_event() - handle one used event buffer
  * @kd: the device (rx_mutex held)
  * @hdr: the buffer (one header)
@@ -604,14 +623,14 @@ void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used)
 		kt_malformed(kd, NULL, "event of wrong size", 0, 0);
 		return;
 	}
-	kt_decode(hdr, &r);
-	if (r.type != KT_MSG_RESET || r.id != KT_CHAN_TRANSPORT || r.len ||
-	    r.flags || r.msg_len) {
+	if (!kt_rx_event_is_reset(hdr, used)) {
+		kt_decode(hdr, &r);
 		kt_malformed(kd, NULL, "unknown event", r.id, r.type);
 		return;
 	}
 	atomic64_inc(&kd->stats.resets);
-	dev_info(&kd->vdev->dev, "transport reset: failing open channels\n");
+	dev_info_ratelimited(&kd->vdev->dev,
+			     "transport reset: failing open channels\n");
 	kt_reasm_abort(kd, false);
 	kt_chans_reset(kd);
 }

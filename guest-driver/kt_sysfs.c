@@ -98,6 +98,13 @@ static ssize_t opens_out_show(struct device *dev, struct device_attribute *attr,
 }
 static DEVICE_ATTR_RO(opens_out);
 
+static ssize_t rings_broken_show(struct device *dev,
+				 struct device_attribute *attr, char *buf)
+{
+	return kt_emit_stat(buf, &kt_dev_of(dev)->stats.rings_broken);
+}
+static DEVICE_ATTR_RO(rings_broken);
+
 static ssize_t max_msg_size_show(struct device *dev, struct device_attribute *attr,
 				 char *buf)
 {
@@ -139,6 +146,13 @@ static ssize_t open_channels_show(struct device *dev,
 	return sysfs_emit(buf, "%d\n", atomic_read(&kt_dev_of(dev)->nchan));
 }
 static DEVICE_ATTR_RO(open_channels);
+
+static ssize_t tx_pending_show(struct device *dev,
+			       struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n", READ_ONCE(kt_dev_of(dev)->tx_queued));
+}
+static DEVICE_ATTR_RO(tx_pending);
 
 static const char *kt_state_name(const struct kt_chan *ch)
 {
@@ -204,6 +218,8 @@ static struct attribute *kt_attrs[] = {
 	&dev_attr_opens_in.attr,
 	&dev_attr_opens_out.attr,
 	&dev_attr_open_channels.attr,
+	&dev_attr_rings_broken.attr,
+	&dev_attr_tx_pending.attr,
 	&dev_attr_max_msg_size.attr,
 	&dev_attr_max_channels.attr,
 	&dev_attr_rx_buf_size.attr,

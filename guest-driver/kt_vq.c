@@ -23,6 +23,12 @@
 #define KT_RX_POSTED_MAX	256U
 /* Kick the rx queue at least this often while draining a long burst. */
 #define KT_RX_KICK_BATCH	32
+/* rx/event buffers handled per run of the rx work item. */
+#define KT_RX_BUDGET		64U
+/* Retry posting rx buffers after an allocation failure. */
+#define KT_RX_RETRY_DELAY	(HZ / 10)
+/* Retry a tx add that failed for another reason than a full ring. */
+#define KT_TX_RETRY_DELAY	(HZ / 10)
 
 static void kt_rx_done(struct virtqueue *vq)
 {
@@ -102,7 +108,7 @@ static void kt_rx_fill(struct kt_dev *kd)
 	void *buf;
 
 	while (kd->rx_posted < target) {
-		buf = kmalloc(kd->rx_buf_size, GFP_KERNEL);
+		buf = kzalloc(kd->rx_buf_size, GFP_KERNEL);
 		if (!buf)
 			break;
 		if (kt_rx_post(kd, buf)) {
@@ -176,6 +182,7 @@ int kt_vqs_start(struct kt_dev *kd)
 	err = kt_find_vqs(kd);
 	if (err)
 		return err;
+	WRITE_ONCE(kd->stopping, false);
 
 	kt_rx_fill(kd);
 	if (!kd->rx_posted) {
@@ -183,7 +190,7 @@ int kt_vqs_start(struct kt_dev *kd)
 		goto err_bufs;
 	}
 	for (i = 0; i < KT_EV_BUFS; i++) {
-		err = kt_ev_post(kd, &kd->ev_bufs[i]);
+		err = kt_ev_post(kd, &kd->ev_bufs[i].hdr);
 		if (err)
 			goto err_bufs;
 	}
@@ -213,15 +220,22 @@ err_bufs:
  * kt_vqs_stop() - stop the device and tear the queues down
  * @kd: the device
  *
- * Shared by remove and freeze. Every channel fails with ECONNRESET: the
- * device loses its channel state when it is reset. Does nothing if the
- * queues are not up (a failed restore).
+ * Shared by remove and freeze. The queues are marked broken first, so no
+ * callback queues work any more and a drain running now finds nothing
+ * (however fast the device completes buffers); then the device is reset,
+ * work is cancelled and the queues are deleted. Every channel fails with
+ * ECONNRESET: the device loses its channel state when it is reset. Does
+ * nothing if the queues are not up (a failed restore).
  */
 void kt_vqs_stop(struct kt_dev *kd)
 {
 	if (!kd->vqs_up)
 		return;
 	kd->vqs_up = false;
+
+	WRITE_ONCE(kd->stopping, true);
+	virtio_break_device(kd->vdev);
+	virtio_synchronize_cbs(kd->vdev);
 
 	mutex_lock(&kd->rx_mutex);
 	kd->rx_live = false;
@@ -232,7 +246,9 @@ void kt_vqs_stop(struct kt_dev *kd)
 
 	virtio_reset_device(kd->vdev);
 	cancel_work_sync(&kd->rx_work);
+	cancel_delayed_work_sync(&kd->rx_retry);
 	cancel_work_sync(&kd->tx_work);
+	cancel_delayed_work_sync(&kd->tx_retry);
 
 	mutex_lock(&kd->rx_mutex);
 	kt_reasm_abort(kd, false);
@@ -243,84 +259,175 @@ void kt_vqs_stop(struct kt_dev *kd)
 	kd->vdev->config->del_vqs(kd->vdev);
 }
 
-static void kt_ev_drain(struct kt_dev *kd)
+/*
+ * Handles at most @budget used rx buffers, reposting each; returns how
+ * many it took. rx_mutex held.
+ */
+static unsigned int kt_rx_take(struct kt_dev *kd, unsigned int budget)
+{
+	struct virtqueue *vq = kd->rx_vq;
+	unsigned int used, n = 0, batch = 0;
+	void *buf;
+
+	while (n < budget && (buf = virtqueue_get_buf(vq, &used))) {
+		n++;
+		kd->rx_posted--;
+		if (used > kd->rx_buf_size) {
+			kt_rx_bad_len(kd, used);
+			used = kd->rx_buf_size;
+		} else {
+			kt_rx_buf(kd, buf, used);
+		}
+		/* What the device wrote never reaches the next message. */
+		memset(buf, 0, used);
+		if (kt_rx_post(kd, buf))
+			kfree(buf);
+		else
+			kd->rx_posted++;
+		if (++batch >= KT_RX_KICK_BATCH) {
+			virtqueue_kick(vq);
+			batch = 0;
+		}
+		cond_resched();
+	}
+	return n;
+}
+
+static void kt_ev_repost(struct kt_dev *kd, struct kt_hdr *hdr)
+{
+	memset(hdr, 0, sizeof(*hdr));
+	if (kt_ev_post(kd, hdr))
+		dev_warn_ratelimited(&kd->vdev->dev, "event buffer lost\n");
+}
+
+/*
+ * Returns true if the budget ran out with events still waiting. Before a
+ * RESET takes effect, the rx buffers the device used before it are
+ * handled (SPEC 6: data first): they are among the buffers posted now.
+ */
+static bool kt_ev_drain(struct kt_dev *kd)
 {
 	struct virtqueue *vq = kd->ev_vq;
+	unsigned int used, n = 0;
 	struct kt_hdr *hdr;
-	unsigned int used;
 	bool posted = false;
 
 	do {
 		virtqueue_disable_cb(vq);
 		while ((hdr = virtqueue_get_buf(vq, &used))) {
+			if (kt_rx_event_is_reset(hdr, used)) {
+				kt_rx_take(kd, kd->rx_posted);
+				virtqueue_kick(kd->rx_vq);
+			}
 			kt_rx_event(kd, hdr, used);
-			if (kt_ev_post(kd, hdr))
-				dev_warn_ratelimited(&kd->vdev->dev,
-						     "event buffer lost\n");
+			kt_ev_repost(kd, hdr);
 			posted = true;
+			if (++n >= KT_EV_BUFS) {
+				virtqueue_kick(vq);
+				return true;
+			}
 		}
 	} while (!virtqueue_enable_cb(vq));
 	if (posted)
 		virtqueue_kick(vq);
+	return false;
 }
 
-static void kt_rx_drain(struct kt_dev *kd)
+/* Returns true if the budget ran out with buffers still used. */
+static bool kt_rx_drain(struct kt_dev *kd)
 {
 	struct virtqueue *vq = kd->rx_vq;
-	unsigned int used, batch = 0;
-	void *buf;
+	unsigned int budget = KT_RX_BUDGET;
 
 	do {
 		virtqueue_disable_cb(vq);
-		while ((buf = virtqueue_get_buf(vq, &used))) {
-			kd->rx_posted--;
-			if (used > kd->rx_buf_size)
-				kt_rx_bad_len(kd, used);
-			else
-				kt_rx_buf(kd, buf, used);
-			if (kt_rx_post(kd, buf))
-				kfree(buf);
-			else
-				kd->rx_posted++;
-			if (++batch >= KT_RX_KICK_BATCH) {
-				virtqueue_kick(vq);
-				batch = 0;
-			}
-			cond_resched();
+		budget -= kt_rx_take(kd, budget);
+		if (!budget) {
+			virtqueue_kick(vq);
+			return true;
 		}
 		kt_rx_fill(kd);
 	} while (!virtqueue_enable_cb(vq));
 	virtqueue_kick(vq);
+	return false;
 }
 
-void kt_rx_work(struct work_struct *work)
+/*
+ * Both drains are budgeted: a device that completes buffers as fast as we
+ * post them gets the work requeued (behind other work) instead of one
+ * work item that never ends and holds rx_mutex.
+ */
+static void kt_rx_run(struct kt_dev *kd)
 {
-	struct kt_dev *kd = container_of(work, struct kt_dev, rx_work);
+	bool more = false;
 
 	mutex_lock(&kd->rx_mutex);
 	if (kd->rx_live) {
-		kt_ev_drain(kd);
-		kt_rx_drain(kd);
+		more = kt_ev_drain(kd);
+		more |= kt_rx_drain(kd);
+		if (kd->rx_posted < kt_rx_target(kd))
+			mod_delayed_work(kt_wq, &kd->rx_retry,
+					 KT_RX_RETRY_DELAY);
+		if (more)
+			queue_work(kt_wq, &kd->rx_work);
+		if (virtqueue_is_broken(kd->rx_vq) ||
+		    virtqueue_is_broken(kd->ev_vq))
+			kt_vq_broken(kd);
 	}
 	mutex_unlock(&kd->rx_mutex);
 }
 
+void kt_rx_work(struct work_struct *work)
+{
+	kt_rx_run(container_of(work, struct kt_dev, rx_work));
+}
+
+/* rx refill failed earlier (no memory): try again. */
+void kt_rx_retry_work(struct work_struct *work)
+{
+	struct kt_dev *kd = container_of(to_delayed_work(work), struct kt_dev,
+					 rx_retry);
+
+	mutex_lock(&kd->rx_mutex);
+	if (kd->rx_live) {
+		kt_rx_fill(kd);
+		virtqueue_kick(kd->rx_vq);
+	}
+	mutex_unlock(&kd->rx_mutex);
+	kt_rx_run(kd);
+}
+
 /* ---- tx ---- */
+
+/* The next scatterlist entry's size at @p: one DMA segment, one page of vmalloc. */
+static size_t kt_sg_chunk(const u8 *p, size_t left, size_t max_seg, bool vm)
+{
+	size_t chunk = min(left, max_seg);
+
+	if (vm)
+		chunk = min_t(size_t, chunk, PAGE_SIZE - offset_in_page(p));
+	return chunk;
+}
 
 /**
  * kt_txbuf_alloc() - allocate a message to send
+ * @kd: the device it goes to (for its largest DMA segment)
  * @len: payload bytes (the caller fills txb->data)
  * @gfp: allocation flags
  *
- * Return: the buffer with its scatterlist set up over header and payload,
- * or NULL.
+ * The scatterlist covers header and payload in entries no larger than
+ * virtio_max_dma_size() (and one page each if vmalloc'd).
+ *
+ * Return: the buffer with its scatterlist set up, or NULL.
  */
-struct kt_txbuf *kt_txbuf_alloc(size_t len, gfp_t gfp)
+struct kt_txbuf *kt_txbuf_alloc(struct kt_dev *kd, size_t len, gfp_t gfp)
 {
 	size_t bytes = KT_HDR_SIZE + len;
+	size_t max_seg = kd->tx_max_seg;
 	struct kt_txbuf *txb;
 	unsigned int i, n;
-	size_t total;
+	size_t total, left, chunk;
+	bool vm;
 	u8 *p;
 
 	total = struct_size(txb, data, len);
@@ -330,30 +437,33 @@ struct kt_txbuf *kt_txbuf_alloc(size_t len, gfp_t gfp)
 	memset(txb, 0, sizeof(*txb));
 	INIT_LIST_HEAD(&txb->node);
 	txb->len = len;
-	p = (u8 *)&txb->hdr;
+	vm = is_vmalloc_addr(txb);
 
-	if (!is_vmalloc_addr(txb)) {
+	n = 0;
+	p = (u8 *)&txb->hdr;
+	for (left = bytes; left; left -= chunk, p += chunk, n++)
+		chunk = kt_sg_chunk(p, left, max_seg, vm);
+
+	if (n == 1) {
 		txb->sg = &txb->sg_inline;
 		txb->nsg = 1;
-		sg_init_one(txb->sg, p, bytes);
+		sg_init_one(txb->sg, &txb->hdr, bytes);
 		return txb;
 	}
-
-	n = DIV_ROUND_UP(offset_in_page(p) + bytes, PAGE_SIZE);
 	txb->sg = kmalloc_array(n, sizeof(*txb->sg), gfp);
 	if (!txb->sg) {
 		kvfree(txb);
 		return NULL;
 	}
 	sg_init_table(txb->sg, n);
-	for (i = 0; i < n; i++) {
-		size_t chunk = min_t(size_t, bytes,
-				     PAGE_SIZE - offset_in_page(p));
-
-		sg_set_page(&txb->sg[i], vmalloc_to_page(p), chunk,
-			    offset_in_page(p));
-		p += chunk;
-		bytes -= chunk;
+	p = (u8 *)&txb->hdr;
+	for (i = 0, left = bytes; i < n; i++, left -= chunk, p += chunk) {
+		chunk = kt_sg_chunk(p, left, max_seg, vm);
+		if (vm)
+			sg_set_page(&txb->sg[i], vmalloc_to_page(p), chunk,
+				    offset_in_page(p));
+		else
+			sg_set_buf(&txb->sg[i], p, chunk);
 	}
 	txb->nsg = n;
 	return txb;
@@ -366,16 +476,35 @@ void kt_txbuf_free(struct kt_txbuf *txb)
 	kvfree(txb);
 }
 
-/* Fills the credit fields as the message enters the ring (SPEC 5). */
-static void kt_tx_fill_credit(struct kt_txbuf *txb)
+/*
+ * Fills the credit fields just before the message is offered to the ring
+ * (SPEC 5), so a queued CREDIT_UPDATE is never stale. Returns the fwd_cnt
+ * written; nothing about the channel changes until the add succeeded.
+ */
+static u32 kt_tx_fill_credit(struct kt_txbuf *txb)
+{
+	struct kt_chan *ch = txb->ch;
+	u32 fwd;
+
+	spin_lock(&ch->lock);
+	fwd = ch->fwd_cnt;
+	txb->hdr.buf_alloc = cpu_to_le32(ch->buf_alloc);
+	txb->hdr.fwd_cnt = cpu_to_le32(fwd);
+	spin_unlock(&ch->lock);
+	return fwd;
+}
+
+/*
+ * The message is on the ring: the device can now see @fwd, and a credit
+ * message of this kind may be queued again (at most one waits, SPEC 8).
+ */
+static void kt_tx_entered_ring(struct kt_txbuf *txb, u32 fwd)
 {
 	struct kt_chan *ch = txb->ch;
 	u16 type = le16_to_cpu(txb->hdr.type);
 
 	spin_lock(&ch->lock);
-	txb->hdr.buf_alloc = cpu_to_le32(ch->buf_alloc);
-	txb->hdr.fwd_cnt = cpu_to_le32(ch->fwd_cnt);
-	ch->last_fwd_sent = ch->fwd_cnt;
+	ch->last_fwd_sent = fwd;
 	if (type == KT_MSG_CREDIT_UPDATE)
 		ch->credit_update_queued = false;
 	else if (type == KT_MSG_CREDIT_REQUEST)
@@ -385,46 +514,58 @@ static void kt_tx_fill_credit(struct kt_txbuf *txb)
 
 /*
  * Moves pending messages into the ring while it has room. tx_lock held.
- * Messages that cannot be added at all go to @done for the caller to free
- * after dropping the lock.
+ * A message leaves kd->tx_pending only once virtqueue_add_outbuf() took
+ * it: accepted data is never dropped. If the add fails for another reason
+ * than a full ring (DMA mapping, or a ring with no room even when empty),
+ * a retry is scheduled; a broken ring is left to kt_vq_broken().
  */
-static void kt_tx_push_locked(struct kt_dev *kd, struct list_head *done)
+static void kt_tx_push_locked(struct kt_dev *kd)
 {
+	struct virtqueue *vq = kd->tx_vq;
 	struct kt_txbuf *txb;
 	bool added = false;
+	u32 fwd = 0;
 	int err;
 
 	while ((txb = list_first_entry_or_null(&kd->tx_pending,
 					       struct kt_txbuf, node))) {
 		if (txb->ch)
-			kt_tx_fill_credit(txb);
-		err = virtqueue_add_outbuf(kd->tx_vq, txb->sg, txb->nsg, txb,
+			fwd = kt_tx_fill_credit(txb);
+		err = virtqueue_add_outbuf(vq, txb->sg, txb->nsg, txb,
 					   GFP_ATOMIC);
-		if (err == -ENOSPC)
-			break;
-		list_del(&txb->node);
-		if (!txb->ch)
-			kd->replies_pending--;
 		if (err) {
-			/* Only a broken ring fails this way. */
-			dev_warn_ratelimited(&kd->vdev->dev,
-					     "tx add failed: %d\n", err);
-			atomic64_inc(&kd->stats.tx_dropped);
-			list_add_tail(&txb->node, done);
-			continue;
+			if (virtqueue_is_broken(vq)) {
+				kt_vq_broken(kd);
+				break;
+			}
+			if (err != -ENOSPC ||
+			    vq->num_free == virtqueue_get_vring_size(vq))
+				mod_delayed_work(kt_wq, &kd->tx_retry,
+						 KT_TX_RETRY_DELAY);
+			break;
 		}
+		list_del(&txb->node);
+		kd->tx_queued--;
+		if (txb->hdr.type != cpu_to_le16(KT_MSG_DATA))
+			kd->ctrl_queued--;
+		if (txb->ch)
+			kt_tx_entered_ring(txb, fwd);
+		else
+			kd->replies_pending--;
 		added = true;
 	}
 	if (added)
-		virtqueue_kick(kd->tx_vq);
+		virtqueue_kick(vq);
 }
 
 /* Queues @txb (header filled but for credit) behind earlier messages. */
-static void kt_tx_enqueue_locked(struct kt_dev *kd, struct kt_txbuf *txb,
-				 struct list_head *done)
+static void kt_tx_enqueue_locked(struct kt_dev *kd, struct kt_txbuf *txb)
 {
 	list_add_tail(&txb->node, &kd->tx_pending);
-	kt_tx_push_locked(kd, done);
+	kd->tx_queued++;
+	if (txb->hdr.type != cpu_to_le16(KT_MSG_DATA))
+		kd->ctrl_queued++;
+	kt_tx_push_locked(kd);
 }
 
 static void kt_hdr_init(struct kt_hdr *hdr, u32 id, u16 type, u32 len,
@@ -456,10 +597,9 @@ static void kt_hdr_init(struct kt_hdr *hdr, u32 id, u16 type, u32 len,
 int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
 {
 	struct kt_txbuf *txb;
-	LIST_HEAD(done);
 	int err = 0;
 
-	txb = kt_txbuf_alloc(0, GFP_KERNEL);
+	txb = kt_txbuf_alloc(kd, 0, GFP_KERNEL);
 	if (!txb) {
 		atomic64_inc(&kd->stats.tx_dropped);
 		return -ENOMEM;
@@ -473,11 +613,10 @@ int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
 		err = -ENOBUFS;
 	} else {
 		kd->replies_pending++;
-		kt_tx_enqueue_locked(kd, txb, &done);
+		kt_tx_enqueue_locked(kd, txb);
 	}
 	spin_unlock(&kd->tx_lock);
 
-	kt_txbufs_complete(&done);
 	if (err) {
 		atomic64_inc(&kd->stats.tx_dropped);
 		kt_txbuf_free(txb);
@@ -494,22 +633,29 @@ int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
  * @len: payload bytes
  *
  * Nothing is queued after the channel's CLOSE, and at most one
- * CREDIT_UPDATE and one CREDIT_REQUEST wait at a time (their credit fields
- * are filled when they enter the ring, so one is always enough).
+ * CREDIT_UPDATE and one CREDIT_REQUEST wait for ring room at a time (their
+ * credit fields are filled when they enter the ring, so one is always
+ * enough; the flag clears only once the message is on the ring). OPEN,
+ * OPEN_OK and CLOSE are sent once per channel, so the messages waiting are
+ * bounded by max_channels; credit messages are also bounded globally
+ * (KT_CTRL_PENDING_MAX): past that they are dropped and counted, and sent
+ * again when the reader or the peer next asks.
  *
- * Return: 0 if queued or coalesced, -ENOMEM, or -ECONNRESET if the device
- * is not live or the channel was reset.
+ * Return: 0 if queued or coalesced, -ENOMEM, -ENOBUFS (credit message
+ * dropped), or -ECONNRESET if the device is not live or the channel was
+ * reset.
  */
 int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 		     const void *payload, u32 len)
 {
 	struct kt_dev *kd = ch->kd;
+	bool credit = type == KT_MSG_CREDIT_UPDATE ||
+		      type == KT_MSG_CREDIT_REQUEST;
 	struct kt_txbuf *txb;
 	bool skip = false;
-	LIST_HEAD(done);
 	int err = 0;
 
-	txb = kt_txbuf_alloc(len, GFP_KERNEL);
+	txb = kt_txbuf_alloc(kd, len, GFP_KERNEL);
 	if (!txb)
 		return -ENOMEM;
 	kt_hdr_init(&txb->hdr, ch->id, type, len, arg);
@@ -522,6 +668,8 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 		err = -ECONNRESET;
 	} else if (ch->close_queued) {
 		skip = true;
+	} else if (credit && kd->ctrl_queued >= KT_CTRL_PENDING_MAX) {
+		err = -ENOBUFS;
 	} else if (type == KT_MSG_CREDIT_UPDATE) {
 		skip = ch->credit_update_queued;
 		ch->credit_update_queued = true;
@@ -535,12 +683,16 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 	if (!err && !skip) {
 		kref_get(&ch->ref);
 		txb->ch = ch;
-		kt_tx_enqueue_locked(kd, txb, &done);
+		kt_tx_enqueue_locked(kd, txb);
 		txb = NULL;
 	}
 	spin_unlock(&kd->tx_lock);
 
-	kt_txbufs_complete(&done);
+	if (err == -ENOBUFS) {
+		atomic64_inc(&kd->stats.tx_dropped);
+		dev_warn_ratelimited(&kd->vdev->dev,
+				     "tx queue full: credit message dropped\n");
+	}
 	if (txb)
 		kt_txbuf_free(txb);
 	return err;
@@ -605,7 +757,6 @@ int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled)
 	u32 cost = kt_msg_cost(len);
 	bool peer_limited = false;
 	bool request = false;
-	LIST_HEAD(done);
 	int err;
 
 	spin_lock(&kd->tx_lock);
@@ -638,21 +789,20 @@ int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled)
 		kref_get(&ch->ref);
 		txb->ch = ch;
 		txb->cost = cost;
-		kt_tx_enqueue_locked(kd, txb, &done);
+		kt_tx_enqueue_locked(kd, txb);
 		atomic64_inc(&kd->stats.tx_msgs);
 		atomic64_add(len, &kd->stats.tx_bytes);
 	}
 	spin_unlock(&kd->tx_lock);
 
-	kt_txbufs_complete(&done);
 	if (request)
 		kt_tx_queue_ctrl(ch, KT_MSG_CREDIT_REQUEST, 0, NULL, 0);
 	return err;
 }
 
-void kt_tx_work(struct work_struct *work)
+/* Reclaims completed tx buffers, then moves waiting ones into the ring. */
+static void kt_tx_reclaim(struct kt_dev *kd)
 {
-	struct kt_dev *kd = container_of(work, struct kt_dev, tx_work);
 	struct virtqueue *vq = kd->tx_vq;
 	struct kt_txbuf *txb;
 	unsigned int used;
@@ -665,11 +815,25 @@ void kt_tx_work(struct work_struct *work)
 			while ((txb = virtqueue_get_buf(vq, &used)))
 				list_add_tail(&txb->node, &done);
 		} while (!virtqueue_enable_cb(vq));
-		kt_tx_push_locked(kd, &done);
+		if (virtqueue_is_broken(vq))
+			kt_vq_broken(kd);
+		else
+			kt_tx_push_locked(kd);
 	}
 	spin_unlock(&kd->tx_lock);
 
 	kt_txbufs_complete(&done);
+}
+
+void kt_tx_work(struct work_struct *work)
+{
+	kt_tx_reclaim(container_of(work, struct kt_dev, tx_work));
+}
+
+void kt_tx_retry_work(struct work_struct *work)
+{
+	kt_tx_reclaim(container_of(to_delayed_work(work), struct kt_dev,
+				   tx_retry));
 }
 
 /**
@@ -686,6 +850,8 @@ void kt_tx_purge(struct kt_dev *kd)
 	spin_lock(&kd->tx_lock);
 	list_splice_init(&kd->tx_pending, &done);
 	kd->replies_pending = 0;
+	kd->ctrl_queued = 0;
+	kd->tx_queued = 0;
 	spin_unlock(&kd->tx_lock);
 	kt_txbufs_complete(&done);
 }

@@ -12,8 +12,16 @@ Not the real device: that is vhost-device/ (kt-vhost-device).
 
 Services the guest can open (see kt_guest_test.c for the expectations):
   echo, big (reply N bytes), slow (window of one message, never credits),
-  closeafter, refuse (EACCES), silent (never answers), reset (RESET on
-  "reset-now"), mal-noise, mal-seq, mal-frag, mal-credit,
+  closeafter, closemsgsize (closes with KT_ERR_MSGSIZE), refuse (EACCES), silent (never answers), reset (RESET on
+  "reset-now"; on "reset-tight" the last data and the RESET are both used
+  before the guest is notified), firehose (CREDIT_UPDATEs as fast as the
+  guest posts rx buffers, until the queues stop), breakring (after
+  OPEN_OK, a used rx entry with an id the guest never posted), breaktx (on
+  a message, a used tx entry with an id the guest never posted), noclose
+  (echoes, never answers the guest's CLOSE), stall (window of one message; on the first message the
+  device stops completing tx buffers, floods CREDIT_REQUEST, sends
+  "flood-done" and resumes a few seconds after the guest took it all),
+  mal-noise, mal-seq, mal-frag, mal-credit,
   dial:<name> (the host opens <name> in the guest and reports on this
   channel), hold:<name> (the host opens <name> and keeps it open until this
   channel closes). Anything else: ENOENT.
@@ -39,6 +47,7 @@ MAX_MSG = int(os.environ.get('KT_MAX_MSG', '65536'))
 RX_BUF = int(os.environ.get('KT_RX_BUF', '4096'))
 EVENT_IDX = os.environ.get('KT_EVENT_IDX', '1') == '1'
 INDIRECT = os.environ.get('KT_INDIRECT', '1') == '1'
+STALL_FLOOD = 10000
 
 def log(*a):
     print('[fake_device]', *a, flush=True)
@@ -144,6 +153,9 @@ class Dev:
         self.stats = {}
         self.timers = []
         self.rx_starved = False
+        self.tx_stalled = False
+        self.firehose = None
+        self.break_rx = False
         self.strikes = {}
         self.path = path
         if os.path.exists(path):
@@ -212,6 +224,11 @@ class Dev:
         elif req == 11:
             i = struct.unpack('<I', p[:4])[0]; q = self.vqs[i]
             q.started = False
+            if self.firehose is not None:
+                log('firehose stops: queue %d stopped' % i)
+                fid = self.firehose.id
+                self.rxq = [m for m in self.rxq if m[0] != fid]
+                self.firehose = None
             self.reply(req, struct.pack('<II', i, q.last_avail))
         elif req in (12, 13, 14):
             v = struct.unpack('<Q', p[:8])[0]; i = v & 0xff
@@ -257,9 +274,13 @@ class Dev:
             self.send_rx(c.id, MSG_DATA, p, chan=c, seq=c.tx_seq)
             c.tx_seq = (c.tx_seq + 1) & 0xffffffff
 
-    def fill_rx(self):
+    def fill_rx(self, notify=True):
         q = self.vqs[0]
         did = False
+        fh = self.firehose
+        if fh is not None and len(self.rxq) < 512:
+            for _ in range(512):
+                self.ctrl(fh, MSG_CU)
         while self.rxq and q.ready():
             ch, typ, payload, kw = self.rxq[0]
             raw = kw.get('raw')
@@ -296,8 +317,11 @@ class Dev:
                     self.mem.write(a, part)
                 pos += len(part)
             q.push(head, used); did = True
+        if self.break_rx and not self.rxq and q.ready():
+            self.break_rx = False
+            q.push(q.num + 5, 32); did = True
         q.set_avail_event()
-        if did:
+        if did and notify:
             q.notify()
 
     def fill_ev(self):
@@ -313,7 +337,7 @@ class Dev:
 
     def process_tx(self):
         q = self.vqs[1]; did = False
-        while q.has():
+        while q.has() and not self.tx_stalled:
             head, segs = q.pop()
             data = b''.join(self.mem.read(a, l) for a, l, w in segs)
             q.push(head, 0); did = True
@@ -364,9 +388,11 @@ class Dev:
             c.rx_cnt = (c.rx_cnt + 32 + ln) & 0xffffffff
             if ((c.rx_cnt - c.fwd) & 0xffffffff) > c.buf_alloc:
                 violation('channel %#x: guest sent beyond the credit granted' % cid)
-            if not c.svc.startswith('slow'):
+            if not c.svc.startswith('slow') and c.svc != 'stall':
                 c.fwd = (c.fwd + 32 + ln) & 0xffffffff
             self.on_data(c, payload)
+        elif typ == MSG_CLOSE and c.svc == 'noclose':
+            log('guest CLOSE %#x: never answered (noclose)' % cid)
         elif typ == MSG_CLOSE:
             log('guest CLOSE %#x arg %d' % (cid, arg))
             if not c.close_sent:
@@ -389,17 +415,26 @@ class Dev:
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=13); return
         if name == 'silent':
             return
-        known = ('echo', 'big', 'slow', 'closeafter', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
+        known = ('echo', 'big', 'slow', 'stall', 'firehose', 'breakring', 'noclose',
+                 'breaktx',
+                 'closeafter',
+                 'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
         if name not in known and not name.startswith('dial:') and not name.startswith('hold:'):
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=2); return
         c = Chan(cid, name, name)
         c.peer_buf, c.peer_fwd = ba, fw
-        if name == 'slow':
+        if name in ('slow', 'stall'):
             c.buf_alloc = MAX_MSG + 32
         self.chans[cid] = c
         self.ctrl(c, MSG_OPEN_OK)
         if name == 'reset':
             self.host_send(c, b'before-reset')
+        elif name == 'breakring':
+            log('breakring: a used id the guest never posted follows')
+            self.break_rx = True
+        elif name == 'firehose':
+            log('firehose on %#x' % cid)
+            self.firehose = c
         elif name == 'mal-noise':
             X = lambda **kw: self.send_rx(0, 0, b'', **kw)
             X(raw=hdr(cid, MSG_CU, flags=0x8000, buf_alloc=c.buf_alloc))
@@ -446,11 +481,32 @@ class Dev:
         if c.svc == 'reset' and p == b'reset-now':
             self.host_send(c, b'last-data')
             self.timers.append((time.time() + 0.5, self.do_reset))
-        elif c.svc == 'echo' or c.svc == 'mal-noise':
+        elif c.svc == 'reset' and p == b'reset-tight':
+            # The data is used first, then the RESET; only then does the
+            # guest hear of either, so it sees both at once.
+            self.host_send(c, b'last-data')
+            self.fill_rx(notify=False)
+            self.do_reset()
+            self.fill_ev()
+            self.vqs[0].notify()
+        elif c.svc == 'breaktx':
+            log('breaktx: a used tx id the guest never posted')
+            q = self.vqs[1]
+            q.push(q.num + 7, 0)
+            q.notify()
+        elif c.svc == 'stall' and not self.tx_stalled:
+            log('stall: tx stops, CREDIT_REQUEST flood on %#x' % c.id)
+            self.tx_stalled = True
+            for _ in range(STALL_FLOOD):
+                self.ctrl(c, MSG_CR)
+            self.host_send(c, b'flood-done')
+            self.timers.append((time.time() + 0.5, self.stall_resume))
+        elif c.svc in ('echo', 'mal-noise', 'noclose'):
             self.host_send(c, p)
-        elif c.svc == 'closeafter':
+        elif c.svc in ('closeafter', 'closemsgsize'):
             self.host_send(c, p)
-            self.ctrl(c, MSG_CLOSE); c.close_sent = True
+            arg = 90 if c.svc == 'closemsgsize' else 0
+            self.ctrl(c, MSG_CLOSE, arg); c.close_sent = True
         elif c.svc == 'big':
             n = int(p.decode())
             self.host_send(c, bytes((i * 7) & 0xff for i in range(n)))
@@ -465,6 +521,17 @@ class Dev:
         elif c.svc.startswith('dial:') and p == b'stats':
             self.host_send(c, repr(self.stats).encode())
 
+    def stall_resume(self):
+        """Resumes tx a few seconds after the guest took the whole flood."""
+        if self.rxq:
+            self.timers.append((time.time() + 0.5, self.stall_resume))
+        elif self.tx_stalled is True:
+            self.tx_stalled = 'ending'
+            self.timers.append((time.time() + 4, self.stall_resume))
+        else:
+            log('stall: tx resumes')
+            self.tx_stalled = False
+
     def do_reset(self):
         log('sending RESET')
         self.evq.append(hdr(0, MSG_RESET))
@@ -475,7 +542,8 @@ class Dev:
         without a kick, seen on two timeouts in a row, is a violation (the
         loop still processes it so the test does not hang)."""
         tx, rx = self.vqs[1], self.vqs[0]
-        stale_tx = tx.ready() and tx.has() and 1 not in kicked
+        stale_tx = (tx.ready() and tx.has() and 1 not in kicked
+                    and not self.tx_stalled)
         stale_rx = (self.rx_starved and rx.ready() and rx.has()
                     and 0 not in kicked)
         if stale_tx and self.strikes.get('tx'):

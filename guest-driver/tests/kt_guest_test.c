@@ -57,10 +57,13 @@ static int name_ioctl(int fd, unsigned long req, const char *name)
 	return ioctl(fd, req, &n);
 }
 
-/* Returns a connected fd, or -1 with errno from KT_IOC_CONNECT. */
+/*
+ * Returns a connected fd (blocking connect, then @flags set), or -1 with
+ * errno from KT_IOC_CONNECT.
+ */
 static int connect_to(const char *name, int flags)
 {
-	int fd = open("/dev/kerntransport", O_RDWR | flags);
+	int fd = open("/dev/kerntransport", O_RDWR);
 	int err;
 
 	if (fd < 0)
@@ -71,6 +74,8 @@ static int connect_to(const char *name, int flags)
 		errno = err;
 		return -1;
 	}
+	if (flags)
+		fcntl(fd, F_SETFL, flags);
 	return fd;
 }
 
@@ -99,6 +104,28 @@ static long sys_counter(const char *attr)
 		v = -1;
 	fclose(f);
 	return v;
+}
+
+/* Channels in sysfs "channels" whose state column is @state, or -1. */
+static int channels_in_state(const char *state)
+{
+	char path[256], line[512], st[32];
+	int n = 0;
+	glob_t g;
+	FILE *f;
+
+	if (glob("/sys/bus/virtio/devices/virtio*/kerntransport", 0, NULL, &g))
+		return -1;
+	snprintf(path, sizeof(path), "%s/channels", g.gl_pathv[0]);
+	globfree(&g);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%*s %31s", st) == 1 && !strcmp(st, state))
+			n++;
+	fclose(f);
+	return n;
 }
 
 static short poll_one(int fd, short events, int timeout_ms)
@@ -150,7 +177,7 @@ static void test_nodev(bool have_device)
 	check(read(fd, buf, 4) < 0 && errno == ENOTCONN,
 	      "read on an idle file -> ENOTCONN");
 	errno = 0;
-	check(ioctl(fd, KT_IOC_ACCEPT) < 0 && errno == EINVAL,
+	check(ioctl(fd, KT_IOC_ACCEPT, 0) < 0 && errno == EINVAL,
 	      "ACCEPT on an idle file -> EINVAL");
 
 	l = open("/dev/kerntransport", O_RDWR | O_NONBLOCK);
@@ -160,7 +187,7 @@ static void test_nodev(bool have_device)
 	check(name_ioctl(l2, KT_IOC_LISTEN, "svc") < 0 && errno == EADDRINUSE,
 	      "second LISTEN svc -> EADDRINUSE");
 	errno = 0;
-	check(ioctl(l, KT_IOC_ACCEPT) < 0 && errno == EAGAIN,
+	check(ioctl(l, KT_IOC_ACCEPT, 0) < 0 && errno == EAGAIN,
 	      "ACCEPT with O_NONBLOCK and nobody waiting -> EAGAIN");
 	check(poll_one(l, POLLIN, 0) == 0, "listener not readable");
 	check(state_of(l) == KT_STATE_LISTENING, "INFO: listening");
@@ -192,6 +219,9 @@ static void test_echo(void)
 	      info.max_msg_size == MAX_MSG && info.guest_id == 7,
 	      "INFO: open, channel %u, max %u, guest %u", info.channel,
 	      info.max_msg_size, info.guest_id);
+	/* The first channel since probe: ids start at a random point. */
+	check(info.channel != 1 && !(info.channel & KT_CHAN_DEVICE_BIT),
+	      "first channel id %#x is not predictable (not 1)", info.channel);
 	check(poll_one(fd, POLLIN | POLLOUT, 0) == POLLOUT,
 	      "fresh channel: POLLOUT only");
 	check(write(fd, "hello", 5) == 5, "write hello");
@@ -288,6 +318,148 @@ static void test_close(void)
 	close(fd);
 }
 
+static bool next_is(int fd, unsigned int flags, unsigned int len,
+		    unsigned int error)
+{
+	struct kt_ioc_next nx;
+
+	memset(&nx, 0xff, sizeof(nx));
+	if (ioctl(fd, KT_IOC_NEXT, &nx))
+		return false;
+	return nx.flags == flags && nx.len == (flags & KT_NEXT_F_MSG ? len : 0) &&
+	       nx.error == error && !nx.reserved;
+}
+
+/* KT_IOC_NEXT tells an empty message from EOF while both are queued. */
+static void test_next(void)
+{
+	int fd;
+
+	fd = connect_to("closeafter", 0);
+	check(fd >= 0, "connect closeafter for KT_IOC_NEXT");
+	check(next_is(fd, 0, 0, 0), "NEXT on an open, empty channel: nothing");
+	check(write(fd, "", 0) == 0, "send an empty message (echoed, then CLOSE)");
+	check(poll_one(fd, POLLHUP, 5000) & POLLHUP, "the host closed");
+	check(state_of(fd) == KT_STATE_CLOSED, "INFO already says closed");
+	check(next_is(fd, KT_NEXT_F_MSG | KT_NEXT_F_ENDED, 0, 0),
+	      "NEXT: an empty message is queued, then the end");
+	check(read(fd, buf, sizeof(buf)) == 0, "read the empty message");
+	check(next_is(fd, KT_NEXT_F_ENDED, 0, 0), "NEXT: now EOF");
+	check(read(fd, buf, sizeof(buf)) == 0, "read EOF");
+	close(fd);
+	fd = connect_to("closemsgsize", 0);
+	check(call_ok(fd, "abc", 3) && poll_one(fd, POLLHUP, 5000) & POLLHUP,
+	      "closemsgsize for KT_IOC_NEXT");
+	check(next_is(fd, KT_NEXT_F_ENDED, 0, ECONNABORTED),
+	      "NEXT: ended with ECONNABORTED");
+	close(fd);
+	fd = open("/dev/kerntransport", O_RDWR);
+	errno = 0;
+	check(ioctl(fd, KT_IOC_NEXT, buf) < 0 && errno == ENOTCONN,
+	      "NEXT on an idle file -> ENOTCONN");
+	close(fd);
+}
+
+/*
+ * A host close with KT_ERR_MSGSIZE reads as ECONNABORTED, not as the
+ * EMSGSIZE of a too small buffer.
+ */
+static void test_close_msgsize(void)
+{
+	short ev;
+	int fd;
+
+	fd = connect_to("closemsgsize", 0);
+	check(fd >= 0, "connect closemsgsize");
+	check(call_ok(fd, "x", 1), "echo before the host closes (MSGSIZE)");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNABORTED,
+	      "host CLOSE KT_ERR_MSGSIZE -> read ECONNABORTED");
+	ev = poll_one(fd, POLLIN, 0);
+	check((ev & (POLLERR | POLLHUP)) == (POLLERR | POLLHUP),
+	      "closemsgsize: POLLERR|POLLHUP (%#x)", ev);
+	close(fd);
+}
+
+/* O_NONBLOCK read while another reader sleeps in read(): EAGAIN at once. */
+static void test_nonblock_read(void)
+{
+	struct sigaction sa = { .sa_handler = on_alarm };
+	int fd, st = -1;
+	ssize_t n;
+	pid_t pid;
+
+	sigaction(SIGALRM, &sa, NULL);
+	fd = connect_to("echo", 0);
+	check(fd >= 0, "connect echo for two readers");
+	pid = fork();
+	if (pid == 0)
+		_exit(read(fd, buf, sizeof(buf)) == 4 ? 0 : 1);
+	usleep(300000);
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	alarm(2);
+	errno = 0;
+	n = read(fd, buf, sizeof(buf));
+	alarm(0);
+	check(n < 0 && errno == EAGAIN,
+	      "O_NONBLOCK read beside a blocked reader -> EAGAIN at once");
+	fcntl(fd, F_SETFL, 0);
+	check(write(fd, "wake", 4) == 4, "message for the blocked reader");
+	waitpid(pid, &st, 0);
+	check(WIFEXITED(st) && !WEXITSTATUS(st), "the blocked reader got it");
+	close(fd);
+}
+
+/* CONNECT on an O_NONBLOCK file: EINPROGRESS, the outcome shows in poll. */
+static void test_nonblock_connect(void)
+{
+	short ev;
+	int fd, st;
+
+	fd = open("/dev/kerntransport", O_RDWR | O_NONBLOCK);
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_CONNECT, "echo") < 0 &&
+	      errno == EINPROGRESS, "O_NONBLOCK CONNECT -> EINPROGRESS");
+	st = state_of(fd);
+	check(st == KT_STATE_CONNECTING || st == KT_STATE_OPEN,
+	      "INFO while connecting: %d", st);
+	ev = poll_one(fd, POLLOUT, 5000);
+	check(ev == POLLOUT, "POLLOUT once the host accepted (%#x)", ev);
+	check(state_of(fd) == KT_STATE_OPEN, "INFO: open");
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_CONNECT, "echo") < 0 && errno == EISCONN,
+	      "CONNECT again -> EISCONN");
+	check(write(fd, "nb", 2) == 2 && (poll_one(fd, POLLIN, 5000) & POLLIN) &&
+	      read(fd, buf, sizeof(buf)) == 2, "echo on the non-blocking channel");
+	close(fd);
+
+	fd = open("/dev/kerntransport", O_RDWR | O_NONBLOCK);
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_CONNECT, "nosuch") < 0 &&
+	      errno == EINPROGRESS, "O_NONBLOCK CONNECT nosuch -> EINPROGRESS");
+	ev = poll_one(fd, POLLIN | POLLOUT, 5000);
+	check((ev & (POLLERR | POLLHUP)) == (POLLERR | POLLHUP) &&
+	      !(ev & POLLOUT), "refused: POLLERR|POLLHUP (%#x)", ev);
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ENOENT,
+	      "read reports the refusal: ENOENT");
+	close(fd);
+
+	fd = open("/dev/kerntransport", O_RDWR | O_NONBLOCK);
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_CONNECT, "silent") < 0 &&
+	      errno == EINPROGRESS, "O_NONBLOCK CONNECT silent -> EINPROGRESS");
+	check(poll_one(fd, POLLIN | POLLOUT, 300) == 0,
+	      "no answer: no poll event");
+	errno = 0;
+	check(name_ioctl(fd, KT_IOC_CONNECT, "silent") < 0 && errno == EALREADY,
+	      "CONNECT again while in progress -> EALREADY");
+	errno = 0;
+	check(write(fd, "x", 1) < 0 && errno == ENOTCONN,
+	      "write while connecting -> ENOTCONN");
+	close(fd);
+}
+
 static void test_credit(void)
 {
 	long stalls = sys_counter("credit_stalls");
@@ -302,6 +474,105 @@ static void test_credit(void)
 	check(poll_one(fd, POLLOUT, 300) == 0, "no POLLOUT without credit");
 	check(sys_counter("credit_stalls") > stalls, "credit_stalls counted");
 	close(fd);
+}
+
+static bool read_str(int fd, const char *want)
+{
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+
+	buf[n > 0 ? n : 0] = '\0';
+	return n > 0 && !strcmp(buf, want);
+}
+
+/* A field of /proc/meminfo in kB, or -1. */
+static long meminfo_kb(const char *key)
+{
+	char line[128];
+	long v = -1;
+	FILE *f;
+
+	f = fopen("/proc/meminfo", "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, key, strlen(key)) &&
+		    sscanf(line + strlen(key), "%ld", &v) == 1)
+			break;
+	fclose(f);
+	return v;
+}
+
+/*
+ * The device stops completing tx and floods CREDIT_REQUEST while a
+ * non-blocking writer retries on EAGAIN: at most one CREDIT_UPDATE and one
+ * CREDIT_REQUEST wait (SPEC 8), guest memory stays flat, and everything
+ * flows again once the device resumes.
+ */
+static void test_stall(void)
+{
+	long slab0, slab1, pend = -1;
+	int fd, i, again = 0;
+
+	fd = connect_to("stall", O_NONBLOCK);
+	check(fd >= 0, "connect stall");
+	slab0 = meminfo_kb("Slab:");
+	check(write(fd, wbuf, MAX_MSG) == MAX_MSG, "stall: first message fits");
+	check(poll_one(fd, POLLIN, 60000) & POLLIN, "stall: flood arrived");
+	check(read_str(fd, "flood-done"), "stall: flood-done after the flood");
+	for (i = 0; i < 10000; i++)
+		again += write(fd, "x", 1) < 0 && errno == EAGAIN;
+	check(again == 10000, "stall: 10000 non-blocking writes -> EAGAIN");
+	slab1 = meminfo_kb("Slab:");
+	pend = sys_counter("tx_pending");
+	check(pend >= 0 && pend <= 2,
+	      "stall: tx_pending %ld (one CREDIT_UPDATE, one CREDIT_REQUEST)",
+	      pend);
+	check(slab0 > 0 && slab1 - slab0 < 512,
+	      "stall: guest slab stays bounded (%ld kB -> %ld kB)", slab0,
+	      slab1);
+	for (i = 0; i < 300 && sys_counter("tx_pending") != 0; i++)
+		usleep(100000);
+	check(sys_counter("tx_pending") == 0,
+	      "stall: queued messages leave once the device resumes");
+	close(fd);
+	fd = connect_to("echo", 0);
+	check(fd >= 0 && call_ok(fd, "alive", 5), "stall: echo afterwards");
+	close(fd);
+}
+
+/*
+ * A peer that never answers CLOSE: the channels it leaves half-closed are
+ * bounded (max_channels / 4 = 16 with the fake device's 64), and their
+ * ids do not stop new channels (16 + 40 fit in 64, 32 + 40 do not).
+ */
+static void test_noclose(void)
+{
+	long bad = sys_counter("malformed");
+	int fds[40], i, ok = 0, n;
+
+	for (i = 0; i < 32; i++) {
+		fds[i] = connect_to("noclose", 0);
+		ok += fds[i] >= 0 && call_ok(fds[i], "m", 1);
+	}
+	check(ok == 32, "32 channels to noclose");
+	for (i = 0; i < 32; i++)
+		close(fds[i]);
+	usleep(300000);
+	n = channels_in_state("closing");
+	check(n == 16, "half-closed channels bounded: %d of 32 wait", n);
+	check(sys_counter("malformed") == bad + 16,
+	      "the 16 forgotten ones counted as malformed");
+	for (i = 0; i < 40; i++) {
+		fds[i] = connect_to("noclose", 0);
+		if (fds[i] < 0)
+			break;
+	}
+	check(i == 40, "40 more channels open (ids not pinned)");
+	while (i--)
+		close(fds[i]);
+	i = connect_to("echo", 0);
+	check(i >= 0 && call_ok(i, "still", 5), "noclose: echo afterwards");
+	close(i);
 }
 
 static void test_malformed(void)
@@ -361,14 +632,6 @@ static void echo_until_eof(int fd)
 	}
 }
 
-static bool read_str(int fd, const char *want)
-{
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-
-	buf[n > 0 ? n : 0] = '\0';
-	return n > 0 && !strcmp(buf, want);
-}
-
 static void test_listen(void)
 {
 	struct kt_ioc_info info;
@@ -384,8 +647,10 @@ static void test_listen(void)
 	fd = connect_to("dial:svc", 0);
 	check(fd >= 0, "ask the host to connect to svc");
 	check(poll_one(l, POLLIN, 5000) & POLLIN, "listener POLLIN");
-	a = ioctl(l, KT_IOC_ACCEPT);
+	a = ioctl(l, KT_IOC_ACCEPT, O_CLOEXEC);
 	check(a >= 0, "ACCEPT returns a new fd");
+	check(a >= 0 && (fcntl(a, F_GETFD) & FD_CLOEXEC),
+	      "ACCEPT with O_CLOEXEC: the fd is close-on-exec");
 	memset(&info, 0, sizeof(info));
 	rc = ioctl(a, KT_IOC_INFO, &info);
 	check(rc == 0 && (info.channel & KT_CHAN_DEVICE_BIT),
@@ -475,6 +740,26 @@ static void test_reset(void)
 	check(sys_counter("open_channels") == 0, "no channel left open");
 }
 
+/*
+ * DATA used before a RESET that the guest sees in the same batch is
+ * delivered first (SPEC 6), not dropped as data for an unknown channel.
+ */
+static void test_reset_tight(void)
+{
+	int fd;
+
+	fd = connect_to("reset", 0);
+	check(read(fd, buf, sizeof(buf)) == 12, "reset-tight: first message");
+	check(write(fd, "reset-tight", 11) == 11,
+	      "ask for data and a RESET used together");
+	check(read_str(fd, "last-data"),
+	      "reset-tight: data used before the RESET is delivered");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "reset-tight: then ECONNRESET");
+	close(fd);
+}
+
 static void test_signals(void)
 {
 	struct sigaction sa = { .sa_handler = on_alarm };
@@ -530,6 +815,111 @@ static void test_unbind(void)
 	close(l);
 }
 
+/* Unbind while the device completes rx buffers as fast as they are posted. */
+static void test_firehose(void)
+{
+	int fd, i, st = -1;
+	pid_t pid;
+
+	fd = connect_to("firehose", 0);
+	check(fd >= 0, "connect firehose");
+	sleep(1);
+	pid = fork();
+	if (pid == 0) {
+		execl("/bin/sh", "sh", "-c",
+		      "echo virtio0 > /sys/bus/virtio/drivers/kerntransport/unbind",
+		      (char *)NULL);
+		_exit(127);
+	}
+	for (i = 0; i < 300; i++) {
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			break;
+		usleep(100000);
+	}
+	check(i < 300 && WIFEXITED(st) && !WEXITSTATUS(st),
+	      "unbind finishes while the device floods rx (%d ms)", i * 100);
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "firehose channel -> ECONNRESET");
+	close(fd);
+	check(!system("echo virtio0 > /sys/bus/virtio/drivers/kerntransport/bind"),
+	      "bind it again");
+	fd = connect_to("echo", 0);
+	check(fd >= 0 && call_ok(fd, "d", 1), "echo after the firehose");
+	close(fd);
+}
+
+/*
+ * The device hands back an rx id the driver never posted: the ring is
+ * broken, counted, every channel fails at once and the device is reset.
+ */
+static void test_breakring(void)
+{
+	struct sigaction sa = { .sa_handler = on_alarm };
+	long broken = sys_counter("rings_broken");
+	int fd, i;
+
+	sigaction(SIGALRM, &sa, NULL);
+	alarm(10);
+	fd = connect_to("breakring", 0);
+	check(fd >= 0, "connect breakring");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "the device breaks the rx ring: the channel fails (ECONNRESET)");
+	alarm(0);
+	check(broken >= 0 && sys_counter("rings_broken") == broken + 1,
+	      "rings_broken counted (%ld -> %ld)", broken,
+	      sys_counter("rings_broken"));
+	close(fd);
+	alarm(10);
+	for (i = 0; i < 50; i++) {
+		fd = connect_to("echo", 0);
+		if (fd >= 0 || errno == EINTR)
+			break;
+		usleep(100000);
+	}
+	check(fd >= 0 && call_ok(fd, "back", 4),
+	      "the device was reset: echo works again");
+	alarm(0);
+	close(fd);
+}
+
+/*
+ * The device breaks the tx ring under a writer: what write() accepted is
+ * never dropped silently (tx_dropped stays), the channel fails instead.
+ */
+static void test_breaktx(void)
+{
+	struct sigaction sa = { .sa_handler = on_alarm };
+	long broken = sys_counter("rings_broken");
+	long dropped = sys_counter("tx_dropped");
+	int fd;
+
+	sigaction(SIGALRM, &sa, NULL);
+	alarm(10);
+	fd = connect_to("breaktx", 0);
+	check(fd >= 0 && write(fd, "x", 1) == 1,
+	      "breaktx: a message (the device then breaks the tx ring)");
+	usleep(200000);
+	write(fd, "after", 5);
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "breaktx: the channel fails (ECONNRESET)");
+	alarm(0);
+	check(sys_counter("tx_dropped") == dropped,
+	      "breaktx: nothing write() accepted was dropped (tx_dropped %ld -> %ld)",
+	      dropped, sys_counter("tx_dropped"));
+	check(broken >= 0 && sys_counter("rings_broken") == broken + 1,
+	      "breaktx: rings_broken counted");
+	close(fd);
+	alarm(10);
+	fd = connect_to("echo", 0);
+	check(fd >= 0 && call_ok(fd, "again", 5),
+	      "breaktx: the device was reset: echo works again");
+	alarm(0);
+	close(fd);
+}
+
 static void test_huge(void)
 {
 	int fd, i, k;
@@ -571,25 +961,44 @@ int main(int argc, char **argv)
 		test_echo();
 		test_big();
 		test_close();
+		test_close_msgsize();
+		test_nonblock_read();
+		test_next();
+		test_nonblock_connect();
 		test_credit();
+		test_stall();
+		test_noclose();
 		test_malformed();
 		test_listen();
 		test_stress();
 		test_reset();
+		test_reset_tight();
 		test_signals();
 	} else if (!strcmp(what, "unbind")) {
 		test_unbind();
+	} else if (!strcmp(what, "breakring")) {
+		test_breakring();
+		test_breaktx();
+	} else if (!strcmp(what, "firehose")) {
+		test_firehose();
 	} else if (!strcmp(what, "huge")) {
 		test_huge();
 	} else if (!strcmp(what, "hold")) {
 		test_hold();
 	} else if (!strcmp(what, "quick")) {
+		struct kt_ioc_info info = { 0 };
 		int fd = connect_to("echo", 0);
+		int rc;
 
 		check(fd >= 0 && call_ok(fd, "quick", 5), "echo");
+		rc = ioctl(fd, KT_IOC_INFO, &info);
+
+		check(!rc && info.channel != 1,
+		      "first channel after reload: id %#x, not 1",
+		      info.channel);
 	} else {
 		fprintf(stderr,
-			"usage: %s nodev|dev|unbind|huge|hold|quick\n", argv[0]);
+			"usage: %s nodev|dev|unbind|firehose|breakring|huge|hold|quick\n", argv[0]);
 		return 2;
 	}
 	printf("%s: %d failures\n", what, failures);

@@ -13,7 +13,8 @@
 # Fails on any "FAIL:" or "N failures" (N > 0) line, a kernel BUG/WARNING, a
 # protocol violation seen by fake_device.py, or a guest that did not finish.
 # Needs the patched QEMU (images/ builds it into $KT_CACHE/qemu-*/); set
-# QEMU_KT to use another one. Not run by check.sh.
+# QEMU_KT to use another one; KT_TEST_LOGS=<dir> keeps every serial and device
+# log there. Not run by check.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 drv=$(dirname "$here")
@@ -95,10 +96,12 @@ dev)
 	dmesg | grep -q "kt_api_test: 0 failures" || echo "FAIL: kt_api_test"
 	run rmmod kt_api_test
 	run kt_guest_test unbind
+	run kt_guest_test firehose
 	run kt_guest_test hold
 	run rmmod kerntransport
 	run insmod $m/kerntransport.ko
 	run kt_guest_test quick
+	run kt_guest_test breakring
 	run rmmod kerntransport
 	;;
 huge)
@@ -144,6 +147,11 @@ run_guest() {
 		device_pid=
 	fi
 	sed -i 's/\x1b\[[0-9;?]*[a-zA-Z]//g' "$log"
+	if [ -n "${KT_TEST_LOGS:-}" ]; then
+		mkdir -p "$KT_TEST_LOGS"
+		cp "$log" "$KT_TEST_LOGS/"
+		[ ! -f "$dlog" ] || cp "$dlog" "$KT_TEST_LOGS/"
+	fi
 	local bad
 	bad=$(grep -E '^FAIL|failures' "$log" | grep -Ev ': 0 failures' || true)
 	[ -f "$dlog" ] && bad+=$'\n'$(grep -E 'VIOLATION|Traceback' "$dlog" | head -n 20 || true)

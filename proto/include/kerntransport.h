@@ -120,13 +120,34 @@ struct kt_ioc_info {
 #define KT_STATE_LISTENING		3
 #define KT_STATE_CLOSED			4
 
+/*
+ * KT_IOC_NEXT: what the next read() on a channel will return, without
+ * waiting or consuming anything. Tells an empty message (KT_NEXT_F_MSG,
+ * len 0) from end-of-channel (KT_NEXT_F_ENDED without KT_NEXT_F_MSG).
+ */
+struct kt_ioc_next {
+	__u32 flags;		/* KT_NEXT_F_* */
+	__u32 len;		/* KT_NEXT_F_MSG: the next message's length */
+	__u32 error;		/* KT_NEXT_F_ENDED: errno read() reports once
+				 * the queue is empty, 0 for EOF */
+	__u32 reserved;		/* 0 */
+};
+
+#define KT_NEXT_F_MSG			0x1	/* a message is queued */
+#define KT_NEXT_F_ENDED			0x2	/* no more messages will come */
+
 #define KT_IOC_MAGIC			'k'
 /* Connect this file to a host service; blocks until OPEN_OK/OPEN_ERR. */
 #define KT_IOC_CONNECT		_IOW(KT_IOC_MAGIC, 1, struct kt_ioc_name)
 /* Listen on a name for host-initiated channels. */
 #define KT_IOC_LISTEN		_IOW(KT_IOC_MAGIC, 2, struct kt_ioc_name)
-/* On a listening file: returns a new fd for the next incoming channel. */
+/*
+ * On a listening file: returns a new fd for the next incoming channel. The
+ * argument is accept4()-style flags (O_CLOEXEC, O_NONBLOCK; pass 0).
+ */
 #define KT_IOC_ACCEPT		_IO(KT_IOC_MAGIC, 3)
 #define KT_IOC_INFO		_IOR(KT_IOC_MAGIC, 4, struct kt_ioc_info)
+/* On a channel: fills struct kt_ioc_next; ENOTCONN on other files. */
+#define KT_IOC_NEXT		_IOR(KT_IOC_MAGIC, 5, struct kt_ioc_next)
 
 #endif /* _UAPI_LINUX_KERNTRANSPORT_H */

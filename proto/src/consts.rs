@@ -61,6 +61,13 @@ pub const IOC_MAGIC: u8 = b'k';
 pub const IOC_NAME_SIZE: usize = NAME_MAX + 1;
 /// Size of `struct kt_ioc_info`.
 pub const IOC_INFO_SIZE: usize = 16;
+/// Size of `struct kt_ioc_next`.
+pub const IOC_NEXT_SIZE: usize = 16;
+/// `struct kt_ioc_next` flag: a message is queued, `len` is its length.
+pub const NEXT_F_MSG: u32 = 0x1;
+/// `struct kt_ioc_next` flag: the channel ended; once the queue is empty
+/// `read()` returns 0 (EOF) or fails with `error`.
+pub const NEXT_F_ENDED: u32 = 0x2;
 
 const IOC_WRITE: u32 = 1;
 const IOC_READ: u32 = 2;
@@ -78,6 +85,8 @@ pub const IOC_LISTEN: u32 = ioc(IOC_WRITE, IOC_MAGIC, 2, IOC_NAME_SIZE);
 pub const IOC_ACCEPT: u32 = ioc(0, IOC_MAGIC, 3, 0);
 /// `KT_IOC_INFO`: reads `struct kt_ioc_info`.
 pub const IOC_INFO: u32 = ioc(IOC_READ, IOC_MAGIC, 4, IOC_INFO_SIZE);
+/// `KT_IOC_NEXT`: reads `struct kt_ioc_next` (the next `read()`'s result).
+pub const IOC_NEXT: u32 = ioc(IOC_READ, IOC_MAGIC, 5, IOC_NEXT_SIZE);
 
 /// Endpoint states reported by `KT_IOC_INFO`.
 pub mod state {
@@ -110,5 +119,6 @@ mod tests {
         assert_eq!(IOC_LISTEN, 0x4040_6b02);
         assert_eq!(IOC_ACCEPT, 0x0000_6b03);
         assert_eq!(IOC_INFO, 0x8010_6b04);
+        assert_eq!(IOC_NEXT, 0x8010_6b05);
     }
 }

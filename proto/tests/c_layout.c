@@ -32,6 +32,7 @@ int main(void)
 	P("size.kt_config", sizeof(struct kt_config));
 	P("size.kt_ioc_name", sizeof(struct kt_ioc_name));
 	P("size.kt_ioc_info", sizeof(struct kt_ioc_info));
+	P("size.kt_ioc_next", sizeof(struct kt_ioc_next));
 	OFF(kt_hdr, channel); OFF(kt_hdr, type); OFF(kt_hdr, flags);
 	OFF(kt_hdr, len); OFF(kt_hdr, msg_len); OFF(kt_hdr, seq);
 	OFF(kt_hdr, buf_alloc); OFF(kt_hdr, fwd_cnt); OFF(kt_hdr, arg);
@@ -75,6 +76,8 @@ int main(void)
 	P("KT_STATE_CLOSED", KT_STATE_CLOSED);
 	P("KT_IOC_CONNECT", KT_IOC_CONNECT); P("KT_IOC_LISTEN", KT_IOC_LISTEN);
 	P("KT_IOC_ACCEPT", KT_IOC_ACCEPT); P("KT_IOC_INFO", KT_IOC_INFO);
+	P("KT_IOC_NEXT", KT_IOC_NEXT);
+	P("KT_NEXT_F_MSG", KT_NEXT_F_MSG); P("KT_NEXT_F_ENDED", KT_NEXT_F_ENDED);
 	printf("KT_KERNEL_NAME_PREFIX %s\n", KT_KERNEL_NAME_PREFIX);
 
 	memset(&h, 0, sizeof(h));

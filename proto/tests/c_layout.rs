@@ -56,6 +56,7 @@ fn header_layout_constants_and_golden_bytes_agree() {
     assert_eq!(num(&c, "size.kt_config"), CONFIG_SIZE as u64);
     assert_eq!(num(&c, "size.kt_ioc_name"), IOC_NAME_SIZE as u64);
     assert_eq!(num(&c, "size.kt_ioc_info"), IOC_INFO_SIZE as u64);
+    assert_eq!(num(&c, "size.kt_ioc_next"), IOC_NEXT_SIZE as u64);
     for (field, off) in HDR_FIELD_OFFSETS {
         assert_eq!(
             num(&c, &format!("off.kt_hdr.{field}")),
@@ -125,6 +126,9 @@ fn header_layout_constants_and_golden_bytes_agree() {
         ("KT_IOC_LISTEN", IOC_LISTEN.into()),
         ("KT_IOC_ACCEPT", IOC_ACCEPT.into()),
         ("KT_IOC_INFO", IOC_INFO.into()),
+        ("KT_IOC_NEXT", IOC_NEXT.into()),
+        ("KT_NEXT_F_MSG", NEXT_F_MSG.into()),
+        ("KT_NEXT_F_ENDED", NEXT_F_ENDED.into()),
     ];
     for (name, v) in consts {
         assert_eq!(num(&c, name), *v, "{name}");

@@ -23,11 +23,12 @@ struct kt_service;
  * struct kt_chan_ops - callbacks of a kernel channel endpoint
  * @owner: the module holding the callbacks (THIS_MODULE); it stays pinned
  *	while a channel using these ops exists.
- * @recv: one whole message arrived. Runs in process context (a workqueue),
- *	never concurrently with itself or @closed for the same channel. @data
- *	is valid only during the call; the message's credit is returned to
- *	the peer when @recv returns. May sleep, may call kt_send() and
- *	kt_close() on this channel.
+ * @recv: one whole message arrived. Runs in process context (the driver's
+ *	callback workqueue, not the one that receives), never concurrently
+ *	with itself or @closed for the same channel. @data is valid only
+ *	during the call; the message's credit is returned to the peer when
+ *	@recv returns. May sleep, may call kt_send() and kt_close() on this
+ *	channel.
  * @closed: the channel ended: the peer closed it (@err 0 or a positive
  *	errno the peer gave), or the transport was reset or removed
  *	(ECONNRESET). Called once, after every queued message was passed to

@@ -305,9 +305,10 @@ impl Channel {
                     self.wait(libc::POLLIN, None)?;
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(Recv::Eof),
-                // Our buffer always holds max_msg_size, so EMSGSIZE on a read
-                // is the channel's close reason, not a too-small buffer.
-                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                // The peer closed with KT_ERR_MSGSIZE: /dev/kerntransport
+                // says ECONNABORTED (older drivers said EMSGSIZE, which our
+                // buffer of max_msg_size bytes cannot mean otherwise).
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EMSGSIZE)) => {
                     return Err(Error::ClosedTooBig {
                         label: self.label.clone(),
                     })

@@ -155,7 +155,19 @@ const DEVICE_METRICS: &[(&str, &str, Kind, &str)] = &[
         "tx_dropped",
         "kt_guest_tx_dropped_total",
         Kind::Counter,
-        "Replies to refused OPENs dropped for lack of tx buffers.",
+        "Control messages dropped while the device took no tx buffers.",
+    ),
+    (
+        "tx_pending",
+        "kt_guest_tx_pending",
+        Kind::Gauge,
+        "Messages waiting for room in the tx ring.",
+    ),
+    (
+        "rings_broken",
+        "kt_guest_rings_broken_total",
+        Kind::Counter,
+        "Virtqueues the device broke (the device was reset each time).",
     ),
     (
         "resets",
