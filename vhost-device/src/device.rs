@@ -1069,6 +1069,10 @@ impl Device {
         };
         let mut buf = [0u8; HANDSHAKE_MAX];
         let r = h.sock.recv(&mut buf);
+        add(
+            &self.stats.events.passed_fds_closed,
+            h.sock.take_passed_fds_closed(),
+        );
         let n = match r {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             Ok(Recv::Msg(n)) => n,
@@ -1203,6 +1207,12 @@ impl Device {
             return None;
         }
         let mut got = recv_host(ch.sock.as_ref()?, &mut self.scratch, &ch.send, max);
+        add(
+            &self.stats.events.passed_fds_closed,
+            ch.sock
+                .as_ref()
+                .map_or(0, SeqPacket::take_passed_fds_closed),
+        );
         let mut stopped_reading = false;
         if matches!(&got, HostRead::Failed(e) if e.raw_os_error() == Some(libc::ECONNRESET)) {
             // The host closed with guest data unread. The kernel says so
@@ -1213,6 +1223,12 @@ impl Device {
             );
             stopped_reading = true;
             got = recv_host(ch.sock.as_ref()?, &mut self.scratch, &ch.send, max);
+            add(
+                &self.stats.events.passed_fds_closed,
+                ch.sock
+                    .as_ref()
+                    .map_or(0, SeqPacket::take_passed_fds_closed),
+            );
         }
         let end = if ch.host_unread {
             ErrorCode::ConnReset

@@ -6,8 +6,9 @@
 //! Modules: `args`/`config`/`policy` (CLI and checked configuration),
 //! `daemon` (serve frontends in a loop), `backend` (vhost-user glue),
 //! `device` (protocol engine), `channel` (per-channel state), `chain`
-//! (descriptor chains in and out), `seqpacket` (host sockets), `stats` and
-//! `control` (counters and the control socket). The simulated guest driver
+//! (descriptor chains in and out), `seqpacket` (host sockets), `sockpath`
+//! (claiming socket paths), `stats` and `control` (counters and the control
+//! socket). The simulated guest driver
 //! the tests and the bench use is the separate dev-only crate `kt-sim`
 //! (`vhost-device/sim/`).
 
@@ -21,4 +22,5 @@ pub mod daemon;
 pub mod device;
 pub mod policy;
 pub mod seqpacket;
+pub mod sockpath;
 pub mod stats;

@@ -71,6 +71,8 @@ pub struct DeviceEvents {
     pub resets: AtomicU64,
     /// Host connections on the listening socket.
     pub host_connects: AtomicU64,
+    /// Descriptors host peers passed (`SCM_RIGHTS`), closed on receipt.
+    pub passed_fds_closed: AtomicU64,
 }
 
 /// Which side opened a channel.
@@ -134,6 +136,9 @@ pub struct StatsSnapshot {
     pub resets: u64,
     /// Host connections on the listening socket.
     pub host_connects: u64,
+    /// Descriptors host peers passed, closed on receipt.
+    #[serde(default)]
+    pub passed_fds_closed: u64,
     /// Device totals.
     pub device: CountersSnapshot,
     /// Open channels.
@@ -206,6 +211,7 @@ impl Stats {
             open_refused: self.events.open_refused.load(Relaxed),
             resets: self.events.resets.load(Relaxed),
             host_connects: self.events.host_connects.load(Relaxed),
+            passed_fds_closed: self.events.passed_fds_closed.load(Relaxed),
             device: self.device.snapshot(),
             channels,
         }
@@ -284,7 +290,7 @@ impl StatsSnapshot {
             "1 while a guest driver is live on the queues, else 0.",
         );
         w.sample(&g, bool_gauge(self.active));
-        let events: [(&'static str, &'static str, u64); 5] = [
+        let events: [(&'static str, &'static str, u64); 6] = [
             (
                 "kt_device_frontends_total",
                 "vhost-user frontend (VMM) connections accepted.",
@@ -309,6 +315,11 @@ impl StatsSnapshot {
                 "kt_device_host_connects_total",
                 "Host program connections on the --listen socket.",
                 self.host_connects,
+            ),
+            (
+                "kt_device_passed_fds_closed_total",
+                "Descriptors host peers passed (SCM_RIGHTS), closed unused on receipt.",
+                self.passed_fds_closed,
             ),
         ];
         for (name, help, v) in events {
@@ -451,6 +462,7 @@ mod tests {
         st.active.store(true, Relaxed);
         add(&st.events.frontends, 2);
         add(&st.events.opened, 3);
+        add(&st.events.passed_fds_closed, 8);
         let a = st.open_channel(1, "echo", Opener::Guest);
         let b = st.open_channel(0x40000002, "we\"ird\\name", Opener::Host);
         add(&a.msgs_to_host, 5);
@@ -475,6 +487,10 @@ mod tests {
         assert_eq!(ex.value("kt_device_frontends_total", &[]), Some(2.0));
         assert_eq!(ex.value("kt_device_channels_opened_total", &[]), Some(3.0));
         assert_eq!(ex.value("kt_device_open_channels", &[]), Some(2.0));
+        assert_eq!(
+            ex.value("kt_device_passed_fds_closed_total", &[]),
+            Some(8.0)
+        );
         assert_eq!(ex.value("kt_device_malformed_total", &[]), Some(4.0));
         let to_guest = [("direction", "to_guest")];
         assert_eq!(ex.value("kt_device_messages_total", &to_guest), Some(9.0));
