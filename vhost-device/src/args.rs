@@ -79,7 +79,9 @@ pub struct RunArgs {
     /// Largest message payload in bytes, either direction (config space).
     #[arg(long, value_name = "N")]
     pub max_msg_size: Option<u32>,
-    /// Channels open at once, both directions together (config space).
+    /// Channels open at once, both directions together (config space). The
+    /// open-file limit is raised to fit them (max-channels + 128), or the
+    /// daemon refuses to start if the hard limit is lower.
     #[arg(long, value_name = "N")]
     pub max_channels: Option<u32>,
     /// rx buffer size the driver should post, 256..=65536 (config space).

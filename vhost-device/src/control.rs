@@ -92,7 +92,12 @@ pub fn spawn_server(path: &Path, stats: Arc<Stats>) -> Result<JoinHandle<()>, Co
                             log::debug!("control client: {e}");
                         }
                     }
-                    Err(e) => log::warn!("control socket accept: {e}"),
+                    Err(e) => {
+                        // Out of descriptors, say: the connection stays
+                        // queued, so wait instead of spinning on it.
+                        log::warn!("control socket accept: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
             }
         })

@@ -36,6 +36,9 @@ pub enum DaemonError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The open-file limit cannot fit `--max-channels`.
+    #[error(transparent)]
+    FdLimit(#[from] crate::fdlimit::FdLimitError),
     /// A socket path is taken by a live daemon or is not a socket.
     #[error(transparent)]
     Claim(#[from] crate::sockpath::ClaimError),
@@ -55,6 +58,7 @@ pub enum DaemonError {
 
 /// Runs the daemon until a fatal error.
 pub fn run(config: Config) -> Result<(), DaemonError> {
+    crate::fdlimit::ensure(config.device.max_channels)?;
     // Every path is checked before any is bound, so a daemon refused on one
     // of them leaves nothing behind on the others.
     for path in [

@@ -10,15 +10,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kt_proto::consts::{CHAN_DEVICE_BIT, CHAN_TRANSPORT, HDR_F_MORE, HDR_SIZE, MIN_RX_BUF_SIZE};
 use kt_proto::{handshake, name, DecodeError, DeviceConfig, ErrorCode, Header, Limits, MsgType};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
 use crate::chain::{parse_tx, Mem, RxBuf, TxError, TxMsg};
 use crate::channel::{Channel, State};
@@ -37,7 +38,13 @@ const HANDSHAKE_MAX: usize = 128;
 /// Malformed-input log lines per second.
 const LOG_BURST: u32 = 10;
 
+/// How long the listener stays out of epoll after an accept error the
+/// device cannot get past at once (no spare descriptor, `ENOBUFS`), so a
+/// connection left queued cannot spin the worker.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
 const LISTENER_TOKEN: u64 = u64::MAX;
+const TIMER_TOKEN: u64 = u64::MAX - 1;
 const HANDSHAKE_BIT: u64 = 1 << 32;
 
 /// Static parameters of the device.
@@ -150,6 +157,47 @@ pub struct Device {
     scratch: Vec<u8>,
     /// Whether the listener and waiting handshakes are in epoll.
     listener_armed: bool,
+    /// Whether the listener fd itself is in epoll (armed and not paused).
+    listener_polled: bool,
+    /// The listener is out of epoll until then after an accept error.
+    listener_paused_until: Option<Instant>,
+    /// A descriptor kept open (on /dev/null) so that a connection can still
+    /// be accepted, answered and closed when the process is out of
+    /// descriptors (`EMFILE`/`ENFILE`).
+    spare_fd: Option<OwnedFd>,
+    /// One timer for every deadline (listener pause, timeouts).
+    timer: TimerFd,
+    /// The deadline `timer` is armed for.
+    timer_at: Option<Instant>,
+    fd_limit_log: LogLimit,
+}
+
+/// What accepting with the spare descriptor gave.
+enum SpareAccept {
+    /// A connection was accepted, refused with `ERR 24` and closed.
+    Refused,
+    /// Nothing was waiting.
+    Empty,
+    /// It did not help; pause the listener.
+    Failed,
+}
+
+fn open_spare() -> io::Result<OwnedFd> {
+    Ok(OwnedFd::from(std::fs::File::open("/dev/null")?))
+}
+
+fn new_timer() -> io::Result<TimerFd> {
+    let t = TimerFd::new()?;
+    let fd = t.as_raw_fd();
+    // SAFETY: F_GETFL on the timer fd we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // Non-blocking: a timer re-armed between epoll_wait and its read must
+    // not block the worker.
+    // SAFETY: F_SETFL on the timer fd we own, with flags from F_GETFL.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(t)
 }
 
 /// What one attempt to take a host message gave.
@@ -234,6 +282,13 @@ impl Device {
         stats: Arc<Stats>,
         listener: Option<SeqListener>,
     ) -> io::Result<Device> {
+        let epoll = Epoll::new()?;
+        let timer = new_timer()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            timer.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, TIMER_TOKEN),
+        )?;
         Ok(Device {
             limits: Limits {
                 max_msg_size: params.config.max_msg_size,
@@ -241,7 +296,7 @@ impl Device {
             params,
             policy,
             stats,
-            epoll: Epoll::new()?,
+            epoll,
             listener,
             handshakes: HashMap::new(),
             next_handshake: 0,
@@ -258,6 +313,12 @@ impl Device {
             refuse_limit: LogLimit::new("refused-OPEN"),
             scratch: Vec::new(),
             listener_armed: false,
+            listener_polled: false,
+            listener_paused_until: None,
+            spare_fd: Some(open_spare()?),
+            timer,
+            timer_at: None,
+            fd_limit_log: LogLimit::new("out-of-descriptors"),
         })
     }
 
@@ -356,6 +417,7 @@ impl Device {
         self.reset_pending = false;
         self.stats.active.store(false, Relaxed);
         self.arm_listener(false);
+        self.rearm_timer();
     }
 
     /// Adds or removes the listener and waiting handshakes from epoll: host
@@ -372,15 +434,7 @@ impl Device {
                 ControlOperation::Delete
             }
         };
-        if let Some(l) = &self.listener {
-            if let Err(e) = self.epoll.ctl(
-                op(),
-                l.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, LISTENER_TOKEN),
-            ) {
-                log::warn!("listening socket epoll: {e}");
-            }
-        }
+        self.poll_listener(on && self.listener_paused_until.is_none());
         for (tok, h) in self.handshakes.iter_mut() {
             if h.registered != on {
                 let _ = self.epoll.ctl(
@@ -390,6 +444,81 @@ impl Device {
                 );
                 h.registered = on;
             }
+        }
+    }
+
+    /// Adds or removes the listener fd itself from epoll.
+    fn poll_listener(&mut self, on: bool) {
+        if self.listener_polled == on {
+            return;
+        }
+        let Some(l) = &self.listener else {
+            return;
+        };
+        let op = if on {
+            ControlOperation::Add
+        } else {
+            ControlOperation::Delete
+        };
+        match self.epoll.ctl(
+            op,
+            l.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, LISTENER_TOKEN),
+        ) {
+            Ok(()) => self.listener_polled = on,
+            Err(e) => log::warn!("listening socket epoll: {e}"),
+        }
+    }
+
+    /// Takes the listener out of epoll for [`ACCEPT_PAUSE`] after an accept
+    /// error that would otherwise leave it readable with nothing accepted.
+    fn pause_listener(&mut self, e: &io::Error) {
+        if self.fd_limit_log.allow() {
+            log::warn!(
+                "listening socket accept: {e}; not accepting for {} ms",
+                ACCEPT_PAUSE.as_millis()
+            );
+        }
+        self.listener_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+        self.poll_listener(false);
+    }
+
+    /// The earliest deadline the timer must wake the device for.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.listener_paused_until
+    }
+
+    /// Arms the timer for [`Device::next_deadline`] (or disarms it).
+    fn rearm_timer(&mut self) {
+        let next = self.next_deadline();
+        if next == self.timer_at {
+            return;
+        }
+        let r = match next {
+            Some(t) => {
+                // A zero duration would disarm the timer.
+                let d = t
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1));
+                self.timer.reset(d, None)
+            }
+            None => self.timer.clear(),
+        };
+        match r {
+            Ok(()) => self.timer_at = next,
+            Err(e) => log::warn!("timer: {e}"),
+        }
+    }
+
+    /// The timer fired: act on every deadline that has passed.
+    fn on_timer(&mut self) {
+        // Consume the expiration (non-blocking; nothing to read is fine).
+        let _ = self.timer.wait();
+        self.timer_at = None;
+        let now = Instant::now();
+        if self.listener_paused_until.is_some_and(|t| t <= now) {
+            self.listener_paused_until = None;
+            self.poll_listener(self.listener_armed);
         }
     }
 
@@ -431,6 +560,7 @@ impl Device {
         if let Some(q) = ev {
             self.pump_event(q, mem, &mut n);
         }
+        self.rearm_timer();
         n
     }
 
@@ -963,6 +1093,8 @@ impl Device {
                 let set = EventSet::from_bits_truncate(ev.events());
                 if tok == LISTENER_TOKEN {
                     self.accept_hosts();
+                } else if tok == TIMER_TOKEN {
+                    self.on_timer();
                 } else if tok & HANDSHAKE_BIT != 0 {
                     self.handshake_event(tok);
                 } else if let Ok(id) = u32::try_from(tok) {
@@ -1035,11 +1167,23 @@ impl Device {
             let sock = match l.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::warn!("listening socket accept: {e}");
-                    return;
-                }
+                Err(e) => match e.raw_os_error() {
+                    // Interrupted, or this one connection failed: the next
+                    // one may be fine.
+                    Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
+                    Some(libc::EMFILE | libc::ENFILE) => match self.accept_with_spare() {
+                        SpareAccept::Refused => continue,
+                        SpareAccept::Empty => return,
+                        SpareAccept::Failed => {
+                            self.pause_listener(&e);
+                            return;
+                        }
+                    },
+                    _ => {
+                        self.pause_listener(&e);
+                        return;
+                    }
+                },
             };
             add(&self.stats.events.host_connects, 1);
             if self.handshakes.len() >= MAX_HANDSHAKES {
@@ -1061,6 +1205,49 @@ impl Device {
                 .is_ok();
             self.handshakes.insert(tok, Handshake { sock, registered });
         }
+    }
+
+    /// Out of descriptors with a connection queued: frees the spare
+    /// descriptor, accepts the connection with it, answers
+    /// `ERR 24 too many open files` and closes it, then takes the spare
+    /// back. The listener is thus drained instead of staying readable (a
+    /// level-triggered listener would otherwise wake the worker forever).
+    fn accept_with_spare(&mut self) -> SpareAccept {
+        let spare = match self.spare_fd.take() {
+            Some(fd) => Some(fd),
+            // Lost earlier: maybe a descriptor is free again now.
+            None => open_spare().ok(),
+        };
+        let Some(spare) = spare else {
+            return SpareAccept::Failed;
+        };
+        drop(spare);
+        let r = match self.listener.as_ref().map(SeqListener::accept) {
+            Some(Ok(sock)) => {
+                add(&self.stats.events.fd_limit_refusals, 1);
+                add(&self.stats.events.host_connects, 1);
+                let _ = sock.send(&handshake::err_msg(
+                    ErrorCode::MFile,
+                    "too many open files in kt-vhost-device",
+                ));
+                drop(sock);
+                if self.fd_limit_log.allow() {
+                    log::warn!("out of file descriptors: refused a host connection (ERR 24)");
+                }
+                SpareAccept::Refused
+            }
+            Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => SpareAccept::Empty,
+            Some(Err(_)) | None => SpareAccept::Failed,
+        };
+        match open_spare() {
+            Ok(fd) => self.spare_fd = Some(fd),
+            Err(e) => {
+                if self.fd_limit_log.allow() {
+                    log::warn!("cannot reopen the spare descriptor: {e}");
+                }
+            }
+        }
+        r
     }
 
     fn handshake_event(&mut self, tok: u64) {

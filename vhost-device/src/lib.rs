@@ -4,7 +4,7 @@
 //! guest services through a listening socket.
 //!
 //! Modules: `args`/`config`/`policy` (CLI and checked configuration),
-//! `daemon` (serve frontends in a loop), `backend` (vhost-user glue),
+//! `daemon` (serve frontends in a loop), `fdlimit` (the descriptor budget), `backend` (vhost-user glue),
 //! `device` (protocol engine), `channel` (per-channel state), `chain`
 //! (descriptor chains in and out), `seqpacket` (host sockets), `sockpath`
 //! (claiming socket paths), `stats` and `control` (counters and the control
@@ -20,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod device;
+pub mod fdlimit;
 pub mod policy;
 pub mod seqpacket;
 pub mod sockpath;

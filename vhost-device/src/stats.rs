@@ -73,6 +73,9 @@ pub struct DeviceEvents {
     pub host_connects: AtomicU64,
     /// Descriptors host peers passed (`SCM_RIGHTS`), closed on receipt.
     pub passed_fds_closed: AtomicU64,
+    /// Host connections refused with `ERR 24` because the daemon was out
+    /// of file descriptors.
+    pub fd_limit_refusals: AtomicU64,
 }
 
 /// Which side opened a channel.
@@ -139,6 +142,9 @@ pub struct StatsSnapshot {
     /// Descriptors host peers passed, closed on receipt.
     #[serde(default)]
     pub passed_fds_closed: u64,
+    /// Host connections refused because the daemon was out of descriptors.
+    #[serde(default)]
+    pub fd_limit_refusals: u64,
     /// Device totals.
     pub device: CountersSnapshot,
     /// Open channels.
@@ -212,6 +218,7 @@ impl Stats {
             resets: self.events.resets.load(Relaxed),
             host_connects: self.events.host_connects.load(Relaxed),
             passed_fds_closed: self.events.passed_fds_closed.load(Relaxed),
+            fd_limit_refusals: self.events.fd_limit_refusals.load(Relaxed),
             device: self.device.snapshot(),
             channels,
         }
@@ -290,7 +297,7 @@ impl StatsSnapshot {
             "1 while a guest driver is live on the queues, else 0.",
         );
         w.sample(&g, bool_gauge(self.active));
-        let events: [(&'static str, &'static str, u64); 6] = [
+        let events: [(&'static str, &'static str, u64); 7] = [
             (
                 "kt_device_frontends_total",
                 "vhost-user frontend (VMM) connections accepted.",
@@ -320,6 +327,11 @@ impl StatsSnapshot {
                 "kt_device_passed_fds_closed_total",
                 "Descriptors host peers passed (SCM_RIGHTS), closed unused on receipt.",
                 self.passed_fds_closed,
+            ),
+            (
+                "kt_device_fd_limit_refusals_total",
+                "Host connections refused with ERR 24: the daemon was out of file descriptors.",
+                self.fd_limit_refusals,
             ),
         ];
         for (name, help, v) in events {

@@ -84,3 +84,103 @@ fn descriptors_passed_by_host_peers_are_closed() {
     wait_for("fd count back to baseline", || fd_count(pid) <= baseline);
     assert_eq!(fx.stats().passed_fds_closed, 200);
 }
+
+/// utime + stime of process `pid`, in clock ticks (/proc/PID/stat).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) in parens:
+    // state is the first, utime the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// Sets the soft RLIMIT_NOFILE of process `pid`, keeping the hard limit.
+fn set_soft_nofile(pid: u32, soft: u64) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit only reads from a null new-limit pointer's absence and
+    // writes the current limit into `old`.
+    let r = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            std::ptr::null(),
+            &mut old,
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: `new` is a valid rlimit; the old one is not asked for.
+    let r = unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &new,
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn out_of_descriptors_answers_err_24_without_spinning() {
+    let fx = Fixture::new("peer-emfile", &[]);
+    let _d = fx.driver_with(no_listen());
+    wait_for("device active", || fx.stats().active);
+    let pid = fx.daemon.pid();
+    // Room for two more descriptors: two idle peers take them, every
+    // later connection finds the daemon out of descriptors.
+    let n = fd_count(pid) as u64;
+    set_soft_nofile(pid, n + 2);
+    let peers: Vec<SeqPacket> = (0..40)
+        .map(|_| SeqPacket::connect(&fx.listen, false).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // A worker spinning on the queued connections would use a whole core;
+    // an idle daemon uses next to nothing. Generous: under 20 % of a core
+    // over two seconds, on a shared machine.
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    let t0 = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(pid) - t0;
+    assert!(
+        used * 100 < 20 * 2 * hz,
+        "daemon used {used} ticks ({hz}/s) in 2 s while out of descriptors"
+    );
+    let mut refused = 0;
+    for p in &peers {
+        p.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        if let Ok(Recv::Msg(k)) = p.recv(&mut buf) {
+            let r = handshake::parse_reply(&buf[..k.min(buf.len())]).unwrap();
+            match r {
+                Reply::Err { code, text } => {
+                    assert_eq!(code.errno(), 24, "{text}");
+                    refused += 1;
+                    // Then the daemon hangs up.
+                    assert_eq!(p.recv(&mut buf).unwrap(), Recv::Eof);
+                }
+                other => panic!("unexpected reply {other:?}"),
+            }
+        }
+    }
+    assert!(refused >= 35, "only {refused} of 40 peers got ERR 24");
+    drop(peers);
+    set_soft_nofile(pid, 4096);
+    // The daemon is fine once descriptors are back.
+    let s = SeqPacket::connect(&fx.listen, false).unwrap();
+    s.send(&handshake::connect_msg("gsvc")).unwrap();
+    match reply(&s) {
+        Some(Reply::Err { code, .. }) => assert_eq!(code.errno(), 111),
+        other => panic!("unexpected reply {other:?}"),
+    }
+    assert_eq!(fx.stats().fd_limit_refusals, refused);
+}
