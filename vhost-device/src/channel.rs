@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use kt_proto::{RecvCredit, SendCredit};
 
@@ -67,6 +68,9 @@ pub struct Channel {
     pub recv_close: bool,
     /// A CREDIT_UPDATE is queued towards the guest.
     pub update_queued: bool,
+    /// A host-opened channel waiting for the guest's answer fails its host
+    /// connection with `ERR 110` at this time.
+    pub open_deadline: Option<Instant>,
     /// Counters shown by `stats`.
     pub counters: Arc<Counters>,
 }
@@ -102,6 +106,7 @@ impl Channel {
             sent_close: false,
             recv_close: false,
             update_queued: false,
+            open_deadline: None,
             counters,
         }
     }

@@ -87,6 +87,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let params = Params {
         config: config.device,
         channel_buffer: config.channel_buffer,
+        handshake_timeout: config.handshake_timeout,
+        open_timeout: config.open_timeout,
     };
     let device = Device::new(
         params,

@@ -54,6 +54,10 @@ pub struct Params {
     pub config: DeviceConfig,
     /// Window granted per channel for guest → host data.
     pub channel_buffer: u32,
+    /// Time a host connection has to send its `CONNECT` line.
+    pub handshake_timeout: Duration,
+    /// Time the guest has to answer the `OPEN` of a host connection.
+    pub open_timeout: Duration,
 }
 
 /// The queues the engine may use in one call; `None` = not ready.
@@ -92,6 +96,8 @@ struct Outgoing {
 struct Handshake {
     sock: SeqPacket,
     registered: bool,
+    /// When it is closed with `ERR 110` if no `CONNECT` line came.
+    deadline: Instant,
 }
 
 #[derive(Debug)]
@@ -170,6 +176,12 @@ pub struct Device {
     /// The deadline `timer` is armed for.
     timer_at: Option<Instant>,
     fd_limit_log: LogLimit,
+    /// Handshake deadlines in the order they fall (the timeout is fixed),
+    /// checked lazily: an entry whose handshake is gone is skipped.
+    handshake_deadlines: VecDeque<(Instant, u64)>,
+    /// Deadlines of host-opened channels waiting for the guest's answer,
+    /// in order, checked lazily like `handshake_deadlines`.
+    open_deadlines: VecDeque<(Instant, u32)>,
 }
 
 /// What accepting with the spare descriptor gave.
@@ -319,6 +331,8 @@ impl Device {
             timer,
             timer_at: None,
             fd_limit_log: LogLimit::new("out-of-descriptors"),
+            handshake_deadlines: VecDeque::new(),
+            open_deadlines: VecDeque::new(),
         })
     }
 
@@ -483,9 +497,96 @@ impl Device {
         self.poll_listener(false);
     }
 
-    /// The earliest deadline the timer must wake the device for.
-    fn next_deadline(&self) -> Option<Instant> {
-        self.listener_paused_until
+    /// Whether a handshake deadline entry still applies.
+    fn handshake_due(&self, (at, tok): (Instant, u64)) -> bool {
+        self.handshakes.get(&tok).is_some_and(|h| h.deadline == at)
+    }
+
+    /// Whether an open deadline entry still applies: the channel is still
+    /// waiting for the guest's answer with its host connection.
+    fn open_due(&self, (at, id): (Instant, u32)) -> bool {
+        self.channels.get(&id).is_some_and(|c| {
+            c.state == State::Opening && c.open_deadline == Some(at) && c.sock.is_some()
+        })
+    }
+
+    /// The earliest deadline the timer must wake the device for (entries
+    /// that no longer apply are dropped from the queue fronts first).
+    fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(e) = self.handshake_deadlines.front().copied() {
+            if self.handshake_due(e) {
+                break;
+            }
+            self.handshake_deadlines.pop_front();
+        }
+        while let Some(e) = self.open_deadlines.front().copied() {
+            if self.open_due(e) {
+                break;
+            }
+            self.open_deadlines.pop_front();
+        }
+        [
+            self.listener_paused_until,
+            self.handshake_deadlines.front().map(|e| e.0),
+            self.open_deadlines.front().map(|e| e.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Closes host connections whose `CONNECT` line did not come in time.
+    fn expire_handshakes(&mut self, now: Instant) {
+        while let Some(e) = self.handshake_deadlines.front().copied() {
+            if e.0 > now {
+                break;
+            }
+            self.handshake_deadlines.pop_front();
+            if !self.handshake_due(e) {
+                continue;
+            }
+            if let Some(h) = self.drop_handshake(e.1) {
+                add(&self.stats.events.handshake_timeouts, 1);
+                log::debug!("host connection sent no CONNECT line in time; closed");
+                let _ = h.sock.send(&handshake::err_msg(
+                    ErrorCode::TimedOut,
+                    "no CONNECT line in time",
+                ));
+            }
+        }
+    }
+
+    /// Fails host-opened channels the guest did not answer in time: the
+    /// host program gets `ERR 110` and its connection is closed. The
+    /// channel stays until the guest answers (SPEC §3.1: the id is the
+    /// guest's to answer); a late `OPEN_OK` is answered with `CLOSE`.
+    fn expire_opens(&mut self, now: Instant) {
+        while let Some(e) = self.open_deadlines.front().copied() {
+            if e.0 > now {
+                break;
+            }
+            self.open_deadlines.pop_front();
+            if !self.open_due(e) {
+                continue;
+            }
+            let id = e.1;
+            let Some(ch) = self.channels.get_mut(&id) else {
+                continue;
+            };
+            ch.open_deadline = None;
+            add(&self.stats.events.open_timeouts, 1);
+            log::info!(
+                "guest did not answer host connection to {:?} ({id:#x}) in time",
+                ch.service
+            );
+            if let Some(s) = &ch.sock {
+                let _ = s.send(&handshake::err_msg(
+                    ErrorCode::TimedOut,
+                    "guest did not answer in time",
+                ));
+            }
+            self.drop_socket(id);
+        }
     }
 
     /// Arms the timer for [`Device::next_deadline`] (or disarms it).
@@ -520,6 +621,8 @@ impl Device {
             self.listener_paused_until = None;
             self.poll_listener(self.listener_armed);
         }
+        self.expire_handshakes(now);
+        self.expire_opens(now);
     }
 
     fn malformed(&mut self, ch: Option<u32>, what: &dyn std::fmt::Display) {
@@ -792,6 +895,7 @@ impl Device {
             return;
         }
         ch.state = State::Open;
+        ch.open_deadline = None;
         let sent = ch.sock.as_ref().map(|s| s.send(&handshake::ok_msg(id)));
         add(&self.stats.events.opened, 1);
         match sent {
@@ -1195,6 +1299,7 @@ impl Device {
             }
             self.next_handshake = self.next_handshake.wrapping_add(1) & 0xffff_ffff;
             let tok = HANDSHAKE_BIT | self.next_handshake;
+            let deadline = Instant::now() + self.params.handshake_timeout;
             let registered = self
                 .epoll
                 .ctl(
@@ -1203,7 +1308,15 @@ impl Device {
                     EpollEvent::new(EventSet::IN, tok),
                 )
                 .is_ok();
-            self.handshakes.insert(tok, Handshake { sock, registered });
+            self.handshakes.insert(
+                tok,
+                Handshake {
+                    sock,
+                    registered,
+                    deadline,
+                },
+            );
+            self.handshake_deadlines.push_back((deadline, tok));
         }
     }
 
@@ -1302,7 +1415,7 @@ impl Device {
         let _ = h
             .sock
             .set_send_buffer(2 * (self.params.config.max_msg_size as usize + 4096));
-        let ch = Channel::new(
+        let mut ch = Channel::new(
             &name,
             Opener::Host,
             State::Opening,
@@ -1311,6 +1424,9 @@ impl Device {
             0,
             counters,
         );
+        let deadline = Instant::now() + self.params.open_timeout;
+        ch.open_deadline = Some(deadline);
+        self.open_deadlines.push_back((deadline, id));
         self.channels.insert(id, ch);
         let payload = name.into_bytes();
         let hdr = Header::with_payload(MsgType::Open, id, payload.len() as u32);
@@ -1715,6 +1831,8 @@ mod tests {
                     guest_id: 1,
                 },
                 channel_buffer: window,
+                handshake_timeout: Duration::from_secs(10),
+                open_timeout: Duration::from_secs(30),
             };
             let mut dev = Device::new(params, Arc::new(policy), stats.clone(), None).unwrap();
             for i in 0..3 {

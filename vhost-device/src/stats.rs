@@ -76,6 +76,11 @@ pub struct DeviceEvents {
     /// Host connections refused with `ERR 24` because the daemon was out
     /// of file descriptors.
     pub fd_limit_refusals: AtomicU64,
+    /// Host connections closed with `ERR 110`: no `CONNECT` line in time.
+    pub handshake_timeouts: AtomicU64,
+    /// Host connections failed with `ERR 110`: the guest did not answer
+    /// the `OPEN` in time.
+    pub open_timeouts: AtomicU64,
 }
 
 /// Which side opened a channel.
@@ -145,6 +150,12 @@ pub struct StatsSnapshot {
     /// Host connections refused because the daemon was out of descriptors.
     #[serde(default)]
     pub fd_limit_refusals: u64,
+    /// Host connections that sent no `CONNECT` line in time.
+    #[serde(default)]
+    pub handshake_timeouts: u64,
+    /// Host connections the guest did not answer in time.
+    #[serde(default)]
+    pub open_timeouts: u64,
     /// Device totals.
     pub device: CountersSnapshot,
     /// Open channels.
@@ -219,6 +230,8 @@ impl Stats {
             host_connects: self.events.host_connects.load(Relaxed),
             passed_fds_closed: self.events.passed_fds_closed.load(Relaxed),
             fd_limit_refusals: self.events.fd_limit_refusals.load(Relaxed),
+            handshake_timeouts: self.events.handshake_timeouts.load(Relaxed),
+            open_timeouts: self.events.open_timeouts.load(Relaxed),
             device: self.device.snapshot(),
             channels,
         }
@@ -297,7 +310,7 @@ impl StatsSnapshot {
             "1 while a guest driver is live on the queues, else 0.",
         );
         w.sample(&g, bool_gauge(self.active));
-        let events: [(&'static str, &'static str, u64); 7] = [
+        let events: [(&'static str, &'static str, u64); 9] = [
             (
                 "kt_device_frontends_total",
                 "vhost-user frontend (VMM) connections accepted.",
@@ -332,6 +345,16 @@ impl StatsSnapshot {
                 "kt_device_fd_limit_refusals_total",
                 "Host connections refused with ERR 24: the daemon was out of file descriptors.",
                 self.fd_limit_refusals,
+            ),
+            (
+                "kt_device_handshake_timeouts_total",
+                "Host connections closed with ERR 110: no CONNECT line within --handshake-timeout.",
+                self.handshake_timeouts,
+            ),
+            (
+                "kt_device_open_timeouts_total",
+                "Host connections failed with ERR 110: the guest did not answer within --open-timeout.",
+                self.open_timeouts,
             ),
         ];
         for (name, help, v) in events {

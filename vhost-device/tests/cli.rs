@@ -41,6 +41,8 @@ fn help_lists_every_flag() {
         "--max-channels",
         "--rx-buf-size",
         "--channel-buffer",
+        "--handshake-timeout",
+        "--open-timeout",
         "--guest-id",
         "--log-level",
     ] {
@@ -101,6 +103,21 @@ fn bad_arguments_fail_with_one_line() {
     one_line_error(
         &["--socket-path", s, "--policy", g, "--channel-buffer", "10"],
         "--channel-buffer 10",
+    );
+    one_line_error(
+        &[
+            "--socket-path",
+            s,
+            "--policy",
+            g,
+            "--handshake-timeout",
+            "0",
+        ],
+        "--handshake-timeout 0: must be between 1 and 3600",
+    );
+    one_line_error(
+        &["--socket-path", s, "--policy", g, "--open-timeout", "soon"],
+        "soon",
     );
     one_line_error(
         &["--socket-path", s, "--policy", g, "--log-level", "loud"],

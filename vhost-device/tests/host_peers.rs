@@ -184,3 +184,78 @@ fn out_of_descriptors_answers_err_24_without_spinning() {
     }
     assert_eq!(fx.stats().fd_limit_refusals, refused);
 }
+
+#[test]
+fn idle_host_connections_time_out_and_free_their_slots() {
+    let fx = Fixture::new("peer-idle", &["--handshake-timeout", "1"]);
+    let _d = fx.driver_with(no_listen());
+    wait_for("device active", || fx.stats().active);
+    // As many idle connections as there are handshake slots.
+    let start = Instant::now();
+    let idle: Vec<SeqPacket> = (0..kt_vhost_device::device::MAX_HANDSHAKES)
+        .map(|_| SeqPacket::connect(&fx.listen, false).unwrap())
+        .collect();
+    for s in &idle {
+        match reply(s) {
+            Some(Reply::Err { code, text }) => {
+                assert_eq!(code.errno(), 110, "{text}");
+                let mut buf = [0u8; 16];
+                assert_eq!(s.recv(&mut buf).unwrap(), Recv::Eof);
+            }
+            other => panic!("idle connection got {other:?}"),
+        }
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "timed out after {took:?} with --handshake-timeout 1"
+    );
+    // The slots are free again: a real handshake is served at once.
+    let s = SeqPacket::connect(&fx.listen, false).unwrap();
+    s.send(&handshake::connect_msg("gsvc")).unwrap();
+    match reply(&s) {
+        Some(Reply::Err { code, .. }) => assert_eq!(code.errno(), 111),
+        other => panic!("unexpected reply {other:?}"),
+    }
+    let st = fx.stats();
+    assert_eq!(
+        st.handshake_timeouts,
+        kt_vhost_device::device::MAX_HANDSHAKES as u64
+    );
+}
+
+#[test]
+fn guest_that_does_not_answer_open_fails_the_host_with_err_110() {
+    let fx = Fixture::new("peer-open", &["--open-timeout", "1"]);
+    let mut d = fx.driver_with(DriverOptions {
+        listen: vec!["gsvc".into()],
+        ..DriverOptions::default()
+    });
+    wait_for("device active", || fx.stats().active);
+    // The guest is not polled, so it does not answer the OPEN.
+    let start = Instant::now();
+    let s = SeqPacket::connect(&fx.listen, false).unwrap();
+    s.send(&handshake::connect_msg("gsvc")).unwrap();
+    match reply(&s) {
+        Some(Reply::Err { code, text }) => assert_eq!(code.errno(), 110, "{text}"),
+        other => panic!("unexpected reply {other:?}"),
+    }
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "failed after {took:?} with --open-timeout 1"
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(s.recv(&mut buf).unwrap(), Recv::Eof);
+    assert_eq!(fx.stats().open_timeouts, 1);
+    // The guest answers late: it gets CLOSE KT_ERR_CONNRESET, answers it,
+    // and the channel is gone on both sides with nothing malformed.
+    d.wait_until("OPEN accepted", |d| !d.accepted.is_empty())
+        .unwrap();
+    let (id, _) = d.accepted[0].clone();
+    d.wait_until("CLOSE", |d| d.closed(id).is_some()).unwrap();
+    assert_eq!(d.closed(id), Some(kt_proto::ErrorCode::ConnReset as u32));
+    wait_for("channel gone", || fx.stats().channels.is_empty());
+    assert_eq!(fx.stats().device.malformed, 0);
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+}
