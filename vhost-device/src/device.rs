@@ -19,6 +19,7 @@ use kt_proto::consts::{CHAN_DEVICE_BIT, CHAN_TRANSPORT, HDR_F_MORE, HDR_SIZE, MI
 use kt_proto::{handshake, name, DecodeError, DeviceConfig, ErrorCode, Header, Limits, MsgType};
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::chain::{parse_tx, Mem, RxBuf, TxError, TxMsg};
@@ -43,8 +44,19 @@ const LOG_BURST: u32 = 10;
 /// connection left queued cannot spin the worker.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// tx chains one [`Device::run`] may take before yielding to the event
+/// loop, so a guest that keeps its tx ring full cannot hold the worker (and
+/// the backend lock vhost-user requests need) and starve host events.
+pub const TX_BUDGET: usize = 128;
+/// rx buffers one [`Device::run`] may fill before yielding (host data and
+/// control messages towards the guest).
+pub const RX_BUDGET: usize = 128;
+/// Host connections accepted per pass (the listener stays readable).
+const ACCEPT_BUDGET: usize = 64;
+
 const LISTENER_TOKEN: u64 = u64::MAX;
 const TIMER_TOKEN: u64 = u64::MAX - 1;
+const WAKE_TOKEN: u64 = u64::MAX - 2;
 const HANDSHAKE_BIT: u64 = 1 << 32;
 
 /// Static parameters of the device.
@@ -182,6 +194,15 @@ pub struct Device {
     /// Deadlines of host-opened channels waiting for the guest's answer,
     /// in order, checked lazily like `handshake_deadlines`.
     open_deadlines: VecDeque<(Instant, u32)>,
+    /// Written when a pass stopped on its budget with work left: makes the
+    /// host epoll fd readable, so the worker comes back (`HOST_EVENT`)
+    /// after serving whatever else is ready. Nothing is lost: the work
+    /// simply waits in the rings and queues.
+    wake: EventFd,
+    /// `wake` is written and not yet consumed.
+    wake_pending: bool,
+    /// The last pass stopped on a budget.
+    more: bool,
 }
 
 /// What accepting with the spare descriptor gave.
@@ -301,6 +322,12 @@ impl Device {
             timer.as_raw_fd(),
             EpollEvent::new(EventSet::IN, TIMER_TOKEN),
         )?;
+        let wake = EventFd::new(EFD_NONBLOCK)?;
+        epoll.ctl(
+            ControlOperation::Add,
+            wake.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, WAKE_TOKEN),
+        )?;
         Ok(Device {
             limits: Limits {
                 max_msg_size: params.config.max_msg_size,
@@ -333,6 +360,9 @@ impl Device {
             fd_limit_log: LogLimit::new("out-of-descriptors"),
             handshake_deadlines: VecDeque::new(),
             open_deadlines: VecDeque::new(),
+            wake,
+            wake_pending: false,
+            more: false,
         })
     }
 
@@ -640,21 +670,27 @@ impl Device {
 
     // ---------------------------------------------------------------- run
 
-    /// Does all pending work: host socket events (when `host` is set or
-    /// always cheaply), tx messages, rx delivery and the event queue.
+    /// Does one pass of pending work: host socket events (when `host` is
+    /// set), tx messages, rx delivery and the event queue. A pass takes at
+    /// most [`TX_BUDGET`] tx chains, fills at most [`RX_BUDGET`] rx buffers
+    /// and serves one batch of host events; if work is left it arms the
+    /// wake-up eventfd ([`Device::more_work`]) and returns, so the worker
+    /// serves other events and vhost-user requests first.
     pub fn run(&mut self, rings: Rings<'_>, mem: &Mem, host: bool) -> Notify {
         let mut n = Notify::default();
+        self.more = false;
         if host {
             self.host_events();
         }
         let Rings { mut rx, mut tx, ev } = rings;
+        let (mut tx_left, mut rx_left) = (TX_BUDGET, RX_BUDGET);
         loop {
             let mut progress = false;
             if let Some(q) = tx.as_deref_mut() {
-                progress |= self.process_tx(q, mem, &mut n);
+                progress |= self.process_tx(q, mem, &mut n, &mut tx_left);
             }
             if let Some(q) = rx.as_deref_mut() {
-                progress |= self.pump_rx(q, mem, &mut n);
+                progress |= self.pump_rx(q, mem, &mut n, &mut rx_left);
             }
             if !progress {
                 break;
@@ -663,8 +699,20 @@ impl Device {
         if let Some(q) = ev {
             self.pump_event(q, mem, &mut n);
         }
+        if self.more && !self.wake_pending {
+            match self.wake.write(1) {
+                Ok(()) => self.wake_pending = true,
+                Err(e) => log::warn!("wake-up eventfd: {e}"),
+            }
+        }
         self.rearm_timer();
         n
+    }
+
+    /// Whether the last [`Device::run`] stopped on a budget with work left
+    /// (the host epoll fd is then readable until the next pass).
+    pub fn more_work(&self) -> bool {
+        self.more
     }
 
     fn signal(q: &mut Queue, mem: &Mem) -> bool {
@@ -673,10 +721,15 @@ impl Device {
 
     // ----------------------------------------------------------------- tx
 
-    fn process_tx(&mut self, q: &mut Queue, mem: &Mem, n: &mut Notify) -> bool {
+    fn process_tx(&mut self, q: &mut Queue, mem: &Mem, n: &mut Notify, left: &mut usize) -> bool {
         let mut progress = false;
         loop {
             if self.ctrl.len() >= CTRL_LIMIT {
+                break;
+            }
+            if *left == 0 {
+                // Notifications stay off: the wake-up brings us back.
+                self.more = true;
                 break;
             }
             let Some(chain) = q.pop_descriptor_chain(mem) else {
@@ -695,6 +748,7 @@ impl Device {
                 Ok(msg) => self.on_tx(msg),
                 Err(e) => self.on_tx_error(e),
             }
+            *left -= 1;
             if let Err(e) = q.add_used(mem, head, 0) {
                 self.malformed(None, &format_args!("tx used ring: {e}"));
                 break;
@@ -1180,33 +1234,36 @@ impl Device {
         }
     }
 
-    /// Drains the host epoll set (never blocks).
+    /// Serves one batch of up to 64 host events (never blocks). The set is
+    /// level-triggered: events left over keep the epoll fd readable and
+    /// come back in the next pass.
     fn host_events(&mut self) {
         let mut events = [EpollEvent::default(); 64];
-        loop {
-            let n = match self.epoll.wait(0, &mut events) {
-                Ok(n) => n,
+        let n = loop {
+            match self.epoll.wait(0, &mut events) {
+                Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     log::warn!("host epoll: {e}");
                     return;
                 }
-            };
-            for ev in &events[..n] {
-                let tok = ev.data();
-                let set = EventSet::from_bits_truncate(ev.events());
-                if tok == LISTENER_TOKEN {
-                    self.accept_hosts();
-                } else if tok == TIMER_TOKEN {
-                    self.on_timer();
-                } else if tok & HANDSHAKE_BIT != 0 {
-                    self.handshake_event(tok);
-                } else if let Ok(id) = u32::try_from(tok) {
-                    self.channel_event(id, set);
-                }
             }
-            if n < events.len() {
-                return;
+        };
+        for ev in &events[..n] {
+            let tok = ev.data();
+            let set = EventSet::from_bits_truncate(ev.events());
+            if tok == LISTENER_TOKEN {
+                self.accept_hosts();
+            } else if tok == TIMER_TOKEN {
+                self.on_timer();
+            } else if tok == WAKE_TOKEN {
+                // Consumed; the pass this runs in does the work left over.
+                let _ = self.wake.read();
+                self.wake_pending = false;
+            } else if tok & HANDSHAKE_BIT != 0 {
+                self.handshake_event(tok);
+            } else if let Ok(id) = u32::try_from(tok) {
+                self.channel_event(id, set);
             }
         }
     }
@@ -1264,7 +1321,7 @@ impl Device {
     }
 
     fn accept_hosts(&mut self) {
-        loop {
+        for _ in 0..ACCEPT_BUDGET {
             let Some(l) = &self.listener else {
                 return;
             };
@@ -1641,9 +1698,13 @@ impl Device {
         }
     }
 
-    fn pump_rx(&mut self, q: &mut Queue, mem: &Mem, n: &mut Notify) -> bool {
+    fn pump_rx(&mut self, q: &mut Queue, mem: &Mem, n: &mut Notify, left: &mut usize) -> bool {
         let mut used = false;
         loop {
+            if *left == 0 {
+                self.more = true;
+                break;
+            }
             if self.partial.is_none() {
                 self.partial = self.next_outgoing();
                 if self.partial.is_none() {
@@ -1678,6 +1739,7 @@ impl Device {
             if done {
                 self.partial = None;
             }
+            *left -= 1;
             if let Err(e) = q.add_used(mem, head, len) {
                 self.malformed(None, &format_args!("rx used ring: {e}"));
                 break;
@@ -1901,14 +1963,31 @@ mod tests {
             }
         }
 
-        fn run(&mut self, with_rx: bool) -> Notify {
+        /// One pass, as the worker runs it for one event (`host`: the
+        /// host epoll fd's event; otherwise a queue kick).
+        fn pass(&mut self, with_rx: bool, host: bool) -> Notify {
             let [rx, tx, ev] = &mut self.q;
             let rings = Rings {
                 rx: with_rx.then_some(rx),
                 tx: Some(tx),
                 ev: Some(ev),
             };
-            self.dev.run(rings, self.mem, true)
+            self.dev.run(rings, self.mem, host)
+        }
+
+        /// Passes until no budget stops one, as the worker's event loop
+        /// does when the wake-up eventfd fires.
+        fn run(&mut self, with_rx: bool) -> Notify {
+            let mut n = Notify::default();
+            loop {
+                let p = self.pass(with_rx, true);
+                n.rx |= p.rx;
+                n.tx |= p.tx;
+                n.ev |= p.ev;
+                if !self.dev.more_work() {
+                    return n;
+                }
+            }
         }
 
         fn used_idx(&self, q: usize) -> u16 {
@@ -2102,6 +2181,81 @@ mod tests {
         assert_eq!(got[0].0.msg_type, MsgType::Close);
         assert_eq!(r.dev.channel_count(), 0);
         assert_eq!(host.recv(&mut buf).unwrap(), Recv::Eof);
+    }
+
+    /// Whether the device's host epoll fd is readable (the worker will
+    /// run a `HOST_EVENT` pass).
+    fn host_fd_readable(dev: &Device) -> bool {
+        let mut p = libc::pollfd {
+            fd: dev.epoll_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no timeout.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn a_full_tx_ring_is_taken_in_budgeted_passes_and_host_input_gets_in() {
+        let m = mem();
+        let mut r = Rig::new(&m);
+        r.post_rx(16, 256);
+        let host = r.open(1, 1 << 20);
+        assert!(!r.dev.more_work() && !host_fd_readable(&r.dev));
+        // (MockSplitQueue keeps fewer than 256 chains outstanding intact.)
+        let n = 200u16;
+        let mut h = Header::new(MsgType::CreditRequest, 1);
+        h.buf_alloc = 1 << 20;
+        for _ in 0..n {
+            r.send(&h, &[]);
+        }
+        host.send(b"from host").unwrap();
+        // The kick's pass takes one budget of chains and yields, with the
+        // wake-up armed (and the host message waiting in epoll).
+        r.pass(true, false);
+        assert_eq!(usize::from(r.used_idx(1)), 1 + TX_BUDGET);
+        assert!(r.dev.more_work());
+        assert!(host_fd_readable(&r.dev));
+        assert!(
+            r.take_used(0)
+                .iter()
+                .all(|(h, _)| h.msg_type != MsgType::Data),
+            "host data before any host event pass"
+        );
+        // The host-event pass serves the host socket first, then the rest.
+        r.pass(true, true);
+        let got = r.take_used(0);
+        assert!(
+            got.iter()
+                .any(|(h, p)| h.msg_type == MsgType::Data && p.as_slice() == b"from host"),
+            "{got:?}"
+        );
+        r.run(true);
+        assert_eq!(r.used_idx(1), 1 + n, "tx chains lost");
+        assert!(!r.dev.more_work());
+        assert!(!host_fd_readable(&r.dev), "wake-up left armed");
+        assert_eq!(r.stats.snapshot().device.malformed, 0);
+    }
+
+    #[test]
+    fn rx_delivery_is_budgeted_too() {
+        let m = mem();
+        let mut r = Rig::new(&m);
+        // 200 answers (CLOSE for unknown channels) queue up without rx
+        // buffers, then 200 buffers arrive.
+        for i in 0..200u32 {
+            r.send(&Header::new(MsgType::CreditUpdate, 1000 + i), &[]);
+        }
+        r.run(false);
+        assert_eq!(r.dev.ctrl_len(), 200);
+        r.post_rx(200, 256);
+        r.pass(true, true);
+        assert_eq!(r.take_used(0).len(), RX_BUDGET);
+        assert!(r.dev.more_work() && host_fd_readable(&r.dev));
+        r.run(true);
+        assert_eq!(RX_BUDGET + r.take_used(0).len(), 200);
+        assert_eq!(r.dev.ctrl_len(), 0);
+        assert!(!r.dev.more_work() && !host_fd_readable(&r.dev));
     }
 
     #[test]
