@@ -255,6 +255,15 @@ impl StatsSnapshot {
         );
         let _ = writeln!(
             s,
+            "host peers: passed fds closed {}  fd-limit refusals {}  handshake timeouts {}  \
+             open timeouts {}",
+            self.passed_fds_closed,
+            self.fd_limit_refusals,
+            self.handshake_timeouts,
+            self.open_timeouts
+        );
+        let _ = writeln!(
+            s,
             "{:<12} {:<20} {:>6} {:>12} {:>14} {:>12} {:>14} {:>8} {:>9}",
             "channel",
             "service",
@@ -483,6 +492,13 @@ mod tests {
         assert_eq!(s.channels[0].counters.msgs_to_host, 2);
         let t = s.table();
         assert!(t.contains("echo"), "{t}");
+        assert!(
+            t.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("host peers: passed fds closed 0"),
+            "{t}"
+        );
         assert!(t.lines().last().unwrap().starts_with("total"), "{t}");
         let json = serde_json::to_string(&s).unwrap();
         let back: StatsSnapshot = serde_json::from_str(&json).unwrap();
