@@ -23,7 +23,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
 use crate::chain::{parse_tx, Mem, RxBuf, TxError, TxMsg};
-use crate::channel::{Channel, State};
+use crate::channel::{Channel, Event, State};
 use crate::policy::Policy;
 use crate::seqpacket::{Recv, SeqListener, SeqPacket};
 use crate::stats::{add, Counters, Opener, Stats};
@@ -450,7 +450,9 @@ impl Device {
                     let _ = sock.send(&handshake::err_msg(ErrorCode::ConnReset, "transport reset"));
                 }
             }
-            log::debug!("channel {id:#x} closed by device stop");
+            let was = ch.state;
+            let _ = ch.apply(Event::Reset);
+            log::debug!("channel {id:#x} ({was:?}) reset by device stop");
         }
         self.stats.clear_channels();
         self.ctrl.clear();
@@ -941,14 +943,10 @@ impl Device {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
-        if ch.state != State::Opening {
-            self.malformed(
-                Some(id),
-                &format_args!("OPEN_OK for channel {id:#x} that is not opening"),
-            );
+        if let Err(e) = ch.apply(Event::OpenOk) {
+            self.malformed(Some(id), &format_args!("channel {id:#x}: {e}"));
             return;
         }
-        ch.state = State::Open;
         ch.open_deadline = None;
         let sent = ch.sock.as_ref().map(|s| s.send(&handshake::ok_msg(id)));
         add(&self.stats.events.opened, 1);
@@ -962,12 +960,11 @@ impl Device {
     }
 
     fn on_open_err(&mut self, id: u32, arg: u32) {
-        let opening = self.channels.get(&id).map(|c| c.state == State::Opening);
-        if opening != Some(true) {
-            self.malformed(
-                Some(id),
-                &format_args!("OPEN_ERR for channel {id:#x} that is not opening"),
-            );
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if let Err(e) = ch.apply(Event::OpenErr) {
+            self.malformed(Some(id), &format_args!("channel {id:#x}: {e}"));
             return;
         }
         if let Some(ch) = self.remove_channel(id) {
@@ -984,12 +981,12 @@ impl Device {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
-        if ch.sent_close && !ch.recv_close {
+        if ch.state == State::CloseSent {
             // The reader is gone; late data is discarded (SPEC §3.2).
             log::debug!("DATA on closing channel {id:#x} discarded");
             return;
         }
-        if ch.recv_close || ch.state != State::Open {
+        if ch.state != State::Open {
             self.malformed(
                 Some(id),
                 &format_args!("DATA on channel {id:#x} that is not open"),
@@ -1028,8 +1025,15 @@ impl Device {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
-        if ch.state == State::Opening {
-            // The guest closed before accepting: treat it as a refusal.
+        let was = ch.state;
+        if let Err(e) = ch.apply(Event::GuestClose) {
+            // A second CLOSE.
+            self.malformed(Some(id), &format_args!("channel {id:#x}: {e}"));
+            return;
+        }
+        if was == State::Opening {
+            // The guest closed before accepting: a refusal, still counted
+            // (docs/vhost-device.md, "Things SPEC leaves open" 4).
             self.malformed(
                 Some(id),
                 &format_args!("CLOSE on channel {id:#x} before OPEN_OK"),
@@ -1041,11 +1045,6 @@ impl Device {
             }
             return;
         }
-        if ch.recv_close {
-            self.malformed(Some(id), &format_args!("second CLOSE on channel {id:#x}"));
-            return;
-        }
-        ch.recv_close = true;
         // Deliver what the guest sent before CLOSE, then hang up and answer
         // (`maybe_finish`): the answer comes only once the host has every
         // message, so the guest cannot reuse the id while the device still
@@ -1118,7 +1117,7 @@ impl Device {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
-        if ch.update_queued || ch.sent_close || !(force || ch.recv.needs_update()) {
+        if ch.update_queued || ch.state.close_sent() || !(force || ch.recv.needs_update()) {
             return;
         }
         ch.update_queued = true;
@@ -1133,8 +1132,7 @@ impl Device {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
-        if !ch.sent_close {
-            ch.sent_close = true;
+        if !ch.state.close_sent() && ch.apply(Event::DeviceClose).is_ok() {
             let mut h = Header::new(MsgType::Close, id);
             h.arg = code as u32;
             self.queue_ctrl(h, Vec::new(), true);
@@ -1169,9 +1167,9 @@ impl Device {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
-        if ch.recv_close && !ch.sent_close && ch.pending.is_empty() {
+        if ch.state == State::CloseReceived && ch.pending.is_empty() {
             // The guest's CLOSE, answered once its data is delivered.
-            ch.sent_close = true;
+            let _ = ch.apply(Event::DeviceClose);
             self.queue_ctrl(Header::new(MsgType::Close, id), Vec::new(), true);
         }
         if self.channels.get(&id).is_some_and(Channel::finished) {
