@@ -10,7 +10,7 @@
 
 use std::io;
 use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
 /// Why a socket path cannot be claimed.
@@ -39,12 +39,14 @@ pub enum ClaimError {
 }
 
 /// Makes `path` free for `bind()`: nothing there is fine; a socket file
-/// nobody listens on (connect says `ECONNREFUSED`) is removed; a socket a
-/// live process listens on, or any other kind of file, is refused.
+/// nobody is bound to (connect says `ECONNREFUSED`) is removed; a socket a
+/// live process is bound to, or any other kind of file, is refused.
 ///
-/// A listener of another socket type (a `SOCK_SEQPACKET` listener probed
-/// with a stream connect) answers `EPROTOTYPE`, and a listener with a full
-/// backlog `EAGAIN`: both count as live.
+/// The probe is a `SOCK_DGRAM` connect: on the stream and seqpacket
+/// listeners the daemon uses it fails with `EPROTOTYPE` (the type differs)
+/// without queueing a connection, so the live owner never sees the probe
+/// (a stream probe would become a spurious vhost-user frontend or control
+/// client). A datagram socket answers the connect: live as well.
 pub fn claim_socket_path(path: &Path) -> Result<(), ClaimError> {
     let io_err = |source| ClaimError::Io {
         path: path.to_owned(),
@@ -60,10 +62,9 @@ pub fn claim_socket_path(path: &Path) -> Result<(), ClaimError> {
             path: path.to_owned(),
         });
     }
-    match UnixStream::connect(path) {
-        // Dropping the probe closes it; the live owner sees a connection
-        // that ends at once.
-        Ok(_probe) => Err(ClaimError::InUse {
+    let probe = UnixDatagram::unbound().map_err(io_err)?;
+    match probe.connect(path) {
+        Ok(()) => Err(ClaimError::InUse {
             path: path.to_owned(),
         }),
         Err(e) => match e.raw_os_error() {
@@ -73,7 +74,7 @@ pub fn claim_socket_path(path: &Path) -> Result<(), ClaimError> {
                 Err(e) => Err(io_err(e)),
             },
             Some(libc::ENOENT) => Ok(()),
-            Some(libc::EPROTOTYPE) | Some(libc::EAGAIN) => Err(ClaimError::InUse {
+            Some(libc::EPROTOTYPE) => Err(ClaimError::InUse {
                 path: path.to_owned(),
             }),
             _ => Err(io_err(e)),
@@ -107,12 +108,18 @@ mod tests {
             format!("another kt-vhost-device is listening on {}", p.display())
         );
         assert!(p.exists(), "a live socket must not be removed");
+        // The probe left no connection for the owner to accept.
+        l.set_nonblocking(true).unwrap();
+        assert_eq!(
+            l.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock
+        );
         // Its owner went away: the file is stale and is removed.
         drop(l);
         assert!(p.exists());
         claim_socket_path(&p).unwrap();
         assert!(!p.exists());
-        // A live SOCK_SEQPACKET listener (stream probe: EPROTOTYPE).
+        // A live SOCK_SEQPACKET listener.
         let s = crate::seqpacket::SeqListener::bind(&p).unwrap();
         assert!(matches!(
             claim_socket_path(&p),
