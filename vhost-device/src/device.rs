@@ -6,7 +6,11 @@
 //! It sees virtqueues only as `virtio_queue::Queue` plus guest memory, so
 //! unit tests drive it with `MockSplitQueue`. It never blocks and never
 //! panics on guest or host input; memory is bounded by the channel limit,
-//! the per-channel credit window and the control-queue limit.
+//! the per-channel credit window and the control-queue limit. Each pass
+//! is budgeted (a wake-up eventfd brings the worker back for the rest);
+//! deadlines (handshake and open timeouts, accept pauses) run off one
+//! timerfd in the same epoll set; a spare descriptor keeps the listener
+//! drained when the process runs out of descriptors.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;

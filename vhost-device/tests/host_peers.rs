@@ -101,8 +101,8 @@ fn set_soft_nofile(pid: u32, soft: u64) {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: prlimit only reads from a null new-limit pointer's absence and
-    // writes the current limit into `old`.
+    // SAFETY: with a null new limit prlimit only queries; `old` is a valid
+    // rlimit for it to fill.
     let r = unsafe {
         libc::prlimit(
             pid as libc::pid_t,
