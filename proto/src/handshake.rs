@@ -106,7 +106,7 @@ pub fn parse_reply(buf: &[u8]) -> Result<Reply, HandshakeError> {
             source,
         })?;
         return Ok(Reply::Err {
-            code: ErrorCode::from_wire(errno),
+            code: ErrorCode::from_errno(errno),
             text: text.to_string(),
         });
     }
@@ -150,6 +150,25 @@ mod tests {
                 text: "nobodylistens".into()
             })
         );
+        // The errnos only the host interface uses round-trip too; an
+        // unknown one reads as EPROTO.
+        for (code, errno) in [(ErrorCode::MFile, 24), (ErrorCode::TimedOut, 110)] {
+            let msg = err_msg(code, code.text());
+            assert!(msg.starts_with(format!("ERR {errno} ").as_bytes()));
+            let Ok(Reply::Err { code: back, .. }) = parse_reply(&msg) else {
+                panic!("{msg:?} does not parse");
+            };
+            assert_eq!(back, code);
+            assert_eq!(back.errno(), errno);
+        }
+        assert_eq!(
+            parse_reply(b"ERR 99 odd\n"),
+            Ok(Reply::Err {
+                code: ErrorCode::Proto,
+                text: "odd".into()
+            })
+        );
+        assert_eq!(ErrorCode::from_wire(110), ErrorCode::Proto);
         assert!(parse_reply(b"OK x").is_err());
         assert!(parse_reply(b"ERR x y").is_err());
         assert!(parse_reply(b"MAYBE").is_err());

@@ -86,6 +86,10 @@ pub enum ErrorCode {
     ConnReset = 104,
     /// Nobody serves that name.
     ConnRefused = 111,
+    /// The handshake or the guest's answer took too long. Host interface
+    /// only (SPEC §9, `ERR 110`): never sent on the virtqueues, so not in
+    /// [`ErrorCode::ALL`] and not accepted by [`ErrorCode::from_wire`].
+    TimedOut = 110,
 }
 
 impl ErrorCode {
@@ -112,6 +116,17 @@ impl ErrorCode {
             .unwrap_or(ErrorCode::Proto)
     }
 
+    /// Maps the errno of a host handshake reply (SPEC §9): the wire codes
+    /// plus the host-only [`ErrorCode::TimedOut`]; anything else becomes
+    /// `Proto`.
+    pub fn from_errno(v: u32) -> ErrorCode {
+        if v == ErrorCode::TimedOut as u32 {
+            ErrorCode::TimedOut
+        } else {
+            ErrorCode::from_wire(v)
+        }
+    }
+
     /// The Linux errno value.
     pub fn errno(self) -> i32 {
         self as i32
@@ -131,6 +146,7 @@ impl ErrorCode {
             ErrorCode::MsgSize => "message too long",
             ErrorCode::ConnReset => "connection reset",
             ErrorCode::ConnRefused => "connection refused",
+            ErrorCode::TimedOut => "timed out",
         }
     }
 }

@@ -81,7 +81,9 @@ pub struct RunArgs {
     /// Largest message payload in bytes, either direction (config space).
     #[arg(long, value_name = "N")]
     pub max_msg_size: Option<u32>,
-    /// Channels open at once, both directions together (config space).
+    /// Channels open at once, both directions together (config space). The
+    /// open-file limit is raised to fit them (max-channels + 128), or the
+    /// daemon refuses to start if the hard limit is lower.
     #[arg(long, value_name = "N")]
     pub max_channels: Option<u32>,
     /// rx buffer size the driver should post, 256..=65536 (config space).
@@ -91,6 +93,14 @@ pub struct RunArgs {
     /// bounds the memory held per channel (default 4 × (max-msg-size + 32)).
     #[arg(long, value_name = "BYTES")]
     pub channel_buffer: Option<u32>,
+    /// Seconds a host connection on --listen may take to send its
+    /// "CONNECT <name>" line; then it gets "ERR 110" and is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub handshake_timeout: u32,
+    /// Seconds the guest may take to accept or refuse a host connection
+    /// (OPEN_OK/OPEN_ERR); then the host program gets "ERR 110".
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub open_timeout: u32,
     /// Guest id reported in config space, logs and stats.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub guest_id: u32,

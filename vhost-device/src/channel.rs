@@ -1,23 +1,108 @@
-//! One channel's state: its host socket, credit both ways, sequence
-//! numbers, the bounded queue of guest messages waiting for the host socket,
-//! and the close handshake flags. Pure state and small helpers; the device
-//! (`device.rs`) drives the transitions.
+//! One channel's state: its life cycle as one [`State`] with the legal
+//! transitions in [`State::next`], its host socket, credit both ways,
+//! sequence numbers and the bounded queue of guest messages waiting for the
+//! host socket. Pure state and small helpers; the device (`device.rs`)
+//! feeds it protocol events and counts illegal transitions as malformed
+//! input.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use kt_proto::{RecvCredit, SendCredit};
 
 use crate::seqpacket::SeqPacket;
 use crate::stats::{Counters, Opener};
 
-/// Where a channel is in its life.
+/// Where a channel is in its life (SPEC §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
-    /// Device sent OPEN for a host connection; waiting for OPEN_OK/OPEN_ERR.
+    /// The device sent OPEN for a host connection; waiting for the guest's
+    /// OPEN_OK / OPEN_ERR.
     Opening,
-    /// Both ways open (until a CLOSE is sent or received).
+    /// Open both ways.
     Open,
+    /// Half closed by the device: it sent CLOSE (the host side went away or
+    /// the guest broke the protocol) and waits for the guest's CLOSE; late
+    /// guest DATA is discarded.
+    CloseSent,
+    /// Half closed by the guest: it sent CLOSE; guest data still waiting is
+    /// written to the host, then the device answers with CLOSE.
+    CloseReceived,
+    /// Both CLOSEs exchanged (or the OPEN was refused): the channel is
+    /// forgotten and its id free.
+    Closed,
+    /// The transport was reset (driver gone, device stopped): the channel
+    /// ended without a close handshake.
+    Reset,
+}
+
+/// What happens to a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The guest accepted a device-opened channel.
+    OpenOk,
+    /// The guest refused a device-opened channel.
+    OpenErr,
+    /// The guest sent CLOSE.
+    GuestClose,
+    /// The device sends CLOSE.
+    DeviceClose,
+    /// The transport is reset.
+    Reset,
+}
+
+/// An event the channel's state does not allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{event:?} on a channel that is {state:?}")]
+pub struct IllegalTransition {
+    /// Where the channel was (it stays there).
+    pub state: State,
+    /// What was attempted.
+    pub event: Event,
+}
+
+impl State {
+    /// The legal transitions; `None` for an illegal one.
+    pub fn next(self, event: Event) -> Option<State> {
+        use Event as E;
+        use State as S;
+        match (self, event) {
+            (_, E::Reset) => Some(S::Reset),
+            (S::Opening, E::OpenOk) => Some(S::Open),
+            (S::Opening, E::OpenErr) => Some(S::Closed),
+            // A CLOSE in answer to OPEN is a refusal (SPEC §3.2).
+            (S::Opening, E::GuestClose) => Some(S::Closed),
+            // Giving up on an OPEN still needs the guest's answer.
+            (S::Opening, E::DeviceClose) => Some(S::CloseSent),
+            (S::Open, E::GuestClose) => Some(S::CloseReceived),
+            (S::Open, E::DeviceClose) => Some(S::CloseSent),
+            (S::CloseSent, E::GuestClose) => Some(S::Closed),
+            (S::CloseReceived, E::DeviceClose) => Some(S::Closed),
+            (
+                S::Open | S::CloseSent | S::CloseReceived | S::Closed | S::Reset,
+                E::OpenOk | E::OpenErr,
+            )
+            | (S::CloseSent, E::DeviceClose)
+            | (S::CloseReceived, E::GuestClose)
+            | (S::Closed | S::Reset, E::GuestClose | E::DeviceClose) => None,
+        }
+    }
+
+    /// Whether the device has sent its CLOSE.
+    pub fn close_sent(self) -> bool {
+        matches!(self, State::CloseSent | State::Closed)
+    }
+
+    /// Whether the guest has sent its CLOSE.
+    pub fn close_received(self) -> bool {
+        matches!(self, State::CloseReceived | State::Closed)
+    }
+
+    /// Past OPEN_OK and not yet forgotten: the host socket is in use.
+    pub fn established(self) -> bool {
+        matches!(self, State::Open | State::CloseSent | State::CloseReceived)
+    }
 }
 
 /// A channel between a guest endpoint and a host socket.
@@ -61,12 +146,11 @@ pub struct Channel {
     /// Guest messages not yet accepted by the host socket (bounded by the
     /// credit granted: at most `recv.buf_alloc` credit bytes).
     pub pending: VecDeque<Vec<u8>>,
-    /// We sent CLOSE.
-    pub sent_close: bool,
-    /// The guest sent CLOSE.
-    pub recv_close: bool,
     /// A CREDIT_UPDATE is queued towards the guest.
     pub update_queued: bool,
+    /// A host-opened channel waiting for the guest's answer fails its host
+    /// connection with `ERR 110` at this time.
+    pub open_deadline: Option<Instant>,
     /// Counters shown by `stats`.
     pub counters: Arc<Counters>,
 }
@@ -99,16 +183,30 @@ impl Channel {
             tx_seq: 0,
             rx_seq: 0,
             pending: VecDeque::new(),
-            sent_close: false,
-            recv_close: false,
             update_queued: false,
+            open_deadline: None,
             counters,
+        }
+    }
+
+    /// Moves the channel on `event`, or leaves it where it is and says why
+    /// not.
+    pub fn apply(&mut self, event: Event) -> Result<State, IllegalTransition> {
+        match self.state.next(event) {
+            Some(s) => {
+                self.state = s;
+                Ok(s)
+            }
+            None => Err(IllegalTransition {
+                state: self.state,
+                event,
+            }),
         }
     }
 
     /// Whether host input should be read and forwarded to the guest.
     pub fn wants_host_input(&self) -> bool {
-        self.state == State::Open && !self.sent_close && !self.recv_close && self.sock.is_some()
+        self.state == State::Open && self.sock.is_some()
     }
 
     /// The epoll events the channel needs now. An open channel's socket
@@ -117,7 +215,7 @@ impl Channel {
     /// rx buffers, so a host close is seen at once whatever else is going
     /// on; `EPOLLIN` only while input is wanted and not already known.
     pub fn wanted_events(&self) -> u32 {
-        if self.sock.is_none() || self.hup || self.state != State::Open {
+        if self.sock.is_none() || self.hup || !self.state.established() {
             return 0;
         }
         let mut ev = libc::EPOLLRDHUP as u32;
@@ -145,6 +243,113 @@ impl Channel {
     /// Whether the channel can be forgotten: both CLOSEs exchanged (ours is
     /// sent only once nothing is left for the host, or the host is gone).
     pub fn finished(&self) -> bool {
-        self.sent_close && self.recv_close
+        self.state == State::Closed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STATES: [State; 6] = [
+        State::Opening,
+        State::Open,
+        State::CloseSent,
+        State::CloseReceived,
+        State::Closed,
+        State::Reset,
+    ];
+    const EVENTS: [Event; 5] = [
+        Event::OpenOk,
+        Event::OpenErr,
+        Event::GuestClose,
+        Event::DeviceClose,
+        Event::Reset,
+    ];
+
+    #[test]
+    fn transition_table() {
+        use Event as E;
+        use State as S;
+        let legal = [
+            (S::Opening, E::OpenOk, S::Open),
+            (S::Opening, E::OpenErr, S::Closed),
+            (S::Opening, E::GuestClose, S::Closed),
+            (S::Opening, E::DeviceClose, S::CloseSent),
+            (S::Open, E::GuestClose, S::CloseReceived),
+            (S::Open, E::DeviceClose, S::CloseSent),
+            (S::CloseSent, E::GuestClose, S::Closed),
+            (S::CloseReceived, E::DeviceClose, S::Closed),
+        ];
+        for from in STATES {
+            for ev in EVENTS {
+                let want = if ev == E::Reset {
+                    Some(S::Reset)
+                } else {
+                    legal
+                        .iter()
+                        .find(|(f, e, _)| *f == from && *e == ev)
+                        .map(|t| t.2)
+                };
+                assert_eq!(from.next(ev), want, "{from:?} on {ev:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn close_flags_follow_the_state() {
+        for s in STATES {
+            assert_eq!(
+                s.close_sent(),
+                matches!(s, State::CloseSent | State::Closed),
+                "{s:?}"
+            );
+            assert_eq!(
+                s.close_received(),
+                matches!(s, State::CloseReceived | State::Closed),
+                "{s:?}"
+            );
+        }
+        // Both orders of the close handshake end in Closed.
+        let mut a = State::Open;
+        for e in [Event::GuestClose, Event::DeviceClose] {
+            a = a.next(e).unwrap();
+        }
+        let mut b = State::Open;
+        for e in [Event::DeviceClose, Event::GuestClose] {
+            b = b.next(e).unwrap();
+        }
+        assert_eq!((a, b), (State::Closed, State::Closed));
+    }
+
+    #[test]
+    fn an_illegal_event_leaves_the_channel_where_it_was() {
+        let (a, _b) = crate::seqpacket::SeqPacket::pair().unwrap();
+        let stats = crate::stats::Stats::new(0);
+        let counters = stats.open_channel(1, "svc", crate::stats::Opener::Guest);
+        let mut ch = Channel::new(
+            "svc",
+            crate::stats::Opener::Guest,
+            State::Open,
+            a,
+            4096,
+            0,
+            counters,
+        );
+        assert_eq!(
+            ch.apply(Event::OpenOk),
+            Err(IllegalTransition {
+                state: State::Open,
+                event: Event::OpenOk
+            })
+        );
+        assert_eq!(ch.state, State::Open);
+        assert_eq!(ch.apply(Event::GuestClose), Ok(State::CloseReceived));
+        assert!(!ch.wants_host_input());
+        assert!(ch.apply(Event::GuestClose).is_err());
+        assert_eq!(ch.state, State::CloseReceived);
+        assert!(!ch.finished());
+        assert_eq!(ch.apply(Event::DeviceClose), Ok(State::Closed));
+        assert!(ch.finished());
     }
 }

@@ -3,6 +3,7 @@
 //! ever sees valid values.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use kt_proto::consts::{
     DEFAULT_MAX_CHANNELS, DEFAULT_MAX_MSG_SIZE, DEFAULT_RX_BUF_SIZE, MAX_MSG_SIZE_LIMIT,
@@ -15,6 +16,8 @@ use crate::policy::{Policy, PolicyError};
 
 /// Largest per-channel window accepted (bounds per-channel memory).
 pub const MAX_CHANNEL_BUFFER: u32 = 64 << 20;
+/// Largest `--handshake-timeout` and `--open-timeout` in seconds.
+pub const MAX_TIMEOUT_SECS: u32 = 3600;
 /// Largest `--max-channels` (device ids use bit 31, guest ids the rest).
 pub const MAX_CHANNELS_LIMIT: u32 = 1 << 16;
 
@@ -54,6 +57,10 @@ pub struct Config {
     pub device: DeviceConfig,
     /// Per-channel guest → host window in credit bytes.
     pub channel_buffer: u32,
+    /// Time a host connection has to send its `CONNECT` line.
+    pub handshake_timeout: Duration,
+    /// Time the guest has to answer a host-opened channel's `OPEN`.
+    pub open_timeout: Duration,
     /// System-call filter mode.
     pub seccomp: crate::seccomp::SeccompMode,
 }
@@ -101,6 +108,13 @@ impl TryFrom<RunArgs> for Config {
             min_window,
             MAX_CHANNEL_BUFFER,
         )?;
+        let handshake_timeout = range(
+            "handshake-timeout",
+            a.handshake_timeout,
+            1,
+            MAX_TIMEOUT_SECS,
+        )?;
+        let open_timeout = range("open-timeout", a.open_timeout, 1, MAX_TIMEOUT_SECS)?;
         let policy = Policy::load(&policy_path)?;
         Ok(Config {
             socket_path,
@@ -114,6 +128,8 @@ impl TryFrom<RunArgs> for Config {
                 guest_id: a.guest_id,
             },
             channel_buffer,
+            handshake_timeout: Duration::from_secs(handshake_timeout.into()),
+            open_timeout: Duration::from_secs(open_timeout.into()),
             seccomp: a.seccomp,
         })
     }
@@ -134,6 +150,8 @@ mod tests {
             max_channels: None,
             rx_buf_size: None,
             channel_buffer: None,
+            handshake_timeout: 10,
+            open_timeout: 30,
             guest_id: 3,
             log_level: LogLevel::Info,
             seccomp: crate::seccomp::SeccompMode::Enforce,
@@ -166,6 +184,16 @@ mod tests {
         let mut a = args(p.to_str().unwrap());
         a.rx_buf_size = Some(100);
         assert!(Config::try_from(a).is_err());
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.open_timeout, Duration::from_secs(30));
+        let mut a = args(p.to_str().unwrap());
+        a.handshake_timeout = 0;
+        let e = Config::try_from(a).unwrap_err().to_string();
+        assert_eq!(e, "--handshake-timeout 0: must be between 1 and 3600");
+        let mut a = args(p.to_str().unwrap());
+        a.open_timeout = 3601;
+        let e = Config::try_from(a).unwrap_err().to_string();
+        assert_eq!(e, "--open-timeout 3601: must be between 1 and 3600");
         assert!(Config::try_from(args("/nonexistent.toml")).is_err());
         std::fs::remove_file(p).unwrap();
     }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::sockpath::{claim_socket_path, ClaimError};
 use crate::stats::{Stats, StatsSnapshot};
 
 /// Control socket errors.
@@ -22,6 +23,9 @@ pub enum ControlError {
         /// OS error.
         source: std::io::Error,
     },
+    /// The path is taken by a live daemon or is not a socket.
+    #[error(transparent)]
+    Claim(#[from] ClaimError),
     /// Could not talk to the daemon.
     #[error("control socket {path}: {source}")]
     Io {
@@ -70,13 +74,10 @@ fn serve_one(stream: UnixStream, stats: &Stats) -> std::io::Result<()> {
     }
 }
 
-/// Binds `path` (replacing a stale socket) and serves requests on a thread.
+/// Binds `path` (replacing a stale socket, refusing one a live daemon
+/// answers on) and serves requests on a thread.
 pub fn spawn_server(path: &Path, stats: Arc<Stats>) -> Result<JoinHandle<()>, ControlError> {
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) {
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    claim_socket_path(path)?;
     let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
         path: path.to_owned(),
         source,
@@ -91,7 +92,12 @@ pub fn spawn_server(path: &Path, stats: Arc<Stats>) -> Result<JoinHandle<()>, Co
                             log::debug!("control client: {e}");
                         }
                     }
-                    Err(e) => log::warn!("control socket accept: {e}"),
+                    Err(e) => {
+                        // Out of descriptors, say: the connection stays
+                        // queued, so wait instead of spinning on it.
+                        log::warn!("control socket accept: {e}");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
             }
         })

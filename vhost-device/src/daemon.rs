@@ -1,6 +1,6 @@
-//! The daemon's life: binds the sockets once, then serves one vhost-user
-//! frontend at a time forever; host listeners and the control socket
-//! survive frontend disconnects.
+//! The daemon's life: claims and binds the sockets once (refusing paths a
+//! live daemon owns), then serves one vhost-user frontend at a time forever;
+//! host listeners and the control socket survive frontend disconnects.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -14,6 +14,7 @@ use crate::backend::{KtBackend, HOST_EVENT};
 use crate::config::Config;
 use crate::device::{Device, Params};
 use crate::seqpacket::SeqListener;
+use crate::sockpath::claim_socket_path;
 use crate::stats::Stats;
 
 /// Why the daemon stopped.
@@ -35,6 +36,12 @@ pub enum DaemonError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The open-file limit cannot fit `--max-channels`.
+    #[error(transparent)]
+    FdLimit(#[from] crate::fdlimit::FdLimitError),
+    /// A socket path is taken by a live daemon or is not a socket.
+    #[error(transparent)]
+    Claim(#[from] crate::sockpath::ClaimError),
     /// The control socket could not be created.
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
@@ -54,6 +61,19 @@ pub enum DaemonError {
 
 /// Runs the daemon until a fatal error.
 pub fn run(config: Config) -> Result<(), DaemonError> {
+    crate::fdlimit::ensure(config.device.max_channels)?;
+    // Every path is checked before any is bound, so a daemon refused on one
+    // of them leaves nothing behind on the others.
+    for path in [
+        Some(&config.socket_path),
+        config.listen.as_ref(),
+        config.control.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        claim_socket_path(path)?;
+    }
     let stats = Arc::new(Stats::new(config.device.guest_id));
     if let Some(path) = &config.control {
         crate::control::spawn_server(path, stats.clone())?;
@@ -70,6 +90,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let params = Params {
         config: config.device,
         channel_buffer: config.channel_buffer,
+        handshake_timeout: config.handshake_timeout,
+        open_timeout: config.open_timeout,
     };
     let device = Device::new(
         params,
@@ -80,7 +102,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     .map_err(DaemonError::Setup)?;
     let backend = Arc::new(RwLock::new(KtBackend::new(device, stats)));
     let mut vu_listener =
-        Listener::new(&config.socket_path, true).map_err(|source| DaemonError::Socket {
+        Listener::new(&config.socket_path, false).map_err(|source| DaemonError::Socket {
             path: config.socket_path.clone(),
             source,
         })?;

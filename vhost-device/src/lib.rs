@@ -4,11 +4,12 @@
 //! guest services through a listening socket.
 //!
 //! Modules: `args`/`config`/`policy` (CLI and checked configuration),
-//! `daemon` (serve frontends in a loop), `backend` (vhost-user glue),
+//! `daemon` (serve frontends in a loop), `fdlimit` (the descriptor
+//! budget), `backend` (vhost-user glue),
 //! `device` (protocol engine), `channel` (per-channel state), `chain`
-//! (descriptor chains in and out), `seqpacket` (host sockets), `seccomp` (the
-//! system-call allow-list), `stats` and
-//! `control` (counters and the control socket). The simulated guest driver
+//! (descriptor chains in and out), `seqpacket` (host sockets), `sockpath`
+//! (claiming socket paths), `seccomp` (the system-call allow-list), `stats`
+//! and `control` (counters and the control socket). The simulated guest driver
 //! the tests and the bench use is the separate dev-only crate `kt-sim`
 //! (`vhost-device/sim/`).
 
@@ -20,7 +21,9 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod device;
+pub mod fdlimit;
 pub mod policy;
 pub mod seccomp;
 pub mod seqpacket;
+pub mod sockpath;
 pub mod stats;

@@ -101,6 +101,10 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_clock_nanosleep,
     libc::SYS_clock_gettime,
     libc::SYS_sched_yield,
+    // the listener's back-off timer after accept errors
+    libc::SYS_timerfd_create,
+    libc::SYS_timerfd_settime,
+    libc::SYS_timerfd_gettime,
     // threads (one set of workers per frontend connection)
     libc::SYS_clone,
     libc::SYS_clone3,

@@ -5,14 +5,19 @@
 //! zero-length message and EOF both make `recv()` return 0 on a seqpacket
 //! socket; with `SO_PASSCRED` set every real message carries an
 //! `SCM_CREDENTIALS` control message and EOF carries none, which is how
-//! [`Recv::Eof`] is told apart.
+//! [`Recv::Eof`] is told apart. Descriptors a peer passes (`SCM_RIGHTS`)
+//! are closed as they arrive, including on peeks (which install copies).
 
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
+
+use crate::sockpath::claim_socket_path;
 
 /// What a receive saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +33,60 @@ pub enum Recv {
 #[derive(Debug)]
 pub struct SeqPacket {
     fd: OwnedFd,
+    /// Descriptors the peer passed that were closed on receipt.
+    passed_fds_closed: AtomicU64,
+}
+
+/// Most descriptors one message can carry (Linux `SCM_MAX_FD`).
+const SCM_MAX_FD: usize = 253;
+/// Control buffer in 8-byte words: one `SCM_CREDENTIALS` message (32
+/// bytes) plus one `SCM_RIGHTS` message with `SCM_MAX_FD` descriptors (16 +
+/// 4 × 253 bytes, padded), with room to spare, so a well-formed message is
+/// never truncated (`MSG_CTRUNC`).
+const CMSG_BUF_WORDS: usize = (64 + 16 + 4 * SCM_MAX_FD + 64) / 8;
+
+/// Closes every descriptor in the `SCM_RIGHTS` control messages of `msg`
+/// (the device never uses descriptors from host peers; left open they
+/// would leak one table slot each) and returns how many.
+fn close_passed_fds(msg: &libc::msghdr) -> u64 {
+    let mut closed = 0;
+    // SAFETY: `msg` was filled by recvmsg; its control pointer and length
+    // describe the caller's live buffer, which CMSG_FIRSTHDR stays within.
+    let mut c = unsafe { libc::CMSG_FIRSTHDR(msg) };
+    while !c.is_null() {
+        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR return null or a pointer to a
+        // complete cmsghdr inside the control buffer (they check its
+        // length against msg_controllen).
+        let hdr = unsafe { std::ptr::read_unaligned(c) };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: CMSG_LEN is arithmetic on a constant.
+            let head = unsafe { libc::CMSG_LEN(0) } as usize;
+            // SAFETY: `c` points at a complete cmsghdr; its data follows.
+            let data = unsafe { libc::CMSG_DATA(c) };
+            // Never read past the buffer, whatever cmsg_len says.
+            #[allow(clippy::unnecessary_cast)] // msg_controllen is not usize on every libc
+            let end = msg.msg_control as usize + msg.msg_controllen as usize;
+            let room = end.saturating_sub(data as usize);
+            let len = (hdr.cmsg_len as usize).saturating_sub(head).min(room);
+            let count = len / size_of::<libc::c_int>();
+            for i in 0..count {
+                // SAFETY: `count` ints after `data` lie inside the control
+                // buffer (clamped to its end above); unaligned reads.
+                let fd = unsafe {
+                    std::ptr::read_unaligned(data.wrapping_add(i * size_of::<libc::c_int>()).cast())
+                };
+                if fd >= 0 {
+                    // SAFETY: the kernel just installed `fd` in our table
+                    // for this message; nothing else knows it.
+                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                    closed += 1;
+                }
+            }
+        }
+        // SAFETY: `msg` and `c` as above.
+        c = unsafe { libc::CMSG_NXTHDR(msg, c) };
+    }
+    closed
 }
 
 /// A listening `SOCK_SEQPACKET` socket bound to a path.
@@ -104,6 +163,13 @@ fn set_nonblocking_fd(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
 }
 
 impl SeqPacket {
+    fn from_fd(fd: OwnedFd) -> SeqPacket {
+        SeqPacket {
+            fd,
+            passed_fds_closed: AtomicU64::new(0),
+        }
+    }
+
     /// Connects to the listening socket at `path`. A non-blocking connect
     /// fails with `WouldBlock` instead of waiting when the listener's
     /// backlog is full.
@@ -118,7 +184,7 @@ impl SeqPacket {
                 len,
             )
         })?;
-        let s = SeqPacket { fd };
+        let s = SeqPacket::from_fd(fd);
         s.set_passcred()?;
         Ok(s)
     }
@@ -139,8 +205,8 @@ impl SeqPacket {
         let fd0 = unsafe { OwnedFd::from_raw_fd(fds[0]) };
         // SAFETY: socketpair succeeded, fds[1] is ours alone.
         let fd1 = unsafe { OwnedFd::from_raw_fd(fds[1]) };
-        let a = SeqPacket { fd: fd0 };
-        let b = SeqPacket { fd: fd1 };
+        let a = SeqPacket::from_fd(fd0);
+        let b = SeqPacket::from_fd(fd1);
         a.set_passcred()?;
         b.set_passcred()?;
         Ok((a, b))
@@ -199,9 +265,58 @@ impl SeqPacket {
         })
     }
 
+    /// Sends `buf` as one message with `fds` attached (`SCM_RIGHTS`; at
+    /// most [`SCM_MAX_FD`]). The device never does this; host programs and
+    /// tests may.
+    pub fn send_with_fds(&self, buf: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+        if fds.len() > SCM_MAX_FD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("at most {SCM_MAX_FD} descriptors per message"),
+            ));
+        }
+        let raw: Vec<libc::c_int> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let bytes = std::mem::size_of_val(raw.as_slice());
+        let mut cbuf = [0u64; CMSG_BUF_WORDS];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: msghdr is plain old data; all-zero is a valid value.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !raw.is_empty() {
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            // SAFETY: CMSG_SPACE is arithmetic; the result (at most 1032
+            // bytes for SCM_MAX_FD descriptors) fits in `cbuf`.
+            msg.msg_controllen = unsafe { libc::CMSG_SPACE(bytes as u32) } as _;
+            // SAFETY: the control buffer is aligned and large enough for one
+            // cmsghdr, so CMSG_FIRSTHDR returns a valid pointer into it.
+            let c = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+            // SAFETY: cmsghdr is plain old data; all-zero is a valid value.
+            let mut hdr: libc::cmsghdr = unsafe { std::mem::zeroed() };
+            hdr.cmsg_level = libc::SOL_SOCKET;
+            hdr.cmsg_type = libc::SCM_RIGHTS;
+            // SAFETY: CMSG_LEN is arithmetic.
+            hdr.cmsg_len = unsafe { libc::CMSG_LEN(bytes as u32) } as _;
+            // SAFETY: `c` points at room for a cmsghdr inside `cbuf`.
+            unsafe { c.write_unaligned(hdr) };
+            // SAFETY: `c` points at a cmsghdr inside `cbuf`; its data follows.
+            let data = unsafe { libc::CMSG_DATA(c) };
+            // SAFETY: CMSG_SPACE(bytes) fits in `cbuf`, so `bytes` after
+            // `data` are inside it; `raw` holds exactly `bytes`.
+            unsafe {
+                std::ptr::copy_nonoverlapping(raw.as_ptr().cast::<u8>(), data, bytes);
+            }
+        }
+        // SAFETY: `msg` points at `iov` (valid for `buf.len()` bytes, only
+        // read) and at `cbuf`, both alive across the call.
+        cvt_size(unsafe { libc::sendmsg(self.fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
+    }
+
     fn recv_flags(&self, buf: &mut [u8], flags: libc::c_int) -> io::Result<Recv> {
-        // Room for one SCM_CREDENTIALS control message, 8-byte aligned.
-        let mut cbuf = [0u64; 8];
+        let mut cbuf = [0u64; CMSG_BUF_WORDS];
         let mut iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
@@ -211,7 +326,7 @@ impl SeqPacket {
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
         msg.msg_control = cbuf.as_mut_ptr().cast();
-        msg.msg_controllen = size_of::<[u64; 8]>() as _;
+        msg.msg_controllen = size_of::<[u64; CMSG_BUF_WORDS]>() as _;
         // SAFETY: `msg` points at `iov` (valid for `buf.len()` bytes) and at
         // `cbuf`, both alive across the call.
         let n = cvt_size(unsafe {
@@ -221,10 +336,26 @@ impl SeqPacket {
                 flags | libc::MSG_TRUNC | libc::MSG_CMSG_CLOEXEC,
             )
         })?;
+        let closed = close_passed_fds(&msg);
+        if closed > 0 {
+            self.passed_fds_closed.fetch_add(closed, Relaxed);
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            // Only possible past SCM_MAX_FD descriptors (the buffer holds
+            // that many): the kernel did not install the ones that did not
+            // fit and dropped its references to them.
+            log::debug!("host socket: control data truncated (excess descriptors discarded)");
+        }
         if n == 0 && msg.msg_controllen == 0 {
             return Ok(Recv::Eof);
         }
         Ok(Recv::Msg(n))
+    }
+
+    /// How many descriptors passed by the peer (`SCM_RIGHTS`) this socket
+    /// has closed since the last call; resets the count.
+    pub fn take_passed_fds_closed(&self) -> u64 {
+        self.passed_fds_closed.swap(0, Relaxed)
     }
 
     /// Receives one message into `buf`; `Recv::Msg` carries its full
@@ -252,16 +383,13 @@ impl AsRawFd for SeqPacket {
 }
 
 impl SeqListener {
-    /// Binds and listens at `path`, replacing a stale socket file.
+    /// Binds and listens at `path`, replacing a stale socket file but
+    /// refusing (`AddrInUse`) a path a live process listens on
+    /// ([`claim_socket_path`]).
     pub fn bind(path: &Path) -> io::Result<SeqListener> {
         let fd = new_socket(true)?;
         let (addr, len) = sockaddr(path)?;
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
-                std::fs::remove_file(path)?;
-            }
-            _ => {}
-        }
+        claim_socket_path(path).map_err(|e| io::Error::new(io::ErrorKind::AddrInUse, e))?;
         // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
         cvt(unsafe {
             libc::bind(
@@ -288,7 +416,7 @@ impl SeqListener {
         })?;
         // SAFETY: accept4 returned a new fd owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let s = SeqPacket { fd };
+        let s = SeqPacket::from_fd(fd);
         s.set_passcred()?;
         Ok(s)
     }
@@ -331,6 +459,66 @@ mod tests {
         drop(a);
         assert_eq!(b.peek_len().unwrap(), Recv::Eof);
         assert_eq!(b.recv(&mut buf).unwrap(), Recv::Eof);
+    }
+
+    /// A pipe; (read end non-blocking, write end).
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut p = [0 as RawFd; 2];
+        // SAFETY: `p` has room for two fds.
+        let r = unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        assert_eq!(r, 0);
+        // SAFETY: pipe2 succeeded; p[0] is ours alone.
+        let r = unsafe { OwnedFd::from_raw_fd(p[0]) };
+        // SAFETY: pipe2 succeeded; p[1] is ours alone.
+        let w = unsafe { OwnedFd::from_raw_fd(p[1]) };
+        (r, w)
+    }
+
+    /// Whether every write end of the pipe is closed (read gives EOF, not
+    /// EAGAIN).
+    fn writers_gone(r: &OwnedFd) -> bool {
+        let mut b = [0u8; 1];
+        // SAFETY: reading into a 1-byte buffer.
+        unsafe { libc::read(r.as_raw_fd(), b.as_mut_ptr().cast(), 1) == 0 }
+    }
+
+    #[test]
+    fn passed_descriptors_are_closed_on_receive_and_peek() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        let (r, w) = pipe();
+        let fds = [w.as_fd(); 4];
+        a.send_with_fds(b"CONNECT echo", &fds).unwrap();
+        a.send_with_fds(b"", &fds[..1]).unwrap();
+        drop(w);
+        // Our own write end is gone; the in-flight copies keep it open.
+        assert!(!writers_gone(&r));
+        // A peek installs copies too: they are closed as well.
+        assert_eq!(b.peek_len().unwrap(), Recv::Msg(12));
+        assert_eq!(b.take_passed_fds_closed(), 4);
+        let mut buf = [0u8; 64];
+        assert_eq!(b.recv(&mut buf).unwrap(), Recv::Msg(12));
+        assert_eq!(b.take_passed_fds_closed(), 4);
+        assert!(!writers_gone(&r), "the second message still holds one");
+        // Descriptors on an empty message: still a message, not EOF.
+        assert_eq!(b.recv(&mut buf).unwrap(), Recv::Msg(0));
+        assert_eq!(b.take_passed_fds_closed(), 1);
+        assert_eq!(b.take_passed_fds_closed(), 0);
+        assert!(writers_gone(&r), "a received descriptor was left open");
+        drop(a);
+        assert_eq!(b.recv(&mut buf).unwrap(), Recv::Eof);
+    }
+
+    #[test]
+    fn most_descriptors_one_message_carries_fit_the_buffer() {
+        let (a, b) = SeqPacket::pair().unwrap();
+        let (r, w) = pipe();
+        let fds = vec![w.as_fd(); SCM_MAX_FD];
+        a.send_with_fds(b"x", &fds).unwrap();
+        drop(w);
+        let mut buf = [0u8; 4];
+        assert_eq!(b.recv(&mut buf).unwrap(), Recv::Msg(1));
+        assert_eq!(b.take_passed_fds_closed(), SCM_MAX_FD as u64);
+        assert!(writers_gone(&r));
     }
 
     #[test]

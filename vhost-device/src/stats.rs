@@ -71,6 +71,16 @@ pub struct DeviceEvents {
     pub resets: AtomicU64,
     /// Host connections on the listening socket.
     pub host_connects: AtomicU64,
+    /// Descriptors host peers passed (`SCM_RIGHTS`), closed on receipt.
+    pub passed_fds_closed: AtomicU64,
+    /// Host connections refused with `ERR 24` because the daemon was out
+    /// of file descriptors.
+    pub fd_limit_refusals: AtomicU64,
+    /// Host connections closed with `ERR 110`: no `CONNECT` line in time.
+    pub handshake_timeouts: AtomicU64,
+    /// Host connections failed with `ERR 110`: the guest did not answer
+    /// the `OPEN` in time.
+    pub open_timeouts: AtomicU64,
 }
 
 /// Which side opened a channel.
@@ -134,6 +144,18 @@ pub struct StatsSnapshot {
     pub resets: u64,
     /// Host connections on the listening socket.
     pub host_connects: u64,
+    /// Descriptors host peers passed, closed on receipt.
+    #[serde(default)]
+    pub passed_fds_closed: u64,
+    /// Host connections refused because the daemon was out of descriptors.
+    #[serde(default)]
+    pub fd_limit_refusals: u64,
+    /// Host connections that sent no `CONNECT` line in time.
+    #[serde(default)]
+    pub handshake_timeouts: u64,
+    /// Host connections the guest did not answer in time.
+    #[serde(default)]
+    pub open_timeouts: u64,
     /// Device totals.
     pub device: CountersSnapshot,
     /// Open channels.
@@ -206,6 +228,10 @@ impl Stats {
             open_refused: self.events.open_refused.load(Relaxed),
             resets: self.events.resets.load(Relaxed),
             host_connects: self.events.host_connects.load(Relaxed),
+            passed_fds_closed: self.events.passed_fds_closed.load(Relaxed),
+            fd_limit_refusals: self.events.fd_limit_refusals.load(Relaxed),
+            handshake_timeouts: self.events.handshake_timeouts.load(Relaxed),
+            open_timeouts: self.events.open_timeouts.load(Relaxed),
             device: self.device.snapshot(),
             channels,
         }
@@ -226,6 +252,15 @@ impl StatsSnapshot {
             self.open_refused,
             self.resets,
             self.host_connects
+        );
+        let _ = writeln!(
+            s,
+            "host peers: passed fds closed {}  fd-limit refusals {}  handshake timeouts {}  \
+             open timeouts {}",
+            self.passed_fds_closed,
+            self.fd_limit_refusals,
+            self.handshake_timeouts,
+            self.open_timeouts
         );
         let _ = writeln!(
             s,
@@ -284,7 +319,7 @@ impl StatsSnapshot {
             "1 while a guest driver is live on the queues, else 0.",
         );
         w.sample(&g, bool_gauge(self.active));
-        let events: [(&'static str, &'static str, u64); 5] = [
+        let events: [(&'static str, &'static str, u64); 9] = [
             (
                 "kt_device_frontends_total",
                 "vhost-user frontend (VMM) connections accepted.",
@@ -309,6 +344,26 @@ impl StatsSnapshot {
                 "kt_device_host_connects_total",
                 "Host program connections on the --listen socket.",
                 self.host_connects,
+            ),
+            (
+                "kt_device_passed_fds_closed_total",
+                "Descriptors host peers passed (SCM_RIGHTS), closed unused on receipt.",
+                self.passed_fds_closed,
+            ),
+            (
+                "kt_device_fd_limit_refusals_total",
+                "Host connections refused with ERR 24: the daemon was out of file descriptors.",
+                self.fd_limit_refusals,
+            ),
+            (
+                "kt_device_handshake_timeouts_total",
+                "Host connections closed with ERR 110: no CONNECT line within --handshake-timeout.",
+                self.handshake_timeouts,
+            ),
+            (
+                "kt_device_open_timeouts_total",
+                "Host connections failed with ERR 110: the guest did not answer within --open-timeout.",
+                self.open_timeouts,
             ),
         ];
         for (name, help, v) in events {
@@ -437,6 +492,13 @@ mod tests {
         assert_eq!(s.channels[0].counters.msgs_to_host, 2);
         let t = s.table();
         assert!(t.contains("echo"), "{t}");
+        assert!(
+            t.lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("host peers: passed fds closed 0"),
+            "{t}"
+        );
         assert!(t.lines().last().unwrap().starts_with("total"), "{t}");
         let json = serde_json::to_string(&s).unwrap();
         let back: StatsSnapshot = serde_json::from_str(&json).unwrap();
@@ -451,6 +513,7 @@ mod tests {
         st.active.store(true, Relaxed);
         add(&st.events.frontends, 2);
         add(&st.events.opened, 3);
+        add(&st.events.passed_fds_closed, 8);
         let a = st.open_channel(1, "echo", Opener::Guest);
         let b = st.open_channel(0x40000002, "we\"ird\\name", Opener::Host);
         add(&a.msgs_to_host, 5);
@@ -475,6 +538,10 @@ mod tests {
         assert_eq!(ex.value("kt_device_frontends_total", &[]), Some(2.0));
         assert_eq!(ex.value("kt_device_channels_opened_total", &[]), Some(3.0));
         assert_eq!(ex.value("kt_device_open_channels", &[]), Some(2.0));
+        assert_eq!(
+            ex.value("kt_device_passed_fds_closed_total", &[]),
+            Some(8.0)
+        );
         assert_eq!(ex.value("kt_device_malformed_total", &[]), Some(4.0));
         let to_guest = [("direction", "to_guest")];
         assert_eq!(ex.value("kt_device_messages_total", &to_guest), Some(9.0));

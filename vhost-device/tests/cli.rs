@@ -41,6 +41,8 @@ fn help_lists_every_flag() {
         "--max-channels",
         "--rx-buf-size",
         "--channel-buffer",
+        "--handshake-timeout",
+        "--open-timeout",
         "--guest-id",
         "--log-level",
     ] {
@@ -101,6 +103,21 @@ fn bad_arguments_fail_with_one_line() {
     one_line_error(
         &["--socket-path", s, "--policy", g, "--channel-buffer", "10"],
         "--channel-buffer 10",
+    );
+    one_line_error(
+        &[
+            "--socket-path",
+            s,
+            "--policy",
+            g,
+            "--handshake-timeout",
+            "0",
+        ],
+        "--handshake-timeout 0: must be between 1 and 3600",
+    );
+    one_line_error(
+        &["--socket-path", s, "--policy", g, "--open-timeout", "soon"],
+        "soon",
     );
     one_line_error(
         &["--socket-path", s, "--policy", g, "--log-level", "loud"],
@@ -220,4 +237,103 @@ fn stats_prometheus() {
         ex.value("kt_device_channel_malformed_total", &echo),
         Some(0.0)
     );
+}
+
+/// Runs the daemon with its RLIMIT_NOFILE set to `soft`/`hard` before exec.
+fn run_with_nofile(args: &[&str], soft: u64, hard: u64) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let set_limit = move || {
+        let lim = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: `lim` is a valid rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only calls setrlimit, which is async-signal-safe,
+    // and allocates nothing on success.
+    unsafe {
+        cmd.pre_exec(set_limit);
+    }
+    cmd.spawn().unwrap()
+}
+
+/// Soft RLIMIT_NOFILE of `pid` from /proc/PID/limits.
+fn soft_nofile(pid: u32) -> u64 {
+    let l = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = l.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn open_file_limit_is_raised_or_start_refused() {
+    let dir = TempDir::new("cli-nofile").unwrap();
+    let policy = dir.join("p.toml");
+    std::fs::write(
+        &policy,
+        "[[service]]\nname = \"echo\"\nsocket = \"/tmp/e.sock\"\n",
+    )
+    .unwrap();
+    let sock = dir.join("v.sock");
+    let args = [
+        "--socket-path",
+        sock.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ];
+    // A hard limit too small for the default 1024 channels: refused with
+    // both numbers on one line.
+    let mut child = run_with_nofile(&args, 256, 256);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("the daemon started with too few descriptors for its channels");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err:?}");
+    assert!(
+        err.contains("--max-channels 1024 needs 1152 open files")
+            && err.contains("hard RLIMIT_NOFILE is 256"),
+        "{err:?}"
+    );
+    assert!(!sock.exists(), "a refused daemon bound its socket");
+    // Fewer channels fit the same limit.
+    let mut few = args.to_vec();
+    few.extend(["--max-channels", "100"]);
+    let mut child = run_with_nofile(&few, 256, 256);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "daemon exited");
+        assert!(std::time::Instant::now() < deadline, "no socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(soft_nofile(child.id()), 256);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::remove_file(&sock).unwrap();
+    // A low soft limit under a higher hard one is raised to what 1024
+    // channels need.
+    let mut child = run_with_nofile(&args, 256, 4096);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(child.try_wait().unwrap().is_none(), "daemon exited");
+        assert!(std::time::Instant::now() < deadline, "no socket");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(soft_nofile(child.id()), 1152);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

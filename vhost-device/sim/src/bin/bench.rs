@@ -167,6 +167,8 @@ fn run(a: &Args) -> Result<Vec<Row>, BenchError> {
         max_channels: None,
         rx_buf_size: None,
         channel_buffer: None,
+        handshake_timeout: 10,
+        open_timeout: 30,
         guest_id: 0,
         log_level: LogLevel::Warn,
     })?;
