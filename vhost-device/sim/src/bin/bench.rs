@@ -171,6 +171,9 @@ fn run(a: &Args) -> Result<Vec<Row>, BenchError> {
         open_timeout: 30,
         guest_id: 0,
         log_level: LogLevel::Warn,
+        // The daemon runs on a thread of this process: its filter would
+        // apply to the simulated guest's threads too.
+        seccomp: kt_vhost_device::seccomp::SeccompMode::Off,
     })?;
     std::thread::spawn(move || {
         if let Err(e) = kt_vhost_device::daemon::run(config) {
