@@ -174,10 +174,10 @@ pub fn parse_proc_stat(text: &str) -> Option<u64> {
 
 /// This machine's busy CPU time so far, microseconds (`/proc/stat`).
 pub fn system_cpu_us() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/stat")
-        .map_err(|e| Error::io("read /proc/stat", e))?;
-    let ticks = parse_proc_stat(&text)
-        .ok_or_else(|| Error::Bench("/proc/stat has no cpu line".into()))?;
+    let text =
+        std::fs::read_to_string("/proc/stat").map_err(|e| Error::io("read /proc/stat", e))?;
+    let ticks =
+        parse_proc_stat(&text).ok_or_else(|| Error::Bench("/proc/stat has no cpu line".into()))?;
     Ok(ticks * 1_000_000 / clk_tck())
 }
 
@@ -283,7 +283,13 @@ mod tests {
         ] {
             assert_eq!(Request::parse(&r.encode()), Ok(r));
         }
-        for bad in [&b""[..], b"kt-bench", b"kt-bench sink 1", b"hello", &[0xff; 64]] {
+        for bad in [
+            &b""[..],
+            b"kt-bench",
+            b"kt-bench sink 1",
+            b"hello",
+            &[0xff; 64],
+        ] {
             assert!(Request::parse(bad).is_err(), "{bad:?}");
         }
         let r = PeerResult {

@@ -278,7 +278,10 @@ fn one_way_rows(way: Way, size: usize, r: &OneWay, rows: &mut Vec<Vec<String>>) 
         format!("message rate, {what}"),
         format!("{:.0} msgs/s", r.msgs as f64 / r.elapsed.as_secs_f64()),
     ]);
-    rows.push(vec![format!("throughput, {what}"), mb_s(r.bytes, r.elapsed)]);
+    rows.push(vec![
+        format!("throughput, {what}"),
+        mb_s(r.bytes, r.elapsed),
+    ]);
     rows.push(vec![
         format!("guest CPU per message, {what}"),
         per_msg(r.local_cpu_us),
@@ -357,7 +360,10 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
             }
         }
         if a.small_count > 0 {
-            eprintln!("kt bench: streaming {} x {} B (echoed)", a.small_count, a.small_size);
+            eprintln!(
+                "kt bench: streaming {} x {} B (echoed)",
+                a.small_count, a.small_size
+            );
             let t = stream(&ch, a.small_size, a.small_count, &watch)?;
             rows.push(vec![
                 format!("message rate ({} B messages)", a.small_size),
