@@ -125,8 +125,10 @@ if [ -z "$accel" ]; then
 	if [ ! -e /sys/module/kvm_pvm ] && [ -w /dev/kvm ]; then accel=kvm; fi
 fi
 vsock_args=()
+# shellcheck disable=SC2054 # commas inside QEMU option values
 [ -n "$vsock_na" ] || vsock_args=(-chardev "socket,id=vs0,path=$work/vsock.vhost"
 	-device vhost-user-vsock-pci,chardev=vs0)
+# shellcheck disable=SC2054 # commas inside QEMU option values
 qemu_cmd=("$KT_QEMU" -nodefaults -no-user-config -display none -M q35 -cpu max -accel "$accel"
 	-L /usr/share/qemu -L /usr/share/seabios -nic none -no-reboot
 	-m 512M -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem
@@ -192,7 +194,7 @@ value() {
 		echo "n/a ($na)"
 		return
 	fi
-	sed -n "s/^$t: $m[^)]*) *//p" "$work/bench.txt" | head -n1 | grep . || echo "n/a (no result)"
+	sed -n "s/^${t}: ${m}[^)]*) *//p" "$work/bench.txt" | head -n1 | grep . || echo "n/a (no result)"
 }
 [ -z "$vsock_na" ] || echo "vsock: n/a $vsock_na" >>"$work/bench.txt"
 [ -z "$vsock_na" ] || echo "vsock64k: n/a $vsock_na" >>"$work/bench.txt"

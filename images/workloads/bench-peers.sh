@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Workload "bench-peers": the guest's half of scripts/bench-peers.sh. Runs
 # the same `kt bench --direction both` against a host bench peer
 # (`kt serve --mode bench`: echoes round trips, sinks guest->host streams,
@@ -17,6 +18,7 @@
 # Every output line of a bench is printed as "BENCH <transport>: <line>";
 # a transport that fails prints "BENCH <transport>: n/a <reason>" and the
 # others still run. Sizes: kt.bench=ITERATIONS,BULK_MB,SMALL_COUNT.
+# shellcheck source=images/workloads/lib.sh
 . /workloads/lib.sh
 need_module kerntransport
 
@@ -34,11 +36,11 @@ run_bench() {
 	_label=$1
 	shift
 	echo "KT: bench-peers: $_label: kt bench $*"
-	if _out=$(kt bench "$@" 2>/tmp/bench-$_label.err); then
+	if _out=$(kt bench "$@" 2>"/tmp/bench-$_label.err"); then
 		echo "$_out" | while IFS= read -r l; do echo "BENCH $_label: $l"; done
 		ok=$((ok + 1))
 	else
-		echo "BENCH $_label: n/a $(tail -n1 /tmp/bench-$_label.err)"
+		echo "BENCH $_label: n/a $(tail -n1 "/tmp/bench-$_label.err")"
 	fi
 }
 
