@@ -2,20 +2,28 @@
 # Side-by-side benchmark of kerntransport against virtio-vsock (vhost-user,
 # vhost-device-vsock) and virtio-serial (QEMU built-in), in ONE guest boot
 # with all three devices, under the same QEMU (TCG by default), guest kernel
-# and message sizes. The guest runs workload "bench-peers" (`kt bench` per
-# transport against a host echo peer); this script starts the host peers,
-# collects the guest's "BENCH <transport>:" lines and prints one table:
-# rows = metric, columns = kerntransport | vsock | virtio-serial, plus
-# kerntransport/peer ratios. A transport that fails shows "n/a (reason)".
+# and message sizes. The guest runs workload "bench-peers" (`kt bench
+# --direction both` per transport against a host bench peer, `kt serve
+# --mode bench`: round trips, then each stream one direction at a time,
+# with the CPU of both ends); this script starts the host peers, runs the
+# host-initiated benches of the guest kernel service k.echo and of a
+# user-space echo u.echo when the guest asks, collects the "BENCH <label>:"
+# lines and prints one table: per row the three transports, the best peer,
+# kerntransport / best peer, the target and whether it is met; a last row
+# says what vsock does with 64 KiB writes (vhost-device-vsock 0.3.0
+# stalls). A transport that fails shows "n/a (reason)". Rows and targets:
+# docs/benchmarks.md.
 # It also writes, into $KT_BENCH_OUT (default docs/bench, the committed
 # latest results): peers.md (the table in markdown, with the environment),
 # peers.csv (row,unit,kerntransport,vsock,virtio_serial,better), peers.env
-# (the environment: date, commit, host CPU and kernel, QEMU, guest kernel,
-# sizes) and peers.svg (the chart, drawn by kt-benchplot from the CSV).
+# (the environment: date, commit, accelerator, host CPU and kernel, QEMU,
+# guest kernel, sizes) and peers.svg (the chart, drawn by kt-benchplot
+# from the CSV).
 # Not part of `make test`: it is a benchmark, not a test.
 #
 # Environment: KT_CACHE, KT_ACCEL (tcg|kvm), KT_BENCH=ITER,BULK_MB,SMALL_COUNT
-# (default 1000,8,10000), KT_VSOCK_DEVICE (a vhost-device-vsock binary;
+# (default 1000,8,10000: round trips, MB per bulk size and direction, 64 B
+# messages per direction), KT_VSOCK_DEVICE (a vhost-device-vsock binary;
 # default: `cargo install vhost-device-vsock@0.3.0 --locked` into the cache),
 # KT_BENCH_OUT (output directory).
 # Exit 0 if the guest ran and at least kerntransport was measured.
