@@ -294,6 +294,8 @@ fmt_target() { if [ "$1" = lower ]; then echo "<= ${2}x"; else echo ">= ${2}x"; 
 	# stalls on them; whatever happened is shown, never hidden.
 	v64=$(sed -n 's/^vsock64k: .*\(stalled after .*\)/\1/p' "$work/bench.txt" | head -n1)
 	[ -n "$v64" ] || v64=$(value vsock64k "throughput, to host (65536 B")
+	v64_log=$(grep -a -m1 -o 'error reading TX packet: [A-Za-z]*' "$work/vsock-device.log" 2>/dev/null || true)
+	[ -z "$v64_log" ] || v64="$v64 (vhost-device-vsock: $v64_log)"
 	printf 'vsock (64 KiB writes), 64 KiB guest->host|-|%s|-|-|-|-|-\n' "$v64"
 } >"$work/table.txt"
 qemu_version=$("$KT_QEMU" --version | head -n1)
