@@ -22,7 +22,7 @@
 # Not part of `make test`: it is a benchmark, not a test.
 #
 # Environment: KT_CACHE, KT_ACCEL (tcg|kvm), KT_BENCH=ITER,BULK_MB,SMALL_COUNT
-# (default 1000,8,10000: round trips, MB per bulk size and direction, 64 B
+# (default 2000,32,50000: round trips, MB per bulk size and direction, 64 B
 # messages per direction), KT_VSOCK_DEVICE (a vhost-device-vsock binary;
 # default: `cargo install vhost-device-vsock@0.3.0 --locked` into the cache),
 # KT_BENCH_OUT (output directory).
@@ -35,7 +35,7 @@ export KT_CACHE=${KT_CACHE:-$HOME/.cache/kerntransport}
 VSOCK_VERSION=0.3.0
 VSOCK_PORT=5000
 GUEST_CID=3
-params=${KT_BENCH:-1000,8,10000}
+params=${KT_BENCH:-2000,32,50000}
 out_dir=${KT_BENCH_OUT:-docs/bench}
 t0=$(date +%s)
 load=$(cut -d' ' -f1-3 /proc/loadavg)

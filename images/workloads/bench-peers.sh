@@ -22,7 +22,7 @@
 . /workloads/lib.sh
 need_module kerntransport
 
-params=$(kt_arg kt.bench) || params=1000,8,10000
+params=$(kt_arg kt.bench) || params=2000,32,50000
 iter=${params%%,*}
 rest=${params#*,}
 bulk_mb=${rest%%,*}
