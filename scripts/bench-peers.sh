@@ -25,7 +25,9 @@
 # (default 2000,32,50000: round trips, MB per bulk size and direction, 64 B
 # messages per direction), KT_VSOCK_DEVICE (a vhost-device-vsock binary;
 # default: `cargo install vhost-device-vsock@0.3.0 --locked` into the cache),
-# KT_BENCH_OUT (output directory).
+# KT_BENCH_OUT (output directory), KT_BENCH_VMM=1 (add kerntransport rows
+# with the guest under kt-vmm: on this host's KVM, or inside the KVM runner
+# VM; images/runner/in-runner-bench.sh).
 # Exit 0 if the guest ran and at least kerntransport was measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -193,6 +195,37 @@ grep -aq "KT-RESULT: PASS" "$work/serial.log" ||
 tr -d '\r' <"$work/serial.log" | sed -n 's/^BENCH //p' >"$work/bench.txt"
 cat "$work/host-bench.txt" >>"$work/bench.txt"
 
+# KT_BENCH_VMM=1: kerntransport once more with the guest under kt-vmm
+# (images/runner/in-runner-bench.sh: same workload, kerntransport only, and
+# the host benches of k.echo / u.echo), on this host's KVM if it boots
+# Linux at speed, else inside the KVM runner VM (QEMU TCG, nested KVM).
+# Its lines join bench.txt as "vmm:", "vmmkecho:", "vmmuecho:".
+vmm_where=
+if [ "${KT_BENCH_VMM:-0}" = 1 ]; then
+	vmm_rc=0
+	if [ -w /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ]; then
+		vmm_where="kt-vmm on this host's KVM"
+		log "kt-vmm rows: $vmm_where"
+		PATH=$KT_TARGET_DIR/release:$PATH KT_IMAGE_DIR=$(dirname "$kernel") \
+			sh images/runner/in-runner-bench.sh "$params" >"$work/vmm.out" 2>&1 || vmm_rc=$?
+	else
+		vmm_where="kt-vmm on KVM inside the runner VM (QEMU TCG, nested KVM)"
+		log "kt-vmm rows: $vmm_where (runner serial log $work/runner.log)"
+		KT_IMAGE_KERNEL=$kernel KT_IMAGE_INITRD=$initramfs KT_RUNNER_BINS="$device $kt" \
+			images/runner/run.sh --timeout 1800 --log "$work/runner.log" -- kt-bench-vmm "$params" \
+			>"$work/vmm.out" 2>&1 || vmm_rc=$?
+	fi
+	tr -d '\r' <"$work/vmm.out" |
+		sed -n 's/^BENCH kt: /vmm: /p; s/^BENCH kecho: /vmmkecho: /p; s/^BENCH uecho: /vmmuecho: /p' >>"$work/bench.txt"
+	if [ "$vmm_rc" != 0 ]; then
+		why=$(tr -d '\r' <"$work/vmm.out" | grep -E 'kt-bench-vmm: FAILED|run.sh:' | head -n1)
+		echo "vmm: n/a ${why:-exit status $vmm_rc}" >>"$work/bench.txt"
+		keep=1
+	fi
+	vmm_info=$(tr -d '\r' <"$work/vmm.out" | sed -n 's/^KT-VMM-BENCH: \(kt-vmm .*\)/\1/p' | head -n1)
+	[ -z "$vmm_info" ] || vmm_where="$vmm_where; $vmm_info"
+fi
+
 # value TRANSPORT METRIC-PREFIX: the number (and unit) of one row, else
 # "n/a (reason)".
 value() {
@@ -290,6 +323,25 @@ fmt_target() { if [ "$1" = lower ]; then echo "<= ${2}x"; else echo ">= ${2}x"; 
 		printf '"%s",%s,%s,n/a,n/a,%s\n' "$csv" "$unit" "$(csv_cell "$k")" "$better" >>"$work/rows.csv"
 		printf '"%s",%s,%s,n/a,n/a,%s\n' "${csv/k.echo/u.echo (user space)}" "$unit" "$(csv_cell "$u")" "$better" >>"$work/rows.csv"
 	done
+	if [ -n "$vmm_where" ]; then
+		# kt-vmm: kerntransport only (no vsock or serial device there), so
+		# absolute figures, no peer; k.echo against u.echo as above.
+		for r in "${rows[@]}"; do
+			IFS='|' read -r label csv unit better target metric <<<"$r"
+			k=$(value vmm "$metric")
+			printf 'kt-vmm: %s|%s|-|-|-|-|-|-\n' "$label" "$k"
+			printf '"kt-vmm: %s",%s,%s,n/a,n/a,%s\n' "$csv" "$unit" "$(csv_cell "$k")" "$better" >>"$work/rows.csv"
+		done
+		for r in "${krows[@]}"; do
+			IFS='|' read -r label csv unit better target metric <<<"$r"
+			k=$(value vmmkecho "$metric")
+			u=$(value vmmuecho "$metric")
+			c=$(compare "$k" "$u" "$better" "$target")
+			printf 'kt-vmm: %s|%s|-|-|%s (user-space u.echo)|%s|%s|%s\n' "$label" "$k" "$u" "${c%|*}" \
+				"$(fmt_target "$better" "$target")" "${c#*|}"
+			printf '"kt-vmm: %s",%s,%s,n/a,n/a,%s\n' "$csv" "$unit" "$(csv_cell "$k")" "$better" >>"$work/rows.csv"
+		done
+	fi
 	# vsock with 64 KiB writes (no --write-chunk): vhost-device-vsock 0.3.0
 	# stalls on them; whatever happened is shown, never hidden.
 	v64=$(sed -n 's/^vsock64k: .*\(stalled after .*\)/\1/p' "$work/bench.txt" | head -n1)
@@ -308,6 +360,7 @@ echo "bench-peers: one $accel guest boot; KT_BENCH=$params (round trips, bulk MB
 echo "environment: accel $accel; host CPU $host_cpu; host kernel $(uname -sr); guest kernel $guest; $qemu_version (-cpu max, 512 MiB, 1 vCPU); host load $load"
 framing="kerntransport keeps message boundaries itself; vsock = SOCK_STREAM (vhost-device-vsock $VSOCK_VERSION has no SEQPACKET) and virtio-serial = byte stream, both with a 4-byte length prefix per message; vsock guest writes at most 16 KiB"
 echo "framing: $framing"
+[ -z "$vmm_where" ] || echo "kt-vmm rows: $vmm_where"
 echo "ratios: kerntransport / best peer (k.echo rows: k.echo / user-space u.echo); host CPU = QEMU + backend + bench peer"
 column -t -s '|' "$work/table.txt"
 echo "vsock with 64 KiB writes (no --write-chunk, 20 s stall limit): $v64"
@@ -327,6 +380,7 @@ grep -q 'n/a' "$work/table.txt" && keep=1
 	echo "kt_bench=$params (round trips, bulk MB per size and direction, 64 B messages per direction)"
 	echo "vsock_device=vhost-device-vsock $VSOCK_VERSION${KT_VSOCK_DEVICE:+ ($KT_VSOCK_DEVICE)}"
 	echo "vsock_64k_writes=$v64"
+	[ -z "$vmm_where" ] || echo "kt_vmm=$vmm_where"
 } >"$work/peers.env"
 {
 	echo "row,unit,kerntransport,vsock,virtio_serial,better"

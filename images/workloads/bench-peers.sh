@@ -28,7 +28,14 @@ rest=${params#*,}
 bulk_mb=${rest%%,*}
 small=${rest#*,}
 bench_args="--direction both --iterations $iter --size 64 --bulk-size 65536 --bulk-size 4096 --bulk-mb $bulk_mb --small-size 64 --small-count $small --timeout 120"
-echo "KT: bench-peers: $bench_args"
+# kt.peers=LIST (comma-separated; default kt,vsock,serial): the transports
+# to measure (kt-vmm has only kerntransport: kt.peers=kt).
+peers=$(kt_arg kt.peers) || peers=kt,vsock,serial
+want() {
+	case ",$peers," in *",$1,"*) return 0 ;; esac
+	return 1
+}
+echo "KT: bench-peers: $bench_args (transports: $peers)"
 
 ok=0
 # run_bench LABEL KT-BENCH-ARGS...: one kt bench, output labeled.
@@ -44,13 +51,16 @@ run_bench() {
 	fi
 }
 
-# shellcheck disable=SC2086
-run_bench kt bench $bench_args
+if want kt; then
+	# shellcheck disable=SC2086
+	run_bench kt bench $bench_args
+fi
 
 # vsock: the 6.12 cloud kernel has it as modules (the image carries them
 # decompressed in /lib/modules/peers).
 vsock_ready=1
-for m in vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport; do
+want vsock || vsock_ready=0
+[ "$vsock_ready" = 0 ] || for m in vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport; do
 	grep -q "^$m " /proc/modules && continue
 	if ! out=$(insmod "/lib/modules/peers/$m.ko" 2>&1); then
 		echo "BENCH vsock: n/a insmod $m.ko: $out"
@@ -73,10 +83,12 @@ fi
 # virtio-serial (built in): the port named kt.bench, found through sysfs
 # (no udev here to make /dev/virtio-ports/kt.bench).
 port=
-for d in /sys/class/virtio-ports/*; do
+want serial && for d in /sys/class/virtio-ports/*; do
 	[ "$(cat "$d/name" 2>/dev/null)" = kt.bench ] && port=/dev/${d##*/}
 done
-if [ -n "$port" ] && [ -c "$port" ]; then
+if ! want serial; then
+	:
+elif [ -n "$port" ] && [ -c "$port" ]; then
 	# shellcheck disable=SC2086
 	run_bench serial --serial "$port" $bench_args
 else
