@@ -76,5 +76,5 @@ done
 grep -q "KT-RESULT: PASS" "$log" || die "the guest failed: $(grep 'KT-RESULT' "$log")"
 tr -d '\r' <"$log" | grep '^BENCH '
 cat "$tmp/host.txt"
-echo "KT-VMM-BENCH: kt-vmm $(kt-vmm --version 2>/dev/null | head -n1), runner kernel $(uname -r), guest $(tr -d '\r' <"$log" | sed -n 's/^KT: init running on //p' | head -n1)"
+echo "KT-VMM-BENCH: $(kt-vmm --version 2>/dev/null | head -n1), runner kernel $(uname -r), guest $(tr -d '\r' <"$log" | sed -n 's/^KT: init running on //p' | head -n1)"
 echo "KT-VMM-BENCH: done"
