@@ -527,7 +527,10 @@ fn bench_watchdog_reports_a_stall() {
         text.starts_with("stalled after ") && text.contains("to host, 65536 B messages: "),
         "{text}"
     );
-    assert!(common::stderr(&out).contains("kt: bench: stalled after "), "{out:?}");
+    assert!(
+        common::stderr(&out).contains("kt: bench: stalled after "),
+        "{out:?}"
+    );
     accepter.join().unwrap();
 }
 
