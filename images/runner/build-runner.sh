@@ -61,7 +61,7 @@ qemu_bin=$(command -v qemu-system-x86_64 || true)
 inputs=("$here/build-runner.sh" "$here/runner-init.sh" "$here/guest-init.sh" "$RUNNER_KERNEL"
 	"$GUEST_KERNEL" /bin/busybox "$vmm_bin" "$bench_bin" "$fill_bin" "$here/in-runner-boot-test.sh"
 	"$here/in-runner-kt-device-test.sh" "$here/in-runner-e2e-test.sh" "$here/in-runner-demo.sh"
-	"$virtio_mmio" "$virtio_rng" "${modules[@]}")
+	"$here/in-runner-bench.sh" "$virtio_mmio" "$virtio_rng" "${modules[@]}")
 if [ -n "${KT_GUEST_INITRD:-}" ]; then inputs+=("$KT_GUEST_INITRD"); fi
 if [ -n "${KT_IMAGE_KERNEL:-}" ] || [ -n "${KT_IMAGE_INITRD:-}" ]; then
 	[ -r "${KT_IMAGE_KERNEL:-}" ] && [ -r "${KT_IMAGE_INITRD:-}" ] ||
@@ -138,6 +138,7 @@ install -m 755 "$here/in-runner-boot-test.sh" "$r/usr/bin/kt-test-boot"
 install -m 755 "$here/in-runner-kt-device-test.sh" "$r/usr/bin/kt-test-device"
 install -m 755 "$here/in-runner-e2e-test.sh" "$r/usr/bin/kt-test-e2e"
 install -m 755 "$here/in-runner-demo.sh" "$r/usr/bin/kt-demo-vmm"
+install -m 755 "$here/in-runner-bench.sh" "$r/usr/bin/kt-bench-vmm"
 if [ -n "${KT_IMAGE_KERNEL:-}" ]; then
 	mkdir -p "$r/kt-image"
 	cp "$KT_IMAGE_KERNEL" "$r/kt-image/vmlinuz"

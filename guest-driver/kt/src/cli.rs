@@ -237,6 +237,10 @@ pub enum ServeMode {
     Source,
     /// Print every message.
     Print,
+    /// The peer of `kt bench --direction to-host|from-host|both`: per
+    /// request, echo (round trips), sink (guest to host) or source (host to
+    /// guest) a batch and report what it moved and the CPU it used.
+    Bench,
 }
 
 /// `kt serve`.
@@ -272,6 +276,29 @@ pub struct ServeArgs {
     /// Output options (print mode).
     #[command(flatten)]
     pub print: PrintArgs,
+
+    /// Bench mode: also count the CPU time of the processes whose PIDs FILE
+    /// lists (whitespace-separated, read at each request; e.g. the VMM and
+    /// the device backend). This process is always counted.
+    #[arg(long, value_name = "FILE")]
+    pub cpu_pids: Option<PathBuf>,
+}
+
+/// What `kt bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchDirection {
+    /// Against an echo service: round trips, and streams echoed back
+    /// (both directions loaded at once).
+    Echo,
+    /// Against `kt serve --mode bench`: round trips, then each stream
+    /// guest to host only (the peer sinks and reports).
+    ToHost,
+    /// Against `kt serve --mode bench`: round trips, then each stream host
+    /// to guest only (the peer sources, this side receives and counts).
+    FromHost,
+    /// Against `kt serve --mode bench`: `to-host` then `from-host`, one
+    /// direction at a time.
+    Both,
 }
 
 /// `kt gen`.
@@ -314,11 +341,18 @@ pub struct VerifyArgs {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Channel to an echo service (`kt serve --mode echo`,
-    /// `kt listen NAME --echo`, or a kernel echo service).
+    /// `kt listen NAME --echo`, or a kernel echo service), or with
+    /// --direction to-host|from-host|both to `kt serve --mode bench`.
     #[command(flatten)]
     pub channel: ChannelArgs,
 
-    /// Ping-pong round trips measured.
+    /// What to measure: echoed streams, or one direction at a time against
+    /// a bench peer (throughput and rate to the receiver's last message,
+    /// CPU per message and per MB of both ends).
+    #[arg(long, value_enum, default_value_t = BenchDirection::Echo)]
+    pub direction: BenchDirection,
+
+    /// Ping-pong round trips measured (0: none).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     pub iterations: u64,
 
@@ -327,11 +361,11 @@ pub struct BenchArgs {
     pub size: usize,
 
     /// Throughput message size in bytes (default: the channel's limit, at
-    /// most 65536).
+    /// most 65536); repeat for several sizes, each measured in turn.
     #[arg(long, value_name = "BYTES")]
-    pub bulk_size: Option<usize>,
+    pub bulk_size: Vec<usize>,
 
-    /// Throughput: megabytes to stream.
+    /// Throughput: megabytes to stream per size (0: no throughput phase).
     #[arg(long, value_name = "MB", default_value_t = 16)]
     pub bulk_mb: u64,
 
@@ -339,7 +373,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 16)]
     pub small_size: usize,
 
-    /// Message-rate: messages to stream.
+    /// Message-rate: messages to stream (0: no message-rate phase).
     #[arg(long, value_name = "N", default_value_t = 20000)]
     pub small_count: u64,
 }

@@ -5,6 +5,7 @@
 //! handshake, or a listening host service). The verbs are the same on both
 //! sides, so tests and users drive both ends with one tool.
 
+pub mod benchpeer;
 pub mod channel;
 pub mod cli;
 pub mod commands;

@@ -401,6 +401,140 @@ fn bench_against_an_echo_server_prints_a_table() {
 }
 
 #[test]
+fn bench_against_the_bench_peer_measures_each_direction() {
+    let t = TempDir::new("benchpeer");
+    let sock = t.path("bench.sock");
+    let pids = t.path("pids");
+    // A listed PID that does not exist counts nothing; this one does.
+    std::fs::write(&pids, format!("{} 999999999\n", std::process::id())).unwrap();
+    let server = Proc::spawn(&[
+        "serve",
+        "--socket",
+        s(&sock),
+        "--mode",
+        "bench",
+        "--cpu-pids",
+        s(&pids),
+        "--channels",
+        "1",
+    ]);
+    wait_for(&sock);
+    let out = run(&[
+        "bench",
+        "--direct",
+        s(&sock),
+        "--direction",
+        "both",
+        "--iterations",
+        "50",
+        "--bulk-size",
+        "65536",
+        "--bulk-size",
+        "4096",
+        "--bulk-mb",
+        "1",
+        "--small-size",
+        "64",
+        "--small-count",
+        "500",
+        "--timeout",
+        "30",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    let mut rows = vec![
+        "ping-pong latency p50 (64 B)".to_string(),
+        "ping-pong latency p99 (64 B)".to_string(),
+    ];
+    for way in ["to host", "from host"] {
+        for size in [64, 65536, 4096] {
+            for m in [
+                "message rate",
+                "throughput",
+                "guest CPU per message",
+                "host CPU per message",
+                "guest CPU per MB",
+                "host CPU per MB",
+            ] {
+                rows.push(format!("{m}, {way} ({size} B messages)"));
+            }
+        }
+    }
+    for row in &rows {
+        assert!(text.contains(row.as_str()), "missing {row:?} in\n{text}");
+    }
+    // No echoed streams against the bench peer.
+    assert!(!text.contains("one way"), "{text}");
+    assert!(server.wait_output(LIMIT).status.success());
+}
+
+#[test]
+fn bench_peer_refuses_plain_messages() {
+    let t = TempDir::new("benchpeer-plain");
+    let sock = t.path("bench.sock");
+    let server = Proc::spawn(&[
+        "serve",
+        "--socket",
+        s(&sock),
+        "--mode",
+        "bench",
+        "--channels",
+        "1",
+    ]);
+    wait_for(&sock);
+    let ch = connect_direct(&sock, 65536).unwrap();
+    ch.send(b"hello", &mut NbStats::default()).unwrap();
+    let out = server.wait_output(LIMIT);
+    assert!(
+        common::stderr(&out).contains("expected a kt-bench request"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn bench_watchdog_reports_a_stall() {
+    let t = TempDir::new("benchstall");
+    let sock = t.path("stall.sock");
+    // A host service that accepts and never reads: the sender's socket
+    // fills and its sends block.
+    let mut l = Listener::bind(&sock, 65536).unwrap();
+    let accepter = std::thread::spawn(move || {
+        assert!(l.wait(Some(LIMIT)).unwrap());
+        let ch = l.accept().unwrap();
+        std::thread::sleep(Duration::from_secs(8));
+        drop(ch);
+    });
+    let out = run(&[
+        "bench",
+        "--direct",
+        s(&sock),
+        "--direction",
+        "to-host",
+        "--iterations",
+        "0",
+        "--small-count",
+        "0",
+        "--bulk-size",
+        "65536",
+        "--bulk-mb",
+        "100",
+        "--timeout",
+        "2",
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("stalled after ") && text.contains("to host, 65536 B messages: "),
+        "{text}"
+    );
+    assert!(
+        common::stderr(&out).contains("kt: bench: stalled after "),
+        "{out:?}"
+    );
+    accepter.join().unwrap();
+}
+
+#[test]
 fn echo_mode_answers_each_message() {
     let t = TempDir::new("echo");
     let sock = t.path("echo.sock");

@@ -1,12 +1,20 @@
-//! `kt bench`: ping-pong latency (p50/p99), streamed throughput and
-//! small-message rate against an echo peer, printed as a table. The echo
-//! peer carries every message back, so streamed numbers are per direction
-//! with both directions loaded.
+//! `kt bench`: ping-pong latency (p50/p99), throughput and message rate,
+//! printed as a table. Against an echo peer (`--direction echo`) the
+//! streamed messages come back, so streamed numbers are per direction with
+//! both directions loaded. Against the bench peer (`kt serve --mode bench`,
+//! protocol in [`crate::benchpeer`]) each stream goes one way only and is
+//! timed until the receiver has its last message; the CPU this machine
+//! (`/proc/stat`) and the peer's processes used is reported per message
+//! and per MB. `--timeout` arms a watchdog: no progress for that long ends
+//! the run with a "stalled" line saying how far it got.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::benchpeer::{self, PeerResult, Request};
 use crate::channel::{Channel, NbStats, Recv};
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchDirection};
 use crate::error::{Error, Result};
 use crate::open::{open_channel, Ctx};
 use crate::{out, signal};
@@ -43,16 +51,30 @@ fn check_size(ch: &Channel, size: usize) -> Result<()> {
 }
 
 /// Round trips of `size`-byte messages; returns the sorted samples.
-fn ping_pong(ch: &Channel, size: usize, iterations: u64) -> Result<Vec<Duration>> {
+fn ping_pong(
+    ch: &Channel,
+    size: usize,
+    iterations: u64,
+    peer: bool,
+    watch: &Watch,
+) -> Result<Vec<Duration>> {
     let msg = vec![0xa5u8; size];
     let mut buf = ch.recv_buffer();
     let mut nb = NbStats::default();
     let warmup = (iterations / 10).min(100);
+    watch.phase(format!("ping-pong, {size} B"), warmup + iterations);
+    if peer {
+        let req = Request::Echo {
+            count: warmup + iterations,
+        };
+        ch.send(&req.encode(), &mut nb)?;
+    }
     let mut samples = Vec::with_capacity(iterations as usize);
     for i in 0..warmup + iterations {
         let t = Instant::now();
         ch.send(&msg, &mut nb)?;
         expect_echo(ch, &mut buf, &mut nb, size)?;
+        watch.tick();
         if i >= warmup {
             samples.push(t.elapsed());
         }
@@ -63,7 +85,8 @@ fn ping_pong(ch: &Channel, size: usize, iterations: u64) -> Result<Vec<Duration>
 
 /// Streams `count` messages of `size` bytes from a writer thread while this
 /// thread reads the echoes; returns the time until the last echo.
-fn stream(ch: &Channel, size: usize, count: u64) -> Result<Duration> {
+fn stream(ch: &Channel, size: usize, count: u64, watch: &Watch) -> Result<Duration> {
+    watch.phase(format!("echoed stream, {size} B messages"), count);
     let writer = ch.try_clone()?;
     let mut buf = ch.recv_buffer();
     let mut nb = NbStats::default();
@@ -79,6 +102,7 @@ fn stream(ch: &Channel, size: usize, count: u64) -> Result<Duration> {
     .map_err(|e| Error::io("spawn bench writer", e))?;
     for _ in 0..count {
         expect_echo(ch, &mut buf, &mut nb, size)?;
+        watch.tick();
     }
     let elapsed = start.elapsed();
     match handle.join() {
@@ -88,57 +112,288 @@ fn stream(ch: &Channel, size: usize, count: u64) -> Result<Duration> {
     Ok(elapsed)
 }
 
+/// Progress of the run, for the `--timeout` watchdog.
+#[derive(Debug, Default)]
+struct Watch {
+    /// Messages moved so far (all phases).
+    ticks: AtomicU64,
+    /// The current phase: name, its message count, its start, `ticks` then.
+    phase: Mutex<Option<(String, u64, Instant, u64)>>,
+}
+
+impl Watch {
+    fn phase(&self, name: String, total: u64) {
+        let base = self.ticks.load(Ordering::Relaxed);
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((name, total, Instant::now(), base));
+    }
+
+    fn tick(&self) {
+        self.ticks.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Watches from a thread: no progress for `limit` ends the process
+    /// with one "stalled" line on stdout and stderr (a stuck send or
+    /// receive cannot be interrupted otherwise).
+    fn arm(self: &Arc<Self>, limit: Duration) -> Result<()> {
+        let w = Arc::clone(self);
+        signal::spawn_worker("kt-bench-watch", move || {
+            let (mut last, mut since) = (w.ticks.load(Ordering::Relaxed), Instant::now());
+            loop {
+                std::thread::sleep(Duration::from_millis(100).min(limit));
+                let now = w.ticks.load(Ordering::Relaxed);
+                if now != last {
+                    (last, since) = (now, Instant::now());
+                    continue;
+                }
+                if since.elapsed() < limit {
+                    continue;
+                }
+                let phase = w.phase.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let line = match phase {
+                    Some((name, total, start, base)) => format!(
+                        "stalled after {:.1} s: {name}: {} of {total} messages, then no progress for {:.0} s",
+                        since.saturating_duration_since(start).as_secs_f64(),
+                        last - base,
+                        limit.as_secs_f64()
+                    ),
+                    None => format!("stalled: no progress for {:.0} s", limit.as_secs_f64()),
+                };
+                println!("{line}");
+                eprintln!("kt: bench: {line}");
+                std::process::exit(1);
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| Error::io("spawn bench watchdog", e))
+    }
+}
+
+/// Which way a one-way phase goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Way {
+    ToHost,
+    FromHost,
+}
+
+impl Way {
+    fn label(self) -> &'static str {
+        match self {
+            Way::ToHost => "to host",
+            Way::FromHost => "from host",
+        }
+    }
+}
+
+/// One one-way phase's figures.
+struct OneWay {
+    elapsed: Duration,
+    msgs: u64,
+    bytes: u64,
+    local_cpu_us: u64,
+    peer: PeerResult,
+}
+
+fn expect_result(ch: &Channel, buf: &mut [u8], nb: &mut NbStats) -> Result<PeerResult> {
+    match ch.recv(buf, nb)? {
+        Recv::Msg(n) => PeerResult::parse(&buf[..n]).map_err(Error::Bench),
+        Recv::Eof => Err(Error::PeerClosed {
+            label: ch.label().to_string(),
+        }),
+    }
+}
+
+/// `count` messages of `size` bytes one way, against the bench peer;
+/// timed from the request to the receiver's last message.
+fn one_way(ch: &Channel, way: Way, size: usize, count: u64, watch: &Watch) -> Result<OneWay> {
+    let mut buf = ch.recv_buffer();
+    let mut nb = NbStats::default();
+    watch.phase(format!("{}, {size} B messages", way.label()), count);
+    let cpu0 = benchpeer::system_cpu_us()?;
+    let start = Instant::now();
+    let (elapsed, peer) = match way {
+        Way::ToHost => {
+            ch.send(&Request::Sink { count, size }.encode(), &mut nb)?;
+            let msg = vec![0x5au8; size];
+            for _ in 0..count {
+                ch.send(&msg, &mut nb)?;
+                watch.tick();
+            }
+            let peer = expect_result(ch, &mut buf, &mut nb)?;
+            (start.elapsed(), peer)
+        }
+        Way::FromHost => {
+            ch.send(&Request::Source { count, size }.encode(), &mut nb)?;
+            for _ in 0..count {
+                match ch.recv(&mut buf, &mut nb)? {
+                    Recv::Msg(n) if n == size => {}
+                    Recv::Msg(n) => {
+                        return Err(Error::Bench(format!(
+                            "got a {n}-byte message from the bench peer, expected {size}"
+                        )))
+                    }
+                    Recv::Eof => {
+                        return Err(Error::PeerClosed {
+                            label: ch.label().to_string(),
+                        })
+                    }
+                }
+                watch.tick();
+            }
+            let elapsed = start.elapsed();
+            ch.send(&benchpeer::done_message(), &mut nb)?;
+            (elapsed, expect_result(ch, &mut buf, &mut nb)?)
+        }
+    };
+    let local_cpu_us = benchpeer::system_cpu_us()?.saturating_sub(cpu0);
+    if peer.msgs != count {
+        return Err(Error::Bench(format!(
+            "the bench peer moved {} messages, expected {count}",
+            peer.msgs
+        )));
+    }
+    Ok(OneWay {
+        elapsed,
+        msgs: count,
+        bytes: count * size as u64,
+        local_cpu_us,
+        peer,
+    })
+}
+
 fn micros(d: Duration) -> String {
     format!("{:.1} us", d.as_secs_f64() * 1e6)
 }
 
+fn mb_s(bytes: u64, d: Duration) -> String {
+    format!("{:.1} MB/s", bytes as f64 / d.as_secs_f64() / 1e6)
+}
+
+/// The rows of one one-way phase.
+fn one_way_rows(way: Way, size: usize, r: &OneWay, rows: &mut Vec<Vec<String>>) {
+    let what = format!("{} ({size} B messages)", way.label());
+    let per_msg = |us: u64| format!("{:.2} us", us as f64 / r.msgs as f64);
+    let per_mb = |us: u64| format!("{:.2} ms", us as f64 / 1e3 / (r.bytes as f64 / 1e6));
+    rows.push(vec![
+        format!("message rate, {what}"),
+        format!("{:.0} msgs/s", r.msgs as f64 / r.elapsed.as_secs_f64()),
+    ]);
+    rows.push(vec![
+        format!("throughput, {what}"),
+        mb_s(r.bytes, r.elapsed),
+    ]);
+    rows.push(vec![
+        format!("guest CPU per message, {what}"),
+        per_msg(r.local_cpu_us),
+    ]);
+    rows.push(vec![
+        format!("host CPU per message, {what}"),
+        per_msg(r.peer.cpu_us),
+    ]);
+    rows.push(vec![
+        format!("guest CPU per MB, {what}"),
+        per_mb(r.local_cpu_us),
+    ]);
+    rows.push(vec![
+        format!("host CPU per MB, {what}"),
+        per_mb(r.peer.cpu_us),
+    ]);
+}
+
 /// `kt bench`.
 pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
-    let ch = open_channel(ctx, &a.channel)?;
-    let bulk_size = a.bulk_size.unwrap_or(ch.max_msg_size().min(65536));
-    for s in [a.size, bulk_size, a.small_size] {
+    let mut ch = open_channel(ctx, &a.channel)?;
+    // The watchdog, not a per-receive poll, enforces --timeout.
+    ch.set_timeout(None);
+    let watch = Arc::new(Watch::default());
+    if let Some(limit) = crate::open::timeout(a.channel.timeout)? {
+        watch.arm(limit)?;
+    }
+    let bulk_sizes = if a.bulk_size.is_empty() {
+        vec![ch.max_msg_size().min(65536)]
+    } else {
+        a.bulk_size.clone()
+    };
+    for &s in [a.size, a.small_size].iter().chain(&bulk_sizes) {
         check_size(&ch, s)?;
     }
-    if a.iterations == 0 || bulk_size == 0 || a.small_count == 0 {
+    if bulk_sizes.contains(&0) {
+        return Err(Error::Usage("--bulk-size must be at least 1".into()));
+    }
+    if a.iterations == 0 && a.bulk_mb == 0 && a.small_count == 0 {
         return Err(Error::Usage(
-            "--iterations, --bulk-size and --small-count must be at least 1".into(),
+            "nothing to measure: --iterations, --bulk-mb and --small-count are all 0".into(),
         ));
     }
-    let bulk_count = (a.bulk_mb * 1_000_000).div_ceil(bulk_size as u64).max(1);
+    let bulk_count = |size: usize| (a.bulk_mb * 1_000_000).div_ceil(size as u64).max(1);
+    let peer = a.direction != BenchDirection::Echo;
+    let mut rows = Vec::new();
     // Progress on stderr: a slow (emulated) guest takes a while per phase.
-    eprintln!("kt bench: ping-pong, {} x {} B", a.iterations, a.size);
-    let lat = ping_pong(&ch, a.size, a.iterations)?;
-    eprintln!("kt bench: streaming {bulk_count} x {bulk_size} B");
-    let bulk_time = stream(&ch, bulk_size, bulk_count)?;
-    eprintln!("kt bench: streaming {} x {} B", a.small_count, a.small_size);
-    let small_time = stream(&ch, a.small_size, a.small_count)?;
-
-    let mb_s = (bulk_count * bulk_size as u64) as f64 / bulk_time.as_secs_f64() / 1e6;
-    let rate = a.small_count as f64 / small_time.as_secs_f64();
-    let rows = vec![
-        vec![
+    if a.iterations > 0 {
+        eprintln!("kt bench: ping-pong, {} x {} B", a.iterations, a.size);
+        let lat = ping_pong(&ch, a.size, a.iterations, peer, &watch)?;
+        rows.push(vec![
             format!("ping-pong latency p50 ({} B)", a.size),
             micros(percentile(&lat, 50)),
-        ],
-        vec![
+        ]);
+        rows.push(vec![
             format!("ping-pong latency p99 ({} B)", a.size),
             micros(percentile(&lat, 99)),
-        ],
-        vec![
-            format!("throughput, one way ({bulk_size} B messages)"),
-            format!("{mb_s:.1} MB/s"),
-        ],
-        vec![
-            format!("message rate ({} B messages)", a.small_size),
-            format!("{rate:.0} msgs/s"),
-        ],
-    ];
+        ]);
+    }
+    let ways: &[Way] = match a.direction {
+        BenchDirection::Echo => &[],
+        BenchDirection::ToHost => &[Way::ToHost],
+        BenchDirection::FromHost => &[Way::FromHost],
+        BenchDirection::Both => &[Way::ToHost, Way::FromHost],
+    };
+    if !peer {
+        if a.bulk_mb > 0 {
+            for &size in &bulk_sizes {
+                let n = bulk_count(size);
+                eprintln!("kt bench: streaming {n} x {size} B (echoed)");
+                let t = stream(&ch, size, n, &watch)?;
+                rows.push(vec![
+                    format!("throughput, one way ({size} B messages)"),
+                    mb_s(n * size as u64, t),
+                ]);
+            }
+        }
+        if a.small_count > 0 {
+            eprintln!(
+                "kt bench: streaming {} x {} B (echoed)",
+                a.small_count, a.small_size
+            );
+            let t = stream(&ch, a.small_size, a.small_count, &watch)?;
+            rows.push(vec![
+                format!("message rate ({} B messages)", a.small_size),
+                format!("{:.0} msgs/s", a.small_count as f64 / t.as_secs_f64()),
+            ]);
+        }
+    }
+    let mut phases: Vec<(usize, u64)> = Vec::new();
+    if a.small_count > 0 {
+        phases.push((a.small_size, a.small_count));
+    }
+    if a.bulk_mb > 0 {
+        phases.extend(bulk_sizes.iter().map(|&s| (s, bulk_count(s))));
+    }
+    for &(size, count) in &phases {
+        for &way in ways {
+            eprintln!("kt bench: {count} x {size} B, {}", way.label());
+            let r = one_way(&ch, way, size, count, &watch)?;
+            one_way_rows(way, size, &r, &mut rows);
+        }
+    }
+    let mode = if peer { "bench peer" } else { "echo peer" };
     out::line(format_args!(
-        "kt bench: {} (echo peer), {} round trips, {bulk_count} x {bulk_size} B, {} x {} B",
+        "kt bench: {} ({mode}), {} round trips, {} x {} B, {} MB of {:?} B messages",
         ch.label(),
         a.iterations,
         a.small_count,
-        a.small_size
+        a.small_size,
+        a.bulk_mb,
+        bulk_sizes
     ))?;
     out::line(format_args!(
         "{}",

@@ -1,6 +1,6 @@
 //! `kt serve`: a host service on a SOCK_SEQPACKET socket. kt-vhost-device
 //! connects once per guest channel; each connection is handled on its own
-//! thread in the chosen mode (echo, sink, source, print).
+//! thread in the chosen mode (echo, sink, source, print, bench).
 
 use std::sync::Arc;
 
@@ -23,6 +23,7 @@ pub fn serve(ctx: &Ctx, a: &ServeArgs) -> Result<()> {
     let budget = Arc::new(Budget::new(None));
     let b = Arc::clone(&budget);
     let (mode, count, print) = (a.mode, a.count, a.print);
+    let cpu_pids = a.cpu_pids.clone();
     let handler: Handler = Arc::new(move |ch| match mode {
         ServeMode::Echo => pump(
             &ch,
@@ -53,6 +54,7 @@ pub fn serve(ctx: &Ctx, a: &ServeArgs) -> Result<()> {
                 ch.label()
             ))
         }
+        ServeMode::Bench => crate::benchpeer::serve(&ch, cpu_pids.as_deref()),
     });
     accept_loop(&mut listener, a.channels, &budget, handler)
 }
