@@ -1,7 +1,7 @@
 //! One channel's state: its life cycle as one [`State`] with the legal
 //! transitions in [`State::next`], its host socket, credit both ways,
 //! sequence numbers and the bounded queue of guest messages waiting for the
-//! host socket. Pure state and small helpers; the device (`device.rs`)
+//! host socket. Pure state and small helpers; the device (`device/`)
 //! feeds it protocol events and counts illegal transitions as malformed
 //! input.
 

@@ -5,7 +5,7 @@
 //!
 //! Owns only the start-up check; what happens when descriptors still run
 //! out at run time (the limit lowered from outside, or shared with other
-//! processes through `ENFILE`) is `device.rs`'s spare-descriptor logic.
+//! processes through `ENFILE`) is `device/listener.rs`'s spare-descriptor logic.
 
 use std::io;
 

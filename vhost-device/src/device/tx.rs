@@ -1,0 +1,496 @@
+//! Guest → host: tx chains taken in budgeted passes, each message
+//! dispatched by type (OPEN, OPEN_OK/ERR, DATA, CLOSE, credit), pending
+//! data flushed to host sockets, and the channel's end of life.
+
+use super::*;
+
+pub(super) fn err_code_for_connect(e: &io::Error) -> ErrorCode {
+    match e.raw_os_error() {
+        Some(libc::EACCES) | Some(libc::EPERM) => ErrorCode::Acces,
+        Some(libc::ENOMEM) | Some(libc::ENOBUFS) | Some(libc::EMFILE) | Some(libc::ENFILE) => {
+            ErrorCode::NoMem
+        }
+        _ => ErrorCode::ConnRefused,
+    }
+}
+
+impl Device {
+    pub(super) fn process_tx(
+        &mut self,
+        q: &mut Queue,
+        mem: &Mem,
+        n: &mut Notify,
+        left: &mut usize,
+    ) -> bool {
+        let mut progress = false;
+        loop {
+            if self.ctrl.len() >= CTRL_LIMIT {
+                break;
+            }
+            if *left == 0 {
+                // Notifications stay off: the wake-up brings us back.
+                self.more = true;
+                break;
+            }
+            let Some(chain) = q.pop_descriptor_chain(mem) else {
+                match q.enable_notification(mem) {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        self.malformed(None, &format_args!("tx ring: {e}"));
+                        break;
+                    }
+                }
+            };
+            let head = chain.head_index();
+            let r = parse_tx(chain, mem, &self.limits);
+            match r {
+                Ok(msg) => self.on_tx(msg),
+                Err(e) => self.on_tx_error(e),
+            }
+            *left -= 1;
+            if let Err(e) = q.add_used(mem, head, 0) {
+                self.malformed(None, &format_args!("tx used ring: {e}"));
+                break;
+            }
+            progress = true;
+        }
+        if progress && Self::signal(q, mem) {
+            n.tx = true;
+        }
+        progress
+    }
+
+    pub(super) fn known(&self, id: u32) -> bool {
+        self.channels.contains_key(&id)
+    }
+
+    pub(super) fn on_tx_error(&mut self, e: TxError) {
+        match &e {
+            TxError::Semantic { hdr, err } => {
+                let (id, t) = (hdr.channel, hdr.msg_type);
+                self.malformed(Some(id), &e);
+                match (t, err) {
+                    (MsgType::Open, DecodeError::BadName(_)) => {
+                        self.refuse_open(id, ErrorCode::Inval);
+                    }
+                    (
+                        MsgType::Data,
+                        DecodeError::TooLarge { .. } | DecodeError::LengthMismatch { .. },
+                    ) if self.known(id) => {
+                        self.close_by_device(id, err.error_code());
+                    }
+                    _ => {}
+                }
+            }
+            TxError::Length { hdr, .. } => {
+                let id = hdr.channel;
+                self.malformed(Some(id), &e);
+                if hdr.msg_type != MsgType::Open && self.known(id) {
+                    self.close_by_device(id, ErrorCode::Proto);
+                }
+            }
+            TxError::Chain(_)
+            | TxError::Memory(_)
+            | TxError::Read(_)
+            | TxError::Short(_)
+            | TxError::Decode(_) => self.malformed(None, &e),
+        }
+    }
+
+    pub(super) fn on_tx(&mut self, msg: TxMsg) {
+        let h = msg.hdr;
+        let id = h.channel;
+        if h.msg_type == MsgType::Open {
+            self.on_open(h, &msg.payload);
+            return;
+        }
+        let Some(ch) = self.channels.get_mut(&id) else {
+            self.on_unknown_channel(h);
+            return;
+        };
+        // Every header carries the sender's current credit (SPEC §5).
+        ch.send.on_peer(h.buf_alloc, h.fwd_cnt);
+        // Resume reading only once the waiting message fits: a smaller
+        // grant would stall again at once (and count and ask again).
+        if ch.stalled && ch.send.can_send(ch.stall_need) {
+            ch.stalled = false;
+            self.push_ready(id);
+        }
+        match h.msg_type {
+            MsgType::OpenOk => self.on_open_ok(id),
+            MsgType::OpenErr => self.on_open_err(id, h.arg),
+            MsgType::Data => self.on_data(h, msg.payload),
+            MsgType::Close => self.on_close(id),
+            MsgType::CreditUpdate => {}
+            MsgType::CreditRequest => self.queue_credit_update(id, true),
+            MsgType::Open | MsgType::Reset => {}
+        }
+    }
+
+    pub(super) fn on_unknown_channel(&mut self, h: Header) {
+        match h.msg_type {
+            MsgType::Close => {
+                // A late CLOSE (we already forgot the channel): no answer.
+                log::debug!("CLOSE for unknown channel {:#x} ignored", h.channel);
+            }
+            MsgType::OpenOk | MsgType::OpenErr if !self.reset_pending => {
+                self.malformed(
+                    None,
+                    &format_args!(
+                        "{:?} for channel {:#x} that is not opening",
+                        h.msg_type, h.channel
+                    ),
+                );
+            }
+            _ => {
+                self.malformed(
+                    None,
+                    &format_args!("{:?} for unknown channel {:#x}", h.msg_type, h.channel),
+                );
+                let mut c = Header::new(MsgType::Close, h.channel);
+                c.arg = ErrorCode::ConnReset as u32;
+                self.queue_ctrl(c, Vec::new(), false);
+            }
+        }
+    }
+
+    pub(super) fn log_refusal(&mut self, name: &str, id: u32, why: &dyn std::fmt::Display) {
+        if self.refuse_limit.allow() {
+            log::warn!(
+                "guest {}: refused OPEN {name:?} ({id:#x}): {why}",
+                self.params.config.guest_id
+            );
+        }
+    }
+
+    pub(super) fn refuse_open(&mut self, id: u32, code: ErrorCode) {
+        add(&self.stats.events.open_refused, 1);
+        let mut h = Header::new(MsgType::OpenErr, id);
+        h.arg = code as u32;
+        self.queue_ctrl(h, Vec::new(), false);
+    }
+
+    pub(super) fn on_open(&mut self, h: Header, payload: &[u8]) {
+        let id = h.channel;
+        let gid = self.params.config.guest_id;
+        if id == CHAN_TRANSPORT || id & CHAN_DEVICE_BIT != 0 || self.known(id) {
+            self.malformed(
+                None,
+                &format_args!("OPEN with id {id:#x} in use or not the driver's"),
+            );
+            self.refuse_open(id, ErrorCode::Exist);
+            return;
+        }
+        let name = match name::validate(payload) {
+            Ok(n) => n.to_owned(),
+            Err(e) => {
+                self.malformed(None, &format_args!("OPEN {id:#x}: {e}"));
+                self.refuse_open(id, ErrorCode::Inval);
+                return;
+            }
+        };
+        if self.channels.len() >= self.params.config.max_channels as usize {
+            self.log_refusal(&name, id, &"too many channels");
+            self.refuse_open(id, ErrorCode::MFile);
+            return;
+        }
+        let Some(svc) = self.policy.get(&name) else {
+            self.log_refusal(&name, id, &"not in policy");
+            self.refuse_open(id, ErrorCode::NoEnt);
+            return;
+        };
+        if let Some(max) = svc.max_channels {
+            let open = self.channels.values().filter(|c| c.service == name).count();
+            if open >= max as usize {
+                self.log_refusal(&name, id, &format_args!("service limit of {max} channels"));
+                self.refuse_open(id, ErrorCode::MFile);
+                return;
+            }
+        }
+        let sock = match SeqPacket::connect(&svc.socket, true) {
+            Ok(s) => s,
+            Err(e) => {
+                let code = err_code_for_connect(&e);
+                let why = format!("connect {}: {e}", svc.socket.display());
+                self.log_refusal(&name, id, &why);
+                self.refuse_open(id, code);
+                return;
+            }
+        };
+        let _ = sock.set_send_buffer(2 * (self.params.config.max_msg_size as usize + 4096));
+        let counters = self.stats.open_channel(id, &name, Opener::Guest);
+        let mut ch = Channel::new(
+            &name,
+            Opener::Guest,
+            State::Open,
+            sock,
+            self.params.channel_buffer,
+            h.buf_alloc,
+            counters,
+        );
+        ch.send.on_peer(h.buf_alloc, h.fwd_cnt);
+        self.channels.insert(id, ch);
+        add(&self.stats.events.opened, 1);
+        log::debug!("guest {gid}: channel {id:#x} open to {name:?}");
+        self.queue_ctrl(Header::new(MsgType::OpenOk, id), Vec::new(), true);
+        self.update_interest(id);
+    }
+
+    pub(super) fn on_open_ok(&mut self, id: u32) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if let Err(e) = ch.apply(Event::OpenOk) {
+            self.malformed(Some(id), &format_args!("channel {id:#x}: {e}"));
+            return;
+        }
+        ch.open_deadline = None;
+        let sent = ch.sock.as_ref().map(|s| s.send(&handshake::ok_msg(id)));
+        add(&self.stats.events.opened, 1);
+        match sent {
+            Some(Ok(_)) => {
+                log::debug!("channel {id:#x} to guest service {:?} open", ch.service);
+                self.update_interest(id);
+            }
+            _ => self.close_from_host(id, ErrorCode::ConnReset),
+        }
+    }
+
+    pub(super) fn on_open_err(&mut self, id: u32, arg: u32) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if let Err(e) = ch.apply(Event::OpenErr) {
+            self.malformed(Some(id), &format_args!("channel {id:#x}: {e}"));
+            return;
+        }
+        if let Some(ch) = self.remove_channel(id) {
+            let code = ErrorCode::from_wire(arg);
+            log::info!("guest refused host connection to {:?}: {code}", ch.service);
+            if let Some(s) = &ch.sock {
+                let _ = s.send(&handshake::err_msg(code, code.text()));
+            }
+        }
+    }
+
+    pub(super) fn on_data(&mut self, h: Header, payload: Vec<u8>) {
+        let id = h.channel;
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if ch.state == State::CloseSent {
+            // The reader is gone; late data is discarded (SPEC §3.2).
+            log::debug!("DATA on closing channel {id:#x} discarded");
+            return;
+        }
+        if ch.state != State::Open {
+            self.malformed(
+                Some(id),
+                &format_args!("DATA on channel {id:#x} that is not open"),
+            );
+            self.close_by_device(id, ErrorCode::Proto);
+            return;
+        }
+        if h.seq != ch.rx_seq {
+            let want = ch.rx_seq;
+            self.malformed(
+                Some(id),
+                &format_args!("DATA seq {} on channel {id:#x}, expected {want}", h.seq),
+            );
+            self.close_by_device(id, ErrorCode::Proto);
+            return;
+        }
+        if let Err(e) = ch.recv.on_receive(h.msg_len) {
+            self.malformed(Some(id), &format_args!("channel {id:#x}: {e}"));
+            self.close_by_device(id, ErrorCode::Proto);
+            return;
+        }
+        ch.rx_seq = ch.rx_seq.wrapping_add(1);
+        if ch.host_unread {
+            // The host closed without reading: nobody will (SPEC §3.2,
+            // the reader has gone); the credit comes back at once.
+            log::debug!("DATA on channel {id:#x} discarded: the host closed");
+            ch.recv.on_consume(payload.len() as u32);
+            self.queue_credit_update(id, false);
+            return;
+        }
+        ch.pending.push_back(payload);
+        self.flush_pending(id);
+    }
+
+    pub(super) fn on_close(&mut self, id: u32) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let was = ch.state;
+        if let Err(e) = ch.apply(Event::GuestClose) {
+            // A second CLOSE.
+            self.malformed(Some(id), &format_args!("channel {id:#x}: {e}"));
+            return;
+        }
+        if was == State::Opening {
+            // The guest closed before accepting: a refusal, still counted
+            // (docs/vhost-device.md, "Things SPEC leaves open" 4).
+            self.malformed(
+                Some(id),
+                &format_args!("CLOSE on channel {id:#x} before OPEN_OK"),
+            );
+            if let Some(ch) = self.remove_channel(id) {
+                if let Some(s) = &ch.sock {
+                    let _ = s.send(&handshake::err_msg(ErrorCode::ConnReset, "guest closed"));
+                }
+            }
+            return;
+        }
+        // Deliver what the guest sent before CLOSE, then hang up and answer
+        // (`maybe_finish`): the answer comes only once the host has every
+        // message, so the guest cannot reuse the id while the device still
+        // holds data for it.
+        self.flush_pending(id);
+        self.update_interest(id);
+        self.maybe_finish(id);
+    }
+
+    /// Writes queued guest messages to the host socket until it would block.
+    pub(super) fn flush_pending(&mut self, id: u32) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let mut failed = None;
+        while let Some(msg) = ch.pending.front() {
+            let Some(sock) = &ch.sock else {
+                break;
+            };
+            match sock.send(msg) {
+                Ok(_) => {
+                    let len = msg.len() as u64;
+                    ch.pending.pop_front();
+                    ch.recv.on_consume(len as u32);
+                    add(&ch.counters.msgs_to_host, 1);
+                    add(&ch.counters.bytes_to_host, len);
+                    add(&self.stats.device.msgs_to_host, 1);
+                    add(&self.stats.device.bytes_to_host, len);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            let gone = matches!(
+                e.raw_os_error(),
+                Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
+            );
+            if gone && ch.wants_host_input() {
+                // The host closed (or stopped reading) with guest data
+                // unwritten. What it sent before still goes to the guest;
+                // its hang-up arrives as an epoll event and ends the
+                // channel after that data.
+                let n = ch.host_stopped_reading();
+                log::debug!("channel {id:#x}: host stopped reading ({e}); {n} message(s) dropped");
+                self.queue_credit_update(id, false);
+                self.update_interest(id);
+                return;
+            }
+            let code = if e.raw_os_error() == Some(libc::EMSGSIZE) {
+                log::warn!("channel {id:#x}: host socket cannot carry a message: {e}");
+                ErrorCode::MsgSize
+            } else {
+                log::debug!("channel {id:#x}: host send: {e}");
+                ErrorCode::ConnReset
+            };
+            self.close_from_host(id, code);
+            return;
+        }
+        self.queue_credit_update(id, false);
+        self.update_interest(id);
+        self.maybe_finish(id);
+    }
+
+    pub(super) fn queue_credit_update(&mut self, id: u32, force: bool) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if ch.update_queued || ch.state.close_sent() || !(force || ch.recv.needs_update()) {
+            return;
+        }
+        ch.update_queued = true;
+        self.queue_ctrl(Header::new(MsgType::CreditUpdate, id), Vec::new(), true);
+    }
+
+    // ------------------------------------------------------------- closing
+
+    /// The host side went away (EOF, error, oversized message): tell the
+    /// guest with CLOSE `code` and drop the socket.
+    pub(super) fn close_from_host(&mut self, id: u32, code: ErrorCode) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if !ch.state.close_sent() && ch.apply(Event::DeviceClose).is_ok() {
+            let mut h = Header::new(MsgType::Close, id);
+            h.arg = code as u32;
+            self.queue_ctrl(h, Vec::new(), true);
+        }
+        self.drop_socket(id);
+        self.maybe_finish(id);
+    }
+
+    /// The guest broke the protocol on a known channel: CLOSE `code`.
+    pub(super) fn close_by_device(&mut self, id: u32, code: ErrorCode) {
+        self.close_from_host(id, code);
+    }
+
+    pub(super) fn drop_socket(&mut self, id: u32) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if let Some(sock) = ch.sock.take() {
+            if ch.registered != 0 {
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    sock.as_raw_fd(),
+                    EpollEvent::new(EventSet::empty(), 0),
+                );
+                ch.registered = 0;
+            }
+        }
+        ch.pending.clear();
+    }
+
+    pub(super) fn maybe_finish(&mut self, id: u32) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if ch.state == State::CloseReceived && ch.pending.is_empty() {
+            // The guest's CLOSE, answered once its data is delivered.
+            let _ = ch.apply(Event::DeviceClose);
+            self.queue_ctrl(Header::new(MsgType::Close, id), Vec::new(), true);
+        }
+        if self.channels.get(&id).is_some_and(Channel::finished) {
+            self.remove_channel(id);
+        }
+    }
+
+    pub(super) fn remove_channel(&mut self, id: u32) -> Option<Channel> {
+        let mut ch = self.channels.remove(&id)?;
+        if let Some(sock) = &ch.sock {
+            if ch.registered != 0 {
+                let _ = self.epoll.ctl(
+                    ControlOperation::Delete,
+                    sock.as_raw_fd(),
+                    EpollEvent::new(EventSet::empty(), 0),
+                );
+                ch.registered = 0;
+            }
+        }
+        self.stats.close_channel(id);
+        log::debug!("channel {id:#x} ({:?}) closed", ch.service);
+        Some(ch)
+    }
+
+    // --------------------------------------------------------------- epoll
+}
