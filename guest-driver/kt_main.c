@@ -256,8 +256,17 @@ static void kt_remove(struct virtio_device *vdev)
 	kt_dev_put(kd);
 }
 
+/*
+ * Config values are fixed at probe, so a change is only counted: a device
+ * that storms us with config interrupts costs one atomic increment each.
+ * Hard interrupt context.
+ */
 static void kt_config_changed(struct virtio_device *vdev)
 {
+	struct kt_dev *kd = vdev->priv;
+
+	if (kd)
+		atomic64_inc(&kd->stats.config_changes);
 	dev_dbg_ratelimited(&vdev->dev,
 			    "config change ignored: values are fixed at probe\n");
 }

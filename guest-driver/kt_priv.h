@@ -154,6 +154,9 @@ struct kt_dev_stats {
 	atomic64_t opens_in;		/* host-initiated channels accepted */
 	atomic64_t opens_out;		/* guest-initiated channels opened */
 	atomic64_t rings_broken;	/* virtqueues the device broke */
+	atomic64_t rx_len_clamped;	/* used length beyond the rx buffer */
+	atomic64_t opens_refused;	/* host OPENs answered with OPEN_ERR */
+	atomic64_t config_changes;	/* config-change interrupts (ignored) */
 };
 
 /* Reassembly of a fragmented DATA message (SPEC section 4). */
