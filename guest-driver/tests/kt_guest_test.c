@@ -1039,7 +1039,7 @@ static int hostile_attack(const char *attack, bool may_reset)
 static void test_hostile(void)
 {
 	long slab0, avail0, slab1, avail1, v0, v1, b0, in0, ref0;
-	int stop[2], fd, l, st = -1;
+	int stop[2], fd, l, i, st = -1;
 	pid_t pid;
 
 	slab0 = meminfo_kb("Slab:");
@@ -1128,7 +1128,11 @@ static void test_hostile(void)
 	fd = hostile_connect();
 	check(fd >= 0 && call_ok(fd, "after", 5), "hostile: echo afterwards");
 	close(fd);
-	sleep(1);
+	for (i = 0; i < 50 && sys_counter("open_channels") != 0; i++)
+		usleep(100000);
+	check(sys_counter("open_channels") == 0,
+	      "hostile: no channel left behind (open_channels %ld, %d closing)",
+	      sys_counter("open_channels"), channels_in_state("closing"));
 	slab1 = meminfo_kb("Slab:");
 	avail1 = meminfo_kb("MemAvailable:");
 	check(slab0 > 0 && slab1 - slab0 < 4096,
