@@ -59,10 +59,12 @@ HOSTILE = os.environ.get('KT_HOSTILE', '0') == '1'
 #   openflood 300 OPENs to the guest listener "hl", 100 to "nobody"
 #   cfgstorm  500 config-change interrupts (backend request channel)
 #   resetflood 50 RESET events
+#   evlie     event queue: used lengths 0xffffffff and 8 (a RESET header),
+#             then one used id twice (an unknown event)
 #   dupid     one used rx id twice in a row
 #   jump      the used index jumps 1000 ahead, then an id never posted
 HOSTILE_ATTACKS = ('biglen', 'credit', 'openflood', 'cfgstorm', 'resetflood',
-                   'dupid', 'jump')
+                   'evlie', 'dupid', 'jump')
 
 def log(*a):
     print('[fake_device]', *a, flush=True)
@@ -172,6 +174,7 @@ class Dev:
         self.firehose = None
         self.break_rx = False
         self.rx_attack = None
+        self.ev_attack = False
         self.backend = None
         self.strikes = {}
         self.path = path
@@ -352,6 +355,20 @@ class Dev:
 
     def fill_ev(self):
         q = self.vqs[2]; did = False
+        if self.ev_attack and not self.evq and q.ready():
+            n = q.avail_idx() - q.last_avail & 0xffff
+            if n >= 3:
+                self.ev_attack = False
+                head, segs = q.pop()
+                q.push(head, 0xffffffff)
+                head, segs = q.pop()
+                self.mem.write(segs[0][0], hdr(0, MSG_RESET))
+                q.push(head, 8)
+                head, segs = q.pop()
+                self.mem.write(segs[0][0], hdr(0, 99))
+                q.push(head, 32)
+                q.push(head, 32)
+                did = True
         while self.evq and q.has():
             head, segs = q.pop()
             data = self.evq.pop(0)
@@ -594,6 +611,8 @@ class Dev:
         elif attack == 'resetflood':
             for _ in range(50):
                 self.do_reset()
+        elif attack == 'evlie':
+            self.ev_attack = True
 
     def hostile_rx(self, q):
         """The rx-ring part of an attack: uses buffers the guest posted

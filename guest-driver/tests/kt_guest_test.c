@@ -1100,6 +1100,15 @@ static void test_hostile(void)
 	close(fd);
 	sleep(1);
 
+	v0 = sys_counter("malformed");
+	b0 = sys_counter("resets");
+	fd = hostile_attack("evlie", false);
+	v1 = wait_counter("malformed", v0 + 4, 10000);
+	check(v1 >= v0 + 4 && sys_counter("resets") == b0,
+	      "evlie: event lengths 0xffffffff and 8, a repeated id: malformed %ld -> %ld, no reset",
+	      v0, v1);
+	close(fd);
+
 	b0 = sys_counter("rings_broken");
 	v0 = sys_counter("malformed");
 	fd = hostile_attack("dupid", false);
