@@ -84,6 +84,26 @@ void kt_vq_broken(struct kt_dev *kd)
 	queue_work(kt_wq, &kd->recover_work);
 }
 
+/*
+ * A device that breaks its rings again after every reset is not reset
+ * for ever: past KT_RECOVER_MAX resets within KT_RECOVER_WINDOW it is left
+ * stopped (every channel failed) until it is unbound and bound again.
+ * KT_RECOVER_WINDOW_S is in seconds.
+ */
+#define KT_RECOVER_MAX		8
+#define KT_RECOVER_WINDOW_S	10
+
+/* May @kd be reset once more? Device lock held. */
+static bool kt_recover_allowed(struct kt_dev *kd)
+{
+	if (!kd->recoveries ||
+	    time_after(jiffies, kd->recover_start + KT_RECOVER_WINDOW_S * HZ)) {
+		kd->recover_start = jiffies;
+		kd->recoveries = 0;
+	}
+	return ++kd->recoveries <= KT_RECOVER_MAX;
+}
+
 void kt_recover_work(struct work_struct *work)
 {
 	struct kt_dev *kd = container_of(work, struct kt_dev, recover_work);
@@ -92,7 +112,12 @@ void kt_recover_work(struct work_struct *work)
 
 	/* Excludes remove, probe, freeze and restore; we are still bound? */
 	device_lock(&vdev->dev);
-	if (vdev->priv == kd && kd->vqs_up) {
+	if (vdev->priv == kd && kd->vqs_up && !kt_recover_allowed(kd)) {
+		dev_err_ratelimited(&vdev->dev,
+				    "virtqueues broken %u times in %u s: device left stopped, rebind it to retry\n",
+				    KT_RECOVER_MAX + 1, KT_RECOVER_WINDOW_S);
+		kt_vqs_stop(kd);
+	} else if (vdev->priv == kd && kd->vqs_up) {
 		dev_warn_ratelimited(&vdev->dev,
 				     "virtqueue broken by the device: resetting it\n");
 		if (IS_ENABLED(CONFIG_PM_SLEEP)) {

@@ -190,6 +190,8 @@ struct kt_dev {
 	bool stopping;			/* kt_vqs_stop broke the queues */
 	atomic_t recover_queued;	/* recover_work queued, not finished */
 	struct work_struct recover_work; /* a queue broke: reset the device */
+	unsigned long recover_start;	/* jiffies: start of the window */
+	unsigned int recoveries;	/* resets in the window */
 	struct mutex rx_mutex;		/* rx side: rx_live .. reasm */
 	bool rx_live;
 	unsigned int rx_posted;		/* rx buffers in the ring */

@@ -63,8 +63,10 @@ HOSTILE = os.environ.get('KT_HOSTILE', '0') == '1'
 #             then one used id twice (an unknown event)
 #   dupid     one used rx id twice in a row
 #   jump      the used index jumps 1000 ahead, then an id never posted
+#   breakstorm  an rx id never posted right after each of the next 12
+#             ring set-ups (the guest gives up after 9, is rebound)
 HOSTILE_ATTACKS = ('biglen', 'credit', 'openflood', 'cfgstorm', 'resetflood',
-                   'evlie', 'dupid', 'jump')
+                   'evlie', 'dupid', 'jump', 'breakstorm')
 
 def log(*a):
     print('[fake_device]', *a, flush=True)
@@ -102,6 +104,7 @@ class VQ:
         self.num = 0; self.desc = self.avail = self.used = 0
         self.last_avail = 0; self.used_idx = 0
         self.kick = None; self.call = None; self.enabled = False; self.started = False
+        self.storm_done = True
     def ready(self):
         return self.enabled and self.started and self.num
     def avail_idx(self):
@@ -175,6 +178,7 @@ class Dev:
         self.break_rx = False
         self.rx_attack = None
         self.ev_attack = False
+        self.break_storm = 0
         self.backend = None
         self.strikes = {}
         self.path = path
@@ -246,6 +250,7 @@ class Dev:
             q = self.vqs[i]
             q.desc, q.used, q.avail = self.mem.u2g(d), self.mem.u2g(u), self.mem.u2g(a)
             q.started = True
+            q.storm_done = False
         elif req == 10:
             i, base = struct.unpack('<II', p[:8]); self.vqs[i].last_avail = base; self.vqs[i].used_idx = base
         elif req == 11:
@@ -346,6 +351,11 @@ class Dev:
             q.push(head, used); did = True
         if self.break_rx and not self.rxq and q.ready():
             self.break_rx = False
+            q.push(q.num + 5, 32); did = True
+        if self.break_storm and not q.storm_done and q.ready() and q.has():
+            q.storm_done = True
+            self.break_storm -= 1
+            log('breakstorm: a used id never posted, %d to go' % self.break_storm)
             q.push(q.num + 5, 32); did = True
         if self.rx_attack and not self.rxq and q.ready() and q.has():
             did = self.hostile_rx(q) or did
@@ -613,6 +623,9 @@ class Dev:
                 self.do_reset()
         elif attack == 'evlie':
             self.ev_attack = True
+        elif attack == 'breakstorm':
+            self.break_storm = 12
+            self.vqs[0].storm_done = False
 
     def hostile_rx(self, q):
         """The rx-ring part of an attack: uses buffers the guest posted

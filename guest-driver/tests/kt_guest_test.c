@@ -1134,6 +1134,34 @@ static void test_hostile(void)
 	check(waitpid(pid, &st, 0) == pid && WIFEXITED(st) &&
 	      !WEXITSTATUS(st),
 	      "hostile: the good channel only saw its own data or an error");
+
+	printf("hostile: malformed %ld rx_len_clamped %ld rings_broken %ld",
+	       sys_counter("malformed"), sys_counter("rx_len_clamped"),
+	       sys_counter("rings_broken"));
+	printf(" resets %ld opens_refused %ld config_changes %ld tx_dropped %ld\n",
+	       sys_counter("resets"), sys_counter("opens_refused"),
+	       sys_counter("config_changes"), sys_counter("tx_dropped"));
+
+	/* Last: it leaves the device stopped until it is rebound. */
+	b0 = sys_counter("rings_broken");
+	fd = hostile_attack("breakstorm", true);
+	close(fd);
+	v0 = -1;
+	for (i = 0; i < 100 && (v1 = sys_counter("rings_broken")) != v0; i++) {
+		v0 = v1;
+		usleep(1000000);
+	}
+	/* The 9th break within 10 s (dupid and jump count too) stops it. */
+	check(v1 > b0 && v1 - b0 <= 9,
+	      "breakstorm: 12 breaks offered, left stopped after %ld (rings_broken %ld -> %ld)",
+	      v1 - b0, b0, v1);
+	fd = connect_to("echo", 0);
+	check(fd < 0, "breakstorm: the stopped device takes no channel (errno %d)",
+	      errno);
+	close(fd);
+	check(!system("echo virtio0 > /sys/bus/virtio/drivers/kerntransport/unbind") &&
+	      !system("echo virtio0 > /sys/bus/virtio/drivers/kerntransport/bind"),
+	      "breakstorm: unbind and bind it again");
 	fd = hostile_connect();
 	check(fd >= 0 && call_ok(fd, "after", 5), "hostile: echo afterwards");
 	close(fd);
@@ -1148,12 +1176,6 @@ static void test_hostile(void)
 	      "hostile: slab stays bounded (%ld kB -> %ld kB)", slab0, slab1);
 	check(avail0 > 0 && avail0 - avail1 < 32768,
 	      "hostile: MemAvailable stays (%ld kB -> %ld kB)", avail0, avail1);
-	printf("hostile: malformed %ld rx_len_clamped %ld rings_broken %ld",
-	       sys_counter("malformed"), sys_counter("rx_len_clamped"),
-	       sys_counter("rings_broken"));
-	printf(" resets %ld opens_refused %ld config_changes %ld tx_dropped %ld\n",
-	       sys_counter("resets"), sys_counter("opens_refused"),
-	       sys_counter("config_changes"), sys_counter("tx_dropped"));
 }
 
 static void test_huge(void)
