@@ -86,9 +86,9 @@ void kt_vq_broken(struct kt_dev *kd)
 
 /*
  * A device that breaks its rings again after every reset is not reset
- * for ever: past KT_RECOVER_MAX resets within KT_RECOVER_WINDOW it is left
- * stopped (every channel failed) until it is unbound and bound again.
- * KT_RECOVER_WINDOW_S is in seconds.
+ * for ever: past KT_RECOVER_MAX resets within KT_RECOVER_WINDOW_S seconds
+ * it is left stopped (every channel failed) until it is unbound and bound
+ * again (or the system resumes: kt_restore() starts it).
  */
 #define KT_RECOVER_MAX		8
 #define KT_RECOVER_WINDOW_S	10
@@ -114,7 +114,7 @@ void kt_recover_work(struct work_struct *work)
 	device_lock(&vdev->dev);
 	if (vdev->priv == kd && kd->vqs_up && !kt_recover_allowed(kd)) {
 		dev_err_ratelimited(&vdev->dev,
-				    "virtqueues broken %u times in %u s: device left stopped, rebind it to retry\n",
+				    "virtqueues broken %d times in %d s: device left stopped, rebind it to retry\n",
 				    KT_RECOVER_MAX + 1, KT_RECOVER_WINDOW_S);
 		kt_vqs_stop(kd);
 	} else if (vdev->priv == kd && kd->vqs_up) {
