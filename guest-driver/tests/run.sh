@@ -14,7 +14,8 @@
 #           past the buffer, a repeated used id, the used index jumping) and
 #           floods (CREDIT_*, OPEN to a listener, RESET, config interrupts)
 #           while a good channel echoes verified data; counters, memory,
-#           rmmod
+#           rmmod; like dev, also with neither ring feature and 256-byte rx
+#           buffers (the good channel's messages in fragments)
 # Fails on any "FAIL:" or "N failures" (N > 0) line, a kernel BUG/WARNING, a
 # protocol violation seen by fake_device.py, or a guest that did not finish.
 # Needs the patched QEMU (images/ builds it into $KT_CACHE/qemu-*/); set
@@ -188,5 +189,7 @@ run_guest dev dev "$QEMU_KT"
 run_guest dev-plain-ring dev "$QEMU_KT" KT_EVENT_IDX=0 KT_INDIRECT=0 KT_RX_BUF=256
 run_guest huge huge "$QEMU_KT" KT_MAX_MSG=1048576
 run_guest hostile hostile "$QEMU_KT" KT_HOSTILE=1
+run_guest hostile-plain-ring hostile "$QEMU_KT" KT_HOSTILE=1 KT_EVENT_IDX=0 \
+	KT_INDIRECT=0 KT_RX_BUF=256
 [ "$failed" = 0 ] || fail "failed (logs copied to /tmp/kt-driver-test-*.log)"
 echo "run.sh: all guest driver conformance tests passed"
