@@ -84,6 +84,26 @@ void kt_vq_broken(struct kt_dev *kd)
 	queue_work(kt_wq, &kd->recover_work);
 }
 
+/*
+ * A device that breaks its rings again after every reset is not reset
+ * for ever: past KT_RECOVER_MAX resets within KT_RECOVER_WINDOW_S seconds
+ * it is left stopped (every channel failed) until it is unbound and bound
+ * again (or the system resumes: kt_restore() starts it).
+ */
+#define KT_RECOVER_MAX		8
+#define KT_RECOVER_WINDOW_S	10
+
+/* May @kd be reset once more? Device lock held. */
+static bool kt_recover_allowed(struct kt_dev *kd)
+{
+	if (!kd->recoveries ||
+	    time_after(jiffies, kd->recover_start + KT_RECOVER_WINDOW_S * HZ)) {
+		kd->recover_start = jiffies;
+		kd->recoveries = 0;
+	}
+	return ++kd->recoveries <= KT_RECOVER_MAX;
+}
+
 void kt_recover_work(struct work_struct *work)
 {
 	struct kt_dev *kd = container_of(work, struct kt_dev, recover_work);
@@ -92,7 +112,12 @@ void kt_recover_work(struct work_struct *work)
 
 	/* Excludes remove, probe, freeze and restore; we are still bound? */
 	device_lock(&vdev->dev);
-	if (vdev->priv == kd && kd->vqs_up) {
+	if (vdev->priv == kd && kd->vqs_up && !kt_recover_allowed(kd)) {
+		dev_err_ratelimited(&vdev->dev,
+				    "virtqueues broken %d times in %d s: device left stopped, rebind it to retry\n",
+				    KT_RECOVER_MAX + 1, KT_RECOVER_WINDOW_S);
+		kt_vqs_stop(kd);
+	} else if (vdev->priv == kd && kd->vqs_up) {
 		dev_warn_ratelimited(&vdev->dev,
 				     "virtqueue broken by the device: resetting it\n");
 		if (IS_ENABLED(CONFIG_PM_SLEEP)) {
@@ -256,8 +281,17 @@ static void kt_remove(struct virtio_device *vdev)
 	kt_dev_put(kd);
 }
 
+/*
+ * Config values are fixed at probe, so a change is only counted: a device
+ * that storms us with config interrupts costs one atomic increment each.
+ * Hard interrupt context.
+ */
 static void kt_config_changed(struct virtio_device *vdev)
 {
+	struct kt_dev *kd = vdev->priv;
+
+	if (kd)
+		atomic64_inc(&kd->stats.config_changes);
 	dev_dbg_ratelimited(&vdev->dev,
 			    "config change ignored: values are fixed at probe\n");
 }

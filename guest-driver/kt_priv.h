@@ -154,6 +154,9 @@ struct kt_dev_stats {
 	atomic64_t opens_in;		/* host-initiated channels accepted */
 	atomic64_t opens_out;		/* guest-initiated channels opened */
 	atomic64_t rings_broken;	/* virtqueues the device broke */
+	atomic64_t rx_len_clamped;	/* used length beyond the rx buffer */
+	atomic64_t opens_refused;	/* host OPENs answered with OPEN_ERR */
+	atomic64_t config_changes;	/* config-change interrupts (ignored) */
 };
 
 /* Reassembly of a fragmented DATA message (SPEC section 4). */
@@ -187,6 +190,8 @@ struct kt_dev {
 	bool stopping;			/* kt_vqs_stop broke the queues */
 	atomic_t recover_queued;	/* recover_work queued, not finished */
 	struct work_struct recover_work; /* a queue broke: reset the device */
+	unsigned long recover_start;	/* jiffies: start of the window */
+	unsigned int recoveries;	/* resets in the window */
 	struct mutex rx_mutex;		/* rx side: rx_live .. reasm */
 	bool rx_live;
 	unsigned int rx_posted;		/* rx buffers in the ring */

@@ -69,6 +69,7 @@ static void kt_violation(struct kt_dev *kd, struct kt_chan *ch,
 void kt_rx_bad_len(struct kt_dev *kd, u32 used)
 {
 	kt_reasm_abort(kd, true);
+	atomic64_inc(&kd->stats.rx_len_clamped);
 	kt_malformed(kd, NULL, "used length beyond buffer", 0, 0);
 	dev_dbg_ratelimited(&kd->vdev->dev, "used length %u > %u\n", used,
 			    kd->rx_buf_size);
@@ -385,6 +386,7 @@ out_unlock:
 	mutex_unlock(&kt_services_lock);
 	dev_dbg_ratelimited(&kd->vdev->dev, "channel %#x: refused \"%s\": %u\n",
 			    r->id, name, refuse);
+	atomic64_inc(&kd->stats.opens_refused);
 	kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, refuse);
 }
 

@@ -105,6 +105,27 @@ static ssize_t rings_broken_show(struct device *dev,
 }
 static DEVICE_ATTR_RO(rings_broken);
 
+static ssize_t rx_len_clamped_show(struct device *dev,
+				   struct device_attribute *attr, char *buf)
+{
+	return kt_emit_stat(buf, &kt_dev_of(dev)->stats.rx_len_clamped);
+}
+static DEVICE_ATTR_RO(rx_len_clamped);
+
+static ssize_t opens_refused_show(struct device *dev,
+				  struct device_attribute *attr, char *buf)
+{
+	return kt_emit_stat(buf, &kt_dev_of(dev)->stats.opens_refused);
+}
+static DEVICE_ATTR_RO(opens_refused);
+
+static ssize_t config_changes_show(struct device *dev,
+				   struct device_attribute *attr, char *buf)
+{
+	return kt_emit_stat(buf, &kt_dev_of(dev)->stats.config_changes);
+}
+static DEVICE_ATTR_RO(config_changes);
+
 static ssize_t max_msg_size_show(struct device *dev, struct device_attribute *attr,
 				 char *buf)
 {
@@ -220,6 +241,9 @@ static struct attribute *kt_attrs[] = {
 	&dev_attr_open_channels.attr,
 	&dev_attr_rings_broken.attr,
 	&dev_attr_tx_pending.attr,
+	&dev_attr_rx_len_clamped.attr,
+	&dev_attr_opens_refused.attr,
+	&dev_attr_config_changes.attr,
 	&dev_attr_max_msg_size.attr,
 	&dev_attr_max_channels.attr,
 	&dev_attr_rx_buf_size.attr,

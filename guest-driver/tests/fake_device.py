@@ -26,8 +26,12 @@ Services the guest can open (see kt_guest_test.c for the expectations):
   channel), hold:<name> (the host opens <name> and keeps it open until this
   channel closes). Anything else: ENOENT.
 
+With KT_HOSTILE=1 (the "hostile" run) the device also offers the backend
+request channel (for config-change interrupts) and serves hostile:<attack>;
+each OPEN of one starts that ring-level attack (see HOSTILE below).
+
 Environment: KT_MAX_MSG, KT_RX_BUF (config space), KT_EVENT_IDX and
-KT_INDIRECT (0 to stop offering the ring feature).
+KT_INDIRECT (0 to stop offering the ring feature), KT_HOSTILE.
 
 usage: fake_device.py <vhost-user socket path>
 """
@@ -48,6 +52,21 @@ RX_BUF = int(os.environ.get('KT_RX_BUF', '4096'))
 EVENT_IDX = os.environ.get('KT_EVENT_IDX', '1') == '1'
 INDIRECT = os.environ.get('KT_INDIRECT', '1') == '1'
 STALL_FLOOD = 10000
+HOSTILE = os.environ.get('KT_HOSTILE', '0') == '1'
+# hostile:<attack> - what each does once its OPEN_OK is queued:
+#   biglen    three used rx entries whose length is past the buffer
+#   credit    3000 CREDIT_REQUEST and 3000 CREDIT_UPDATE on the channel
+#   openflood 300 OPENs to the guest listener "hl", 100 to "nobody"
+#   cfgstorm  500 config-change interrupts (backend request channel)
+#   resetflood 50 RESET events
+#   evlie     event queue: used lengths 0xffffffff and 8 (a RESET header),
+#             then one used id twice (an unknown event)
+#   dupid     one used rx id twice in a row
+#   jump      the used index jumps 1000 ahead, then an id never posted
+#   breakstorm  an rx id never posted right after each of the next 12
+#             ring set-ups (the guest gives up after 9, is rebound)
+HOSTILE_ATTACKS = ('biglen', 'credit', 'openflood', 'cfgstorm', 'resetflood',
+                   'evlie', 'dupid', 'jump', 'breakstorm')
 
 def log(*a):
     print('[fake_device]', *a, flush=True)
@@ -85,6 +104,7 @@ class VQ:
         self.num = 0; self.desc = self.avail = self.used = 0
         self.last_avail = 0; self.used_idx = 0
         self.kick = None; self.call = None; self.enabled = False; self.started = False
+        self.storm_done = True
     def ready(self):
         return self.enabled and self.started and self.num
     def avail_idx(self):
@@ -156,6 +176,10 @@ class Dev:
         self.tx_stalled = False
         self.firehose = None
         self.break_rx = False
+        self.rx_attack = None
+        self.ev_attack = False
+        self.break_storm = 0
+        self.backend = None
         self.strikes = {}
         self.path = path
         if os.path.exists(path):
@@ -200,7 +224,14 @@ class Dev:
             self.event_idx = bool(self.features & (1 << 29))
             log('features %#x' % self.features)
         elif req == 15:
-            self.reply(req, struct.pack('<Q', (1 << 0) | (1 << 9)))
+            pf = (1 << 0) | (1 << 9)
+            if HOSTILE:
+                pf |= 1 << 5  # BACKEND_REQ: config-change messages
+            self.reply(req, struct.pack('<Q', pf))
+        elif req == 21:
+            if self.backend is not None:
+                self.backend.close()
+            self.backend = socket.socket(fileno=fds[0]) if fds else None
         elif req == 17:
             self.reply(req, struct.pack('<Q', 3))
         elif req == 5:
@@ -219,6 +250,7 @@ class Dev:
             q = self.vqs[i]
             q.desc, q.used, q.avail = self.mem.u2g(d), self.mem.u2g(u), self.mem.u2g(a)
             q.started = True
+            q.storm_done = False
         elif req == 10:
             i, base = struct.unpack('<II', p[:8]); self.vqs[i].last_avail = base; self.vqs[i].used_idx = base
         elif req == 11:
@@ -320,12 +352,33 @@ class Dev:
         if self.break_rx and not self.rxq and q.ready():
             self.break_rx = False
             q.push(q.num + 5, 32); did = True
+        if self.break_storm and not q.storm_done and q.ready() and q.has():
+            q.storm_done = True
+            self.break_storm -= 1
+            log('breakstorm: a used id never posted, %d to go' % self.break_storm)
+            q.push(q.num + 5, 32); did = True
+        if self.rx_attack and not self.rxq and q.ready() and q.has():
+            did = self.hostile_rx(q) or did
         q.set_avail_event()
         if did and notify:
             q.notify()
 
     def fill_ev(self):
         q = self.vqs[2]; did = False
+        if self.ev_attack and not self.evq and q.ready():
+            n = q.avail_idx() - q.last_avail & 0xffff
+            if n >= 3:
+                self.ev_attack = False
+                head, segs = q.pop()
+                q.push(head, 0xffffffff)
+                head, segs = q.pop()
+                self.mem.write(segs[0][0], hdr(0, MSG_RESET))
+                q.push(head, 8)
+                head, segs = q.pop()
+                self.mem.write(segs[0][0], hdr(0, 99))
+                q.push(head, 32)
+                q.push(head, 32)
+                did = True
         while self.evq and q.has():
             head, segs = q.pop()
             data = self.evq.pop(0)
@@ -419,7 +472,8 @@ class Dev:
                  'breaktx',
                  'closeafter',
                  'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
-        if name not in known and not name.startswith('dial:') and not name.startswith('hold:'):
+        hostile = HOSTILE and name.startswith('hostile:') and name[8:] in HOSTILE_ATTACKS
+        if name not in known and not hostile and not name.startswith('dial:') and not name.startswith('hold:'):
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=2); return
         c = Chan(cid, name, name)
         c.peer_buf, c.peer_fwd = ba, fw
@@ -427,7 +481,9 @@ class Dev:
             c.buf_alloc = MAX_MSG + 32
         self.chans[cid] = c
         self.ctrl(c, MSG_OPEN_OK)
-        if name == 'reset':
+        if hostile:
+            self.hostile(c, name[8:])
+        elif name == 'reset':
             self.host_send(c, b'before-reset')
         elif name == 'breakring':
             log('breakring: a used id the guest never posted follows')
@@ -536,6 +592,67 @@ class Dev:
         log('sending RESET')
         self.evq.append(hdr(0, MSG_RESET))
         self.chans.clear()
+        if HOSTILE:
+            # Like the real device: nothing of the old channels follows.
+            self.rxq = []
+
+    def hostile(self, c, attack):
+        """Starts one ring-level attack (HOSTILE_ATTACKS)."""
+        log('hostile: %s' % attack)
+        if attack in ('biglen', 'dupid', 'jump'):
+            self.rx_attack = attack
+        elif attack == 'credit':
+            for _ in range(3000):
+                self.ctrl(c, MSG_CR)
+                self.ctrl(c, MSG_CU)
+        elif attack == 'openflood':
+            for i in range(400):
+                hid = self.next_host_id; self.next_host_id += 1
+                target = 'hl' if i < 300 else 'nobody'
+                d = Chan(hid, target, 'flood')
+                self.chans[hid] = d
+                self.send_rx(hid, MSG_OPEN, target.encode(), chan=d)
+        elif attack == 'cfgstorm':
+            if self.backend is None:
+                violation('cfgstorm: no backend request channel')
+                return
+            for _ in range(500):
+                self.backend.sendall(struct.pack('<III', 2, 1, 0))
+        elif attack == 'resetflood':
+            for _ in range(50):
+                self.do_reset()
+        elif attack == 'evlie':
+            self.ev_attack = True
+        elif attack == 'breakstorm':
+            self.break_storm = 12
+            self.vqs[0].storm_done = False
+
+    def hostile_rx(self, q):
+        """The rx-ring part of an attack: uses buffers the guest posted
+        (or none) with lies in the used ring. Returns True if it did."""
+        attack, self.rx_attack = self.rx_attack, None
+        if attack == 'biglen':
+            for ln in (RX_BUF + 1, 1 << 20, 0xffffffff):
+                if not q.has():
+                    self.rx_attack = 'biglen'  # the rest later
+                    break
+                head, segs = q.pop()
+                self.mem.write(segs[0][0], hdr(0, MSG_CU))
+                q.push(head, ln)
+        elif attack == 'dupid':
+            head, segs = q.pop()
+            self.mem.write(segs[0][0], hdr(0, MSG_CU))
+            q.push(head, 32)
+            q.push(head, 32)
+            # The guest most likely posted that buffer again already (a
+            # split ring reuses the freed head first): then the second
+            # entry is a zeroed buffer, malformed. An id never posted
+            # follows so the ring is reset either way.
+            q.push(q.num + 9, 32)
+        elif attack == 'jump':
+            q.used_idx = (q.used_idx + 1000) & 0xffff
+            q.push(q.num + 9, 32)
+        return True
 
     def missed_kicks(self, kicked):
         """Called when select timed out: work the driver made available

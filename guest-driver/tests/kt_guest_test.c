@@ -920,6 +920,264 @@ static void test_breaktx(void)
 	close(fd);
 }
 
+/* Waits up to @ms for counter @attr to reach @min; returns its value. */
+static long wait_counter(const char *attr, long min, int ms)
+{
+	long v = sys_counter(attr);
+
+	for (; v < min && ms > 0; ms -= 50) {
+		usleep(50000);
+		v = sys_counter(attr);
+	}
+	return v;
+}
+
+/* Echo message @i of the good channel: unique, 1..3000 bytes. */
+static size_t hostile_msg(unsigned int i, char *p)
+{
+	size_t len = 1 + (i * 7919) % 3000, k;
+
+	for (k = 0; k < len; k++)
+		p[k] = (char)(i * 131 + k * 7);
+	if (len >= sizeof(i))
+		memcpy(p, &i, sizeof(i));
+	return len;
+}
+
+static int hostile_connect(void)
+{
+	int fd = -1, i;
+
+	/* A ring break resets the device: connects fail until it is back. */
+	for (i = 0; i < 200 && fd < 0; i++) {
+		fd = connect_to("echo", 0);
+		if (fd < 0)
+			usleep(100000);
+	}
+	return fd;
+}
+
+/*
+ * The good channel, in a child: echoes unique messages with verified
+ * content until @stop is readable. A reply is the message sent, or the
+ * call fails with ECONNRESET (the device reset the transport) or EPROTO
+ * (the driver caught the device breaking the channel's protocol): then it
+ * reconnects. Anything else - other bytes, a duplicate, a hang - fails. Exit status 0
+ * if every reply checked out, after printing what it did.
+ */
+static void hostile_echo(int stop)
+{
+	static char msg[4096], got[MAX_MSG];
+	unsigned int i, ok = 0, resets = 0, bad = 0;
+	size_t len;
+	ssize_t n;
+	int fd;
+
+	fd = hostile_connect();
+	for (i = 0; fd >= 0 && !bad; i++) {
+		if (poll_one(stop, POLLIN, 0))
+			break;
+		len = hostile_msg(i, msg);
+		n = write(fd, msg, len);
+		if (n == (ssize_t)len) {
+			if (!(poll_one(fd, POLLIN, 20000) & (POLLIN | POLLHUP |
+							      POLLERR))) {
+				printf("hostile echo: no reply to %u in 20 s\n",
+				       i);
+				bad++;
+				break;
+			}
+			n = read(fd, got, sizeof(got));
+			if (n == (ssize_t)len && !memcmp(got, msg, len)) {
+				ok++;
+				continue;
+			}
+		}
+		if (n < 0 && (errno == ECONNRESET || errno == EPIPE ||
+			      errno == EPROTO)) {
+			resets++;
+			close(fd);
+			fd = hostile_connect();
+			continue;
+		}
+		printf("hostile echo: message %u (%zu bytes): got %zd bytes, errno %d\n",
+		       i, len, n, n < 0 ? errno : 0);
+		bad++;
+	}
+	if (fd < 0)
+		printf("hostile echo: cannot reconnect (errno %d)\n", errno);
+	printf("hostile echo: %u replies verified, %u channel errors\n", ok,
+	       resets);
+	fflush(stdout);
+	_exit(bad || fd < 0 || ok < 50);
+}
+
+/*
+ * Opens hostile:<attack>; the device starts the attack on its OPEN_OK.
+ * With @may_reset the attack may reset the channel before the connect
+ * returns (a RESET event can overtake the OPEN_OK on the rx queue).
+ */
+static int hostile_attack(const char *attack, bool may_reset)
+{
+	char name[64];
+	int fd;
+
+	snprintf(name, sizeof(name), "hostile:%s", attack);
+	fd = connect_to(name, O_NONBLOCK);
+	check(fd >= 0 || (may_reset && errno == ECONNRESET),
+	      "hostile: the device starts %s", attack);
+	return fd;
+}
+
+/*
+ * fake_device.py with KT_HOSTILE=1 lies at the ring level (used lengths,
+ * ids, index) and floods (CREDIT_*, OPEN, RESET, config interrupts) while
+ * a child keeps a good channel echoing verified data. Each kind is counted
+ * in sysfs, guest memory stays bounded, and the good channel only ever
+ * sees its own data or ECONNRESET.
+ */
+static void test_hostile(void)
+{
+	long slab0, avail0, slab1, avail1, v0, v1, b0, in0, ref0;
+	int stop[2], fd, l, i, st = -1;
+	pid_t pid;
+
+	slab0 = meminfo_kb("Slab:");
+	avail0 = meminfo_kb("MemAvailable:");
+	check(pipe(stop) == 0, "pipe");
+	pid = fork();
+	if (pid == 0) {
+		close(stop[1]);
+		hostile_echo(stop[0]);
+	}
+	close(stop[0]);
+	sleep(1);
+
+	v0 = sys_counter("rx_len_clamped");
+	fd = hostile_attack("biglen", false);
+	v1 = wait_counter("rx_len_clamped", v0 + 3, 10000);
+	check(v1 >= v0 + 3,
+	      "biglen: used length past the buffer: rx_len_clamped %ld -> %ld",
+	      v0, v1);
+	close(fd);
+
+	fd = hostile_attack("credit", false);
+	sleep(2);
+	v1 = sys_counter("tx_pending");
+	check(v1 >= 0 && v1 <= 4,
+	      "credit: 3000 CREDIT_REQUEST + 3000 CREDIT_UPDATE leave tx_pending %ld",
+	      v1);
+	close(fd);
+
+	l = open("/dev/kerntransport", O_RDWR | O_NONBLOCK);
+	check(l >= 0 && name_ioctl(l, KT_IOC_LISTEN, "hl") == 0,
+	      "listen hl (never accepts)");
+	in0 = sys_counter("opens_in");
+	ref0 = sys_counter("opens_refused");
+	fd = hostile_attack("openflood", false);
+	v1 = wait_counter("opens_refused", ref0 + 300, 20000);
+	check(v1 >= ref0 + 300,
+	      "openflood: 400 OPENs, at least 300 refused (opens_refused %ld -> %ld)",
+	      ref0, v1);
+	v1 = sys_counter("opens_in");
+	check(v1 - in0 <= 64, "openflood: at most the backlog (64) accepted: %ld",
+	      v1 - in0);
+	close(l);
+	close(fd);
+
+	v0 = sys_counter("config_changes");
+	fd = hostile_attack("cfgstorm", false);
+	v1 = wait_counter("config_changes", v0 + 1, 10000);
+	check(v1 > v0, "cfgstorm: config-change interrupts counted (%ld -> %ld)",
+	      v0, v1);
+	close(fd);
+
+	v0 = sys_counter("resets");
+	fd = hostile_attack("resetflood", true);
+	v1 = wait_counter("resets", v0 + 50, 20000);
+	check(v1 >= v0 + 50, "resetflood: 50 RESETs counted (%ld -> %ld)", v0,
+	      v1);
+	close(fd);
+	sleep(1);
+
+	v0 = sys_counter("malformed");
+	b0 = sys_counter("resets");
+	fd = hostile_attack("evlie", false);
+	v1 = wait_counter("malformed", v0 + 4, 10000);
+	check(v1 >= v0 + 4 && sys_counter("resets") == b0,
+	      "evlie: event lengths 0xffffffff and 8, a repeated id: malformed %ld -> %ld, no reset",
+	      v0, v1);
+	close(fd);
+
+	b0 = sys_counter("rings_broken");
+	v0 = sys_counter("malformed");
+	fd = hostile_attack("dupid", false);
+	v1 = wait_counter("rings_broken", b0 + 1, 20000);
+	check(v1 == b0 + 1 && sys_counter("malformed") > v0,
+	      "dupid: a repeated used id (malformed %ld -> %ld), then one never posted: rings_broken %ld -> %ld",
+	      v0, sys_counter("malformed"), b0, v1);
+	close(fd);
+	sleep(2);
+
+	b0 = sys_counter("rings_broken");
+	fd = hostile_connect();
+	check(fd >= 0 && call_ok(fd, "up", 2), "the device is back after dupid");
+	close(fd);
+	fd = hostile_attack("jump", false);
+	v1 = wait_counter("rings_broken", b0 + 1, 20000);
+	check(v1 == b0 + 1, "jump: used index 1000 ahead: rings_broken %ld -> %ld",
+	      b0, v1);
+	close(fd);
+	sleep(2);
+
+	close(stop[1]);
+	check(waitpid(pid, &st, 0) == pid && WIFEXITED(st) &&
+	      !WEXITSTATUS(st),
+	      "hostile: the good channel only saw its own data or an error");
+
+	printf("hostile: malformed %ld rx_len_clamped %ld rings_broken %ld",
+	       sys_counter("malformed"), sys_counter("rx_len_clamped"),
+	       sys_counter("rings_broken"));
+	printf(" resets %ld opens_refused %ld config_changes %ld tx_dropped %ld\n",
+	       sys_counter("resets"), sys_counter("opens_refused"),
+	       sys_counter("config_changes"), sys_counter("tx_dropped"));
+
+	/* Last: it leaves the device stopped until it is rebound. */
+	b0 = sys_counter("rings_broken");
+	fd = hostile_attack("breakstorm", true);
+	close(fd);
+	v0 = -1;
+	for (i = 0; i < 100 && (v1 = sys_counter("rings_broken")) != v0; i++) {
+		v0 = v1;
+		usleep(1000000);
+	}
+	/* The 9th break within 10 s (dupid and jump count too) stops it. */
+	check(v1 > b0 && v1 - b0 <= 9,
+	      "breakstorm: 12 breaks offered, left stopped after %ld (rings_broken %ld -> %ld)",
+	      v1 - b0, b0, v1);
+	fd = connect_to("echo", 0);
+	check(fd < 0, "breakstorm: the stopped device takes no channel (errno %d)",
+	      errno);
+	close(fd);
+	check(!system("echo virtio0 > /sys/bus/virtio/drivers/kerntransport/unbind") &&
+	      !system("echo virtio0 > /sys/bus/virtio/drivers/kerntransport/bind"),
+	      "breakstorm: unbind and bind it again");
+	fd = hostile_connect();
+	check(fd >= 0 && call_ok(fd, "after", 5), "hostile: echo afterwards");
+	close(fd);
+	for (i = 0; i < 50 && sys_counter("open_channels") != 0; i++)
+		usleep(100000);
+	check(sys_counter("open_channels") == 0,
+	      "hostile: no channel left behind (open_channels %ld, %d closing)",
+	      sys_counter("open_channels"), channels_in_state("closing"));
+	slab1 = meminfo_kb("Slab:");
+	avail1 = meminfo_kb("MemAvailable:");
+	check(slab0 > 0 && slab1 - slab0 < 4096,
+	      "hostile: slab stays bounded (%ld kB -> %ld kB)", slab0, slab1);
+	check(avail0 > 0 && avail0 - avail1 < 32768,
+	      "hostile: MemAvailable stays (%ld kB -> %ld kB)", avail0, avail1);
+}
+
 static void test_huge(void)
 {
 	int fd, i, k;
@@ -981,6 +1239,8 @@ int main(int argc, char **argv)
 		test_breaktx();
 	} else if (!strcmp(what, "firehose")) {
 		test_firehose();
+	} else if (!strcmp(what, "hostile")) {
+		test_hostile();
 	} else if (!strcmp(what, "huge")) {
 		test_huge();
 	} else if (!strcmp(what, "hold")) {
@@ -997,8 +1257,8 @@ int main(int argc, char **argv)
 		      "first channel after reload: id %#x, not 1",
 		      info.channel);
 	} else {
-		fprintf(stderr,
-			"usage: %s nodev|dev|unbind|firehose|breakring|huge|hold|quick\n", argv[0]);
+		fprintf(stderr, "usage: %s nodev|dev|unbind|firehose|breakring|%s\n",
+			argv[0], "hostile|huge|hold|quick");
 		return 2;
 	}
 	printf("%s: %d failures\n", what, failures);

@@ -10,11 +10,18 @@
 #           once with EVENT_IDX + INDIRECT_DESC and 4 KiB rx buffers, once
 #           with neither and 256-byte rx buffers (heavy fragmentation)
 #   huge    max_msg_size 1 MiB
+#   hostile fake_device.py with KT_HOSTILE=1: ring-level lies (used length
+#           past the buffer, a repeated used id, the used index jumping) and
+#           floods (CREDIT_*, OPEN to a listener, RESET, config interrupts)
+#           while a good channel echoes verified data; counters, memory,
+#           rmmod; like dev, also with neither ring feature and 256-byte rx
+#           buffers (the good channel's messages in fragments)
 # Fails on any "FAIL:" or "N failures" (N > 0) line, a kernel BUG/WARNING, a
 # protocol violation seen by fake_device.py, or a guest that did not finish.
 # Needs the patched QEMU (images/ builds it into $KT_CACHE/qemu-*/); set
 # QEMU_KT to use another one; KT_TEST_LOGS=<dir> keeps every serial and device
-# log there. Not run by check.sh.
+# log there; KT_TEST_ONLY="<name>..." runs only those guests. Not run by
+# check.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 drv=$(dirname "$here")
@@ -104,6 +111,11 @@ dev)
 	run kt_guest_test breakring
 	run rmmod kerntransport
 	;;
+hostile)
+	run kt_guest_test hostile
+	run rmmod kt_kecho
+	run rmmod kerntransport
+	;;
 huge)
 	run kt_guest_test huge
 	run rmmod kt_kecho
@@ -126,6 +138,9 @@ failed=0
 run_guest() {
 	local name=$1 scenario=$2 qemu=$3 log=$work/$1.log dlog=$work/$1.device.log
 	shift 3
+	if [ -n "${KT_TEST_ONLY:-}" ] && [[ " $KT_TEST_ONLY " != *" $name "* ]]; then
+		return 0
+	fi
 	local args=(-L /usr/share/qemu -L /usr/share/seabios -nic none -m 512
 		-kernel "$kernel" -initrd "$work/initrd.gz" -nographic -no-reboot
 		-append "console=ttyS0 quiet no_timer_check kt.scenario=$scenario")
@@ -173,5 +188,8 @@ run_guest nodev nodev qemu-system-x86_64
 run_guest dev dev "$QEMU_KT"
 run_guest dev-plain-ring dev "$QEMU_KT" KT_EVENT_IDX=0 KT_INDIRECT=0 KT_RX_BUF=256
 run_guest huge huge "$QEMU_KT" KT_MAX_MSG=1048576
+run_guest hostile hostile "$QEMU_KT" KT_HOSTILE=1
+run_guest hostile-plain-ring hostile "$QEMU_KT" KT_HOSTILE=1 KT_EVENT_IDX=0 \
+	KT_INDIRECT=0 KT_RX_BUF=256
 [ "$failed" = 0 ] || fail "failed (logs copied to /tmp/kt-driver-test-*.log)"
 echo "run.sh: all guest driver conformance tests passed"

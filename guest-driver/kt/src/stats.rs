@@ -170,6 +170,24 @@ const DEVICE_METRICS: &[(&str, &str, Kind, &str)] = &[
         "Virtqueues the device broke (the device was reset each time).",
     ),
     (
+        "rx_len_clamped",
+        "kt_guest_rx_len_clamped_total",
+        Kind::Counter,
+        "Used rx buffers whose used length exceeded the buffer (not parsed).",
+    ),
+    (
+        "opens_refused",
+        "kt_guest_opens_refused_total",
+        Kind::Counter,
+        "Host OPENs for a valid name answered with OPEN_ERR.",
+    ),
+    (
+        "config_changes",
+        "kt_guest_config_changes_total",
+        Kind::Counter,
+        "Config-change interrupts (ignored, counted).",
+    ),
+    (
         "resets",
         "kt_guest_resets_total",
         Kind::Counter,
