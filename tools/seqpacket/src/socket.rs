@@ -57,6 +57,13 @@ pub fn connect_fd(path: &Path, ty: SocketType, nonblocking: bool) -> io::Result<
     Ok(fd)
 }
 
+/// Connects the existing socket `fd` to `path` (for callers that tell a
+/// failed `socket()` from a failed `connect()`, or retry after `EINTR`).
+pub fn connect(fd: impl AsFd, path: &Path) -> io::Result<()> {
+    let addr = unix_addr(path)?;
+    Ok(net::connect(fd, &addr)?)
+}
+
 /// A connected pair of blocking `SOCK_SEQPACKET` descriptors.
 pub fn pair_fds() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(net::socketpair(
@@ -124,5 +131,8 @@ mod tests {
         let long = std::path::PathBuf::from("x".repeat(200));
         let e = connect_fd(&long, SocketType::Stream, false).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let fd = new_socket(SocketType::SeqPacket, false).unwrap();
+        let e = connect(&fd, Path::new("/nonexistent/kt.sock")).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 }
