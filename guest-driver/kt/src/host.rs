@@ -370,6 +370,26 @@ mod tests {
     }
 
     #[test]
+    fn descriptors_a_host_peer_passes_are_closed() {
+        use std::io::Read;
+        let (a, b) = seqpacket_pair().unwrap();
+        let peer = kt_seqpacket::SeqPacket::from_fd(a);
+        let ch = Channel::new(b, Kind::Host, "t".into(), 64, 64);
+        let (mut r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+        peer.send_with_fds(b"hi", &[w.as_fd(), w.as_fd()]).unwrap();
+        drop(w);
+        let mut buf = ch.recv_buffer();
+        let got = ch.recv(&mut buf, &mut NbStats::default()).unwrap();
+        assert_eq!(got, Recv::Msg(2));
+        // Every copy of the other end is closed: `r` sees EOF at once.
+        assert_eq!(
+            r.read(&mut [0u8; 1]).unwrap(),
+            0,
+            "a passed descriptor was left open"
+        );
+    }
+
+    #[test]
     fn stale_socket_is_replaced_live_one_refused() {
         let p = tmp("stale");
         let first = Listener::bind(&p, 1).unwrap();

@@ -46,6 +46,59 @@ const RECV_CONTROL: usize = rustix::cmsg_space!(ScmCredentials(1), ScmRights(SCM
 /// Control buffer for a send of up to [`SCM_MAX_FD`] descriptors.
 const SEND_CONTROL: usize = rustix::cmsg_space!(ScmRights(SCM_MAX_FD)) + 64;
 
+/// Sends `buf` as one message on the connected socket `fd` (never raises
+/// SIGPIPE): for callers that keep a bare descriptor (the `kt` tool's
+/// channels, which also carry byte streams).
+pub fn send_fd(fd: impl AsFd, buf: &[u8]) -> io::Result<usize> {
+    Ok(net::send(fd, buf, SendFlags::NOSIGNAL)?)
+}
+
+/// Receives (or with `peek`, peeks at) one message from the socket `fd`
+/// into `buf`, closing every descriptor the peer passed with it; returns
+/// what it saw ([`Recv::Msg`] carries the full length, `MSG_TRUNC`) and
+/// how many descriptors it closed. Without `SO_PASSCRED` on `fd` a
+/// zero-length message without descriptors reads as [`Recv::Eof`].
+pub fn recv_fd(fd: impl AsFd, buf: &mut [u8], peek: bool) -> io::Result<(Recv, u64)> {
+    let flags = if peek {
+        RecvFlags::PEEK
+    } else {
+        RecvFlags::empty()
+    };
+    let mut space = [MaybeUninit::<u8>::uninit(); RECV_CONTROL];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = net::recvmsg(
+        fd,
+        &mut iov,
+        &mut control,
+        flags | RecvFlags::TRUNC | RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut any_control = false;
+    let mut closed = 0u64;
+    for m in control.drain() {
+        any_control = true;
+        if let RecvAncillaryMessage::ScmRights(fds) = m {
+            // Nothing here uses descriptors from peers; left open they
+            // would leak one table slot each.
+            for fd in fds {
+                drop(fd);
+                closed += 1;
+            }
+        }
+    }
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
+        // Only possible past SCM_MAX_FD descriptors (the buffer holds
+        // that many): the kernel did not install the ones that did not
+        // fit and dropped its references to them.
+        log::debug!("host socket: control data truncated (excess descriptors discarded)");
+        any_control = true;
+    }
+    if msg.bytes == 0 && !any_control {
+        return Ok((Recv::Eof, closed));
+    }
+    Ok((Recv::Msg(msg.bytes), closed))
+}
+
 /// A connected `SOCK_SEQPACKET` socket.
 #[derive(Debug)]
 pub struct SeqPacket {
@@ -120,7 +173,7 @@ impl SeqPacket {
 
     /// Sends `buf` as one message (never raises SIGPIPE).
     pub fn send(&self, buf: &[u8]) -> io::Result<usize> {
-        Ok(net::send(&self.fd, buf, SendFlags::NOSIGNAL)?)
+        send_fd(&self.fd, buf)
     }
 
     /// Sends `buf` as one message without blocking, whatever the socket's
@@ -159,43 +212,12 @@ impl SeqPacket {
         )?)
     }
 
-    fn recv_flags(&self, buf: &mut [u8], flags: RecvFlags) -> io::Result<Recv> {
-        let mut space = [MaybeUninit::<u8>::uninit(); RECV_CONTROL];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let mut iov = [IoSliceMut::new(buf)];
-        let msg = net::recvmsg(
-            &self.fd,
-            &mut iov,
-            &mut control,
-            flags | RecvFlags::TRUNC | RecvFlags::CMSG_CLOEXEC,
-        )?;
-        let mut any_control = false;
-        let mut closed = 0u64;
-        for m in control.drain() {
-            any_control = true;
-            if let RecvAncillaryMessage::ScmRights(fds) = m {
-                // The device never uses descriptors from host peers; left
-                // open they would leak one table slot each.
-                for fd in fds {
-                    drop(fd);
-                    closed += 1;
-                }
-            }
-        }
+    fn recv_flags(&self, buf: &mut [u8], peek: bool) -> io::Result<Recv> {
+        let (r, closed) = recv_fd(&self.fd, buf, peek)?;
         if closed > 0 {
             self.passed_fds_closed.fetch_add(closed, Relaxed);
         }
-        if msg.flags.contains(ReturnFlags::CTRUNC) {
-            // Only possible past SCM_MAX_FD descriptors (the buffer holds
-            // that many): the kernel did not install the ones that did not
-            // fit and dropped its references to them.
-            log::debug!("host socket: control data truncated (excess descriptors discarded)");
-            any_control = true;
-        }
-        if msg.bytes == 0 && !any_control {
-            return Ok(Recv::Eof);
-        }
-        Ok(Recv::Msg(msg.bytes))
+        Ok(r)
     }
 
     /// How many descriptors passed by the peer (`SCM_RIGHTS`) this socket
@@ -207,12 +229,12 @@ impl SeqPacket {
     /// Receives one message into `buf`; `Recv::Msg` carries its full
     /// length, which exceeds `buf.len()` if it was truncated.
     pub fn recv(&self, buf: &mut [u8]) -> io::Result<Recv> {
-        self.recv_flags(buf, RecvFlags::empty())
+        self.recv_flags(buf, false)
     }
 
     /// Length of the next message without consuming it.
     pub fn peek_len(&self) -> io::Result<Recv> {
-        self.recv_flags(&mut [], RecvFlags::PEEK)
+        self.recv_flags(&mut [], true)
     }
 
     /// Waits up to `timeout` (`None`: no limit) for a message or hang-up;
@@ -335,6 +357,24 @@ mod tests {
         assert_eq!(b.recv(&mut buf).unwrap(), Recv::Msg(0));
         assert_eq!(b.take_passed_fds_closed(), 1);
         assert!(writers_gone(&r));
+    }
+
+    #[test]
+    fn bare_descriptor_receive_closes_and_counts() {
+        let (a, b) = socket::pair_fds().unwrap();
+        let a = SeqPacket::from_fd(a);
+        let (r, w) = pipe();
+        a.send_with_fds(b"abcdef", &[w.as_fd(), w.as_fd()]).unwrap();
+        drop(w);
+        assert_eq!(recv_fd(&b, &mut [], true).unwrap(), (Recv::Msg(6), 2));
+        let mut buf = [0u8; 3];
+        assert_eq!(recv_fd(&b, &mut buf, false).unwrap(), (Recv::Msg(6), 2));
+        assert_eq!(&buf, b"abc");
+        assert!(writers_gone(&r));
+        send_fd(&b, b"back").unwrap();
+        assert_eq!(a.recv(&mut [0u8; 8]).unwrap(), Recv::Msg(4));
+        drop(a);
+        assert_eq!(recv_fd(&b, &mut buf, false).unwrap(), (Recv::Eof, 0));
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod socket;
 mod wait;
 
 pub use claim::{claim_socket_path, ClaimError};
-pub use conn::{Recv, SeqPacket, SCM_MAX_FD};
+pub use conn::{recv_fd, send_fd, Recv, SeqPacket, SCM_MAX_FD};
 pub use listener::SeqListener;
 pub use path::{check_path, PathTooLong, MAX_PATH};
 pub use socket::SocketType;
