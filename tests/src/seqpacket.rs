@@ -2,13 +2,16 @@
 //! kt-vhost-device (SPEC §9): a [`SeqpacketListener`] plays a host service
 //! the guest connects to, a [`SeqpacketConn`] is one connection, one message
 //! per `send`/`recv`. Every receive and accept takes a timeout, so a test
-//! never hangs on a silent peer. Owns socket system calls only.
+//! never hangs on a silent peer. A thin layer over the shared
+//! `kt-seqpacket` crate that turns its `io::Error`s into [`SocketError`]s
+//! naming the operation; descriptors a peer passes are closed on receipt.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use kt_seqpacket::{check_path, socket, Recv, SeqListener, SeqPacket, SocketType};
 
 /// Errors from socket operations.
 #[derive(Debug, thiserror::Error)]
@@ -98,96 +101,44 @@ pub fn ensure_send_buffer_limit() -> std::result::Result<(), String> {
 
 /// Asks for [`SEND_BUFFER`] bytes of send buffer (best effort: the kernel
 /// caps it, and the failure shows as `EMSGSIZE` on a large send).
-fn grow_send_buffer(fd: &OwnedFd) {
-    let v = libc::c_int::try_from(SEND_BUFFER).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `v` is a valid c_int for the duration of the call and the
-    // length passed is its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&v as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+fn grow_send_buffer(conn: &SeqPacket) {
     // Best effort by design (see above).
-    let _ = rc;
+    let _ = conn.set_send_buffer(SEND_BUFFER);
 }
 
-fn sys(op: &'static str, path: &Path) -> SocketError {
+fn sys(op: &'static str, path: &Path, source: io::Error) -> SocketError {
     SocketError::Sys {
         op,
         path: path.display().to_string(),
-        source: io::Error::last_os_error(),
+        source,
     }
 }
 
-fn sockaddr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(SocketError::PathTooLong(
-            bytes.len(),
-            path.display().to_string(),
-        ));
-    }
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    let len = libc::socklen_t::try_from(len)
-        .map_err(|_| SocketError::PathTooLong(bytes.len(), path.display().to_string()))?;
-    Ok((addr, len))
+/// A connection's error for `op` (no path).
+fn conn_err(op: &'static str, source: io::Error) -> SocketError {
+    sys(op, Path::new(""), source)
 }
 
-fn new_socket(path: &Path) -> Result<OwnedFd> {
-    // SAFETY: socket(2) has no memory arguments.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(sys("socket", path));
+/// Refuses a path that does not fit `sockaddr_un` (an empty one is left
+/// to the system call, as before).
+fn check_len(path: &Path) -> Result<()> {
+    match check_path(path) {
+        Err(e) if e.len > 0 => Err(SocketError::PathTooLong(e.len, path.display().to_string())),
+        _ => Ok(()),
     }
-    // SAFETY: `fd` was just returned by socket(2) and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Waits until `fd` is readable (or hung up). Returns false on timeout.
 fn poll_in(fd: BorrowedFd<'_>, timeout: Duration, op: &'static str) -> Result<bool> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ms = libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX);
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is a valid pollfd array of length 1 for the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n > 0 {
-            return Ok(true);
-        }
-        if n == 0 {
-            return Ok(false);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(SocketError::Sys {
-                op,
-                path: String::new(),
-                source: err,
-            });
-        }
-    }
+    kt_seqpacket::wait(fd, kt_seqpacket::Interest::Readable, Some(timeout))
+        .map_err(|e| conn_err(op, e))
 }
 
 /// A listening `SOCK_SEQPACKET` socket (a host service). The socket file is
 /// removed on drop.
 #[derive(Debug)]
 pub struct SeqpacketListener {
-    fd: OwnedFd,
+    listener: SeqListener,
     path: PathBuf,
 }
 
@@ -197,33 +148,13 @@ impl SeqpacketListener {
         match std::fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(SocketError::Sys {
-                    op: "remove stale socket",
-                    path: path.display().to_string(),
-                    source,
-                })
-            }
+            Err(source) => return Err(sys("remove stale socket", path, source)),
         }
-        let fd = new_socket(path)?;
-        let (addr, len) = sockaddr(path)?;
-        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        };
-        if rc != 0 {
-            return Err(sys("bind", path));
-        }
-        // SAFETY: listen(2) has no memory arguments.
-        if unsafe { libc::listen(fd.as_raw_fd(), 64) } != 0 {
-            return Err(sys("listen", path));
-        }
+        check_len(path)?;
+        let listener = SeqListener::bind_unclaimed(path, SocketType::SeqPacket, false, 64)
+            .map_err(|e| sys("bind", path, e))?;
         Ok(SeqpacketListener {
-            fd,
+            listener,
             path: path.to_path_buf(),
         })
     }
@@ -235,29 +166,19 @@ impl SeqpacketListener {
 
     /// Accepts one connection, waiting up to `timeout`.
     pub fn accept(&self, timeout: Duration) -> Result<SeqpacketConn> {
-        if !poll_in(self.fd.as_fd(), timeout, "accept")? {
+        if !poll_in(self.listener.as_fd(), timeout, "accept")? {
             return Err(SocketError::Timeout {
                 op: "accept",
                 timeout,
             });
         }
-        // SAFETY: null address pointers are allowed: we do not want the
-        // peer address.
-        let fd = unsafe {
-            libc::accept4(
-                self.fd.as_raw_fd(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(sys("accept", &self.path));
-        }
-        // SAFETY: `fd` was just returned by accept4(2) and is ours alone.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        grow_send_buffer(&fd);
-        Ok(SeqpacketConn { fd })
+        let fd = self
+            .listener
+            .accept_fd(false)
+            .map_err(|e| sys("accept", &self.path, e))?;
+        let sock = SeqPacket::from_fd(fd);
+        grow_send_buffer(&sock);
+        Ok(SeqpacketConn { sock })
     }
 }
 
@@ -270,62 +191,39 @@ impl Drop for SeqpacketListener {
 
 impl AsRawFd for SeqpacketListener {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.listener.as_raw_fd()
     }
 }
 
 /// One `SOCK_SEQPACKET` connection; each `send`/`recv` is one message.
 #[derive(Debug)]
 pub struct SeqpacketConn {
-    fd: OwnedFd,
+    sock: SeqPacket,
 }
 
 impl SeqpacketConn {
     /// Connects to the socket at `path`.
     pub fn connect(path: &Path) -> Result<SeqpacketConn> {
-        let fd = new_socket(path)?;
-        let (addr, len) = sockaddr(path)?;
-        // SAFETY: `addr` is a valid sockaddr_un of `len` bytes.
-        let rc = unsafe {
-            libc::connect(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_un).cast(),
-                len,
-            )
-        };
-        if rc != 0 {
-            return Err(sys("connect", path));
-        }
-        grow_send_buffer(&fd);
-        Ok(SeqpacketConn { fd })
+        check_len(path)?;
+        let fd = socket::connect_fd(path, SocketType::SeqPacket, false)
+            .map_err(|e| sys("connect", path, e))?;
+        let sock = SeqPacket::from_fd(fd);
+        grow_send_buffer(&sock);
+        Ok(SeqpacketConn { sock })
     }
 
     /// Sends `msg` as one message (blocks while the peer's queue is full).
     pub fn send(&self, msg: &[u8]) -> Result<()> {
         loop {
-            // SAFETY: `msg` is valid for reads of `msg.len()` bytes.
-            let n = unsafe {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    msg.as_ptr().cast(),
-                    msg.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                return Ok(());
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EPIPE) | Some(libc::ECONNRESET) => return Err(SocketError::Closed),
-                _ => {
-                    return Err(SocketError::Sys {
-                        op: "send",
-                        path: String::new(),
-                        source: err,
-                    })
-                }
+            match self.sock.send(msg) {
+                Ok(_) => return Ok(()),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
+                        return Err(SocketError::Closed)
+                    }
+                    _ => return Err(conn_err("send", e)),
+                },
             }
         }
     }
@@ -334,30 +232,16 @@ impl SeqpacketConn {
     /// peer's queue is full (`EAGAIN`), so backpressure tests can count it.
     pub fn try_send(&self, msg: &[u8]) -> Result<bool> {
         loop {
-            // SAFETY: `msg` is valid for reads of `msg.len()` bytes.
-            let n = unsafe {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    msg.as_ptr().cast(),
-                    msg.len(),
-                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-                )
-            };
-            if n >= 0 {
-                return Ok(true);
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EAGAIN) => return Ok(false),
-                Some(libc::EPIPE) | Some(libc::ECONNRESET) => return Err(SocketError::Closed),
-                _ => {
-                    return Err(SocketError::Sys {
-                        op: "send",
-                        path: String::new(),
-                        source: err,
-                    })
-                }
+            match self.sock.try_send(msg) {
+                Ok(_) => return Ok(true),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => return Ok(false),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => {
+                        return Err(SocketError::Closed)
+                    }
+                    _ => return Err(conn_err("send", e)),
+                },
             }
         }
     }
@@ -365,27 +249,9 @@ impl SeqpacketConn {
     /// True if a message can be sent without blocking within `timeout`
     /// (`POLLOUT`).
     pub fn writable(&self, timeout: Duration) -> Result<bool> {
-        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
-        loop {
-            // SAFETY: `pfd` is a valid pollfd array of length 1 for the call.
-            let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if n >= 0 {
-                return Ok(n > 0);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(SocketError::Sys {
-                    op: "poll",
-                    path: String::new(),
-                    source: err,
-                });
-            }
-        }
+        self.sock
+            .writable(Some(timeout))
+            .map_err(|e| conn_err("poll", e))
     }
 
     /// Receives one message, waiting up to `timeout`. A closed connection
@@ -398,124 +264,25 @@ impl SeqpacketConn {
         Ok(buf)
     }
 
-    /// Receives one message into `buf` (no allocation: for long streams),
-    /// waiting up to `timeout`; returns its length. End of stream (and a
-    /// zero-length message) is [`SocketError::Closed`]; a message larger
-    /// than `buf` is [`SocketError::Truncated`].
-    pub fn recv_into(&self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
-        if !poll_in(self.fd.as_fd(), timeout, "recv")? {
+    /// One receive after waiting up to `timeout` for a message:
+    /// `Ok(None)` at end of stream or on a reset connection.
+    fn recv_once(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>> {
+        if !poll_in(self.sock.as_fd(), timeout, "recv")? {
             return Err(SocketError::Timeout {
                 op: "recv",
                 timeout,
             });
         }
         loop {
-            // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_TRUNC,
-                )
+            let len = match self.sock.recv(buf) {
+                Ok(Recv::Msg(len)) => len,
+                Ok(Recv::Eof) => return Ok(None),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::ConnectionReset => return Ok(None),
+                    _ => return Err(conn_err("recv", e)),
+                },
             };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::ECONNRESET) => return Err(SocketError::Closed),
-                    _ => {
-                        return Err(SocketError::Sys {
-                            op: "recv",
-                            path: String::new(),
-                            source: err,
-                        })
-                    }
-                }
-            }
-            // n >= 0 here, so the cast is lossless.
-            let len = n.unsigned_abs();
-            if len == 0 {
-                return Err(SocketError::Closed);
-            }
-            if len > buf.len() {
-                return Err(SocketError::Truncated {
-                    len,
-                    max: buf.len(),
-                });
-            }
-            return Ok(len);
-        }
-    }
-
-    /// Turns on `SO_PASSCRED`: every message then arrives with an
-    /// `SCM_CREDENTIALS` control message and end of stream without one, so
-    /// [`Self::recv_message`] can tell a zero-length message from the end.
-    pub fn set_passcred(&self) -> Result<()> {
-        let on: libc::c_int = 1;
-        // SAFETY: `on` is a valid c_int for the duration of the call and the
-        // length passed is its size.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_PASSCRED,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(sys("setsockopt SO_PASSCRED", Path::new("")));
-        }
-        Ok(())
-    }
-
-    /// Receives one message into `buf`, waiting up to `timeout`:
-    /// `Some(len)`, or `None` at end of stream. Zero-length messages are
-    /// `Some(0)` once [`Self::set_passcred`] was called (without it they
-    /// read as the end).
-    pub fn recv_message(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>> {
-        if !poll_in(self.fd.as_fd(), timeout, "recv")? {
-            return Err(SocketError::Timeout {
-                op: "recv",
-                timeout,
-            });
-        }
-        // Room for one SCM_CREDENTIALS control message, 8-byte aligned.
-        let mut control = [0u64; 8];
-        loop {
-            let mut iov = libc::iovec {
-                iov_base: buf.as_mut_ptr().cast(),
-                iov_len: buf.len(),
-            };
-            // SAFETY: msghdr is plain old data; all-zero is a valid value.
-            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-            msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
-            msg.msg_control = control.as_mut_ptr().cast();
-            msg.msg_controllen = std::mem::size_of_val(&control) as _;
-            // SAFETY: `msg` points at `iov` (valid for `buf.len()` bytes)
-            // and at `control`, both alive across the call.
-            let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                match err.raw_os_error() {
-                    Some(libc::EINTR) => continue,
-                    Some(libc::ECONNRESET) => return Ok(None),
-                    _ => {
-                        return Err(SocketError::Sys {
-                            op: "recvmsg",
-                            path: String::new(),
-                            source: err,
-                        })
-                    }
-                }
-            }
-            // n >= 0 here, so the cast is lossless.
-            let len = n.unsigned_abs();
-            if len == 0 && msg.msg_controllen == 0 {
-                return Ok(None);
-            }
             if len > buf.len() {
                 return Err(SocketError::Truncated {
                     len,
@@ -526,50 +293,62 @@ impl SeqpacketConn {
         }
     }
 
+    /// Receives one message into `buf` (no allocation: for long streams),
+    /// waiting up to `timeout`; returns its length. End of stream (and a
+    /// zero-length message) is [`SocketError::Closed`]; a message larger
+    /// than `buf` is [`SocketError::Truncated`].
+    pub fn recv_into(&self, buf: &mut [u8], timeout: Duration) -> Result<usize> {
+        match self.recv_once(buf, timeout)? {
+            None | Some(0) => Err(SocketError::Closed),
+            Some(len) => Ok(len),
+        }
+    }
+
+    /// Turns on `SO_PASSCRED`: every message then arrives with an
+    /// `SCM_CREDENTIALS` control message and end of stream without one, so
+    /// [`Self::recv_message`] can tell a zero-length message from the end.
+    pub fn set_passcred(&self) -> Result<()> {
+        self.sock
+            .set_passcred(true)
+            .map_err(|e| conn_err("setsockopt SO_PASSCRED", e))
+    }
+
+    /// Receives one message into `buf`, waiting up to `timeout`:
+    /// `Some(len)`, or `None` at end of stream. Zero-length messages are
+    /// `Some(0)` once [`Self::set_passcred`] was called (without it they
+    /// read as the end).
+    pub fn recv_message(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>> {
+        self.recv_once(buf, timeout)
+    }
+
     /// True if a message (or hang-up) is ready within `timeout`.
     pub fn readable(&self, timeout: Duration) -> Result<bool> {
-        poll_in(self.fd.as_fd(), timeout, "poll")
+        poll_in(self.sock.as_fd(), timeout, "poll")
     }
 
     /// Makes `send` fail with `EAGAIN` instead of blocking (for
     /// backpressure tests).
     pub fn set_nonblocking(&self, on: bool) -> Result<()> {
-        // SAFETY: F_GETFL has no memory arguments.
-        let flags = unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_GETFL) };
-        if flags < 0 {
-            return Err(sys("fcntl", Path::new("")));
-        }
-        let flags = if on {
-            flags | libc::O_NONBLOCK
-        } else {
-            flags & !libc::O_NONBLOCK
-        };
-        // SAFETY: F_SETFL takes an int flag set.
-        if unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_SETFL, flags) } < 0 {
-            return Err(sys("fcntl", Path::new("")));
-        }
-        Ok(())
+        self.sock
+            .set_nonblocking(on)
+            .map_err(|e| conn_err("fcntl", e))
     }
 
     /// Shuts down both directions (the peer sees the connection close).
     pub fn shutdown(&self) -> Result<()> {
-        // SAFETY: shutdown(2) has no memory arguments.
-        if unsafe { libc::shutdown(self.fd.as_raw_fd(), libc::SHUT_RDWR) } != 0 {
-            return Err(sys("shutdown", Path::new("")));
-        }
-        Ok(())
+        self.sock.shutdown().map_err(|e| conn_err("shutdown", e))
     }
 }
 
 impl AsRawFd for SeqpacketConn {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.sock.as_raw_fd()
     }
 }
 
 impl AsFd for SeqpacketConn {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.sock.as_fd()
     }
 }
 
@@ -662,6 +441,20 @@ mod tests {
         }
         assert!(!client.writable(Duration::from_millis(20)).expect("poll"));
         assert!(!client.try_send(&chunk).expect("try_send on a full queue"));
+    }
+
+    #[test]
+    fn a_message_larger_than_the_buffer_is_reported() {
+        let dir = TempDir::new("seqpacket-trunc").expect("tempdir");
+        let listener = SeqpacketListener::bind(&dir.join("s.sock")).expect("bind");
+        let client = SeqpacketConn::connect(listener.path()).expect("connect");
+        let server = listener.accept(T).expect("accept");
+        client.send(&[1u8; 100]).expect("send");
+        let mut buf = [0u8; 10];
+        match server.recv_into(&mut buf, T) {
+            Err(SocketError::Truncated { len: 100, max: 10 }) => {}
+            other => panic!("expected Truncated, got {other:?}"),
+        }
     }
 
     #[test]

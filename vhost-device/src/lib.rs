@@ -7,8 +7,9 @@
 //! `daemon` (serve frontends in a loop), `fdlimit` (the descriptor
 //! budget), `backend` (vhost-user glue),
 //! `device` (protocol engine), `channel` (per-channel state), `chain`
-//! (descriptor chains in and out), `seqpacket` (host sockets), `sockpath`
-//! (claiming socket paths), `seccomp` (the system-call allow-list), `stats`
+//! (descriptor chains in and out), `seqpacket` (host sockets) and `sockpath`
+//! (claiming socket paths), both re-exports of the shared `kt-seqpacket`
+//! crate, `seccomp` (the system-call allow-list), `stats`
 //! and `control` (counters and the control socket). The simulated guest driver
 //! the tests and the bench use is the separate dev-only crate `kt-sim`
 //! (`vhost-device/sim/`).

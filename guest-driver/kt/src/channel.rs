@@ -141,7 +141,7 @@ impl Channel {
     fn raw_send(&self, msg: &[u8]) -> io::Result<usize> {
         match self.kind {
             Kind::Guest => sys::write(self.fd.as_fd(), msg),
-            Kind::Host => sys::send(self.fd.as_fd(), msg),
+            Kind::Host => kt_seqpacket::send_fd(&self.fd, msg),
             Kind::Stream { socket, chunk } => {
                 framed::write_frame(self.fd.as_fd(), msg, socket, chunk)
             }
@@ -151,7 +151,12 @@ impl Channel {
     fn raw_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         match self.kind {
             Kind::Guest => sys::read(self.fd.as_fd(), buf),
-            Kind::Host => sys::recv_trunc(self.fd.as_fd(), buf),
+            // Descriptors a peer passes are closed on receipt; EOF reads
+            // as 0 like a zero-length message (see `after_zero`).
+            Kind::Host => match kt_seqpacket::recv_fd(&self.fd, buf, false)? {
+                (kt_seqpacket::Recv::Msg(n), _) => Ok(n),
+                (kt_seqpacket::Recv::Eof, _) => Ok(0),
+            },
             // A clean end of stream is EPIPE, so 0 is always a message.
             Kind::Stream { .. } => framed::read_frame(self.fd.as_fd(), buf),
         }

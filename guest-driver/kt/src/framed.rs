@@ -30,7 +30,7 @@ fn write_all(fd: BorrowedFd<'_>, mut data: &[u8], socket: bool, chunk: usize) ->
             c => data.get(..c).unwrap_or(data),
         };
         let r = if socket {
-            sys::send(fd, part)
+            kt_seqpacket::send_fd(fd, part)
         } else {
             sys::write(fd, part)
         };

@@ -1,102 +1,55 @@
 //! Host side: Unix `SOCK_SEQPACKET` sockets. Connecting to a guest service
 //! through kt-vhost-device's listening socket with the SPEC §9 handshake,
 //! and the listening socket of a host service that the device connects to
-//! once per guest channel.
+//! once per guest channel. Sockets, stale-path claims and buffer sizes come
+//! from the shared `kt-seqpacket` crate; this module owns the handshake and
+//! the `kt` error messages.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kt_proto::consts::MAX_MSG_SIZE_LIMIT;
 use kt_proto::handshake::{self, Reply};
+use kt_seqpacket::{socket, ClaimError, Interest, SeqListener, SocketType};
 
 use crate::channel::{Channel, Kind};
 use crate::error::{open_error, Error, Result};
 use crate::sys;
 
 /// Socket buffer asked for, so one message of up to 1 MiB fits.
-const SOCK_BUF: libc::c_int = 4 << 20;
+const SOCK_BUF: usize = 4 << 20;
 
 /// Largest message a host endpoint can receive (the protocol limit).
 pub const RECV_CAPACITY: usize = MAX_MSG_SIZE_LIMIT as usize;
 
-fn sockaddr(path: &Path) -> Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: sockaddr_un is plain data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    let max = addr.sun_path.len() - 1;
-    if bytes.is_empty() || bytes.len() > max {
-        return Err(Error::PathTooLong {
-            path: path.to_path_buf(),
-            len: bytes.len(),
-            max,
-        });
-    }
-    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    // len <= size_of::<sockaddr_un>() (110), so it fits socklen_t.
-    Ok((addr, len as libc::socklen_t))
-}
-
-fn socket() -> io::Result<OwnedFd> {
-    socket_of(libc::SOCK_SEQPACKET)
-}
-
-fn socket_of(ty: libc::c_int) -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: socket(2) returned a fresh descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// Refuses a path that does not fit `sockaddr_un` (or is empty).
+fn check_path(path: &Path) -> Result<()> {
+    kt_seqpacket::check_path(path).map_err(|e| Error::PathTooLong {
+        path: path.to_path_buf(),
+        len: e.len,
+        max: kt_seqpacket::MAX_PATH,
+    })
 }
 
 /// Raises the socket buffers so large messages fit (best effort: without
 /// privileges the kernel caps them at `wmem_max`/`rmem_max`, and the send
 /// then fails with `EMSGSIZE`, which is reported).
 fn grow_buffers(fd: &OwnedFd) {
-    for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-        let v: libc::c_int = SOCK_BUF;
-        // SAFETY: `v` is a valid c_int for the duration of the call.
-        let r = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        // Best effort by design: the kernel clamps or refuses large values.
-        let _ = r;
-    }
+    // Best effort by design: the kernel clamps or refuses large values.
+    let _ = socket::set_send_buffer(fd, SOCK_BUF);
+    let _ = socket::set_recv_buffer(fd, SOCK_BUF);
 }
 
 fn connect_path(path: &Path) -> Result<OwnedFd> {
-    let (addr, len) = sockaddr(path)?;
-    let fd = socket().map_err(|e| Error::Socket {
+    check_path(path)?;
+    let fd = socket::new_socket(SocketType::SeqPacket, false).map_err(|e| Error::Socket {
         path: path.to_path_buf(),
         what: "socket",
         source: e,
     })?;
-    let addr_ptr: *const libc::sockaddr_un = &addr;
-    let r = sys::retry(|| {
-        // SAFETY: addr is a valid sockaddr_un of length `len`.
-        let r = unsafe { libc::connect(fd.as_raw_fd(), addr_ptr.cast(), len) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    });
-    match r {
+    match sys::retry(|| socket::connect(&fd, path)) {
         Ok(()) => Ok(fd),
         Err(e) => Err(match e.raw_os_error() {
             Some(libc::ENOENT) => Error::NoSocket {
@@ -200,7 +153,7 @@ pub fn connect_direct(path: &Path, max_msg_size: usize) -> Result<Channel> {
 /// is removed when the listener is dropped.
 #[derive(Debug)]
 pub struct Listener {
-    fd: OwnedFd,
+    sock: SeqListener,
     path: PathBuf,
     max_msg_size: usize,
     accepted: u64,
@@ -230,63 +183,35 @@ impl Listener {
     }
 
     fn bind_kind(path: &Path, max_msg_size: usize, kind: Kind) -> Result<Listener> {
-        let (addr, len) = sockaddr(path)?;
-        if let Ok(meta) = std::fs::symlink_metadata(path) {
-            if !meta.file_type().is_socket() {
-                return Err(Error::Socket {
-                    path: path.to_path_buf(),
-                    what: "bind",
-                    source: io::Error::new(
-                        io::ErrorKind::AlreadyExists,
-                        "exists and is not a socket",
-                    ),
-                });
-            }
-            match connect_path(path) {
-                Ok(_) => {
-                    return Err(Error::SocketInUse {
-                        path: path.to_path_buf(),
-                    })
-                }
-                Err(Error::SocketRefused { .. }) => {
-                    std::fs::remove_file(path).map_err(|e| Error::Socket {
-                        path: path.to_path_buf(),
-                        what: "remove stale socket",
-                        source: e,
-                    })?;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        check_path(path)?;
         let sock_err = |what, source| Error::Socket {
             path: path.to_path_buf(),
             what,
             source,
         };
+        kt_seqpacket::claim_socket_path(path).map_err(|e| match e {
+            ClaimError::InUse { .. } => Error::SocketInUse {
+                path: path.to_path_buf(),
+            },
+            ClaimError::NotSocket { .. } => sock_err(
+                "bind",
+                io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket"),
+            ),
+            ClaimError::Io { source, .. } => sock_err("remove stale socket", source),
+        })?;
         let ty = match kind {
-            Kind::Stream { .. } => libc::SOCK_STREAM,
-            _ => libc::SOCK_SEQPACKET,
+            Kind::Stream { .. } => SocketType::Stream,
+            _ => SocketType::SeqPacket,
         };
-        let fd = socket_of(ty).map_err(|e| sock_err("socket", e))?;
-        let addr_ptr: *const libc::sockaddr_un = &addr;
-        // SAFETY: addr is a valid sockaddr_un of length `len`.
-        let r = unsafe { libc::bind(fd.as_raw_fd(), addr_ptr.cast(), len) };
-        if r < 0 {
-            return Err(sock_err("bind", io::Error::last_os_error()));
-        }
-        let listener = Listener {
-            fd,
+        let sock =
+            SeqListener::bind_unclaimed(path, ty, false, 128).map_err(|e| sock_err("bind", e))?;
+        Ok(Listener {
+            sock,
             path: path.to_path_buf(),
             max_msg_size,
             accepted: 0,
             kind,
-        };
-        // SAFETY: plain listen(2) on our socket.
-        let r = unsafe { libc::listen(listener.fd.as_raw_fd(), 128) };
-        if r < 0 {
-            return Err(sock_err("listen", io::Error::last_os_error()));
-        }
-        Ok(listener)
+        })
     }
 
     /// The socket path.
@@ -296,9 +221,8 @@ impl Listener {
 
     /// Waits up to `timeout` for a connection; `Ok(false)` on timeout.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
-        let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
-        match sys::poll(self.fd.as_fd(), libc::POLLIN, ms) {
-            Ok(revents) => Ok(revents != 0),
+        match kt_seqpacket::poll_once(self.sock.as_fd(), Interest::Readable, timeout) {
+            Ok(ready) => Ok(ready),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 if crate::signal::interrupted() {
                     Err(Error::Interrupted)
@@ -316,23 +240,7 @@ impl Listener {
 
     /// Accepts the next connection: one guest channel.
     pub fn accept(&mut self) -> Result<Channel> {
-        let r = sys::retry(|| {
-            // SAFETY: accept4 with null address pointers is valid.
-            let fd = unsafe {
-                libc::accept4(
-                    self.fd.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
-            };
-            if fd < 0 {
-                Err(io::Error::last_os_error())
-            } else {
-                // SAFETY: accept4 returned a fresh descriptor that we own.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-            }
-        });
+        let r = sys::retry(|| self.sock.accept_fd(false));
         let fd = r.map_err(|e| match e.raw_os_error() {
             Some(libc::EINTR) => Error::Interrupted,
             _ => Error::Socket {
@@ -367,24 +275,7 @@ impl Drop for Listener {
 
 /// A connected pair of `SOCK_SEQPACKET` sockets (for tests and loopback).
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for the two descriptors socketpair writes.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: socketpair returned two fresh descriptors that we now own.
-    let a = unsafe { OwnedFd::from_raw_fd(fds[0]) };
-    // SAFETY: as above.
-    let b = unsafe { OwnedFd::from_raw_fd(fds[1]) };
-    Ok((a, b))
+    socket::pair_fds()
 }
 
 #[cfg(test)]
@@ -479,6 +370,26 @@ mod tests {
     }
 
     #[test]
+    fn descriptors_a_host_peer_passes_are_closed() {
+        use std::io::Read;
+        let (a, b) = seqpacket_pair().unwrap();
+        let peer = kt_seqpacket::SeqPacket::from_fd(a);
+        let ch = Channel::new(b, Kind::Host, "t".into(), 64, 64);
+        let (mut r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+        peer.send_with_fds(b"hi", &[w.as_fd(), w.as_fd()]).unwrap();
+        drop(w);
+        let mut buf = ch.recv_buffer();
+        let got = ch.recv(&mut buf, &mut NbStats::default()).unwrap();
+        assert_eq!(got, Recv::Msg(2));
+        // Every copy of the other end is closed: `r` sees EOF at once.
+        assert_eq!(
+            r.read(&mut [0u8; 1]).unwrap(),
+            0,
+            "a passed descriptor was left open"
+        );
+    }
+
+    #[test]
     fn stale_socket_is_replaced_live_one_refused() {
         let p = tmp("stale");
         let first = Listener::bind(&p, 1).unwrap();
@@ -488,14 +399,8 @@ mod tests {
         ));
         drop(first);
         assert!(!p.exists());
-        // Create a genuinely stale socket file.
-        let (addr, len) = sockaddr(&p).unwrap();
-        let fd = socket().unwrap();
-        let addr_ptr: *const libc::sockaddr_un = &addr;
-        // SAFETY: valid sockaddr_un of length len.
-        let r = unsafe { libc::bind(fd.as_raw_fd(), addr_ptr.cast(), len) };
-        assert_eq!(r, 0);
-        drop(fd);
+        // Create a genuinely stale socket file (bound, then closed).
+        drop(SeqListener::bind_unclaimed(&p, SocketType::SeqPacket, false, 1).unwrap());
         assert!(p.exists());
         let l = Listener::bind(&p, 1).unwrap();
         drop(l);

@@ -1,6 +1,7 @@
 //! Thin safe wrappers over the few raw system calls the tool needs on file
-//! descriptors: read, write, send/recv, poll, fcntl, ioctl. `EINTR` is
-//! retried unless a SIGINT/SIGTERM arrived (see `signal`).
+//! descriptors: read, write, poll, fcntl, ioctl (socket send and receive
+//! are kt-seqpacket's). `EINTR` is retried unless a SIGINT/SIGTERM arrived
+//! (see `signal`).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -33,35 +34,6 @@ pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
 pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     // SAFETY: buf is valid for reads of buf.len() bytes.
     let r = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-    cvt(r)
-}
-
-/// `send(2)` once, with `MSG_NOSIGNAL`.
-pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for reads of buf.len() bytes.
-    let r = unsafe {
-        libc::send(
-            fd.as_raw_fd(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    cvt(r)
-}
-
-/// `recv(2)` once with `MSG_TRUNC`: returns the message's real length,
-/// which is larger than `buf.len()` when it was truncated.
-pub fn recv_trunc(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is valid for writes of buf.len() bytes.
-    let r = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_TRUNC,
-        )
-    };
     cvt(r)
 }
 
