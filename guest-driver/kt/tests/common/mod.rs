@@ -94,13 +94,30 @@ impl Drop for Proc {
     }
 }
 
-/// Waits until `path` exists (a server has bound its socket).
+/// Whether a Unix socket bound to `path` is listening: its line in
+/// /proc/net/unix carries `__SO_ACCEPTCON` (0x10000) in the flags field.
+/// The file alone appears at bind(), before listen(): a connect in between
+/// is refused.
+fn listening(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let want = path.to_string_lossy();
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() >= 8
+            && f[7] == want
+            && u32::from_str_radix(f[3], 16).is_ok_and(|flags| flags & 0x10000 != 0)
+    })
+}
+
+/// Waits until a server listens on `path`.
 pub fn wait_for(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !path.exists() {
+    while !listening(path) {
         assert!(
             Instant::now() < deadline,
-            "{} never appeared",
+            "nothing listens on {}",
             path.display()
         );
         std::thread::sleep(Duration::from_millis(10));
