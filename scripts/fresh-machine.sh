@@ -150,6 +150,12 @@ EOF
 cp /etc/resolv.conf "$dir/etc/resolv.conf"
 cp /etc/hosts "$dir/etc/hosts"
 
+# The root is a mount point of its own, as on a booted machine (and under
+# systemd-nspawn): `unshare --propagation private` (the packages test's dkms
+# run) remounts / and fails in a plain chroot directory.
+mount --bind "$dir" "$dir"
+mount --make-private "$dir"
+mounted+=("$dir")
 bind /proc /proc
 bind /sys /sys
 mkdir -p "$dir/dev"
