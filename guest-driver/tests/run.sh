@@ -24,7 +24,7 @@
 #
 # Needs the patched QEMU (images/ builds it into $KT_CACHE/qemu-*/); set
 # QEMU_KT to use another one; KT_TEST_LOGS=<dir> keeps every serial and device
-# log there; KT_TEST_TIMEOUT sets each guest's limit in seconds (300, or 1800
+# log there; KT_TEST_TIMEOUT sets each guest's limit in seconds (300, or 600
 # with --debug-kernel). Not run by check.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -53,7 +53,7 @@ if [ "$debug" = 1 ]; then
 	kernel=${dk#KERNEL=}
 	kernel=${kernel%% KDIR=*}
 	kdir=${dk##* KDIR=}
-	timeout=${KT_TEST_TIMEOUT:-1800}
+	timeout=${KT_TEST_TIMEOUT:-600}
 	echo "run.sh: kernel $kernel"
 else
 	kdir=$(kt_headers_dir "$kver")
@@ -79,8 +79,16 @@ echo "run.sh: building modules and the guest test program in $work"
 make -s -C "$drv" dist DESTDIR="$work/drv" >/dev/null
 mkdir -p "$work/drv/tests"
 cp "$here/kt_api_test.c" "$here/Kbuild" "$work/drv/tests/"
-nice make -s -C "$kdir" M="$work/drv" modules >/dev/null 2>&1 ||
-	fail "module build failed (run guest-driver/check.sh)"
+if [ "$debug" = 1 ]; then
+	# As check.sh does against the packaged headers: sparse and W=1, and
+	# any message fails (make -s prints nothing else).
+	out=$(nice make -s -C "$kdir" M="$work/drv" C=1 W=1 modules 2>&1) ||
+		fail "module build against the debug kernel failed:"$'\n'"$out"
+	[ -z "$out" ] || fail "compiler or sparse messages building against the debug kernel:"$'\n'"$out"
+else
+	nice make -s -C "$kdir" M="$work/drv" modules >/dev/null 2>&1 ||
+		fail "module build failed (run guest-driver/check.sh)"
+fi
 nice make -s -C "$kdir" M="$work/drv/tests" \
 	KBUILD_EXTRA_SYMBOLS="$work/drv/Module.symvers" modules >/dev/null 2>&1 ||
 	fail "kt_api_test.ko build failed"
@@ -164,9 +172,13 @@ splat() {
 	else
 		text=$(cat "$log")
 	fi
-	printf '%s\n' "$text" | grep -E -B 2 -A 60 -m 1 \
-		'BUG:|WARNING:|Oops|general protection|refcount_t|Kernel panic|KASAN|KFENCE|possible circular locking|inconsistent lock state|list_(add|del) corruption' |
-		head -n 80 || true
+	printf '%s\n' "$text" | grep -E -B 2 -A 60 -m 1 "$splat_re" | head -n 80 || true
+}
+splat_re='BUG:|WARNING:|Oops|general protection|refcount_t|Kernel panic|KASAN|KFENCE|possible circular locking|inconsistent lock state|list_(add|del) corruption'
+
+# reports <log>: each distinct report line of the console and the dmesg dump.
+reports() {
+	grep -E "$splat_re" "$1" | grep -v '^FAIL' | sort | uniq -c | head -n 20 || true
 }
 
 failed=0
@@ -209,7 +221,7 @@ run_guest() {
 	local bad oops
 	bad=$(grep -E '^FAIL|failures' "$log" | grep -Ev ': 0 failures' || true)
 	oops=$(splat "$log")
-	[ -z "$oops" ] || bad+=$'\nkernel splat:\n'$oops
+	[ -z "$oops" ] || bad+=$'\nkernel splat (the first, in full):\n'$oops$'\nevery report line:\n'$(reports "$log")
 	[ -f "$dlog" ] && bad+=$'\n'$(grep -E 'VIOLATION|Traceback' "$dlog" | head -n 20 || true)
 	bad=$(printf '%s\n' "$bad" | sed '/^$/d')
 	grep -q KT-END "$log" || bad+=$'\nguest did not finish within '"$timeout"' s'
