@@ -112,6 +112,26 @@ mount -t devtmpfs dev /dev
 m=/lib/modules
 run() { "$@" || echo "FAIL: $*"; }
 scenario=$(sed -n 's/.*kt\.scenario=\([a-z]*\).*/\1/p' /proc/cmdline)
+# kt.watchdog=N: a guest still running after N seconds prints every task's
+# kernel stack through printk (not the tty, which may be what is stuck),
+# then its dmesg, and powers off.
+wd=$(sed -n 's/.*kt\.watchdog=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$wd" ]; then
+	(
+		sleep "$wd"
+		k() { echo "<2>$*" >/dev/kmsg; }
+		k "KT-WATCHDOG: still running after $wd s; task stacks:"
+		for p in /proc/[0-9]*; do
+			k "task ${p#/proc/} $(cat "$p/comm") $(grep State "$p/status")"
+			while read -r l; do k "  $l"; done <"$p/stack"
+		done
+		echo "FAIL: watchdog"
+		echo "KT-DMESG-BEGIN"
+		dmesg
+		echo "KT-DMESG-END"
+		poweroff -f
+	) &
+fi
 echo "KT-START $scenario"
 run insmod $m/kerntransport.ko
 run insmod $m/kt_kecho.ko
@@ -184,7 +204,7 @@ reports() {
 failed=0
 smp=
 append=
-[ "$debug" = 0 ] || append=" kt.dmesg=1 log_buf_len=1M kfence.sample_interval=10"
+[ "$debug" = 0 ] || append=" kt.dmesg=1 log_buf_len=1M kfence.sample_interval=10 kt.watchdog=$((timeout / 2))"
 # run_guest <name> <scenario> <qemu binary> [env for fake_device.py...]
 # ($smp, when set, is the guest's vCPU count.)
 run_guest() {
@@ -225,6 +245,8 @@ run_guest() {
 	[ -f "$dlog" ] && bad+=$'\n'$(grep -E 'VIOLATION|Traceback' "$dlog" | head -n 20 || true)
 	bad=$(printf '%s\n' "$bad" | sed '/^$/d')
 	grep -q KT-END "$log" || bad+=$'\nguest did not finish within '"$timeout"' s'
+	! grep -q KT-WATCHDOG "$log" ||
+		bad+=$'\nthe guest watchdog fired; task stacks:\n'$(sed -n '/KT-WATCHDOG/,/^KT-DMESG-BEGIN/p' "$log" | head -n 400)
 	if [ -n "$bad" ]; then
 		echo "run.sh: $name FAILED:" >&2
 		printf '%s\n' "$bad" >&2
