@@ -104,11 +104,28 @@ static bool kt_recover_allowed(struct kt_dev *kd)
 	return ++kd->recoveries <= KT_RECOVER_MAX;
 }
 
+#ifdef CONFIG_PM_SLEEP
+/* Reset, renegotiate, kt_freeze() + kt_restore(). */
+static int kt_reset_device(struct kt_dev *kd)
+{
+	int err = virtio_device_freeze(kd->vdev);
+
+	return err ? err : virtio_device_restore(kd->vdev);
+}
+#else
+/* virtio_device_freeze() needs PM_SLEEP: channels fail, rebind to recover. */
+static int kt_reset_device(struct kt_dev *kd)
+{
+	kt_vqs_stop(kd);
+	return 0;
+}
+#endif
+
 void kt_recover_work(struct work_struct *work)
 {
 	struct kt_dev *kd = container_of(work, struct kt_dev, recover_work);
 	struct virtio_device *vdev = kd->vdev;
-	int err = 0;
+	int err;
 
 	/* Excludes remove, probe, freeze and restore; we are still bound? */
 	device_lock(&vdev->dev);
@@ -120,14 +137,7 @@ void kt_recover_work(struct work_struct *work)
 	} else if (vdev->priv == kd && kd->vqs_up) {
 		dev_warn_ratelimited(&vdev->dev,
 				     "virtqueue broken by the device: resetting it\n");
-		if (IS_ENABLED(CONFIG_PM_SLEEP)) {
-			/* Reset, renegotiate, kt_freeze() + kt_restore(). */
-			err = virtio_device_freeze(vdev);
-			if (!err)
-				err = virtio_device_restore(vdev);
-		} else {
-			kt_vqs_stop(kd);	/* channels fail; rebind to recover */
-		}
+		err = kt_reset_device(kd);
 		if (err)
 			dev_err_ratelimited(&vdev->dev,
 					    "device reset failed: %d\n", err);

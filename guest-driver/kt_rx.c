@@ -94,6 +94,8 @@ static void kt_peer_credit(struct kt_chan *ch, const struct kt_rx_hdr *r)
 static void kt_deliver(struct kt_dev *kd, struct kt_chan *ch,
 		       struct kt_msg *msg)
 {
+	/* Once on rxq and unlocked, a reader may free @msg at any time. */
+	u32 len = msg->len;
 	bool keep;
 
 	spin_lock(&ch->lock);
@@ -101,7 +103,7 @@ static void kt_deliver(struct kt_dev *kd, struct kt_chan *ch,
 	if (keep) {
 		list_add_tail(&msg->node, &ch->rxq);
 		ch->stats.rx_msgs++;
-		ch->stats.rx_bytes += msg->len;
+		ch->stats.rx_bytes += len;
 	}
 	spin_unlock(&ch->lock);
 
@@ -111,7 +113,7 @@ static void kt_deliver(struct kt_dev *kd, struct kt_chan *ch,
 		return;
 	}
 	atomic64_inc(&kd->stats.rx_msgs);
-	atomic64_add(msg->len, &kd->stats.rx_bytes);
+	atomic64_add(len, &kd->stats.rx_bytes);
 	kt_chan_notify(ch);
 }
 

@@ -24,13 +24,15 @@ need_root() {
 	fi
 }
 
-# Packages from bookworm (main/security).
+# Packages from bookworm (main/security). The debug guest kernel
+# (images/debug-kernel/build.sh) also needs flex, bison, bc and libelf-dev.
 PKGS=(
 	build-essential pkg-config git cpio xz-utils zstd gzip
 	busybox-static sparse linux-source-6.12
 	ninja-build libglib2.0-dev libpixman-1-dev flex bison libfdt-dev
 	python3 python3-venv iproute2 socat kmod
 	debootstrap dkms dpkg-dev systemd help2man man-db
+	bc libelf-dev
 )
 # Packages that must come from bookworm-backports.
 BPO_PKGS=(qemu-system-x86 "${KT_KERNEL_612_PACKAGES[@]}")

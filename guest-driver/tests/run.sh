@@ -16,12 +16,23 @@
 #           while a good channel echoes verified data; counters, memory,
 #           rmmod; like dev, also with neither ring feature and 256-byte rx
 #           buffers (the good channel's messages in fragments)
-# Fails on any "FAIL:" or "N failures" (N > 0) line, a kernel BUG/WARNING, a
-# protocol violation seen by fake_device.py, or a guest that did not finish.
+# Fails on any "FAIL:" or "N failures" (N > 0) line, a kernel splat (BUG,
+# WARNING, Oops, KASAN, KFENCE, lockdep: printed), a protocol violation seen
+# by fake_device.py, or a guest that did not finish.
+#
+# --debug-kernel (or KT_DEBUG_KERNEL=1): the same scenarios on the debug
+# kernel images/debug-kernel/build.sh builds (KASAN, KFENCE, lockdep,
+# DEBUG_ATOMIC_SLEEP, DEBUG_OBJECTS_WORK, DMA_API_DEBUG), the modules built
+# against its tree, each scenario with -smp 2 and then -smp 4 (KT_DEBUG_SMP,
+# default "2 4"; KT_DEBUG_SMP4_SCENARIOS limits the -smp 4 runs, e.g. "dev").
+# The guest prints its whole dmesg at the end, so warnings the quiet
+# console hides are checked too.
+#
 # Needs the patched QEMU (images/ builds it into $KT_CACHE/qemu-*/); set
 # QEMU_KT to use another one; KT_TEST_LOGS=<dir> keeps every serial and device
-# log there; KT_TEST_ONLY="<name>..." runs only those guests. Not run by
-# check.sh.
+# log there; KT_TEST_ONLY="<name>..." runs only those guests (names as
+# printed, e.g. dev-smp4); KT_TEST_TIMEOUT sets each guest's limit in
+# seconds (300, or 600 with --debug-kernel). Not run by check.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 drv=$(dirname "$here")
@@ -31,13 +42,31 @@ cache=${KT_CACHE:-$HOME/.cache/kerntransport}
 . "$repo/scripts/lib/kernels.sh"
 kver=$(kt_require_kernel_612 run.sh) || exit 1
 [ "${1:-}" != "--print-kernel" ] || { echo "$kver"; exit 0; }
-kdir=$(kt_headers_dir "$kver")
-kernel=/boot/vmlinuz-$kver
+debug=${KT_DEBUG_KERNEL:-0}
+[ "${1:-}" != "--debug-kernel" ] || debug=1
 
 fail() {
 	echo "run.sh: $*" >&2
 	exit 1
 }
+
+if [ "$debug" = 1 ]; then
+	echo "run.sh: debug kernel (images/debug-kernel/build.sh; a first build takes a while)"
+	dk=$("$repo/images/debug-kernel/build.sh" | tail -n1) || fail "debug kernel build failed"
+	case "$dk" in
+	KERNEL=*" KDIR="*) ;;
+	*) fail "images/debug-kernel/build.sh printed '$dk', expected KERNEL=... KDIR=..." ;;
+	esac
+	kernel=${dk#KERNEL=}
+	kernel=${kernel%% KDIR=*}
+	kdir=${dk##* KDIR=}
+	timeout=${KT_TEST_TIMEOUT:-600}
+	echo "run.sh: kernel $kernel"
+else
+	kdir=$(kt_headers_dir "$kver")
+	kernel=/boot/vmlinuz-$kver
+	timeout=${KT_TEST_TIMEOUT:-300}
+fi
 
 QEMU_KT=${QEMU_KT:-$(compgen -G "$cache/qemu-*/bin/qemu-system-x86_64" | head -n1 || true)}
 [ -n "$QEMU_KT" ] && [ -x "$QEMU_KT" ] ||
@@ -57,8 +86,16 @@ echo "run.sh: building modules and the guest test program in $work"
 make -s -C "$drv" dist DESTDIR="$work/drv" >/dev/null
 mkdir -p "$work/drv/tests"
 cp "$here/kt_api_test.c" "$here/Kbuild" "$work/drv/tests/"
-nice make -s -C "$kdir" M="$work/drv" modules >/dev/null 2>&1 ||
-	fail "module build failed (run guest-driver/check.sh)"
+if [ "$debug" = 1 ]; then
+	# As check.sh does against the packaged headers: sparse and W=1, and
+	# any message fails (make -s prints nothing else).
+	out=$(nice make -s -C "$kdir" M="$work/drv" C=1 W=1 modules 2>&1) ||
+		fail "module build against the debug kernel failed:"$'\n'"$out"
+	[ -z "$out" ] || fail "compiler or sparse messages building against the debug kernel:"$'\n'"$out"
+else
+	nice make -s -C "$kdir" M="$work/drv" modules >/dev/null 2>&1 ||
+		fail "module build failed (run guest-driver/check.sh)"
+fi
 nice make -s -C "$kdir" M="$work/drv/tests" \
 	KBUILD_EXTRA_SYMBOLS="$work/drv/Module.symvers" modules >/dev/null 2>&1 ||
 	fail "kt_api_test.ko build failed"
@@ -82,6 +119,26 @@ mount -t devtmpfs dev /dev
 m=/lib/modules
 run() { "$@" || echo "FAIL: $*"; }
 scenario=$(sed -n 's/.*kt\.scenario=\([a-z]*\).*/\1/p' /proc/cmdline)
+# kt.watchdog=N: a guest still running after N seconds prints every task's
+# kernel stack through printk (not the tty, which may be what is stuck),
+# then its dmesg, and powers off.
+wd=$(sed -n 's/.*kt\.watchdog=\([0-9]*\).*/\1/p' /proc/cmdline)
+if [ -n "$wd" ]; then
+	(
+		sleep "$wd"
+		k() { echo "<2>$*" >/dev/kmsg; }
+		k "KT-WATCHDOG: still running after $wd s; task stacks:"
+		for p in /proc/[0-9]*; do
+			k "task ${p#/proc/} $(cat "$p/comm") $(grep State "$p/status")"
+			while read -r l; do k "  $l"; done <"$p/stack"
+		done
+		echo "FAIL: watchdog"
+		echo "KT-DMESG-BEGIN"
+		dmesg
+		echo "KT-DMESG-END"
+		poweroff -f
+	) &
+fi
 echo "KT-START $scenario"
 run insmod $m/kerntransport.ko
 run insmod $m/kt_kecho.ko
@@ -127,14 +184,41 @@ huge)
 esac
 dmesg | grep -E "BUG:|WARNING:|Oops|general protection|refcount_t" &&
 	echo "FAIL: kernel problem"
+if grep -q "kt\.dmesg=1" /proc/cmdline; then
+	echo "KT-DMESG-BEGIN"
+	dmesg
+	echo "KT-DMESG-END"
+fi
 echo "KT-END"
 poweroff -f
 EOF
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc 2>/dev/null | gzip -1) >"$work/initrd.gz"
 
+# The first kernel splat in a serial log (the guest's dmesg dump if it got
+# that far, else the console), with what follows it; nothing if none.
+splat() {
+	local log=$1 text
+	if grep -q '^KT-DMESG-END' "$log"; then
+		text=$(sed -n '/^KT-DMESG-BEGIN/,/^KT-DMESG-END/p' "$log")
+	else
+		text=$(cat "$log")
+	fi
+	printf '%s\n' "$text" | grep -E -B 2 -A 60 -m 1 "$splat_re" | head -n 80 || true
+}
+splat_re='BUG:|WARNING:|Oops|general protection|refcount_t|Kernel panic|KASAN|KFENCE|possible circular locking|inconsistent lock state|list_(add|del) corruption'
+
+# reports <log>: each distinct report line of the console and the dmesg dump.
+reports() {
+	grep -E "$splat_re" "$1" | grep -v '^FAIL' | sort | uniq -c | head -n 20 || true
+}
+
 failed=0
+smp=
+append=
+[ "$debug" = 0 ] || append=" kt.dmesg=1 log_buf_len=1M kfence.sample_interval=10 kt.watchdog=$((timeout / 2))"
 # run_guest <name> <scenario> <qemu binary> [env for fake_device.py...]
+# ($smp, when set, is the guest's vCPU count.)
 run_guest() {
 	local name=$1 scenario=$2 qemu=$3 log=$work/$1.log dlog=$work/$1.device.log
 	shift 3
@@ -143,7 +227,8 @@ run_guest() {
 	fi
 	local args=(-L /usr/share/qemu -L /usr/share/seabios -nic none -m 512
 		-kernel "$kernel" -initrd "$work/initrd.gz" -nographic -no-reboot
-		-append "console=ttyS0 quiet no_timer_check kt.scenario=$scenario")
+		-append "console=ttyS0 quiet no_timer_check kt.scenario=$scenario$append")
+	[ -z "$smp" ] || args+=(-smp "$smp")
 	if [ "$scenario" != nodev ]; then
 		local sock=$work/$name.sock
 		env "$@" python3 "$here/fake_device.py" "$sock" >"$dlog" 2>&1 &
@@ -155,7 +240,8 @@ run_guest() {
 			-device vhost-user-device-pci,chardev=kt,virtio-id=60,num_vqs=3,vq_size=256,config_size=16)
 	fi
 	echo "run.sh: $name"
-	timeout 300 "$qemu" "${args[@]}" >"$log" 2>&1 || true
+	local t0=$SECONDS
+	timeout "$timeout" "$qemu" "${args[@]}" >"$log" 2>&1 || true
 	if [ -n "$device_pid" ]; then
 		kill "$device_pid" 2>/dev/null || true
 		wait "$device_pid" 2>/dev/null || true
@@ -167,11 +253,15 @@ run_guest() {
 		cp "$log" "$KT_TEST_LOGS/"
 		[ ! -f "$dlog" ] || cp "$dlog" "$KT_TEST_LOGS/"
 	fi
-	local bad
+	local bad oops
 	bad=$(grep -E '^FAIL|failures' "$log" | grep -Ev ': 0 failures' || true)
+	oops=$(splat "$log")
+	[ -z "$oops" ] || bad+=$'\nkernel splat (the first, in full):\n'$oops$'\nevery report line:\n'$(reports "$log")
 	[ -f "$dlog" ] && bad+=$'\n'$(grep -E 'VIOLATION|Traceback' "$dlog" | head -n 20 || true)
 	bad=$(printf '%s\n' "$bad" | sed '/^$/d')
-	grep -q KT-END "$log" || bad+=$'\nguest did not finish'
+	grep -q KT-END "$log" || bad+=$'\nguest did not finish within '"$timeout"' s'
+	! grep -q KT-WATCHDOG "$log" ||
+		bad+=$'\nthe guest watchdog fired; task stacks:\n'$(sed -n '/KT-WATCHDOG/,/^KT-DMESG-BEGIN/p' "$log" | head -n 400)
 	if [ -n "$bad" ]; then
 		echo "run.sh: $name FAILED:" >&2
 		printf '%s\n' "$bad" >&2
@@ -180,16 +270,38 @@ run_guest() {
 		[ -f "$dlog" ] && cp "$dlog" "/tmp/kt-driver-test-$name.device.log"
 		failed=1
 	else
-		echo "run.sh: $name ok ($(grep -c '^ok:' "$log") checks)"
+		echo "run.sh: $name ok ($(grep -c '^ok:' "$log") checks, $((SECONDS - t0)) s)"
 	fi
 }
 
-run_guest nodev nodev qemu-system-x86_64
-run_guest dev dev "$QEMU_KT"
-run_guest dev-plain-ring dev "$QEMU_KT" KT_EVENT_IDX=0 KT_INDIRECT=0 KT_RX_BUF=256
-run_guest huge huge "$QEMU_KT" KT_MAX_MSG=1048576
-run_guest hostile hostile "$QEMU_KT" KT_HOSTILE=1
-run_guest hostile-plain-ring hostile "$QEMU_KT" KT_HOSTILE=1 KT_EVENT_IDX=0 \
-	KT_INDIRECT=0 KT_RX_BUF=256
-[ "$failed" = 0 ] || fail "failed (logs copied to /tmp/kt-driver-test-*.log)"
-echo "run.sh: all guest driver conformance tests passed"
+# wanted <scenario name>: whether this pass runs it.
+wanted() {
+	[ "$smp" = 4 ] && [ -n "${KT_DEBUG_SMP4_SCENARIOS:-}" ] || return 0
+	case " $KT_DEBUG_SMP4_SCENARIOS " in *" $1 "*) return 0 ;; esac
+	return 1
+}
+
+all_scenarios() {
+	local sfx=${smp:+-smp$smp}
+	! wanted nodev || run_guest "nodev$sfx" nodev qemu-system-x86_64
+	! wanted dev || run_guest "dev$sfx" dev "$QEMU_KT"
+	! wanted dev-plain-ring ||
+		run_guest "dev-plain-ring$sfx" dev "$QEMU_KT" KT_EVENT_IDX=0 KT_INDIRECT=0 KT_RX_BUF=256
+	! wanted huge || run_guest "huge$sfx" huge "$QEMU_KT" KT_MAX_MSG=1048576
+	! wanted hostile || run_guest "hostile$sfx" hostile "$QEMU_KT" KT_HOSTILE=1
+	! wanted hostile-plain-ring ||
+		run_guest "hostile-plain-ring$sfx" hostile "$QEMU_KT" KT_HOSTILE=1 KT_EVENT_IDX=0 \
+			KT_INDIRECT=0 KT_RX_BUF=256
+}
+
+if [ "$debug" = 1 ]; then
+	for smp in ${KT_DEBUG_SMP:-2 4}; do
+		all_scenarios
+	done
+	what="under the debug kernel (-smp ${KT_DEBUG_SMP:-2 4})"
+else
+	all_scenarios
+	what=
+fi
+[ "$failed" = 0 ] || fail "failed${what:+ $what} (logs copied to /tmp/kt-driver-test-*.log)"
+echo "run.sh: all guest driver conformance tests passed${what:+ $what}"
