@@ -9,6 +9,11 @@
 # elsewhere (these build machines: emulating kvm_pvm) inside the KVM runner
 # VM. Exit 0 = both passed. Env: KT_E2E_MESSAGES (default 20000),
 # KT_RUNNER_TIMEOUT (default 900), KT_FORCE_RUNNER=1.
+# In the runner VM (nested: QEMU TCG emulating SVM, KVM inside) a failed
+# run is retried once, loudly: on the build machines about one run in five
+# failed there with the guest triple-faulting or stalling mid-test, never
+# reproduced on the second try nor outside the runner (docs/vmm.md). Two
+# failures in a row fail the test.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -31,6 +36,14 @@ if [ -w /dev/kvm ] && [ ! -e /sys/module/kvm_pvm ] && [ "${KT_FORCE_RUNNER:-0}" 
 fi
 export KT_IMAGE_KERNEL=$KERNEL KT_IMAGE_INITRD=$INITRAMFS
 export KT_RUNNER_BINS="$target/release/kt-vhost-device $target/release/kt"
-"$here/run.sh" --timeout "${KT_RUNNER_TIMEOUT:-900}" -- \
-	"kt-test-boot; a=\$?; KT_E2E_MESSAGES=$n kt-test-e2e; b=\$?; [ \$a = 0 ] && [ \$b = 0 ]"
+in_runner() {
+	"$here/run.sh" --timeout "${KT_RUNNER_TIMEOUT:-900}" -- \
+		"kt-test-boot; a=\$?; KT_E2E_MESSAGES=$n kt-test-e2e; b=\$?; [ \$a = 0 ] && [ \$b = 0 ]"
+}
+if ! in_runner; then
+	echo "test-e2e: RETRY: the runner VM run above failed; running it once more (nested runner flake, see docs/vmm.md)"
+	in_runner || { echo "test-e2e: failed twice in a row"; exit 1; }
+	echo "test-e2e: passed in $(($(date +%s) - t0)) s (on the second attempt)"
+	exit 0
+fi
 echo "test-e2e: passed in $(($(date +%s) - t0)) s"
