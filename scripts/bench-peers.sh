@@ -93,7 +93,7 @@ kt=$KT_TOOL_BIN
 # vhost-device-vsock: a published crate, installed once into the cache.
 vsock_dev=${KT_VSOCK_DEVICE:-$KT_CACHE/peers/vhost-device-vsock-$VSOCK_VERSION/bin/vhost-device-vsock}
 vsock_na=
-want_peer vsock || vsock_na="not measured (KT_BENCH_PEERS=$peers)"
+want_peer vsock || vsock_na="not measured"
 if [ -z "$vsock_na" ] && [ ! -x "$vsock_dev" ] && [ -z "${KT_VSOCK_DEVICE:-}" ]; then
 	log "installing vhost-device-vsock $VSOCK_VERSION (once; log: $work/vsock-install.log)"
 	nice cargo install vhost-device-vsock --version "$VSOCK_VERSION" --locked \
@@ -254,7 +254,7 @@ value() {
 }
 [ -z "$vsock_na" ] || echo "vsock: n/a $vsock_na" >>"$work/bench.txt"
 [ -z "$vsock_na" ] || echo "vsock64k: n/a $vsock_na" >>"$work/bench.txt"
-want_peer serial || echo "serial: n/a not measured (KT_BENCH_PEERS=$peers)" >>"$work/bench.txt"
+want_peer serial || echo "serial: n/a not measured" >>"$work/bench.txt"
 num() { case "$1" in n/a* | -) echo "" ;; *) echo "${1%% *}" ;; esac; }
 # compare KT BEST BETTER TARGET: "RATIO|MET" (kt / best and whether the
 # target is met), "-|-" when a side is missing.
