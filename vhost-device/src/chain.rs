@@ -1,14 +1,17 @@
 //! Descriptor chains in and out: parses one tx chain into a checked message
-//! (SPEC §4, §8) and writes one header plus payload into an rx or event
-//! chain. Everything read from guest memory is untrusted; chains are only
-//! accessed through `reader()`/`writer()`.
+//! (SPEC §4, §8) whose payload stays in guest memory (`iov::GuestBytes`),
+//! and writes one header plus payload into an rx or event chain.
+//! Everything read from guest memory is untrusted: the header is copied out
+//! before it is decoded and checked; the payload is only passed through.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use kt_proto::consts::HDR_SIZE;
 use kt_proto::{DecodeError, Header, Limits, Path};
-use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::{DescriptorChain, Writer};
+use vm_memory::{GuestMemoryMmap, Permissions};
+
+use crate::iov::GuestBytes;
 
 /// Guest memory as the backend maps it.
 pub type Mem = GuestMemoryMmap<()>;
@@ -52,11 +55,12 @@ pub enum TxError {
 
 /// A checked tx message.
 #[derive(Debug)]
-pub struct TxMsg {
-    /// Its header (decoded and checked for the tx path).
+pub struct TxMsg<'m> {
+    /// Its header (copied out of guest memory, decoded and checked for the
+    /// tx path).
     pub hdr: Header,
-    /// Exactly `hdr.len` payload bytes.
-    pub payload: Vec<u8>,
+    /// Exactly `hdr.len` payload bytes, still in guest memory.
+    pub payload: GuestBytes<'m>,
 }
 
 /// Checks the chain's shape: only device-readable descriptors, and it ends
@@ -80,20 +84,27 @@ fn check_readable_chain(chain: &DescriptorChain<&Mem>) -> Result<(), TxError> {
     Ok(())
 }
 
-/// Parses one tx chain: header, semantic checks, exact payload.
-pub fn parse_tx(
-    chain: DescriptorChain<&Mem>,
-    mem: &Mem,
+/// Parses one tx chain: header, semantic checks, exact payload. The
+/// payload is not copied: it is returned as slices of guest memory.
+pub fn parse_tx<'m>(
+    chain: DescriptorChain<&'m Mem>,
+    mem: &'m Mem,
     limits: &Limits,
-) -> Result<TxMsg, TxError> {
+) -> Result<TxMsg<'m>, TxError> {
     check_readable_chain(&chain)?;
-    let mut r: Reader<'_> = chain.reader(mem).map_err(TxError::Memory)?;
-    let total = r.available_bytes();
+    let mut all = GuestBytes::new();
+    for d in chain {
+        all.push(mem, d.addr(), d.len() as usize, Permissions::Read)
+            .map_err(|e| TxError::Memory(virtio_queue::Error::GuestMemoryError(e)))?;
+    }
+    let total = all.len();
     if total < HDR_SIZE {
         return Err(TxError::Short(total));
     }
+    // The header is copied out before it is looked at: the guest may
+    // change its memory at any time.
     let mut hb = [0u8; HDR_SIZE];
-    r.read_exact(&mut hb).map_err(TxError::Read)?;
+    all.copy_to(0, &mut hb);
     let hdr = Header::decode(&hb).map_err(TxError::Decode)?;
     hdr.check(limits, Path::Tx)
         .map_err(|err| TxError::Semantic { hdr, err })?;
@@ -101,9 +112,10 @@ pub fn parse_tx(
     if present != hdr.len as usize {
         return Err(TxError::Length { hdr, present });
     }
-    let mut payload = vec![0u8; present];
-    r.read_exact(&mut payload).map_err(TxError::Read)?;
-    Ok(TxMsg { hdr, payload })
+    Ok(TxMsg {
+        hdr,
+        payload: all.tail(HDR_SIZE),
+    })
 }
 
 /// A writable chain ready for one header and its payload.
@@ -183,7 +195,7 @@ mod tests {
             .unwrap();
         let msg = parse_tx(chain, &m, &LIM).unwrap();
         assert_eq!(msg.hdr, hdr);
-        assert_eq!(msg.payload, b"0123456789");
+        assert_eq!(msg.payload.to_vec(), b"0123456789");
     }
 
     #[test]

@@ -2,7 +2,18 @@
 //! dispatched by type (OPEN, OPEN_OK/ERR, DATA, CLOSE, credit), pending
 //! data flushed to host sockets, and the channel's end of life.
 
+use std::os::fd::AsFd;
+
 use super::*;
+use crate::iov::{send_guest, GuestBytes};
+
+/// Counts one guest message of `len` bytes written to the host.
+fn count_to_host(stats: &Stats, ch: &Channel, len: u64) {
+    add(&ch.counters.msgs_to_host, 1);
+    add(&ch.counters.bytes_to_host, len);
+    add(&stats.device.msgs_to_host, 1);
+    add(&stats.device.bytes_to_host, len);
+}
 
 pub(super) fn err_code_for_connect(e: &io::Error) -> ErrorCode {
     match e.raw_os_error() {
@@ -98,11 +109,12 @@ impl Device {
         }
     }
 
-    pub(super) fn on_tx(&mut self, msg: TxMsg) {
+    pub(super) fn on_tx(&mut self, msg: TxMsg<'_>) {
         let h = msg.hdr;
         let id = h.channel;
         if h.msg_type == MsgType::Open {
-            self.on_open(h, &msg.payload);
+            // A name of at most KT_NAME_MAX bytes (checked with the header).
+            self.on_open(h, &msg.payload.to_vec());
             return;
         }
         let Some(ch) = self.channels.get_mut(&id) else {
@@ -274,7 +286,7 @@ impl Device {
         }
     }
 
-    pub(super) fn on_data(&mut self, h: Header, payload: Vec<u8>) {
+    pub(super) fn on_data(&mut self, h: Header, payload: GuestBytes<'_>) {
         let id = h.channel;
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
@@ -315,7 +327,33 @@ impl Device {
             self.queue_credit_update(id, false);
             return;
         }
-        ch.pending.push_back(payload);
+        if ch.pending.is_empty() {
+            if let Some(sock) = &ch.sock {
+                // Straight from guest memory to the host socket; a copy is
+                // made only if the socket cannot take it now.
+                let r = loop {
+                    match send_guest(sock.as_fd(), &payload) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        r => break r,
+                    }
+                };
+                match r {
+                    Ok(_) => {
+                        let len = payload.len() as u64;
+                        ch.recv.on_consume(len as u32);
+                        count_to_host(&self.stats, ch, len);
+                        self.after_host_writes(id);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        ch.pending.push_back(payload.to_vec());
+                        self.update_interest(id);
+                    }
+                    Err(e) => self.host_send_failed(id, e),
+                }
+                return;
+            }
+        }
+        ch.pending.push_back(payload.to_vec());
         self.flush_pending(id);
     }
 
@@ -367,10 +405,7 @@ impl Device {
                     let len = msg.len() as u64;
                     ch.pending.pop_front();
                     ch.recv.on_consume(len as u32);
-                    add(&ch.counters.msgs_to_host, 1);
-                    add(&ch.counters.bytes_to_host, len);
-                    add(&self.stats.device.msgs_to_host, 1);
-                    add(&self.stats.device.bytes_to_host, len);
+                    count_to_host(&self.stats, ch, len);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -380,35 +415,49 @@ impl Device {
                 }
             }
         }
-        if let Some(e) = failed {
-            let gone = matches!(
-                e.raw_os_error(),
-                Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
-            );
-            if gone && ch.wants_host_input() {
-                // The host closed (or stopped reading) with guest data
-                // unwritten. What it sent before still goes to the guest;
-                // its hang-up arrives as an epoll event and ends the
-                // channel after that data.
-                let n = ch.host_stopped_reading();
-                log::debug!("channel {id:#x}: host stopped reading ({e}); {n} message(s) dropped");
-                self.queue_credit_update(id, false);
-                self.update_interest(id);
-                return;
-            }
-            let code = if e.raw_os_error() == Some(libc::EMSGSIZE) {
-                log::warn!("channel {id:#x}: host socket cannot carry a message: {e}");
-                ErrorCode::MsgSize
-            } else {
-                log::debug!("channel {id:#x}: host send: {e}");
-                ErrorCode::ConnReset
-            };
-            self.close_from_host(id, code);
-            return;
+        match failed {
+            Some(e) => self.host_send_failed(id, e),
+            None => self.after_host_writes(id),
         }
+    }
+
+    /// After guest data was written to the host socket: credit back to the
+    /// guest if due, epoll interest, and a pending CLOSE answer.
+    fn after_host_writes(&mut self, id: u32) {
         self.queue_credit_update(id, false);
         self.update_interest(id);
         self.maybe_finish(id);
+    }
+
+    /// Sending guest data to the host socket failed with `e` (not
+    /// `WouldBlock`).
+    fn host_send_failed(&mut self, id: u32, e: io::Error) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let gone = matches!(
+            e.raw_os_error(),
+            Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
+        );
+        if gone && ch.wants_host_input() {
+            // The host closed (or stopped reading) with guest data
+            // unwritten. What it sent before still goes to the guest;
+            // its hang-up arrives as an epoll event and ends the
+            // channel after that data.
+            let n = ch.host_stopped_reading();
+            log::debug!("channel {id:#x}: host stopped reading ({e}); {n} message(s) dropped");
+            self.queue_credit_update(id, false);
+            self.update_interest(id);
+            return;
+        }
+        let code = if e.raw_os_error() == Some(libc::EMSGSIZE) {
+            log::warn!("channel {id:#x}: host socket cannot carry a message: {e}");
+            ErrorCode::MsgSize
+        } else {
+            log::debug!("channel {id:#x}: host send: {e}");
+            ErrorCode::ConnReset
+        };
+        self.close_from_host(id, code);
     }
 
     pub(super) fn queue_credit_update(&mut self, id: u32, force: bool) {
