@@ -4,11 +4,9 @@
 //! Everything read from guest memory is untrusted: the header is copied out
 //! before it is decoded and checked; the payload is only passed through.
 
-use std::io::Write;
-
 use kt_proto::consts::HDR_SIZE;
 use kt_proto::{DecodeError, Header, Limits, Path};
-use virtio_queue::{DescriptorChain, Writer};
+use virtio_queue::DescriptorChain;
 use vm_memory::{GuestMemoryMmap, Permissions};
 
 use crate::iov::GuestBytes;
@@ -118,11 +116,13 @@ pub fn parse_tx<'m>(
     })
 }
 
-/// A writable chain ready for one header and its payload.
+/// A writable chain ready for one header and its payload: its
+/// device-writable bytes as guest-memory slices (readable descriptors in
+/// it are skipped, as `virtio_queue::Writer` does).
 pub struct RxBuf<'a> {
     /// Descriptor head index, for the used ring.
     pub head: u16,
-    writer: Writer<'a>,
+    bytes: GuestBytes<'a>,
 }
 
 impl std::fmt::Debug for RxBuf<'_> {
@@ -135,26 +135,60 @@ impl std::fmt::Debug for RxBuf<'_> {
 }
 
 impl<'a> RxBuf<'a> {
-    /// Wraps a device-writable chain; fails on descriptors outside memory.
+    /// Wraps a device-writable chain; fails on descriptors outside memory
+    /// or a total length that overflows.
     pub fn new(
         chain: DescriptorChain<&'a Mem>,
         mem: &'a Mem,
     ) -> Result<RxBuf<'a>, virtio_queue::Error> {
         let head = chain.head_index();
-        let writer = chain.writer(mem)?;
-        Ok(RxBuf { head, writer })
+        let mut bytes = GuestBytes::new();
+        for d in chain.writable() {
+            bytes
+                .push(mem, d.addr(), d.len() as usize, Permissions::Write)
+                .map_err(virtio_queue::Error::GuestMemoryError)?;
+        }
+        Ok(RxBuf { head, bytes })
     }
 
     /// Writable bytes in the chain.
     pub fn capacity(&self) -> usize {
-        self.writer.available_bytes()
+        self.bytes.len()
+    }
+
+    /// Slices (iovecs) the chain's bytes take.
+    pub fn segments(&self) -> usize {
+        self.bytes.segments()
+    }
+
+    /// The bytes after the header's place, where a payload goes.
+    pub fn payload_area(&self) -> GuestBytes<'a> {
+        self.bytes.tail(HDR_SIZE)
     }
 
     /// Writes `hdr` then `payload`; returns the used length.
     pub fn put(&mut self, hdr: &Header, payload: &[u8]) -> std::io::Result<u32> {
-        self.writer.write_all(&hdr.encode())?;
-        self.writer.write_all(payload)?;
+        if HDR_SIZE + payload.len() > self.capacity() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "rx buffer too small",
+            ));
+        }
+        self.put_header(hdr)?;
+        self.bytes.copy_from(HDR_SIZE, payload);
         Ok((HDR_SIZE + payload.len()) as u32)
+    }
+
+    /// Writes `hdr` alone, for a payload already received into
+    /// [`RxBuf::payload_area`]; returns the used length.
+    pub fn put_header(&mut self, hdr: &Header) -> std::io::Result<u32> {
+        if self.bytes.copy_from(0, &hdr.encode()) != HDR_SIZE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "rx buffer shorter than a header",
+            ));
+        }
+        Ok(HDR_SIZE as u32 + hdr.len)
     }
 }
 

@@ -78,6 +78,12 @@ impl<'m> GuestBytes<'m> {
         Ok(())
     }
 
+    /// Appends the slices of `other`.
+    pub fn append(&mut self, other: &GuestBytes<'m>) {
+        self.slices.extend_from_slice(&other.slices);
+        self.len += other.len;
+    }
+
     /// Total bytes.
     pub fn len(&self) -> usize {
         self.len

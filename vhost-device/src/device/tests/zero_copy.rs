@@ -84,3 +84,88 @@ fn a_message_the_host_socket_cannot_take_now_is_copied_before_the_chain_is_retur
     }
     assert_eq!(r.dev.pending_bytes(4), 0);
 }
+
+/// The payloads of `got` joined, and each entry's `len`.
+fn joined(got: &[(Header, Vec<u8>)]) -> (Vec<u8>, Vec<u32>) {
+    let bytes = got.iter().flat_map(|(_, p)| p.clone()).collect();
+    (bytes, got.iter().map(|(h, _)| h.len).collect())
+}
+
+#[test]
+fn host_messages_go_straight_into_as_many_rx_buffers_as_they_need() {
+    let m = mem();
+    let mut r = Rig::new(&m);
+    r.post_rx(64, 256);
+    let host = r.open(1, 1 << 20);
+    let big: Vec<u8> = (0..1000u32).map(|i| (i % 253) as u8).collect();
+    // The first fills one buffer directly and fragments on from the spill
+    // buffer; the next ones (the channel now expects 1000 bytes) are
+    // received into five buffers at once; a small one after them takes
+    // one buffer and gives the others back, in order.
+    host.send(&big).unwrap();
+    host.send(&big).unwrap();
+    host.send(b"small").unwrap();
+    host.send(&big).unwrap();
+    r.run(true);
+    let got = r.take_used(0);
+    assert_eq!(got.len(), 16, "{got:?}");
+    for (i, part) in [&got[0..5], &got[5..10], &got[11..16]].iter().enumerate() {
+        let (bytes, lens) = joined(part);
+        assert_eq!(lens, [224, 224, 224, 224, 104], "message {i}");
+        assert_eq!(bytes, big, "message {i}");
+        assert!(part[..4].iter().all(|(h, _)| h.more()) && !part[4].0.more());
+        assert!(part.iter().all(|(h, _)| h.msg_len == 1000));
+    }
+    assert_eq!(got[10].1, b"small");
+    let seqs: Vec<u32> = [0, 5, 10, 11].iter().map(|&i| got[i].0.seq).collect();
+    assert_eq!(seqs, [0, 1, 2, 3]);
+    // No buffer lost or used twice: 1 OPEN_OK + 16 used, 47 still posted.
+    assert_eq!(r.used_idx(0), 17);
+    host.send(b"x").unwrap();
+    r.run(true);
+    assert_eq!(r.take_used(0)[0].1, b"x");
+    assert_eq!(r.used_idx(0), 18);
+    assert_eq!(r.stats.snapshot().device.malformed, 0);
+}
+
+#[test]
+fn a_host_message_larger_than_the_posted_buffers_waits_for_more() {
+    let m = mem();
+    let mut r = Rig::new(&m);
+    r.post_rx(1, 256);
+    let host = r.open(1, 1 << 20);
+    let msg: Vec<u8> = (0..2000u32).map(|i| (i * 3) as u8).collect();
+    host.send(&msg).unwrap();
+    host.send(b"next").unwrap();
+    r.post_rx(3, 256);
+    r.run(true);
+    let mut got = r.take_used(0);
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|(h, _)| h.more() && h.seq == 0));
+    for _ in 0..4 {
+        r.post_rx(2, 256);
+        r.run(true);
+        got.extend(r.take_used(0));
+    }
+    let (bytes, lens) = joined(&got[..9]);
+    assert_eq!(lens, [224, 224, 224, 224, 224, 224, 224, 224, 208]);
+    assert_eq!(bytes, msg);
+    assert_eq!((got[9].0.seq, got[9].1.as_slice()), (1, &b"next"[..]));
+}
+
+#[test]
+fn an_oversized_host_message_closes_the_channel_and_uses_no_buffer() {
+    let m = mem();
+    let mut r = Rig::new(&m);
+    r.post_rx(8, 256);
+    let host = r.open(1, 1 << 20);
+    host.set_send_buffer(1 << 16).unwrap();
+    host.send(&[7u8; 8193]).unwrap();
+    r.run(true);
+    let got = r.take_used(0);
+    let types: Vec<MsgType> = got.iter().map(|(h, _)| h.msg_type).collect();
+    assert_eq!(types, [MsgType::Close]);
+    assert_eq!(got[0].0.arg, ErrorCode::MsgSize as u32);
+    assert_eq!(r.used_idx(0), 2, "only OPEN_OK and CLOSE used buffers");
+    assert_eq!(r.stats.snapshot().device.malformed, 1);
+}
