@@ -44,6 +44,10 @@ impl Device {
                 break;
             }
             let Some(chain) = q.pop_descriptor_chain(mem) else {
+                if self.polling {
+                    // The busy poller watches the ring; kicks stay off.
+                    break;
+                }
                 match q.enable_notification(mem) {
                     Ok(true) => continue,
                     Ok(false) => break,

@@ -31,6 +31,12 @@ struct Args {
     /// tx chain layout of the simulated driver: single, split, indirect.
     #[arg(long, value_name = "SHAPE", default_value = "single")]
     shape: String,
+    /// The daemon's --busy-poll-us.
+    #[arg(long, value_name = "US", default_value_t = kt_vhost_device::config::DEFAULT_BUSY_POLL_US)]
+    busy_poll_us: u32,
+    /// Round trips (64 B through an echo service) for the latency line.
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    round_trips: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +136,45 @@ fn host_to_guest(d: &mut Driver, name: &'static str, c: &Case) -> Result<f64, Be
     Ok(secs)
 }
 
-fn run(a: &Args) -> Result<Vec<Row>, BenchError> {
+/// Round trips of 64 B messages through the echo service: sorted
+/// latencies in microseconds (after a 10 % warm-up).
+fn round_trips(d: &mut Driver, n: u32) -> Result<Vec<f64>, BenchError> {
+    let id = d
+        .open("echo")?
+        .map_err(|e| BenchError::Refused("echo", e))?;
+    let msg = [0x42u8; 64];
+    let warm = n / 10;
+    let mut lat = Vec::with_capacity(n as usize);
+    for i in 0..warm + n {
+        let t = Instant::now();
+        d.send(id, &msg)?;
+        d.flush()?;
+        let back = d.recv(id)?;
+        if back.len() != msg.len() {
+            return Err(BenchError::Usage(format!(
+                "echo returned {} bytes for {}",
+                back.len(),
+                msg.len()
+            )));
+        }
+        if i >= warm {
+            lat.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    d.close(id)?;
+    lat.sort_by(f64::total_cmp);
+    Ok(lat)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
     let shape = match a.shape.as_str() {
         "single" => kt_sim::Shape::Single,
         "split" => kt_sim::Shape::Split,
@@ -164,11 +208,14 @@ fn run(a: &Args) -> Result<Vec<Row>, BenchError> {
     ];
     let dir = TempDir::new("bench")?;
     let sink = Service::spawn(&dir.join("sink.sock"), Behaviour::Sink)?;
+    let echo = Service::spawn(&dir.join("echo.sock"), Behaviour::Echo)?;
     let names = ["src-64", "src-4k", "src-64k"];
     let mut sources = Vec::new();
     let mut policy = format!(
-        "[[service]]\nname = \"sink\"\nsocket = \"{}\"\n",
-        sink.path.display()
+        "[[service]]\nname = \"sink\"\nsocket = \"{}\"\n\
+         [[service]]\nname = \"echo\"\nsocket = \"{}\"\n",
+        sink.path.display(),
+        echo.path.display()
     );
     for (name, c) in names.iter().zip(&cases) {
         let path = dir.join(&format!("{name}.sock"));
@@ -199,6 +246,7 @@ fn run(a: &Args) -> Result<Vec<Row>, BenchError> {
         handshake_timeout: 10,
         open_timeout: 30,
         guest_id: 0,
+        busy_poll_us: a.busy_poll_us,
         log_level: LogLevel::Warn,
         // The daemon shares this process with the simulated guest, which
         // needs calls the daemon's allow-list refuses.
@@ -240,13 +288,16 @@ fn run(a: &Args) -> Result<Vec<Row>, BenchError> {
             cpu_secs: process_cpu_secs() - cpu,
         });
     }
+    let cpu = process_cpu_secs();
+    let lat = round_trips(&mut d, a.round_trips.max(1))?;
+    let rt_cpu = (process_cpu_secs() - cpu) * 1e6 / f64::from(a.round_trips.max(1));
     if !d.errors.is_empty() {
         return Err(BenchError::Usage(format!(
             "driver saw protocol errors: {:?}",
             d.errors
         )));
     }
-    Ok(rows)
+    Ok((rows, lat, rt_cpu))
 }
 
 fn size_name(s: usize) -> String {
@@ -277,7 +328,7 @@ fn main() -> ExitCode {
         .filter_level(log::LevelFilter::Warn)
         .init();
     let memcpy = memcpy_mbs();
-    let rows = match run(&a) {
+    let (rows, lat, rt_cpu) = match run(&a) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("kt-vhost-device-bench: {e}");
@@ -313,5 +364,13 @@ fn main() -> ExitCode {
             r.cpu_secs * 1e6 / r.count as f64
         );
     }
+    println!(
+        "round trip 64 B: p50 {:.1} us  p99 {:.1} us  ({} round trips, CPU {:.2} us each, --busy-poll-us {})",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.len(),
+        rt_cpu,
+        a.busy_poll_us
+    );
     ExitCode::SUCCESS
 }
