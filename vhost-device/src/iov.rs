@@ -209,6 +209,68 @@ pub fn send_guest(fd: BorrowedFd<'_>, bytes: &GuestBytes<'_>) -> io::Result<usiz
     }
 }
 
+/// Sends each of `msgs` as one message on the connected socket `fd`, in
+/// order, with `sendmmsg` (no blocking, no `SIGPIPE`), straight from guest
+/// memory; each must take at most [`IOV_MAX`] slices. Returns how many
+/// were sent and, if not all, the error that stopped the rest
+/// (`WouldBlock` when the socket is full).
+pub fn send_guest_many(fd: BorrowedFd<'_>, msgs: &[GuestBytes<'_>]) -> (usize, Option<io::Error>) {
+    if msgs.iter().any(|m| m.segments() > IOV_MAX) {
+        return (
+            0,
+            Some(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "more guest slices than one sendmsg takes",
+            )),
+        );
+    }
+    let mut iov = Vec::with_capacity(msgs.iter().map(GuestBytes::segments).sum());
+    let mut at = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        at.push((iov.len(), m.segments()));
+        m.iovecs(&mut iov);
+    }
+    // `iov` is complete and never grows again: pointers into it stay put.
+    let mut hdrs: Vec<libc::mmsghdr> = at
+        .iter()
+        .map(|&(start, count)| {
+            let mut h = empty_msghdr();
+            // SAFETY: `start + count <= iov.len()` by construction: the
+            // pointer stays inside (or one past the end of) `iov`.
+            h.msg_iov = unsafe { iov.as_mut_ptr().add(start) };
+            h.msg_iovlen = count as _;
+            libc::mmsghdr {
+                msg_hdr: h,
+                msg_len: 0,
+            }
+        })
+        .collect();
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    let mut done = 0;
+    while done < hdrs.len() {
+        let rest = &mut hdrs[done..];
+        // SAFETY: every header points at iovecs in `iov` (alive and not
+        // moved across the call), which point into guest memory mapped for
+        // the lifetime of `msgs` with lengths checked when the slices were
+        // made; the kernel only reads them and writes `msg_len`. No names,
+        // no control data; `fd` is a borrowed, open descriptor.
+        let r =
+            unsafe { libc::sendmmsg(fd.as_raw_fd(), rest.as_mut_ptr(), rest.len() as _, flags) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return (done, Some(e));
+        }
+        if r == 0 {
+            return (done, Some(io::Error::from(io::ErrorKind::WouldBlock)));
+        }
+        done += r as usize;
+    }
+    (done, None)
+}
+
 /// What [`recv_guest`] saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recvd {
@@ -386,6 +448,53 @@ mod tests {
         assert_eq!((r, fds), (Recvd::Msg(1500), 0));
         assert_eq!(few.to_vec(), &buf[..1000]);
         assert_eq!(&spill[..500], &buf[1000..1500]);
+    }
+
+    #[test]
+    fn bursts_are_sent_as_separate_messages_until_the_socket_is_full() {
+        let m = mem();
+        let (a, z) = SeqPacket::pair().unwrap();
+        a.set_send_buffer(4096).unwrap();
+        let msgs: Vec<GuestBytes<'_>> = (0..150u64)
+            .map(|i| {
+                m.write_slice(&[i as u8; 700], GuestAddress(i * 700))
+                    .unwrap();
+                let mut b = GuestBytes::new();
+                // Two slices each, the second empty for the even ones.
+                b.push(&m, GuestAddress(i * 700), 300, Permissions::Read)
+                    .unwrap();
+                b.push(
+                    &m,
+                    GuestAddress(i * 700 + 300),
+                    400 * (i as usize % 2),
+                    Permissions::Read,
+                )
+                .unwrap();
+                b
+            })
+            .collect();
+        let (sent, err) = send_guest_many(a.as_fd(), &msgs);
+        assert!(sent > 0 && sent < 150, "{sent}");
+        assert_eq!(err.unwrap().kind(), io::ErrorKind::WouldBlock);
+        let mut buf = [0u8; 1024];
+        for i in 0..sent {
+            let want = 300 + 400 * (i % 2);
+            assert_eq!(z.recv(&mut buf).unwrap(), crate::seqpacket::Recv::Msg(want));
+            assert!(buf[..want].iter().all(|&b| b == i as u8));
+        }
+        let e = z
+            .set_nonblocking(true)
+            .and_then(|()| z.recv(&mut buf))
+            .unwrap_err();
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::WouldBlock,
+            "more sent than counted"
+        );
+        drop(z);
+        let (sent, err) = send_guest_many(a.as_fd(), &msgs[..2]);
+        assert_eq!(sent, 0);
+        assert_eq!(err.unwrap().raw_os_error(), Some(libc::EPIPE));
     }
 
     #[test]

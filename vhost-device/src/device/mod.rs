@@ -40,6 +40,7 @@ use crate::policy::Policy;
 use crate::seqpacket::{Recv, SeqListener, SeqPacket};
 use crate::stats::{add, Counters, Opener, Stats};
 
+mod burst;
 mod host;
 mod listener;
 mod rx;

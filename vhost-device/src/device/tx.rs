@@ -4,11 +4,12 @@
 
 use std::os::fd::AsFd;
 
+use super::burst::Burst;
 use super::*;
 use crate::iov::{send_guest, GuestBytes};
 
 /// Counts one guest message of `len` bytes written to the host.
-fn count_to_host(stats: &Stats, ch: &Channel, len: u64) {
+pub(super) fn count_to_host(stats: &Stats, ch: &Channel, len: u64) {
     add(&ch.counters.msgs_to_host, 1);
     add(&ch.counters.bytes_to_host, len);
     add(&stats.device.msgs_to_host, 1);
@@ -34,6 +35,7 @@ impl Device {
         left: &mut usize,
     ) -> bool {
         let mut progress = false;
+        let mut burst = Burst::default();
         loop {
             if self.ctrl.len() >= CTRL_LIMIT {
                 break;
@@ -58,18 +60,39 @@ impl Device {
                 }
             };
             let head = chain.head_index();
-            let r = parse_tx(chain, mem, &self.limits);
-            match r {
-                Ok(msg) => self.on_tx(msg),
-                Err(e) => self.on_tx_error(e),
-            }
             *left -= 1;
+            progress = true;
+            match parse_tx(chain, mem, &self.limits) {
+                Ok(msg) if msg.hdr.msg_type == MsgType::Data && Burst::takes(&msg) => {
+                    let h = msg.hdr;
+                    if !burst.continues(h.channel) && !self.flush_burst(&mut burst, q, mem) {
+                        break;
+                    }
+                    if self.on_tx_header(h) && self.accept_data(h) {
+                        // Sent with the burst; the chain goes back then.
+                        burst.push(h.channel, msg.payload, head);
+                        continue;
+                    }
+                }
+                Ok(msg) => {
+                    if !self.flush_burst(&mut burst, q, mem) {
+                        break;
+                    }
+                    self.on_tx(msg);
+                }
+                Err(e) => {
+                    if !self.flush_burst(&mut burst, q, mem) {
+                        break;
+                    }
+                    self.on_tx_error(e);
+                }
+            }
             if let Err(e) = q.add_used(mem, head, 0) {
                 self.malformed(None, &format_args!("tx used ring: {e}"));
                 break;
             }
-            progress = true;
         }
+        self.flush_burst(&mut burst, q, mem);
         if progress && Self::signal(q, mem) {
             n.tx = true;
         }
@@ -121,17 +144,8 @@ impl Device {
             self.on_open(h, &msg.payload.to_vec());
             return;
         }
-        let Some(ch) = self.channels.get_mut(&id) else {
-            self.on_unknown_channel(h);
+        if !self.on_tx_header(h) {
             return;
-        };
-        // Every header carries the sender's current credit (SPEC §5).
-        ch.send.on_peer(h.buf_alloc, h.fwd_cnt);
-        // Resume reading only once the waiting message fits: a smaller
-        // grant would stall again at once (and count and ask again).
-        if ch.stalled && ch.send.can_send(ch.stall_need) {
-            ch.stalled = false;
-            self.push_ready(id);
         }
         match h.msg_type {
             MsgType::OpenOk => self.on_open_ok(id),
@@ -142,6 +156,26 @@ impl Device {
             MsgType::CreditRequest => self.queue_credit_update(id, true),
             MsgType::Open | MsgType::Reset => {}
         }
+    }
+
+    /// What every non-OPEN header does first: one for an unknown channel is
+    /// answered (false); a known channel takes the credit it carries and
+    /// may resume host input (true).
+    pub(super) fn on_tx_header(&mut self, h: Header) -> bool {
+        let id = h.channel;
+        let Some(ch) = self.channels.get_mut(&id) else {
+            self.on_unknown_channel(h);
+            return false;
+        };
+        // Every header carries the sender's current credit (SPEC §5).
+        ch.send.on_peer(h.buf_alloc, h.fwd_cnt);
+        // Resume reading only once the waiting message fits: a smaller
+        // grant would stall again at once (and count and ask again).
+        if ch.stalled && ch.send.can_send(ch.stall_need) {
+            ch.stalled = false;
+            self.push_ready(id);
+        }
+        true
     }
 
     pub(super) fn on_unknown_channel(&mut self, h: Header) {
@@ -291,14 +325,22 @@ impl Device {
     }
 
     pub(super) fn on_data(&mut self, h: Header, payload: GuestBytes<'_>) {
+        if self.accept_data(h) {
+            self.deliver(h.channel, payload);
+        }
+    }
+
+    /// The checks of a DATA header (state, seq, credit) and their answers;
+    /// true when its payload is to be delivered (`deliver`).
+    pub(super) fn accept_data(&mut self, h: Header) -> bool {
         let id = h.channel;
         let Some(ch) = self.channels.get_mut(&id) else {
-            return;
+            return false;
         };
         if ch.state == State::CloseSent {
             // The reader is gone; late data is discarded (SPEC §3.2).
             log::debug!("DATA on closing channel {id:#x} discarded");
-            return;
+            return false;
         }
         if ch.state != State::Open {
             self.malformed(
@@ -306,7 +348,7 @@ impl Device {
                 &format_args!("DATA on channel {id:#x} that is not open"),
             );
             self.close_by_device(id, ErrorCode::Proto);
-            return;
+            return false;
         }
         if h.seq != ch.rx_seq {
             let want = ch.rx_seq;
@@ -315,14 +357,30 @@ impl Device {
                 &format_args!("DATA seq {} on channel {id:#x}, expected {want}", h.seq),
             );
             self.close_by_device(id, ErrorCode::Proto);
-            return;
+            return false;
         }
         if let Err(e) = ch.recv.on_receive(h.msg_len) {
             self.malformed(Some(id), &format_args!("channel {id:#x}: {e}"));
             self.close_by_device(id, ErrorCode::Proto);
-            return;
+            return false;
         }
         ch.rx_seq = ch.rx_seq.wrapping_add(1);
+        true
+    }
+
+    /// Delivers an accepted guest message to the host socket: straight
+    /// from guest memory, or as a copy queued behind others or when the
+    /// socket cannot take it now; discarded (credit returned) once the host
+    /// stopped reading, or dropped once the device closed the channel.
+    pub(super) fn deliver(&mut self, id: u32, payload: GuestBytes<'_>) {
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return;
+        };
+        if ch.state == State::CloseSent {
+            // Closed by the device after this message was accepted (an
+            // earlier message of the same burst failed): late data.
+            return;
+        }
         if ch.host_unread {
             // The host closed without reading: nobody will (SPEC §3.2,
             // the reader has gone); the credit comes back at once.
@@ -352,7 +410,12 @@ impl Device {
                         ch.pending.push_back(payload.to_vec());
                         self.update_interest(id);
                     }
-                    Err(e) => self.host_send_failed(id, e),
+                    Err(e) => {
+                        // Queued like any unsent message, so the failure
+                        // handling returns or drops its credit as before.
+                        ch.pending.push_back(payload.to_vec());
+                        self.host_send_failed(id, e);
+                    }
                 }
                 return;
             }
@@ -427,7 +490,7 @@ impl Device {
 
     /// After guest data was written to the host socket: credit back to the
     /// guest if due, epoll interest, and a pending CLOSE answer.
-    fn after_host_writes(&mut self, id: u32) {
+    pub(super) fn after_host_writes(&mut self, id: u32) {
         self.queue_credit_update(id, false);
         self.update_interest(id);
         self.maybe_finish(id);
@@ -435,7 +498,7 @@ impl Device {
 
     /// Sending guest data to the host socket failed with `e` (not
     /// `WouldBlock`).
-    fn host_send_failed(&mut self, id: u32, e: io::Error) {
+    pub(super) fn host_send_failed(&mut self, id: u32, e: io::Error) {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };

@@ -169,3 +169,29 @@ fn an_oversized_host_message_closes_the_channel_and_uses_no_buffer() {
     assert_eq!(r.used_idx(0), 2, "only OPEN_OK and CLOSE used buffers");
     assert_eq!(r.stats.snapshot().device.malformed, 1);
 }
+
+#[test]
+fn a_burst_to_a_host_that_closed_returns_every_message_s_credit() {
+    let m = mem();
+    let mut r = Rig::with_window(&m, 1 << 20);
+    r.post_rx(16, 256);
+    let host = r.open(6, 1 << 20);
+    drop(host);
+    // Five messages in one pass: one burst; the host is gone (EPIPE).
+    for seq in 0..5u32 {
+        let mut h = Header::with_payload(MsgType::Data, 6, 100);
+        h.seq = seq;
+        h.buf_alloc = 1 << 20;
+        r.send(&h, &[seq as u8; 100]);
+    }
+    r.run(true);
+    r.run(true);
+    let got = r.take_used(0);
+    let last = got.last().unwrap().0;
+    assert_eq!(last.msg_type, MsgType::Close, "{got:?}");
+    assert_eq!(last.arg, ErrorCode::ConnReset as u32);
+    let fwd = got.iter().map(|(h, _)| h.fwd_cnt).max().unwrap();
+    assert_eq!(fwd, 5 * kt_proto::credit::cost(100), "{got:?}");
+    assert_eq!(r.used_idx(1), 6, "every tx chain returned");
+    assert_eq!(r.stats.snapshot().device.msgs_to_host, 0);
+}
