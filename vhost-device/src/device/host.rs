@@ -223,7 +223,10 @@ impl Device {
         }
         if set.contains(EventSet::IN) {
             ch.readable = true;
-            self.push_ready(id);
+            // Paused for credit: the credit's arrival queues it again.
+            if !ch.stalled {
+                self.push_ready(id);
+            }
         }
         if set.contains(EventSet::OUT) {
             self.flush_pending(id);
