@@ -191,9 +191,11 @@ impl KtBackend {
             let ready = g1.get_queue().ready() && g1.is_enabled();
             ready && g1.get_queue_mut().enable_notification(mem).unwrap_or(true)
         };
-        if more {
+        if more && !self.device.more_work() {
             // Published while kicks were off: serve it (this pass leaves
-            // notifications on when the ring runs empty).
+            // notifications on when the ring runs empty). After a pass that
+            // stopped on its budget the wake-up eventfd brings the worker
+            // back instead.
             self.pass(vrings, mem, false)?;
         }
         Ok(())
