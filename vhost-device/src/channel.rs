@@ -218,25 +218,17 @@ impl Channel {
     /// stays registered for hang-up (`EPOLLRDHUP`; `EPOLLHUP`/`EPOLLERR`
     /// are always reported) even while its input waits for guest credit or
     /// rx buffers, so a host close is seen at once whatever else is going
-    /// on. Input is edge-triggered (`EPOLLIN | EPOLLET`, registered once
-    /// for the channel's open life): an event comes per arriving message,
-    /// never again for one already known, so the registration need not
-    /// change as `readable` does (no `epoll_ctl` per burst), and a channel
-    /// paused for credit or rx buffers does not spin. While guest data
-    /// waits for the host socket (`EPOLLOUT`), the set is level-triggered
-    /// as it always was, with input only while not known readable.
+    /// on; `EPOLLIN` only while input is wanted and not already known.
     pub fn wanted_events(&self) -> u32 {
         if self.sock.is_none() || self.hup || !self.state.established() {
             return 0;
         }
         let mut ev = libc::EPOLLRDHUP as u32;
+        if self.wants_host_input() && !self.readable {
+            ev |= libc::EPOLLIN as u32;
+        }
         if !self.pending.is_empty() && !self.host_unread {
             ev |= libc::EPOLLOUT as u32;
-            if self.wants_host_input() && !self.readable {
-                ev |= libc::EPOLLIN as u32;
-            }
-        } else if self.wants_host_input() {
-            ev |= (libc::EPOLLIN | libc::EPOLLET) as u32;
         }
         ev
     }

@@ -223,10 +223,7 @@ impl Device {
         }
         if set.contains(EventSet::IN) {
             ch.readable = true;
-            // Paused for credit: the credit's arrival queues it again.
-            if !ch.stalled {
-                self.push_ready(id);
-            }
+            self.push_ready(id);
         }
         if set.contains(EventSet::OUT) {
             self.flush_pending(id);

@@ -304,23 +304,10 @@ fn hang_up_is_seen_while_input_waits_for_credit() {
     r.run(true);
     let types: Vec<MsgType> = r.take_used(0).iter().map(|(h, _)| h.msg_type).collect();
     assert_eq!(types, [MsgType::Data, MsgType::CreditRequest]);
-    // Paused for credit: input is edge-triggered, so more host messages
-    // wake the worker once each and change nothing; hang-up is still
-    // watched.
+    // Paused for credit: not polled for input, still for hang-up.
     let ch = &r.dev.channels[&2];
     assert!(ch.stalled);
-    assert_eq!(
-        ch.registered,
-        (libc::EPOLLRDHUP | libc::EPOLLIN | libc::EPOLLET) as u32
-    );
-    host.send(&[3u8; 60]).unwrap();
-    r.run(true);
-    assert!(r.take_used(0).is_empty(), "sent beyond credit");
-    assert!(
-        !host_fd_readable(&r.dev),
-        "a paused channel keeps the worker busy"
-    );
-    assert_eq!(r.stats.snapshot().device.credit_stalls, 1);
+    assert_eq!(ch.registered, libc::EPOLLRDHUP as u32);
     drop(host);
     r.run(true);
     assert!(r.dev.channels[&2].hup, "hang-up not seen while paused");
@@ -336,17 +323,8 @@ fn hang_up_is_seen_while_input_waits_for_credit() {
     r.run(true);
     let got = r.take_used(0);
     let types: Vec<MsgType> = got.iter().map(|(h, _)| h.msg_type).collect();
-    assert_eq!(types, [MsgType::Data, MsgType::CreditRequest]);
-    assert_eq!(got[0].1, [2u8; 60]);
-    let mut u = Header::new(MsgType::CreditUpdate, 2);
-    u.buf_alloc = kt_proto::credit::cost(60) + 10;
-    u.fwd_cnt = 2 * kt_proto::credit::cost(60);
-    r.send(&u, &[]);
-    r.run(true);
-    let got = r.take_used(0);
-    let types: Vec<MsgType> = got.iter().map(|(h, _)| h.msg_type).collect();
     assert_eq!(types, [MsgType::Data, MsgType::Close]);
-    assert_eq!(got[0].1, [3u8; 60]);
+    assert_eq!(got[0].1, [2u8; 60]);
     assert_eq!(got[1].0.arg, 0);
 }
 
