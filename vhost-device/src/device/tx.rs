@@ -1,20 +1,11 @@
 //! Guest → host: tx chains taken in budgeted passes, each message
-//! dispatched by type (OPEN, OPEN_OK/ERR, DATA, CLOSE, credit), pending
-//! data flushed to host sockets, and the channel's end of life.
-
-use std::os::fd::AsFd;
+//! dispatched by type (OPEN, OPEN_OK/ERR, DATA, CLOSE, credit), and the
+//! channel's end of life. Writing accepted DATA to host sockets is
+//! `burst.rs`.
 
 use super::burst::Burst;
 use super::*;
-use crate::iov::{send_guest, GuestBytes};
-
-/// Counts one guest message of `len` bytes written to the host.
-pub(super) fn count_to_host(stats: &Stats, ch: &Channel, len: u64) {
-    add(&ch.counters.msgs_to_host, 1);
-    add(&ch.counters.bytes_to_host, len);
-    add(&stats.device.msgs_to_host, 1);
-    add(&stats.device.bytes_to_host, len);
-}
+use crate::iov::GuestBytes;
 
 pub(super) fn err_code_for_connect(e: &io::Error) -> ErrorCode {
     match e.raw_os_error() {
@@ -368,62 +359,6 @@ impl Device {
         true
     }
 
-    /// Delivers an accepted guest message to the host socket: straight
-    /// from guest memory, or as a copy queued behind others or when the
-    /// socket cannot take it now; discarded (credit returned) once the host
-    /// stopped reading, or dropped once the device closed the channel.
-    pub(super) fn deliver(&mut self, id: u32, payload: GuestBytes<'_>) {
-        let Some(ch) = self.channels.get_mut(&id) else {
-            return;
-        };
-        if ch.state == State::CloseSent {
-            // Closed by the device after this message was accepted (an
-            // earlier message of the same burst failed): late data.
-            return;
-        }
-        if ch.host_unread {
-            // The host closed without reading: nobody will (SPEC §3.2,
-            // the reader has gone); the credit comes back at once.
-            log::debug!("DATA on channel {id:#x} discarded: the host closed");
-            ch.recv.on_consume(payload.len() as u32);
-            self.queue_credit_update(id, false);
-            return;
-        }
-        if ch.pending.is_empty() {
-            if let Some(sock) = &ch.sock {
-                // Straight from guest memory to the host socket; a copy is
-                // made only if the socket cannot take it now.
-                let r = loop {
-                    match send_guest(sock.as_fd(), &payload) {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        r => break r,
-                    }
-                };
-                match r {
-                    Ok(_) => {
-                        let len = payload.len() as u64;
-                        ch.recv.on_consume(len as u32);
-                        count_to_host(&self.stats, ch, len);
-                        self.after_host_writes(id);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        ch.pending.push_back(payload.to_vec());
-                        self.update_interest(id);
-                    }
-                    Err(e) => {
-                        // Queued like any unsent message, so the failure
-                        // handling returns or drops its credit as before.
-                        ch.pending.push_back(payload.to_vec());
-                        self.host_send_failed(id, e);
-                    }
-                }
-                return;
-            }
-        }
-        ch.pending.push_back(payload.to_vec());
-        self.flush_pending(id);
-    }
-
     pub(super) fn on_close(&mut self, id: u32) {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
@@ -455,76 +390,6 @@ impl Device {
         self.flush_pending(id);
         self.update_interest(id);
         self.maybe_finish(id);
-    }
-
-    /// Writes queued guest messages to the host socket until it would block.
-    pub(super) fn flush_pending(&mut self, id: u32) {
-        let Some(ch) = self.channels.get_mut(&id) else {
-            return;
-        };
-        let mut failed = None;
-        while let Some(msg) = ch.pending.front() {
-            let Some(sock) = &ch.sock else {
-                break;
-            };
-            match sock.send(msg) {
-                Ok(_) => {
-                    let len = msg.len() as u64;
-                    ch.pending.pop_front();
-                    ch.recv.on_consume(len as u32);
-                    count_to_host(&self.stats, ch, len);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        match failed {
-            Some(e) => self.host_send_failed(id, e),
-            None => self.after_host_writes(id),
-        }
-    }
-
-    /// After guest data was written to the host socket: credit back to the
-    /// guest if due, epoll interest, and a pending CLOSE answer.
-    pub(super) fn after_host_writes(&mut self, id: u32) {
-        self.queue_credit_update(id, false);
-        self.update_interest(id);
-        self.maybe_finish(id);
-    }
-
-    /// Sending guest data to the host socket failed with `e` (not
-    /// `WouldBlock`).
-    pub(super) fn host_send_failed(&mut self, id: u32, e: io::Error) {
-        let Some(ch) = self.channels.get_mut(&id) else {
-            return;
-        };
-        let gone = matches!(
-            e.raw_os_error(),
-            Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
-        );
-        if gone && ch.wants_host_input() {
-            // The host closed (or stopped reading) with guest data
-            // unwritten. What it sent before still goes to the guest;
-            // its hang-up arrives as an epoll event and ends the
-            // channel after that data.
-            let n = ch.host_stopped_reading();
-            log::debug!("channel {id:#x}: host stopped reading ({e}); {n} message(s) dropped");
-            self.queue_credit_update(id, false);
-            self.update_interest(id);
-            return;
-        }
-        let code = if e.raw_os_error() == Some(libc::EMSGSIZE) {
-            log::warn!("channel {id:#x}: host socket cannot carry a message: {e}");
-            ErrorCode::MsgSize
-        } else {
-            log::debug!("channel {id:#x}: host send: {e}");
-            ErrorCode::ConnReset
-        };
-        self.close_from_host(id, code);
     }
 
     pub(super) fn queue_credit_update(&mut self, id: u32, force: bool) {
