@@ -195,3 +195,45 @@ fn a_burst_to_a_host_that_closed_returns_every_message_s_credit() {
     assert_eq!(r.used_idx(1), 6, "every tx chain returned");
     assert_eq!(r.stats.snapshot().device.msgs_to_host, 0);
 }
+
+#[test]
+fn an_rx_buffer_of_more_slices_than_one_recvmsg_takes_is_filled_by_copy() {
+    use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
+    let m = mem();
+    let mut r = Rig::new(&m);
+    r.post_rx(1, 256);
+    let host = r.open(1, 1 << 20);
+    // One rx buffer: an indirect table of 1100 one-byte descriptors, every
+    // other byte of a region (1100 slices: more than UIO_MAXIOV).
+    let n = 1100u32;
+    let bytes = r.alloc(2 * n);
+    let table = r.alloc(16 * n);
+    for i in 0..n {
+        let flags = VRING_DESC_F_WRITE | if i + 1 < n { VRING_DESC_F_NEXT } else { 0 };
+        let next = if i + 1 < n { i as u16 + 1 } else { 0 };
+        let d = SplitDescriptor::new(bytes + 2 * u64::from(i), 1, flags as u16, next);
+        r.mem
+            .write_obj(d, GuestAddress(table + 16 * u64::from(i)))
+            .unwrap();
+    }
+    r.add(0, &[(table, 16 * n, VRING_DESC_F_INDIRECT)]);
+    let msg: Vec<u8> = (0..600u32).map(|i| (i * 13 + 1) as u8).collect();
+    host.send(&msg).unwrap();
+    r.run(true);
+    // The used entry: 32 + 600 bytes, in the odd-spaced bytes.
+    let at = r.vq[0]
+        .used_addr()
+        .unchecked_add(4 + 8 * u64::from(r.used_seen[0] % QSIZE));
+    let len: u32 = r.mem.read_obj(at.unchecked_add(4)).unwrap();
+    assert_eq!(len, 632);
+    let got: Vec<u8> = (0..u64::from(len))
+        .map(|i| r.mem.read_obj::<u8>(GuestAddress(bytes + 2 * i)).unwrap())
+        .collect();
+    let h = Header::decode(&got[..32]).unwrap();
+    assert_eq!(
+        (h.msg_type, h.len, h.msg_len, h.more()),
+        (MsgType::Data, 600, 600, false)
+    );
+    assert_eq!(&got[32..], &msg[..]);
+    assert_eq!(r.stats.snapshot().device.malformed, 0);
+}
