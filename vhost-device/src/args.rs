@@ -104,6 +104,11 @@ pub struct RunArgs {
     /// Guest id reported in config space, logs and stats.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub guest_id: u32,
+    /// Microseconds the worker keeps polling the tx ring and the host
+    /// sockets after its last work before it sleeps (0..=1000, 0 = off);
+    /// only while a channel is open.
+    #[arg(long, value_name = "US", default_value_t = crate::config::DEFAULT_BUSY_POLL_US)]
+    pub busy_poll_us: u32,
     /// Log level (RUST_LOG overrides it).
     #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,

@@ -1,10 +1,13 @@
 //! The vhost-user side: `VhostUserBackendMut` for the device. Owns feature
-//! and protocol-feature negotiation, config space, guest memory, and the
-//! glue from vring events (and the nested host epoll fd) to
-//! [`Device::run`]. Holds no protocol logic of its own.
+//! and protocol-feature negotiation, config space, guest memory, the glue
+//! from vring events (and the nested host epoll fd) to [`Device::run`],
+//! and the optional busy poll (`--busy-poll-us`) before the worker sleeps.
+//! Holds no protocol logic of its own.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kt_proto::consts::{
     F_GUEST_LISTEN, NUM_VQS, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
@@ -35,7 +38,13 @@ pub struct KtBackend {
     stats: Arc<Stats>,
     mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
     acked: u64,
+    busy_poll: Duration,
 }
+
+/// A busy poll ends after this many times `--busy-poll-us` even while
+/// work keeps coming, so the worker returns to its event loop (vhost-user
+/// requests, the other queues' events) regularly.
+const BUSY_POLL_CAP: u32 = 4;
 
 impl KtBackend {
     /// Wraps `device`.
@@ -45,7 +54,14 @@ impl KtBackend {
             stats,
             mem: None,
             acked: 0,
+            busy_poll: Duration::ZERO,
         }
+    }
+
+    /// Sets how long the worker polls for more work after a pass before
+    /// it sleeps (`Duration::ZERO`: never).
+    pub fn set_busy_poll(&mut self, d: Duration) {
+        self.busy_poll = d;
     }
 
     /// The fd to nest into the worker's epoll with id [`HOST_EVENT`].
@@ -78,6 +94,23 @@ impl KtBackend {
         if vrings.len() < NUM_VQS {
             return Err(io::Error::other("fewer vrings than queues"));
         }
+        let spin = !self.busy_poll.is_zero() && self.device.may_expect_input();
+        self.device.set_polling(spin);
+        let r = self.pass(vrings, &mem, host);
+        if spin {
+            self.spin(vrings, &mem)?;
+        }
+        r
+    }
+
+    /// One pass of the engine over the ready queues, then the calls it
+    /// asks for.
+    fn pass(
+        &mut self,
+        vrings: &[VringRwLock],
+        mem: &GuestMemoryMmap,
+        host: bool,
+    ) -> io::Result<()> {
         let mut g0 = vrings[0].get_mut();
         let mut g1 = vrings[1].get_mut();
         let mut g2 = vrings[2].get_mut();
@@ -101,7 +134,7 @@ impl KtBackend {
             tx: ready[1].then(|| g1.get_queue_mut()),
             ev: ready[2].then(|| g2.get_queue_mut()),
         };
-        let n = self.device.run(rings, &mem, host);
+        let n = self.device.run(rings, mem, host);
         drop((g0, g1, g2));
         for (i, want) in [n.rx, n.tx, n.ev].into_iter().enumerate() {
             if want {
@@ -109,6 +142,61 @@ impl KtBackend {
                     log::warn!("queue {i}: signal: {e}");
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Whether the guest has published tx chains the device has not taken.
+    fn tx_pending(vrings: &[VringRwLock], mem: &GuestMemoryMmap) -> bool {
+        let g = vrings[1].get_ref();
+        let q = g.get_queue();
+        q.ready()
+            && g.is_enabled()
+            && q.avail_idx(mem, Ordering::Acquire)
+                .is_ok_and(|i| i.0 != q.next_avail())
+    }
+
+    /// The busy poll (like vhost's busyloop): after a pass, keeps looking
+    /// at the tx ring (guest kicks stay off meanwhile) and the host epoll
+    /// set, serving what comes, until nothing came for `busy_poll`, no
+    /// channel is open any more, a pass left work for the event loop, or
+    /// [`BUSY_POLL_CAP`] times `busy_poll` passed. Then tx notifications
+    /// go back on (and chains published meanwhile are served) before the
+    /// worker sleeps.
+    fn spin(&mut self, vrings: &[VringRwLock], mem: &GuestMemoryMmap) -> io::Result<()> {
+        let start = Instant::now();
+        let hard = start + self.busy_poll * BUSY_POLL_CAP;
+        let mut idle_until = start + self.busy_poll;
+        while !self.device.more_work() && self.device.may_expect_input() {
+            let tx = Self::tx_pending(vrings, mem);
+            let host = !tx && self.device.host_ready();
+            let now = Instant::now();
+            if tx || host {
+                self.pass(vrings, mem, host)?;
+                idle_until = now + self.busy_poll;
+            } else if now >= idle_until || now >= hard {
+                break;
+            } else {
+                // Yield rather than spin: the host program or the guest that
+                // will produce the awaited input may need this core.
+                std::thread::yield_now();
+            }
+            if now >= hard {
+                break;
+            }
+        }
+        self.device.set_polling(false);
+        let more = {
+            let mut g1 = vrings[1].get_mut();
+            let ready = g1.get_queue().ready() && g1.is_enabled();
+            ready && g1.get_queue_mut().enable_notification(mem).unwrap_or(true)
+        };
+        if more && !self.device.more_work() {
+            // Published while kicks were off: serve it (this pass leaves
+            // notifications on when the ring runs empty). After a pass that
+            // stopped on its budget the wake-up eventfd brings the worker
+            // back instead.
+            self.pass(vrings, mem, false)?;
         }
         Ok(())
     }

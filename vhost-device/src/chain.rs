@@ -1,14 +1,15 @@
 //! Descriptor chains in and out: parses one tx chain into a checked message
-//! (SPEC §4, §8) and writes one header plus payload into an rx or event
-//! chain. Everything read from guest memory is untrusted; chains are only
-//! accessed through `reader()`/`writer()`.
-
-use std::io::{Read, Write};
+//! (SPEC §4, §8) whose payload stays in guest memory (`iov::GuestBytes`),
+//! and writes one header plus payload into an rx or event chain.
+//! Everything read from guest memory is untrusted: the header is copied out
+//! before it is decoded and checked; the payload is only passed through.
 
 use kt_proto::consts::HDR_SIZE;
 use kt_proto::{DecodeError, Header, Limits, Path};
-use virtio_queue::{DescriptorChain, Reader, Writer};
-use vm_memory::GuestMemoryMmap;
+use virtio_queue::DescriptorChain;
+use vm_memory::{GuestMemoryMmap, Permissions};
+
+use crate::iov::GuestBytes;
 
 /// Guest memory as the backend maps it.
 pub type Mem = GuestMemoryMmap<()>;
@@ -52,11 +53,12 @@ pub enum TxError {
 
 /// A checked tx message.
 #[derive(Debug)]
-pub struct TxMsg {
-    /// Its header (decoded and checked for the tx path).
+pub struct TxMsg<'m> {
+    /// Its header (copied out of guest memory, decoded and checked for the
+    /// tx path).
     pub hdr: Header,
-    /// Exactly `hdr.len` payload bytes.
-    pub payload: Vec<u8>,
+    /// Exactly `hdr.len` payload bytes, still in guest memory.
+    pub payload: GuestBytes<'m>,
 }
 
 /// Checks the chain's shape: only device-readable descriptors, and it ends
@@ -80,20 +82,27 @@ fn check_readable_chain(chain: &DescriptorChain<&Mem>) -> Result<(), TxError> {
     Ok(())
 }
 
-/// Parses one tx chain: header, semantic checks, exact payload.
-pub fn parse_tx(
-    chain: DescriptorChain<&Mem>,
-    mem: &Mem,
+/// Parses one tx chain: header, semantic checks, exact payload. The
+/// payload is not copied: it is returned as slices of guest memory.
+pub fn parse_tx<'m>(
+    chain: DescriptorChain<&'m Mem>,
+    mem: &'m Mem,
     limits: &Limits,
-) -> Result<TxMsg, TxError> {
+) -> Result<TxMsg<'m>, TxError> {
     check_readable_chain(&chain)?;
-    let mut r: Reader<'_> = chain.reader(mem).map_err(TxError::Memory)?;
-    let total = r.available_bytes();
+    let mut all = GuestBytes::new();
+    for d in chain {
+        all.push(mem, d.addr(), d.len() as usize, Permissions::Read)
+            .map_err(|e| TxError::Memory(virtio_queue::Error::GuestMemoryError(e)))?;
+    }
+    let total = all.len();
     if total < HDR_SIZE {
         return Err(TxError::Short(total));
     }
+    // The header is copied out before it is looked at: the guest may
+    // change its memory at any time.
     let mut hb = [0u8; HDR_SIZE];
-    r.read_exact(&mut hb).map_err(TxError::Read)?;
+    all.copy_to(0, &mut hb);
     let hdr = Header::decode(&hb).map_err(TxError::Decode)?;
     hdr.check(limits, Path::Tx)
         .map_err(|err| TxError::Semantic { hdr, err })?;
@@ -101,16 +110,19 @@ pub fn parse_tx(
     if present != hdr.len as usize {
         return Err(TxError::Length { hdr, present });
     }
-    let mut payload = vec![0u8; present];
-    r.read_exact(&mut payload).map_err(TxError::Read)?;
-    Ok(TxMsg { hdr, payload })
+    Ok(TxMsg {
+        hdr,
+        payload: all.tail(HDR_SIZE),
+    })
 }
 
-/// A writable chain ready for one header and its payload.
+/// A writable chain ready for one header and its payload: its
+/// device-writable bytes as guest-memory slices (readable descriptors in
+/// it are skipped, as `virtio_queue::Writer` does).
 pub struct RxBuf<'a> {
     /// Descriptor head index, for the used ring.
     pub head: u16,
-    writer: Writer<'a>,
+    bytes: GuestBytes<'a>,
 }
 
 impl std::fmt::Debug for RxBuf<'_> {
@@ -123,26 +135,60 @@ impl std::fmt::Debug for RxBuf<'_> {
 }
 
 impl<'a> RxBuf<'a> {
-    /// Wraps a device-writable chain; fails on descriptors outside memory.
+    /// Wraps a device-writable chain; fails on descriptors outside memory
+    /// or a total length that overflows.
     pub fn new(
         chain: DescriptorChain<&'a Mem>,
         mem: &'a Mem,
     ) -> Result<RxBuf<'a>, virtio_queue::Error> {
         let head = chain.head_index();
-        let writer = chain.writer(mem)?;
-        Ok(RxBuf { head, writer })
+        let mut bytes = GuestBytes::new();
+        for d in chain.writable() {
+            bytes
+                .push(mem, d.addr(), d.len() as usize, Permissions::Write)
+                .map_err(virtio_queue::Error::GuestMemoryError)?;
+        }
+        Ok(RxBuf { head, bytes })
     }
 
     /// Writable bytes in the chain.
     pub fn capacity(&self) -> usize {
-        self.writer.available_bytes()
+        self.bytes.len()
+    }
+
+    /// Slices (iovecs) the chain's bytes take.
+    pub fn segments(&self) -> usize {
+        self.bytes.segments()
+    }
+
+    /// The bytes after the header's place, where a payload goes.
+    pub fn payload_area(&self) -> GuestBytes<'a> {
+        self.bytes.tail(HDR_SIZE)
     }
 
     /// Writes `hdr` then `payload`; returns the used length.
     pub fn put(&mut self, hdr: &Header, payload: &[u8]) -> std::io::Result<u32> {
-        self.writer.write_all(&hdr.encode())?;
-        self.writer.write_all(payload)?;
+        if HDR_SIZE + payload.len() > self.capacity() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "rx buffer too small",
+            ));
+        }
+        self.put_header(hdr)?;
+        self.bytes.copy_from(HDR_SIZE, payload);
         Ok((HDR_SIZE + payload.len()) as u32)
+    }
+
+    /// Writes `hdr` alone, for a payload already received into
+    /// [`RxBuf::payload_area`]; returns the used length.
+    pub fn put_header(&mut self, hdr: &Header) -> std::io::Result<u32> {
+        if self.bytes.copy_from(0, &hdr.encode()) != HDR_SIZE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "rx buffer shorter than a header",
+            ));
+        }
+        Ok(HDR_SIZE as u32 + hdr.len)
     }
 }
 
@@ -183,7 +229,7 @@ mod tests {
             .unwrap();
         let msg = parse_tx(chain, &m, &LIM).unwrap();
         assert_eq!(msg.hdr, hdr);
-        assert_eq!(msg.payload, b"0123456789");
+        assert_eq!(msg.payload.to_vec(), b"0123456789");
     }
 
     #[test]

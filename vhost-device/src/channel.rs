@@ -135,6 +135,10 @@ pub struct Channel {
     pub stalled: bool,
     /// Size of the host message that waits for credit.
     pub stall_need: u32,
+    /// Size of the last host message taken: the rx room the next one is
+    /// expected to need (host messages are received straight into rx
+    /// buffers gathered for it; what does not fit is copied on).
+    pub last_len: usize,
     /// Credit towards the guest (host → guest data).
     pub send: SendCredit,
     /// Credit we grant the guest (guest → host data).
@@ -178,6 +182,7 @@ impl Channel {
             in_ready: false,
             stalled: false,
             stall_need: 0,
+            last_len: 0,
             send: SendCredit::new(peer_buf_alloc),
             recv: RecvCredit::new(window),
             tx_seq: 0,

@@ -63,7 +63,14 @@ pub struct Config {
     pub open_timeout: Duration,
     /// System-call filter mode.
     pub seccomp: crate::seccomp::SeccompMode,
+    /// How long the worker polls for more work before it sleeps.
+    pub busy_poll: Duration,
 }
+
+/// Default of `--busy-poll-us`.
+pub const DEFAULT_BUSY_POLL_US: u32 = 0;
+/// Largest `--busy-poll-us`.
+pub const MAX_BUSY_POLL_US: u32 = 1000;
 
 fn range(flag: &'static str, value: u32, lo: u32, hi: u32) -> Result<u32, ConfigError> {
     if (lo..=hi).contains(&value) {
@@ -115,6 +122,7 @@ impl TryFrom<RunArgs> for Config {
             MAX_TIMEOUT_SECS,
         )?;
         let open_timeout = range("open-timeout", a.open_timeout, 1, MAX_TIMEOUT_SECS)?;
+        let busy_poll_us = range("busy-poll-us", a.busy_poll_us, 0, MAX_BUSY_POLL_US)?;
         let policy = Policy::load(&policy_path)?;
         Ok(Config {
             socket_path,
@@ -131,6 +139,7 @@ impl TryFrom<RunArgs> for Config {
             handshake_timeout: Duration::from_secs(handshake_timeout.into()),
             open_timeout: Duration::from_secs(open_timeout.into()),
             seccomp: a.seccomp,
+            busy_poll: Duration::from_micros(busy_poll_us.into()),
         })
     }
 }
@@ -153,6 +162,7 @@ mod tests {
             handshake_timeout: 10,
             open_timeout: 30,
             guest_id: 3,
+            busy_poll_us: DEFAULT_BUSY_POLL_US,
             log_level: LogLevel::Info,
             seccomp: crate::seccomp::SeccompMode::Enforce,
         }
@@ -194,6 +204,14 @@ mod tests {
         a.open_timeout = 3601;
         let e = Config::try_from(a).unwrap_err().to_string();
         assert_eq!(e, "--open-timeout 3601: must be between 1 and 3600");
+        assert_eq!(
+            c.busy_poll,
+            Duration::from_micros(DEFAULT_BUSY_POLL_US.into())
+        );
+        let mut a = args(p.to_str().unwrap());
+        a.busy_poll_us = 1001;
+        let e = Config::try_from(a).unwrap_err().to_string();
+        assert_eq!(e, "--busy-poll-us 1001: must be between 0 and 1000");
         assert!(Config::try_from(args("/nonexistent.toml")).is_err());
         std::fs::remove_file(p).unwrap();
     }

@@ -100,7 +100,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         listener,
     )
     .map_err(DaemonError::Setup)?;
-    let backend = Arc::new(RwLock::new(KtBackend::new(device, stats)));
+    let mut backend = KtBackend::new(device, stats);
+    backend.set_busy_poll(config.busy_poll);
+    let backend = Arc::new(RwLock::new(backend));
     let mut vu_listener =
         Listener::new(&config.socket_path, false).map_err(|source| DaemonError::Socket {
             path: config.socket_path.clone(),

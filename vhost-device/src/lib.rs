@@ -23,6 +23,7 @@ pub mod control;
 pub mod daemon;
 pub mod device;
 pub mod fdlimit;
+pub mod iov;
 pub mod policy;
 pub mod seccomp;
 pub mod seqpacket;

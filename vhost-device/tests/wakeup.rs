@@ -280,3 +280,32 @@ fn guest_write_after_host_close_does_not_drop_stalled_data() {
     assert_eq!(d.closed(id), Some(ErrorCode::ConnReset as u32));
     assert!(d.errors.is_empty(), "{:?}", d.errors);
 }
+
+/// `--busy-poll-us`: the worker polls the tx ring (guest kicks off) and the
+/// host sockets for a while after its work. Round trips go through while
+/// it polls, and once it has given up and slept, the guest's kick wakes it
+/// again (notifications were turned back on): nothing waits for a timeout.
+#[test]
+fn busy_poll_serves_round_trips_and_sleeps_with_kicks_back_on() {
+    let fx = Fixture::new("busypoll", &["--busy-poll-us", "200"]);
+    let mut d = fx.driver();
+    let id = d.open("echo").unwrap().unwrap();
+    for i in 0..2000u32 {
+        let msg = i.to_le_bytes().repeat(1 + (i % 50) as usize);
+        d.send(id, &msg).unwrap();
+        assert_eq!(d.recv(id).unwrap(), msg, "round trip {i}");
+    }
+    for i in 0..20u32 {
+        // Longer than the poll: the worker is asleep when this is sent.
+        std::thread::sleep(Duration::from_millis(2));
+        let t = Instant::now();
+        d.send(id, &i.to_le_bytes()).unwrap();
+        assert_eq!(d.recv(id).unwrap(), i.to_le_bytes());
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "message {i} after the poll took {:?}",
+            t.elapsed()
+        );
+    }
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+}

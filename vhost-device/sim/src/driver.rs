@@ -516,11 +516,12 @@ impl Driver {
             self.error(format!("rx used length {len}"));
             return Ok(());
         }
-        let mut buf = vec![0u8; len];
+        let slot = self.layout.slot(0, head);
+        let mut hb = [0u8; HDR_SIZE];
         self.mem
-            .read_slice(&mut buf, self.layout.slot(0, head))
+            .read_slice(&mut hb, slot)
             .map_err(io::Error::other)?;
-        let h = match Header::decode(&buf) {
+        let h = match Header::decode(&hb) {
             Ok(h) => h,
             Err(e) => {
                 self.error(format!("rx header: {e}"));
@@ -538,7 +539,8 @@ impl Driver {
             self.error(format!("rx used length {len} but len {}", h.len));
             return Ok(());
         }
-        let payload = &buf[HDR_SIZE..];
+        let plen = len - HDR_SIZE;
+        let at = slot.unchecked_add(HDR_SIZE as u64);
         if h.msg_type == MsgType::Data {
             let (first, mut data) = match self.partial.take() {
                 Some((f, d)) => {
@@ -550,11 +552,17 @@ impl Driver {
                 }
                 None => (h, Vec::with_capacity(h.msg_len as usize)),
             };
-            data.extend_from_slice(payload);
-            if data.len() > first.msg_len as usize {
+            // The payload is read once, straight into the message being
+            // reassembled (as a driver copies it to its reader once).
+            let start = data.len();
+            if start + plen > first.msg_len as usize {
                 self.error(format!("fragments exceed msg_len {}", first.msg_len));
                 return Ok(());
             }
+            data.resize(start + plen, 0);
+            self.mem
+                .read_slice(&mut data[start..], at)
+                .map_err(io::Error::other)?;
             if h.more() {
                 self.partial = Some((first, data));
                 return Ok(());
@@ -570,10 +578,14 @@ impl Driver {
             self.deliver(first, data);
             return Ok(());
         }
+        let mut payload = vec![0u8; plen];
+        self.mem
+            .read_slice(&mut payload, at)
+            .map_err(io::Error::other)?;
         if let Some((f, _)) = self.partial.take() {
             self.error(format!("{:?} between fragments of {f:?}", h.msg_type));
         }
-        self.on_ctrl(h, payload)
+        self.on_ctrl(h, &payload)
     }
 
     fn deliver(&mut self, h: Header, data: Vec<u8>) {

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use kt_proto::consts::{CHAN_DEVICE_BIT, CHAN_TRANSPORT, HDR_F_MORE, HDR_SIZE, MIN_RX_BUF_SIZE};
 use kt_proto::{handshake, name, DecodeError, DeviceConfig, ErrorCode, Header, Limits, MsgType};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
@@ -40,6 +40,7 @@ use crate::policy::Policy;
 use crate::seqpacket::{Recv, SeqListener, SeqPacket};
 use crate::stats::{add, Counters, Opener, Stats};
 
+mod burst;
 mod host;
 mod listener;
 mod rx;
@@ -224,6 +225,10 @@ pub struct Device {
     wake_pending: bool,
     /// The last pass stopped on a budget.
     more: bool,
+    /// The worker busy-polls the tx ring after this pass: an empty ring
+    /// does not re-enable guest notifications (kicks); the poller does that
+    /// before it sleeps ([`Device::set_polling`]).
+    polling: bool,
 }
 
 impl Device {
@@ -282,6 +287,7 @@ impl Device {
             wake,
             wake_pending: false,
             more: false,
+            polling: false,
         })
     }
 
@@ -437,6 +443,31 @@ impl Device {
         }
         self.rearm_timer();
         n
+    }
+
+    /// Whether the worker polls the tx ring itself after passes from now
+    /// on (guest kicks stay off while it does). Whoever sets it must turn
+    /// it off and re-enable tx notifications before the worker sleeps.
+    pub fn set_polling(&mut self, on: bool) {
+        self.polling = on;
+    }
+
+    /// Whether input may arrive that is worth polling for: the driver is
+    /// live and a channel is open (host data or guest messages in flight).
+    pub fn may_expect_input(&self) -> bool {
+        self.active && !self.channels.is_empty()
+    }
+
+    /// Whether host events (socket input, timer, wake-up) are waiting,
+    /// without serving them.
+    pub fn host_ready(&self) -> bool {
+        let mut p = libc::pollfd {
+            fd: self.epoll.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd on the stack, no timeout.
+        unsafe { libc::poll(&mut p, 1, 0) == 1 }
     }
 
     /// Whether the last [`Device::run`] stopped on a budget with work left

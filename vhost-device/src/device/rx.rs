@@ -1,7 +1,9 @@
 //! Host → guest: control messages and host data chosen for the guest,
-//! framed and fragmented into rx buffers in budgeted passes, and the event
-//! queue (RESET).
+//! framed and fragmented into rx buffers in budgeted passes (host data is
+//! received into them directly by `host.rs`; this file writes the
+//! headers and the used ring), and the event queue (RESET).
 
+use super::host::Taken;
 use super::*;
 
 impl Device {
@@ -41,24 +43,15 @@ impl Device {
         }
     }
 
-    /// The next message for rx: control first, then host data round-robin.
-    pub(super) fn next_outgoing(&mut self) -> Option<Outgoing> {
-        loop {
-            if let Some(mut o) = self.ctrl.pop_front() {
-                if o.fill {
-                    let mut h = o.hdr;
-                    self.fill_credit(&mut h);
-                    o.hdr = h;
-                }
-                return Some(o);
-            }
-            // Reading host input may queue control messages (CLOSE on EOF,
-            // CREDIT_REQUEST on a stall): those go out first.
-            let id = self.ready.pop_front()?;
-            if let Some(o) = self.read_host(id) {
-                return Some(o);
-            }
+    /// The next control message for rx, its credit filled in now.
+    pub(super) fn next_ctrl(&mut self) -> Option<Outgoing> {
+        let mut o = self.ctrl.pop_front()?;
+        if o.fill {
+            let mut h = o.hdr;
+            self.fill_credit(&mut h);
+            o.hdr = h;
         }
+        Some(o)
     }
 
     /// Pops rx chains until one is usable (bad ones are returned unused).
@@ -98,6 +91,11 @@ impl Device {
         }
     }
 
+    /// Fills rx buffers: the rest of a fragmented message first, then
+    /// control messages, then host data round-robin over ready channels,
+    /// received straight into the buffers (`read_host`). A buffer is
+    /// popped only when there is something to put in it, and one popped
+    /// for a channel that had nothing goes back to the ring.
     pub(super) fn pump_rx(
         &mut self,
         q: &mut Queue,
@@ -106,58 +104,120 @@ impl Device {
         left: &mut usize,
     ) -> bool {
         let mut used = false;
+        let mut held = None;
         loop {
             if *left == 0 {
                 self.more = true;
                 break;
             }
             if self.partial.is_none() {
-                self.partial = self.next_outgoing();
-                if self.partial.is_none() {
+                self.partial = self.next_ctrl();
+                if self.partial.is_none() && self.ready.is_empty() {
                     break;
                 }
             }
-            let Some(mut buf) = self.pop_rx(q, mem, &mut used) else {
-                break;
+            let buf = match held.take() {
+                Some(b) => b,
+                None => match self.pop_rx(q, mem, &mut used) {
+                    Some(b) => b,
+                    None => break,
+                },
             };
-            let Some(o) = self.partial.as_mut() else {
-                break;
-            };
-            let room = buf.capacity() - HDR_SIZE;
-            let rest = o.payload.len() - o.off;
-            let chunk = rest.min(room);
-            let mut hdr = o.hdr;
-            hdr.len = chunk as u32;
-            if chunk < rest {
-                hdr.flags |= HDR_F_MORE;
-            }
-            let head = buf.head;
-            let r = buf.put(&hdr, &o.payload[o.off..o.off + chunk]);
-            o.off += chunk;
-            let done = o.off >= o.payload.len();
-            let len = match r {
-                Ok(len) => len,
-                Err(e) => {
-                    self.malformed(None, &format_args!("rx write: {e}"));
-                    0
+            if self.partial.is_some() {
+                if !self.put_fragment(q, mem, buf) {
+                    break;
                 }
+                *left -= 1;
+                used = true;
+                continue;
+            }
+            // Host data; reading may queue control messages (CLOSE on
+            // EOF, CREDIT_REQUEST on a stall): those go out first.
+            let Some(id) = self.ready.pop_front() else {
+                held = Some(buf);
+                continue;
             };
-            if done {
-                self.partial = None;
+            match self.read_host(id, q, mem, buf, *left) {
+                Taken::Unused(b) => held = Some(b),
+                Taken::Msg { hdr, len, bufs } => {
+                    let mut rest = len;
+                    let k = bufs.len();
+                    for (i, mut b) in bufs.into_iter().enumerate() {
+                        let chunk = rest.min(b.capacity() - HDR_SIZE);
+                        rest -= chunk;
+                        let mut h = hdr;
+                        h.len = chunk as u32;
+                        if rest > 0 {
+                            h.flags |= HDR_F_MORE;
+                        }
+                        let ulen = match b.put_header(&h) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                self.malformed(None, &format_args!("rx write: {e}"));
+                                0
+                            }
+                        };
+                        if let Err(e) = q.add_used(mem, b.head, ulen) {
+                            self.malformed(None, &format_args!("rx used ring: {e}"));
+                            // Those not added are lost to the guest as
+                            // they would be after any used-ring failure.
+                            *left -= i + 1;
+                            return self.rx_done(q, mem, n, true);
+                        }
+                    }
+                    *left -= k;
+                    used |= k > 0;
+                }
             }
-            *left -= 1;
-            if let Err(e) = q.add_used(mem, head, len) {
-                self.malformed(None, &format_args!("rx used ring: {e}"));
-                break;
-            }
-            used = true;
         }
+        if held.is_some() {
+            // Popped last and not used: back to the ring.
+            q.go_to_previous_position();
+        }
+        self.rx_done(q, mem, n, used)
+    }
+
+    fn rx_done(&mut self, q: &mut Queue, mem: &Mem, n: &mut Notify, used: bool) -> bool {
         // Evaluated once per batch of used entries; never reset a pending
         // signal from an earlier batch of this run.
         if used {
             n.rx |= Self::signal(q, mem);
         }
         used
+    }
+
+    /// Writes the next fragment of `partial` into `buf`; false if the used
+    /// ring failed.
+    fn put_fragment(&mut self, q: &mut Queue, mem: &Mem, mut buf: RxBuf<'_>) -> bool {
+        let Some(o) = self.partial.as_mut() else {
+            return true;
+        };
+        let room = buf.capacity() - HDR_SIZE;
+        let rest = o.payload.len() - o.off;
+        let chunk = rest.min(room);
+        let mut hdr = o.hdr;
+        hdr.len = chunk as u32;
+        if chunk < rest {
+            hdr.flags |= HDR_F_MORE;
+        }
+        let head = buf.head;
+        let r = buf.put(&hdr, &o.payload[o.off..o.off + chunk]);
+        o.off += chunk;
+        if o.off >= o.payload.len() {
+            self.partial = None;
+        }
+        let len = match r {
+            Ok(len) => len,
+            Err(e) => {
+                self.malformed(None, &format_args!("rx write: {e}"));
+                0
+            }
+        };
+        if let Err(e) = q.add_used(mem, head, len) {
+            self.malformed(None, &format_args!("rx used ring: {e}"));
+            return false;
+        }
+        true
     }
 
     pub(super) fn pump_event(&mut self, q: &mut Queue, mem: &Mem, n: &mut Notify) {

@@ -8,6 +8,8 @@ use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+mod zero_copy;
+
 const QSIZE: u16 = 512;
 const DATA: u64 = 0x40_0000;
 

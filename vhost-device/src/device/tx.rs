@@ -1,8 +1,11 @@
 //! Guest → host: tx chains taken in budgeted passes, each message
-//! dispatched by type (OPEN, OPEN_OK/ERR, DATA, CLOSE, credit), pending
-//! data flushed to host sockets, and the channel's end of life.
+//! dispatched by type (OPEN, OPEN_OK/ERR, DATA, CLOSE, credit), and the
+//! channel's end of life. Writing accepted DATA to host sockets is
+//! `burst.rs`.
 
+use super::burst::Burst;
 use super::*;
+use crate::iov::GuestBytes;
 
 pub(super) fn err_code_for_connect(e: &io::Error) -> ErrorCode {
     match e.raw_os_error() {
@@ -23,6 +26,7 @@ impl Device {
         left: &mut usize,
     ) -> bool {
         let mut progress = false;
+        let mut burst = Burst::default();
         loop {
             if self.ctrl.len() >= CTRL_LIMIT {
                 break;
@@ -33,6 +37,10 @@ impl Device {
                 break;
             }
             let Some(chain) = q.pop_descriptor_chain(mem) else {
+                if self.polling {
+                    // The busy poller watches the ring; kicks stay off.
+                    break;
+                }
                 match q.enable_notification(mem) {
                     Ok(true) => continue,
                     Ok(false) => break,
@@ -43,18 +51,39 @@ impl Device {
                 }
             };
             let head = chain.head_index();
-            let r = parse_tx(chain, mem, &self.limits);
-            match r {
-                Ok(msg) => self.on_tx(msg),
-                Err(e) => self.on_tx_error(e),
-            }
             *left -= 1;
+            progress = true;
+            match parse_tx(chain, mem, &self.limits) {
+                Ok(msg) if msg.hdr.msg_type == MsgType::Data && Burst::takes(&msg) => {
+                    let h = msg.hdr;
+                    if !burst.continues(h.channel) && !self.flush_burst(&mut burst, q, mem) {
+                        break;
+                    }
+                    if self.on_tx_header(h) && self.accept_data(h) {
+                        // Sent with the burst; the chain goes back then.
+                        burst.push(h.channel, msg.payload, head);
+                        continue;
+                    }
+                }
+                Ok(msg) => {
+                    if !self.flush_burst(&mut burst, q, mem) {
+                        break;
+                    }
+                    self.on_tx(msg);
+                }
+                Err(e) => {
+                    if !self.flush_burst(&mut burst, q, mem) {
+                        break;
+                    }
+                    self.on_tx_error(e);
+                }
+            }
             if let Err(e) = q.add_used(mem, head, 0) {
                 self.malformed(None, &format_args!("tx used ring: {e}"));
                 break;
             }
-            progress = true;
         }
+        self.flush_burst(&mut burst, q, mem);
         if progress && Self::signal(q, mem) {
             n.tx = true;
         }
@@ -98,24 +127,16 @@ impl Device {
         }
     }
 
-    pub(super) fn on_tx(&mut self, msg: TxMsg) {
+    pub(super) fn on_tx(&mut self, msg: TxMsg<'_>) {
         let h = msg.hdr;
         let id = h.channel;
         if h.msg_type == MsgType::Open {
-            self.on_open(h, &msg.payload);
+            // A name of at most KT_NAME_MAX bytes (checked with the header).
+            self.on_open(h, &msg.payload.to_vec());
             return;
         }
-        let Some(ch) = self.channels.get_mut(&id) else {
-            self.on_unknown_channel(h);
+        if !self.on_tx_header(h) {
             return;
-        };
-        // Every header carries the sender's current credit (SPEC §5).
-        ch.send.on_peer(h.buf_alloc, h.fwd_cnt);
-        // Resume reading only once the waiting message fits: a smaller
-        // grant would stall again at once (and count and ask again).
-        if ch.stalled && ch.send.can_send(ch.stall_need) {
-            ch.stalled = false;
-            self.push_ready(id);
         }
         match h.msg_type {
             MsgType::OpenOk => self.on_open_ok(id),
@@ -126,6 +147,26 @@ impl Device {
             MsgType::CreditRequest => self.queue_credit_update(id, true),
             MsgType::Open | MsgType::Reset => {}
         }
+    }
+
+    /// What every non-OPEN header does first: one for an unknown channel is
+    /// answered (false); a known channel takes the credit it carries and
+    /// may resume host input (true).
+    pub(super) fn on_tx_header(&mut self, h: Header) -> bool {
+        let id = h.channel;
+        let Some(ch) = self.channels.get_mut(&id) else {
+            self.on_unknown_channel(h);
+            return false;
+        };
+        // Every header carries the sender's current credit (SPEC §5).
+        ch.send.on_peer(h.buf_alloc, h.fwd_cnt);
+        // Resume reading only once the waiting message fits: a smaller
+        // grant would stall again at once (and count and ask again).
+        if ch.stalled && ch.send.can_send(ch.stall_need) {
+            ch.stalled = false;
+            self.push_ready(id);
+        }
+        true
     }
 
     pub(super) fn on_unknown_channel(&mut self, h: Header) {
@@ -274,15 +315,23 @@ impl Device {
         }
     }
 
-    pub(super) fn on_data(&mut self, h: Header, payload: Vec<u8>) {
+    pub(super) fn on_data(&mut self, h: Header, payload: GuestBytes<'_>) {
+        if self.accept_data(h) {
+            self.deliver(h.channel, payload);
+        }
+    }
+
+    /// The checks of a DATA header (state, seq, credit) and their answers;
+    /// true when its payload is to be delivered (`deliver`).
+    pub(super) fn accept_data(&mut self, h: Header) -> bool {
         let id = h.channel;
         let Some(ch) = self.channels.get_mut(&id) else {
-            return;
+            return false;
         };
         if ch.state == State::CloseSent {
             // The reader is gone; late data is discarded (SPEC §3.2).
             log::debug!("DATA on closing channel {id:#x} discarded");
-            return;
+            return false;
         }
         if ch.state != State::Open {
             self.malformed(
@@ -290,7 +339,7 @@ impl Device {
                 &format_args!("DATA on channel {id:#x} that is not open"),
             );
             self.close_by_device(id, ErrorCode::Proto);
-            return;
+            return false;
         }
         if h.seq != ch.rx_seq {
             let want = ch.rx_seq;
@@ -299,24 +348,15 @@ impl Device {
                 &format_args!("DATA seq {} on channel {id:#x}, expected {want}", h.seq),
             );
             self.close_by_device(id, ErrorCode::Proto);
-            return;
+            return false;
         }
         if let Err(e) = ch.recv.on_receive(h.msg_len) {
             self.malformed(Some(id), &format_args!("channel {id:#x}: {e}"));
             self.close_by_device(id, ErrorCode::Proto);
-            return;
+            return false;
         }
         ch.rx_seq = ch.rx_seq.wrapping_add(1);
-        if ch.host_unread {
-            // The host closed without reading: nobody will (SPEC §3.2,
-            // the reader has gone); the credit comes back at once.
-            log::debug!("DATA on channel {id:#x} discarded: the host closed");
-            ch.recv.on_consume(payload.len() as u32);
-            self.queue_credit_update(id, false);
-            return;
-        }
-        ch.pending.push_back(payload);
-        self.flush_pending(id);
+        true
     }
 
     pub(super) fn on_close(&mut self, id: u32) {
@@ -348,65 +388,6 @@ impl Device {
         // message, so the guest cannot reuse the id while the device still
         // holds data for it.
         self.flush_pending(id);
-        self.update_interest(id);
-        self.maybe_finish(id);
-    }
-
-    /// Writes queued guest messages to the host socket until it would block.
-    pub(super) fn flush_pending(&mut self, id: u32) {
-        let Some(ch) = self.channels.get_mut(&id) else {
-            return;
-        };
-        let mut failed = None;
-        while let Some(msg) = ch.pending.front() {
-            let Some(sock) = &ch.sock else {
-                break;
-            };
-            match sock.send(msg) {
-                Ok(_) => {
-                    let len = msg.len() as u64;
-                    ch.pending.pop_front();
-                    ch.recv.on_consume(len as u32);
-                    add(&ch.counters.msgs_to_host, 1);
-                    add(&ch.counters.bytes_to_host, len);
-                    add(&self.stats.device.msgs_to_host, 1);
-                    add(&self.stats.device.bytes_to_host, len);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
-        }
-        if let Some(e) = failed {
-            let gone = matches!(
-                e.raw_os_error(),
-                Some(libc::EPIPE) | Some(libc::ECONNRESET) | Some(libc::ENOTCONN)
-            );
-            if gone && ch.wants_host_input() {
-                // The host closed (or stopped reading) with guest data
-                // unwritten. What it sent before still goes to the guest;
-                // its hang-up arrives as an epoll event and ends the
-                // channel after that data.
-                let n = ch.host_stopped_reading();
-                log::debug!("channel {id:#x}: host stopped reading ({e}); {n} message(s) dropped");
-                self.queue_credit_update(id, false);
-                self.update_interest(id);
-                return;
-            }
-            let code = if e.raw_os_error() == Some(libc::EMSGSIZE) {
-                log::warn!("channel {id:#x}: host socket cannot carry a message: {e}");
-                ErrorCode::MsgSize
-            } else {
-                log::debug!("channel {id:#x}: host send: {e}");
-                ErrorCode::ConnReset
-            };
-            self.close_from_host(id, code);
-            return;
-        }
-        self.queue_credit_update(id, false);
         self.update_interest(id);
         self.maybe_finish(id);
     }
