@@ -8,11 +8,14 @@
  * Locking (outermost first; never take them the other way round):
  *   kd->rx_mutex (mutex)      rx and event virtqueues, reassembly state
  *   kt_services_lock (mutex)  global listener/service registry
- *   kd->tx_lock (spinlock)    tx virtqueue, pending tx list, tx_live
+ *   kd->tx_lock (spinlock)    tx virtqueue, pending tx list, tx_live;
+ *                             senders reap tx completions under it
  *   kd->chans xa_lock         channel id table
  *   svc->lock (spinlock)      a service's accept queue / channel list
  *   ch->lock (spinlock)       one channel's state, queue, credit, counters
- * All paths run in process context (virtqueue callbacks only queue work).
+ * All paths run in process context: virtqueue callbacks only queue work
+ * (the tx callback also turns tx callbacks off, which virtqueue_disable_cb()
+ * allows without serialisation; tx_work turns them on again).
  */
 #ifndef KT_PRIV_H
 #define KT_PRIV_H
@@ -117,6 +120,7 @@ struct kt_chan {
 	u32 peer_buf_alloc;
 	u32 peer_fwd_cnt;
 	u32 tx_inflight;		/* credit bytes queued, not yet completed */
+	bool tx_wait;			/* a sender waits for tx_inflight to drop */
 	u32 tx_want;			/* cost of the last send that had to wait */
 
 	/* Kernel endpoints (kt_api.c). */
@@ -206,8 +210,9 @@ struct kt_dev {
 	unsigned int tx_queued;		/* entries of tx_pending */
 	unsigned int replies_pending;	/* of them: replies without a channel */
 	unsigned int ctrl_queued;	/* of them: not DATA */
-	struct work_struct tx_work;
-	struct delayed_work tx_retry;	/* an add failed: try again later */
+	struct work_struct tx_work;	/* the tx interrupt came */
+	struct delayed_work tx_retry;	/* lazy reaping; a failed add */
+	atomic_t tx_waiters;		/* channels with tx_wait set */
 
 	struct xarray chans;		/* id -> struct kt_chan (holds a ref) */
 	u32 next_id;
