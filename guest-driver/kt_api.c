@@ -34,7 +34,7 @@ void kt_chan_work(struct work_struct *work)
 			if (ops->recv)
 				ops->recv(ch, msg->data, msg->len);
 			kt_chan_consumed(ch, kt_msg_cost(msg->len));
-			kvfree(msg);
+			kt_msg_free(ch->kd, msg);
 			continue;
 		}
 		if (ch->state == KT_CH_CLOSED && !ch->closed_notified) {

@@ -184,7 +184,7 @@ static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
 	spin_unlock(&ch->lock);
 	ret = msg->len;
 	kt_chan_consumed(ch, kt_msg_cost(msg->len));
-	kvfree(msg);
+	kt_msg_free(ch->kd, msg);
 out:
 	mutex_unlock(&ch->rd_mutex);
 	return ret;

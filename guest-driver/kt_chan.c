@@ -26,7 +26,7 @@ static void kt_chan_free(struct kref *ref)
 	struct kt_msg *msg, *tmp;
 
 	list_for_each_entry_safe(msg, tmp, &ch->rxq, node)
-		kvfree(msg);
+		kt_msg_free(ch->kd, msg);
 	module_put(ch->owner);
 	kt_dev_put(ch->kd);
 	kfree(ch);
@@ -387,7 +387,7 @@ void kt_chan_release(struct kt_chan *ch)
 	ch->fwd_cnt = ch->rx_cnt;
 	spin_unlock(&ch->lock);
 	list_for_each_entry_safe(msg, tmp, &gone, node)
-		kvfree(msg);
+		kt_msg_free(ch->kd, msg);
 	kt_chan_shutdown(ch, KT_ERR_OK);
 }
 

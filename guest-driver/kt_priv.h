@@ -13,6 +13,7 @@
  *   kd->chans xa_lock         channel id table
  *   svc->lock (spinlock)      a service's accept queue / channel list
  *   ch->lock (spinlock)       one channel's state, queue, credit, counters
+ *   kt_rx_pool_lock (spinlock) spare rx buffers (kt_vq.c); innermost
  * All paths run in process context: virtqueue callbacks only queue work
  * (the tx callback also turns tx callbacks off, which virtqueue_disable_cb()
  * allows without serialisation; tx_work turns them on again).
@@ -52,11 +53,20 @@ struct kt_ev_buf {
 	struct kt_hdr hdr;
 } ____cacheline_aligned;
 
-/* One received message, queued on a channel until read. */
+/*
+ * One received message, queued on a channel until read: copied into a
+ * right-sized allocation (@data is @buf), or, when one rx buffer held it
+ * all and it fills enough of that buffer (kt_rx.c), the rx buffer itself
+ * (@rxbuf): this struct then lies over the buffer's header, which was
+ * decoded before, and @data points at the payload after it. Free it with
+ * kt_msg_free().
+ */
 struct kt_msg {
 	struct list_head node;
+	u8 *data;
 	u32 len;
-	u8 data[];
+	bool rxbuf;
+	u8 buf[] __aligned(8);
 };
 
 /* Credit bytes a message of @len payload bytes costs (SPEC section 5). */
@@ -201,6 +211,10 @@ struct kt_dev {
 	unsigned int rx_posted;		/* rx buffers in the ring */
 	struct kt_ev_buf *ev_bufs;	/* KT_EV_BUFS event buffers */
 	struct work_struct rx_work;	/* event queue, then rx queue */
+	struct list_head rx_pool;	/* spare rx buffers, kt_rx_pool_lock */
+	unsigned int rx_pool_len;
+	unsigned int rx_pool_max;
+	bool rx_pool_open;		/* between kt_vqs_start and _stop */
 	struct delayed_work rx_retry;	/* rx buffers could not be posted */
 	struct kt_reasm reasm;
 
@@ -259,9 +273,10 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled);
 bool kt_chan_can_send(struct kt_chan *ch, u32 cost);
 void kt_tx_purge(struct kt_dev *kd);
+void kt_msg_free(struct kt_dev *kd, struct kt_msg *msg);
 
 /* kt_rx.c: validation and dispatch of device messages */
-void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used);
+bool kt_rx_buf(struct kt_dev *kd, void *buf, u32 used);
 void kt_rx_bad_len(struct kt_dev *kd, u32 used);
 void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used);
 bool kt_rx_event_is_reset(const struct kt_hdr *hdr, u32 used);

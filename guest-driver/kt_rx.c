@@ -16,6 +16,16 @@
 
 #include "kt_priv.h"
 
+/*
+ * A DATA message that arrives whole in one rx buffer is handed to the
+ * reader in that buffer, not copied, if it is at least this long and
+ * fills at least a quarter of the buffer: a queued message then never
+ * pins more than four times the credit it is charged (SPEC 5 counts its
+ * length, not the buffer's). Shorter ones are copied into an allocation
+ * of their own size, so a 64 B message never pins a 64 KiB buffer.
+ */
+#define KT_RX_COPYBREAK		1024U
+
 /* A decoded header: host-endian copies of the untrusted fields. */
 struct kt_rx_hdr {
 	u32 id;
@@ -109,7 +119,7 @@ static void kt_deliver(struct kt_dev *kd, struct kt_chan *ch,
 
 	if (!keep) {
 		atomic64_inc(&kd->stats.rx_discarded);
-		kvfree(msg);
+		kt_msg_free(kd, msg);
 		return;
 	}
 	atomic64_inc(&kd->stats.rx_msgs);
@@ -130,7 +140,8 @@ void kt_reasm_abort(struct kt_dev *kd, bool broken)
 
 	if (!ch)
 		return;
-	kvfree(r->msg);
+	if (r->msg)
+		kt_msg_free(kd, r->msg);
 	r->msg = NULL;
 	r->ch = NULL;
 	if (broken)
@@ -191,12 +202,31 @@ static void kt_reasm_start(struct kt_dev *kd, struct kt_chan *ch,
 	re->fwd_cnt = r->fwd_cnt;
 }
 
-/* The first (or only) buffer of a DATA message. */
-static void kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
-		       const u8 *payload)
+/* A message of @len bytes to copy into. */
+static struct kt_msg *kt_msg_alloc(u32 len)
 {
+	struct kt_msg *msg;
+
+	msg = kvmalloc(struct_size(msg, buf, len), GFP_KERNEL);
+	if (msg) {
+		msg->data = msg->buf;
+		msg->len = len;
+		msg->rxbuf = false;
+	}
+	return msg;
+}
+
+/*
+ * The first (or only) buffer of a DATA message, @buf (header decoded into
+ * @r). Returns true if the message kept @buf (see KT_RX_COPYBREAK).
+ */
+static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
+		       void *buf)
+{
+	const u8 *payload = (const u8 *)buf + KT_HDR_SIZE;
 	bool more = r->flags & KT_HDR_F_MORE;
 	struct kt_msg *msg = NULL;
+	bool kept = false;
 	const char *bad = NULL;
 	u32 wire_err = KT_ERR_PROTO;
 	bool discard = false;
@@ -207,13 +237,13 @@ static void kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	if (!ch) {
 		kt_malformed(kd, NULL, "DATA for unknown channel", r->id,
 			     r->type);
-		return;
+		return false;
 	}
 	if (more ? r->len > r->msg_len : r->len != r->msg_len) {
 		kt_violation(kd, ch, "DATA len/msg_len mismatch", r->id,
 			     r->type, KT_ERR_PROTO);
 		kt_chan_put(ch);
-		return;
+		return false;
 	}
 	kt_peer_credit(ch, r);
 
@@ -252,10 +282,18 @@ static void kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 		discard = true;
 	}
 
-	if (!discard) {
-		msg = kvmalloc(struct_size(msg, data, r->msg_len), GFP_KERNEL);
+	if (!discard && !more && r->len >= KT_RX_COPYBREAK &&
+	    r->len >= kd->rx_buf_size / 4) {
+		/* Over the decoded header: nothing reads it any more. */
+		BUILD_BUG_ON(offsetof(struct kt_msg, buf) > KT_HDR_SIZE);
+		msg = buf;
+		msg->data = (u8 *)buf + KT_HDR_SIZE;
+		msg->len = r->len;
+		msg->rxbuf = true;
+		kept = true;
+	} else if (!discard) {
+		msg = kt_msg_alloc(r->msg_len);
 		if (msg) {
-			msg->len = r->msg_len;
 			memcpy(msg->data, payload, r->len);
 		} else {
 			/* Credit was granted: never drop it silently. */
@@ -268,13 +306,14 @@ static void kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 
 	if (more) {
 		kt_reasm_start(kd, ch, msg, r);
-		return;
+		return false;
 	}
 	if (msg)
 		kt_deliver(kd, ch, msg);
 	else if (!bad)
 		atomic64_inc(&kd->stats.rx_discarded);
 	kt_chan_put(ch);
+	return kept;
 }
 
 /* OPEN from the device: a host program connects to a guest service. */
@@ -518,8 +557,11 @@ static void kt_rx_bad(struct kt_dev *kd, const struct kt_rx_hdr *r,
  * @kd: the device (rx_mutex held)
  * @buf: the buffer, rx_buf_size bytes
  * @used: the used length the device reported, at most rx_buf_size
+ *
+ * Return: true if a message kept @buf (the caller posts another), false
+ * if @buf may be posted again.
  */
-void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
+bool kt_rx_buf(struct kt_dev *kd, void *buf, u32 used)
 {
 	const u8 *payload = (const u8 *)buf + KT_HDR_SIZE;
 	struct kt_rx_hdr r;
@@ -527,7 +569,7 @@ void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
 	if (used < KT_HDR_SIZE) {
 		kt_reasm_abort(kd, true);
 		kt_malformed(kd, NULL, "buffer shorter than a header", 0, 0);
-		return;
+		return false;
 	}
 	kt_decode(buf, &r);
 
@@ -536,7 +578,7 @@ void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
 		    r.flags == (r.flags & KT_HDR_F_KNOWN) &&
 		    r.len == used - KT_HDR_SIZE) {
 			kt_rx_fragment(kd, &r, payload);
-			return;
+			return false;
 		}
 		/* Anything else between fragments breaks the message. */
 		kt_reasm_abort(kd, true);
@@ -544,33 +586,33 @@ void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
 
 	if (r.flags & ~KT_HDR_F_KNOWN) {
 		kt_rx_bad(kd, &r, "unknown flags", false);
-		return;
+		return false;
 	}
 	if (r.type < KT_MSG_OPEN || r.type > KT_MSG_RESET) {
 		kt_rx_bad(kd, &r, "unknown type", false);
-		return;
+		return false;
 	}
 	if (r.type == KT_MSG_RESET) {
 		kt_rx_bad(kd, &r, "RESET outside the event queue", false);
-		return;
+		return false;
 	}
 	if (r.len != used - KT_HDR_SIZE) {
 		kt_rx_bad(kd, &r, "len does not match the used length", true);
-		return;
+		return false;
 	}
 	if (r.type != KT_MSG_DATA) {
 		if (r.flags) {
 			kt_rx_bad(kd, &r, "MORE on a non-DATA message", false);
-			return;
+			return false;
 		}
 		if (r.msg_len != r.len) {
 			kt_rx_bad(kd, &r, "msg_len differs from len", false);
-			return;
+			return false;
 		}
 		if (r.len && r.type != KT_MSG_OPEN) {
 			kt_rx_bad(kd, &r, "payload on a type without one",
 				  false);
-			return;
+			return false;
 		}
 	}
 
@@ -583,8 +625,7 @@ void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
 		kt_rx_open_answer(kd, &r);
 		break;
 	case KT_MSG_DATA:
-		kt_rx_data(kd, &r, payload);
-		break;
+		return kt_rx_data(kd, &r, buf);
 	case KT_MSG_CLOSE:
 		kt_rx_close(kd, &r);
 		break;
@@ -593,6 +634,7 @@ void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
 		kt_rx_credit(kd, &r);
 		break;
 	}
+	return false;
 }
 
 /**

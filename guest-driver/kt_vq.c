@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * kerntransport virtqueues: setup and teardown of the rx, tx and event
- * queues, rx/event buffer posting and refill, the disable-cb / drain /
+ * queues, rx/event buffer posting and refill (and the pool of rx buffers
+ * readers hand back, kt_msg_free()), the disable-cb / drain /
  * enable-cb loops run from work items, and the tx path (a FIFO of pending
- * messages pushed into the ring as room appears, completions reclaimed).
+ * messages pushed into the ring as room appears, completions reaped by
+ * the senders themselves, an interrupt armed only for someone waiting).
  *
  * It moves buffers; it does not interpret them: every received buffer goes
  * to kt_rx.c, and the credit fields of outgoing headers are filled from the
@@ -94,6 +96,13 @@ static int kt_find_vqs(struct kt_dev *kd)
 	return 0;
 }
 
+/*
+ * Spare rx buffers: those handed to readers inside a message (struct
+ * kt_msg rxbuf) come back here when read, for kt_rx_fill() to post again
+ * without allocating and zeroing. Any kerntransport device's pool.
+ */
+static DEFINE_SPINLOCK(kt_rx_pool_lock);
+
 static unsigned int kt_rx_target(struct kt_dev *kd)
 {
 	unsigned int n = KT_RX_POSTED_BYTES / kd->rx_buf_size;
@@ -110,6 +119,83 @@ static int kt_rx_post(struct kt_dev *kd, void *buf)
 	return virtqueue_add_inbuf(kd->rx_vq, &sg, 1, buf, GFP_KERNEL);
 }
 
+/**
+ * kt_msg_free() - free a received message
+ * @kd: the device it came from
+ * @msg: the message
+ *
+ * An rx buffer goes back to the device's pool while its queues are up (up
+ * to what it keeps posted), else it is freed. It holds what the device
+ * wrote and, over its header, our struct kt_msg: kt_rx_pool_take() clears
+ * that part before the buffer is posted again.
+ */
+void kt_msg_free(struct kt_dev *kd, struct kt_msg *msg)
+{
+	struct list_head *spare = (struct list_head *)msg;
+
+	if (!msg->rxbuf) {
+		kvfree(msg);
+		return;
+	}
+	spin_lock(&kt_rx_pool_lock);
+	if (kd->rx_pool_open && kd->rx_pool_len < kd->rx_pool_max) {
+		list_add(spare, &kd->rx_pool);
+		kd->rx_pool_len++;
+		spare = NULL;
+	}
+	spin_unlock(&kt_rx_pool_lock);
+	kfree(spare);
+}
+
+/* A spare rx buffer from the pool, its header area cleared; or NULL. */
+static void *kt_rx_pool_take(struct kt_dev *kd)
+{
+	struct list_head *spare;
+
+	spin_lock(&kt_rx_pool_lock);
+	spare = list_empty(&kd->rx_pool) ? NULL : kd->rx_pool.next;
+	if (spare) {
+		list_del(spare);
+		kd->rx_pool_len--;
+	}
+	spin_unlock(&kt_rx_pool_lock);
+	if (spare)
+		memset(spare, 0, KT_HDR_SIZE);
+	return spare;
+}
+
+/* Opens (queues coming up) or closes and empties (going down) the pool. */
+static void kt_rx_pool_set(struct kt_dev *kd, bool open)
+{
+	struct list_head *spare, *tmp;
+	LIST_HEAD(gone);
+
+	spin_lock(&kt_rx_pool_lock);
+	if (open) {
+		INIT_LIST_HEAD(&kd->rx_pool);
+		kd->rx_pool_max = kt_rx_target(kd);
+	} else {
+		list_splice_init(&kd->rx_pool, &gone);
+	}
+	kd->rx_pool_len = 0;
+	kd->rx_pool_open = open;
+	spin_unlock(&kt_rx_pool_lock);
+	list_for_each_safe(spare, tmp, &gone)
+		kfree(spare);
+}
+
+/*
+ * A buffer to post: a spare one, or a new one, zeroed, so that a device
+ * lying about a used length can only ever show a reader bytes it wrote
+ * itself, never stale kernel memory.
+ */
+static void *kt_rx_buf_get(struct kt_dev *kd)
+{
+	void *buf = kt_rx_pool_take(kd);
+
+	return buf ?: kzalloc(kd->rx_buf_size, GFP_KERNEL);
+}
+
 /* Tops the rx queue up to its target. Called with rx_mutex held or before
  * the device is live.
  */
@@ -119,7 +205,7 @@ static void kt_rx_fill(struct kt_dev *kd)
 	void *buf;
 
 	while (kd->rx_posted < target) {
-		buf = kzalloc(kd->rx_buf_size, GFP_KERNEL);
+		buf = kt_rx_buf_get(kd);
 		if (!buf)
 			break;
 		if (kt_rx_post(kd, buf)) {
@@ -224,6 +310,7 @@ int kt_vqs_start(struct kt_dev *kd)
 		return err;
 	WRITE_ONCE(kd->stopping, false);
 
+	kt_rx_pool_set(kd, true);
 	kt_rx_fill(kd);
 	if (!kd->rx_posted) {
 		err = -ENOMEM;
@@ -252,6 +339,7 @@ int kt_vqs_start(struct kt_dev *kd)
 
 err_bufs:
 	kt_vqs_free_bufs(kd);
+	kt_rx_pool_set(kd, false);
 	kd->vdev->config->del_vqs(kd->vdev);
 	return err;
 }
@@ -296,12 +384,16 @@ void kt_vqs_stop(struct kt_dev *kd)
 	kt_chans_reset(kd);
 
 	kt_vqs_free_bufs(kd);
+	/* Messages still queued free their buffers when read or closed. */
+	kt_rx_pool_set(kd, false);
 	kd->vdev->config->del_vqs(kd->vdev);
 }
 
 /*
- * Handles at most @budget used rx buffers, reposting each; returns how
- * many it took. rx_mutex held.
+ * Handles at most @budget used rx buffers, posting each again (or, if a
+ * message kept it, another one in its place); returns how many it took.
+ * A buffer goes back as it is: it holds only zeros or bytes the device
+ * wrote (see kt_rx_buf_get()), so nothing needs clearing. rx_mutex held.
  */
 static unsigned int kt_rx_take(struct kt_dev *kd, unsigned int budget)
 {
@@ -312,23 +404,20 @@ static unsigned int kt_rx_take(struct kt_dev *kd, unsigned int budget)
 	while (n < budget && (buf = virtqueue_get_buf(vq, &used))) {
 		n++;
 		kd->rx_posted--;
-		if (used > kd->rx_buf_size) {
+		if (used > kd->rx_buf_size)
 			kt_rx_bad_len(kd, used);
-			used = kd->rx_buf_size;
-		} else {
-			kt_rx_buf(kd, buf, used);
-		}
-		/* What the device wrote never reaches the next message. */
-		memset(buf, 0, used);
-		if (kt_rx_post(kd, buf))
+		else if (kt_rx_buf(kd, buf, used))
+			buf = kt_rx_buf_get(kd);
+		/* No buffer: rx_retry tops the ring up later. */
+		if (buf && kt_rx_post(kd, buf))
 			kfree(buf);
-		else
+		else if (buf)
 			kd->rx_posted++;
 		if (++batch >= KT_RX_KICK_BATCH) {
 			virtqueue_kick(vq);
+			cond_resched();
 			batch = 0;
 		}
-		cond_resched();
 	}
 	return n;
 }

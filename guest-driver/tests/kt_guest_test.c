@@ -730,6 +730,42 @@ static void test_stress(void)
 }
 
 /*
+ * A message that fills enough of one rx buffer (from 1 KiB, at least a
+ * quarter of it) reaches the reader in that buffer, not copied: rounds of
+ * eight echoed messages around that size (copied, kept, fragmented),
+ * queued unread for a while in the first round, must each read back
+ * intact, while the buffers read return to the ring for later ones.
+ */
+static void test_zerocopy(void)
+{
+	static const int sizes[] = { 1023, 1024, 2000, 3000, 4064, 4065, 100,
+				     4000 };
+	bool ok = true;
+	int fd, i, j, round;
+	ssize_t n;
+
+	fd = connect_to("echo", 0);
+	check(fd >= 0, "connect echo for whole-buffer messages");
+	for (round = 0; round < 20 && ok; round++) {
+		for (i = 0; i < 8 && ok; i++) {
+			memset(wbuf, 'a' + (round + i) % 26, sizes[i]);
+			ok = write(fd, wbuf, sizes[i]) == sizes[i];
+		}
+		if (!round)
+			usleep(300000);
+		for (i = 0; i < 8 && ok; i++) {
+			n = read(fd, buf, sizeof(buf));
+			ok = n == sizes[i];
+			for (j = 0; ok && j < n; j++)
+				ok = buf[j] == 'a' + (round + i) % 26;
+		}
+	}
+	check(ok, "zero-copy: 20 rounds of 8 messages read back intact (%d)",
+	      round);
+	close(fd);
+}
+
+/*
  * Interrupts so far on the line whose name ends in @name in
  * /proc/interrupts, or -1 if there is none.
  */
@@ -1355,6 +1391,7 @@ int main(int argc, char **argv)
 		test_malformed();
 		test_listen();
 		test_stress();
+		test_zerocopy();
 		test_txirq();
 		test_lazytx();
 		test_reset();
