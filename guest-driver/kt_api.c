@@ -94,7 +94,7 @@ struct kt_chan *kt_open(const char *name, const struct kt_chan_ops *ops,
 	}
 	/* Callbacks start now; anything that arrived meanwhile is queued. */
 	spin_lock(&ch->lock);
-	ch->ops = ops;
+	WRITE_ONCE(ch->ops, ops);	/* kt_chan_notify() reads it unlocked */
 	spin_unlock(&ch->lock);
 	kt_chan_notify(ch);
 	return ch;
@@ -160,7 +160,7 @@ void kt_close(struct kt_chan *ch)
 		return;
 	}
 	ch->user_closed = true;
-	ch->ops = NULL;
+	WRITE_ONCE(ch->ops, NULL);
 	spin_unlock(&ch->lock);
 	wake_up_interruptible(&ch->wq);
 

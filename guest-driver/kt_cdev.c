@@ -179,11 +179,8 @@ static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
 		ret = -EFAULT;
 		goto out;
 	}
-	spin_lock(&ch->lock);
-	list_del(&msg->node);
-	spin_unlock(&ch->lock);
 	ret = msg->len;
-	kt_chan_consumed(ch, kt_msg_cost(msg->len));
+	kt_chan_dequeue(ch, msg);
 	kt_msg_free(ch->kd, msg);
 out:
 	mutex_unlock(&ch->rd_mutex);

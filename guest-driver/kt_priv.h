@@ -6,7 +6,8 @@
  * other modules (see include/linux/kerntransport_api.h for that).
  *
  * Locking (outermost first; never take them the other way round):
- *   kd->rx_mutex (mutex)      rx and event virtqueues, reassembly state
+ *   kd->rx_mutex (mutex)      rx and event virtqueues, reassembly state,
+ *                             channels to wake after an rx run (rx_notify)
  *   kt_services_lock (mutex)  global listener/service registry
  *   kd->tx_lock (spinlock)    tx virtqueue, pending tx list, tx_live;
  *                             senders reap tx completions under it
@@ -138,6 +139,8 @@ struct kt_chan {
 	struct module *owner;		/* pinned while the channel exists */
 	void *priv;
 	struct work_struct work;	/* delivers rxq to ops->recv */
+	struct list_head notify_node;	/* kd->rx_notify, under kd->rx_mutex */
+	bool notify_queued;		/* on kd->rx_notify (kd->rx_mutex) */
 	struct list_head svc_node;	/* a user listener's accept queue */
 
 	struct kt_chan_stats stats;
@@ -211,6 +214,7 @@ struct kt_dev {
 	unsigned int rx_posted;		/* rx buffers in the ring */
 	struct kt_ev_buf *ev_bufs;	/* KT_EV_BUFS event buffers */
 	struct work_struct rx_work;	/* event queue, then rx queue */
+	struct list_head rx_notify;	/* channels to wake after this rx run */
 	struct list_head rx_pool;	/* spare rx buffers, kt_rx_pool_lock */
 	unsigned int rx_pool_len;
 	unsigned int rx_pool_max;
@@ -281,6 +285,7 @@ void kt_rx_bad_len(struct kt_dev *kd, u32 used);
 void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used);
 bool kt_rx_event_is_reset(const struct kt_hdr *hdr, u32 used);
 void kt_reasm_abort(struct kt_dev *kd, bool broken);
+void kt_rx_notify_flush(struct kt_dev *kd);
 
 /* kt_chan.c: channels, credit, services */
 extern struct mutex kt_services_lock;
@@ -294,6 +299,7 @@ void kt_chan_notify(struct kt_chan *ch);
 int kt_chan_connect(struct kt_chan *ch, bool nonblock);
 int kt_chan_send(struct kt_chan *ch, struct kt_txbuf *txb, bool nonblock);
 void kt_chan_consumed(struct kt_chan *ch, u32 cost);
+void kt_chan_dequeue(struct kt_chan *ch, struct kt_msg *msg);
 void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err);
 void kt_chan_release(struct kt_chan *ch);
 void kt_chans_reset(struct kt_dev *kd);

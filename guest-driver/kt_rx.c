@@ -85,19 +85,50 @@ void kt_rx_bad_len(struct kt_dev *kd, u32 used)
 			    kd->rx_buf_size);
 }
 
+/*
+ * Records the peer's credit from a header for the channel; true if it
+ * changed (then wake writers once the lock is dropped). ch->lock held.
+ */
+static bool kt_peer_credit_locked(struct kt_chan *ch,
+				  const struct kt_rx_hdr *r)
+{
+	bool changed = ch->peer_buf_alloc != r->buf_alloc ||
+		       ch->peer_fwd_cnt != r->fwd_cnt;
+
+	ch->peer_buf_alloc = r->buf_alloc;
+	ch->peer_fwd_cnt = r->fwd_cnt;
+	return changed;
+}
+
 /* Records the peer's credit from any header for the channel. */
 static void kt_peer_credit(struct kt_chan *ch, const struct kt_rx_hdr *r)
 {
 	bool changed;
 
 	spin_lock(&ch->lock);
-	changed = ch->peer_buf_alloc != r->buf_alloc ||
-		  ch->peer_fwd_cnt != r->fwd_cnt;
-	ch->peer_buf_alloc = r->buf_alloc;
-	ch->peer_fwd_cnt = r->fwd_cnt;
+	changed = kt_peer_credit_locked(ch, r);
 	spin_unlock(&ch->lock);
 	if (changed)
 		wake_up_interruptible(&ch->wq);
+}
+
+/**
+ * kt_rx_notify_flush() - wake the readers of the messages just delivered
+ * @kd: the device (rx_mutex held)
+ *
+ * Called at the end of each rx run: a reader woken per message would, on
+ * a busy CPU, preempt the rx work once per message.
+ */
+void kt_rx_notify_flush(struct kt_dev *kd)
+{
+	struct kt_chan *ch, *tmp;
+
+	list_for_each_entry_safe(ch, tmp, &kd->rx_notify, notify_node) {
+		list_del(&ch->notify_node);
+		ch->notify_queued = false;
+		kt_chan_notify(ch);
+		kt_chan_put(ch);
+	}
 }
 
 /* Queues a complete message for the reader; discards if it went away. */
@@ -124,7 +155,12 @@ static void kt_deliver(struct kt_dev *kd, struct kt_chan *ch,
 	}
 	atomic64_inc(&kd->stats.rx_msgs);
 	atomic64_add(len, &kd->stats.rx_bytes);
-	kt_chan_notify(ch);
+	if (!ch->notify_queued) {
+		/* Woken by kt_rx_notify_flush() at the end of this run. */
+		ch->notify_queued = true;
+		kref_get(&ch->ref);
+		list_add_tail(&ch->notify_node, &kd->rx_notify);
+	}
 }
 
 /**
@@ -226,6 +262,7 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	const u8 *payload = (const u8 *)buf + KT_HDR_SIZE;
 	bool more = r->flags & KT_HDR_F_MORE;
 	struct kt_msg *msg = NULL;
+	bool credit_changed;
 	bool kept = false;
 	const char *bad = NULL;
 	u32 wire_err = KT_ERR_PROTO;
@@ -245,10 +282,9 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 		kt_chan_put(ch);
 		return false;
 	}
-	kt_peer_credit(ch, r);
-
 	cost = kt_msg_cost(r->msg_len);
 	spin_lock(&ch->lock);
+	credit_changed = kt_peer_credit_locked(ch, r);
 	if (ch->state == KT_CH_CONNECTING) {
 		bad = "DATA before OPEN_OK";
 		wire_err = 0;
@@ -273,6 +309,8 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 		ch->rx_cnt += cost;
 	}
 	spin_unlock(&ch->lock);
+	if (credit_changed && wq_has_sleeper(&ch->wq))
+		wake_up_interruptible(&ch->wq);
 
 	if (bad) {
 		if (wire_err)
@@ -401,7 +439,7 @@ static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	ch->state = KT_CH_OPEN;
 	ch->opened = true;
 	if (svc->ops)
-		ch->ops = svc->ops->chan_ops;
+		WRITE_ONCE(ch->ops, svc->ops->chan_ops);
 	spin_unlock(&ch->lock);
 
 	if (!svc->ops) {

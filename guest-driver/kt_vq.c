@@ -323,6 +323,7 @@ int kt_vqs_start(struct kt_dev *kd)
 	}
 
 	mutex_lock(&kd->rx_mutex);
+	INIT_LIST_HEAD(&kd->rx_notify);
 	kd->rx_live = true;
 	mutex_unlock(&kd->rx_mutex);
 	spin_lock(&kd->tx_lock);
@@ -502,6 +503,7 @@ static void kt_rx_run(struct kt_dev *kd)
 		if (virtqueue_is_broken(kd->rx_vq) ||
 		    virtqueue_is_broken(kd->ev_vq))
 			kt_vq_broken(kd);
+		kt_rx_notify_flush(kd);
 	}
 	mutex_unlock(&kd->rx_mutex);
 }
