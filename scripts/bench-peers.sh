@@ -27,7 +27,12 @@
 # default: `cargo install vhost-device-vsock@0.3.0 --locked` into the cache),
 # KT_BENCH_OUT (output directory), KT_BENCH_VMM=1 (add kerntransport rows
 # with the guest under kt-vmm: on this host's KVM, or inside the KVM runner
-# VM; images/runner/in-runner-bench.sh).
+# VM; images/runner/in-runner-bench.sh). For experiments:
+# KT_BENCH_PEERS (comma-separated subset of kt,vsock,serial, with kt;
+# default all three), KT_DEVICE_ARGS (extra kt-vhost-device flags) and
+# KT_BENCH_CMDLINE (extra guest kernel command-line words, e.g.
+# kerntransport.window=1048576: the image's init passes MODULE.param=value
+# words to insmod). Each is recorded in peers.env.
 # Exit 0 if the guest ran and at least kerntransport was measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +73,15 @@ case "$params" in
 *,*,*) ;;
 *) die "KT_BENCH=$params: expected ITERATIONS,BULK_MB,SMALL_COUNT" ;;
 esac
+peers=${KT_BENCH_PEERS:-kt,vsock,serial}
+case ",$peers," in *,kt,*) ;; *) die "KT_BENCH_PEERS=$peers: must include kt" ;; esac
+for p in ${peers//,/ }; do
+	case "$p" in kt | vsock | serial) ;; *) die "KT_BENCH_PEERS=$peers: '$p' is not kt, vsock or serial" ;; esac
+done
+want_peer() { case ",$peers," in *",$1,"*) return 0 ;; esac; return 1; }
+read -r -a device_args <<<"${KT_DEVICE_ARGS:-}"
+extra_cmdline=${KT_BENCH_CMDLINE:-}
+case "$extra_cmdline" in *[!A-Za-z0-9_.,=\ -]*) die "KT_BENCH_CMDLINE='$extra_cmdline': only words of letters, digits and _.,=- are allowed" ;; esac
 
 log "building (cached after the first run; log: $work/build.log)"
 kt_build_artifacts "$work/build.log" || die "build failed"
@@ -79,7 +93,8 @@ kt=$KT_TOOL_BIN
 # vhost-device-vsock: a published crate, installed once into the cache.
 vsock_dev=${KT_VSOCK_DEVICE:-$KT_CACHE/peers/vhost-device-vsock-$VSOCK_VERSION/bin/vhost-device-vsock}
 vsock_na=
-if [ ! -x "$vsock_dev" ] && [ -z "${KT_VSOCK_DEVICE:-}" ]; then
+want_peer vsock || vsock_na="not measured"
+if [ -z "$vsock_na" ] && [ ! -x "$vsock_dev" ] && [ -z "${KT_VSOCK_DEVICE:-}" ]; then
 	log "installing vhost-device-vsock $VSOCK_VERSION (once; log: $work/vsock-install.log)"
 	nice cargo install vhost-device-vsock --version "$VSOCK_VERSION" --locked \
 		--root "$KT_CACHE/peers/vhost-device-vsock-$VSOCK_VERSION" >"$work/vsock-install.log" 2>&1 ||
@@ -97,7 +112,7 @@ name = "bench"
 socket = "$work/bench.sock"
 TOML
 "$device" --socket-path "$work/kt.vhost" --policy "$work/policy.toml" --guest-id 7 \
-	--listen "$work/kt.listen" >"$work/kt-device.log" 2>&1 &
+	--listen "$work/kt.listen" "${device_args[@]}" >"$work/kt-device.log" 2>&1 &
 pids+=($!)
 kt_device_pid=$!
 "$kt" serve --socket "$work/bench.sock" --mode bench --cpu-pids "$work/cpu-kt.pids" \
@@ -143,7 +158,7 @@ qemu_cmd=("$KT_QEMU" -nodefaults -no-user-config -display none -M q35 -cpu max -
 	-L /usr/share/qemu -L /usr/share/seabios -nic none -no-reboot
 	-m 512M -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem
 	-serial "file:$work/serial.log" -kernel "$kernel" -initrd "$initramfs"
-	-append "console=ttyS0 panic=-1 no_timer_check quiet kt.workload=bench-peers kt.bench=$params kt.timeout=3300"
+	-append "console=ttyS0 panic=-1 no_timer_check quiet kt.workload=bench-peers kt.bench=$params kt.peers=$peers kt.timeout=3300${extra_cmdline:+ $extra_cmdline}"
 	-chardev "socket,id=kt0,path=$work/kt.vhost,reconnect-ms=500"
 	-device vhost-user-device-pci,chardev=kt0,virtio-id=60,num_vqs=3,vq_size=256,config_size=16
 	"${vsock_args[@]}"
@@ -239,6 +254,7 @@ value() {
 }
 [ -z "$vsock_na" ] || echo "vsock: n/a $vsock_na" >>"$work/bench.txt"
 [ -z "$vsock_na" ] || echo "vsock64k: n/a $vsock_na" >>"$work/bench.txt"
+want_peer serial || echo "serial: n/a not measured" >>"$work/bench.txt"
 num() { case "$1" in n/a* | -) echo "" ;; *) echo "${1%% *}" ;; esac; }
 # compare KT BEST BETTER TARGET: "RATIO|MET" (kt / best and whether the
 # target is met), "-|-" when a side is missing.
@@ -380,6 +396,9 @@ grep -q 'n/a' "$work/table.txt" && keep=1
 	echo "kt_bench=$params (round trips, bulk MB per size and direction, 64 B messages per direction)"
 	echo "vsock_device=vhost-device-vsock $VSOCK_VERSION${KT_VSOCK_DEVICE:+ ($KT_VSOCK_DEVICE)}"
 	echo "vsock_64k_writes=$v64"
+	[ "$peers" = kt,vsock,serial ] || echo "peers=$peers"
+	[ -z "${KT_DEVICE_ARGS:-}" ] || echo "device_args=$KT_DEVICE_ARGS"
+	[ -z "$extra_cmdline" ] || echo "guest_cmdline_extra=$extra_cmdline"
 	[ -z "$vmm_where" ] || echo "kt_vmm=$vmm_where"
 } >"$work/peers.env"
 {
