@@ -86,6 +86,7 @@ struct kt_chan *kt_open(const char *name, const struct kt_chan_ops *ops,
 	}
 	ch->owner = ops->owner;
 	ch->priv = priv;
+	ch->kernel = true;
 
 	err = kt_chan_connect(ch, false);
 	if (err) {

@@ -59,16 +59,32 @@ struct kt_ev_buf {
  * right-sized allocation (@data is @buf), or, when one rx buffer held it
  * all and it fills enough of that buffer (kt_rx.c), the rx buffer itself
  * (@rxbuf): this struct then lies over the buffer's header, which was
- * decoded before, and @data points at the payload after it. Free it with
- * kt_msg_free().
+ * decoded before, and @data points at the payload after it; or, for a
+ * user-space channel's message too large for one buffer, the chain of
+ * @nbufs rx buffers it came in (kt_msg_bufs(); each buffer's payload
+ * length is in its first bytes, kt_msg_buf_len(); @data is NULL). Free it
+ * with kt_msg_free().
  */
 struct kt_msg {
 	struct list_head node;
 	u8 *data;
 	u32 len;
 	bool rxbuf;
+	u16 nbufs;
 	u8 buf[] __aligned(8);
 };
+
+/* The rx buffers of a chained message (nbufs != 0). */
+static inline void **kt_msg_bufs(struct kt_msg *msg)
+{
+	return (void **)msg->buf;
+}
+
+/* Payload bytes of one buffer of a chained message, after its header. */
+static inline u32 kt_msg_buf_len(const void *rxbuf)
+{
+	return *(const u32 *)rxbuf;
+}
 
 /* Credit bytes a message of @len payload bytes costs (SPEC section 5). */
 static inline u32 kt_msg_cost(u32 len)
@@ -103,6 +119,7 @@ struct kt_chan {
 	struct mutex rd_mutex;		/* one reader at a time (peek, copy) */
 	u32 id;
 	char name[KT_NAME_MAX + 1];
+	bool kernel;			/* a kernel user's: set before listed */
 
 	/* Everything below is under @lock. */
 	enum kt_ch_state state;
@@ -180,6 +197,7 @@ struct kt_dev_stats {
 struct kt_reasm {
 	struct kt_chan *ch;		/* NULL when idle; reference held */
 	struct kt_msg *msg;
+	unsigned int slots;		/* chained msg: room for this many bufs */
 	u32 seq;
 	u32 msg_len;
 	u32 got;

@@ -163,6 +163,76 @@ static void kt_deliver(struct kt_dev *kd, struct kt_chan *ch,
 	}
 }
 
+/* A message of @len bytes to copy into (data = buf), or NULL. */
+static struct kt_msg *kt_msg_alloc(u32 len)
+{
+	struct kt_msg *msg;
+
+	msg = kvmalloc(struct_size(msg, buf, len), GFP_KERNEL);
+	if (msg) {
+		msg->data = msg->buf;
+		msg->len = len;
+		msg->rxbuf = false;
+		msg->nbufs = 0;
+	}
+	return msg;
+}
+
+/*
+ * A chained message of @msg_len bytes (see struct kt_msg) whose first
+ * buffer is @buf, holding @len payload bytes, with room for as many
+ * buffers as the message needs when the device fills them, plus one. Only
+ * for messages too large for one buffer, so the buffers pinned stay below
+ * three times the credit charged; NULL if it cannot be had.
+ */
+static struct kt_msg *kt_msg_chain_start(struct kt_dev *kd, u32 msg_len,
+					 void *buf, u32 len)
+{
+	u32 room = kd->rx_buf_size - KT_HDR_SIZE;
+	unsigned int slots = DIV_ROUND_UP(msg_len, room) + 1;
+	struct kt_msg *msg;
+
+	if (slots > U16_MAX)
+		return NULL;
+	msg = kvmalloc(struct_size(msg, buf, slots * sizeof(void *)),
+		       GFP_KERNEL);
+	if (!msg)
+		return NULL;
+	msg->data = NULL;
+	msg->len = msg_len;
+	msg->rxbuf = false;
+	msg->nbufs = 1;
+	*(u32 *)buf = len;	/* over the decoded header */
+	kt_msg_bufs(msg)[0] = buf;
+	kd->reasm.slots = slots;
+	return msg;
+}
+
+/*
+ * Turns the chained message being reassembled into a copied one (the
+ * device sent more, shorter fragments than room was made for). Returns
+ * false if there is no memory (the chain is freed either way).
+ */
+static bool kt_msg_chain_flatten(struct kt_dev *kd)
+{
+	struct kt_reasm *re = &kd->reasm;
+	struct kt_msg *chain = re->msg, *msg;
+	unsigned int i;
+	u32 off = 0, n;
+	void *b;
+
+	msg = kt_msg_alloc(chain->len);
+	for (i = 0; msg && i < chain->nbufs; i++) {
+		b = kt_msg_bufs(chain)[i];
+		n = kt_msg_buf_len(b);
+		memcpy(msg->data + off, (u8 *)b + KT_HDR_SIZE, n);
+		off += n;
+	}
+	kt_msg_free(kd, chain);
+	re->msg = msg;
+	return msg;
+}
+
 /**
  * kt_reasm_abort() - drop a partly reassembled message
  * @kd: the device (rx_mutex held)
@@ -186,12 +256,17 @@ void kt_reasm_abort(struct kt_dev *kd, bool broken)
 	kt_chan_put(ch);
 }
 
-/* A continuation fragment of the message being reassembled. */
-static void kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
-			   const u8 *payload)
+/*
+ * A continuation fragment of the message being reassembled, in @buf.
+ * Returns true if the (chained) message kept @buf.
+ */
+static bool kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
+			   void *buf)
 {
+	const u8 *payload = (const u8 *)buf + KT_HDR_SIZE;
 	struct kt_reasm *re = &kd->reasm;
 	bool more = r->flags & KT_HDR_F_MORE;
+	bool kept = false;
 	struct kt_chan *ch;
 	struct kt_msg *msg;
 
@@ -200,13 +275,26 @@ static void kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	    r->len > re->msg_len - re->got ||
 	    (!more && re->got + r->len != re->msg_len)) {
 		kt_reasm_abort(kd, true);
-		return;
+		return false;
 	}
-	if (re->msg)
+	if (re->msg && re->msg->nbufs && re->msg->nbufs >= re->slots &&
+	    !kt_msg_chain_flatten(kd)) {
+		/* Credit was granted: never drop it silently. */
+		dev_warn_ratelimited(&kd->vdev->dev,
+				     "channel %#x: no memory for a %u byte message\n",
+				     re->ch->id, re->msg_len);
+		kt_chan_shutdown(re->ch, KT_ERR_NOMEM);
+	}
+	if (re->msg && re->msg->nbufs) {
+		*(u32 *)buf = r->len;	/* over the decoded header */
+		kt_msg_bufs(re->msg)[re->msg->nbufs++] = buf;
+		kept = true;
+	} else if (re->msg) {
 		memcpy(re->msg->data + re->got, payload, r->len);
+	}
 	re->got += r->len;
 	if (more)
-		return;
+		return kept;
 
 	ch = re->ch;
 	msg = re->msg;
@@ -217,6 +305,7 @@ static void kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	else
 		atomic64_inc(&kd->stats.rx_discarded);
 	kt_chan_put(ch);
+	return kept;
 }
 
 /*
@@ -236,20 +325,6 @@ static void kt_reasm_start(struct kt_dev *kd, struct kt_chan *ch,
 	re->got = r->len;
 	re->buf_alloc = r->buf_alloc;
 	re->fwd_cnt = r->fwd_cnt;
-}
-
-/* A message of @len bytes to copy into. */
-static struct kt_msg *kt_msg_alloc(u32 len)
-{
-	struct kt_msg *msg;
-
-	msg = kvmalloc(struct_size(msg, buf, len), GFP_KERNEL);
-	if (msg) {
-		msg->data = msg->buf;
-		msg->len = len;
-		msg->rxbuf = false;
-	}
-	return msg;
 }
 
 /*
@@ -328,12 +403,24 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 		msg->data = (u8 *)buf + KT_HDR_SIZE;
 		msg->len = r->len;
 		msg->rxbuf = true;
+		msg->nbufs = 0;
 		kept = true;
 	} else if (!discard) {
-		msg = kt_msg_alloc(r->msg_len);
-		if (msg) {
-			memcpy(msg->data, payload, r->len);
-		} else {
+		/*
+		 * Too large for one buffer, for a user-space reader (kernel
+		 * users get one flat buffer): kept as the chain it comes in.
+		 */
+		if (more && !ch->kernel &&
+		    kd->rx_buf_size >= KT_RX_COPYBREAK &&
+		    r->msg_len > kd->rx_buf_size - KT_HDR_SIZE)
+			msg = kt_msg_chain_start(kd, r->msg_len, buf, r->len);
+		kept = msg;
+		if (!kept) {
+			msg = kt_msg_alloc(r->msg_len);
+			if (msg)
+				memcpy(msg->data, payload, r->len);
+		}
+		if (!msg) {
 			/* Credit was granted: never drop it silently. */
 			dev_warn_ratelimited(&kd->vdev->dev,
 					     "channel %#x: no memory for a %u byte message\n",
@@ -344,7 +431,7 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 
 	if (more) {
 		kt_reasm_start(kd, ch, msg, r);
-		return false;
+		return kept;
 	}
 	if (msg)
 		kt_deliver(kd, ch, msg);
@@ -408,6 +495,7 @@ static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
 		refuse = KT_ERR_NOMEM;
 		goto out_unlock;
 	}
+	ch->kernel = svc->ops;
 	ch->peer_buf_alloc = r->buf_alloc;
 	ch->peer_fwd_cnt = r->fwd_cnt;
 	err = kt_chan_insert_remote(ch, r->id);
@@ -614,10 +702,8 @@ bool kt_rx_buf(struct kt_dev *kd, void *buf, u32 used)
 	if (kd->reasm.ch) {
 		if (r.type == KT_MSG_DATA && r.id == kd->reasm.ch->id &&
 		    r.flags == (r.flags & KT_HDR_F_KNOWN) &&
-		    r.len == used - KT_HDR_SIZE) {
-			kt_rx_fragment(kd, &r, payload);
-			return false;
-		}
+		    r.len == used - KT_HDR_SIZE)
+			return kt_rx_fragment(kd, &r, buf);
 		/* Anything else between fragments breaks the message. */
 		kt_reasm_abort(kd, true);
 	}

@@ -119,24 +119,11 @@ static int kt_rx_post(struct kt_dev *kd, void *buf)
 	return virtqueue_add_inbuf(kd->rx_vq, &sg, 1, buf, GFP_KERNEL);
 }
 
-/**
- * kt_msg_free() - free a received message
- * @kd: the device it came from
- * @msg: the message
- *
- * An rx buffer goes back to the device's pool while its queues are up (up
- * to what it keeps posted), else it is freed. It holds what the device
- * wrote and, over its header, our struct kt_msg: kt_rx_pool_take() clears
- * that part before the buffer is posted again.
- */
-void kt_msg_free(struct kt_dev *kd, struct kt_msg *msg)
+/* Returns an rx buffer a message held to the pool, or frees it. */
+static void kt_rx_buf_put(struct kt_dev *kd, void *buf)
 {
-	struct list_head *spare = (struct list_head *)msg;
+	struct list_head *spare = buf;
 
-	if (!msg->rxbuf) {
-		kvfree(msg);
-		return;
-	}
 	spin_lock(&kt_rx_pool_lock);
 	if (kd->rx_pool_open && kd->rx_pool_len < kd->rx_pool_max) {
 		list_add(spare, &kd->rx_pool);
@@ -145,6 +132,30 @@ void kt_msg_free(struct kt_dev *kd, struct kt_msg *msg)
 	}
 	spin_unlock(&kt_rx_pool_lock);
 	kfree(spare);
+}
+
+/**
+ * kt_msg_free() - free a received message
+ * @kd: the device it came from
+ * @msg: the message
+ *
+ * Its rx buffers go back to the device's pool while its queues are up (up
+ * to what it keeps posted), else they are freed. They hold what the device
+ * wrote and, over the header, our struct kt_msg or a chained buffer's
+ * length: kt_rx_pool_take() clears that part before a buffer is posted
+ * again.
+ */
+void kt_msg_free(struct kt_dev *kd, struct kt_msg *msg)
+{
+	unsigned int i;
+
+	if (msg->rxbuf) {
+		kt_rx_buf_put(kd, msg);
+		return;
+	}
+	for (i = 0; i < msg->nbufs; i++)
+		kt_rx_buf_put(kd, kt_msg_bufs(msg)[i]);
+	kvfree(msg);
 }
 
 /* A spare rx buffer from the pool, its header area cleared; or NULL. */

@@ -20,7 +20,8 @@ Services the guest can open (see kt_guest_test.c for the expectations):
   a message, a used tx entry with an id the guest never posted), lazytx
   (credit of 64 MiB, tx completed only every 50 ms while it is open;
   "lazy-done" is answered with the payload bytes received), sink (takes
-  messages, never answers), noclose
+  messages, never answers), ragged (echoes in fragments of at most 1000
+  bytes, shorter than the buffers), noclose
   (echoes, never answers the guest's CLOSE), stall (window of one message; on the first message the
   device stops completing tx buffers, floods CREDIT_REQUEST, sends
   "flood-done" and resumes a few seconds after the guest took it all),
@@ -327,7 +328,8 @@ class Dev:
                 return
             c.out.pop(0)
             c.tx_cnt = (c.tx_cnt + cost) & 0xffffffff
-            self.send_rx(c.id, MSG_DATA, p, chan=c, seq=c.tx_seq)
+            frag = {'frag': 1000} if c.svc == 'ragged' else {}
+            self.send_rx(c.id, MSG_DATA, p, chan=c, seq=c.tx_seq, **frag)
             c.tx_seq = (c.tx_seq + 1) & 0xffffffff
 
     def fill_rx(self, notify=True):
@@ -353,7 +355,7 @@ class Dev:
                 data = raw; used = kw.get('used', len(raw))
                 self.rxq.pop(0)
             else:
-                room = cap - 32
+                room = min(cap - 32, kw.get('frag', cap))
                 chunk = payload[off:off + room]
                 more = off + len(chunk) < len(payload)
                 if typ != MSG_DATA:
@@ -500,7 +502,7 @@ class Dev:
         if name == 'silent':
             return
         known = ('echo', 'big', 'slow', 'stall', 'firehose', 'breakring', 'noclose',
-                 'breaktx', 'lazytx', 'sink',
+                 'breaktx', 'lazytx', 'sink', 'ragged',
                  'closeafter',
                  'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
         hostile = HOSTILE and name.startswith('hostile:') and name[8:] in HOSTILE_ATTACKS
@@ -594,7 +596,7 @@ class Dev:
                 self.ctrl(c, MSG_CR)
             self.host_send(c, b'flood-done')
             self.timers.append((time.time() + 0.5, self.stall_resume))
-        elif c.svc in ('echo', 'mal-noise', 'noclose'):
+        elif c.svc in ('echo', 'mal-noise', 'noclose', 'ragged'):
             self.host_send(c, p)
         elif c.svc == 'lazytx' and p == b'lazy-done':
             self.host_send(c, b'%d' % c.bytes)
