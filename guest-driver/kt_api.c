@@ -34,7 +34,7 @@ void kt_chan_work(struct work_struct *work)
 			if (ops->recv)
 				ops->recv(ch, msg->data, msg->len);
 			kt_chan_consumed(ch, kt_msg_cost(msg->len));
-			kvfree(msg);
+			kt_msg_free(ch->kd, msg);
 			continue;
 		}
 		if (ch->state == KT_CH_CLOSED && !ch->closed_notified) {
@@ -86,6 +86,7 @@ struct kt_chan *kt_open(const char *name, const struct kt_chan_ops *ops,
 	}
 	ch->owner = ops->owner;
 	ch->priv = priv;
+	ch->kernel = true;
 
 	err = kt_chan_connect(ch, false);
 	if (err) {
@@ -94,7 +95,7 @@ struct kt_chan *kt_open(const char *name, const struct kt_chan_ops *ops,
 	}
 	/* Callbacks start now; anything that arrived meanwhile is queued. */
 	spin_lock(&ch->lock);
-	ch->ops = ops;
+	WRITE_ONCE(ch->ops, ops);	/* kt_chan_notify() reads it unlocked */
 	spin_unlock(&ch->lock);
 	kt_chan_notify(ch);
 	return ch;
@@ -160,7 +161,7 @@ void kt_close(struct kt_chan *ch)
 		return;
 	}
 	ch->user_closed = true;
-	ch->ops = NULL;
+	WRITE_ONCE(ch->ops, NULL);
 	spin_unlock(&ch->lock);
 	wake_up_interruptible(&ch->wq);
 

@@ -117,6 +117,24 @@ static bool kt_chan_readable(struct kt_chan *ch)
 	return ret;
 }
 
+/* Copies a message's payload to user space; nonzero if that faulted. */
+static int kt_msg_copy_out(struct kt_msg *msg, char __user *ubuf)
+{
+	unsigned int i;
+	u32 n;
+	void *b;
+
+	if (!msg->nbufs)
+		return copy_to_user(ubuf, msg->data, msg->len) ? -EFAULT : 0;
+	for (i = 0; i < msg->nbufs; i++, ubuf += n) {
+		b = kt_msg_bufs(msg)[i];
+		n = kt_msg_buf_len(b);
+		if (copy_to_user(ubuf, (u8 *)b + KT_HDR_SIZE, n))
+			return -EFAULT;
+	}
+	return 0;
+}
+
 /*
  * read()'s answer once a closed channel's queue is empty. EMSGSIZE already
  * means "your buffer is too small" (the message stays queued), so a peer
@@ -175,16 +193,13 @@ static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
 		ret = -EMSGSIZE;	/* the message stays queued */
 		goto out;
 	}
-	if (copy_to_user(buf, msg->data, msg->len)) {
+	if (kt_msg_copy_out(msg, buf)) {
 		ret = -EFAULT;
 		goto out;
 	}
-	spin_lock(&ch->lock);
-	list_del(&msg->node);
-	spin_unlock(&ch->lock);
 	ret = msg->len;
-	kt_chan_consumed(ch, kt_msg_cost(msg->len));
-	kvfree(msg);
+	kt_chan_dequeue(ch, msg);
+	kt_msg_free(ch->kd, msg);
 out:
 	mutex_unlock(&ch->rd_mutex);
 	return ret;

@@ -26,7 +26,7 @@ static void kt_chan_free(struct kref *ref)
 	struct kt_msg *msg, *tmp;
 
 	list_for_each_entry_safe(msg, tmp, &ch->rxq, node)
-		kvfree(msg);
+		kt_msg_free(ch->kd, msg);
 	module_put(ch->owner);
 	kt_dev_put(ch->kd);
 	kfree(ch);
@@ -206,18 +206,16 @@ void kt_chan_unlist(struct kt_chan *ch)
  * kt_chan_notify() - wake everyone waiting on a channel
  * @ch: the channel
  *
- * Wakes readers, writers and pollers; for a kernel endpoint, schedules
- * delivery to its callbacks.
+ * Wakes readers, writers and pollers (if any sleep: the common case of a
+ * reader busy with earlier messages costs no wake-up); for a kernel
+ * endpoint, schedules delivery to its callbacks. ch->ops is read without
+ * the lock: kt_chan_work() checks it again under it.
  */
 void kt_chan_notify(struct kt_chan *ch)
 {
-	bool kernel;
-
-	wake_up_interruptible(&ch->wq);
-	spin_lock(&ch->lock);
-	kernel = ch->ops;
-	spin_unlock(&ch->lock);
-	if (kernel) {
+	if (wq_has_sleeper(&ch->wq))
+		wake_up_interruptible(&ch->wq);
+	if (READ_ONCE(ch->ops)) {
 		kref_get(&ch->ref);	/* the work item's reference */
 		if (!queue_work(kt_cb_wq, &ch->work))
 			kt_chan_put(ch);
@@ -292,23 +290,49 @@ int kt_chan_send(struct kt_chan *ch, struct kt_txbuf *txb, bool nonblock)
 	}
 }
 
+/*
+ * Returns @cost credit bytes to the window; true if a CREDIT_UPDATE is due:
+ * half the window was freed since the peer last heard our fwd_cnt (SPEC
+ * section 5). ch->lock held.
+ */
+static bool kt_chan_credit_locked(struct kt_chan *ch, u32 cost)
+{
+	ch->fwd_cnt += cost;
+	return ch->state == KT_CH_OPEN && !ch->close_queued &&
+	       !ch->credit_update_queued &&
+	       ch->fwd_cnt - ch->last_fwd_sent >= ch->buf_alloc / 2;
+}
+
 /**
  * kt_chan_consumed() - the reader took a message: return its credit
  * @ch: the channel
  * @cost: the message's credit bytes
- *
- * Sends CREDIT_UPDATE once half the window has been freed since the peer
- * last heard our fwd_cnt (SPEC section 5).
  */
 void kt_chan_consumed(struct kt_chan *ch, u32 cost)
 {
 	bool update;
 
 	spin_lock(&ch->lock);
-	ch->fwd_cnt += cost;
-	update = ch->state == KT_CH_OPEN && !ch->close_queued &&
-		 !ch->credit_update_queued &&
-		 ch->fwd_cnt - ch->last_fwd_sent >= ch->buf_alloc / 2;
+	update = kt_chan_credit_locked(ch, cost);
+	spin_unlock(&ch->lock);
+	if (update)
+		kt_tx_queue_ctrl(ch, KT_MSG_CREDIT_UPDATE, 0, NULL, 0);
+}
+
+/**
+ * kt_chan_dequeue() - a reader is done with the first queued message
+ * @ch: the channel (the caller holds rd_mutex)
+ * @msg: that message; the caller frees it afterwards
+ *
+ * Takes it off the queue and returns its credit in one go.
+ */
+void kt_chan_dequeue(struct kt_chan *ch, struct kt_msg *msg)
+{
+	bool update;
+
+	spin_lock(&ch->lock);
+	list_del(&msg->node);
+	update = kt_chan_credit_locked(ch, kt_msg_cost(msg->len));
 	spin_unlock(&ch->lock);
 	if (update)
 		kt_tx_queue_ctrl(ch, KT_MSG_CREDIT_UPDATE, 0, NULL, 0);
@@ -387,7 +411,7 @@ void kt_chan_release(struct kt_chan *ch)
 	ch->fwd_cnt = ch->rx_cnt;
 	spin_unlock(&ch->lock);
 	list_for_each_entry_safe(msg, tmp, &gone, node)
-		kvfree(msg);
+		kt_msg_free(ch->kd, msg);
 	kt_chan_shutdown(ch, KT_ERR_OK);
 }
 

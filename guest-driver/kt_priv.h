@@ -6,13 +6,18 @@
  * other modules (see include/linux/kerntransport_api.h for that).
  *
  * Locking (outermost first; never take them the other way round):
- *   kd->rx_mutex (mutex)      rx and event virtqueues, reassembly state
+ *   kd->rx_mutex (mutex)      rx and event virtqueues, reassembly state,
+ *                             channels to wake after an rx run (rx_notify)
  *   kt_services_lock (mutex)  global listener/service registry
- *   kd->tx_lock (spinlock)    tx virtqueue, pending tx list, tx_live
+ *   kd->tx_lock (spinlock)    tx virtqueue, pending tx list, tx_live;
+ *                             senders reap tx completions under it
  *   kd->chans xa_lock         channel id table
  *   svc->lock (spinlock)      a service's accept queue / channel list
  *   ch->lock (spinlock)       one channel's state, queue, credit, counters
- * All paths run in process context (virtqueue callbacks only queue work).
+ *   kt_rx_pool_lock (spinlock) spare rx buffers (kt_vq.c); innermost
+ * All paths run in process context: virtqueue callbacks only queue work
+ * (the tx callback also turns tx callbacks off, which virtqueue_disable_cb()
+ * allows without serialisation; tx_work turns them on again).
  */
 #ifndef KT_PRIV_H
 #define KT_PRIV_H
@@ -49,12 +54,37 @@ struct kt_ev_buf {
 	struct kt_hdr hdr;
 } ____cacheline_aligned;
 
-/* One received message, queued on a channel until read. */
+/*
+ * One received message, queued on a channel until read: copied into a
+ * right-sized allocation (@data is @buf), or, when one rx buffer held it
+ * all and it fills enough of that buffer (kt_rx.c), the rx buffer itself
+ * (@rxbuf): this struct then lies over the buffer's header, which was
+ * decoded before, and @data points at the payload after it; or, for a
+ * user-space channel's message too large for one buffer, the chain of
+ * @nbufs rx buffers it came in (kt_msg_bufs(); each buffer's payload
+ * length is in its first bytes, kt_msg_buf_len(); @data is NULL). Free it
+ * with kt_msg_free().
+ */
 struct kt_msg {
 	struct list_head node;
+	u8 *data;
 	u32 len;
-	u8 data[];
+	bool rxbuf;
+	u16 nbufs;
+	u8 buf[] __aligned(8);
 };
+
+/* The rx buffers of a chained message (nbufs != 0). */
+static inline void **kt_msg_bufs(struct kt_msg *msg)
+{
+	return (void **)msg->buf;
+}
+
+/* Payload bytes of one buffer of a chained message, after its header. */
+static inline u32 kt_msg_buf_len(const void *rxbuf)
+{
+	return *(const u32 *)rxbuf;
+}
 
 /* Credit bytes a message of @len payload bytes costs (SPEC section 5). */
 static inline u32 kt_msg_cost(u32 len)
@@ -89,6 +119,7 @@ struct kt_chan {
 	struct mutex rd_mutex;		/* one reader at a time (peek, copy) */
 	u32 id;
 	char name[KT_NAME_MAX + 1];
+	bool kernel;			/* a kernel user's: set before listed */
 
 	/* Everything below is under @lock. */
 	enum kt_ch_state state;
@@ -117,6 +148,7 @@ struct kt_chan {
 	u32 peer_buf_alloc;
 	u32 peer_fwd_cnt;
 	u32 tx_inflight;		/* credit bytes queued, not yet completed */
+	bool tx_wait;			/* a sender waits for tx_inflight to drop */
 	u32 tx_want;			/* cost of the last send that had to wait */
 
 	/* Kernel endpoints (kt_api.c). */
@@ -124,6 +156,8 @@ struct kt_chan {
 	struct module *owner;		/* pinned while the channel exists */
 	void *priv;
 	struct work_struct work;	/* delivers rxq to ops->recv */
+	struct list_head notify_node;	/* kd->rx_notify, under kd->rx_mutex */
+	bool notify_queued;		/* on kd->rx_notify (kd->rx_mutex) */
 	struct list_head svc_node;	/* a user listener's accept queue */
 
 	struct kt_chan_stats stats;
@@ -163,6 +197,7 @@ struct kt_dev_stats {
 struct kt_reasm {
 	struct kt_chan *ch;		/* NULL when idle; reference held */
 	struct kt_msg *msg;
+	unsigned int slots;		/* chained msg: room for this many bufs */
 	u32 seq;
 	u32 msg_len;
 	u32 got;
@@ -197,6 +232,11 @@ struct kt_dev {
 	unsigned int rx_posted;		/* rx buffers in the ring */
 	struct kt_ev_buf *ev_bufs;	/* KT_EV_BUFS event buffers */
 	struct work_struct rx_work;	/* event queue, then rx queue */
+	struct list_head rx_notify;	/* channels to wake after this rx run */
+	struct list_head rx_pool;	/* spare rx buffers, kt_rx_pool_lock */
+	unsigned int rx_pool_len;
+	unsigned int rx_pool_max;
+	bool rx_pool_open;		/* between kt_vqs_start and _stop */
 	struct delayed_work rx_retry;	/* rx buffers could not be posted */
 	struct kt_reasm reasm;
 
@@ -206,8 +246,9 @@ struct kt_dev {
 	unsigned int tx_queued;		/* entries of tx_pending */
 	unsigned int replies_pending;	/* of them: replies without a channel */
 	unsigned int ctrl_queued;	/* of them: not DATA */
-	struct work_struct tx_work;
-	struct delayed_work tx_retry;	/* an add failed: try again later */
+	struct work_struct tx_work;	/* the tx interrupt came */
+	struct delayed_work tx_retry;	/* lazy reaping; a failed add */
+	atomic_t tx_waiters;		/* channels with tx_wait set */
 
 	struct xarray chans;		/* id -> struct kt_chan (holds a ref) */
 	u32 next_id;
@@ -254,13 +295,15 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled);
 bool kt_chan_can_send(struct kt_chan *ch, u32 cost);
 void kt_tx_purge(struct kt_dev *kd);
+void kt_msg_free(struct kt_dev *kd, struct kt_msg *msg);
 
 /* kt_rx.c: validation and dispatch of device messages */
-void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used);
+bool kt_rx_buf(struct kt_dev *kd, void *buf, u32 used);
 void kt_rx_bad_len(struct kt_dev *kd, u32 used);
 void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used);
 bool kt_rx_event_is_reset(const struct kt_hdr *hdr, u32 used);
 void kt_reasm_abort(struct kt_dev *kd, bool broken);
+void kt_rx_notify_flush(struct kt_dev *kd);
 
 /* kt_chan.c: channels, credit, services */
 extern struct mutex kt_services_lock;
@@ -274,6 +317,7 @@ void kt_chan_notify(struct kt_chan *ch);
 int kt_chan_connect(struct kt_chan *ch, bool nonblock);
 int kt_chan_send(struct kt_chan *ch, struct kt_txbuf *txb, bool nonblock);
 void kt_chan_consumed(struct kt_chan *ch, u32 cost);
+void kt_chan_dequeue(struct kt_chan *ch, struct kt_msg *msg);
 void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err);
 void kt_chan_release(struct kt_chan *ch);
 void kt_chans_reset(struct kt_dev *kd);

@@ -16,6 +16,16 @@
 
 #include "kt_priv.h"
 
+/*
+ * A DATA message that arrives whole in one rx buffer is handed to the
+ * reader in that buffer, not copied, if it is at least this long and
+ * fills at least a quarter of the buffer: a queued message then never
+ * pins more than four times the credit it is charged (SPEC 5 counts its
+ * length, not the buffer's). Shorter ones are copied into an allocation
+ * of their own size, so a 64 B message never pins a 64 KiB buffer.
+ */
+#define KT_RX_COPYBREAK		1024U
+
 /* A decoded header: host-endian copies of the untrusted fields. */
 struct kt_rx_hdr {
 	u32 id;
@@ -75,19 +85,50 @@ void kt_rx_bad_len(struct kt_dev *kd, u32 used)
 			    kd->rx_buf_size);
 }
 
+/*
+ * Records the peer's credit from a header for the channel; true if it
+ * changed (then wake writers once the lock is dropped). ch->lock held.
+ */
+static bool kt_peer_credit_locked(struct kt_chan *ch,
+				  const struct kt_rx_hdr *r)
+{
+	bool changed = ch->peer_buf_alloc != r->buf_alloc ||
+		       ch->peer_fwd_cnt != r->fwd_cnt;
+
+	ch->peer_buf_alloc = r->buf_alloc;
+	ch->peer_fwd_cnt = r->fwd_cnt;
+	return changed;
+}
+
 /* Records the peer's credit from any header for the channel. */
 static void kt_peer_credit(struct kt_chan *ch, const struct kt_rx_hdr *r)
 {
 	bool changed;
 
 	spin_lock(&ch->lock);
-	changed = ch->peer_buf_alloc != r->buf_alloc ||
-		  ch->peer_fwd_cnt != r->fwd_cnt;
-	ch->peer_buf_alloc = r->buf_alloc;
-	ch->peer_fwd_cnt = r->fwd_cnt;
+	changed = kt_peer_credit_locked(ch, r);
 	spin_unlock(&ch->lock);
 	if (changed)
 		wake_up_interruptible(&ch->wq);
+}
+
+/**
+ * kt_rx_notify_flush() - wake the readers of the messages just delivered
+ * @kd: the device (rx_mutex held)
+ *
+ * Called at the end of each rx run: a reader woken per message would, on
+ * a busy CPU, preempt the rx work once per message.
+ */
+void kt_rx_notify_flush(struct kt_dev *kd)
+{
+	struct kt_chan *ch, *tmp;
+
+	list_for_each_entry_safe(ch, tmp, &kd->rx_notify, notify_node) {
+		list_del(&ch->notify_node);
+		ch->notify_queued = false;
+		kt_chan_notify(ch);
+		kt_chan_put(ch);
+	}
 }
 
 /* Queues a complete message for the reader; discards if it went away. */
@@ -109,12 +150,87 @@ static void kt_deliver(struct kt_dev *kd, struct kt_chan *ch,
 
 	if (!keep) {
 		atomic64_inc(&kd->stats.rx_discarded);
-		kvfree(msg);
+		kt_msg_free(kd, msg);
 		return;
 	}
 	atomic64_inc(&kd->stats.rx_msgs);
 	atomic64_add(len, &kd->stats.rx_bytes);
-	kt_chan_notify(ch);
+	if (!ch->notify_queued) {
+		/* Woken by kt_rx_notify_flush() at the end of this run. */
+		ch->notify_queued = true;
+		kref_get(&ch->ref);
+		list_add_tail(&ch->notify_node, &kd->rx_notify);
+	}
+}
+
+/* A message of @len bytes to copy into (data = buf), or NULL. */
+static struct kt_msg *kt_msg_alloc(u32 len)
+{
+	struct kt_msg *msg;
+
+	msg = kvmalloc(struct_size(msg, buf, len), GFP_KERNEL);
+	if (msg) {
+		msg->data = msg->buf;
+		msg->len = len;
+		msg->rxbuf = false;
+		msg->nbufs = 0;
+	}
+	return msg;
+}
+
+/*
+ * A chained message of @msg_len bytes (see struct kt_msg) whose first
+ * buffer is @buf, holding @len payload bytes, with room for as many
+ * buffers as the message needs when the device fills them, plus one. Only
+ * for messages too large for one buffer, so the buffers pinned stay below
+ * three times the credit charged; NULL if it cannot be had.
+ */
+static struct kt_msg *kt_msg_chain_start(struct kt_dev *kd, u32 msg_len,
+					 void *buf, u32 len)
+{
+	u32 room = kd->rx_buf_size - KT_HDR_SIZE;
+	unsigned int slots = DIV_ROUND_UP(msg_len, room) + 1;
+	struct kt_msg *msg;
+
+	if (slots > U16_MAX)
+		return NULL;
+	msg = kvmalloc(struct_size(msg, buf, slots * sizeof(void *)),
+		       GFP_KERNEL);
+	if (!msg)
+		return NULL;
+	msg->data = NULL;
+	msg->len = msg_len;
+	msg->rxbuf = false;
+	msg->nbufs = 1;
+	*(u32 *)buf = len;	/* over the decoded header */
+	kt_msg_bufs(msg)[0] = buf;
+	kd->reasm.slots = slots;
+	return msg;
+}
+
+/*
+ * Turns the chained message being reassembled into a copied one (the
+ * device sent more, shorter fragments than room was made for). Returns
+ * false if there is no memory (the chain is freed either way).
+ */
+static bool kt_msg_chain_flatten(struct kt_dev *kd)
+{
+	struct kt_reasm *re = &kd->reasm;
+	struct kt_msg *chain = re->msg, *msg;
+	unsigned int i;
+	u32 off = 0, n;
+	void *b;
+
+	msg = kt_msg_alloc(chain->len);
+	for (i = 0; msg && i < chain->nbufs; i++) {
+		b = kt_msg_bufs(chain)[i];
+		n = kt_msg_buf_len(b);
+		memcpy(msg->data + off, (u8 *)b + KT_HDR_SIZE, n);
+		off += n;
+	}
+	kt_msg_free(kd, chain);
+	re->msg = msg;
+	return msg;
 }
 
 /**
@@ -130,7 +246,8 @@ void kt_reasm_abort(struct kt_dev *kd, bool broken)
 
 	if (!ch)
 		return;
-	kvfree(r->msg);
+	if (r->msg)
+		kt_msg_free(kd, r->msg);
 	r->msg = NULL;
 	r->ch = NULL;
 	if (broken)
@@ -139,12 +256,17 @@ void kt_reasm_abort(struct kt_dev *kd, bool broken)
 	kt_chan_put(ch);
 }
 
-/* A continuation fragment of the message being reassembled. */
-static void kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
-			   const u8 *payload)
+/*
+ * A continuation fragment of the message being reassembled, in @buf.
+ * Returns true if the (chained) message kept @buf.
+ */
+static bool kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
+			   void *buf)
 {
+	const u8 *payload = (const u8 *)buf + KT_HDR_SIZE;
 	struct kt_reasm *re = &kd->reasm;
 	bool more = r->flags & KT_HDR_F_MORE;
+	bool kept = false;
 	struct kt_chan *ch;
 	struct kt_msg *msg;
 
@@ -153,13 +275,26 @@ static void kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	    r->len > re->msg_len - re->got ||
 	    (!more && re->got + r->len != re->msg_len)) {
 		kt_reasm_abort(kd, true);
-		return;
+		return false;
 	}
-	if (re->msg)
+	if (re->msg && re->msg->nbufs && re->msg->nbufs >= re->slots &&
+	    !kt_msg_chain_flatten(kd)) {
+		/* Credit was granted: never drop it silently. */
+		dev_warn_ratelimited(&kd->vdev->dev,
+				     "channel %#x: no memory for a %u byte message\n",
+				     re->ch->id, re->msg_len);
+		kt_chan_shutdown(re->ch, KT_ERR_NOMEM);
+	}
+	if (re->msg && re->msg->nbufs) {
+		*(u32 *)buf = r->len;	/* over the decoded header */
+		kt_msg_bufs(re->msg)[re->msg->nbufs++] = buf;
+		kept = true;
+	} else if (re->msg) {
 		memcpy(re->msg->data + re->got, payload, r->len);
+	}
 	re->got += r->len;
 	if (more)
-		return;
+		return kept;
 
 	ch = re->ch;
 	msg = re->msg;
@@ -170,6 +305,7 @@ static void kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	else
 		atomic64_inc(&kd->stats.rx_discarded);
 	kt_chan_put(ch);
+	return kept;
 }
 
 /*
@@ -191,12 +327,18 @@ static void kt_reasm_start(struct kt_dev *kd, struct kt_chan *ch,
 	re->fwd_cnt = r->fwd_cnt;
 }
 
-/* The first (or only) buffer of a DATA message. */
-static void kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
-		       const u8 *payload)
+/*
+ * The first (or only) buffer of a DATA message, @buf (header decoded into
+ * @r). Returns true if the message kept @buf (see KT_RX_COPYBREAK).
+ */
+static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
+		       void *buf)
 {
+	const u8 *payload = (const u8 *)buf + KT_HDR_SIZE;
 	bool more = r->flags & KT_HDR_F_MORE;
 	struct kt_msg *msg = NULL;
+	bool credit_changed;
+	bool kept = false;
 	const char *bad = NULL;
 	u32 wire_err = KT_ERR_PROTO;
 	bool discard = false;
@@ -207,18 +349,17 @@ static void kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	if (!ch) {
 		kt_malformed(kd, NULL, "DATA for unknown channel", r->id,
 			     r->type);
-		return;
+		return false;
 	}
 	if (more ? r->len > r->msg_len : r->len != r->msg_len) {
 		kt_violation(kd, ch, "DATA len/msg_len mismatch", r->id,
 			     r->type, KT_ERR_PROTO);
 		kt_chan_put(ch);
-		return;
+		return false;
 	}
-	kt_peer_credit(ch, r);
-
 	cost = kt_msg_cost(r->msg_len);
 	spin_lock(&ch->lock);
+	credit_changed = kt_peer_credit_locked(ch, r);
 	if (ch->state == KT_CH_CONNECTING) {
 		bad = "DATA before OPEN_OK";
 		wire_err = 0;
@@ -243,6 +384,8 @@ static void kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 		ch->rx_cnt += cost;
 	}
 	spin_unlock(&ch->lock);
+	if (credit_changed && wq_has_sleeper(&ch->wq))
+		wake_up_interruptible(&ch->wq);
 
 	if (bad) {
 		if (wire_err)
@@ -252,12 +395,32 @@ static void kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 		discard = true;
 	}
 
-	if (!discard) {
-		msg = kvmalloc(struct_size(msg, data, r->msg_len), GFP_KERNEL);
-		if (msg) {
-			msg->len = r->msg_len;
-			memcpy(msg->data, payload, r->len);
-		} else {
+	if (!discard && !more && r->len >= KT_RX_COPYBREAK &&
+	    r->len >= kd->rx_buf_size / 4) {
+		/* Over the decoded header: nothing reads it any more. */
+		BUILD_BUG_ON(offsetof(struct kt_msg, buf) > KT_HDR_SIZE);
+		msg = buf;
+		msg->data = (u8 *)buf + KT_HDR_SIZE;
+		msg->len = r->len;
+		msg->rxbuf = true;
+		msg->nbufs = 0;
+		kept = true;
+	} else if (!discard) {
+		/*
+		 * Too large for one buffer, for a user-space reader (kernel
+		 * users get one flat buffer): kept as the chain it comes in.
+		 */
+		if (more && !ch->kernel &&
+		    kd->rx_buf_size >= KT_RX_COPYBREAK &&
+		    r->msg_len > kd->rx_buf_size - KT_HDR_SIZE)
+			msg = kt_msg_chain_start(kd, r->msg_len, buf, r->len);
+		kept = msg;
+		if (!kept) {
+			msg = kt_msg_alloc(r->msg_len);
+			if (msg)
+				memcpy(msg->data, payload, r->len);
+		}
+		if (!msg) {
 			/* Credit was granted: never drop it silently. */
 			dev_warn_ratelimited(&kd->vdev->dev,
 					     "channel %#x: no memory for a %u byte message\n",
@@ -268,13 +431,14 @@ static void kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 
 	if (more) {
 		kt_reasm_start(kd, ch, msg, r);
-		return;
+		return kept;
 	}
 	if (msg)
 		kt_deliver(kd, ch, msg);
 	else if (!bad)
 		atomic64_inc(&kd->stats.rx_discarded);
 	kt_chan_put(ch);
+	return kept;
 }
 
 /* OPEN from the device: a host program connects to a guest service. */
@@ -331,6 +495,7 @@ static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
 		refuse = KT_ERR_NOMEM;
 		goto out_unlock;
 	}
+	ch->kernel = svc->ops;
 	ch->peer_buf_alloc = r->buf_alloc;
 	ch->peer_fwd_cnt = r->fwd_cnt;
 	err = kt_chan_insert_remote(ch, r->id);
@@ -362,7 +527,7 @@ static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	ch->state = KT_CH_OPEN;
 	ch->opened = true;
 	if (svc->ops)
-		ch->ops = svc->ops->chan_ops;
+		WRITE_ONCE(ch->ops, svc->ops->chan_ops);
 	spin_unlock(&ch->lock);
 
 	if (!svc->ops) {
@@ -518,8 +683,11 @@ static void kt_rx_bad(struct kt_dev *kd, const struct kt_rx_hdr *r,
  * @kd: the device (rx_mutex held)
  * @buf: the buffer, rx_buf_size bytes
  * @used: the used length the device reported, at most rx_buf_size
+ *
+ * Return: true if a message kept @buf (the caller posts another), false
+ * if @buf may be posted again.
  */
-void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
+bool kt_rx_buf(struct kt_dev *kd, void *buf, u32 used)
 {
 	const u8 *payload = (const u8 *)buf + KT_HDR_SIZE;
 	struct kt_rx_hdr r;
@@ -527,50 +695,48 @@ void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
 	if (used < KT_HDR_SIZE) {
 		kt_reasm_abort(kd, true);
 		kt_malformed(kd, NULL, "buffer shorter than a header", 0, 0);
-		return;
+		return false;
 	}
 	kt_decode(buf, &r);
 
 	if (kd->reasm.ch) {
 		if (r.type == KT_MSG_DATA && r.id == kd->reasm.ch->id &&
 		    r.flags == (r.flags & KT_HDR_F_KNOWN) &&
-		    r.len == used - KT_HDR_SIZE) {
-			kt_rx_fragment(kd, &r, payload);
-			return;
-		}
+		    r.len == used - KT_HDR_SIZE)
+			return kt_rx_fragment(kd, &r, buf);
 		/* Anything else between fragments breaks the message. */
 		kt_reasm_abort(kd, true);
 	}
 
 	if (r.flags & ~KT_HDR_F_KNOWN) {
 		kt_rx_bad(kd, &r, "unknown flags", false);
-		return;
+		return false;
 	}
 	if (r.type < KT_MSG_OPEN || r.type > KT_MSG_RESET) {
 		kt_rx_bad(kd, &r, "unknown type", false);
-		return;
+		return false;
 	}
 	if (r.type == KT_MSG_RESET) {
 		kt_rx_bad(kd, &r, "RESET outside the event queue", false);
-		return;
+		return false;
 	}
 	if (r.len != used - KT_HDR_SIZE) {
 		kt_rx_bad(kd, &r, "len does not match the used length", true);
-		return;
+		return false;
 	}
 	if (r.type != KT_MSG_DATA) {
 		if (r.flags) {
 			kt_rx_bad(kd, &r, "MORE on a non-DATA message", false);
-			return;
+			return false;
 		}
 		if (r.msg_len != r.len) {
 			kt_rx_bad(kd, &r, "msg_len differs from len", false);
-			return;
+			return false;
 		}
 		if (r.len && r.type != KT_MSG_OPEN) {
 			kt_rx_bad(kd, &r, "payload on a type without one",
 				  false);
-			return;
+			return false;
 		}
 	}
 
@@ -583,8 +749,7 @@ void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
 		kt_rx_open_answer(kd, &r);
 		break;
 	case KT_MSG_DATA:
-		kt_rx_data(kd, &r, payload);
-		break;
+		return kt_rx_data(kd, &r, buf);
 	case KT_MSG_CLOSE:
 		kt_rx_close(kd, &r);
 		break;
@@ -593,6 +758,7 @@ void kt_rx_buf(struct kt_dev *kd, const void *buf, u32 used)
 		kt_rx_credit(kd, &r);
 		break;
 	}
+	return false;
 }
 
 /**

@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * kerntransport virtqueues: setup and teardown of the rx, tx and event
- * queues, rx/event buffer posting and refill, the disable-cb / drain /
+ * queues, rx/event buffer posting and refill (and the pool of rx buffers
+ * readers hand back, kt_msg_free()), the disable-cb / drain /
  * enable-cb loops run from work items, and the tx path (a FIFO of pending
- * messages pushed into the ring as room appears, completions reclaimed).
+ * messages pushed into the ring as room appears, completions reaped by
+ * the senders themselves, an interrupt armed only for someone waiting).
  *
  * It moves buffers; it does not interpret them: every received buffer goes
  * to kt_rx.c, and the credit fields of outgoing headers are filled from the
@@ -29,6 +31,10 @@
 #define KT_RX_RETRY_DELAY	(HZ / 10)
 /* Retry a tx add that failed for another reason than a full ring. */
 #define KT_TX_RETRY_DELAY	(HZ / 10)
+/* Reap-and-re-arm rounds on one tx path run before leaving it to tx_work. */
+#define KT_TX_ARM_ROUNDS	4
+/* Reap completions nobody waits for at the latest after this long. */
+#define KT_TX_LAZY_DELAY	msecs_to_jiffies(20)
 
 static void kt_rx_done(struct virtqueue *vq)
 {
@@ -37,10 +43,17 @@ static void kt_rx_done(struct virtqueue *vq)
 	queue_work(kt_wq, &kd->rx_work);
 }
 
+/*
+ * tx completions are reaped by senders; this interrupt comes only when the
+ * ring is mostly consumed or a sender waits (kt_tx_arm_locked()). Turning
+ * callbacks off needs no serialisation with the tx path; tx_work turns
+ * them on again.
+ */
 static void kt_tx_done(struct virtqueue *vq)
 {
 	struct kt_dev *kd = vq->vdev->priv;
 
+	virtqueue_disable_cb(vq);
 	queue_work(kt_wq, &kd->tx_work);
 }
 
@@ -83,6 +96,13 @@ static int kt_find_vqs(struct kt_dev *kd)
 	return 0;
 }
 
+/*
+ * Spare rx buffers: those handed to readers inside a message (struct
+ * kt_msg rxbuf) come back here when read, for kt_rx_fill() to post again
+ * without allocating and zeroing. Any kerntransport device's pool.
+ */
+static DEFINE_SPINLOCK(kt_rx_pool_lock);
+
 static unsigned int kt_rx_target(struct kt_dev *kd)
 {
 	unsigned int n = KT_RX_POSTED_BYTES / kd->rx_buf_size;
@@ -99,6 +119,94 @@ static int kt_rx_post(struct kt_dev *kd, void *buf)
 	return virtqueue_add_inbuf(kd->rx_vq, &sg, 1, buf, GFP_KERNEL);
 }
 
+/* Returns an rx buffer a message held to the pool, or frees it. */
+static void kt_rx_buf_put(struct kt_dev *kd, void *buf)
+{
+	struct list_head *spare = buf;
+
+	spin_lock(&kt_rx_pool_lock);
+	if (kd->rx_pool_open && kd->rx_pool_len < kd->rx_pool_max) {
+		list_add(spare, &kd->rx_pool);
+		kd->rx_pool_len++;
+		spare = NULL;
+	}
+	spin_unlock(&kt_rx_pool_lock);
+	kfree(spare);
+}
+
+/**
+ * kt_msg_free() - free a received message
+ * @kd: the device it came from
+ * @msg: the message
+ *
+ * Its rx buffers go back to the device's pool while its queues are up (up
+ * to what it keeps posted), else they are freed. They hold what the device
+ * wrote and, over the header, our struct kt_msg or a chained buffer's
+ * length: kt_rx_pool_take() clears that part before a buffer is posted
+ * again.
+ */
+void kt_msg_free(struct kt_dev *kd, struct kt_msg *msg)
+{
+	unsigned int i;
+
+	if (msg->rxbuf) {
+		kt_rx_buf_put(kd, msg);
+		return;
+	}
+	for (i = 0; i < msg->nbufs; i++)
+		kt_rx_buf_put(kd, kt_msg_bufs(msg)[i]);
+	kvfree(msg);
+}
+
+/* A spare rx buffer from the pool, its header area cleared; or NULL. */
+static void *kt_rx_pool_take(struct kt_dev *kd)
+{
+	struct list_head *spare;
+
+	spin_lock(&kt_rx_pool_lock);
+	spare = list_empty(&kd->rx_pool) ? NULL : kd->rx_pool.next;
+	if (spare) {
+		list_del(spare);
+		kd->rx_pool_len--;
+	}
+	spin_unlock(&kt_rx_pool_lock);
+	if (spare)
+		memset(spare, 0, KT_HDR_SIZE);
+	return spare;
+}
+
+/* Opens (queues coming up) or closes and empties (going down) the pool. */
+static void kt_rx_pool_set(struct kt_dev *kd, bool open)
+{
+	struct list_head *spare, *tmp;
+	LIST_HEAD(gone);
+
+	spin_lock(&kt_rx_pool_lock);
+	if (open) {
+		INIT_LIST_HEAD(&kd->rx_pool);
+		kd->rx_pool_max = kt_rx_target(kd);
+	} else {
+		list_splice_init(&kd->rx_pool, &gone);
+	}
+	kd->rx_pool_len = 0;
+	kd->rx_pool_open = open;
+	spin_unlock(&kt_rx_pool_lock);
+	list_for_each_safe(spare, tmp, &gone)
+		kfree(spare);
+}
+
+/*
+ * A buffer to post: a spare one, or a new one, zeroed, so that a device
+ * lying about a used length can only ever show a reader bytes it wrote
+ * itself, never stale kernel memory.
+ */
+static void *kt_rx_buf_get(struct kt_dev *kd)
+{
+	void *buf = kt_rx_pool_take(kd);
+
+	return buf ?: kzalloc(kd->rx_buf_size, GFP_KERNEL);
+}
+
 /* Tops the rx queue up to its target. Called with rx_mutex held or before
  * the device is live.
  */
@@ -108,7 +216,7 @@ static void kt_rx_fill(struct kt_dev *kd)
 	void *buf;
 
 	while (kd->rx_posted < target) {
-		buf = kzalloc(kd->rx_buf_size, GFP_KERNEL);
+		buf = kt_rx_buf_get(kd);
 		if (!buf)
 			break;
 		if (kt_rx_post(kd, buf)) {
@@ -127,20 +235,49 @@ static int kt_ev_post(struct kt_dev *kd, struct kt_hdr *hdr)
 	return virtqueue_add_inbuf(kd->ev_vq, &sg, 1, hdr, GFP_KERNEL);
 }
 
+/*
+ * Gives a DATA message's credit back to its channel's own in-flight bound
+ * (the device is done with it, or it never reached the ring).
+ */
+static void kt_tx_uncharge(struct kt_txbuf *txb)
+{
+	struct kt_chan *ch = txb->ch;
+
+	if (!ch || !txb->cost)
+		return;
+	spin_lock(&ch->lock);
+	ch->tx_inflight -= txb->cost;
+	if (ch->tx_wait) {
+		/* kt_txbufs_complete() wakes it; it asks again if need be. */
+		ch->tx_wait = false;
+		atomic_dec(&ch->kd->tx_waiters);
+	}
+	spin_unlock(&ch->lock);
+	txb->cost = 0;
+}
+
+/*
+ * Finishes messages the device is done with (or that never reach it):
+ * wakes the senders of DATA waiting for their in-flight bound, once per
+ * run of one channel's messages, drops the references and frees. No locks
+ * held.
+ */
 static void kt_txbufs_complete(struct list_head *done)
 {
+	struct kt_chan *ch, *woken = NULL;
 	struct kt_txbuf *txb, *tmp;
-	struct kt_chan *ch;
 
 	list_for_each_entry_safe(txb, tmp, done, node) {
 		list_del(&txb->node);
 		ch = txb->ch;
 		if (ch) {
-			if (txb->cost) {
-				spin_lock(&ch->lock);
-				ch->tx_inflight -= txb->cost;
-				spin_unlock(&ch->lock);
-				wake_up_interruptible(&ch->wq);
+			kt_tx_uncharge(txb);
+			/* Every message on @done holds its channel: no reuse. */
+			if (ch != woken &&
+			    txb->hdr.type == cpu_to_le16(KT_MSG_DATA)) {
+				woken = ch;
+				if (wq_has_sleeper(&ch->wq))
+					wake_up_interruptible(&ch->wq);
 			}
 			kt_chan_put(ch);
 		}
@@ -184,6 +321,7 @@ int kt_vqs_start(struct kt_dev *kd)
 		return err;
 	WRITE_ONCE(kd->stopping, false);
 
+	kt_rx_pool_set(kd, true);
 	kt_rx_fill(kd);
 	if (!kd->rx_posted) {
 		err = -ENOMEM;
@@ -196,6 +334,7 @@ int kt_vqs_start(struct kt_dev *kd)
 	}
 
 	mutex_lock(&kd->rx_mutex);
+	INIT_LIST_HEAD(&kd->rx_notify);
 	kd->rx_live = true;
 	mutex_unlock(&kd->rx_mutex);
 	spin_lock(&kd->tx_lock);
@@ -212,6 +351,7 @@ int kt_vqs_start(struct kt_dev *kd)
 
 err_bufs:
 	kt_vqs_free_bufs(kd);
+	kt_rx_pool_set(kd, false);
 	kd->vdev->config->del_vqs(kd->vdev);
 	return err;
 }
@@ -256,12 +396,16 @@ void kt_vqs_stop(struct kt_dev *kd)
 	kt_chans_reset(kd);
 
 	kt_vqs_free_bufs(kd);
+	/* Messages still queued free their buffers when read or closed. */
+	kt_rx_pool_set(kd, false);
 	kd->vdev->config->del_vqs(kd->vdev);
 }
 
 /*
- * Handles at most @budget used rx buffers, reposting each; returns how
- * many it took. rx_mutex held.
+ * Handles at most @budget used rx buffers, posting each again (or, if a
+ * message kept it, another one in its place); returns how many it took.
+ * A buffer goes back as it is: it holds only zeros or bytes the device
+ * wrote (see kt_rx_buf_get()), so nothing needs clearing. rx_mutex held.
  */
 static unsigned int kt_rx_take(struct kt_dev *kd, unsigned int budget)
 {
@@ -272,23 +416,20 @@ static unsigned int kt_rx_take(struct kt_dev *kd, unsigned int budget)
 	while (n < budget && (buf = virtqueue_get_buf(vq, &used))) {
 		n++;
 		kd->rx_posted--;
-		if (used > kd->rx_buf_size) {
+		if (used > kd->rx_buf_size)
 			kt_rx_bad_len(kd, used);
-			used = kd->rx_buf_size;
-		} else {
-			kt_rx_buf(kd, buf, used);
-		}
-		/* What the device wrote never reaches the next message. */
-		memset(buf, 0, used);
-		if (kt_rx_post(kd, buf))
+		else if (kt_rx_buf(kd, buf, used))
+			buf = kt_rx_buf_get(kd);
+		/* No buffer: rx_retry tops the ring up later. */
+		if (buf && kt_rx_post(kd, buf))
 			kfree(buf);
-		else
+		else if (buf)
 			kd->rx_posted++;
 		if (++batch >= KT_RX_KICK_BATCH) {
 			virtqueue_kick(vq);
+			cond_resched();
 			batch = 0;
 		}
-		cond_resched();
 	}
 	return n;
 }
@@ -373,6 +514,7 @@ static void kt_rx_run(struct kt_dev *kd)
 		if (virtqueue_is_broken(kd->rx_vq) ||
 		    virtqueue_is_broken(kd->ev_vq))
 			kt_vq_broken(kd);
+		kt_rx_notify_flush(kd);
 	}
 	mutex_unlock(&kd->rx_mutex);
 }
@@ -478,38 +620,50 @@ void kt_txbuf_free(struct kt_txbuf *txb)
 
 /*
  * Fills the credit fields just before the message is offered to the ring
- * (SPEC 5), so a queued CREDIT_UPDATE is never stale. Returns the fwd_cnt
- * written; nothing about the channel changes until the add succeeded.
+ * (SPEC 5), so a queued CREDIT_UPDATE is never stale. ch->lock held.
  */
-static u32 kt_tx_fill_credit(struct kt_txbuf *txb)
+static void kt_tx_fill_credit(struct kt_chan *ch, struct kt_txbuf *txb)
 {
-	struct kt_chan *ch = txb->ch;
-	u32 fwd;
-
-	spin_lock(&ch->lock);
-	fwd = ch->fwd_cnt;
 	txb->hdr.buf_alloc = cpu_to_le32(ch->buf_alloc);
-	txb->hdr.fwd_cnt = cpu_to_le32(fwd);
-	spin_unlock(&ch->lock);
-	return fwd;
+	txb->hdr.fwd_cnt = cpu_to_le32(ch->fwd_cnt);
 }
 
 /*
- * The message is on the ring: the device can now see @fwd, and a credit
- * message of this kind may be queued again (at most one waits, SPEC 8).
+ * The message is on the ring: the device can now see its fwd_cnt, and a
+ * credit message of this kind may be queued again (at most one waits,
+ * SPEC 8). ch->lock held since kt_tx_fill_credit().
  */
-static void kt_tx_entered_ring(struct kt_txbuf *txb, u32 fwd)
+static void kt_tx_entered_ring(struct kt_chan *ch, struct kt_txbuf *txb)
 {
-	struct kt_chan *ch = txb->ch;
 	u16 type = le16_to_cpu(txb->hdr.type);
 
-	spin_lock(&ch->lock);
-	ch->last_fwd_sent = fwd;
+	ch->last_fwd_sent = le32_to_cpu(txb->hdr.fwd_cnt);
 	if (type == KT_MSG_CREDIT_UPDATE)
 		ch->credit_update_queued = false;
 	else if (type == KT_MSG_CREDIT_REQUEST)
 		ch->credit_req_queued = false;
+}
+
+/*
+ * Offers @txb to the ring. A channel's message is filled and added under
+ * the channel's lock, held until the add succeeded, so last_fwd_sent is
+ * only ever what the device can see. tx_lock held.
+ */
+static int kt_tx_add(struct virtqueue *vq, struct kt_txbuf *txb)
+{
+	struct kt_chan *ch = txb->ch;
+	int err;
+
+	if (!ch)
+		return virtqueue_add_outbuf(vq, txb->sg, txb->nsg, txb,
+					    GFP_ATOMIC);
+	spin_lock(&ch->lock);
+	kt_tx_fill_credit(ch, txb);
+	err = virtqueue_add_outbuf(vq, txb->sg, txb->nsg, txb, GFP_ATOMIC);
+	if (!err)
+		kt_tx_entered_ring(ch, txb);
 	spin_unlock(&ch->lock);
+	return err;
 }
 
 /*
@@ -524,15 +678,11 @@ static void kt_tx_push_locked(struct kt_dev *kd)
 	struct virtqueue *vq = kd->tx_vq;
 	struct kt_txbuf *txb;
 	bool added = false;
-	u32 fwd = 0;
 	int err;
 
 	while ((txb = list_first_entry_or_null(&kd->tx_pending,
 					       struct kt_txbuf, node))) {
-		if (txb->ch)
-			fwd = kt_tx_fill_credit(txb);
-		err = virtqueue_add_outbuf(vq, txb->sg, txb->nsg, txb,
-					   GFP_ATOMIC);
+		err = kt_tx_add(vq, txb);
 		if (err) {
 			if (virtqueue_is_broken(vq)) {
 				kt_vq_broken(kd);
@@ -548,9 +698,7 @@ static void kt_tx_push_locked(struct kt_dev *kd)
 		kd->tx_queued--;
 		if (txb->hdr.type != cpu_to_le16(KT_MSG_DATA))
 			kd->ctrl_queued--;
-		if (txb->ch)
-			kt_tx_entered_ring(txb, fwd);
-		else
+		if (!txb->ch)
 			kd->replies_pending--;
 		added = true;
 	}
@@ -558,7 +706,89 @@ static void kt_tx_push_locked(struct kt_dev *kd)
 		virtqueue_kick(vq);
 }
 
-/* Queues @txb (header filled but for credit) behind earlier messages. */
+/*
+ * Takes the messages the device is done with off the ring onto @done (for
+ * kt_txbufs_complete() once tx_lock is dropped) and gives their credit
+ * back at once, so a sender's bound check sees it. Callbacks must be off
+ * (virtqueue_get_buf() would otherwise re-arm them for the next buffer).
+ * tx_lock held, queues live. Returns how many it took.
+ */
+static unsigned int kt_tx_reap_locked(struct kt_dev *kd,
+				      struct list_head *done)
+{
+	struct kt_txbuf *txb;
+	unsigned int used, n = 0;
+
+	while ((txb = virtqueue_get_buf(kd->tx_vq, &used))) {
+		kt_tx_uncharge(txb);
+		list_add_tail(&txb->node, done);
+		n++;
+	}
+	return n;
+}
+
+/*
+ * Re-arms tx completion after a tx path run with callbacks off. Nobody
+ * needs an interrupt per message: senders reap on their way. One is armed
+ * only for someone waiting: at the next completion for a sender asleep on
+ * its own in-flight bound (kd->tx_waiters) while nothing waits for ring
+ * room, else, for messages waiting for ring room, once about three
+ * quarters of the ring are consumed (virtqueue_enable_cb_delayed(), as
+ * virtio-net does; at the next completion without EVENT_IDX). With nobody
+ * waiting, what is still in the ring is reaped by the next sender or at
+ * the latest by tx_retry after KT_TX_LAZY_DELAY, so no buffer (nor the
+ * channel and module it pins) is held for ever. If the device already
+ * consumed past the mark, reaps and pushes again; after a few rounds
+ * leaves the rest to tx_work. tx_lock held, queues live.
+ */
+static void kt_tx_arm_locked(struct kt_dev *kd, struct list_head *done)
+{
+	struct virtqueue *vq = kd->tx_vq;
+	unsigned int round;
+	bool waiters, armed;
+
+	for (round = 0; round < KT_TX_ARM_ROUNDS; round++) {
+		waiters = atomic_read(&kd->tx_waiters);
+		if (list_empty(&kd->tx_pending)) {
+			if (!waiters) {
+				if (vq->num_free < virtqueue_get_vring_size(vq))
+					queue_delayed_work(kt_wq, &kd->tx_retry,
+							   KT_TX_LAZY_DELAY);
+				return;
+			}
+			armed = virtqueue_enable_cb(vq);
+		} else {
+			armed = virtqueue_enable_cb_delayed(vq);
+		}
+		if (armed)
+			return;
+		virtqueue_disable_cb(vq);
+		if (!kt_tx_reap_locked(kd, done)) {
+			/* Used but nothing to take: the ring is broken. */
+			if (virtqueue_is_broken(vq))
+				kt_vq_broken(kd);
+			return;
+		}
+		kt_tx_push_locked(kd);
+	}
+	queue_work(kt_wq, &kd->tx_work);
+}
+
+/*
+ * Starts a tx path run under tx_lock (queues live): callbacks off, the
+ * messages the device is done with reaped onto @done.
+ */
+static void kt_tx_begin_locked(struct kt_dev *kd, struct list_head *done)
+{
+	virtqueue_disable_cb(kd->tx_vq);
+	kt_tx_reap_locked(kd, done);
+}
+
+/*
+ * Queues @txb (header filled but for credit) behind earlier messages and
+ * pushes what fits into the ring. tx_lock held, queues live, and
+ * kt_tx_begin_locked() done: the caller calls kt_tx_arm_locked().
+ */
 static void kt_tx_enqueue_locked(struct kt_dev *kd, struct kt_txbuf *txb)
 {
 	list_add_tail(&txb->node, &kd->tx_pending);
@@ -597,6 +827,7 @@ static void kt_hdr_init(struct kt_hdr *hdr, u32 id, u16 type, u32 len,
 int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
 {
 	struct kt_txbuf *txb;
+	LIST_HEAD(done);
 	int err = 0;
 
 	txb = kt_txbuf_alloc(kd, 0, GFP_KERNEL);
@@ -609,13 +840,18 @@ int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
 	spin_lock(&kd->tx_lock);
 	if (!kd->tx_live) {
 		err = -ENODEV;
-	} else if (kd->replies_pending >= KT_REPLY_PENDING_MAX) {
-		err = -ENOBUFS;
 	} else {
-		kd->replies_pending++;
-		kt_tx_enqueue_locked(kd, txb);
+		kt_tx_begin_locked(kd, &done);
+		if (kd->replies_pending >= KT_REPLY_PENDING_MAX) {
+			err = -ENOBUFS;
+		} else {
+			kd->replies_pending++;
+			kt_tx_enqueue_locked(kd, txb);
+		}
+		kt_tx_arm_locked(kd, &done);
 	}
 	spin_unlock(&kd->tx_lock);
+	kt_txbufs_complete(&done);
 
 	if (err) {
 		atomic64_inc(&kd->stats.tx_dropped);
@@ -653,6 +889,7 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 		      type == KT_MSG_CREDIT_REQUEST;
 	struct kt_txbuf *txb;
 	bool skip = false;
+	LIST_HEAD(done);
 	int err = 0;
 
 	txb = kt_txbuf_alloc(kd, len, GFP_KERNEL);
@@ -663,6 +900,8 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 		memcpy(txb->data, payload, len);
 
 	spin_lock(&kd->tx_lock);
+	if (kd->tx_live)
+		kt_tx_begin_locked(kd, &done);
 	spin_lock(&ch->lock);
 	if (!kd->tx_live || ch->reset) {
 		err = -ECONNRESET;
@@ -686,7 +925,10 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 		kt_tx_enqueue_locked(kd, txb);
 		txb = NULL;
 	}
+	if (kd->tx_live)
+		kt_tx_arm_locked(kd, &done);
 	spin_unlock(&kd->tx_lock);
+	kt_txbufs_complete(&done);
 
 	if (err == -ENOBUFS) {
 		atomic64_inc(&kd->stats.tx_dropped);
@@ -698,8 +940,14 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 	return err;
 }
 
-/* May @ch send a message of @cost credit bytes? ch->lock held. */
-static int kt_chan_tx_check(struct kt_chan *ch, u32 cost, bool *peer_limited)
+/*
+ * May @ch send a message of @cost credit bytes? ch->lock held. Sets
+ * *@peer_limited if the peer's credit is short, and *@arm if the channel
+ * just started waiting for its own tx completions (the caller makes sure
+ * their interrupt is armed).
+ */
+static int kt_chan_tx_check(struct kt_chan *ch, u32 cost, bool *peer_limited,
+			    bool *arm)
 {
 	u32 in_flight;
 
@@ -714,9 +962,18 @@ static int kt_chan_tx_check(struct kt_chan *ch, u32 cost, bool *peer_limited)
 		*peer_limited = true;
 		return -EAGAIN;
 	}
-	/* Our own bound: never hold more than our window in flight. */
-	if ((u64)ch->tx_inflight + cost > ch->kd->buf_alloc)
+	/*
+	 * Our own bound: never hold more than our window in flight. Only tx
+	 * completions lift it: ask for an interrupt at the next one.
+	 */
+	if ((u64)ch->tx_inflight + cost > ch->kd->buf_alloc) {
+		if (!ch->tx_wait) {
+			ch->tx_wait = true;
+			atomic_inc(&ch->kd->tx_waiters);
+			*arm = true;
+		}
 		return -EAGAIN;
+	}
 	return 0;
 }
 
@@ -729,12 +986,22 @@ static int kt_chan_tx_check(struct kt_chan *ch, u32 cost, bool *peer_limited)
  */
 bool kt_chan_can_send(struct kt_chan *ch, u32 cost)
 {
-	bool peer_limited = false;
+	bool peer_limited = false, arm = false;
 	int err;
 
 	spin_lock(&ch->lock);
-	err = kt_chan_tx_check(ch, cost, &peer_limited);
+	err = kt_chan_tx_check(ch, cost, &peer_limited, &arm);
 	spin_unlock(&ch->lock);
+	if (arm) {
+		/*
+		 * tx_work reaps and arms the interrupt for the waiter; queued
+		 * only while live, so kt_vqs_stop() cancels it.
+		 */
+		spin_lock(&ch->kd->tx_lock);
+		if (ch->kd->tx_live)
+			queue_work(kt_wq, &ch->kd->tx_work);
+		spin_unlock(&ch->kd->tx_lock);
+	}
 	return err != -EAGAIN;
 }
 
@@ -755,13 +1022,19 @@ int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled)
 	struct kt_dev *kd = ch->kd;
 	u32 len = txb->len;
 	u32 cost = kt_msg_cost(len);
-	bool peer_limited = false;
+	bool peer_limited = false, arm = false;
 	bool request = false;
+	bool live;
+	LIST_HEAD(done);
 	int err;
 
 	spin_lock(&kd->tx_lock);
+	/* Reaping first lets this message use the credit it frees. */
+	live = kd->tx_live;
+	if (live)
+		kt_tx_begin_locked(kd, &done);
 	spin_lock(&ch->lock);
-	err = kt_chan_tx_check(ch, cost, &peer_limited);
+	err = kt_chan_tx_check(ch, cost, &peer_limited, &arm);
 	if (!err && !kd->tx_live)
 		err = -ECONNRESET;
 	if (!err && txb->nsg > virtqueue_get_vring_size(kd->tx_vq) &&
@@ -793,32 +1066,34 @@ int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled)
 		atomic64_inc(&kd->stats.tx_msgs);
 		atomic64_add(len, &kd->stats.tx_bytes);
 	}
+	if (live)
+		kt_tx_arm_locked(kd, &done);
 	spin_unlock(&kd->tx_lock);
+	kt_txbufs_complete(&done);
 
 	if (request)
 		kt_tx_queue_ctrl(ch, KT_MSG_CREDIT_REQUEST, 0, NULL, 0);
 	return err;
 }
 
-/* Reclaims completed tx buffers, then moves waiting ones into the ring. */
+/*
+ * tx_work (the interrupt came, or a sender started waiting) and tx_retry
+ * (lazy reaping, a failed add): reaps what the device is done with, moves
+ * waiting messages into the ring and re-arms.
+ */
 static void kt_tx_reclaim(struct kt_dev *kd)
 {
-	struct virtqueue *vq = kd->tx_vq;
-	struct kt_txbuf *txb;
-	unsigned int used;
 	LIST_HEAD(done);
 
 	spin_lock(&kd->tx_lock);
 	if (kd->tx_live) {
-		do {
-			virtqueue_disable_cb(vq);
-			while ((txb = virtqueue_get_buf(vq, &used)))
-				list_add_tail(&txb->node, &done);
-		} while (!virtqueue_enable_cb(vq));
-		if (virtqueue_is_broken(vq))
+		kt_tx_begin_locked(kd, &done);
+		if (virtqueue_is_broken(kd->tx_vq)) {
 			kt_vq_broken(kd);
-		else
+		} else {
 			kt_tx_push_locked(kd);
+			kt_tx_arm_locked(kd, &done);
+		}
 	}
 	spin_unlock(&kd->tx_lock);
 

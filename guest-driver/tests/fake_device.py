@@ -17,7 +17,11 @@ Services the guest can open (see kt_guest_test.c for the expectations):
   before the guest is notified), firehose (CREDIT_UPDATEs as fast as the
   guest posts rx buffers, until the queues stop), breakring (after
   OPEN_OK, a used rx entry with an id the guest never posted), breaktx (on
-  a message, a used tx entry with an id the guest never posted), noclose
+  a message, a used tx entry with an id the guest never posted), lazytx
+  (credit of 64 MiB, tx completed only every 50 ms while it is open;
+  "lazy-done" is answered with the payload bytes received), sink (takes
+  messages, never answers), ragged (echoes in fragments of at most 1000
+  bytes, shorter than the buffers), noclose
   (echoes, never answers the guest's CLOSE), stall (window of one message; on the first message the
   device stops completing tx buffers, floods CREDIT_REQUEST, sends
   "flood-done" and resumes a few seconds after the guest took it all),
@@ -107,6 +111,7 @@ class VQ:
         self.last_avail = 0; self.used_idx = 0
         self.kick = None; self.call = None; self.enabled = False; self.started = False
         self.storm_done = True
+        self.signalled = None  # used index at the last notification check
     def ready(self):
         return self.enabled and self.started and self.num
     def avail_idx(self):
@@ -145,8 +150,24 @@ class VQ:
         if self.dev.event_idx and self.ready():
             self.dev.mem.write(self.used + 4 + 8 * self.num, struct.pack('<H', self.last_avail))
     def notify(self):
-        if self.call is not None:
+        if self.call is not None and (self.idx != 1 or self.irq_wanted()):
             os.write(self.call, struct.pack('<Q', 1))
+    def irq_wanted(self):
+        """The tx queue honours the driver's interrupt suppression as vhost
+        does (used_event with EVENT_IDX, else VRING_AVAIL_F_NO_INTERRUPT):
+        a driver that waits for a tx interrupt it did not arm hangs here.
+        (The other queues always interrupt: the hostile attacks rely on it.)
+        The interpreter's work between the used index store and this load
+        stands in for vhost's smp_mb()."""
+        m = self.dev.mem
+        old, new = self.signalled, self.used_idx
+        self.signalled = new
+        if not self.dev.event_idx:
+            return not struct.unpack('<H', m.read(self.avail, 2))[0] & 1
+        if old is None:
+            return True
+        ev = struct.unpack('<H', m.read(self.avail + 4 + 2 * self.num, 2))[0]
+        return (new - ev - 1) & 0xffff < (new - old) & 0xffff
 
 def hdr(ch, typ, ln=0, msg_len=None, seq=0, flags=0, buf_alloc=0, fwd=0, arg=0):
     return HDR.pack(ch, typ, flags, ln, ln if msg_len is None else msg_len, seq, buf_alloc, fwd, arg)
@@ -176,6 +197,7 @@ class Dev:
         self.timers = []
         self.rx_starved = False
         self.tx_stalled = False
+        self.lazy_tx = None  # lazytx open: tx is next completed at this time
         self.firehose = None
         self.break_rx = False
         self.rx_attack = None
@@ -255,6 +277,7 @@ class Dev:
             q.storm_done = False
         elif req == 10:
             i, base = struct.unpack('<II', p[:8]); self.vqs[i].last_avail = base; self.vqs[i].used_idx = base
+            self.vqs[i].signalled = None
         elif req == 11:
             i = struct.unpack('<I', p[:4])[0]; q = self.vqs[i]
             q.started = False
@@ -305,7 +328,8 @@ class Dev:
                 return
             c.out.pop(0)
             c.tx_cnt = (c.tx_cnt + cost) & 0xffffffff
-            self.send_rx(c.id, MSG_DATA, p, chan=c, seq=c.tx_seq)
+            frag = {'frag': 1000} if c.svc == 'ragged' else {}
+            self.send_rx(c.id, MSG_DATA, p, chan=c, seq=c.tx_seq, **frag)
             c.tx_seq = (c.tx_seq + 1) & 0xffffffff
 
     def fill_rx(self, notify=True):
@@ -331,7 +355,7 @@ class Dev:
                 data = raw; used = kw.get('used', len(raw))
                 self.rxq.pop(0)
             else:
-                room = cap - 32
+                room = min(cap - 32, kw.get('frag', cap))
                 chunk = payload[off:off + room]
                 more = off + len(chunk) < len(payload)
                 if typ != MSG_DATA:
@@ -392,6 +416,11 @@ class Dev:
 
     def process_tx(self):
         q = self.vqs[1]; did = False
+        if self.lazy_tx is not None:
+            # lazytx: complete tx in batches, every 50 ms.
+            if time.time() < self.lazy_tx:
+                return
+            self.lazy_tx = time.time() + 0.05
         while q.has() and not self.tx_stalled:
             head, segs = q.pop()
             data = b''.join(self.mem.read(a, l) for a, l, w in segs)
@@ -450,6 +479,8 @@ class Dev:
             log('guest CLOSE %#x: never answered (noclose)' % cid)
         elif typ == MSG_CLOSE:
             log('guest CLOSE %#x arg %d' % (cid, arg))
+            if c.svc == 'lazytx':
+                self.lazy_tx = None
             if not c.close_sent:
                 self.ctrl(c, MSG_CLOSE)
             del self.chans[cid]
@@ -471,7 +502,7 @@ class Dev:
         if name == 'silent':
             return
         known = ('echo', 'big', 'slow', 'stall', 'firehose', 'breakring', 'noclose',
-                 'breaktx',
+                 'breaktx', 'lazytx', 'sink', 'ragged',
                  'closeafter',
                  'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
         hostile = HOSTILE and name.startswith('hostile:') and name[8:] in HOSTILE_ATTACKS
@@ -481,6 +512,12 @@ class Dev:
         c.peer_buf, c.peer_fwd = ba, fw
         if name in ('slow', 'stall'):
             c.buf_alloc = MAX_MSG + 32
+        if name == 'lazytx':
+            # Credit far beyond the guest's window: only its own
+            # in-flight bound (and our late completions) holds it back.
+            c.buf_alloc = 64 << 20
+            c.bytes = 0
+            self.lazy_tx = time.time()
         self.chans[cid] = c
         self.ctrl(c, MSG_OPEN_OK)
         if hostile:
@@ -559,8 +596,12 @@ class Dev:
                 self.ctrl(c, MSG_CR)
             self.host_send(c, b'flood-done')
             self.timers.append((time.time() + 0.5, self.stall_resume))
-        elif c.svc in ('echo', 'mal-noise', 'noclose'):
+        elif c.svc in ('echo', 'mal-noise', 'noclose', 'ragged'):
             self.host_send(c, p)
+        elif c.svc == 'lazytx' and p == b'lazy-done':
+            self.host_send(c, b'%d' % c.bytes)
+        elif c.svc == 'lazytx':
+            c.bytes += len(p)
         elif c.svc in ('closeafter', 'closemsgsize'):
             self.host_send(c, p)
             arg = 90 if c.svc == 'closemsgsize' else 0
@@ -594,6 +635,7 @@ class Dev:
         log('sending RESET')
         self.evq.append(hdr(0, MSG_RESET))
         self.chans.clear()
+        self.lazy_tx = None
         if HOSTILE:
             # Like the real device: nothing of the old channels follows.
             self.rxq = []
@@ -665,7 +707,7 @@ class Dev:
         kick that never comes is the bug this catches."""
         tx, rx = self.vqs[1], self.vqs[0]
         stale_tx = (tx.ready() and tx.has() and 1 not in kicked
-                    and not self.tx_stalled)
+                    and not self.tx_stalled and self.lazy_tx is None)
         stale_rx = (self.rx_starved and rx.ready() and rx.has()
                     and 0 not in kicked)
         now = time.time()
