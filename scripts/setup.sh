@@ -116,16 +116,14 @@ main() {
 	if [ -n "${m// /}$b" ]; then
 		[ "$updated" = 1 ] || $SUDO apt-get update -q
 		export DEBIAN_FRONTEND=noninteractive
-		# One transaction: the backports packages as PKG/bookworm-backports
-		# (their dependencies come from backports only where bookworm's
-		# do not satisfy them), everything else from bookworm. Two
-		# installs broke a fresh root: the backports one pulled libelf1
-		# from backports, then bookworm's libelf-dev (= its own libelf1)
-		# could not be installed.
-		local p sel=()
-		for p in $b; do sel+=("$p/bookworm-backports"); done
+		# bookworm's packages first, then the backports ones, which upgrade
+		# only what they need. The other order broke a fresh root: the
+		# backports install pulled libelf1 from backports, then bookworm's
+		# libelf-dev (= its own libelf1) could not be installed.
 		# shellcheck disable=SC2086
-		$SUDO apt-get install -y -q $m "${sel[@]}"
+		[ -z "${m// /}" ] || $SUDO apt-get install -y -q $m
+		# shellcheck disable=SC2086
+		[ -z "$b" ] || $SUDO apt-get install -y -q -t bookworm-backports $b
 	fi
 	# The kernels every other script will use must now be present.
 	local k
