@@ -55,6 +55,10 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Measure latency, throughput and message rate against an echo service.
     Bench(BenchArgs),
+    /// Keep channels to an echo service busy with verified traffic,
+    /// reopening each after every failure; print sent / delivered / refused
+    /// / lost / reordered / duplicated.
+    Soak(SoakArgs),
     /// Print the driver's sysfs attributes as a table.
     Stats(StatsArgs),
     /// Guest: print KT_IOC_INFO (message limit, guest id, channel state).
@@ -335,6 +339,77 @@ pub struct VerifyArgs {
     /// Keep checking after the first problem and report all of them.
     #[arg(long)]
     pub keep_going: bool,
+}
+
+/// `kt soak`.
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    /// The echo service. Guest: a host service (`kt serve --mode echo`);
+    /// host (--host): a guest service (`k.echo`, `kt listen NAME --echo`).
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Channels kept busy at once, each by its own thread.
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub channels: u32,
+
+    /// Messages to send over all channels and streams; then drain and exit.
+    #[arg(long, value_name = "N", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: u64,
+
+    /// Smallest message in bytes (at least 1).
+    #[arg(long, value_name = "BYTES", default_value_t = 1)]
+    pub min_size: usize,
+
+    /// Largest message in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 8192)]
+    pub max_size: usize,
+
+    /// Each channel carries streams of a random length in
+    /// MIN..=MAX messages, a new channel per stream.
+    #[arg(long, value_name = "MIN", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub min_stream: u64,
+
+    /// See --min-stream.
+    #[arg(long, value_name = "MAX", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_stream: u64,
+
+    /// Bytes a channel may have in flight (sent, echo not yet back); at
+    /// least --max-size. Keep it under the channel's credit window so the
+    /// echo service never blocks on us.
+    #[arg(long, value_name = "BYTES", default_value_t = 65536)]
+    pub window: usize,
+
+    /// Seed of the streams (default: from the clock and the PID, printed).
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+
+    /// No echo and no error for this long with messages in flight is a
+    /// stall: they count as lost, and the channel is reopened.
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub stall_secs: f64,
+
+    /// Keep trying to reopen a channel for this long (the service, the
+    /// driver or kt-vhost-device may be restarting) before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    pub retry_secs: f64,
+
+    /// Print a `KT-SOAK-PROGRESS` line this often (0: never).
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    pub report_secs: f64,
+
+    /// Label of the printed lines (default: NAME).
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
+
+    /// Host: connect straight to the echo service's socket at PATH (no
+    /// kt-vhost-device, NAME only labels the run): soaks a host service.
+    #[arg(long, value_name = "PATH")]
+    pub direct: Option<PathBuf>,
 }
 
 /// `kt bench`.

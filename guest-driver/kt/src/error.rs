@@ -194,6 +194,9 @@ pub enum Error {
     #[error("verify: {0}")]
     Verify(String),
     /// `kt bench` got something other than an echo.
+    /// `kt soak` found a problem or could not go on.
+    #[error("soak: {0}")]
+    Soak(String),
     #[error("bench: {0}")]
     Bench(String),
     /// The driver's sysfs directory is missing.

@@ -20,6 +20,7 @@ pub mod open;
 pub mod out;
 pub mod serving;
 pub mod signal;
+pub mod soak;
 pub mod stats;
 pub mod sys;
 pub mod traffic;

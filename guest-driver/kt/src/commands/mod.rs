@@ -5,6 +5,7 @@ mod bench;
 mod info;
 mod messages;
 mod serve;
+mod soak;
 mod traffic;
 
 use crate::cli::{Cli, Command};
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gen(a) => traffic::gen(&ctx, &a),
         Command::Verify(a) => traffic::verify(&ctx, &a),
         Command::Bench(a) => bench::bench(&ctx, &a),
+        Command::Soak(a) => soak::soak(&ctx, &a),
         Command::Stats(a) => crate::stats::run(&a),
         Command::Info(a) => info::info(&ctx, &a),
     }
