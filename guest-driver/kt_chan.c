@@ -422,12 +422,21 @@ void kt_chan_release(struct kt_chan *ch)
  * SPEC section 6: open, opening and accepted-but-waiting channels fail;
  * ids, sequence numbers and credit are forgotten; messages still waiting
  * for ring room are dropped. Readers get the data already received first.
+ * Each failed channel we had not closed yet is then announced with CLOSE
+ * KT_ERR_CONNRESET (at most KT_REPLY_PENDING_MAX of them): the new device
+ * ignores ids it never saw, and closes a channel it opened just before the
+ * RESET that we handled first (the rx and event queues are not ordered).
  */
 void kt_chans_reset(struct kt_dev *kd)
 {
+	unsigned int i, nclose = 0;
 	unsigned long id = 0;
 	struct kt_chan *ch;
-	bool was;
+	bool was, announce;
+	u32 *close_ids;
+
+	close_ids = kmalloc_array(KT_REPLY_PENDING_MAX, sizeof(*close_ids),
+				  GFP_KERNEL);
 
 	for (;; id++) {
 		/* Listed channels hold a reference while under xa_lock. */
@@ -441,6 +450,7 @@ void kt_chans_reset(struct kt_dev *kd)
 
 		spin_lock(&ch->lock);
 		was = ch->in_table;
+		announce = was && !ch->close_queued && !ch->reset;
 		ch->in_table = false;
 		if (ch->half_closed)
 			atomic_dec(&kd->nclosing);
@@ -458,10 +468,16 @@ void kt_chans_reset(struct kt_dev *kd)
 			atomic_dec(&kd->nchan);
 			kt_chan_put(ch);	/* the table's reference */
 		}
+		if (announce && close_ids && nclose < KT_REPLY_PENDING_MAX)
+			close_ids[nclose++] = (u32)id;
 		kt_chan_notify(ch);
 		kt_chan_put(ch);
 	}
 	kt_tx_purge(kd);
+	for (i = 0; i < nclose; i++)
+		kt_tx_queue_reply(kd, close_ids[i], KT_MSG_CLOSE,
+				  KT_ERR_CONNRESET);
+	kfree(close_ids);
 }
 
 /**

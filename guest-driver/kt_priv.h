@@ -239,6 +239,7 @@ struct kt_dev {
 	bool rx_pool_open;		/* between kt_vqs_start and _stop */
 	struct delayed_work rx_retry;	/* rx buffers could not be posted */
 	struct kt_reasm reasm;
+	u32 unknown_answered;		/* last unknown id we sent CLOSE for */
 
 	spinlock_t tx_lock;		/* tx side: tx_live .. ctrl_queued */
 	bool tx_live;

@@ -328,6 +328,23 @@ static void kt_reasm_start(struct kt_dev *kd, struct kt_chan *ch,
 }
 
 /*
+ * DATA or CREDIT_* for a channel we do not have: counted, and answered with
+ * CLOSE KT_ERR_CONNRESET (SPEC 6, 8) so a device that still thinks the
+ * channel is open (e.g. it opened it just before a transport reset made us
+ * forget it) closes its end instead of waiting forever. One answer per run
+ * of messages for the same id; the replies are bounded (kt_tx_queue_reply).
+ */
+static void kt_rx_unknown(struct kt_dev *kd, const struct kt_rx_hdr *r,
+			  const char *what)
+{
+	kt_malformed(kd, NULL, what, r->id, r->type);
+	if (r->id == KT_CHAN_TRANSPORT || r->id == kd->unknown_answered)
+		return;
+	kd->unknown_answered = r->id;
+	kt_tx_queue_reply(kd, r->id, KT_MSG_CLOSE, KT_ERR_CONNRESET);
+}
+
+/*
  * The first (or only) buffer of a DATA message, @buf (header decoded into
  * @r). Returns true if the message kept @buf (see KT_RX_COPYBREAK).
  */
@@ -347,8 +364,7 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 
 	ch = kt_chan_lookup(kd, r->id);
 	if (!ch) {
-		kt_malformed(kd, NULL, "DATA for unknown channel", r->id,
-			     r->type);
+		kt_rx_unknown(kd, r, "DATA for unknown channel");
 		return false;
 	}
 	if (more ? r->len > r->msg_len : r->len != r->msg_len) {
@@ -647,8 +663,7 @@ static void kt_rx_credit(struct kt_dev *kd, const struct kt_rx_hdr *r)
 
 	ch = kt_chan_lookup(kd, r->id);
 	if (!ch) {
-		kt_malformed(kd, NULL, "credit message for unknown channel",
-			     r->id, r->type);
+		kt_rx_unknown(kd, r, "credit message for unknown channel");
 		return;
 	}
 	kt_peer_credit(ch, r);

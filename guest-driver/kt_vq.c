@@ -816,7 +816,7 @@ static void kt_hdr_init(struct kt_hdr *hdr, u32 id, u16 type, u32 len,
  * kt_tx_queue_reply() - answer a message whose id is not one of our channels
  * @kd: the device
  * @id: channel id from the device's message
- * @type: KT_MSG_OPEN_ERR (the only use)
+ * @type: KT_MSG_OPEN_ERR, or KT_MSG_CLOSE for DATA/CREDIT_* on an unknown id
  * @arg: error code
  *
  * The number of such replies waiting for ring room is bounded so a device
