@@ -4,7 +4,18 @@
 # ignored end-to-end tests one at a time with KT_QEMU, KT_KERNEL,
 # KT_INITRAMFS and KT_VHOST_DEVICE set. Called by scripts/test.sh; fails
 # when any part is missing (never falls back to a subset).
+#   scripts/e2e.sh [TEST]   TEST (e.g. e2e_soak): only that test file, and
+#                           no driver conformance run (scripts/soak.sh)
 set -euo pipefail
+only=${1:-}
+case "$only" in
+"" | e2e_[a-z]*) ;;
+*) echo "usage: scripts/e2e.sh [e2e_TEST] (a file of tests/tests/)" >&2; exit 2 ;;
+esac
+if [ -n "$only" ] && [ ! -f "tests/tests/$only.rs" ]; then
+	echo "e2e: no test file tests/tests/$only.rs" >&2
+	exit 2
+fi
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/artifacts.sh
 . scripts/lib/artifacts.sh
@@ -19,9 +30,11 @@ KT_QEMU=$(images/build-qemu.sh | tail -n1)
 export KT_QEMU
 echo "KT_QEMU=$KT_QEMU ($(elapsed))"
 
-step "guest driver conformance tests against a scripted fake device (guest-driver/tests/run.sh)"
-QEMU_KT=$KT_QEMU guest-driver/tests/run.sh
-echo "driver conformance done ($(elapsed))"
+if [ -z "$only" ]; then
+	step "guest driver conformance tests against a scripted fake device (guest-driver/tests/run.sh)"
+	QEMU_KT=$KT_QEMU guest-driver/tests/run.sh
+	echo "driver conformance done ($(elapsed))"
+fi
 
 step "workspace release binaries"
 cargo build --workspace --release
@@ -43,6 +56,11 @@ backend=${KT_VHOST_DEVICE:-$(kt_target_dir)/release/kt-vhost-device}
 export KT_VHOST_DEVICE=$backend
 echo "KT_VHOST_DEVICE=$KT_VHOST_DEVICE"
 
-step "cargo test -p kt-tests (end-to-end, one at a time)"
-cargo test -p kt-tests --release --tests -- --include-ignored --test-threads=1
+if [ -n "$only" ]; then
+	step "cargo test -p kt-tests --test $only"
+	cargo test -p kt-tests --release --test "$only" -- --include-ignored --test-threads=1 --nocapture
+else
+	step "cargo test -p kt-tests (end-to-end, one at a time)"
+	cargo test -p kt-tests --release --tests -- --include-ignored --test-threads=1
+fi
 echo "e2e: done in $(elapsed)"

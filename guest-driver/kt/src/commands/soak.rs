@@ -163,7 +163,10 @@ fn open_retrying(ctx: &Ctx, plan: &Plan) -> Result<Option<Channel>> {
                     plan.retry.as_secs_f64()
                 )))
             }
-            Err(_) => {
+            Err(e) => {
+                if pause == RETRY_FIRST {
+                    eprintln!("kt: soak {}: reopening: {e}", plan.name);
+                }
                 thread::sleep(pause);
                 pause = (pause * 2).min(RETRY_MAX);
             }
