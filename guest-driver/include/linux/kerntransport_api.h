@@ -28,7 +28,9 @@ struct kt_service;
  *	with itself or @closed for the same channel. @data is valid only
  *	during the call; the message's credit is returned to the peer when
  *	@recv returns. May sleep, may call kt_send() and kt_close() on this
- *	channel.
+ *	channel. A sleeping callback holds one of the callback workqueue's
+ *	workers (256 per CPU): while that many sleep, other kernel channels'
+ *	messages wait for one (receiving itself never waits).
  * @closed: the channel ended: the peer closed it (@err 0 or a positive
  *	errno the peer gave), or the transport was reset or removed
  *	(ECONNRESET). Called once, after every queued message was passed to
