@@ -37,7 +37,7 @@ void kt_chan_work(struct work_struct *work)
 			kt_msg_free(ch->kd, msg);
 			continue;
 		}
-		if (ch->state == KT_CH_CLOSED && !ch->closed_notified) {
+		if (kt_ch_ended(ch->state) && !ch->closed_notified) {
 			ch->closed_notified = true;
 			err = ch->err;
 			spin_unlock(&ch->lock);
@@ -156,18 +156,22 @@ EXPORT_SYMBOL_GPL(kt_send);
 void kt_close(struct kt_chan *ch)
 {
 	spin_lock(&ch->lock);
-	if (ch->user_closed) {
+	if (!ch->ops) {
+		/* Closed already (a second kt_close() is a caller bug). */
 		spin_unlock(&ch->lock);
 		return;
 	}
-	ch->user_closed = true;
 	WRITE_ONCE(ch->ops, NULL);
 	spin_unlock(&ch->lock);
 	wake_up_interruptible(&ch->wq);
 
+	/*
+	 * CLOSE first: a kt_send() sleeping for credit (perhaps in a
+	 * callback that cancel_work_sync() waits for) wakes with -EPIPE.
+	 */
+	kt_chan_shutdown(ch, KT_ERR_OK);
 	if (current_work() != &ch->work && cancel_work_sync(&ch->work))
 		kt_chan_put(ch);	/* the cancelled work's reference */
-	kt_chan_shutdown(ch, KT_ERR_OK);
 	kt_chan_put(ch);
 }
 EXPORT_SYMBOL_GPL(kt_close);

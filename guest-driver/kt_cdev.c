@@ -104,7 +104,7 @@ static int kt_release(struct inode *inode, struct file *file)
 
 static bool kt_chan_connecting(struct kt_chan *ch)
 {
-	return READ_ONCE(ch->state) == KT_CH_CONNECTING;
+	return kt_ch_connecting(READ_ONCE(ch->state));
 }
 
 static bool kt_chan_readable(struct kt_chan *ch)
@@ -112,7 +112,7 @@ static bool kt_chan_readable(struct kt_chan *ch)
 	bool ret;
 
 	spin_lock(&ch->lock);
-	ret = !list_empty(&ch->rxq) || ch->state == KT_CH_CLOSED;
+	ret = !list_empty(&ch->rxq) || kt_ch_ended(ch->state);
 	spin_unlock(&ch->lock);
 	return ret;
 }
@@ -170,7 +170,7 @@ static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
 		spin_lock(&ch->lock);
 		msg = list_first_entry_or_null(&ch->rxq, struct kt_msg, node);
 		err = ch->err;
-		if (msg || ch->state == KT_CH_CLOSED)
+		if (msg || kt_ch_ended(ch->state))
 			break;
 		spin_unlock(&ch->lock);
 		if (file->f_flags & O_NONBLOCK) {
@@ -241,7 +241,7 @@ static __poll_t kt_poll_chan(struct file *file, struct kt_chan *ch,
 	spin_lock(&ch->lock);
 	if (!list_empty(&ch->rxq))
 		mask |= EPOLLIN | EPOLLRDNORM;
-	if (ch->state == KT_CH_CLOSED) {
+	if (kt_ch_ended(ch->state)) {
 		/* read() returns at once: queued data, then EOF or error. */
 		mask |= EPOLLIN | EPOLLRDNORM | EPOLLHUP | EPOLLRDHUP;
 		if (ch->err)
@@ -457,7 +457,7 @@ static int kt_ioc_info(struct kt_file *kf, void __user *argp)
 		spin_lock(&ch->lock);
 		info.channel = ch->id;
 		info.state = ch->state == KT_CH_OPEN ? KT_STATE_OPEN :
-			     ch->state == KT_CH_CONNECTING ? KT_STATE_CONNECTING :
+			     kt_ch_connecting(ch->state) ? KT_STATE_CONNECTING :
 			     KT_STATE_CLOSED;
 		spin_unlock(&ch->lock);
 		info.max_msg_size = ch->kd->max_msg_size;
@@ -493,7 +493,7 @@ static int kt_ioc_next(struct kt_file *kf, void __user *argp)
 		next.flags |= KT_NEXT_F_MSG;
 		next.len = msg->len;
 	}
-	if (ch->state == KT_CH_CLOSED) {
+	if (kt_ch_ended(ch->state)) {
 		next.flags |= KT_NEXT_F_ENDED;
 		next.error = -kt_read_errno(ch->err);
 	}

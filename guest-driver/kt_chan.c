@@ -6,7 +6,9 @@
  * (SPEC section 5), transport reset (SPEC section 6), service-name checks,
  * and the registry of names listened on (user-space listeners and kernel
  * services). Shared by the char device (kt_cdev.c) and the in-kernel API
- * (kt_api.c); parsing device input is kt_rx.c's job.
+ * (kt_api.c); parsing device input is kt_rx.c's job. The channel's life
+ * cycle is the state machine in kt_chan_transition(): no other code sets
+ * ch->state.
  */
 #include <linux/module.h>
 #include <linux/sched/signal.h>
@@ -37,12 +39,156 @@ void kt_chan_put(struct kt_chan *ch)
 	kref_put(&ch->ref, kt_chan_free);
 }
 
+static const char *const kt_ch_state_names[] = {
+	[KT_CH_NEW] = "new",
+	[KT_CH_CONNECTING] = "connecting",
+	[KT_CH_ABANDONED] = "abandoned",
+	[KT_CH_OPEN] = "open",
+	[KT_CH_CLOSE_SENT] = "close-sent",
+	[KT_CH_CLOSE_RCVD] = "close-received",
+	[KT_CH_CLOSED] = "closed",
+	[KT_CH_RESET] = "reset",
+};
+
+/**
+ * kt_ch_state_name() - a channel state's name, for log lines
+ * @s: the state
+ *
+ * Return: a static string.
+ */
+const char *kt_ch_state_name(enum kt_ch_state s)
+{
+	if ((unsigned int)s >= ARRAY_SIZE(kt_ch_state_names))
+		return "?";
+	return kt_ch_state_names[s];
+}
+
+/* The state @ev moves a channel in state @s to, or -1 if illegal there. */
+static int kt_ch_next(enum kt_ch_state s, enum kt_ch_event ev)
+{
+	switch (ev) {
+	case KT_EV_LIST:
+		return s == KT_CH_NEW ? KT_CH_CONNECTING : -1;
+	case KT_EV_UNLIST:
+		return kt_ch_listed(s) ? KT_CH_CLOSED : -1;
+	case KT_EV_ABANDON:
+		return s == KT_CH_CONNECTING || s == KT_CH_ABANDONED ?
+		       KT_CH_ABANDONED : -1;
+	case KT_EV_ACCEPT:
+		return s == KT_CH_CONNECTING ? KT_CH_OPEN : -1;
+	case KT_EV_CLOSE:
+		if (s == KT_CH_CLOSE_RCVD)
+			return KT_CH_CLOSED;
+		return s == KT_CH_CONNECTING || s == KT_CH_ABANDONED ||
+		       s == KT_CH_OPEN ? KT_CH_CLOSE_SENT : -1;
+	case KT_EV_RESET:
+		return kt_ch_listed(s) ? KT_CH_RESET : -1;
+	case KT_EV_RX_OPEN_OK:
+		return s == KT_CH_CONNECTING || s == KT_CH_ABANDONED ?
+		       KT_CH_OPEN : -1;
+	case KT_EV_RX_OPEN_ERR:
+		return s == KT_CH_CONNECTING || s == KT_CH_ABANDONED ?
+		       KT_CH_CLOSED : -1;
+	case KT_EV_RX_DATA:
+		/* Delivered when OPEN; discarded when we closed or reset. */
+		return s == KT_CH_OPEN || s == KT_CH_CLOSE_SENT ||
+		       s == KT_CH_RESET ? (int)s : -1;
+	case KT_EV_RX_CLOSE:
+		if (s == KT_CH_CLOSE_SENT)
+			return KT_CH_CLOSED;
+		return s == KT_CH_CONNECTING || s == KT_CH_ABANDONED ||
+		       s == KT_CH_OPEN ? KT_CH_CLOSE_RCVD : -1;
+	}
+	return -1;
+}
+
+/**
+ * kt_chan_transition() - apply one life-cycle event to a channel
+ * @ch: the channel (ch->lock held)
+ * @ev: what happened
+ * @err: the errno it carries (KT_EV_RX_OPEN_ERR, KT_EV_RX_CLOSE and
+ *	KT_EV_CLOSE: the reason, 0 for a normal close); else ignored
+ *
+ * The one place ch->state changes. Also records how the channel ended
+ * (ch->err, and ch->open_err if it never opened) and keeps kd->nclosing,
+ * the number of channels in KT_CH_CLOSE_SENT, bounded by kd->max_closing:
+ * a KT_EV_CLOSE beyond the bound goes to KT_CH_CLOSED at once (forgotten).
+ * An illegal event changes nothing; the caller counts it as malformed if
+ * the device caused it. A caller that moves a channel out of a listed
+ * state (kt_ch_listed()) removes it from the id table.
+ *
+ * Return: true if @ev was legal in the channel's state.
+ */
+bool kt_chan_transition(struct kt_chan *ch, enum kt_ch_event ev, int err)
+{
+	enum kt_ch_state s = ch->state;
+	struct kt_dev *kd = ch->kd;
+	int next;
+
+	lockdep_assert_held(&ch->lock);
+	next = kt_ch_next(s, ev);
+	if (next < 0)
+		return false;
+
+	switch (ev) {
+	case KT_EV_RX_OPEN_ERR:
+		ch->err = err ? err : EPROTO;
+		break;
+	case KT_EV_RX_CLOSE:
+		if (s == KT_CH_CLOSE_SENT)
+			break;		/* our reason stays */
+		ch->err = !err && kt_ch_connecting(s) ? ECONNREFUSED : err;
+		break;
+	case KT_EV_CLOSE:
+		if (s != KT_CH_CLOSE_RCVD)
+			ch->err = err;	/* the peer's reason stays */
+		break;
+	case KT_EV_RESET:
+		if (!kt_ch_ended(s) || !ch->err)
+			ch->err = ECONNRESET;
+		break;
+	default:
+		break;
+	}
+	if (kt_ch_connecting(s) && !kt_ch_connecting(next) &&
+	    next != KT_CH_OPEN)
+		ch->open_err = ch->err ? ch->err : ECONNREFUSED;
+
+	if (s == KT_CH_CLOSE_SENT && next != KT_CH_CLOSE_SENT)
+		atomic_dec(&kd->nclosing);
+	if (s != KT_CH_CLOSE_SENT && next == KT_CH_CLOSE_SENT &&
+	    atomic_inc_return(&kd->nclosing) > kd->max_closing) {
+		/* The peer leaves too many half closed: do not wait. */
+		atomic_dec(&kd->nclosing);
+		next = KT_CH_CLOSED;
+	}
+	WRITE_ONCE(ch->state, next);
+	return true;
+}
+
+/**
+ * kt_chan_table_drop() - remove a channel that left the listed states
+ * @ch: the channel; the caller's kt_chan_transition() moved it out of a
+ *	listed state (kt_ch_listed()), so nobody else drops it
+ *
+ * Removes the id table's entry and drops the table's reference; the id may
+ * be reused afterwards.
+ */
+void kt_chan_table_drop(struct kt_chan *ch)
+{
+	struct kt_dev *kd = ch->kd;
+
+	xa_cmpxchg(&kd->chans, ch->id, ch, NULL, 0);
+	atomic_dec(&kd->nchan);
+	kt_chan_put(ch);
+}
+
 /**
  * kt_chan_new() - allocate a channel endpoint on a device
  * @kd: the device (a reference is taken)
  * @name: service name, already checked
  *
- * Return: the channel in CONNECTING state with one reference (the owner's),
+ * Return: the channel in state KT_CH_NEW with one reference (the owner's),
  * not yet in the id table; NULL if out of memory.
  */
 struct kt_chan *kt_chan_new(struct kt_dev *kd, const char *name)
@@ -62,7 +208,7 @@ struct kt_chan *kt_chan_new(struct kt_dev *kd, const char *name)
 	INIT_LIST_HEAD(&ch->svc_node);
 	INIT_WORK(&ch->work, kt_chan_work);
 	strscpy(ch->name, name, sizeof(ch->name));
-	ch->state = KT_CH_CONNECTING;
+	ch->state = KT_CH_NEW;
 	ch->buf_alloc = kd->buf_alloc;
 	return ch;
 }
@@ -96,7 +242,7 @@ static int kt_chan_reserve(struct kt_chan *ch)
 	}
 	kref_get(&ch->ref);		/* the table's reference */
 	spin_lock(&ch->lock);
-	ch->in_table = true;
+	kt_chan_transition(ch, KT_EV_LIST, 0);
 	spin_unlock(&ch->lock);
 	return 0;
 }
@@ -104,7 +250,7 @@ static int kt_chan_reserve(struct kt_chan *ch)
 static void kt_chan_unreserve(struct kt_chan *ch)
 {
 	spin_lock(&ch->lock);
-	ch->in_table = false;
+	kt_chan_transition(ch, KT_EV_UNLIST, 0);
 	spin_unlock(&ch->lock);
 	atomic_dec(&ch->kd->nchan);
 	kt_chan_put(ch);
@@ -176,30 +322,20 @@ int kt_chan_insert_remote(struct kt_chan *ch, u32 id)
  * kt_chan_unlist() - remove a channel from the id table
  * @ch: the channel
  *
- * Called once both CLOSEs were exchanged or the open failed; the id may
- * then be reused. Safe against a concurrent reset: whoever clears in_table
- * removes the entry and drops the table's reference.
+ * Called when the open failed on our side or our CLOSE could not be
+ * queued: the channel moves to KT_CH_CLOSED and the id may be reused.
+ * Safe against a concurrent reset: whoever moves the channel out of a
+ * listed state removes the entry and drops the table's reference.
  */
 void kt_chan_unlist(struct kt_chan *ch)
 {
-	struct kt_dev *kd = ch->kd;
 	bool was;
 
-	bool half;
-
 	spin_lock(&ch->lock);
-	was = ch->in_table;
-	ch->in_table = false;
-	half = ch->half_closed;
-	ch->half_closed = false;
+	was = kt_chan_transition(ch, KT_EV_UNLIST, 0);
 	spin_unlock(&ch->lock);
-	if (half)
-		atomic_dec(&kd->nclosing);
-	if (!was)
-		return;
-	xa_cmpxchg(&kd->chans, ch->id, ch, NULL, 0);
-	atomic_dec(&kd->nchan);
-	kt_chan_put(ch);
+	if (was)
+		kt_chan_table_drop(ch);
 }
 
 /**
@@ -251,17 +387,17 @@ int kt_chan_connect(struct kt_chan *ch, bool nonblock)
 		return -EINPROGRESS;
 
 	wait_event_interruptible(ch->wq,
-				 READ_ONCE(ch->state) != KT_CH_CONNECTING);
+				 !kt_ch_connecting(READ_ONCE(ch->state)));
 
 	spin_lock(&ch->lock);
-	if (ch->state == KT_CH_CONNECTING) {
-		ch->abandoned = true;
+	if (kt_ch_connecting(ch->state)) {
+		kt_chan_transition(ch, KT_EV_ABANDON, 0);
 		err = -EINTR;
-	} else if (!ch->opened) {
+	} else {
 		/* Refused, or reset/closed before OPEN_OK. Once opened, a
 		 * later close is reported by read/write, not by connect.
 		 */
-		err = ch->err ? -ch->err : -ECONNREFUSED;
+		err = -ch->open_err;
 	}
 	spin_unlock(&ch->lock);
 	return err;
@@ -298,8 +434,7 @@ int kt_chan_send(struct kt_chan *ch, struct kt_txbuf *txb, bool nonblock)
 static bool kt_chan_credit_locked(struct kt_chan *ch, u32 cost)
 {
 	ch->fwd_cnt += cost;
-	return ch->state == KT_CH_OPEN && !ch->close_queued &&
-	       !ch->credit_update_queued &&
+	return ch->state == KT_CH_OPEN && !ch->credit_update_queued &&
 	       ch->fwd_cnt - ch->last_fwd_sent >= ch->buf_alloc / 2;
 }
 
@@ -344,52 +479,48 @@ void kt_chan_dequeue(struct kt_chan *ch, struct kt_msg *msg)
  * @wire_err: KT_ERR_OK for a normal close, else the reason sent in CLOSE
  *	(the local reader then sees that errno after its queued data)
  *
- * Sends CLOSE once; the channel leaves the id table when the peer's CLOSE
- * has also been seen. A channel still opening is marked abandoned by a
- * normal close (its OPEN_OK is answered with CLOSE) and failed by an error.
+ * Sends CLOSE once (KT_EV_CLOSE); the channel leaves the id table when the
+ * peer's CLOSE has also been seen. A channel still opening is abandoned by
+ * a normal close (its OPEN_OK is answered with CLOSE) and failed by an
+ * error. Does nothing more on a channel that already sent CLOSE or ended.
  */
 void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err)
 {
-	bool send, unlist, half;
+	enum kt_ch_state old, new;
+	bool legal;
 
 	spin_lock(&ch->lock);
-	if (ch->state == KT_CH_CONNECTING && wire_err == KT_ERR_OK) {
+	old = ch->state;
+	if (kt_ch_connecting(old) && wire_err == KT_ERR_OK) {
 		/* The answer will be closed when it arrives. */
-		ch->abandoned = true;
+		kt_chan_transition(ch, KT_EV_ABANDON, 0);
 		spin_unlock(&ch->lock);
 		return;
 	}
-	if (ch->state != KT_CH_CLOSED) {
-		/* A violation while opening fails the open with it. */
-		ch->state = KT_CH_CLOSED;
-		ch->err = wire_err;
-	}
-	send = !ch->close_queued && !ch->reset && ch->in_table;
+	legal = kt_chan_transition(ch, KT_EV_CLOSE, wire_err);
+	new = ch->state;
 	spin_unlock(&ch->lock);
 
-	if (send)
-		kt_tx_queue_ctrl(ch, KT_MSG_CLOSE, wire_err, NULL, 0);
-
-	spin_lock(&ch->lock);
-	unlist = ch->close_queued && ch->close_rcvd;
-	half = !unlist && ch->close_queued && ch->in_table && !ch->half_closed;
-	if (half)
-		ch->half_closed = true;
-	spin_unlock(&ch->lock);
-	if (half && atomic_inc_return(&ch->kd->nclosing) >
-		    ch->kd->max_closing) {
-		/*
-		 * The peer leaves too many channels half-closed: stop
-		 * waiting for this one's CLOSE (a late one is discarded).
-		 */
-		atomic64_inc(&ch->kd->stats.malformed);
-		dev_warn_ratelimited(&ch->kd->vdev->dev,
-				     "channel %#x: too many channels wait for the peer's CLOSE, forgotten\n",
-				     ch->id);
-		unlist = true;
-	}
-	if (unlist)
+	if (!legal)
+		goto out;
+	if (kt_tx_queue_ctrl(ch, KT_MSG_CLOSE, wire_err, NULL, 0) &&
+	    kt_ch_listed(new)) {
+		/* Not sent (no memory, device gone): nothing to wait for. */
 		kt_chan_unlist(ch);
+	} else if (!kt_ch_listed(new)) {
+		if (old != KT_CH_CLOSE_RCVD) {
+			/*
+			 * Beyond max_closing: stop waiting for the peer's
+			 * CLOSE (a late one is discarded).
+			 */
+			atomic64_inc(&ch->kd->stats.malformed);
+			dev_warn_ratelimited(&ch->kd->vdev->dev,
+					     "channel %#x: too many channels wait for the peer's CLOSE, forgotten\n",
+					     ch->id);
+		}
+		kt_chan_table_drop(ch);
+	}
+out:
 	kt_chan_notify(ch);
 }
 
@@ -406,7 +537,6 @@ void kt_chan_release(struct kt_chan *ch)
 	 * peer's CLOSE comes (it may never come).
 	 */
 	spin_lock(&ch->lock);
-	ch->user_closed = true;
 	list_splice_init(&ch->rxq, &gone);
 	ch->fwd_cnt = ch->rx_cnt;
 	spin_unlock(&ch->lock);
@@ -449,26 +579,14 @@ void kt_chans_reset(struct kt_dev *kd)
 			break;
 
 		spin_lock(&ch->lock);
-		was = ch->in_table;
-		announce = was && !ch->close_queued && !ch->reset;
-		ch->in_table = false;
-		if (ch->half_closed)
-			atomic_dec(&kd->nclosing);
-		ch->half_closed = false;
-		ch->reset = true;
-		ch->close_queued = true;
-		ch->close_rcvd = true;
-		if (ch->state != KT_CH_CLOSED || !ch->err) {
-			ch->state = KT_CH_CLOSED;
-			ch->err = ECONNRESET;
-		}
+		announce = ch->state == KT_CH_CONNECTING ||
+			   ch->state == KT_CH_ABANDONED ||
+			   ch->state == KT_CH_OPEN;
+		was = kt_chan_transition(ch, KT_EV_RESET, 0);
 		spin_unlock(&ch->lock);
-		if (was) {
-			xa_cmpxchg(&kd->chans, id, ch, NULL, 0);
-			atomic_dec(&kd->nchan);
-			kt_chan_put(ch);	/* the table's reference */
-		}
-		if (announce && close_ids && nclose < KT_REPLY_PENDING_MAX)
+		if (was)
+			kt_chan_table_drop(ch);
+		if (was && announce && close_ids && nclose < KT_REPLY_PENDING_MAX)
 			close_ids[nclose++] = (u32)id;
 		kt_chan_notify(ch);
 		kt_chan_put(ch);

@@ -92,12 +92,54 @@ static inline u32 kt_msg_cost(u32 len)
 	return KT_MSG_OVERHEAD + len;
 }
 
-/* Channel life cycle as the endpoint sees it. */
+/*
+ * Channel life cycle (docs/guest-driver.md has the table). Every change of
+ * ch->state goes through kt_chan_transition(), under ch->lock. A channel
+ * is listed in kd->chans exactly while in CONNECTING .. CLOSE_RCVD
+ * (kt_ch_listed()); whoever moves it out of those states removes it.
+ */
 enum kt_ch_state {
-	KT_CH_CONNECTING,	/* we sent OPEN, waiting for the answer */
+	KT_CH_NEW,		/* allocated, no id yet */
+	KT_CH_CONNECTING,	/* OPEN sent (or a host OPEN being accepted) */
+	KT_CH_ABANDONED,	/* CONNECTING, opener gone: OPEN_OK gets CLOSE */
 	KT_CH_OPEN,
-	KT_CH_CLOSED,		/* ended: see err, reset */
+	KT_CH_CLOSE_SENT,	/* our CLOSE queued, the peer's not seen */
+	KT_CH_CLOSE_RCVD,	/* the peer's CLOSE seen, ours not yet queued */
+	KT_CH_CLOSED,		/* both CLOSEs, an OPEN_ERR, or forgotten */
+	KT_CH_RESET,		/* failed by a transport reset or removal */
 };
+
+/* What moves a channel from one state to another. */
+enum kt_ch_event {
+	KT_EV_LIST,		/* got an id in kd->chans */
+	KT_EV_UNLIST,		/* gave it up without (more) CLOSEs */
+	KT_EV_ABANDON,		/* the opener gave up waiting */
+	KT_EV_ACCEPT,		/* we queued OPEN_OK for the host's OPEN */
+	KT_EV_CLOSE,		/* we queue our CLOSE */
+	KT_EV_RESET,		/* transport reset or device removal */
+	KT_EV_RX_OPEN_OK,	/* device input from here on */
+	KT_EV_RX_OPEN_ERR,
+	KT_EV_RX_DATA,
+	KT_EV_RX_CLOSE,
+};
+
+/* Waiting for the answer to an OPEN (ours, or the host's we accept). */
+static inline bool kt_ch_connecting(enum kt_ch_state s)
+{
+	return s == KT_CH_NEW || s == KT_CH_CONNECTING || s == KT_CH_ABANDONED;
+}
+
+/* Holds an id in kd->chans (and the table's reference). */
+static inline bool kt_ch_listed(enum kt_ch_state s)
+{
+	return s >= KT_CH_CONNECTING && s <= KT_CH_CLOSE_RCVD;
+}
+
+/* Over for the reader: queued data, then EOF or ch->err. */
+static inline bool kt_ch_ended(enum kt_ch_state s)
+{
+	return s >= KT_CH_CLOSE_SENT;
+}
 
 struct kt_chan_stats {
 	u64 tx_msgs;
@@ -122,16 +164,9 @@ struct kt_chan {
 	bool kernel;			/* a kernel user's: set before listed */
 
 	/* Everything below is under @lock. */
-	enum kt_ch_state state;
+	enum kt_ch_state state;	/* kt_chan_transition() changes it */
 	int err;			/* errno reported when rxq is empty */
-	bool in_table;			/* listed in kd->chans */
-	bool close_queued;		/* our CLOSE is queued: send nothing more */
-	bool close_rcvd;
-	bool half_closed;		/* counted in kd->nclosing */
-	bool reset;			/* failed by transport reset/removal */
-	bool abandoned;			/* opener gave up while CONNECTING */
-	bool opened;			/* OPEN_OK was received or sent */
-	bool user_closed;		/* file released or kt_close() called */
+	int open_err;			/* why our OPEN failed, 0 if it did not */
 	bool credit_update_queued;
 	bool credit_req_queued;
 	bool closed_notified;		/* kernel ops->closed was called */
@@ -254,7 +289,7 @@ struct kt_dev {
 	struct xarray chans;		/* id -> struct kt_chan (holds a ref) */
 	u32 next_id;
 	atomic_t nchan;
-	atomic_t nclosing;		/* our CLOSE sent, the peer's not seen */
+	atomic_t nclosing;		/* channels in KT_CH_CLOSE_SENT */
 	unsigned int max_closing;	/* bound on nclosing */
 
 	struct kt_dev_stats stats;
@@ -310,10 +345,13 @@ void kt_rx_notify_flush(struct kt_dev *kd);
 extern struct mutex kt_services_lock;
 struct kt_chan *kt_chan_new(struct kt_dev *kd, const char *name);
 void kt_chan_put(struct kt_chan *ch);
+bool kt_chan_transition(struct kt_chan *ch, enum kt_ch_event ev, int err);
+const char *kt_ch_state_name(enum kt_ch_state s);
 struct kt_chan *kt_chan_lookup(struct kt_dev *kd, u32 id);
 int kt_chan_insert_local(struct kt_chan *ch);
 int kt_chan_insert_remote(struct kt_chan *ch, u32 id);
 void kt_chan_unlist(struct kt_chan *ch);
+void kt_chan_table_drop(struct kt_chan *ch);
 void kt_chan_notify(struct kt_chan *ch);
 int kt_chan_connect(struct kt_chan *ch, bool nonblock);
 int kt_chan_send(struct kt_chan *ch, struct kt_txbuf *txb, bool nonblock);

@@ -53,8 +53,7 @@ static void kt_decode(const struct kt_hdr *h, struct kt_rx_hdr *r)
 }
 
 /* Counts a malformed message, per device and (if known) per channel. */
-static void kt_malformed(struct kt_dev *kd, struct kt_chan *ch,
-			 const char *what, u32 id, u16 type)
+static void kt_malformed_count(struct kt_dev *kd, struct kt_chan *ch)
 {
 	atomic64_inc(&kd->stats.malformed);
 	if (ch) {
@@ -62,9 +61,29 @@ static void kt_malformed(struct kt_dev *kd, struct kt_chan *ch,
 		ch->stats.malformed++;
 		spin_unlock(&ch->lock);
 	}
+}
+
+/* Counts and logs (rate-limited) a malformed message. */
+static void kt_malformed(struct kt_dev *kd, struct kt_chan *ch,
+			 const char *what, u32 id, u16 type)
+{
+	kt_malformed_count(kd, ch);
 	dev_warn_ratelimited(&kd->vdev->dev,
 			     "malformed input dropped: %s (channel %#x type %u)\n",
 			     what, id, type);
+}
+
+/*
+ * Counts and logs (rate-limited) a message the channel's state machine
+ * refused (kt_chan_transition() returned false for it in state @s).
+ */
+static void kt_illegal(struct kt_dev *kd, struct kt_chan *ch,
+		       enum kt_ch_state s, u32 id, u16 type)
+{
+	kt_malformed_count(kd, ch);
+	dev_warn_ratelimited(&kd->vdev->dev,
+			     "malformed input dropped: type %u illegal for channel %#x in state %s\n",
+			     type, id, kt_ch_state_name(s));
 }
 
 /* Counts, drops and closes the channel with @wire_err. */
@@ -140,7 +159,7 @@ static void kt_deliver(struct kt_dev *kd, struct kt_chan *ch,
 	bool keep;
 
 	spin_lock(&ch->lock);
-	keep = ch->state == KT_CH_OPEN && !ch->close_queued;
+	keep = ch->state == KT_CH_OPEN;
 	if (keep) {
 		list_add_tail(&msg->node, &ch->rxq);
 		ch->stats.rx_msgs++;
@@ -358,7 +377,8 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	bool kept = false;
 	const char *bad = NULL;
 	u32 wire_err = KT_ERR_PROTO;
-	bool discard = false;
+	bool discard = false, illegal = false;
+	enum kt_ch_state state;
 	struct kt_chan *ch;
 	u32 cost;
 
@@ -376,10 +396,11 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	cost = kt_msg_cost(r->msg_len);
 	spin_lock(&ch->lock);
 	credit_changed = kt_peer_credit_locked(ch, r);
-	if (ch->state == KT_CH_CONNECTING) {
-		bad = "DATA before OPEN_OK";
-		wire_err = 0;
-	} else if (ch->state != KT_CH_OPEN || ch->close_queued) {
+	state = ch->state;
+	if (!kt_chan_transition(ch, KT_EV_RX_DATA, 0)) {
+		/* Before OPEN_OK, or after the peer's CLOSE: dropped. */
+		illegal = true;
+	} else if (state != KT_CH_OPEN) {
 		/* The reader has gone: discard (SPEC 3.2), not an error. */
 		discard = true;
 	} else if (r->msg_len > kd->max_msg_size) {
@@ -403,11 +424,11 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	if (credit_changed && wq_has_sleeper(&ch->wq))
 		wake_up_interruptible(&ch->wq);
 
-	if (bad) {
-		if (wire_err)
-			kt_violation(kd, ch, bad, r->id, r->type, wire_err);
-		else
-			kt_malformed(kd, ch, bad, r->id, r->type);
+	if (illegal) {
+		kt_illegal(kd, ch, state, r->id, r->type);
+		discard = true;
+	} else if (bad) {
+		kt_violation(kd, ch, bad, r->id, r->type, wire_err);
 		discard = true;
 	}
 
@@ -451,7 +472,7 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	}
 	if (msg)
 		kt_deliver(kd, ch, msg);
-	else if (!bad)
+	else if (!bad && !illegal)
 		atomic64_inc(&kd->stats.rx_discarded);
 	kt_chan_put(ch);
 	return kept;
@@ -540,8 +561,8 @@ static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
 		goto out_unlist;
 	}
 	spin_lock(&ch->lock);
-	ch->state = KT_CH_OPEN;
-	ch->opened = true;
+	/* Not if a reset came meanwhile: the channel stays failed. */
+	kt_chan_transition(ch, KT_EV_ACCEPT, 0);
 	if (svc->ops)
 		WRITE_ONCE(ch->ops, svc->ops->chan_ops);
 	spin_unlock(&ch->lock);
@@ -577,8 +598,9 @@ out_unlock:
 static void kt_rx_open_answer(struct kt_dev *kd, const struct kt_rx_hdr *r)
 {
 	bool ok = r->type == KT_MSG_OPEN_OK;
-	bool waiting, abandoned;
+	enum kt_ch_state old;
 	struct kt_chan *ch;
+	bool legal;
 
 	ch = kt_chan_lookup(kd, r->id);
 	if (!ch) {
@@ -587,31 +609,25 @@ static void kt_rx_open_answer(struct kt_dev *kd, const struct kt_rx_hdr *r)
 		return;
 	}
 	spin_lock(&ch->lock);
-	waiting = ch->state == KT_CH_CONNECTING;
-	abandoned = ch->abandoned;
-	if (waiting && ok) {
-		ch->state = KT_CH_OPEN;
-		ch->opened = true;
+	old = ch->state;
+	legal = kt_chan_transition(ch, ok ? KT_EV_RX_OPEN_OK :
+					    KT_EV_RX_OPEN_ERR,
+				   kt_errno_from_wire(r->arg));
+	if (legal && ok) {
 		ch->peer_buf_alloc = r->buf_alloc;
 		ch->peer_fwd_cnt = r->fwd_cnt;
-	} else if (waiting) {
-		ch->state = KT_CH_CLOSED;
-		ch->err = r->arg ? kt_errno_from_wire(r->arg) : EPROTO;
-		/* No channel came to be: nothing to close on either side. */
-		ch->close_queued = true;
-		ch->close_rcvd = true;
 	}
 	spin_unlock(&ch->lock);
 
-	if (!waiting) {
-		kt_malformed(kd, ch, "open answer for a channel not opening",
-			     r->id, r->type);
+	if (!legal) {
+		kt_illegal(kd, ch, old, r->id, r->type);
 	} else if (ok) {
 		atomic64_inc(&kd->stats.opens_out);
-		if (abandoned)
+		if (old == KT_CH_ABANDONED)
 			kt_chan_shutdown(ch, KT_ERR_OK);
 	} else {
-		kt_chan_unlist(ch);
+		/* No channel came to be: nothing to close on either side. */
+		kt_chan_table_drop(ch);
 	}
 	wake_up_interruptible(&ch->wq);
 	kt_chan_put(ch);
@@ -619,7 +635,7 @@ static void kt_rx_open_answer(struct kt_dev *kd, const struct kt_rx_hdr *r)
 
 static void kt_rx_close(struct kt_dev *kd, const struct kt_rx_hdr *r)
 {
-	bool dup, answer, unlist;
+	enum kt_ch_state old, new;
 	struct kt_chan *ch;
 
 	ch = kt_chan_lookup(kd, r->id);
@@ -629,29 +645,22 @@ static void kt_rx_close(struct kt_dev *kd, const struct kt_rx_hdr *r)
 		return;
 	}
 	spin_lock(&ch->lock);
-	dup = ch->close_rcvd;
-	ch->close_rcvd = true;
-	answer = !dup && !ch->close_queued;
-	if (!dup && ch->state != KT_CH_CLOSED) {
-		ch->err = r->arg ? kt_errno_from_wire(r->arg) : 0;
-		if (ch->state == KT_CH_CONNECTING && !ch->err)
-			ch->err = ECONNREFUSED;
-		ch->state = KT_CH_CLOSED;
-	}
-	spin_unlock(&ch->lock);
-
-	if (dup) {
-		kt_malformed(kd, ch, "duplicate CLOSE", r->id, r->type);
+	old = ch->state;
+	if (!kt_chan_transition(ch, KT_EV_RX_CLOSE,
+				r->arg ? kt_errno_from_wire(r->arg) : 0)) {
+		spin_unlock(&ch->lock);
+		kt_illegal(kd, ch, old, r->id, r->type);
 		goto out;
 	}
-	if (answer)
-		kt_tx_queue_ctrl(ch, KT_MSG_CLOSE, KT_ERR_OK, NULL, 0);
-	spin_lock(&ch->lock);
-	unlist = ch->close_queued;
+	new = ch->state;
 	spin_unlock(&ch->lock);
-	if (unlist)
-		kt_chan_unlist(ch);
-	kt_chan_notify(ch);
+
+	if (new == KT_CH_CLOSE_RCVD) {
+		kt_chan_shutdown(ch, KT_ERR_OK);	/* our answer; notifies */
+	} else {
+		kt_chan_table_drop(ch);		/* CLOSE_SENT -> CLOSED */
+		kt_chan_notify(ch);
+	}
 out:
 	kt_chan_put(ch);
 }
@@ -669,7 +678,7 @@ static void kt_rx_credit(struct kt_dev *kd, const struct kt_rx_hdr *r)
 	kt_peer_credit(ch, r);
 	if (r->type == KT_MSG_CREDIT_REQUEST) {
 		spin_lock(&ch->lock);
-		reply = ch->state == KT_CH_OPEN && !ch->close_queued;
+		reply = ch->state == KT_CH_OPEN;
 		spin_unlock(&ch->lock);
 	}
 	if (reply)

@@ -175,19 +175,25 @@ static ssize_t tx_pending_show(struct device *dev,
 }
 static DEVICE_ATTR_RO(tx_pending);
 
-static const char *kt_state_name(const struct kt_chan *ch)
+/* The word for a channel state in "channels" (docs/guest-driver.md). */
+static const char *kt_state_name(enum kt_ch_state s)
 {
-	if (ch->reset)
-		return "reset";
-	switch (ch->state) {
+	switch (s) {
+	case KT_CH_NEW:
 	case KT_CH_CONNECTING:
+	case KT_CH_ABANDONED:
 		return "connecting";
 	case KT_CH_OPEN:
 		return "open";
-	default:
-		return ch->close_queued && !ch->close_rcvd ? "closing" :
-							     "closed";
+	case KT_CH_CLOSE_SENT:
+		return "closing";
+	case KT_CH_CLOSE_RCVD:
+	case KT_CH_CLOSED:
+		return "closed";
+	case KT_CH_RESET:
+		return "reset";
 	}
+	return "?";
 }
 
 /*
@@ -209,7 +215,7 @@ static ssize_t channels_show(struct device *dev,
 		spin_lock(&ch->lock);
 		n = scnprintf(line, sizeof(line),
 			      "%#x %s %llu %llu %llu %llu %llu %llu %u %s\n",
-			      ch->id, kt_state_name(ch), ch->stats.tx_msgs,
+			      ch->id, kt_state_name(ch->state), ch->stats.tx_msgs,
 			      ch->stats.tx_bytes, ch->stats.rx_msgs,
 			      ch->stats.rx_bytes, ch->stats.credit_stalls,
 			      ch->stats.malformed, ch->rx_cnt - ch->fwd_cnt,

@@ -868,7 +868,8 @@ int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
  * @payload: OPEN: the service name; else NULL
  * @len: payload bytes
  *
- * Nothing is queued after the channel's CLOSE, and at most one
+ * CLOSE is queued only by whoever moved the channel with KT_EV_CLOSE
+ * (so once); nothing is queued after it, and at most one
  * CREDIT_UPDATE and one CREDIT_REQUEST wait for ring room at a time (their
  * credit fields are filled when they enter the ring, so one is always
  * enough; the flag clears only once the message is on the ring). OPEN,
@@ -903,10 +904,13 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 	if (kd->tx_live)
 		kt_tx_begin_locked(kd, &done);
 	spin_lock(&ch->lock);
-	if (!kd->tx_live || ch->reset) {
+	if (!kd->tx_live || ch->state == KT_CH_RESET) {
 		err = -ECONNRESET;
-	} else if (ch->close_queued) {
-		skip = true;
+	} else if (type == KT_MSG_CLOSE) {
+		/* The caller's KT_EV_CLOSE allowed exactly one. */
+	} else if (ch->state == KT_CH_CLOSE_SENT ||
+		   ch->state == KT_CH_CLOSED) {
+		skip = true;		/* nothing after our CLOSE */
 	} else if (credit && kd->ctrl_queued >= KT_CTRL_PENDING_MAX) {
 		err = -ENOBUFS;
 	} else if (type == KT_MSG_CREDIT_UPDATE) {
@@ -915,8 +919,6 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 	} else if (type == KT_MSG_CREDIT_REQUEST) {
 		skip = ch->credit_req_queued;
 		ch->credit_req_queued = true;
-	} else if (type == KT_MSG_CLOSE) {
-		ch->close_queued = true;
 	}
 	spin_unlock(&ch->lock);
 	if (!err && !skip) {
@@ -951,11 +953,12 @@ static int kt_chan_tx_check(struct kt_chan *ch, u32 cost, bool *peer_limited,
 {
 	u32 in_flight;
 
-	if (ch->state == KT_CH_CONNECTING)
+	if (kt_ch_connecting(ch->state))
 		return -ENOTCONN;
-	if (ch->reset || (ch->state == KT_CH_CLOSED && ch->err == ECONNRESET))
+	if (ch->state == KT_CH_RESET ||
+	    (kt_ch_ended(ch->state) && ch->err == ECONNRESET))
 		return -ECONNRESET;
-	if (ch->state != KT_CH_OPEN || ch->close_queued || ch->user_closed)
+	if (ch->state != KT_CH_OPEN)
 		return -EPIPE;
 	in_flight = ch->tx_cnt - ch->peer_fwd_cnt;
 	if ((u64)in_flight + cost > ch->peer_buf_alloc) {

@@ -26,6 +26,9 @@ Services the guest can open (see kt_guest_test.c for the expectations):
   device stops completing tx buffers, floods CREDIT_REQUEST, sends
   "flood-done" and resumes a few seconds after the guest took it all),
   mal-noise, mal-seq, mal-frag, mal-credit,
+  mal-state (illegal channel transitions: after its OPEN_OK a second
+  OPEN_OK and an OPEN_ERR; echoes; on "close" sends "bye", CLOSE, then
+  DATA after that CLOSE and a second CLOSE),
   dial:<name> (the host opens <name> in the guest and reports on this
   channel), hold:<name> (the host opens <name> and keeps it open until this
   channel closes). Anything else: ENOENT.
@@ -504,7 +507,8 @@ class Dev:
         known = ('echo', 'big', 'slow', 'stall', 'firehose', 'breakring', 'noclose',
                  'breaktx', 'lazytx', 'sink', 'ragged',
                  'closeafter',
-                 'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag')
+                 'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag',
+                 'mal-state')
         hostile = HOSTILE and name.startswith('hostile:') and name[8:] in HOSTILE_ATTACKS
         if name not in known and not hostile and not name.startswith('dial:') and not name.startswith('hold:'):
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=2); return
@@ -542,6 +546,10 @@ class Dev:
             X(raw=hdr(0x00000077, MSG_OPEN, 3) + b'abc')
             X(raw=hdr(cid, MSG_CU, 4) + b'zzzz')
             X(raw=hdr(cid, MSG_OPEN_OK))
+        elif name == 'mal-state':
+            # Illegal for an open channel: counted, the channel untouched.
+            self.ctrl(c, MSG_OPEN_OK)
+            self.ctrl(c, MSG_OPEN_ERR, 13)
         elif name == 'mal-seq':
             self.send_rx(cid, MSG_DATA, b'good', chan=c, seq=0)
             self.send_rx(cid, MSG_DATA, b'bad', chan=c, seq=5)
@@ -596,7 +604,15 @@ class Dev:
                 self.ctrl(c, MSG_CR)
             self.host_send(c, b'flood-done')
             self.timers.append((time.time() + 0.5, self.stall_resume))
-        elif c.svc in ('echo', 'mal-noise', 'noclose', 'ragged'):
+        elif c.svc == 'mal-state' and p == b'close':
+            # Our CLOSE, then DATA after it (illegal: counted) and a
+            # second CLOSE (for a channel the guest has let go: discarded).
+            self.host_send(c, b'bye')
+            self.ctrl(c, MSG_CLOSE); c.close_sent = True
+            self.send_rx(c.id, MSG_DATA, b'late', chan=c, seq=c.tx_seq)
+            c.tx_seq += 1
+            self.ctrl(c, MSG_CLOSE)
+        elif c.svc in ('echo', 'mal-noise', 'noclose', 'ragged', 'mal-state'):
             self.host_send(c, p)
         elif c.svc == 'lazytx' and p == b'lazy-done':
             self.host_send(c, b'%d' % c.bytes)

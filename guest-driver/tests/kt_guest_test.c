@@ -128,6 +128,30 @@ static int channels_in_state(const char *state)
 	return n;
 }
 
+/* The malformed column of channel @id in sysfs "channels", or -1. */
+static long chan_malformed(unsigned int id)
+{
+	char path[256], line[512];
+	unsigned int cid;
+	long v = -1, m;
+	glob_t g;
+	FILE *f;
+
+	if (glob("/sys/bus/virtio/devices/virtio*/kerntransport", 0, NULL, &g))
+		return -1;
+	snprintf(path, sizeof(path), "%s/channels", g.gl_pathv[0]);
+	globfree(&g);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "%x %*s %*u %*u %*u %*u %*u %ld", &cid, &m) == 2 &&
+		    cid == id)
+			v = m;
+	fclose(f);
+	return v;
+}
+
 static short poll_one(int fd, short events, int timeout_ms)
 {
 	struct pollfd p = { .fd = fd, .events = events };
@@ -640,6 +664,53 @@ static void test_malformed(void)
 	check(i == 4 && n < 0 && errno == EPROTO,
 	      "mal-credit: the 4 messages within the window, then EPROTO");
 	close(fd);
+}
+
+/*
+ * Illegal channel transitions from the device (mal-state): OPEN_OK and
+ * OPEN_ERR for an open channel, DATA after the peer's CLOSE. Each is
+ * counted as malformed exactly once and changes nothing; a second CLOSE,
+ * for a channel already let go, is discarded (SPEC 8).
+ */
+static void test_illegal(void)
+{
+	struct kt_ioc_info info = { 0 };
+	long bad, disc, v, d;
+	int good, fd;
+	ssize_t n;
+
+	usleep(300000);		/* earlier channels' last messages */
+	bad = sys_counter("malformed");
+	disc = sys_counter("rx_discarded");
+	good = connect_to("echo", 0);
+	check(good >= 0 && call_ok(good, "before", 6),
+	      "illegal: a good channel echoes");
+	fd = connect_to("mal-state", 0);
+	check(fd >= 0, "connect mal-state");
+	check(call_ok(fd, "ping", 4),
+	      "mal-state: still echoes after a second OPEN_OK and an OPEN_ERR");
+	v = ioctl(fd, KT_IOC_INFO, &info) ? -1 : chan_malformed(info.channel);
+	check(info.state == KT_STATE_OPEN && v == 2,
+	      "mal-state: open, 2 counted on the channel (%ld)", v);
+	check(write(fd, "close", 5) == 5, "mal-state: ask for the close");
+	n = read(fd, buf, sizeof(buf));
+	check(n == 3 && !memcmp(buf, "bye", 3),
+	      "mal-state: the data sent before the peer's CLOSE");
+	n = read(fd, buf, sizeof(buf));
+	check(n == 0 && state_of(fd) == KT_STATE_CLOSED,
+	      "mal-state: then EOF (%zd)", n);
+	close(fd);
+	usleep(300000);
+	v = sys_counter("malformed");
+	d = sys_counter("rx_discarded");
+	check(v == bad + 3,
+	      "illegal transitions: 3 sent (OPEN_OK, OPEN_ERR when open; DATA after CLOSE), malformed %ld -> %ld",
+	      bad, v);
+	check(d == disc + 1,
+	      "a second CLOSE: discarded, not malformed (rx_discarded %ld -> %ld)",
+	      disc, d);
+	check(call_ok(good, "after", 5), "illegal: the good channel still echoes");
+	close(good);
 }
 
 static void echo_until_eof(int fd)
@@ -1427,6 +1498,7 @@ int main(int argc, char **argv)
 		test_stall();
 		test_noclose();
 		test_malformed();
+		test_illegal();
 		test_listen();
 		test_stress();
 		test_zerocopy();

@@ -5,7 +5,8 @@
 # kerntransport.ko, kt_kecho.ko, kt_api_test.ko and kt_guest_test:
 #   nodev   stock QEMU, no device: load/unload/reload, the char device alone
 #   dev     fake_device.py behind the patched QEMU's vhost-user-device-pci:
-#           every user-space path, malformed input, reset, the kernel API,
+#           every user-space path, malformed input, illegal channel
+#           transitions (counted exactly), reset, the kernel API,
 #           unbind/rebind with channels open, module pinning, reload;
 #           once with EVENT_IDX + INDIRECT_DESC and 4 KiB rx buffers, once
 #           with neither and 256-byte rx buffers (heavy fragmentation)
