@@ -592,6 +592,11 @@ void kt_chans_reset(struct kt_dev *kd)
 		kt_chan_put(ch);
 	}
 	kt_tx_purge(kd);
+	/* Removal or recovery: no device to tell (and no drop to count). */
+	spin_lock(&kd->tx_lock);
+	if (!kd->tx_live)
+		nclose = 0;
+	spin_unlock(&kd->tx_lock);
 	for (i = 0; i < nclose; i++)
 		kt_tx_queue_reply(kd, close_ids[i], KT_MSG_CLOSE,
 				  KT_ERR_CONNRESET);
