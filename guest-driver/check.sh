@@ -4,8 +4,10 @@
 # supported kernel's headers with sparse (C=1) and W=1, failing on any
 # compiler or sparse message; checks the module alias; then runs
 # checkpatch.pl --strict and kernel-doc -Wall on every C file and header of
-# the driver, failing on any message. checkpatch.pl is extracted once from Debian's
-# linux-source-6.12 tarball into the cache.
+# the driver, and the kernel's coccicheck scripts (spatch -D report) on its
+# kernel code, failing on any message. checkpatch.pl and
+# scripts/coccinelle are extracted once from Debian's linux-source-6.12
+# tarball into the cache.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 cache=${KT_CACHE:-$HOME/.cache/kerntransport}
@@ -94,4 +96,40 @@ if [ -n "$out" ]; then
 	printf '%s\n' "$out" >&2
 	fail "kernel-doc messages"
 fi
+cocci_dir=$cache/coccinelle/linux-source-6.12/scripts/coccinelle
+if [ ! -d "$cocci_dir" ]; then
+	[ -f "$SOURCE_TARBALL" ] || fail "$SOURCE_TARBALL missing (run scripts/setup.sh)"
+	command -v spatch >/dev/null || fail "spatch missing (coccinelle; run scripts/setup.sh)"
+	echo "check.sh: extracting scripts/coccinelle into $cache/coccinelle"
+	mkdir -p "$cache/coccinelle.tmp"
+	tar -xJf "$SOURCE_TARBALL" -C "$cache/coccinelle.tmp" \
+		linux-source-6.12/scripts/coccinelle
+	rm -rf "$cache/coccinelle"
+	mv "$cache/coccinelle.tmp" "$cache/coccinelle"
+fi
+# Kernel code only: tests/kt_guest_test.c is a user-space program.
+cocci_src=$work/cocci
+mkdir -p "$cocci_src"
+for f in "${sources[@]}"; do
+	[ "$f" = tests/kt_guest_test.c ] && continue
+	mkdir -p "$cocci_src/$(dirname "$f")"
+	cp "$f" "$cocci_src/$f"
+done
+mapfile -t scripts < <(find "$cocci_dir" -name '*.cocci' -type f | sort)
+echo "check.sh: coccicheck (${#scripts[@]} scripts, report mode) on the kernel code"
+found=0
+for cocci in "${scripts[@]}"; do
+	# As scripts/coccicheck does: the script's own options; spatch's
+	# notes about the script itself ("should X be a metavariable?") are
+	# not reports.
+	read -ra opt <<<"$(sed -n 's|^// Options: *||p' "$cocci")"
+	out=$(spatch -D report --very-quiet --no-show-diff --cocci-file "$cocci" \
+		"${opt[@]}" --dir "$cocci_src" 2>&1 |
+		grep -Ev '^warning: line [0-9]+: should .* be a metavariable\?$' || true)
+	if [ -n "$out" ]; then
+		printf '%s: %s\n' "${cocci#"$cocci_dir"/}" "$out" >&2
+		found=1
+	fi
+done
+[ "$found" = 0 ] || fail "coccicheck reports"
 echo "check.sh: guest driver OK"

@@ -45,7 +45,7 @@ cargo test --workspace
 
 stage "fuzz: proto decode + backend tx_chain, ${KT_FUZZ_SECS:-60} s each (nightly, cargo-fuzz)"; scripts/fuzz.sh
 
-stage "guest driver: build against each supported kernel, checkpatch, sparse"
+stage "guest driver: build against each supported kernel, sparse, checkpatch, kernel-doc, coccicheck"
 guest-driver/check.sh
 
 stage "packages: build, install in a scratch root, dkms build, systemd-analyze verify"
