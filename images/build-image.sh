@@ -11,6 +11,10 @@
 #   KERNEL=<vmlinuz> INITRAMFS=<initramfs.cpio.gz>
 # Environment: KT_CACHE, KT_GUEST_KVER (override the kernel version),
 # KT_IMAGE_KEEP (how many cached images to keep, default 8).
+#   images/build-image.sh --debug-kernel
+# builds the same image for the debug kernel of images/debug-kernel/build.sh
+# (KASAN, KFENCE, lockdep; virtio-mmio built in, no vsock modules), with the
+# modules built against its tree: the end-to-end tests run on it too.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -28,22 +32,45 @@ die() { log "error: $*"; exit 1; }
 # overrides it there).
 # shellcheck source=scripts/lib/kernels.sh
 . "$ROOT/scripts/lib/kernels.sh"
-KVER=$(kt_require_kernel_612 build-image) || exit 1
+DEBUG=0
+case "${1:-}" in
+--debug-kernel) DEBUG=1 ;;
+"" | --print-kernel) ;;
+*) die "usage: images/build-image.sh [--print-kernel | --debug-kernel]" ;;
+esac
+if [ "$DEBUG" = 1 ]; then
+	dk=$("$HERE/debug-kernel/build.sh" | tail -n1) || die "images/debug-kernel/build.sh failed"
+	case "$dk" in
+	KERNEL=*" KDIR="*) ;;
+	*) die "images/debug-kernel/build.sh printed '$dk', expected KERNEL=... KDIR=..." ;;
+	esac
+	VMLINUZ=${dk%% KDIR=*}
+	VMLINUZ=${VMLINUZ#KERNEL=}
+	KDIR=${dk##* KDIR=}
+	KVER=$(cat "$KDIR/include/config/kernel.release") || die "no kernel.release in $KDIR"
+else
+	KVER=$(kt_require_kernel_612 build-image) || exit 1
+	VMLINUZ=/boot/vmlinuz-$KVER
+	KDIR=/lib/modules/$KVER/build
+fi
 case "$KVER" in
 6.12.*) ;;
 *) die "guest kernel $KVER is not a 6.12 kernel" ;;
 esac
 [ "${1:-}" != "--print-kernel" ] || { echo "$KVER"; exit 0; }
-VMLINUZ=/boot/vmlinuz-$KVER
-KDIR=/lib/modules/$KVER/build
 [ -r "$VMLINUZ" ] || die "$VMLINUZ missing (package linux-image-$KVER)"
 [ -f "$KDIR/Makefile" ] || die "headers for $KVER missing at $KDIR (install linux-headers-$KVER)"
 [ -x "$BUSYBOX" ] || die "$BUSYBOX missing (install busybox-static)"
 # kt-vmm's devices are virtio-mmio; the cloud kernel builds that as a module
-# (xz, which busybox insmod cannot read: it goes in decompressed).
+# (xz, which busybox insmod cannot read: it goes in decompressed). The debug
+# kernel has it built in.
 VIRTIO_MMIO=/lib/modules/$KVER/kernel/drivers/virtio/virtio_mmio.ko.xz
-[ -r "$VIRTIO_MMIO" ] || die "$VIRTIO_MMIO missing (package linux-image-$KVER)"
-log "guest kernel $KVER"
+if [ "$DEBUG" = 1 ]; then
+	VIRTIO_MMIO=
+else
+	[ -r "$VIRTIO_MMIO" ] || die "$VIRTIO_MMIO missing (package linux-image-$KVER)"
+fi
+log "guest kernel $KVER$([ "$DEBUG" = 0 ] || echo ' (debug kernel)')"
 
 # Source files of a directory (tracked and untracked-but-not-ignored), so
 # build products never enter the key.
@@ -97,6 +124,7 @@ fi
 PEER_MODULES="vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport"
 peer_modules() {
 	local m
+	[ "$DEBUG" = 0 ] || return 0
 	for m in $PEER_MODULES; do
 		find "/lib/modules/$KVER/kernel/net/vmw_vsock" -name "$m.ko*" -print -quit 2>/dev/null
 	done
@@ -104,10 +132,10 @@ peer_modules() {
 
 # 2. The cache key.
 HASH=$( {
-	echo "kernel $KVER"
+	echo "kernel $KVER debug $DEBUG"
 	sha256sum <"$VMLINUZ"
 	echo "virtio_mmio"
-	sha256sum <"$VIRTIO_MMIO"
+	if [ -n "$VIRTIO_MMIO" ]; then sha256sum <"$VIRTIO_MMIO"; else echo built-in; fi
 	echo "busybox"
 	sha256sum <"$BUSYBOX"
 	echo "kt"
@@ -165,7 +193,7 @@ fi
 cp "$BUSYBOX" "$STAGE/bin/busybox"
 ln -s busybox "$STAGE/bin/sh"
 install -m 0755 "$HERE/initramfs/init" "$STAGE/init"
-xz -dc "$VIRTIO_MMIO" >"$STAGE/lib/modules/virtio_mmio.ko"
+[ -z "$VIRTIO_MMIO" ] || xz -dc "$VIRTIO_MMIO" >"$STAGE/lib/modules/virtio_mmio.ko"
 install -m 0644 "$HERE"/workloads/*.sh "$STAGE/workloads/"
 [ -z "$KT_BIN" ] || install -m 0755 -s "$KT_BIN" "$STAGE/usr/bin/kt"
 # 4b. Peer-benchmark modules, decompressed for busybox insmod (missing ones

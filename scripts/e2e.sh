@@ -6,17 +6,25 @@
 # when any part is missing (never falls back to a subset).
 #   scripts/e2e.sh [TEST]   TEST (e.g. e2e_soak): only that test file, and
 #                           no driver conformance run (scripts/soak.sh)
+#   scripts/e2e.sh --debug-kernel
+#       the tests that reset, reload and kill things (soak with
+#       KT_SOAK_MESSAGES=30000, reset, device, k.echo reload) on the debug
+#       kernel (images/debug-kernel: KASAN, KFENCE, lockdep) with 2 and then
+#       4 vCPUs; any kernel splat fails the test that saw it.
 set -euo pipefail
-only=${1:-}
-case "$only" in
-"" | e2e_[a-z]*) ;;
-*) echo "usage: scripts/e2e.sh [e2e_TEST] (a file of tests/tests/)" >&2; exit 2 ;;
+cd "$(dirname "$0")/.."
+only=
+debug=0
+case "${1:-}" in
+"") ;;
+--debug-kernel) debug=1 ;;
+e2e_[a-z]*) only=$1 ;;
+*) echo "usage: scripts/e2e.sh [e2e_TEST | --debug-kernel] (TEST: a file of tests/tests/)" >&2; exit 2 ;;
 esac
 if [ -n "$only" ] && [ ! -f "tests/tests/$only.rs" ]; then
 	echo "e2e: no test file tests/tests/$only.rs" >&2
 	exit 2
 fi
-cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib/artifacts.sh
 . scripts/lib/artifacts.sh
 export KT_CACHE=${KT_CACHE:-$HOME/.cache/kerntransport}
@@ -30,7 +38,7 @@ KT_QEMU=$(images/build-qemu.sh | tail -n1)
 export KT_QEMU
 echo "KT_QEMU=$KT_QEMU ($(elapsed))"
 
-if [ -z "$only" ]; then
+if [ -z "$only" ] && [ "$debug" = 0 ]; then
 	step "guest driver conformance tests against a scripted fake device (guest-driver/tests/run.sh)"
 	QEMU_KT=$KT_QEMU guest-driver/tests/run.sh
 	echo "driver conformance done ($(elapsed))"
@@ -40,7 +48,9 @@ step "workspace release binaries"
 cargo build --workspace --release
 
 step "guest image (images/build-image.sh)"
-image=$(images/build-image.sh | tail -n1)
+image_args=()
+[ "$debug" = 0 ] || image_args=(--debug-kernel)
+image=$(images/build-image.sh "${image_args[@]}" | tail -n1)
 kt_split_image "$image" || {
 	echo "e2e: build-image.sh printed '$image', expected KERNEL=... INITRAMFS=..." >&2
 	exit 1
@@ -56,11 +66,23 @@ backend=${KT_VHOST_DEVICE:-$(kt_target_dir)/release/kt-vhost-device}
 export KT_VHOST_DEVICE=$backend
 echo "KT_VHOST_DEVICE=$KT_VHOST_DEVICE"
 
-if [ -n "$only" ]; then
+if [ "$debug" = 1 ]; then
+	export KT_SOAK_MESSAGES=${KT_SOAK_MESSAGES:-30000}
+	export KT_E2E_APPEND="kfence.sample_interval=10 log_buf_len=1M"
+	for smp in 2 4; do
+		step "debug kernel, -smp $smp: soak, reset, device, k.echo reload"
+		for t in e2e_soak e2e_reset e2e_device; do
+			KT_E2E_SMP=$smp cargo test -p kt-tests --release --test "$t" -- \
+				--include-ignored --test-threads=1 --nocapture
+		done
+		KT_E2E_SMP=$smp cargo test -p kt-tests --release --test e2e_kecho -- \
+			--include-ignored --test-threads=1 host_exchanges_messages_with_k_echo
+	done
+elif [ -n "$only" ]; then
 	step "cargo test -p kt-tests --test $only"
 	cargo test -p kt-tests --release --test "$only" -- --include-ignored --test-threads=1 --nocapture
 else
 	step "cargo test -p kt-tests (end-to-end, one at a time)"
-	cargo test -p kt-tests --release --tests -- --include-ignored --test-threads=1
+	cargo test -p kt-tests --release --tests -- --include-ignored --test-threads=1 --nocapture
 fi
 echo "e2e: done in $(elapsed)"

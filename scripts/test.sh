@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, in order: lint, Rust unit and integration tests, the
 # guest driver's build and style checks, the end-to-end tests that boot
-# guests, and the driver's tests again under a debug kernel (KASAN, KFENCE,
-# lockdep). Each stage says what it runs; the first failure stops the run.
+# guests, and the driver's tests and the fault-heavy end-to-end tests again
+# under a debug kernel (KASAN, KFENCE, lockdep). Each stage says what it
+# runs; the first failure stops the run.
 # A test that cannot run on this machine is never silent: it records itself
 # in $KT_SKIP_LOG (kt_tests::skip), and the closing lines list every SKIP
 # and its reason. The last line reads "N passed, N failed, N skipped":
@@ -57,7 +58,9 @@ scripts/e2e.sh
 stage "kt-vmm end to end (KVM runner VM: stock kernel + project image, backend restart)"
 images/runner/test-e2e.sh
 
-stage "guest driver under a debug kernel (KASAN, KFENCE, lockdep), 2 and 4 vCPUs"
+stage "guest driver and end-to-end tests under a debug kernel (KASAN, KFENCE, lockdep), 2 and 4 vCPUs"
 # images/debug-kernel/build.sh (cached; a cold build takes 5 to 15 minutes),
-# then run.sh's scenarios on it with -smp 2 and -smp 4 (2 to 3 minutes).
+# then run.sh's scenarios on it with -smp 2 and -smp 4 (2 to 3 minutes),
+# then the soak, reset, device and k.echo reload e2e tests on it.
 QEMU_KT=$(images/build-qemu.sh | tail -n1) guest-driver/tests/run.sh --debug-kernel
+scripts/e2e.sh --debug-kernel

@@ -106,19 +106,27 @@ static long sys_counter(const char *attr)
 	return v;
 }
 
+/* The bound device's sysfs "channels" file, open for reading, or NULL. */
+static FILE *open_channels(void)
+{
+	char path[256];
+	glob_t g;
+
+	if (glob("/sys/bus/virtio/devices/virtio*/kerntransport", 0, NULL, &g))
+		return NULL;
+	snprintf(path, sizeof(path), "%s/channels", g.gl_pathv[0]);
+	globfree(&g);
+	return fopen(path, "r");
+}
+
 /* Channels in sysfs "channels" whose state column is @state, or -1. */
 static int channels_in_state(const char *state)
 {
-	char path[256], line[512], st[32];
+	char line[512], st[32];
 	int n = 0;
-	glob_t g;
 	FILE *f;
 
-	if (glob("/sys/bus/virtio/devices/virtio*/kerntransport", 0, NULL, &g))
-		return -1;
-	snprintf(path, sizeof(path), "%s/channels", g.gl_pathv[0]);
-	globfree(&g);
-	f = fopen(path, "r");
+	f = open_channels();
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof(line), f))
@@ -131,17 +139,12 @@ static int channels_in_state(const char *state)
 /* The malformed column of channel @id in sysfs "channels", or -1. */
 static long chan_malformed(unsigned int id)
 {
-	char path[256], line[512];
+	char line[512];
 	unsigned int cid;
 	long v = -1, m;
-	glob_t g;
 	FILE *f;
 
-	if (glob("/sys/bus/virtio/devices/virtio*/kerntransport", 0, NULL, &g))
-		return -1;
-	snprintf(path, sizeof(path), "%s/channels", g.gl_pathv[0]);
-	globfree(&g);
-	f = fopen(path, "r");
+	f = open_channels();
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof(line), f))

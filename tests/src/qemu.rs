@@ -35,6 +35,41 @@ pub enum GuestError {
     /// QEMU did not exit in time.
     #[error("QEMU still running after {0:?}")]
     NoExit(Duration),
+    /// The guest kernel reported a bug (BUG, WARNING, KASAN, lockdep, ...).
+    #[error("guest kernel splat:\n{0}")]
+    Splat(String),
+}
+
+/// What a kernel prints when something is wrong (as guest-driver/tests/run.sh
+/// looks for under the debug kernel).
+const SPLAT_MARKERS: [&str; 12] = [
+    "BUG:",
+    "WARNING:",
+    "Oops",
+    "general protection",
+    "refcount_t",
+    "Kernel panic",
+    "KASAN",
+    "KFENCE",
+    "possible circular locking",
+    "inconsistent lock state",
+    "list_add corruption",
+    "list_del corruption",
+];
+
+/// The first kernel splat in `log` with up to 40 lines after it, if any.
+pub fn first_splat(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let i = lines
+        .iter()
+        .position(|l| SPLAT_MARKERS.iter().any(|m| l.contains(m)))?;
+    Some(lines[i.saturating_sub(2)..(i + 40).min(lines.len())].join("\n"))
+}
+
+/// `KT_E2E_SMP`: vCPUs for every guest, overriding the test's choice
+/// (scripts/e2e.sh sets it for the debug-kernel pass).
+fn smp_override() -> Option<u32> {
+    std::env::var("KT_E2E_SMP").ok()?.parse().ok()
 }
 
 /// Result alias for this module.
@@ -222,7 +257,7 @@ impl Qemu {
         push(&["-L", "/usr/share/qemu", "-L", "/usr/share/seabios"]);
         push(&["-nic", "none", "-no-reboot"]);
         let mem = format!("{}M", self.memory_mb);
-        let smp = self.smp.to_string();
+        let smp = smp_override().unwrap_or(self.smp).to_string();
         let memfd = format!("memory-backend-memfd,id=mem,size={mem},share=on");
         push(&["-m", &mem, "-smp", &smp, "-object", &memfd]);
         push(&["-numa", "node,memdev=mem"]);
@@ -244,6 +279,11 @@ impl Qemu {
             format!("kt.workload={}", self.workload),
         ];
         cmdline.extend(self.append.iter().cloned());
+        // KT_E2E_APPEND: extra kernel arguments for every guest (the
+        // debug-kernel pass: KFENCE sampling, a larger log buffer).
+        if let Ok(extra) = std::env::var("KT_E2E_APPEND") {
+            cmdline.extend(extra.split_whitespace().map(str::to_string));
+        }
         args.push("-append".into());
         args.push(cmdline.join(" ").into());
         if let Some(dev) = &self.device {
@@ -351,9 +391,15 @@ impl Guest {
         Ok(KtResult::parse(&m.line).unwrap_or(KtResult::Fail(format!("malformed: {}", m.line))))
     }
 
-    /// Waits for `KT-RESULT: PASS`; a FAIL becomes [`GuestError::Failed`].
+    /// Waits for `KT-RESULT: PASS`; a FAIL becomes [`GuestError::Failed`],
+    /// and a kernel splat anywhere in the serial log (BUG, WARNING, KASAN,
+    /// lockdep, ...) [`GuestError::Splat`] with the splat.
     pub fn expect_pass(&mut self, timeout: Duration) -> Result<()> {
-        match self.wait_result(timeout)? {
+        let result = self.wait_result(timeout)?;
+        if let Some(splat) = first_splat(&self.serial_log()) {
+            return Err(GuestError::Splat(splat));
+        }
+        match result {
             KtResult::Pass => Ok(()),
             KtResult::Fail(reason) => Err(GuestError::Failed(reason)),
         }
@@ -416,6 +462,18 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].as_str())
             .collect()
+    }
+
+    #[test]
+    fn splats_are_found_with_their_context() {
+        let clean = "[ 1.0] RCU lockdep checking is enabled.\nKT: ok\nKT-RESULT: PASS\n";
+        assert_eq!(first_splat(clean), None);
+        let log =
+            "a\nb\n[ 2.0] BUG: KASAN: slab-use-after-free in kt_deliver\n[ 2.1] Call Trace:\n";
+        let splat = first_splat(log).expect("a splat");
+        assert!(splat.starts_with("a\nb\n[ 2.0] BUG: KASAN"), "{splat}");
+        assert!(splat.ends_with("Call Trace:"), "{splat}");
+        assert!(first_splat("[ 3.0] WARNING: CPU: 0 PID: 1 at x.c:1\n").is_some());
     }
 
     fn builder() -> Qemu {

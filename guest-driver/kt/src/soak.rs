@@ -62,7 +62,7 @@ pub struct Tally {
 }
 
 /// The key of each field in the `KT-SOAK` line, in print order.
-const KEYS: [&str; 10] = [
+pub const KEYS: [&str; 10] = [
     "sent",
     "delivered",
     "refused",
@@ -92,7 +92,8 @@ pub enum TallyParseError {
 }
 
 impl Tally {
-    fn fields(&self) -> [u64; 10] {
+    /// The fields in the order of [`KEYS`].
+    pub fn fields(&self) -> [u64; 10] {
         [
             self.sent,
             self.delivered,
