@@ -6,6 +6,8 @@
 # when any part is missing (never falls back to a subset).
 #   scripts/e2e.sh [TEST]   TEST (e.g. e2e_soak): only that test file, and
 #                           no driver conformance run (scripts/soak.sh)
+# The full run ends with the messages tests again under bounce buffering
+# (the device with iommu_platform=on, the guest with swiotlb=force).
 #   scripts/e2e.sh --debug-kernel
 #       the tests that reset, reload and kill things (soak with
 #       KT_SOAK_MESSAGES=30000, reset, device, k.echo reload) on the debug
@@ -84,5 +86,12 @@ elif [ -n "$only" ]; then
 else
 	step "cargo test -p kt-tests (end-to-end, one at a time)"
 	cargo test -p kt-tests --release --tests -- --include-ignored --test-threads=1 --nocapture
+	# What a confidential guest does: the device offers ACCESS_PLATFORM,
+	# the driver maps every buffer through the DMA API, and swiotlb bounces
+	# them (256 KiB per mapping at most: 1 MiB messages must be split).
+	step "bounce buffers (iommu_platform=on, swiotlb=force): the messages tests again"
+	KT_E2E_DEVICE_PROPS=iommu_platform=on KT_E2E_APPEND=swiotlb=force \
+		cargo test -p kt-tests --release --test e2e_messages -- \
+		--include-ignored --test-threads=1 --nocapture
 fi
 echo "e2e: done in $(elapsed)"

@@ -28,6 +28,9 @@ max=$(cat "$sys/max_msg_size")
 mixed=$(kt_arg kt.mixed) || mixed=300
 order=$(kt_arg kt.order) || order=100000
 echo "KT: max_msg_size $max"
+# The negotiated feature bits (bit 33: ACCESS_PLATFORM, buffers mapped
+# through the DMA API), for the bounce-buffer pass of scripts/e2e.sh.
+echo "KT: features $(cat "$(kt_sysfs)/../features")"
 
 # Host -> guest listeners first, so the host can work while we send.
 start_verify() { # NAME COUNT MIN MAX SEED

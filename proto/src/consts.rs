@@ -11,6 +11,9 @@ pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 28;
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 29;
 /// `VIRTIO_F_VERSION_1` feature bit (required).
 pub const VIRTIO_F_VERSION_1: u64 = 32;
+/// `VIRTIO_F_ACCESS_PLATFORM` feature bit: the driver maps buffers through
+/// the platform's DMA API (bounce buffers in confidential guests).
+pub const VIRTIO_F_ACCESS_PLATFORM: u64 = 33;
 
 /// Receive queue index (device to driver).
 pub const VQ_RX: u16 = 0;

@@ -147,17 +147,20 @@ impl KtDevice {
         if self.reconnect_ms > 0 {
             chardev.push(format!(",reconnect-ms={}", self.reconnect_ms));
         }
-        vec![
-            "-chardev".into(),
-            chardev,
-            "-device".into(),
-            format!(
-                "vhost-user-device-pci,chardev=kt0,virtio-id={},num_vqs={},vq_size={},\
-                 config_size={}",
-                self.virtio_id, self.num_vqs, self.vq_size, self.config_size
-            )
-            .into(),
-        ]
+        let mut device = format!(
+            "vhost-user-device-pci,chardev=kt0,virtio-id={},num_vqs={},vq_size={},\
+             config_size={}",
+            self.virtio_id, self.num_vqs, self.vq_size, self.config_size
+        );
+        // KT_E2E_DEVICE_PROPS: more device properties for every guest, e.g.
+        // `iommu_platform=on` (the bounce-buffer pass of scripts/e2e.sh).
+        if let Ok(props) = std::env::var("KT_E2E_DEVICE_PROPS") {
+            if !props.is_empty() {
+                device.push(',');
+                device.push_str(&props);
+            }
+        }
+        vec!["-chardev".into(), chardev, "-device".into(), device.into()]
     }
 }
 

@@ -141,6 +141,20 @@ fn messages_run(name: &str, z: Sizes) {
     guest
         .wait_for(&format!("KT: max_msg_size {}", z.max), BOOT_TIMEOUT)
         .expect("the guest reports the device's max_msg_size");
+    // The bounce-buffer pass (scripts/e2e.sh: iommu_platform=on,
+    // swiotlb=force) only counts if the driver maps through the DMA API.
+    let features = guest
+        .wait_for("KT: features ", T)
+        .expect("the guest reports the negotiated features")
+        .line;
+    if std::env::var("KT_E2E_DEVICE_PROPS").is_ok_and(|p| p.contains("iommu_platform=on")) {
+        let bits = features.rsplit(' ').next().unwrap_or("");
+        assert_eq!(
+            bits.as_bytes().get(33),
+            Some(&b'1'),
+            "VIRTIO_F_ACCESS_PLATFORM (bit 33) not negotiated: {features}"
+        );
+    }
     guest
         .wait_for("KT: ready for host streams", T)
         .expect("guest listeners started");

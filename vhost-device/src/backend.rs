@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kt_proto::consts::{
-    F_GUEST_LISTEN, NUM_VQS, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    F_GUEST_LISTEN, NUM_VQS, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
     VIRTIO_RING_F_INDIRECT_DESC,
 };
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -215,7 +215,13 @@ impl VhostUserBackendMut for KtBackend {
     }
 
     fn features(&self) -> u64 {
+        // ACCESS_PLATFORM: buffer addresses are guest-physical as the
+        // platform maps them (bounce buffers in confidential guests, which
+        // refuse devices without it). Without a vIOMMU they are plain
+        // guest-physical addresses; behind one the VMM needs IOTLB
+        // support, which this backend does not have.
         let mut f = (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_F_ACCESS_PLATFORM)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
@@ -231,7 +237,13 @@ impl VhostUserBackendMut for KtBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ
+        // QEMU takes ACCESS_PLATFORM only from a backend that also offers
+        // REPLY_ACK and BACKEND_REQ (both handled by the vhost crate; this
+        // device sends no backend requests).
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::BACKEND_REQ
     }
 
     fn reset_device(&mut self) {
