@@ -9,6 +9,21 @@ use std::os::fd::AsFd;
 use super::*;
 use crate::iov::{recv_guest, GuestBytes, Recvd, IOV_MAX};
 
+/// Takes a channel's host socket out of the worker's epoll set, if it is
+/// in it. Every path that drops or stops watching a socket goes here.
+pub(super) fn unwatch(epoll: &Epoll, ch: &mut Channel) {
+    if let Some(sock) = &ch.sock {
+        if ch.registered != 0 {
+            let _ = epoll.ctl(
+                ControlOperation::Delete,
+                sock.as_raw_fd(),
+                EpollEvent::new(EventSet::empty(), 0),
+            );
+        }
+    }
+    ch.registered = 0;
+}
+
 /// What one attempt to take a host message gave.
 #[derive(Debug)]
 pub(super) enum HostRead {
@@ -243,16 +258,7 @@ impl Device {
             return;
         };
         log::debug!("channel {id:#x} ({:?}): host hung up", ch.service);
-        if let Some(sock) = &ch.sock {
-            if ch.registered != 0 {
-                let _ = self.epoll.ctl(
-                    ControlOperation::Delete,
-                    sock.as_raw_fd(),
-                    EpollEvent::new(EventSet::empty(), 0),
-                );
-            }
-        }
-        ch.registered = 0;
+        unwatch(&self.epoll, ch);
         ch.hup = true;
         ch.readable = true;
         if !ch.pending.is_empty() {

@@ -363,14 +363,8 @@ impl Device {
             );
         }
         for (id, mut ch) in self.channels.drain() {
+            host::unwatch(&self.epoll, &mut ch);
             if let Some(sock) = ch.sock.take() {
-                if ch.registered != 0 {
-                    let _ = self.epoll.ctl(
-                        ControlOperation::Delete,
-                        sock.as_raw_fd(),
-                        EpollEvent::new(EventSet::empty(), 0),
-                    );
-                }
                 if ch.state == State::Opening {
                     let _ = sock.send(&handshake::err_msg(ErrorCode::ConnReset, "transport reset"));
                 }

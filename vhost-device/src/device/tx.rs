@@ -429,16 +429,8 @@ impl Device {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
-        if let Some(sock) = ch.sock.take() {
-            if ch.registered != 0 {
-                let _ = self.epoll.ctl(
-                    ControlOperation::Delete,
-                    sock.as_raw_fd(),
-                    EpollEvent::new(EventSet::empty(), 0),
-                );
-                ch.registered = 0;
-            }
-        }
+        host::unwatch(&self.epoll, ch);
+        ch.sock = None;
         ch.pending.clear();
     }
 
@@ -458,16 +450,7 @@ impl Device {
 
     pub(super) fn remove_channel(&mut self, id: u32) -> Option<Channel> {
         let mut ch = self.channels.remove(&id)?;
-        if let Some(sock) = &ch.sock {
-            if ch.registered != 0 {
-                let _ = self.epoll.ctl(
-                    ControlOperation::Delete,
-                    sock.as_raw_fd(),
-                    EpollEvent::new(EventSet::empty(), 0),
-                );
-                ch.registered = 0;
-            }
-        }
+        host::unwatch(&self.epoll, &mut ch);
         self.stats.close_channel(id);
         log::debug!("channel {id:#x} ({:?}) closed", ch.service);
         Some(ch)
