@@ -4,14 +4,18 @@
  *
  * An open file is one endpoint: idle, then either a channel (after
  * KT_IOC_CONNECT, or a file returned by KT_IOC_ACCEPT) or a listener (after
- * KT_IOC_LISTEN). read() returns one whole message, write() sends one;
- * poll, O_NONBLOCK and blocking waits follow socket conventions. This file
- * maps the file API onto kt_chan.c and owns nothing of the protocol.
+ * KT_IOC_LISTEN). read() returns one whole message, write() sends one,
+ * KT_IOC_RECVV / KT_IOC_SENDV several per call with the same rules; poll,
+ * O_NONBLOCK and blocking waits follow socket conventions. This file maps
+ * the file API onto kt_chan.c and owns nothing of the protocol.
  */
 #include <linux/anon_inodes.h>
+#include <linux/build_bug.h>
+#include <linux/err.h>
 #include <linux/fs.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
+#include <linux/overflow.h>
 #include <linux/poll.h>
 #include <linux/slab.h>
 #include <linux/string.h>
@@ -147,25 +151,26 @@ static ssize_t kt_read_errno(int err)
 	return -err;
 }
 
-static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
-		       loff_t *ppos)
+/* Takes rd_mutex; a non-blocking reader never sleeps behind a blocked one. */
+static int kt_rd_lock(struct kt_chan *ch, bool nonblock)
 {
-	struct kt_chan *ch = kt_file_chan(file->private_data);
+	if (nonblock)
+		return mutex_trylock(&ch->rd_mutex) ? 0 : -EAGAIN;
+	return mutex_lock_interruptible(&ch->rd_mutex) ? -ERESTARTSYS : 0;
+}
+
+/*
+ * The first queued message, left on the queue; waits for one unless
+ * @nonblock. NULL with *@ret set when there is none: 0 (EOF) or the close
+ * reason once the channel ended, else -EAGAIN or -ERESTARTSYS. The caller
+ * holds rd_mutex: only a reader removes messages from rxq.
+ */
+static struct kt_msg *kt_rx_first(struct kt_chan *ch, bool nonblock,
+				  ssize_t *ret)
+{
 	struct kt_msg *msg;
-	ssize_t ret;
 	int err;
 
-	if (!ch)
-		return -ENOTCONN;
-	/* A non-blocking reader never sleeps behind a blocked one. */
-	if (file->f_flags & O_NONBLOCK) {
-		if (!mutex_trylock(&ch->rd_mutex))
-			return -EAGAIN;
-	} else if (mutex_lock_interruptible(&ch->rd_mutex)) {
-		return -ERESTARTSYS;
-	}
-
-	/* Only a reader (under rd_mutex) removes messages from rxq. */
 	for (;;) {
 		spin_lock(&ch->lock);
 		msg = list_first_entry_or_null(&ch->rxq, struct kt_msg, node);
@@ -173,22 +178,44 @@ static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
 		if (msg || kt_ch_ended(ch->state))
 			break;
 		spin_unlock(&ch->lock);
-		if (file->f_flags & O_NONBLOCK) {
-			ret = -EAGAIN;
-			goto out;
+		if (nonblock) {
+			*ret = -EAGAIN;
+			return NULL;
 		}
 		if (wait_event_interruptible(ch->wq, kt_chan_readable(ch))) {
-			ret = -ERESTARTSYS;
-			goto out;
+			*ret = -ERESTARTSYS;
+			return NULL;
 		}
 	}
 	spin_unlock(&ch->lock);
+	if (!msg)
+		*ret = kt_read_errno(err);	/* queued data first */
+	return msg;
+}
 
-	if (!msg) {
-		/* Queued data first, then EOF or the close reason. */
-		ret = kt_read_errno(err);
+/* The reader copied the first queued message out: drop it, return credit. */
+static void kt_rx_consume(struct kt_chan *ch, struct kt_msg *msg)
+{
+	kt_chan_dequeue(ch, msg);
+	kt_msg_free(ch->kd, msg);
+}
+
+static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
+		       loff_t *ppos)
+{
+	struct kt_chan *ch = kt_file_chan(file->private_data);
+	bool nonblock = file->f_flags & O_NONBLOCK;
+	struct kt_msg *msg;
+	ssize_t ret;
+
+	if (!ch)
+		return -ENOTCONN;
+	ret = kt_rd_lock(ch, nonblock);
+	if (ret)
+		return ret;
+	msg = kt_rx_first(ch, nonblock, &ret);
+	if (!msg)
 		goto out;
-	}
 	if (msg->len > count) {
 		ret = -EMSGSIZE;	/* the message stays queued */
 		goto out;
@@ -198,37 +225,44 @@ static ssize_t kt_read(struct file *file, char __user *buf, size_t count,
 		goto out;
 	}
 	ret = msg->len;
-	kt_chan_dequeue(ch, msg);
-	kt_msg_free(ch->kd, msg);
+	kt_rx_consume(ch, msg);
 out:
 	mutex_unlock(&ch->rd_mutex);
 	return ret;
+}
+
+/* Sends @len bytes from @ubuf as one message, as write() does. */
+static int kt_send_user(struct kt_chan *ch, const char __user *ubuf,
+			size_t len, bool nonblock)
+{
+	struct kt_txbuf *txb;
+	int err;
+
+	if (len > ch->kd->max_msg_size)
+		return -EMSGSIZE;
+	txb = kt_txbuf_alloc(ch->kd, len, GFP_KERNEL);
+	if (!txb)
+		return -ENOMEM;
+	if (copy_from_user(txb->data, ubuf, len)) {
+		kt_txbuf_free(txb);
+		return -EFAULT;
+	}
+	err = kt_chan_send(ch, txb, nonblock);
+	if (err)
+		kt_txbuf_free(txb);
+	return err;
 }
 
 static ssize_t kt_write(struct file *file, const char __user *buf,
 			size_t count, loff_t *ppos)
 {
 	struct kt_chan *ch = kt_file_chan(file->private_data);
-	struct kt_txbuf *txb;
 	int err;
 
 	if (!ch)
 		return -ENOTCONN;
-	if (count > ch->kd->max_msg_size)
-		return -EMSGSIZE;
-	txb = kt_txbuf_alloc(ch->kd, count, GFP_KERNEL);
-	if (!txb)
-		return -ENOMEM;
-	if (copy_from_user(txb->data, buf, count)) {
-		kt_txbuf_free(txb);
-		return -EFAULT;
-	}
-	err = kt_chan_send(ch, txb, file->f_flags & O_NONBLOCK);
-	if (err) {
-		kt_txbuf_free(txb);
-		return err;
-	}
-	return count;
+	err = kt_send_user(ch, buf, count, file->f_flags & O_NONBLOCK);
+	return err ? err : count;
 }
 
 static __poll_t kt_poll_chan(struct file *file, struct kt_chan *ch,
@@ -503,6 +537,134 @@ static int kt_ioc_next(struct kt_file *kf, void __user *argp)
 	return 0;
 }
 
+/*
+ * Copies in a KT_IOC_SENDV/RECVV argument and its array (kfree() it) and
+ * checks both: 1..KT_IOC_VEC_MAX entries, every flags field 0. The array is
+ * used from this copy only, so user space changing it meanwhile (or
+ * pointing a buffer at it) changes nothing the driver decides.
+ */
+static struct kt_ioc_msg *kt_msgvec_get(void __user *argp, u32 *count,
+					struct kt_ioc_msg __user **umsgs)
+{
+	struct kt_ioc_msgvec vec;
+	struct kt_ioc_msg *m;
+	u32 i;
+
+	if (copy_from_user(&vec, argp, sizeof(vec)))
+		return ERR_PTR(-EFAULT);
+	if (vec.flags || !vec.count || vec.count > KT_IOC_VEC_MAX)
+		return ERR_PTR(-EINVAL);
+	*umsgs = u64_to_user_ptr(vec.msgs);
+	m = memdup_user(*umsgs, array_size(vec.count, sizeof(*m)));
+	if (IS_ERR(m))
+		return m;
+	for (i = 0; i < vec.count; i++) {
+		if (m[i].flags) {
+			kfree(m);
+			return ERR_PTR(-EINVAL);
+		}
+	}
+	*count = vec.count;
+	return m;
+}
+
+/*
+ * KT_IOC_SENDV: each entry as one write(); only the first may wait for
+ * credit. Nothing is sent if an entry is over max_msg_size. Returns the
+ * count sent, or the first message's error.
+ */
+static long kt_ioc_sendv(struct file *file, struct kt_file *kf,
+			 void __user *argp)
+{
+	struct kt_chan *ch = kt_file_chan(kf);
+	bool nonblock = file->f_flags & O_NONBLOCK;
+	struct kt_ioc_msg __user *um;
+	struct kt_ioc_msg *m;
+	u32 i, n, sent = 0;
+	int err = 0;
+
+	if (!ch)
+		return -ENOTCONN;
+	m = kt_msgvec_get(argp, &n, &um);
+	if (IS_ERR(m))
+		return PTR_ERR(m);
+	for (i = 0; i < n; i++) {
+		if (m[i].len > ch->kd->max_msg_size) {
+			err = -EMSGSIZE;
+			goto out;
+		}
+	}
+	for (; sent < n; sent++) {
+		err = kt_send_user(ch, u64_to_user_ptr(m[sent].buf),
+				   m[sent].len, nonblock || sent);
+		if (err)
+			break;
+	}
+out:
+	kfree(m);
+	return sent ? sent : err;
+}
+
+/*
+ * KT_IOC_RECVV: each entry as one read(), under one rd_mutex hold; only the
+ * first waits. A buffer too small for its message ends the batch: that
+ * entry gets the message's length and KT_MSG_F_TRUNC, and the message
+ * stays queued, as read()'s EMSGSIZE leaves it. A message whose copy-out
+ * faults stays queued too. Returns the entries filled, or (none filled)
+ * what read() would have returned: 0 for EOF or an error.
+ */
+static long kt_ioc_recvv(struct file *file, struct kt_file *kf,
+			 void __user *argp)
+{
+	struct kt_chan *ch = kt_file_chan(kf);
+	bool nonblock = file->f_flags & O_NONBLOCK;
+	struct kt_ioc_msg __user *um;
+	struct {
+		__u32 len;
+		__u32 flags;
+	} res;
+	struct kt_ioc_msg *m;
+	struct kt_msg *msg;
+	u32 i = 0, n;
+	ssize_t ret;
+
+	if (!ch)
+		return -ENOTCONN;
+	m = kt_msgvec_get(argp, &n, &um);
+	if (IS_ERR(m))
+		return PTR_ERR(m);
+	BUILD_BUG_ON(offsetof(struct kt_ioc_msg, flags) !=
+		     offsetof(struct kt_ioc_msg, len) + sizeof(res.len));
+	ret = kt_rd_lock(ch, nonblock);
+	if (ret)
+		goto out_free;
+	for (; i < n; i++) {
+		msg = kt_rx_first(ch, nonblock || i, &ret);
+		if (!msg)
+			break;
+		res.len = msg->len;
+		res.flags = msg->len > m[i].len ? KT_MSG_F_TRUNC : 0;
+		if (!res.flags &&
+		    kt_msg_copy_out(msg, u64_to_user_ptr(m[i].buf))) {
+			ret = -EFAULT;
+			break;
+		}
+		if (copy_to_user(&um[i].len, &res, sizeof(res))) {
+			ret = -EFAULT;
+			break;
+		}
+		if (res.flags) {
+			i++;
+			break;
+		}
+		kt_rx_consume(ch, msg);
+	}
+	mutex_unlock(&ch->rd_mutex);
+out_free:
+	kfree(m);
+	return i ? i : ret;
+}
+
 static long kt_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct kt_file *kf = file->private_data;
@@ -519,6 +681,10 @@ static long kt_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return kt_ioc_info(kf, argp);
 	case KT_IOC_NEXT:
 		return kt_ioc_next(kf, argp);
+	case KT_IOC_SENDV:
+		return kt_ioc_sendv(file, kf, argp);
+	case KT_IOC_RECVV:
+		return kt_ioc_recvv(file, kf, argp);
 	default:
 		return -ENOTTY;
 	}

@@ -32,7 +32,11 @@
 # default all three), KT_DEVICE_ARGS (extra kt-vhost-device flags) and
 # KT_BENCH_CMDLINE (extra guest kernel command-line words, e.g.
 # kerntransport.window=1048576: the image's init passes MODULE.param=value
-# words to insmod). Each is recorded in peers.env.
+# words to insmod) and KT_BENCH_BATCH=N[,N...] (kerntransport's 64 B
+# message-rate phases N messages per system call, `kt bench --batch N`: the
+# first N for the kerntransport column, each further one adds rate and
+# CPU-per-message rows and a ratio line against the first, same boot).
+# Each is recorded in peers.env.
 # Exit 0 if the guest ran and at least kerntransport was measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +85,15 @@ done
 want_peer() { case ",$peers," in *",$1,"*) return 0 ;; esac; return 1; }
 read -r -a device_args <<<"${KT_DEVICE_ARGS:-}"
 extra_cmdline=${KT_BENCH_CMDLINE:-}
+batches=${KT_BENCH_BATCH:-}
+if [ -n "$batches" ]; then
+	case "$batches" in *[!0-9,]* | ,* | *, | *,,*) die "KT_BENCH_BATCH=$batches: expected N[,N...]" ;; esac
+	for b in ${batches//,/ }; do
+		[ "$b" -ge 1 ] && [ "$b" -le 64 ] || die "KT_BENCH_BATCH=$batches: each N must be 1..64"
+	done
+fi
+extra_batches=
+[[ "$batches" != *,* ]] || extra_batches=${batches#*,}
 case "$extra_cmdline" in *[!A-Za-z0-9_.,=\ -]*) die "KT_BENCH_CMDLINE='$extra_cmdline': only words of letters, digits and _.,=- are allowed" ;; esac
 
 log "building (cached after the first run; log: $work/build.log)"
@@ -158,7 +171,7 @@ qemu_cmd=("$KT_QEMU" -nodefaults -no-user-config -display none -M q35 -cpu max -
 	-L /usr/share/qemu -L /usr/share/seabios -nic none -no-reboot
 	-m 512M -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem
 	-serial "file:$work/serial.log" -kernel "$kernel" -initrd "$initramfs"
-	-append "console=ttyS0 panic=-1 no_timer_check quiet kt.workload=bench-peers kt.bench=$params kt.peers=$peers kt.timeout=3300${extra_cmdline:+ $extra_cmdline}"
+	-append "console=ttyS0 panic=-1 no_timer_check quiet kt.workload=bench-peers kt.bench=$params kt.peers=$peers kt.timeout=3300${batches:+ kt.batch=$batches}${extra_cmdline:+ $extra_cmdline}"
 	-chardev "socket,id=kt0,path=$work/kt.vhost,reconnect-ms=500"
 	-device vhost-user-device-pci,chardev=kt0,virtio-id=60,num_vqs=3,vq_size=256,config_size=16
 	"${vsock_args[@]}"
@@ -329,6 +342,23 @@ fmt_target() { if [ "$1" = lower ]; then echo "<= ${2}x"; else echo ">= ${2}x"; 
 		printf '"%s",%s,%s,%s,%s,%s\n' "$csv" "$unit" \
 			"$(csv_cell "$k")" "$(csv_cell "$v")" "$(csv_cell "$s")" "$better" >>"$work/rows.csv"
 	done
+	# KT_BENCH_BATCH=A,B,...: the 64 B rate and CPU-per-message rows of
+	# kerntransport again for each further batch size (same boot, same peers).
+	for b in ${extra_batches//,/ }; do
+		for r in "${rows[@]}"; do
+			IFS='|' read -r label csv unit better target metric <<<"$r"
+			case "$label" in "message rate, 64 B, "* | *"CPU per msg, 64 B, "*) ;; *) continue ;; esac
+			k=$(value "ktb$b" "$metric")
+			v=$(value vsock "$metric")
+			s=$(value serial "$metric")
+			bp=$(best "$v" "$s" "$better")
+			printf '%s, --batch %s|%s|%s|%s|%s|%s|%s\n' "$label" "$b" "$k" "$v" "$s" "$bp" \
+				"$(compare "$k" "$bp" "$better" "$target")" "$(fmt_target "$better" "$target")" \
+				| awk -F'|' -v OFS='|' '{ print $1, $2, $3, $4, $5, $6, $8, $7 }'
+			printf '"%s, batch %s",%s,%s,%s,%s,%s\n' "$csv" "$b" "$unit" \
+				"$(csv_cell "$k")" "$(csv_cell "$v")" "$(csv_cell "$s")" "$better" >>"$work/rows.csv"
+		done
+	done
 	for r in "${krows[@]}"; do
 		IFS='|' read -r label csv unit better target metric <<<"$r"
 		k=$(value kecho "$metric")
@@ -377,9 +407,29 @@ echo "environment: accel $accel; host CPU $host_cpu; host kernel $(uname -sr); g
 framing="kerntransport keeps message boundaries itself; vsock = SOCK_STREAM (vhost-device-vsock $VSOCK_VERSION has no SEQPACKET) and virtio-serial = byte stream, both with a 4-byte length prefix per message; vsock guest writes at most 16 KiB"
 echo "framing: $framing"
 [ -z "$vmm_where" ] || echo "kt-vmm rows: $vmm_where"
+[ -z "$batches" ] || echo "kt batch: kerntransport column with --batch ${batches%%,*} (64 B message-rate phases; N > 1 = N messages per KT_IOC_SENDV/RECVV)${extra_batches:+; rows marked --batch N: the same phases with N, same boot}"
 echo "ratios: kerntransport / best peer (k.echo rows: k.echo / user-space u.echo); host CPU = QEMU + backend + bench peer"
 column -t -s '|' "$work/table.txt"
 echo "vsock with 64 KiB writes (no --write-chunk, 20 s stall limit): $v64"
+# batch_ratios: per 64 B row, each further batch size against the first.
+: >"$work/batch.txt"
+if [ -n "$extra_batches" ]; then
+	first_batch=${batches%%,*}
+	for r in "${rows[@]}"; do
+		IFS='|' read -r label csv unit better target metric <<<"$r"
+		case "$label" in "message rate, 64 B, "* | *"CPU per msg, 64 B, "*) ;; *) continue ;; esac
+		base=$(value kt "$metric")
+		line="kerntransport $label: --batch $first_batch $base"
+		for b in ${extra_batches//,/ }; do
+			k=$(value "ktb$b" "$metric")
+			c=$(compare "$k" "$base" "$better" 1)
+			line="$line; --batch $b $k (${c%|*})"
+		done
+		echo "$line" >>"$work/batch.txt"
+	done
+	echo "batch ratios (against --batch $first_batch, same boot):"
+	sed 's/^/  /' "$work/batch.txt"
+fi
 grep -q 'n/a' "$work/table.txt" && keep=1
 
 # The files: written in $work, then moved into $out_dir together.
@@ -399,6 +449,7 @@ grep -q 'n/a' "$work/table.txt" && keep=1
 	[ "$peers" = kt,vsock,serial ] || echo "peers=$peers"
 	[ -z "${KT_DEVICE_ARGS:-}" ] || echo "device_args=$KT_DEVICE_ARGS"
 	[ -z "$extra_cmdline" ] || echo "guest_cmdline_extra=$extra_cmdline"
+	[ -z "$batches" ] || echo "kt_batch=$batches (kerntransport 64 B message-rate phases: messages per KT_IOC_SENDV/RECVV; the first for the kerntransport column)"
 	[ -z "$vmm_where" ] || echo "kt_vmm=$vmm_where"
 } >"$work/peers.env"
 {
@@ -417,6 +468,12 @@ grep -q 'n/a' "$work/table.txt" && keep=1
 	tail -n +2 "$work/table.txt" | sed 's/|/ | /g; s/^/| /; s/$/ |/'
 	echo
 	echo "vsock with 64 KiB writes (no \`--write-chunk\`, 20 s stall limit): $v64."
+	if [ -s "$work/batch.txt" ]; then
+		echo
+		echo "Batch ratios (against \`--batch ${batches%%,*}\`, same boot):"
+		echo
+		sed 's/^/- /' "$work/batch.txt"
+	fi
 	echo
 	echo "Framing: $framing. Ratios are kerntransport / best peer (k.echo rows: the guest kernel service k.echo / the same host bench against a user-space echo u.echo in the guest). Host CPU = QEMU + the transport's backend + the host bench peer (under TCG QEMU's share includes emulating the guest CPU)."
 } >"$work/peers.md"

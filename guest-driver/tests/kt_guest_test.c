@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <signal.h>
 #include <unistd.h>
@@ -1481,6 +1482,231 @@ static void test_hold(void)
 	      "kt_kecho unloads once the host closed the channel");
 }
 
+/* KT_IOC_SENDV / KT_IOC_RECVV over @n entries; -1 with errno on error. */
+static int msgvec(int fd, unsigned long req, struct kt_ioc_msg *m,
+		  unsigned int n)
+{
+	struct kt_ioc_msgvec v = {
+		.msgs = (unsigned long)m,
+		.count = n,
+	};
+
+	return ioctl(fd, req, &v);
+}
+
+static void msg_set(struct kt_ioc_msg *m, const void *p, unsigned int len)
+{
+	m->buf = (unsigned long)p;
+	m->len = len;
+	m->flags = 0;
+}
+
+/* Waits until the device counted @n more received messages than @base. */
+static bool rx_queued(long base, long n)
+{
+	return wait_counter("rx_msgs", base + n, 5000) >= base + n;
+}
+
+/* Reads the next message with read() and compares it with @want. */
+static bool read_is(int fd, const char *want, size_t len)
+{
+	ssize_t n = read(fd, buf, sizeof(buf));
+
+	return n == (ssize_t)len && !memcmp(buf, want, len);
+}
+
+static void test_batch(void)
+{
+	static const char *const want[] = { "b0", "b1", "b2", "w3", "b4", "" };
+	static char rb[8][128];
+	struct kt_ioc_msg m[KT_IOC_VEC_MAX + 1];
+	struct kt_ioc_msgvec v;
+	unsigned int got, i;
+	long base;
+	char *ro;
+	bool ok;
+	int fd, r;
+
+	fd = open("/dev/kerntransport", O_RDWR);
+	msg_set(&m[0], "x", 1);
+	errno = 0;
+	check(msgvec(fd, KT_IOC_SENDV, m, 1) < 0 && errno == ENOTCONN &&
+	      msgvec(fd, KT_IOC_RECVV, m, 1) < 0 && errno == ENOTCONN,
+	      "SENDV/RECVV before CONNECT -> ENOTCONN");
+	close(fd);
+
+	fd = connect_to("echo", 0);
+	check(fd >= 0, "connect echo for batches");
+
+	/* Order across batches, mixed with write() and read(). */
+	msg_set(&m[0], "b0", 2);
+	msg_set(&m[1], "b1", 2);
+	msg_set(&m[2], "b2", 2);
+	check(msgvec(fd, KT_IOC_SENDV, m, 3) == 3, "SENDV 3 -> 3");
+	check(write(fd, "w3", 2) == 2, "write between batches");
+	msg_set(&m[0], "b4", 2);
+	msg_set(&m[1], "", 0);
+	check(msgvec(fd, KT_IOC_SENDV, m, 2) == 2,
+	      "SENDV 2 (one empty) -> 2");
+	check(read_is(fd, "b0", 2), "read() takes the first");
+	ok = true;
+	for (got = 1; ok && got < ARRAY_SIZE(want);) {
+		for (i = 0; i < 8; i++)
+			msg_set(&m[i], rb[i], sizeof(rb[i]));
+		r = msgvec(fd, KT_IOC_RECVV, m, 8);
+		ok = r >= 1 && got + r <= ARRAY_SIZE(want);
+		for (i = 0; ok && i < (unsigned int)r; i++, got++)
+			ok = m[i].flags == 0 && m[i].len == strlen(want[got]) &&
+			     !memcmp(rb[i], want[got], m[i].len);
+	}
+	check(ok && got == ARRAY_SIZE(want),
+	      "RECVV returns the rest in order, empty message included");
+
+	/* A too-small buffer in the middle: the batch ends there, kept. */
+	base = sys_counter("rx_msgs");
+	msg_set(&m[0], "aa", 2);
+	msg_set(&m[1], "0123456789", 10);
+	msg_set(&m[2], "cc", 2);
+	check(msgvec(fd, KT_IOC_SENDV, m, 3) == 3, "SENDV 3 more");
+	check(rx_queued(base, 3), "all three echoed");
+	msg_set(&m[0], rb[0], sizeof(rb[0]));
+	msg_set(&m[1], rb[1], 4);
+	msg_set(&m[2], rb[2], sizeof(rb[2]));
+	m[2].len = 777;
+	memset(rb[1], 'z', sizeof(rb[1]));
+	r = msgvec(fd, KT_IOC_RECVV, m, 3);
+	check(r == 2 && m[0].len == 2 && !m[0].flags &&
+	      !memcmp(rb[0], "aa", 2) && m[1].len == 10 &&
+	      m[1].flags == KT_MSG_F_TRUNC && rb[1][0] == 'z' &&
+	      m[2].len == 777,
+	      "RECVV [128, 4, 128] -> 2: the second flagged TRUNC, len 10, not copied (%d)",
+	      r);
+	msg_set(&m[0], rb[0], 9);
+	r = msgvec(fd, KT_IOC_RECVV, m, 1);
+	check(r == 1 && m[0].flags == KT_MSG_F_TRUNC && m[0].len == 10,
+	      "too small as the first entry: TRUNC too");
+	check(read_is(fd, "0123456789", 10) && read_is(fd, "cc", 2),
+	      "the truncated message stayed queued, then the next");
+
+	/* Malformed calls: EINVAL, nothing sent or taken. */
+	msg_set(&m[0], "bad", 3);
+	errno = 0;
+	check(msgvec(fd, KT_IOC_SENDV, m, 0) < 0 && errno == EINVAL &&
+	      msgvec(fd, KT_IOC_RECVV, m, 0) < 0 && errno == EINVAL,
+	      "count 0 -> EINVAL");
+	for (i = 0; i <= KT_IOC_VEC_MAX; i++)
+		msg_set(&m[i], "bad", 3);
+	errno = 0;
+	check(msgvec(fd, KT_IOC_SENDV, m, KT_IOC_VEC_MAX + 1) < 0 &&
+	      errno == EINVAL && msgvec(fd, KT_IOC_RECVV, m,
+					KT_IOC_VEC_MAX + 1) < 0 &&
+	      errno == EINVAL, "count KT_IOC_VEC_MAX + 1 -> EINVAL");
+	v.msgs = (unsigned long)m;
+	v.count = 1;
+	v.flags = 1;
+	errno = 0;
+	check(ioctl(fd, KT_IOC_SENDV, &v) < 0 && errno == EINVAL,
+	      "vector flags != 0 -> EINVAL");
+	m[1].flags = 4;
+	errno = 0;
+	check(msgvec(fd, KT_IOC_SENDV, m, 2) < 0 && errno == EINVAL &&
+	      msgvec(fd, KT_IOC_RECVV, m, 2) < 0 && errno == EINVAL,
+	      "entry flags != 0 -> EINVAL");
+	msg_set(&m[1], wbuf, MAX_MSG + 1);
+	errno = 0;
+	check(msgvec(fd, KT_IOC_SENDV, m, 2) < 0 && errno == EMSGSIZE,
+	      "an entry over max_msg_size -> EMSGSIZE");
+
+	/* Bad pointers: EFAULT, nothing lost or sent past the fault. */
+	errno = 0;
+	check(ioctl(fd, KT_IOC_SENDV, (void *)8) < 0 && errno == EFAULT &&
+	      ioctl(fd, KT_IOC_RECVV, (void *)8) < 0 && errno == EFAULT,
+	      "bad vector pointer -> EFAULT");
+	v.msgs = 8;
+	v.flags = 0;
+	errno = 0;
+	check(ioctl(fd, KT_IOC_SENDV, &v) < 0 && errno == EFAULT,
+	      "bad array pointer -> EFAULT");
+	msg_set(&m[0], (void *)8, 3);
+	errno = 0;
+	check(msgvec(fd, KT_IOC_SENDV, m, 1) < 0 && errno == EFAULT,
+	      "SENDV, first buffer bad -> EFAULT");
+	msg_set(&m[0], "g1", 2);
+	msg_set(&m[1], (void *)-4096L, 2);	/* a kernel address */
+	msg_set(&m[2], "g3", 2);
+	check(msgvec(fd, KT_IOC_SENDV, m, 3) == 1,
+	      "SENDV [good, kernel address, good] -> 1");
+	check(write(fd, "g4", 2) == 2, "write g4 behind it");
+	check(read_is(fd, "g1", 2) && read_is(fd, "g4", 2),
+	      "only g1 was sent, g3 was not (nothing and no EMSGSIZE slipped through)");
+
+	base = sys_counter("rx_msgs");
+	msg_set(&m[0], "r1", 2);
+	msg_set(&m[1], "r2", 2);
+	check(msgvec(fd, KT_IOC_SENDV, m, 2) == 2 && rx_queued(base, 2),
+	      "two more echoed");
+	msg_set(&m[0], (void *)8, 128);
+	errno = 0;
+	check(msgvec(fd, KT_IOC_RECVV, m, 1) < 0 && errno == EFAULT,
+	      "RECVV, first buffer bad -> EFAULT");
+	msg_set(&m[0], rb[0], 128);
+	msg_set(&m[1], (void *)-4096L, 128);
+	r = msgvec(fd, KT_IOC_RECVV, m, 2);
+	check(r == 1 && m[0].len == 2 && !memcmp(rb[0], "r1", 2),
+	      "RECVV [good, kernel address] -> 1 (%d)", r);
+	/* The array readable but not writable: the result cannot be given. */
+	ro = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+		  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	msg_set((struct kt_ioc_msg *)ro, rb[0], 128);
+	mprotect(ro, 4096, PROT_READ);
+	errno = 0;
+	check(msgvec(fd, KT_IOC_RECVV, (struct kt_ioc_msg *)ro, 1) < 0 &&
+	      errno == EFAULT, "RECVV, read-only array -> EFAULT");
+	munmap(ro, 4096);
+	check(read_is(fd, "r2", 2), "the message a fault met stayed queued");
+
+	/* Non-blocking: an empty queue is EAGAIN, a full batch is fine. */
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	for (i = 0; i < KT_IOC_VEC_MAX; i++)
+		msg_set(&m[i], rb[0], sizeof(rb[0]));
+	errno = 0;
+	check(msgvec(fd, KT_IOC_RECVV, m, KT_IOC_VEC_MAX) < 0 &&
+	      errno == EAGAIN, "O_NONBLOCK RECVV of 64 on an empty queue -> EAGAIN");
+	close(fd);
+
+	/* Credit runs out in the middle: a partial count, never a wait. */
+	fd = connect_to("slow", O_NONBLOCK);
+	check(fd >= 0, "connect slow (window of one message)");
+	msg_set(&m[0], wbuf, MAX_MSG);
+	msg_set(&m[1], "x", 1);
+	msg_set(&m[2], "y", 1);
+	check(msgvec(fd, KT_IOC_SENDV, m, 3) == 1,
+	      "O_NONBLOCK SENDV [64 KiB, 1, 1] without credit for the rest -> 1");
+	errno = 0;
+	check(msgvec(fd, KT_IOC_SENDV, &m[1], 2) < 0 && errno == EAGAIN,
+	      "then SENDV -> EAGAIN");
+	close(fd);
+	fd = connect_to("slow", 0);
+	alarm(10);
+	check(msgvec(fd, KT_IOC_SENDV, m, 3) == 1,
+	      "blocking SENDV: only the first may wait -> 1");
+	alarm(0);
+	close(fd);
+
+	/* End of channel: queued data first, then 0. */
+	fd = connect_to("closeafter", 0);
+	check(write(fd, "x", 1) == 1, "closeafter: one message");
+	msg_set(&m[0], rb[0], 128);
+	msg_set(&m[1], rb[1], 128);
+	r = msgvec(fd, KT_IOC_RECVV, m, 2);
+	if (r == 1 && m[0].len == 1)
+		r = msgvec(fd, KT_IOC_RECVV, m, 2);
+	else
+		r = -2;
+	check(r == 0, "RECVV: the echo, then 0 at end of channel (%d)", r);
+	close(fd);
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "";
@@ -1511,6 +1737,7 @@ int main(int argc, char **argv)
 		test_reset();
 		test_reset_tight();
 		test_signals();
+		test_batch();
 	} else if (!strcmp(what, "unbind")) {
 		test_unbind();
 	} else if (!strcmp(what, "breakring")) {

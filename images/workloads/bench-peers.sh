@@ -18,6 +18,9 @@
 # Every output line of a bench is printed as "BENCH <transport>: <line>";
 # a transport that fails prints "BENCH <transport>: n/a <reason>" and the
 # others still run. Sizes: kt.bench=ITERATIONS,BULK_MB,SMALL_COUNT.
+# kt.batch=N[,N...] (optional): kerntransport's message-rate phases N
+# messages per system call (`kt bench --batch N`): the first N for the full
+# kt bench, each further one a message-rate-only kt bench labeled "ktbN".
 # shellcheck source=images/workloads/lib.sh
 . /workloads/lib.sh
 need_module kerntransport
@@ -51,9 +54,20 @@ run_bench() {
 	fi
 }
 
+batches=$(kt_arg kt.batch) || batches=
 if want kt; then
+	kt_batch=
+	[ -z "$batches" ] || kt_batch="--batch ${batches%%,*}"
 	# shellcheck disable=SC2086
-	run_bench kt bench $bench_args
+	run_bench kt bench $bench_args $kt_batch
+	case "$batches" in
+	*,*)
+		for b in $(echo "${batches#*,}" | tr ',' ' '); do
+			run_bench "ktb$b" bench --direction both --iterations 0 --bulk-mb 0 \
+				--small-size 64 --small-count "$small" --timeout 120 --batch "$b"
+		done
+		;;
+	esac
 fi
 
 # vsock: the 6.12 cloud kernel has it as modules (the image carries them

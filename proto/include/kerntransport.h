@@ -136,6 +136,32 @@ struct kt_ioc_next {
 #define KT_NEXT_F_MSG			0x1	/* a message is queued */
 #define KT_NEXT_F_ENDED			0x2	/* no more messages will come */
 
+/*
+ * KT_IOC_SENDV / KT_IOC_RECVV: several messages per system call, in the
+ * order of the array. One entry per message; @buf and @len are user
+ * supplied, @flags is 0 on the way in.
+ */
+struct kt_ioc_msg {
+	__u64 buf;		/* user pointer to the payload or buffer */
+	__u32 len;		/* SENDV: message length; RECVV: in: buffer
+				 * size, out: the message's length */
+	__u32 flags;		/* in: 0; RECVV out: KT_MSG_F_* */
+};
+
+/* RECVV: the buffer was too small; len is the message's length, nothing
+ * was copied and the message stays queued (read() would fail EMSGSIZE).
+ */
+#define KT_MSG_F_TRUNC			0x1
+
+struct kt_ioc_msgvec {
+	__u64 msgs;		/* user pointer to count struct kt_ioc_msg */
+	__u32 count;		/* 1 .. KT_IOC_VEC_MAX */
+	__u32 flags;		/* 0 */
+};
+
+/* Largest count of one KT_IOC_SENDV / KT_IOC_RECVV. */
+#define KT_IOC_VEC_MAX			64
+
 #define KT_IOC_MAGIC			'k'
 /* Connect this file to a host service; blocks until OPEN_OK/OPEN_ERR. */
 #define KT_IOC_CONNECT		_IOW(KT_IOC_MAGIC, 1, struct kt_ioc_name)
@@ -149,5 +175,20 @@ struct kt_ioc_next {
 #define KT_IOC_INFO		_IOR(KT_IOC_MAGIC, 4, struct kt_ioc_info)
 /* On a channel: fills struct kt_ioc_next; ENOTCONN on other files. */
 #define KT_IOC_NEXT		_IOR(KT_IOC_MAGIC, 5, struct kt_ioc_next)
+/*
+ * On a channel: sends the messages in order, as write() would each, and
+ * returns how many were sent. Only the first may wait for credit (unless
+ * O_NONBLOCK); the call stops at the first later message that does not
+ * fit, or that fails. An error is returned only if no message was sent.
+ */
+#define KT_IOC_SENDV		_IOW(KT_IOC_MAGIC, 6, struct kt_ioc_msgvec)
+/*
+ * On a channel: receives up to count messages, waiting (unless O_NONBLOCK)
+ * only for the first, and returns how many entries it filled: len is each
+ * message's length; an entry with KT_MSG_F_TRUNC (always the last) did not
+ * receive its message. 0 is end-of-channel; the close reason and other
+ * errors, as read() reports them, only when no entry was filled.
+ */
+#define KT_IOC_RECVV		_IOW(KT_IOC_MAGIC, 7, struct kt_ioc_msgvec)
 
 #endif /* _UAPI_LINUX_KERNTRANSPORT_H */

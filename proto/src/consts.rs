@@ -72,6 +72,16 @@ pub const NEXT_F_MSG: u32 = 0x1;
 /// `read()` returns 0 (EOF) or fails with `error`.
 pub const NEXT_F_ENDED: u32 = 0x2;
 
+/// Size of `struct kt_ioc_msg` (one message of a batch).
+pub const IOC_MSG_SIZE: usize = 16;
+/// Size of `struct kt_ioc_msgvec` (the argument of a batch ioctl).
+pub const IOC_MSGVEC_SIZE: usize = 16;
+/// `KT_IOC_VEC_MAX`: most messages per `KT_IOC_SENDV` / `KT_IOC_RECVV`.
+pub const IOC_VEC_MAX: usize = 64;
+/// `struct kt_ioc_msg` flag (`KT_IOC_RECVV` result): the buffer was too
+/// small, `len` is the message's length, the message stays queued.
+pub const MSG_F_TRUNC: u32 = 0x1;
+
 const IOC_WRITE: u32 = 1;
 const IOC_READ: u32 = 2;
 
@@ -90,6 +100,10 @@ pub const IOC_ACCEPT: u32 = ioc(0, IOC_MAGIC, 3, 0);
 pub const IOC_INFO: u32 = ioc(IOC_READ, IOC_MAGIC, 4, IOC_INFO_SIZE);
 /// `KT_IOC_NEXT`: reads `struct kt_ioc_next` (the next `read()`'s result).
 pub const IOC_NEXT: u32 = ioc(IOC_READ, IOC_MAGIC, 5, IOC_NEXT_SIZE);
+/// `KT_IOC_SENDV`: sends up to [`IOC_VEC_MAX`] messages, returns how many.
+pub const IOC_SENDV: u32 = ioc(IOC_WRITE, IOC_MAGIC, 6, IOC_MSGVEC_SIZE);
+/// `KT_IOC_RECVV`: receives up to [`IOC_VEC_MAX`] messages, returns how many.
+pub const IOC_RECVV: u32 = ioc(IOC_WRITE, IOC_MAGIC, 7, IOC_MSGVEC_SIZE);
 
 /// Endpoint states reported by `KT_IOC_INFO`.
 pub mod state {
@@ -123,5 +137,7 @@ mod tests {
         assert_eq!(IOC_ACCEPT, 0x0000_6b03);
         assert_eq!(IOC_INFO, 0x8010_6b04);
         assert_eq!(IOC_NEXT, 0x8010_6b05);
+        assert_eq!(IOC_SENDV, 0x4010_6b06);
+        assert_eq!(IOC_RECVV, 0x4010_6b07);
     }
 }

@@ -1,8 +1,9 @@
 //! One open kerntransport channel as the tool sees it: either a guest
 //! `/dev/kerntransport` file or a host `SOCK_SEQPACKET` connection. Owns the
-//! per-message send/receive rules both share — one message per call,
-//! `EAGAIN` handling for `--nonblock`, end-of-channel detection, timeouts —
-//! and maps errno values to the tool's errors.
+//! per-message send/receive rules both share — one message per call (or,
+//! on a guest file, a batch per `KT_IOC_SENDV` / `KT_IOC_RECVV`), `EAGAIN`
+//! handling for `--nonblock`, end-of-channel detection, timeouts — and maps
+//! errno values to the tool's errors.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -10,7 +11,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::{framed, sys};
+use crate::{framed, ioctl, sys};
 
 /// Which side of the transport the channel lives on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +99,11 @@ impl Channel {
     /// Renames the channel (once its id is known).
     pub fn set_label(&mut self, label: String) {
         self.label = label;
+    }
+
+    /// Which side of the transport this is.
+    pub fn kind(&self) -> Kind {
+        self.kind
     }
 
     /// Largest message that may be sent.
@@ -322,6 +328,106 @@ impl Channel {
             }
         }
     }
+
+    /// A batch ioctl's errno as the tool's error (`ENOTTY`: an older
+    /// driver without it).
+    fn batch_err(&self, e: io::Error, len: usize, what: &str) -> Error {
+        if e.raw_os_error() == Some(libc::ENOTTY) {
+            return Error::io(
+                format!("{}: {what}", self.label),
+                io::Error::other("the driver has no batch ioctls (KT_IOC_SENDV/RECVV)"),
+            );
+        }
+        self.map_err(e, len, what)
+    }
+
+    /// Sends every message of `msgs` in order: on a guest file up to
+    /// [`ioctl::KT_IOC_VEC_MAX`] per `KT_IOC_SENDV`, elsewhere one
+    /// [`Channel::send`] each. A partial batch (credit ran out after the
+    /// first) is continued at once; `EAGAIN` waits in `poll` as `send` does.
+    pub fn send_batch(&self, msgs: &[&[u8]], nb: &mut NbStats) -> Result<()> {
+        if self.kind != Kind::Guest {
+            return msgs.iter().try_for_each(|m| self.send(m, nb));
+        }
+        let mut rest = msgs;
+        while !rest.is_empty() {
+            match sys::retry(|| ioctl::sendv(self.fd.as_fd(), rest)) {
+                Ok(n) => rest = &rest[n.min(rest.len())..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    nb.send_eagain += 1;
+                    self.wait(libc::POLLOUT, None)?;
+                }
+                Err(e) => return Err(self.batch_err(e, rest[0].len(), "send batch")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Receives up to `bufs.len()` messages (at most
+    /// [`ioctl::KT_IOC_VEC_MAX`]), one per buffer, waiting only for the
+    /// first; `lens` gets their lengths. On a guest file one `KT_IOC_RECVV`,
+    /// elsewhere one [`Channel::recv`]. Returns the count; 0 is end of
+    /// channel. A message larger than its buffer is [`Error::Truncated`].
+    pub fn recv_batch(
+        &self,
+        bufs: &mut [&mut [u8]],
+        lens: &mut Vec<usize>,
+        nb: &mut NbStats,
+    ) -> Result<usize> {
+        lens.clear();
+        let stashed = self
+            .stash
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        if self.kind != Kind::Guest || stashed || bufs.is_empty() {
+            let Some(first) = bufs.first_mut() else {
+                return Ok(0);
+            };
+            return Ok(match self.recv(first, nb)? {
+                Recv::Msg(n) => {
+                    lens.push(n);
+                    1
+                }
+                Recv::Eof => 0,
+            });
+        }
+        loop {
+            if let Some(t) = self.timeout {
+                if !self.wait(libc::POLLIN, Some(t))? {
+                    return Err(Error::Timeout {
+                        label: self.label.clone(),
+                        secs: t.as_secs_f64(),
+                    });
+                }
+            }
+            match sys::retry(|| ioctl::recvv(self.fd.as_fd(), bufs)) {
+                Ok(r) if r.truncated => {
+                    let i = r.count - 1;
+                    return Err(Error::Truncated {
+                        label: self.label.clone(),
+                        len: r.lens[i] as usize,
+                        limit: bufs[i].len(),
+                    });
+                }
+                Ok(r) => {
+                    lens.extend(r.lens[..r.count].iter().map(|&l| l as usize));
+                    return Ok(r.count);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    nb.recv_eagain += 1;
+                    self.wait(libc::POLLIN, None)?;
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => return Ok(0),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ECONNABORTED)) => {
+                    return Err(Error::ClosedTooBig {
+                        label: self.label.clone(),
+                    })
+                }
+                Err(e) => return Err(self.batch_err(e, 0, "receive batch")),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -375,6 +481,29 @@ mod tests {
             got.push(buf[..n].to_vec());
         }
         assert_eq!(got, vec![vec![], b"one".to_vec(), vec![], vec![9u8; 4096]]);
+    }
+
+    #[test]
+    fn batches_fall_back_to_one_message_per_call_off_the_guest() {
+        let (a, b) = pair();
+        let mut nb = NbStats::default();
+        a.send_batch(&[&b"x"[..], b"", b"yz"], &mut nb).unwrap();
+        drop(a);
+        let mut big = b.recv_buffer();
+        let mut small = [0u8; 4];
+        let mut lens = Vec::new();
+        let mut got = Vec::new();
+        loop {
+            let mut bufs = [&mut big[..], &mut small[..]];
+            match b.recv_batch(&mut bufs, &mut lens, &mut nb).unwrap() {
+                0 => break,
+                n => {
+                    assert_eq!(n, 1, "one message per call off the guest");
+                    got.push(bufs[0][..lens[0]].to_vec());
+                }
+            }
+        }
+        assert_eq!(got, vec![b"x".to_vec(), vec![], b"yz".to_vec()]);
     }
 
     #[test]

@@ -451,6 +451,13 @@ pub struct BenchArgs {
     /// Message-rate: messages to stream (0: no message-rate phase).
     #[arg(long, value_name = "N", default_value_t = 20000)]
     pub small_count: u64,
+
+    /// Guest kerntransport against the bench peer: move the message-rate
+    /// phases' messages N per system call (KT_IOC_SENDV / KT_IOC_RECVV, at
+    /// most 64); 1 is one write()/read() per message.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub batch: u16,
 }
 
 /// `kt stats`.

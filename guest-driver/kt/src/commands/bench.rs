@@ -5,7 +5,8 @@
 //! protocol in [`crate::benchpeer`]) each stream goes one way only and is
 //! timed until the receiver has its last message; the CPU this machine
 //! (`/proc/stat`) and the peer's processes used is reported per message
-//! and per MB. `--timeout` arms a watchdog: no progress for that long ends
+//! and per MB; `--batch N` moves the message-rate phases' messages N per
+//! system call (`KT_IOC_SENDV` / `KT_IOC_RECVV`). `--timeout` arms a watchdog: no progress for that long ends
 //! the run with a "stalled" line saying how far it got.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::benchpeer::{self, PeerResult, Request};
-use crate::channel::{Channel, NbStats, Recv};
+use crate::channel::{Channel, Kind, NbStats, Recv};
 use crate::cli::{BenchArgs, BenchDirection};
 use crate::error::{Error, Result};
 use crate::open::{open_channel, Ctx};
@@ -129,7 +130,11 @@ impl Watch {
     }
 
     fn tick(&self) {
-        self.ticks.fetch_add(1, Ordering::Relaxed);
+        self.ticks(1);
+    }
+
+    fn ticks(&self, n: u64) {
+        self.ticks.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Watches from a thread: no progress for `limit` ends the process
@@ -203,9 +208,61 @@ fn expect_result(ch: &Channel, buf: &mut [u8], nb: &mut NbStats) -> Result<PeerR
     }
 }
 
+fn wrong_size(n: usize, size: usize) -> Error {
+    Error::Bench(format!(
+        "got a {n}-byte message from the bench peer, expected {size}"
+    ))
+}
+
+/// `count` messages of `size` bytes from the peer, `batch` (> 1) per
+/// `KT_IOC_RECVV`, each checked to be one message of `size` bytes.
+fn recv_batched(
+    ch: &Channel,
+    size: usize,
+    count: u64,
+    batch: usize,
+    nb: &mut NbStats,
+    watch: &Watch,
+) -> Result<()> {
+    // One byte more per slot than expected: a longer message is caught as
+    // too long, not as truncated.
+    let slot = size + 1;
+    let mut area = vec![0u8; slot * batch];
+    let mut lens = Vec::with_capacity(batch);
+    let mut left = count;
+    while left > 0 {
+        let want = batch.min(usize::try_from(left).unwrap_or(usize::MAX));
+        let mut bufs: Vec<&mut [u8]> = area.chunks_mut(slot).take(want).collect();
+        let n = match ch.recv_batch(&mut bufs, &mut lens, nb) {
+            Ok(0) => {
+                return Err(Error::PeerClosed {
+                    label: ch.label().to_string(),
+                })
+            }
+            Ok(n) => n,
+            Err(Error::Truncated { len, .. }) => return Err(wrong_size(len, size)),
+            Err(e) => return Err(e),
+        };
+        if let Some(&bad) = lens.iter().find(|&&l| l != size) {
+            return Err(wrong_size(bad, size));
+        }
+        left -= n as u64;
+        watch.ticks(n as u64);
+    }
+    Ok(())
+}
+
 /// `count` messages of `size` bytes one way, against the bench peer;
-/// timed from the request to the receiver's last message.
-fn one_way(ch: &Channel, way: Way, size: usize, count: u64, watch: &Watch) -> Result<OneWay> {
+/// timed from the request to the receiver's last message. `batch` > 1
+/// moves the guest's messages that many per system call.
+fn one_way(
+    ch: &Channel,
+    way: Way,
+    size: usize,
+    count: u64,
+    batch: usize,
+    watch: &Watch,
+) -> Result<OneWay> {
     let mut buf = ch.recv_buffer();
     let mut nb = NbStats::default();
     watch.phase(format!("{}, {size} B messages", way.label()), count);
@@ -215,23 +272,37 @@ fn one_way(ch: &Channel, way: Way, size: usize, count: u64, watch: &Watch) -> Re
         Way::ToHost => {
             ch.send(&Request::Sink { count, size }.encode(), &mut nb)?;
             let msg = vec![0x5au8; size];
-            for _ in 0..count {
-                ch.send(&msg, &mut nb)?;
-                watch.tick();
+            if batch > 1 {
+                let msgs = vec![&msg[..]; batch];
+                let mut left = count;
+                while left > 0 {
+                    let n = batch.min(usize::try_from(left).unwrap_or(usize::MAX));
+                    ch.send_batch(&msgs[..n], &mut nb)?;
+                    left -= n as u64;
+                    watch.ticks(n as u64);
+                }
+            } else {
+                for _ in 0..count {
+                    ch.send(&msg, &mut nb)?;
+                    watch.tick();
+                }
             }
             let peer = expect_result(ch, &mut buf, &mut nb)?;
             (start.elapsed(), peer)
+        }
+        Way::FromHost if batch > 1 => {
+            ch.send(&Request::Source { count, size }.encode(), &mut nb)?;
+            recv_batched(ch, size, count, batch, &mut nb, watch)?;
+            let elapsed = start.elapsed();
+            ch.send(&benchpeer::done_message(), &mut nb)?;
+            (elapsed, expect_result(ch, &mut buf, &mut nb)?)
         }
         Way::FromHost => {
             ch.send(&Request::Source { count, size }.encode(), &mut nb)?;
             for _ in 0..count {
                 match ch.recv(&mut buf, &mut nb)? {
                     Recv::Msg(n) if n == size => {}
-                    Recv::Msg(n) => {
-                        return Err(Error::Bench(format!(
-                            "got a {n}-byte message from the bench peer, expected {size}"
-                        )))
-                    }
+                    Recv::Msg(n) => return Err(wrong_size(n, size)),
                     Recv::Eof => {
                         return Err(Error::PeerClosed {
                             label: ch.label().to_string(),
@@ -327,6 +398,12 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     }
     let bulk_count = |size: usize| (a.bulk_mb * 1_000_000).div_ceil(size as u64).max(1);
     let peer = a.direction != BenchDirection::Echo;
+    let batch = usize::from(a.batch);
+    if batch > 1 && (!peer || ch.kind() != Kind::Guest) {
+        return Err(Error::Usage(
+            "--batch needs a guest kerntransport channel to the bench peer (--direction to-host|from-host|both)".into(),
+        ));
+    }
     let mut rows = Vec::new();
     // Progress on stderr: a slow (emulated) guest takes a while per phase.
     if a.iterations > 0 {
@@ -371,27 +448,34 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
             ]);
         }
     }
-    let mut phases: Vec<(usize, u64)> = Vec::new();
+    // (size, count, messages per system call): --batch is for the
+    // message-rate phases only.
+    let mut phases: Vec<(usize, u64, usize)> = Vec::new();
     if a.small_count > 0 {
-        phases.push((a.small_size, a.small_count));
+        phases.push((a.small_size, a.small_count, batch));
     }
     if a.bulk_mb > 0 {
-        phases.extend(bulk_sizes.iter().map(|&s| (s, bulk_count(s))));
+        phases.extend(bulk_sizes.iter().map(|&s| (s, bulk_count(s), 1)));
     }
-    for &(size, count) in &phases {
+    for &(size, count, per_call) in &phases {
         for &way in ways {
             eprintln!("kt bench: {count} x {size} B, {}", way.label());
-            let r = one_way(&ch, way, size, count, &watch)?;
+            let r = one_way(&ch, way, size, count, per_call, &watch)?;
             one_way_rows(way, size, &r, &mut rows);
         }
     }
     let mode = if peer { "bench peer" } else { "echo peer" };
     out::line(format_args!(
-        "kt bench: {} ({mode}), {} round trips, {} x {} B, {} MB of {:?} B messages",
+        "kt bench: {} ({mode}), {} round trips, {} x {} B{}, {} MB of {:?} B messages",
         ch.label(),
         a.iterations,
         a.small_count,
         a.small_size,
+        if batch > 1 {
+            format!(" ({batch} per call)")
+        } else {
+            String::new()
+        },
         a.bulk_mb,
         bulk_sizes
     ))?;
