@@ -33,6 +33,8 @@ int main(void)
 	P("size.kt_ioc_name", sizeof(struct kt_ioc_name));
 	P("size.kt_ioc_info", sizeof(struct kt_ioc_info));
 	P("size.kt_ioc_next", sizeof(struct kt_ioc_next));
+	P("size.kt_ioc_msg", sizeof(struct kt_ioc_msg));
+	P("size.kt_ioc_msgvec", sizeof(struct kt_ioc_msgvec));
 	OFF(kt_hdr, channel); OFF(kt_hdr, type); OFF(kt_hdr, flags);
 	OFF(kt_hdr, len); OFF(kt_hdr, msg_len); OFF(kt_hdr, seq);
 	OFF(kt_hdr, buf_alloc); OFF(kt_hdr, fwd_cnt); OFF(kt_hdr, arg);
@@ -77,6 +79,10 @@ int main(void)
 	P("KT_IOC_CONNECT", KT_IOC_CONNECT); P("KT_IOC_LISTEN", KT_IOC_LISTEN);
 	P("KT_IOC_ACCEPT", KT_IOC_ACCEPT); P("KT_IOC_INFO", KT_IOC_INFO);
 	P("KT_IOC_NEXT", KT_IOC_NEXT);
+	P("KT_IOC_SENDV", KT_IOC_SENDV);
+	P("KT_IOC_RECVV", KT_IOC_RECVV);
+	P("KT_IOC_VEC_MAX", KT_IOC_VEC_MAX);
+	P("KT_MSG_F_TRUNC", KT_MSG_F_TRUNC);
 	P("KT_NEXT_F_MSG", KT_NEXT_F_MSG); P("KT_NEXT_F_ENDED", KT_NEXT_F_ENDED);
 	printf("KT_KERNEL_NAME_PREFIX %s\n", KT_KERNEL_NAME_PREFIX);
 

@@ -57,6 +57,8 @@ fn header_layout_constants_and_golden_bytes_agree() {
     assert_eq!(num(&c, "size.kt_ioc_name"), IOC_NAME_SIZE as u64);
     assert_eq!(num(&c, "size.kt_ioc_info"), IOC_INFO_SIZE as u64);
     assert_eq!(num(&c, "size.kt_ioc_next"), IOC_NEXT_SIZE as u64);
+    assert_eq!(num(&c, "size.kt_ioc_msg"), IOC_MSG_SIZE as u64);
+    assert_eq!(num(&c, "size.kt_ioc_msgvec"), IOC_MSGVEC_SIZE as u64);
     for (field, off) in HDR_FIELD_OFFSETS {
         assert_eq!(
             num(&c, &format!("off.kt_hdr.{field}")),
@@ -127,6 +129,10 @@ fn header_layout_constants_and_golden_bytes_agree() {
         ("KT_IOC_ACCEPT", IOC_ACCEPT.into()),
         ("KT_IOC_INFO", IOC_INFO.into()),
         ("KT_IOC_NEXT", IOC_NEXT.into()),
+        ("KT_IOC_SENDV", IOC_SENDV.into()),
+        ("KT_IOC_RECVV", IOC_RECVV.into()),
+        ("KT_IOC_VEC_MAX", IOC_VEC_MAX as u64),
+        ("KT_MSG_F_TRUNC", MSG_F_TRUNC.into()),
         ("KT_NEXT_F_MSG", NEXT_F_MSG.into()),
         ("KT_NEXT_F_ENDED", NEXT_F_ENDED.into()),
     ];
