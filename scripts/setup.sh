@@ -25,11 +25,13 @@ need_root() {
 }
 
 # Packages from bookworm (main/security); coccinelle runs the kernel's
-# coccicheck scripts on the driver (guest-driver/check.sh). The debug guest kernel
+# coccicheck scripts on the driver (guest-driver/check.sh), and its spatch
+# loads libpython3.X.so at run time, which only the -dev package provides
+# (a fresh root failed every script without it). The debug guest kernel
 # (images/debug-kernel/build.sh) also needs flex, bison, bc and libelf-dev.
 PKGS=(
 	build-essential pkg-config git cpio xz-utils zstd gzip
-	busybox-static sparse coccinelle linux-source-6.12
+	busybox-static sparse coccinelle libpython3-dev linux-source-6.12
 	ninja-build libglib2.0-dev libpixman-1-dev flex bison libfdt-dev
 	python3 python3-venv iproute2 socat kmod
 	debootstrap dkms dpkg-dev systemd help2man man-db
