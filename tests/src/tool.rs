@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::children::{describe_status, ChildError, ChildProcess};
 use crate::env::{self, EnvError};
@@ -100,6 +100,40 @@ impl KtTool {
         })
     }
 }
+
+impl KtTool {
+    /// Starts `kt serve --socket SOCKET --mode MODE` (a stale socket file
+    /// is removed first) and waits until the socket exists.
+    pub fn serve(&self, label: &str, socket: &Path, mode: &str) -> Result<KtProcess> {
+        let _ = std::fs::remove_file(socket);
+        let mut p = self.spawn(
+            label,
+            [
+                "serve".as_ref(),
+                "--socket".as_ref(),
+                socket.as_os_str(),
+                "--mode".as_ref(),
+                OsStr::new(mode),
+            ],
+        )?;
+        let deadline = Instant::now() + SERVE_READY;
+        while !socket.exists() {
+            if !p.is_running() || Instant::now() >= deadline {
+                let status = p.proc.kill().map(describe_status).unwrap_or_default();
+                return Err(ToolError::Failed {
+                    label: label.to_string(),
+                    status: format!("no socket at {} ({status})", socket.display()),
+                    output: p.output(),
+                });
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(p)
+    }
+}
+
+/// How long [`KtTool::serve`] waits for the socket.
+const SERVE_READY: Duration = Duration::from_secs(30);
 
 /// A running `kt`. Killed on drop; its output is printed when dropped
 /// during a panic.

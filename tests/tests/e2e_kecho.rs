@@ -57,23 +57,8 @@ fn host_exchanges_messages_with_k_echo_across_a_module_reload() {
     let echo_sock = dir.join("echo.sock");
     let tool = KtTool::new(&dir).expect("host build of kt");
     let mut serve = tool
-        .spawn(
-            "serve",
-            [
-                "serve".as_ref(),
-                "--socket".as_ref(),
-                echo_sock.as_os_str(),
-                "--mode".as_ref(),
-                "echo".as_ref(),
-            ],
-        )
+        .serve("serve", &echo_sock, "echo")
         .expect("start kt serve");
-    let deadline = Instant::now() + T;
-    while !echo_sock.exists() {
-        assert!(serve.is_running(), "kt serve exited: {}", serve.output());
-        assert!(Instant::now() < deadline, "kt serve never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let backend = BackendBuilder::new(&dir)
         .service("echo", &echo_sock)
         .spawn()

@@ -31,29 +31,9 @@ fn messages() -> u64 {
         .unwrap_or(100_000)
 }
 
-/// `kt serve --mode MODE` on `sock` (a stale socket file is removed first).
+/// `kt serve --mode MODE` on `sock`, ready.
 fn serve(tool: &KtTool, label: &str, sock: &Path, mode: &str) -> KtProcess {
-    let _ = std::fs::remove_file(sock);
-    let mut p = tool
-        .spawn(
-            label,
-            [
-                "serve".as_ref(),
-                "--socket".as_ref(),
-                sock.as_os_str(),
-                "--mode".as_ref(),
-                mode.as_ref(),
-                "--quiet".as_ref(),
-            ],
-        )
-        .expect("start kt serve");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sock.exists() {
-        assert!(p.is_running(), "{label} exited: {}", p.output());
-        assert!(Instant::now() < deadline, "{label} never listened");
-        thread::sleep(Duration::from_millis(20));
-    }
-    p
+    tool.serve(label, sock, mode).expect("start kt serve")
 }
 
 /// A host soak of the guest service `name` through `listen`, until stopped.

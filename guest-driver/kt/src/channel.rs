@@ -168,6 +168,20 @@ impl Channel {
         }
     }
 
+    /// With a timeout set: waits until a message (or the end) can be read,
+    /// else fails with [`Error::Timeout`]. Without one: returns at once.
+    fn wait_readable(&self) -> Result<()> {
+        if let Some(t) = self.timeout {
+            if !self.wait(libc::POLLIN, Some(t))? {
+                return Err(Error::Timeout {
+                    label: self.label.clone(),
+                    secs: t.as_secs_f64(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until `events` are ready; `Ok(false)` on timeout.
     fn wait(&self, events: libc::c_short, timeout: Option<Duration>) -> Result<bool> {
         let ms = timeout.map_or(-1, |t| i32::try_from(t.as_millis()).unwrap_or(i32::MAX));
@@ -287,14 +301,7 @@ impl Channel {
             return Ok(Recv::Msg(m.len()));
         }
         loop {
-            if let Some(t) = self.timeout {
-                if !self.wait(libc::POLLIN, Some(t))? {
-                    return Err(Error::Timeout {
-                        label: self.label.clone(),
-                        secs: t.as_secs_f64(),
-                    });
-                }
-            }
+            self.wait_readable()?;
             match sys::retry(|| self.raw_recv(buf)) {
                 Ok(0) => {
                     return match self.after_zero()? {
@@ -393,14 +400,7 @@ impl Channel {
             });
         }
         loop {
-            if let Some(t) = self.timeout {
-                if !self.wait(libc::POLLIN, Some(t))? {
-                    return Err(Error::Timeout {
-                        label: self.label.clone(),
-                        secs: t.as_secs_f64(),
-                    });
-                }
-            }
+            self.wait_readable()?;
             match sys::retry(|| ioctl::recvv(self.fd.as_fd(), bufs)) {
                 Ok(r) if r.truncated => {
                     let i = r.count - 1;
