@@ -13,6 +13,7 @@ use vmm_sys_util::epoll::EventSet;
 use crate::backend::{KtBackend, HOST_EVENT};
 use crate::config::Config;
 use crate::device::{Device, Params};
+use crate::policy::PolicyCell;
 use crate::seqpacket::SeqListener;
 use crate::sockpath::claim_socket_path;
 use crate::stats::Stats;
@@ -95,7 +96,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     };
     let device = Device::new(
         params,
-        Arc::new(config.policy.clone()),
+        Arc::new(PolicyCell::new(config.policy.clone()).map_err(DaemonError::Setup)?),
         stats.clone(),
         listener,
     )

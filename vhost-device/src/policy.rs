@@ -12,6 +12,10 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use serde::Deserialize;
 
@@ -186,9 +190,95 @@ impl Policy {
     }
 }
 
+/// The policy one VM's device consults, replaceable while it runs: an
+/// `OPEN` after [`PolicyCell::replace`] sees the new policy, channels that
+/// are open stay open. The device keeps [`PolicyCell::changed_fd`] in its
+/// epoll set, so a replacement reaches it without polling.
+#[derive(Debug)]
+pub struct PolicyCell {
+    current: RwLock<Arc<Policy>>,
+    generation: AtomicU64,
+    changed: EventFd,
+}
+
+impl PolicyCell {
+    /// A cell holding `policy` (generation 0).
+    pub fn new(policy: Policy) -> std::io::Result<PolicyCell> {
+        Ok(PolicyCell {
+            current: RwLock::new(Arc::new(policy)),
+            generation: AtomicU64::new(0),
+            changed: EventFd::new(EFD_NONBLOCK)?,
+        })
+    }
+
+    /// The policy in force.
+    pub fn get(&self) -> Arc<Policy> {
+        // A panic elsewhere cannot leave the Arc half-written.
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts `policy` in force and signals [`PolicyCell::changed_fd`];
+    /// returns whether it differs from the one it replaced.
+    pub fn replace(&self, policy: Policy) -> bool {
+        let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let differs = **cur != policy;
+        *cur = Arc::new(policy);
+        drop(cur);
+        self.generation.fetch_add(1, Ordering::Release);
+        // The counter cannot overflow from reloads; a failed write only
+        // means the device already has an unread signal.
+        let _ = self.changed.write(1);
+        differs
+    }
+
+    /// How many times the policy was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Readable after a replacement until [`PolicyCell::consume_change`].
+    pub fn changed_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self.changed)
+    }
+
+    /// Clears the signal of [`PolicyCell::changed_fd`].
+    pub fn consume_change(&self) {
+        let _ = self.changed.read();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cell_swaps_policies_and_signals_once_per_change() {
+        let a = parse("[[service]]\nname = \"a\"\nsocket = \"/a\"\n").unwrap();
+        let b = parse("[[service]]\nname = \"b\"\nsocket = \"/b\"\n").unwrap();
+        let cell = PolicyCell::new(a.clone()).unwrap();
+        let held = cell.get();
+        assert!(cell.get().get("a").is_some());
+        assert!(cell.replace(b));
+        // Whoever held the old policy keeps it; new lookups see the new one.
+        assert!(held.get("a").is_some());
+        assert!(cell.get().get("a").is_none());
+        assert!(cell.get().get("b").is_some());
+        assert_eq!(cell.generation(), 1);
+        assert!(!cell.replace(cell.get().as_ref().clone()));
+        assert_eq!(cell.generation(), 2);
+        cell.consume_change();
+        let mut fds = [libc::pollfd {
+            fd: cell.changed_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd, no timeout.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+        assert_eq!(n, 0, "the signal was consumed");
+    }
 
     fn parse(text: &str) -> Result<Policy, PolicyError> {
         Policy::parse(Path::new("p.toml"), text)

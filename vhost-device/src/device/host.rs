@@ -220,6 +220,9 @@ impl Device {
                 // Consumed; the pass this runs in does the work left over.
                 let _ = self.wake.read();
                 self.wake_pending = false;
+            } else if tok == POLICY_TOKEN {
+                self.policy.consume_change();
+                self.on_policy_changed();
             } else if tok & HANDSHAKE_BIT != 0 {
                 self.handshake_event(tok);
             } else if let Ok(id) = u32::try_from(tok) {

@@ -36,7 +36,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use crate::chain::{parse_tx, Mem, RxBuf, TxError, TxMsg};
 use crate::channel::{Channel, Event, State};
-use crate::policy::Policy;
+use crate::policy::PolicyCell;
 use crate::seqpacket::{Recv, SeqListener, SeqPacket};
 use crate::stats::{add, Counters, Opener, Stats};
 
@@ -79,6 +79,7 @@ const ACCEPT_BUDGET: usize = 64;
 const LISTENER_TOKEN: u64 = u64::MAX;
 const TIMER_TOKEN: u64 = u64::MAX - 1;
 const WAKE_TOKEN: u64 = u64::MAX - 2;
+const POLICY_TOKEN: u64 = u64::MAX - 3;
 const HANDSHAKE_BIT: u64 = 1 << 32;
 
 /// Static parameters of the device.
@@ -176,7 +177,7 @@ impl LogLimit {
 pub struct Device {
     params: Params,
     limits: Limits,
-    policy: Arc<Policy>,
+    policy: Arc<PolicyCell>,
     stats: Arc<Stats>,
     epoll: Epoll,
     listener: Option<SeqListener>,
@@ -235,7 +236,7 @@ impl Device {
     /// A device with no driver yet. `listener` is the host → guest socket.
     pub fn new(
         params: Params,
-        policy: Arc<Policy>,
+        policy: Arc<PolicyCell>,
         stats: Arc<Stats>,
         listener: Option<SeqListener>,
     ) -> io::Result<Device> {
@@ -251,6 +252,11 @@ impl Device {
             ControlOperation::Add,
             wake.as_raw_fd(),
             EpollEvent::new(EventSet::IN, WAKE_TOKEN),
+        )?;
+        epoll.ctl(
+            ControlOperation::Add,
+            policy.changed_fd(),
+            EpollEvent::new(EventSet::IN, POLICY_TOKEN),
         )?;
         Ok(Device {
             limits: Limits {
@@ -310,6 +316,18 @@ impl Device {
     /// Records the features the driver acked.
     pub fn set_features(&mut self, acked: u64) {
         self.guest_listen = acked & (1 << kt_proto::consts::F_GUEST_LISTEN) != 0;
+    }
+
+    /// The policy was replaced (reload): later OPENs see it; channels
+    /// already open keep going, whatever the new policy says of them.
+    fn on_policy_changed(&mut self) {
+        let policy = self.policy.get();
+        log::info!(
+            "guest {}: policy reloaded: {} service(s); {} channel(s) open stay open",
+            self.params.config.guest_id,
+            policy.len(),
+            self.channels.len()
+        );
     }
 
     /// Number of channels in the table (open or closing).

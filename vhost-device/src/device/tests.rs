@@ -79,7 +79,13 @@ impl<'a> Rig<'a> {
             handshake_timeout: Duration::from_secs(10),
             open_timeout: Duration::from_secs(30),
         };
-        let mut dev = Device::new(params, Arc::new(policy), stats.clone(), None).unwrap();
+        let mut dev = Device::new(
+            params,
+            Arc::new(crate::policy::PolicyCell::new(policy).unwrap()),
+            stats.clone(),
+            None,
+        )
+        .unwrap();
         for i in 0..3 {
             dev.queue_started(i, 0);
         }

@@ -236,7 +236,8 @@ impl Device {
             self.refuse_open(id, ErrorCode::MFile);
             return;
         }
-        let Some(svc) = self.policy.get(&name) else {
+        let policy = self.policy.get();
+        let Some(svc) = policy.get(&name) else {
             self.log_refusal(&name, id, &"not in policy");
             self.refuse_open(id, ErrorCode::NoEnt);
             return;
