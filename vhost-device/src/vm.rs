@@ -130,6 +130,7 @@ impl Vm {
             None => None,
         };
         let params = Params {
+            vm_name: config.name.clone(),
             config: config.device,
             channel_buffer: config.channel_buffer,
             handshake_timeout: config.handshake_timeout,

@@ -240,6 +240,46 @@ fn reload_adds_removes_and_changes_policies_without_touching_open_channels() {
 }
 
 #[test]
+fn an_identifying_service_learns_which_vm_opened_the_channel() {
+    let vms = Vms::start("vms-ident", &[("web", 1, &["echo"]), ("db", 2, &["echo"])]);
+    let who = vms.dir.join("who.sock");
+    let listener = kt_vhost_device::seqpacket::SeqListener::bind(&who).unwrap();
+    for vm in ["web", "db"] {
+        let text = std::fs::read_to_string(vms.dir.join(&format!("{vm}-policy.toml"))).unwrap();
+        let text = format!(
+            "{text}[[service]]\nname = \"who\"\nsocket = \"{}\"\nidentify = true\n",
+            who.display()
+        );
+        std::fs::write(vms.dir.join(&format!("{vm}-policy.toml")), text).unwrap();
+    }
+    let (code, _, err) = vms.reload();
+    assert_eq!(code, 0, "{err}");
+    for (vm, id) in [("db", 2), ("web", 1)] {
+        let mut d = vms.driver(vm);
+        let ch = d.open("who").unwrap().unwrap();
+        let conn = listener.accept_blocking().unwrap();
+        let mut buf = vec![0u8; 256];
+        let first = match conn.recv(&mut buf).unwrap() {
+            kt_vhost_device::seqpacket::Recv::Msg(n) => buf[..n].to_vec(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            kt_proto::handshake::parse_guest(&first).unwrap(),
+            (id, vm),
+            "{}",
+            String::from_utf8_lossy(&first)
+        );
+        // Then the guest's own messages, unchanged.
+        d.send(ch, b"hello").unwrap();
+        let second = match conn.recv(&mut buf).unwrap() {
+            kt_vhost_device::seqpacket::Recv::Msg(n) => buf[..n].to_vec(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(second, b"hello");
+    }
+}
+
+#[test]
 fn a_flags_daemon_reloads_its_policy() {
     let fx = common::Fixture::new("vms-flags", &[]);
     let mut d = fx.driver();
