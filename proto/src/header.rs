@@ -245,7 +245,7 @@ pub enum DecodeError {
         /// Bytes present after the header.
         present: usize,
     },
-    /// The OPEN name is invalid.
+    /// The name of an OPEN, LISTEN or UNLISTEN is invalid.
     #[error("bad service name: {0}")]
     BadName(#[from] NameError),
     /// A message type on a queue where it may not appear.
@@ -256,7 +256,8 @@ pub enum DecodeError {
         /// Where it was seen.
         path: Path,
     },
-    /// Channel id 0 used by a type other than RESET, or RESET on a channel.
+    /// Channel id 0 used by a channel's type, or RESET/LISTEN/UNLISTEN on
+    /// a channel.
     #[error("{msg_type:?} on channel {channel} is not allowed")]
     BadChannel {
         /// The type.
