@@ -18,9 +18,17 @@
 
 #include "kt_priv.h"
 
-/* Guards kt_services and every listener's membership in it. */
+/*
+ * Guards kt_services and every listener's membership in it, and
+ * kt_listen_dev: the live device that is told about listeners
+ * (KT_MSG_LISTEN/UNLISTEN), set from kt_vqs_start() to kt_vqs_stop(). A
+ * listener is announced under the lock, so announcements reach the device
+ * in the order listeners come and go, and a re-announce after activation
+ * neither misses one nor sends one that is gone.
+ */
 DEFINE_MUTEX(kt_services_lock);
 static LIST_HEAD(kt_services);
+static struct kt_dev *kt_listen_dev;
 
 static void kt_chan_free(struct kref *ref)
 {
@@ -707,10 +715,15 @@ int kt_service_add(struct kt_service *svc)
 	int err = 0;
 
 	mutex_lock(&kt_services_lock);
-	if (kt_service_find(svc->name))
+	if (kt_service_find(svc->name)) {
 		err = -EADDRINUSE;
-	else
+	} else {
 		list_add_tail(&svc->node, &kt_services);
+		/* A full queue drops it (counted); listening goes on. */
+		if (kt_listen_dev)
+			kt_tx_queue_listen(kt_listen_dev, KT_MSG_LISTEN,
+					   svc->name);
+	}
 	mutex_unlock(&kt_services_lock);
 	return err;
 }
@@ -723,5 +736,38 @@ void kt_service_del(struct kt_service *svc)
 {
 	mutex_lock(&kt_services_lock);
 	list_del(&svc->node);
+	if (kt_listen_dev)
+		kt_tx_queue_listen(kt_listen_dev, KT_MSG_UNLISTEN, svc->name);
+	mutex_unlock(&kt_services_lock);
+}
+
+/**
+ * kt_listen_announce() - tell a (re)activated device every listener
+ * @kd: the device, queues live
+ *
+ * After probe, restore, recovery or a transport RESET the device knows no
+ * listeners (SPEC 2.2): each current one is announced with KT_MSG_LISTEN,
+ * and later changes go to @kd as they happen.
+ */
+void kt_listen_announce(struct kt_dev *kd)
+{
+	struct kt_service *svc;
+
+	mutex_lock(&kt_services_lock);
+	kt_listen_dev = kd;
+	list_for_each_entry(svc, &kt_services, node)
+		kt_tx_queue_listen(kd, KT_MSG_LISTEN, svc->name);
+	mutex_unlock(&kt_services_lock);
+}
+
+/**
+ * kt_listen_forget() - stop telling a stopping device about listeners
+ * @kd: the device
+ */
+void kt_listen_forget(struct kt_dev *kd)
+{
+	mutex_lock(&kt_services_lock);
+	if (kt_listen_dev == kd)
+		kt_listen_dev = NULL;
 	mutex_unlock(&kt_services_lock);
 }

@@ -246,6 +246,7 @@ static int kt_probe(struct virtio_device *vdev)
 	/* DMA may limit segments (swiotlb); never below a page. */
 	kd->tx_max_seg = max_t(size_t, virtio_max_dma_size(vdev), PAGE_SIZE);
 	kd->guest_listen = virtio_has_feature(vdev, KT_F_GUEST_LISTEN);
+	kd->listen_notify = virtio_has_feature(vdev, KT_F_LISTEN_NOTIFY);
 
 	err = kt_vqs_start(kd);
 	if (err)
@@ -327,6 +328,7 @@ MODULE_DEVICE_TABLE(virtio, kt_id_table);
 
 static const unsigned int kt_features[] = {
 	KT_F_GUEST_LISTEN,
+	KT_F_LISTEN_NOTIFY,
 };
 
 static struct virtio_driver kt_driver = {

@@ -8,7 +8,8 @@
  * Locking (outermost first; never take them the other way round):
  *   kd->rx_mutex (mutex)      rx and event virtqueues, reassembly state,
  *                             channels to wake after an rx run (rx_notify)
- *   kt_services_lock (mutex)  global listener/service registry
+ *   kt_services_lock (mutex)  global listener/service registry, and the
+ *                             device listeners are announced to
  *   kd->tx_lock (spinlock)    tx virtqueue, pending tx list, tx_live;
  *                             senders reap tx completions under it
  *   kd->chans xa_lock         channel id table
@@ -255,6 +256,7 @@ struct kt_dev {
 	u32 buf_alloc;			/* receive window we give each channel */
 	size_t tx_max_seg;		/* largest tx scatterlist entry */
 	bool guest_listen;		/* KT_F_GUEST_LISTEN negotiated */
+	bool listen_notify;		/* KT_F_LISTEN_NOTIFY negotiated */
 
 	bool vqs_up;			/* between kt_vqs_start and _stop */
 	bool stopping;			/* kt_vqs_stop broke the queues */
@@ -281,7 +283,7 @@ struct kt_dev {
 	struct list_head tx_pending;	/* struct kt_txbuf waiting for ring room */
 	unsigned int tx_queued;		/* entries of tx_pending */
 	unsigned int replies_pending;	/* of them: replies without a channel */
-	unsigned int ctrl_queued;	/* of them: not DATA */
+	unsigned int ctrl_queued;	/* of them: not DATA (LISTEN too) */
 	struct work_struct tx_work;	/* the tx interrupt came */
 	struct delayed_work tx_retry;	/* lazy reaping; a failed add */
 	atomic_t tx_waiters;		/* channels with tx_wait set */
@@ -298,7 +300,8 @@ struct kt_dev {
 /* One message to send: header followed by the payload. */
 struct kt_txbuf {
 	struct list_head node;		/* kd->tx_pending or a free list */
-	struct kt_chan *ch;		/* reference; NULL for an id-only reply */
+	struct kt_chan *ch;		/* reference; NULL: reply or LISTEN */
+	bool reply;			/* counted in kd->replies_pending */
 	u32 cost;			/* DATA: credit charged to ch->tx_inflight */
 	u32 len;			/* payload bytes */
 	unsigned int nsg;
@@ -326,6 +329,7 @@ void kt_rx_retry_work(struct work_struct *work);
 struct kt_txbuf *kt_txbuf_alloc(struct kt_dev *kd, size_t len, gfp_t gfp);
 void kt_txbuf_free(struct kt_txbuf *txb);
 int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg);
+int kt_tx_queue_listen(struct kt_dev *kd, u16 type, const char *name);
 int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 		     const void *payload, u32 len);
 int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled);
@@ -365,6 +369,8 @@ int kt_check_name(const char *name, size_t len);
 struct kt_service *kt_service_find(const char *name);
 int kt_service_add(struct kt_service *svc);
 void kt_service_del(struct kt_service *svc);
+void kt_listen_announce(struct kt_dev *kd);
+void kt_listen_forget(struct kt_dev *kd);
 
 /* kt_api.c */
 void kt_chan_work(struct work_struct *work);

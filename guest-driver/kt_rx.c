@@ -827,4 +827,6 @@ void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used)
 			     "transport reset: failing open channels\n");
 	kt_reasm_abort(kd, false);
 	kt_chans_reset(kd);
+	/* The new device knows no listeners either. */
+	kt_listen_announce(kd);
 }

@@ -347,6 +347,8 @@ int kt_vqs_start(struct kt_dev *kd)
 	/* The device may have used buffers before we enabled callbacks. */
 	queue_work(kt_wq, &kd->rx_work);
 	kd->vqs_up = true;
+	/* A (re)activated device knows no listeners: tell it them all. */
+	kt_listen_announce(kd);
 	return 0;
 
 err_bufs:
@@ -383,6 +385,7 @@ void kt_vqs_stop(struct kt_dev *kd)
 	spin_lock(&kd->tx_lock);
 	kd->tx_live = false;
 	spin_unlock(&kd->tx_lock);
+	kt_listen_forget(kd);
 
 	virtio_reset_device(kd->vdev);
 	cancel_work_sync(&kd->rx_work);
@@ -698,7 +701,7 @@ static void kt_tx_push_locked(struct kt_dev *kd)
 		kd->tx_queued--;
 		if (txb->hdr.type != cpu_to_le16(KT_MSG_DATA))
 			kd->ctrl_queued--;
-		if (!txb->ch)
+		if (txb->reply)
 			kd->replies_pending--;
 		added = true;
 	}
@@ -846,6 +849,7 @@ int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
 			err = -ENOBUFS;
 		} else {
 			kd->replies_pending++;
+			txb->reply = true;
 			kt_tx_enqueue_locked(kd, txb);
 		}
 		kt_tx_arm_locked(kd, &done);
@@ -857,6 +861,68 @@ int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
 		atomic64_inc(&kd->stats.tx_dropped);
 		kt_txbuf_free(txb);
 	}
+	return err;
+}
+
+/**
+ * kt_tx_queue_listen() - announce a listener to the device (SPEC 2.2)
+ * @kd: the device
+ * @type: KT_MSG_LISTEN or KT_MSG_UNLISTEN
+ * @name: the listener's NUL-terminated name (checked when it was added)
+ *
+ * Nothing is sent unless KT_F_LISTEN_NOTIFY was negotiated. The message
+ * waits for ring room like any control message; those waiting are bounded
+ * (KT_CTRL_PENDING_MAX): past that the announcement is dropped and
+ * counted (tx_dropped), so a device that stops completing tx never makes a
+ * listener wait or the driver's memory grow. The device learns the whole
+ * set again at its next (re)activation.
+ *
+ * Context: kt_services_lock held (announcements stay in order).
+ * Return: 0, or a negative errno if nothing was queued.
+ */
+int kt_tx_queue_listen(struct kt_dev *kd, u16 type, const char *name)
+{
+	size_t len = strnlen(name, KT_NAME_MAX + 1);
+	struct kt_txbuf *txb;
+	LIST_HEAD(done);
+	int err = 0;
+
+	lockdep_assert_held(&kt_services_lock);
+	if (!kd->listen_notify)
+		return 0;
+	if (len < 1 || len > KT_NAME_MAX)
+		return -EINVAL;
+	txb = kt_txbuf_alloc(kd, len, GFP_KERNEL);
+	if (!txb) {
+		atomic64_inc(&kd->stats.tx_dropped);
+		return -ENOMEM;
+	}
+	kt_hdr_init(&txb->hdr, KT_CHAN_TRANSPORT, type, len, 0);
+	memcpy(txb->data, name, len);
+
+	spin_lock(&kd->tx_lock);
+	if (!kd->tx_live) {
+		err = -ENODEV;
+	} else {
+		kt_tx_begin_locked(kd, &done);
+		if (kd->ctrl_queued >= KT_CTRL_PENDING_MAX) {
+			err = -ENOBUFS;
+		} else {
+			kt_tx_enqueue_locked(kd, txb);
+			txb = NULL;
+		}
+		kt_tx_arm_locked(kd, &done);
+	}
+	spin_unlock(&kd->tx_lock);
+	kt_txbufs_complete(&done);
+
+	if (err == -ENOBUFS) {
+		atomic64_inc(&kd->stats.tx_dropped);
+		dev_warn_ratelimited(&kd->vdev->dev,
+				     "tx queue full: listener announcement dropped\n");
+	}
+	if (txb)
+		kt_txbuf_free(txb);
 	return err;
 }
 

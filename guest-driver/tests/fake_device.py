@@ -31,14 +31,24 @@ Services the guest can open (see kt_guest_test.c for the expectations):
   DATA after that CLOSE and a second CLOSE),
   dial:<name> (the host opens <name> in the guest and reports on this
   channel), hold:<name> (the host opens <name> and keeps it open until this
-  channel closes). Anything else: ENOENT.
+  channel closes), listeners (with KT_LISTEN_NOTIFY=1: answers each message
+  with the names the driver announced, sorted, comma-separated, "-" if
+  none). Anything else: ENOENT.
+
+With KT_LISTEN_NOTIFY=1 (the "notify" run) the device offers
+KT_F_LISTEN_NOTIFY and keeps the names LISTEN/UNLISTEN announce; it forgets
+them on RESET and when a queue is stopped (driver reset, unbind). A
+LISTEN/UNLISTEN without the feature, off channel 0, with a bad name, a
+LISTEN of a name already announced or an UNLISTEN of one not announced is
+a violation.
 
 With KT_HOSTILE=1 (the "hostile" run) the device also offers the backend
 request channel (for config-change interrupts) and serves hostile:<attack>;
 each OPEN of one starts that ring-level attack (see HOSTILE below).
 
 Environment: KT_MAX_MSG, KT_RX_BUF (config space), KT_EVENT_IDX and
-KT_INDIRECT (0 to stop offering the ring feature), KT_HOSTILE.
+KT_INDIRECT (0 to stop offering the ring feature), KT_HOSTILE,
+KT_LISTEN_NOTIFY.
 
 usage: fake_device.py <vhost-user socket path>
 """
@@ -53,6 +63,8 @@ import time
 
 HDR = struct.Struct('<IHHIIIIII')
 MSG_OPEN, MSG_OPEN_OK, MSG_OPEN_ERR, MSG_DATA, MSG_CLOSE, MSG_CU, MSG_CR, MSG_RESET = range(1, 9)
+MSG_LISTEN, MSG_UNLISTEN = 9, 10
+F_LISTEN_NOTIFY = 1
 F_MORE = 1
 MAX_MSG = int(os.environ.get('KT_MAX_MSG', '65536'))
 RX_BUF = int(os.environ.get('KT_RX_BUF', '4096'))
@@ -62,6 +74,7 @@ STALL_FLOOD = 10000
 # Seconds a kick may stay owed before it counts as missed (see missed_kicks).
 KICK_GRACE = 2.0
 HOSTILE = os.environ.get('KT_HOSTILE', '0') == '1'
+LISTEN_NOTIFY = os.environ.get('KT_LISTEN_NOTIFY', '0') == '1'
 # hostile:<attack> - what each does once its OPEN_OK is queued:
 #   biglen    three used rx entries whose length is past the buffer
 #   credit    3000 CREDIT_REQUEST and 3000 CREDIT_UPDATE on the channel
@@ -207,6 +220,7 @@ class Dev:
         self.ev_attack = False
         self.break_storm = 0
         self.backend = None
+        self.listeners = set()  # names announced with LISTEN (KT_LISTEN_NOTIFY)
         self.owed = {}
         self.path = path
         if os.path.exists(path):
@@ -245,6 +259,7 @@ class Dev:
             f = (1 << 32) | (1 << 30) | 1
             if EVENT_IDX: f |= 1 << 29
             if INDIRECT: f |= 1 << 28
+            if LISTEN_NOTIFY: f |= 1 << F_LISTEN_NOTIFY
             self.reply(req, struct.pack('<Q', f))
         elif req == 2:
             self.features = struct.unpack('<Q', p[:8])[0]
@@ -284,6 +299,9 @@ class Dev:
         elif req == 11:
             i = struct.unpack('<I', p[:4])[0]; q = self.vqs[i]
             q.started = False
+            if self.listeners:
+                log('queue %d stopped: listeners forgotten' % i)
+                self.listeners.clear()
             if self.firehose is not None:
                 log('firehose stops: queue %d stopped' % i)
                 fid = self.firehose.id
@@ -444,9 +462,12 @@ class Dev:
         if flags or msg_len != ln or (typ != MSG_DATA and seq):
             violation('bad header fields: type %d flags %#x len %d msg_len %d seq %d'
                       % (typ, flags, ln, msg_len, seq))
-        if ln > MAX_MSG or (ln and typ not in (MSG_OPEN, MSG_DATA)):
+        if ln > MAX_MSG or (ln and typ not in (MSG_OPEN, MSG_DATA, MSG_LISTEN, MSG_UNLISTEN)):
             violation('bad length %d for type %d' % (ln, typ))
         self.stats[typ] = self.stats.get(typ, 0) + 1
+        if typ in (MSG_LISTEN, MSG_UNLISTEN):
+            self.on_listen(cid, typ, payload)
+            return
         c = self.chans.get(cid)
         if typ == MSG_OPEN:
             name = payload.decode()
@@ -499,6 +520,30 @@ class Dev:
             pass
         self.flush_chan(c)
 
+    def on_listen(self, cid, typ, payload):
+        what = 'LISTEN' if typ == MSG_LISTEN else 'UNLISTEN'
+        if not self.features & (1 << F_LISTEN_NOTIFY):
+            violation('%s without KT_F_LISTEN_NOTIFY' % what)
+            return
+        if cid != 0:
+            violation('%s on channel %#x' % (what, cid))
+        try:
+            name = payload.decode()
+        except UnicodeDecodeError:
+            name = None
+        if not name or len(payload) > 63 or any(ord(ch) < 0x20 or ord(ch) == 0x7f for ch in name):
+            violation('%s with a bad name %r' % (what, payload))
+            return
+        log('%s %s' % (what, name))
+        if typ == MSG_LISTEN:
+            if name in self.listeners:
+                violation('LISTEN %s: already announced' % name)
+            self.listeners.add(name)
+        else:
+            if name not in self.listeners:
+                violation('UNLISTEN %s: not announced' % name)
+            self.listeners.discard(name)
+
     def guest_open(self, cid, name, ba, fw):
         if name in ('refuse',):
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=13); return
@@ -508,7 +553,7 @@ class Dev:
                  'breaktx', 'lazytx', 'sink', 'ragged',
                  'closeafter',
                  'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag',
-                 'mal-state')
+                 'mal-state', 'listeners')
         hostile = HOSTILE and name.startswith('hostile:') and name[8:] in HOSTILE_ATTACKS
         if name not in known and not hostile and not name.startswith('dial:') and not name.startswith('hold:'):
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=2); return
@@ -633,6 +678,8 @@ class Dev:
                 c.expect = [None]
             if not c.expect:
                 self.ctrl(c, MSG_CLOSE); c.close_sent = True
+        elif c.svc == 'listeners':
+            self.host_send(c, (','.join(sorted(self.listeners)) or '-').encode())
         elif c.svc.startswith('dial:') and p == b'stats':
             self.host_send(c, repr(self.stats).encode())
 
@@ -651,6 +698,8 @@ class Dev:
         log('sending RESET')
         self.evq.append(hdr(0, MSG_RESET))
         self.chans.clear()
+        # A new device knows no listeners: the driver announces them again.
+        self.listeners.clear()
         self.lazy_tx = None
         if HOSTILE:
             # Like the real device: nothing of the old channels follows.

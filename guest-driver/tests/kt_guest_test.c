@@ -1088,6 +1088,81 @@ static void test_unbind(void)
 	close(l);
 }
 
+/*
+ * The names the driver announced (LISTEN/UNLISTEN), as fake_device.py's
+ * "listeners" service reports them, equal @want? Announcements after a
+ * RESET are queued by the rx work, which may run after the reader saw
+ * ECONNRESET, so this asks again for up to 3 s.
+ */
+static bool announced(const char *want)
+{
+	ssize_t n;
+	int i, fd;
+
+	for (i = 0; i < 30; i++) {
+		n = -1;
+		fd = connect_to("listeners", 0);
+		if (fd >= 0) {
+			n = write(fd, "?", 1) == 1 ?
+				read(fd, buf, sizeof(buf) - 1) : -1;
+			close(fd);
+		}
+		buf[n > 0 ? n : 0] = 0;
+		if (!strcmp(buf, want))
+			return true;
+		usleep(100000);
+	}
+	return false;
+}
+
+/*
+ * KT_F_LISTEN_NOTIFY (SPEC 2.2): every listener, user space or kernel
+ * (k.echo), announced when it starts and withdrawn when it stops, and all
+ * of them announced again after a transport RESET and after unbind/bind
+ * (fake_device.py forgets them on both, and flags a duplicate LISTEN or an
+ * UNLISTEN of an unknown name as a violation).
+ */
+static void test_notify(void)
+{
+	int la, lb, dup, fd;
+
+	check(announced("k.echo"), "k.echo announced at load: '%s'", buf);
+	la = open("/dev/kerntransport", O_RDWR);
+	lb = open("/dev/kerntransport", O_RDWR);
+	check(name_ioctl(la, KT_IOC_LISTEN, "la") == 0, "listen la");
+	check(name_ioctl(lb, KT_IOC_LISTEN, "lb") == 0, "listen lb");
+	check(announced("k.echo,la,lb"), "la and lb announced: '%s'", buf);
+	dup = open("/dev/kerntransport", O_RDWR);
+	errno = 0;
+	check(name_ioctl(dup, KT_IOC_LISTEN, "la") < 0 && errno == EADDRINUSE,
+	      "a second listener on la -> EADDRINUSE");
+	close(dup);
+	check(announced("k.echo,la,lb"), "nothing announced for it: '%s'",
+	      buf);
+	close(la);
+	check(announced("k.echo,lb"), "la withdrawn on close: '%s'", buf);
+
+	fd = connect_to("reset", 0);
+	check(read(fd, buf, sizeof(buf)) == 12, "reset: first message");
+	check(write(fd, "reset-now", 9) == 9, "ask for a transport reset");
+	check(read_str(fd, "last-data"), "data sent before the reset");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "then ECONNRESET");
+	close(fd);
+	check(announced("k.echo,lb"), "announced again after RESET: '%s'",
+	      buf);
+
+	check(!system("echo virtio0 > /sys/bus/virtio/drivers/kerntransport/unbind"),
+	      "unbind the device");
+	check(!system("echo virtio0 > /sys/bus/virtio/drivers/kerntransport/bind"),
+	      "bind it again");
+	check(announced("k.echo,lb"), "announced again after rebind: '%s'",
+	      buf);
+	close(lb);
+	check(announced("k.echo"), "lb withdrawn on close: '%s'", buf);
+}
+
 /* Unbind while the device completes rx buffers as fast as they are posted. */
 static void test_firehose(void)
 {
@@ -1751,6 +1826,8 @@ int main(int argc, char **argv)
 		test_huge();
 	} else if (!strcmp(what, "hold")) {
 		test_hold();
+	} else if (!strcmp(what, "notify")) {
+		test_notify();
 	} else if (!strcmp(what, "quick")) {
 		struct kt_ioc_info info = { 0 };
 		int fd = connect_to("echo", 0);
@@ -1764,7 +1841,7 @@ int main(int argc, char **argv)
 		      info.channel);
 	} else {
 		fprintf(stderr, "usage: %s nodev|dev|unbind|firehose|breakring|%s\n",
-			argv[0], "hostile|huge|hold|quick");
+			argv[0], "hostile|huge|hold|notify|quick");
 		return 2;
 	}
 	printf("%s: %d failures\n", what, failures);

@@ -11,6 +11,8 @@
 #           once with EVENT_IDX + INDIRECT_DESC and 4 KiB rx buffers, once
 #           with neither and 256-byte rx buffers (heavy fragmentation)
 #   huge    max_msg_size 1 MiB
+#   notify  fake_device.py with KT_LISTEN_NOTIFY=1: listeners announced
+#           (LISTEN/UNLISTEN), again after a RESET and after unbind/bind
 #   hostile fake_device.py with KT_HOSTILE=1: ring-level lies (used length
 #           past the buffer, a repeated used id, the used index jumping) and
 #           floods (CREDIT_*, OPEN to a listener, RESET, config interrupts)
@@ -179,6 +181,11 @@ huge)
 	run rmmod kt_kecho
 	run rmmod kerntransport
 	;;
+notify)
+	run kt_guest_test notify
+	run rmmod kt_kecho
+	run rmmod kerntransport
+	;;
 *)
 	echo "FAIL: unknown scenario '$scenario'"
 	;;
@@ -289,6 +296,7 @@ all_scenarios() {
 	! wanted dev-plain-ring ||
 		run_guest "dev-plain-ring$sfx" dev "$QEMU_KT" KT_EVENT_IDX=0 KT_INDIRECT=0 KT_RX_BUF=256
 	! wanted huge || run_guest "huge$sfx" huge "$QEMU_KT" KT_MAX_MSG=1048576
+	! wanted notify || run_guest "notify$sfx" notify "$QEMU_KT" KT_LISTEN_NOTIFY=1
 	! wanted hostile || run_guest "hostile$sfx" hostile "$QEMU_KT" KT_HOSTILE=1
 	! wanted hostile-plain-ring ||
 		run_guest "hostile-plain-ring$sfx" hostile "$QEMU_KT" KT_HOSTILE=1 KT_EVENT_IDX=0 \

@@ -24,6 +24,8 @@
 /* Device-specific feature bits (virtio bits 0..23). */
 /* The device may open channels towards the driver (host-initiated). */
 #define KT_F_GUEST_LISTEN		0
+/* The driver announces its listeners' names (KT_MSG_LISTEN/UNLISTEN). */
+#define KT_F_LISTEN_NOTIFY		1
 
 /* Virtqueues. */
 #define KT_VQ_RX			0	/* device -> driver data */
@@ -40,6 +42,8 @@
 #define KT_DEFAULT_MAX_MSG_SIZE		65536
 #define KT_DEFAULT_RX_BUF_SIZE		4096
 #define KT_DEFAULT_MAX_CHANNELS		1024
+/* Guest listener names a device keeps (KT_F_LISTEN_NOTIFY). */
+#define KT_MAX_GUEST_LISTENERS		1024
 /* Credit charged per message on top of its payload bytes. */
 #define KT_MSG_OVERHEAD			KT_HDR_SIZE
 
@@ -56,6 +60,8 @@
 #define KT_MSG_CREDIT_UPDATE		6
 #define KT_MSG_CREDIT_REQUEST		7
 #define KT_MSG_RESET			8	/* event queue only, channel 0 */
+#define KT_MSG_LISTEN			9	/* tx, channel 0; payload: name */
+#define KT_MSG_UNLISTEN			10	/* tx, channel 0; payload: name */
 
 /* Header flags (struct kt_hdr.flags). */
 #define KT_HDR_F_MORE			0x0001	/* more fragments follow (rx) */

@@ -5,6 +5,12 @@
 pub const VIRTIO_ID: u32 = 60;
 /// Feature bit: the device may open channels towards the driver.
 pub const F_GUEST_LISTEN: u64 = 0;
+/// Feature bit: the driver announces the names its listeners serve
+/// (`LISTEN`/`UNLISTEN` on tx, SPEC §2.2).
+pub const F_LISTEN_NOTIFY: u64 = 1;
+/// Guest listener names a device keeps per driver; further `LISTEN`s are
+/// counted and dropped (SPEC §2.2).
+pub const MAX_GUEST_LISTENERS: usize = 1024;
 /// `VIRTIO_RING_F_INDIRECT_DESC` feature bit.
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 28;
 /// `VIRTIO_RING_F_EVENT_IDX` feature bit.

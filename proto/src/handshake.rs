@@ -1,7 +1,8 @@
-//! The host-to-guest connect handshake on kt-vhost-device's listening socket
-//! (SPEC §9): `CONNECT <name>` answered by `OK <id>` or `ERR <errno> <text>`;
-//! and the `GUEST <guest-id> <vm-name>` first message the device sends to
-//! host services whose policy entry says `identify = true`.
+//! The first message on kt-vhost-device's listening socket (SPEC §9):
+//! `CONNECT <name>` answered by `OK <id>` or `ERR <errno> <text>`, or
+//! `LIST` answered by `OK <n>` and the names the guest listens on; and the
+//! `GUEST <guest-id> <vm-name>` first message the device sends to host
+//! services whose policy entry says `identify = true`.
 
 use crate::header::ErrorCode;
 use crate::name::{self, NameError};
@@ -14,6 +15,29 @@ pub enum Reply {
         /// Channel id.
         channel: u32,
     },
+    /// Refused.
+    Err {
+        /// Why.
+        code: ErrorCode,
+        /// Human text from the device.
+        text: String,
+    },
+}
+
+/// What a host program asks for in its first message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request<'a> {
+    /// `CONNECT <name>`: open a channel to a guest service.
+    Connect(&'a str),
+    /// `LIST`: the names guest listeners serve, then the connection closes.
+    List,
+}
+
+/// The device's answer to `LIST`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListReply {
+    /// The names the guest listens on (in the device's order).
+    Names(Vec<String>),
     /// Refused.
     Err {
         /// Why.
@@ -49,6 +73,14 @@ pub enum HandshakeError {
         #[source]
         source: std::num::ParseIntError,
     },
+    /// A `LIST` answer whose name count disagrees with its lines.
+    #[error("LIST answer announces {announced} names but has {got}")]
+    Count {
+        /// The `<n>` of `OK <n>`.
+        announced: usize,
+        /// Name lines present.
+        got: usize,
+    },
 }
 
 fn text(buf: &[u8]) -> Result<&str, HandshakeError> {
@@ -70,6 +102,74 @@ pub fn parse_connect(buf: &[u8]) -> Result<&str, HandshakeError> {
         .strip_prefix("CONNECT ")
         .ok_or_else(|| unexpected("CONNECT <name>", line))?;
     Ok(name::validate(name.as_bytes())?)
+}
+
+/// Parses a host program's first message: `CONNECT <name>` or `LIST` (a
+/// trailing newline is ignored).
+pub fn parse_request(buf: &[u8]) -> Result<Request<'_>, HandshakeError> {
+    let line = text(buf)?;
+    if line == "LIST" {
+        return Ok(Request::List);
+    }
+    if line.starts_with("CONNECT ") {
+        return parse_connect(buf).map(Request::Connect);
+    }
+    Err(unexpected("CONNECT <name> or LIST", line))
+}
+
+/// The `LIST` message a host program sends.
+pub fn list_msg() -> Vec<u8> {
+    b"LIST\n".to_vec()
+}
+
+/// The answer to `LIST`: `OK <n>\n` and one name per line. Names cannot
+/// contain a newline (SPEC §2.1); one that does not validate is left out.
+pub fn list_reply<'a>(names: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let names: Vec<&str> = names
+        .into_iter()
+        .filter(|n| name::validate(n.as_bytes()).is_ok())
+        .collect();
+    let mut out = format!("OK {}\n", names.len()).into_bytes();
+    for n in names {
+        out.extend_from_slice(n.as_bytes());
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Parses the device's answer to `LIST`: the `OK <n>` line must be
+/// followed by exactly `n` valid names, one per line.
+pub fn parse_list_reply(buf: &[u8]) -> Result<ListReply, HandshakeError> {
+    let s = std::str::from_utf8(buf)?;
+    if s.starts_with("ERR ") {
+        return match parse_reply(buf)? {
+            Reply::Err { code, text } => Ok(ListReply::Err { code, text }),
+            Reply::Ok { .. } => Err(unexpected("ERR <errno> <text>", s)),
+        };
+    }
+    let body = s.strip_suffix('\n').unwrap_or(s);
+    let mut lines = body.split('\n');
+    let first = lines.next().unwrap_or("");
+    let count = first
+        .strip_prefix("OK ")
+        .ok_or_else(|| unexpected("OK <n>", first))?;
+    let n: usize = count
+        .trim()
+        .parse()
+        .map_err(|source| HandshakeError::BadNumber {
+            text: count.to_string(),
+            source,
+        })?;
+    let names = lines
+        .map(|l| name::validate(l.as_bytes()).map(str::to_owned))
+        .collect::<Result<Vec<_>, _>>()?;
+    if names.len() != n {
+        return Err(HandshakeError::Count {
+            announced: n,
+            got: names.len(),
+        });
+    }
+    Ok(ListReply::Names(names))
 }
 
 /// The `CONNECT <name>` message a host program sends.
@@ -174,6 +274,69 @@ mod tests {
             parse_connect(&[0xff]),
             Err(HandshakeError::NotText(_))
         ));
+    }
+
+    #[test]
+    fn requests() {
+        assert_eq!(parse_request(b"LIST"), Ok(Request::List));
+        assert_eq!(parse_request(&list_msg()), Ok(Request::List));
+        assert_eq!(
+            parse_request(b"CONNECT echo\n"),
+            Ok(Request::Connect("echo"))
+        );
+        assert!(matches!(
+            parse_request(b"CONNECT "),
+            Err(HandshakeError::BadName(_))
+        ));
+        for bad in [&b"LIST x"[..], b"list", b"LISTEN", b"", b"CONNECT"] {
+            assert!(
+                matches!(parse_request(bad), Err(HandshakeError::Unexpected { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn list_replies_round_trip() {
+        assert_eq!(list_reply([]), b"OK 0\n");
+        assert_eq!(
+            parse_list_reply(&list_reply([])),
+            Ok(ListReply::Names(vec![]))
+        );
+        let reply = list_reply(["echo", "k.echo", "télémétrie"]);
+        assert_eq!(reply, "OK 3\necho\nk.echo\ntélémétrie\n".as_bytes());
+        assert_eq!(
+            parse_list_reply(&reply),
+            Ok(ListReply::Names(vec![
+                "echo".into(),
+                "k.echo".into(),
+                "télémétrie".into()
+            ]))
+        );
+        // A name that could break the format is left out, and the count
+        // says so.
+        assert_eq!(list_reply(["a\nb", "c"]), b"OK 1\nc\n");
+        assert_eq!(
+            parse_list_reply(b"ERR 111 nobody\n"),
+            Ok(ListReply::Err {
+                code: ErrorCode::ConnRefused,
+                text: "nobody".into()
+            })
+        );
+        assert_eq!(
+            parse_list_reply(b"OK 2\necho\n"),
+            Err(HandshakeError::Count {
+                announced: 2,
+                got: 1
+            })
+        );
+        assert!(matches!(
+            parse_list_reply(b"OK 1\n\n"),
+            Err(HandshakeError::BadName(_))
+        ));
+        assert!(parse_list_reply(b"OK x\n").is_err());
+        assert!(parse_list_reply(b"NAMES 1\na\n").is_err());
+        assert!(parse_list_reply(&[0xff]).is_err());
     }
 
     #[test]

@@ -28,11 +28,15 @@ pub enum MsgType {
     CreditRequest = 7,
     /// Transport reset (event queue, channel 0).
     Reset = 8,
+    /// The driver serves a name (tx, channel 0); payload = name.
+    Listen = 9,
+    /// The driver no longer serves a name (tx, channel 0); payload = name.
+    Unlisten = 10,
 }
 
 impl MsgType {
     /// Every type, in wire order.
-    pub const ALL: [MsgType; 8] = [
+    pub const ALL: [MsgType; 10] = [
         MsgType::Open,
         MsgType::OpenOk,
         MsgType::OpenErr,
@@ -41,11 +45,26 @@ impl MsgType {
         MsgType::CreditUpdate,
         MsgType::CreditRequest,
         MsgType::Reset,
+        MsgType::Listen,
+        MsgType::Unlisten,
     ];
 
     /// Whether messages of this type carry a payload.
     pub fn has_payload(self) -> bool {
-        matches!(self, MsgType::Open | MsgType::Data)
+        matches!(
+            self,
+            MsgType::Open | MsgType::Data | MsgType::Listen | MsgType::Unlisten
+        )
+    }
+
+    /// Whether this type travels on channel 0 (the transport itself).
+    pub fn is_transport(self) -> bool {
+        matches!(self, MsgType::Reset | MsgType::Listen | MsgType::Unlisten)
+    }
+
+    /// Whether the payload of this type is a service name (SPEC §2.1).
+    pub fn carries_name(self) -> bool {
+        matches!(self, MsgType::Open | MsgType::Listen | MsgType::Unlisten)
     }
 }
 
@@ -226,7 +245,7 @@ pub enum DecodeError {
         /// Bytes present after the header.
         present: usize,
     },
-    /// The OPEN name is invalid.
+    /// The name of an OPEN, LISTEN or UNLISTEN is invalid.
     #[error("bad service name: {0}")]
     BadName(#[from] NameError),
     /// A message type on a queue where it may not appear.
@@ -237,7 +256,8 @@ pub enum DecodeError {
         /// Where it was seen.
         path: Path,
     },
-    /// Channel id 0 used by a type other than RESET, or RESET on a channel.
+    /// Channel id 0 used by a channel's type, or RESET/LISTEN/UNLISTEN on
+    /// a channel.
     #[error("{msg_type:?} on channel {channel} is not allowed")]
     BadChannel {
         /// The type.
@@ -369,7 +389,10 @@ impl Header {
         if (t == MsgType::Reset) != (path == Path::Event) {
             return Err(DecodeError::WrongPath { msg_type: t, path });
         }
-        if (t == MsgType::Reset) != (self.channel == crate::consts::CHAN_TRANSPORT) {
+        if matches!(t, MsgType::Listen | MsgType::Unlisten) && path != Path::Tx {
+            return Err(DecodeError::WrongPath { msg_type: t, path });
+        }
+        if t.is_transport() != (self.channel == crate::consts::CHAN_TRANSPORT) {
             return Err(DecodeError::BadChannel {
                 msg_type: t,
                 channel: self.channel,
@@ -390,7 +413,7 @@ impl Header {
             if self.msg_len != self.len || self.more() {
                 return Err(mismatch);
             }
-            if t == MsgType::Open && (self.len == 0 || self.len as usize > NAME_MAX) {
+            if t.carries_name() && (self.len == 0 || self.len as usize > NAME_MAX) {
                 return Err(DecodeError::BadName(NameError::Length(self.len as usize)));
             }
             return Ok(());
@@ -454,8 +477,15 @@ mod tests {
             Err(DecodeError::Short { need: 32, got: 31 })
         );
         let mut b = Header::new(MsgType::Close, 1).encode();
+        b[4] = 11;
+        assert_eq!(Header::decode(&b), Err(DecodeError::UnknownType(11)));
         b[4] = 9;
-        assert_eq!(Header::decode(&b), Err(DecodeError::UnknownType(9)));
+        assert_eq!(Header::decode(&b).map(|h| h.msg_type), Ok(MsgType::Listen));
+        b[4] = 10;
+        assert_eq!(
+            Header::decode(&b).map(|h| h.msg_type),
+            Ok(MsgType::Unlisten)
+        );
         b[4] = 0;
         assert_eq!(Header::decode(&b), Err(DecodeError::UnknownType(0)));
         let mut b = Header::new(MsgType::Close, 1).encode();
@@ -505,6 +535,51 @@ mod tests {
         );
         let zero = Header::new(MsgType::Data, 1);
         assert_eq!(zero.check(&LIM, Path::Tx), Ok(()));
+    }
+
+    #[test]
+    fn listen_rules() {
+        for t in [MsgType::Listen, MsgType::Unlisten] {
+            let ok = Header::with_payload(t, 0, 4);
+            assert_eq!(ok.check(&LIM, Path::Tx), Ok(()));
+            // Driver to device only.
+            for path in [Path::Rx, Path::Event] {
+                assert!(matches!(
+                    ok.check(&LIM, path),
+                    Err(DecodeError::WrongPath { .. })
+                ));
+            }
+            // Channel 0 only.
+            assert!(matches!(
+                Header::with_payload(t, 3, 4).check(&LIM, Path::Tx),
+                Err(DecodeError::BadChannel { .. })
+            ));
+            // A name: 1..=63 bytes, msg_len == len, no MORE.
+            for len in [0, 64] {
+                let e = Header::with_payload(t, 0, len)
+                    .check(&LIM, Path::Tx)
+                    .unwrap_err();
+                assert_eq!(e, DecodeError::BadName(NameError::Length(len as usize)));
+                assert_eq!(e.error_code(), ErrorCode::Inval);
+            }
+            let more = Header {
+                flags: HDR_F_MORE,
+                ..ok
+            };
+            assert!(matches!(
+                more.check(&LIM, Path::Tx),
+                Err(DecodeError::LengthMismatch { .. })
+            ));
+            let long = Header { msg_len: 5, ..ok };
+            assert!(matches!(
+                long.check(&LIM, Path::Tx),
+                Err(DecodeError::LengthMismatch { .. })
+            ));
+        }
+        // Channel 0 stays RESET's (and LISTEN's) alone.
+        assert!(Header::with_payload(MsgType::Open, 0, 4)
+            .check(&LIM, Path::Tx)
+            .is_err());
     }
 
     #[test]

@@ -83,6 +83,8 @@ fn header_layout_constants_and_golden_bytes_agree() {
     let consts: &[(&str, u64)] = &[
         ("KT_VIRTIO_ID", VIRTIO_ID.into()),
         ("KT_F_GUEST_LISTEN", F_GUEST_LISTEN),
+        ("KT_F_LISTEN_NOTIFY", F_LISTEN_NOTIFY),
+        ("KT_MAX_GUEST_LISTENERS", MAX_GUEST_LISTENERS as u64),
         ("KT_VQ_RX", VQ_RX.into()),
         ("KT_VQ_TX", VQ_TX.into()),
         ("KT_VQ_EVENT", VQ_EVENT.into()),
@@ -106,6 +108,8 @@ fn header_layout_constants_and_golden_bytes_agree() {
         ("KT_MSG_CREDIT_UPDATE", MsgType::CreditUpdate as u64),
         ("KT_MSG_CREDIT_REQUEST", MsgType::CreditRequest as u64),
         ("KT_MSG_RESET", MsgType::Reset as u64),
+        ("KT_MSG_LISTEN", MsgType::Listen as u64),
+        ("KT_MSG_UNLISTEN", MsgType::Unlisten as u64),
         ("KT_HDR_F_MORE", HDR_F_MORE.into()),
         ("KT_HDR_F_KNOWN", HDR_F_KNOWN.into()),
         ("KT_ERR_OK", ErrorCode::Ok as u64),

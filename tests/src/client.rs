@@ -1,13 +1,14 @@
 //! A host program reaching a guest service through kt-vhost-device's
 //! listening socket (SPEC §9): connect, send `CONNECT <name>`, read
-//! `OK <channel-id>` or `ERR <errno> <text>`. Owns the handshake from the
-//! host program's side; the parsing is kt-proto's.
+//! `OK <channel-id>` or `ERR <errno> <text>`; or send `LIST` and read the
+//! names the guest listens on. Owns the handshake from the host program's
+//! side; the parsing is kt-proto's.
 
 use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kt_proto::handshake::{self, HandshakeError, Reply};
+use kt_proto::handshake::{self, HandshakeError, ListReply, Reply};
 use kt_proto::ErrorCode;
 
 use crate::seqpacket::{SeqpacketConn, SocketError};
@@ -70,6 +71,30 @@ pub fn connect_to_guest(
     match handshake::parse_reply(&reply) {
         Ok(Reply::Ok { channel }) => Ok(GuestChannel { conn, channel }),
         Ok(Reply::Err { code, text }) => Err(ClientError::Refused {
+            code,
+            errno: code.errno(),
+            text,
+        }),
+        Err(source) => Err(ClientError::BadReply {
+            reply: String::from_utf8_lossy(&reply).into_owned(),
+            source,
+        }),
+    }
+}
+
+/// Asks the backend's `--listen` socket which names the guest's listeners
+/// serve (`LIST`, SPEC §9), waiting up to `timeout` for the answer.
+pub fn list_guest_services(listen: &Path, timeout: Duration) -> Result<Vec<String>, ClientError> {
+    let sock_err = |source| ClientError::Socket {
+        path: listen.display().to_string(),
+        source,
+    };
+    let conn = SeqpacketConn::connect(listen).map_err(sock_err)?;
+    conn.send(&handshake::list_msg()).map_err(sock_err)?;
+    let reply = conn.recv(timeout).map_err(sock_err)?;
+    match handshake::parse_list_reply(&reply) {
+        Ok(ListReply::Names(names)) => Ok(names),
+        Ok(ListReply::Err { code, text }) => Err(ClientError::Refused {
             code,
             errno: code.errno(),
             text,
@@ -187,6 +212,18 @@ mod tests {
             matches!(err, ClientError::Refused { errno: 13, .. }),
             "{err}"
         );
+        device.join().expect("device");
+    }
+
+    #[test]
+    fn list_reads_the_names() {
+        let (dir, device) = fake_device(b"OK 2\nsvc-a\nsvc-b\n");
+        let names = list_guest_services(&dir.join("listen.sock"), T).expect("list");
+        assert_eq!(names, ["svc-a", "svc-b"]);
+        assert_eq!(device.join().expect("device"), "LIST\n");
+        let (dir, device) = fake_device(b"OK 3\nsvc-a\n");
+        let err = list_guest_services(&dir.join("listen.sock"), T).expect_err("bad");
+        assert!(matches!(err, ClientError::BadReply { .. }), "{err}");
         device.join().expect("device");
     }
 

@@ -29,7 +29,9 @@ pub mod traffic;
 
 pub use backend::{Backend, BackendBuilder};
 pub use children::{ChildProcess, Children};
-pub use client::{connect_to_guest, connect_to_guest_when_ready, GuestChannel};
+pub use client::{
+    connect_to_guest, connect_to_guest_when_ready, list_guest_services, GuestChannel,
+};
 pub use log::{LogFile, Match};
 pub use qemu::{Accel, Guest, KtResult, Qemu};
 pub use seqpacket::{SeqpacketConn, SeqpacketListener};

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kt_proto::consts::{
-    F_GUEST_LISTEN, NUM_VQS, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
-    VIRTIO_RING_F_INDIRECT_DESC,
+    F_GUEST_LISTEN, F_LISTEN_NOTIFY, NUM_VQS, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
@@ -224,6 +224,7 @@ impl VhostUserBackendMut for KtBackend {
             | (1 << VIRTIO_F_ACCESS_PLATFORM)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+            | (1 << F_LISTEN_NOTIFY)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
         if self.device.offers_guest_listen() {
             f |= 1 << F_GUEST_LISTEN;

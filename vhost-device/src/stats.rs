@@ -3,7 +3,7 @@
 //! formats the `stats` command prints: a table, JSON, or the Prometheus text
 //! exposition format (0.0.4) for node-exporter's textfile collector.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -81,6 +81,12 @@ pub struct DeviceEvents {
     /// Host connections failed with `ERR 110`: the guest did not answer
     /// the `OPEN` in time.
     pub open_timeouts: AtomicU64,
+    /// Guest `LISTEN`s of a name already recorded and `UNLISTEN`s of one
+    /// not recorded (harmless around a reset).
+    pub listen_ignored: AtomicU64,
+    /// Guest `LISTEN`s dropped because the device kept the most names it
+    /// keeps (`MAX_GUEST_LISTENERS`).
+    pub listen_refused: AtomicU64,
 }
 
 /// Which side opened a channel.
@@ -112,6 +118,7 @@ pub struct Stats {
     vm: String,
     guest_id: u32,
     channels: Mutex<BTreeMap<u32, ChannelEntry>>,
+    guest_listeners: Mutex<BTreeSet<String>>,
 }
 
 /// One channel in a snapshot.
@@ -160,6 +167,16 @@ pub struct StatsSnapshot {
     /// Host connections the guest did not answer in time.
     #[serde(default)]
     pub open_timeouts: u64,
+    /// Names the guest's listeners serve, as the driver announced them
+    /// (`KT_F_LISTEN_NOTIFY`), in byte order.
+    #[serde(default)]
+    pub guest_listeners: Vec<String>,
+    /// Guest `LISTEN`/`UNLISTEN`s that changed nothing (duplicates).
+    #[serde(default)]
+    pub listen_ignored: u64,
+    /// Guest `LISTEN`s dropped over the device's bound on names.
+    #[serde(default)]
+    pub listen_refused: u64,
     /// Device totals.
     pub device: CountersSnapshot,
     /// Open channels.
@@ -214,6 +231,27 @@ impl Stats {
         }
     }
 
+    /// The guest announced a listener on `name`.
+    pub fn guest_listener_added(&self, name: &str) {
+        if let Ok(mut s) = self.guest_listeners.lock() {
+            s.insert(name.to_owned());
+        }
+    }
+
+    /// The guest's listener on `name` went away.
+    pub fn guest_listener_removed(&self, name: &str) {
+        if let Ok(mut s) = self.guest_listeners.lock() {
+            s.remove(name);
+        }
+    }
+
+    /// Forgets every guest listener (the device was deactivated).
+    pub fn clear_guest_listeners(&self) {
+        if let Ok(mut s) = self.guest_listeners.lock() {
+            s.clear();
+        }
+    }
+
     /// A consistent-enough copy for printing.
     pub fn snapshot(&self) -> StatsSnapshot {
         let channels = self
@@ -243,6 +281,13 @@ impl Stats {
             fd_limit_refusals: self.events.fd_limit_refusals.load(Relaxed),
             handshake_timeouts: self.events.handshake_timeouts.load(Relaxed),
             open_timeouts: self.events.open_timeouts.load(Relaxed),
+            guest_listeners: self
+                .guest_listeners
+                .lock()
+                .map(|s| s.iter().cloned().collect())
+                .unwrap_or_default(),
+            listen_ignored: self.events.listen_ignored.load(Relaxed),
+            listen_refused: self.events.listen_refused.load(Relaxed),
             device: self.device.snapshot(),
             channels,
         }
@@ -273,6 +318,16 @@ impl StatsSnapshot {
             self.fd_limit_refusals,
             self.handshake_timeouts,
             self.open_timeouts
+        );
+        let _ = writeln!(
+            s,
+            "guest listeners ({}): {}",
+            self.guest_listeners.len(),
+            if self.guest_listeners.is_empty() {
+                "-".to_owned()
+            } else {
+                self.guest_listeners.join(" ")
+            }
         );
         let _ = writeln!(
             s,
@@ -337,7 +392,7 @@ impl StatsSnapshot {
             "1 while a guest driver is live on the queues, else 0.",
         );
         w.sample(&g, bool_gauge(self.active));
-        let events: [(&'static str, &'static str, u64); 9] = [
+        let events: [(&'static str, &'static str, u64); 11] = [
             (
                 "kt_device_frontends_total",
                 "vhost-user frontend (VMM) connections accepted.",
@@ -383,6 +438,16 @@ impl StatsSnapshot {
                 "Host connections failed with ERR 110: the guest did not answer within --open-timeout.",
                 self.open_timeouts,
             ),
+            (
+                "kt_device_guest_listen_ignored_total",
+                "Guest LISTEN/UNLISTEN announcements that changed nothing (duplicates).",
+                self.listen_ignored,
+            ),
+            (
+                "kt_device_guest_listen_refused_total",
+                "Guest LISTEN announcements dropped: the device keeps at most 1024 names.",
+                self.listen_refused,
+            ),
         ];
         for (name, help, v) in events {
             w.family(name, Kind::Counter, help);
@@ -394,6 +459,12 @@ impl StatsSnapshot {
             "Channels currently open.",
         );
         w.sample(&g, self.channels.len() as u64);
+        w.family(
+            "kt_device_guest_listeners",
+            Kind::Gauge,
+            "Names the guest's listeners serve, as its driver announced them.",
+        );
+        w.sample(&g, self.guest_listeners.len() as u64);
         let d = &self.device;
         w.family(
             "kt_device_messages_total",
@@ -558,11 +629,53 @@ mod tests {
             "{t}"
         );
         assert!(t.lines().last().unwrap().starts_with("total"), "{t}");
+        assert!(t.contains("guest listeners (0): -"), "{t}");
         let json = serde_json::to_string(&s).unwrap();
         let back: StatsSnapshot = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);
         st.close_channel(3);
         assert!(st.snapshot().channels.is_empty());
+    }
+
+    #[test]
+    fn guest_listeners_in_every_format() {
+        let st = Stats::new(7);
+        st.guest_listener_added("svc-b");
+        st.guest_listener_added("svc-a");
+        st.guest_listener_added("gone");
+        st.guest_listener_removed("gone");
+        add(&st.events.listen_refused, 2);
+        let s = st.snapshot();
+        assert_eq!(s.guest_listeners, ["svc-a", "svc-b"]);
+        assert!(
+            s.table().contains("guest listeners (2): svc-a svc-b"),
+            "{}",
+            s.table()
+        );
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(
+            json["guest_listeners"],
+            serde_json::json!(["svc-a", "svc-b"])
+        );
+        assert_eq!(json["listen_refused"], 2);
+        // Older snapshots (without the fields) still parse.
+        let mut old = json.clone();
+        let o = old.as_object_mut().unwrap();
+        o.remove("guest_listeners");
+        o.remove("listen_ignored");
+        o.remove("listen_refused");
+        let back: StatsSnapshot = serde_json::from_value(old).unwrap();
+        assert!(back.guest_listeners.is_empty());
+        let text = s.prometheus();
+        let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(ex.families["kt_device_guest_listeners"].kind, "gauge");
+        assert_eq!(ex.value("kt_device_guest_listeners", &[]), Some(2.0));
+        assert_eq!(
+            ex.value("kt_device_guest_listen_refused_total", &[]),
+            Some(2.0)
+        );
+        st.clear_guest_listeners();
+        assert!(st.snapshot().guest_listeners.is_empty());
     }
 
     #[test]

@@ -13,11 +13,12 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for t in MsgType::ALL {
         let payload: &[u8] = match t {
-            MsgType::Open => b"echo",
+            MsgType::Open | MsgType::Listen | MsgType::Unlisten => b"echo",
             MsgType::Data => b"hello",
             _ => b"",
         };
-        let mut h = Header::with_payload(t, 7, payload.len() as u32);
+        let chan = if t.is_transport() { 0 } else { 7 };
+        let mut h = Header::with_payload(t, chan, payload.len() as u32);
         h.buf_alloc = 65536;
         let mut bytes = h.encode().to_vec();
         bytes.extend_from_slice(payload);
@@ -32,6 +33,11 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         DeviceConfig::default().encode().to_vec(),
     ));
     out.push(("connect".into(), handshake::connect_msg("k.echo")));
+    out.push(("list".into(), handshake::list_msg()));
+    out.push((
+        "reply-list".into(),
+        handshake::list_reply(["echo", "k.echo"]),
+    ));
     out.push(("reply-ok".into(), handshake::ok_msg(42)));
     out.push((
         "reply-err".into(),

@@ -9,7 +9,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(h) = Header::decode(data) {
         assert_eq!(&h.encode()[..], &data[..32]);
         for path in [Path::Tx, Path::Rx, Path::Event] {
-            let _ = h.check(&Limits { max_msg_size: 65536 }, path);
+            let _ = h.check(
+                &Limits {
+                    max_msg_size: 65536,
+                },
+                path,
+            );
         }
         let _ = h.check_payload(data.len() - 32);
     }
@@ -20,4 +25,6 @@ fuzz_target!(|data: &[u8]| {
     let _ = name::validate(data);
     let _ = handshake::parse_connect(data);
     let _ = handshake::parse_reply(data);
+    let _ = handshake::parse_request(data);
+    let _ = handshake::parse_list_reply(data);
 });

@@ -214,6 +214,7 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let data = message(Header::with_payload(MsgType::Data, 5, 10), b"0123456789");
     let open = message(Header::with_payload(MsgType::Open, 3, 4), b"echo");
     let close = message(Header::new(MsgType::Close, 5), b"");
+    let listen = message(Header::with_payload(MsgType::Listen, 0, 4), b"echo");
     let n = data.len() as u32;
     let mut bad_len = data.clone();
     bad_len.extend_from_slice(b"xx");
@@ -239,6 +240,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         (
             "open",
             input(&[desc(DATA, open.len() as u32, 0, 0)], &[0], 0, &open),
+        ),
+        (
+            "listen",
+            input(&[desc(DATA, listen.len() as u32, 0, 0)], &[0], 0, &listen),
         ),
         (
             "close-then-data",
@@ -308,6 +313,7 @@ mod tests {
         assert_eq!(run(&seed("data-one-desc")), ok(1, 0, 0));
         assert_eq!(run(&seed("data-two-descs")), ok(1, 0, 0));
         assert_eq!(run(&seed("open")), ok(1, 0, 0));
+        assert_eq!(run(&seed("listen")), ok(1, 0, 0));
         assert_eq!(run(&seed("close-then-data")), ok(2, 0, 0));
         assert_eq!(run(&seed("indirect")), ok(1, 0, 0));
         assert_eq!(run(&seed("rx-buffer")), ok(0, 0, 1));

@@ -681,7 +681,8 @@ impl Driver {
                     self.send_raw(&r, &[])?;
                 }
             }
-            MsgType::Data | MsgType::Reset => {}
+            // LISTEN/UNLISTEN never pass the rx checks (tx only).
+            MsgType::Data | MsgType::Reset | MsgType::Listen | MsgType::Unlisten => {}
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! Host programs arriving on `--listen`: the listening socket (with a
 //! spare descriptor for when the process runs out of them), the
-//! `CONNECT` handshakes, and the deadlines (handshake and open timeouts,
+//! `CONNECT` handshakes and `LIST` requests (answered with the guest's
+//! listener names, `listening.rs`), and the deadlines (handshake and open timeouts,
 //! accept pauses) that run off the device's timerfd.
 
 use super::*;
@@ -353,8 +354,17 @@ impl Device {
             reply_err(ErrorCode::Inval, "handshake line too long");
             return;
         }
-        let name = match handshake::parse_connect(&buf[..n]) {
-            Ok(name) => name.to_owned(),
+        let name = match handshake::parse_request(&buf[..n]) {
+            Ok(handshake::Request::Connect(name)) => name.to_owned(),
+            Ok(handshake::Request::List) => {
+                // One answer, then the connection closes (h is dropped).
+                let reply = self.list_reply();
+                let _ = h.sock.set_send_buffer(2 * reply.len() + 4096);
+                if let Err(e) = h.sock.send(&reply) {
+                    log::debug!("LIST answer not sent: {e}");
+                }
+                return;
+            }
             Err(e) => {
                 reply_err(ErrorCode::Inval, &e.to_string());
                 return;

@@ -17,7 +17,8 @@
 //! sockets; `host.rs` reads host sockets within the guest's credit;
 //! `rx.rs` frames and fragments what goes to the guest into rx buffers and
 //! runs the event queue; `listener.rs` owns `--listen` (accept, the
-//! `CONNECT` handshake, timeouts). This file holds the state, set-up and
+//! `CONNECT`/`LIST` handshake, timeouts); `listening.rs` keeps the names
+//! the guest's listeners serve (`LISTEN`/`UNLISTEN`). This file holds the state, set-up and
 //! the budgeted pass (`Device::run`) that drives them.
 
 use std::collections::{HashMap, VecDeque};
@@ -43,6 +44,7 @@ use crate::stats::{add, Counters, Opener, Stats};
 mod burst;
 mod host;
 mod listener;
+mod listening;
 mod rx;
 #[cfg(test)]
 mod tests;
@@ -191,6 +193,11 @@ pub struct Device {
     ready: VecDeque<u32>,
     next_dev_id: u32,
     guest_listen: bool,
+    /// KT_F_LISTEN_NOTIFY acked: the driver announces its listeners.
+    listen_notify: bool,
+    /// The names it announced since the device was last activated.
+    guest_listeners: listening::GuestListeners,
+    listen_limit: LogLimit,
     seen: [bool; 3],
     active: bool,
     reset_pending: bool,
@@ -277,6 +284,9 @@ impl Device {
             ready: VecDeque::new(),
             next_dev_id: 0,
             guest_listen: false,
+            listen_notify: false,
+            guest_listeners: listening::GuestListeners::default(),
+            listen_limit: LogLimit::new("guest-listener-limit"),
             seen: [false; 3],
             active: false,
             reset_pending: false,
@@ -318,6 +328,7 @@ impl Device {
     /// Records the features the driver acked.
     pub fn set_features(&mut self, acked: u64) {
         self.guest_listen = acked & (1 << kt_proto::consts::F_GUEST_LISTEN) != 0;
+        self.listen_notify = acked & (1 << kt_proto::consts::F_LISTEN_NOTIFY) != 0;
     }
 
     /// The policy was replaced (reload): later OPENs see it; channels
@@ -394,6 +405,8 @@ impl Device {
             log::debug!("channel {id:#x} ({was:?}) reset by device stop");
         }
         self.stats.clear_channels();
+        // The next driver (or this one after its reset) announces again.
+        self.clear_guest_listeners();
         self.ctrl.clear();
         self.partial = None;
         self.ready.clear();

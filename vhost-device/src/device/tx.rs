@@ -1,5 +1,6 @@
 //! Guest → host: tx chains taken in budgeted passes, each message
-//! dispatched by type (OPEN, OPEN_OK/ERR, DATA, CLOSE, credit), and the
+//! dispatched by type (OPEN, OPEN_OK/ERR, DATA, CLOSE, credit; LISTEN and
+//! UNLISTEN go to `listening.rs`), and the
 //! channel's end of life. Writing accepted DATA to host sockets is
 //! `burst.rs`.
 
@@ -135,6 +136,11 @@ impl Device {
             self.on_open(h, &msg.payload.to_vec());
             return;
         }
+        if matches!(h.msg_type, MsgType::Listen | MsgType::Unlisten) {
+            // Channel 0 (checked with the header): no channel to look up.
+            self.on_listen_msg(h.msg_type, msg.payload);
+            return;
+        }
         if !self.on_tx_header(h) {
             return;
         }
@@ -145,7 +151,7 @@ impl Device {
             MsgType::Close => self.on_close(id),
             MsgType::CreditUpdate => {}
             MsgType::CreditRequest => self.queue_credit_update(id, true),
-            MsgType::Open | MsgType::Reset => {}
+            MsgType::Open | MsgType::Reset | MsgType::Listen | MsgType::Unlisten => {}
         }
     }
 
