@@ -1,5 +1,6 @@
 //! Starts the real daemon and drives it as a VMM + guest would: open, echo
-//! both ways, policy refusal, host-initiated channels, stats.
+//! both ways, policy refusal, host-initiated channels, stats, the
+//! device's own `kt.services` under the seccomp filter.
 
 // Test helpers outside #[test] functions fail the test by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -113,4 +114,37 @@ fn the_daemon_serves_under_its_seccomp_filter_by_default() {
         assert_eq!(seccomp_mode(fx.daemon.pid()), want, "flags {flags:?}");
         assert!(d.errors.is_empty(), "{:?}", d.errors);
     }
+}
+
+/// Reads one `kt.services` listing from channel `id`.
+fn listing(d: &mut kt_sim::Driver, id: u32) -> Vec<String> {
+    let mut r = kt_proto::listing::Reader::default();
+    loop {
+        let m = d.recv(id).unwrap();
+        if let Some(names) = r.push(&m).unwrap() {
+            return names;
+        }
+    }
+}
+
+#[test]
+fn kt_services_lists_the_policy_under_the_seccomp_filter() {
+    let fx = Fixture::new("services", &[]);
+    let mut d = fx.driver();
+    let id = d.open("kt.services").unwrap().unwrap();
+    let want = ["down", "echo", "limited", "manual", "sink"];
+    assert_eq!(listing(&mut d, id), want);
+    // A message on the channel asks for the listing again (the socketpair
+    // the device keeps works both ways under the filter).
+    d.send(id, b"again").unwrap();
+    assert_eq!(listing(&mut d, id), want);
+    assert_eq!(d.open("kt.other").unwrap(), Err(ErrorCode::NoEnt));
+    d.close(id).unwrap();
+    d.wait_until("CLOSE answer", |d| d.closed(id).is_some())
+        .unwrap();
+    assert_eq!(seccomp_mode(fx.daemon.pid()), "2");
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    let s = fx.stats();
+    assert_eq!(s.device.malformed, 0);
+    assert_eq!(s.open_refused, 1);
 }
