@@ -1,5 +1,7 @@
 //! The host-to-guest connect handshake on kt-vhost-device's listening socket
-//! (SPEC §9): `CONNECT <name>` answered by `OK <id>` or `ERR <errno> <text>`.
+//! (SPEC §9): `CONNECT <name>` answered by `OK <id>` or `ERR <errno> <text>`;
+//! and the `GUEST <guest-id> <vm-name>` first message the device sends to
+//! host services whose policy entry says `identify = true`.
 
 use crate::header::ErrorCode;
 use crate::name::{self, NameError};
@@ -86,6 +88,31 @@ pub fn err_msg(code: ErrorCode, text: &str) -> Vec<u8> {
     format!("ERR {} {}\n", code.errno(), text).into_bytes()
 }
 
+/// The `GUEST <guest-id> <vm-name>` first message (VM names have no
+/// spaces or control characters: `kt-vhost-device` checks them).
+pub fn guest_msg(guest_id: u32, vm: &str) -> Vec<u8> {
+    format!("GUEST {guest_id} {vm}\n").into_bytes()
+}
+
+/// Parses a `GUEST <guest-id> <vm-name>` first message.
+pub fn parse_guest(buf: &[u8]) -> Result<(u32, &str), HandshakeError> {
+    let line = text(buf)?;
+    let rest = line
+        .strip_prefix("GUEST ")
+        .ok_or_else(|| unexpected("GUEST <guest-id> <vm-name>", line))?;
+    let (num, vm) = rest
+        .split_once(' ')
+        .ok_or_else(|| unexpected("GUEST <guest-id> <vm-name>", line))?;
+    let id = num.parse().map_err(|source| HandshakeError::BadNumber {
+        text: num.to_string(),
+        source,
+    })?;
+    if vm.is_empty() || vm.contains(' ') {
+        return Err(unexpected("GUEST <guest-id> <vm-name>", line));
+    }
+    Ok((id, vm))
+}
+
 /// Parses the device's reply.
 pub fn parse_reply(buf: &[u8]) -> Result<Reply, HandshakeError> {
     let line = text(buf)?;
@@ -116,6 +143,20 @@ pub fn parse_reply(buf: &[u8]) -> Result<Reply, HandshakeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_line_round_trip() {
+        assert_eq!(guest_msg(7, "web-1"), b"GUEST 7 web-1\n");
+        assert_eq!(parse_guest(&guest_msg(7, "web-1")).unwrap(), (7, "web-1"));
+        for bad in [
+            &b"GUEST 7\n"[..],
+            b"GUEST x web\n",
+            b"GUEST 7 a b\n",
+            b"HELLO 7 a\n",
+        ] {
+            assert!(parse_guest(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn connect_round_trip() {

@@ -33,6 +33,10 @@ pub enum Command {
     Run(RunArgs),
     /// Print a running daemon's counters from its control socket.
     Stats(StatsArgs),
+    /// Have a running daemon read its policy files (and its config file)
+    /// again: new VMs start, removed ones stop, policies change for new
+    /// OPENs. Same as SIGHUP, but prints what happened.
+    Reload(ReloadArgs),
 }
 
 /// Log verbosity.
@@ -65,11 +69,27 @@ impl From<LogLevel> for log::LevelFilter {
 /// Flags of `kt-vhost-device run`.
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
+    /// Serve the VMs of this config file (TOML, one [[vm]] section per VM;
+    /// see docs/vhost-device.md) instead of the one VM the flags describe.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = [
+            "socket_path", "policy", "listen", "max_msg_size", "max_channels",
+            "rx_buf_size", "channel_buffer", "guest_id", "vm_name",
+            "handshake_timeout", "open_timeout", "busy_poll_us",
+        ]
+    )]
+    pub config: Option<PathBuf>,
+    /// Name of the VM in logs, stats and on the control socket
+    /// (default: vm<guest-id>).
+    #[arg(long, value_name = "NAME")]
+    pub vm_name: Option<String>,
     /// vhost-user Unix socket to listen on for the VMM (frontend).
-    #[arg(long, value_name = "PATH", required = true)]
+    #[arg(long, value_name = "PATH", required_unless_present = "config")]
     pub socket_path: Option<PathBuf>,
     /// Policy file (TOML) naming the host services a guest may open.
-    #[arg(long, value_name = "FILE", required = true)]
+    #[arg(long, value_name = "FILE", required_unless_present = "config")]
     pub policy: Option<PathBuf>,
     /// SOCK_SEQPACKET socket where host programs connect to guest services
     /// ("CONNECT <name>" handshake). Also offers KT_F_GUEST_LISTEN.
@@ -132,6 +152,17 @@ pub struct StatsArgs {
     /// Same as --format json (kept for scripts).
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// Only this VM (by name).
+    #[arg(long, value_name = "NAME")]
+    pub vm: Option<String>,
+}
+
+/// Flags of `kt-vhost-device reload`.
+#[derive(Clone, Debug, Args)]
+pub struct ReloadArgs {
+    /// The daemon's control socket (its --control).
+    #[arg(long, value_name = "PATH")]
+    pub control: PathBuf,
 }
 
 /// What `kt-vhost-device stats` prints.
@@ -189,6 +220,24 @@ mod tests {
             };
             assert_eq!(a.format(), want, "{args:?}");
         }
+    }
+
+    #[test]
+    fn a_config_file_replaces_the_vm_flags() {
+        let c = Cli::try_parse_from(["kt", "--config", "/etc/kt.toml"]).unwrap();
+        assert_eq!(c.run.config, Some(PathBuf::from("/etc/kt.toml")));
+        let c = Cli::try_parse_from(["kt", "run", "--config", "/c", "--control", "/s"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Run(_))));
+        for bad in [
+            &["kt", "--config", "/c", "--socket-path", "/s"][..],
+            &["kt", "--config", "/c", "--policy", "/p"][..],
+            &["kt", "--config", "/c", "--guest-id", "2"][..],
+            &["kt"][..],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+        let c = Cli::try_parse_from(["kt", "reload", "--control", "/c"]).unwrap();
+        assert!(matches!(c.command, Some(Command::Reload(_))));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The checked daemon configuration: `TryFrom<RunArgs> for Config` applies
-//! defaults, range-checks every number and loads the policy, so `run` only
-//! ever sees valid values.
+//! defaults, range-checks every number and loads the policies, so `run`
+//! only ever sees valid values. One VM comes from the flags; several come
+//! from a config file (`conffile.rs`), whose sections go through the same
+//! checks ([`VmSettings::check`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,8 +22,12 @@ pub const MAX_CHANNEL_BUFFER: u32 = 64 << 20;
 pub const MAX_TIMEOUT_SECS: u32 = 3600;
 /// Largest `--max-channels` (device ids use bit 31, guest ids the rest).
 pub const MAX_CHANNELS_LIMIT: u32 = 1 << 16;
+/// Default of `--handshake-timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u32 = 10;
+/// Default of `--open-timeout`.
+pub const DEFAULT_OPEN_TIMEOUT_SECS: u32 = 30;
 
-/// A bad flag value or policy file.
+/// A bad flag value, config file or policy file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A required flag is missing.
@@ -37,22 +43,60 @@ pub enum ConfigError {
         /// The allowed range.
         why: String,
     },
+    /// A VM name that cannot name a VM.
+    #[error("VM name {0:?}: use 1 to 64 characters of A-Z a-z 0-9 . _ -")]
+    VmName(String),
     /// The policy file is bad.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// The config file is bad.
+    #[error(transparent)]
+    File(#[from] crate::conffile::ConfFileError),
 }
 
-/// Everything `run` needs, validated.
-#[derive(Clone, Debug)]
-pub struct Config {
+/// The settings of one VM as given (flags or a config file section),
+/// before checking: `None` takes the default.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VmSettings {
+    /// VM name (logs, stats, control socket).
+    pub name: Option<String>,
+    /// vhost-user socket path.
+    pub socket_path: Option<PathBuf>,
+    /// Policy file.
+    pub policy: Option<PathBuf>,
+    /// Host → guest listening socket.
+    pub listen: Option<PathBuf>,
+    /// Config space `max_msg_size`.
+    pub max_msg_size: Option<u32>,
+    /// Config space `max_channels`.
+    pub max_channels: Option<u32>,
+    /// Config space `rx_buf_size`.
+    pub rx_buf_size: Option<u32>,
+    /// Per-channel guest → host window.
+    pub channel_buffer: Option<u32>,
+    /// Seconds for a host connection's `CONNECT` line.
+    pub handshake_timeout: Option<u32>,
+    /// Seconds for the guest's answer to a host `OPEN`.
+    pub open_timeout: Option<u32>,
+    /// Config space `guest_id`.
+    pub guest_id: Option<u32>,
+    /// Busy-poll time in microseconds.
+    pub busy_poll_us: Option<u32>,
+}
+
+/// One VM, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Name in logs, stats and on the control socket.
+    pub name: String,
     /// vhost-user socket path.
     pub socket_path: PathBuf,
+    /// Where the policy was read from (reloads read it again).
+    pub policy_path: PathBuf,
     /// The policy.
     pub policy: Policy,
     /// Host → guest listening socket.
     pub listen: Option<PathBuf>,
-    /// Control socket.
-    pub control: Option<PathBuf>,
     /// Config space values.
     pub device: DeviceConfig,
     /// Per-channel guest → host window in credit bytes.
@@ -61,10 +105,47 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Time the guest has to answer a host-opened channel's `OPEN`.
     pub open_timeout: Duration,
-    /// System-call filter mode.
-    pub seccomp: crate::seccomp::SeccompMode,
     /// How long the worker polls for more work before it sleeps.
     pub busy_poll: Duration,
+}
+
+impl VmConfig {
+    /// Whether `other` differs only in its policy (a reload can apply it
+    /// to a running VM; anything else needs the VM removed and added).
+    pub fn same_but_policy(&self, other: &VmConfig) -> bool {
+        let strip = |c: &VmConfig| VmConfig {
+            policy: Policy::default(),
+            ..c.clone()
+        };
+        strip(self) == strip(other)
+    }
+
+    /// The socket paths this VM binds.
+    pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.socket_path).chain(self.listen.as_ref())
+    }
+}
+
+/// Where the VMs came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// One VM from the command-line flags.
+    Flags,
+    /// The VMs of this config file (reloads read it again).
+    File(PathBuf),
+}
+
+/// Everything `run` needs, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The VMs to serve (at least one unless a config file lists none).
+    pub vms: Vec<VmConfig>,
+    /// Control socket.
+    pub control: Option<PathBuf>,
+    /// System-call filter mode.
+    pub seccomp: crate::seccomp::SeccompMode,
+    /// Where the VMs came from.
+    pub source: Source,
 }
 
 /// Default of `--busy-poll-us`.
@@ -84,62 +165,124 @@ fn range(flag: &'static str, value: u32, lo: u32, hi: u32) -> Result<u32, Config
     }
 }
 
-impl TryFrom<RunArgs> for Config {
-    type Error = ConfigError;
+/// Whether `name` can name a VM: 1..=64 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_vm_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
 
-    fn try_from(a: RunArgs) -> Result<Config, ConfigError> {
-        let socket_path = a.socket_path.ok_or(ConfigError::Missing("socket-path"))?;
-        let policy_path = a.policy.ok_or(ConfigError::Missing("policy"))?;
+impl VmSettings {
+    /// Applies defaults, checks every value and loads the policy.
+    pub fn check(self) -> Result<VmConfig, ConfigError> {
+        let socket_path = self
+            .socket_path
+            .ok_or(ConfigError::Missing("socket-path"))?;
+        let policy_path = self.policy.ok_or(ConfigError::Missing("policy"))?;
+        let guest_id = self.guest_id.unwrap_or(0);
+        let name = self.name.unwrap_or_else(|| format!("vm{guest_id}"));
+        if !valid_vm_name(&name) {
+            return Err(ConfigError::VmName(name));
+        }
         let max_msg_size = range(
             "max-msg-size",
-            a.max_msg_size.unwrap_or(DEFAULT_MAX_MSG_SIZE),
+            self.max_msg_size.unwrap_or(DEFAULT_MAX_MSG_SIZE),
             1,
             MAX_MSG_SIZE_LIMIT,
         )?;
         let max_channels = range(
             "max-channels",
-            a.max_channels.unwrap_or(DEFAULT_MAX_CHANNELS),
+            self.max_channels.unwrap_or(DEFAULT_MAX_CHANNELS),
             1,
             MAX_CHANNELS_LIMIT,
         )?;
         let rx_buf_size = range(
             "rx-buf-size",
-            a.rx_buf_size.unwrap_or(DEFAULT_RX_BUF_SIZE),
+            self.rx_buf_size.unwrap_or(DEFAULT_RX_BUF_SIZE),
             MIN_RX_BUF_SIZE,
             MAX_RX_BUF_SIZE,
         )?;
         let min_window = max_msg_size + MSG_OVERHEAD;
         let channel_buffer = range(
             "channel-buffer",
-            a.channel_buffer.unwrap_or(4 * min_window),
+            self.channel_buffer.unwrap_or(4 * min_window),
             min_window,
             MAX_CHANNEL_BUFFER,
         )?;
         let handshake_timeout = range(
             "handshake-timeout",
-            a.handshake_timeout,
+            self.handshake_timeout
+                .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
             1,
             MAX_TIMEOUT_SECS,
         )?;
-        let open_timeout = range("open-timeout", a.open_timeout, 1, MAX_TIMEOUT_SECS)?;
-        let busy_poll_us = range("busy-poll-us", a.busy_poll_us, 0, MAX_BUSY_POLL_US)?;
+        let open_timeout = range(
+            "open-timeout",
+            self.open_timeout.unwrap_or(DEFAULT_OPEN_TIMEOUT_SECS),
+            1,
+            MAX_TIMEOUT_SECS,
+        )?;
+        let busy_poll_us = range(
+            "busy-poll-us",
+            self.busy_poll_us.unwrap_or(DEFAULT_BUSY_POLL_US),
+            0,
+            MAX_BUSY_POLL_US,
+        )?;
         let policy = Policy::load(&policy_path)?;
-        Ok(Config {
+        Ok(VmConfig {
+            name,
             socket_path,
+            policy_path,
             policy,
-            listen: a.listen,
-            control: a.control,
+            listen: self.listen,
             device: DeviceConfig {
                 max_msg_size,
                 max_channels,
                 rx_buf_size,
-                guest_id: a.guest_id,
+                guest_id,
             },
             channel_buffer,
             handshake_timeout: Duration::from_secs(handshake_timeout.into()),
             open_timeout: Duration::from_secs(open_timeout.into()),
-            seccomp: a.seccomp,
             busy_poll: Duration::from_micros(busy_poll_us.into()),
+        })
+    }
+}
+
+impl TryFrom<RunArgs> for Config {
+    type Error = ConfigError;
+
+    fn try_from(a: RunArgs) -> Result<Config, ConfigError> {
+        if let Some(file) = a.config {
+            let f = crate::conffile::load(&file)?;
+            return Ok(Config {
+                vms: f.vms,
+                control: f.control.or(a.control),
+                seccomp: a.seccomp,
+                source: Source::File(file),
+            });
+        }
+        let vm = VmSettings {
+            name: a.vm_name,
+            socket_path: a.socket_path,
+            policy: a.policy,
+            listen: a.listen,
+            max_msg_size: a.max_msg_size,
+            max_channels: a.max_channels,
+            rx_buf_size: a.rx_buf_size,
+            channel_buffer: a.channel_buffer,
+            handshake_timeout: Some(a.handshake_timeout),
+            open_timeout: Some(a.open_timeout),
+            guest_id: Some(a.guest_id),
+            busy_poll_us: Some(a.busy_poll_us),
+        }
+        .check()?;
+        Ok(Config {
+            vms: vec![vm],
+            control: a.control,
+            seccomp: a.seccomp,
+            source: Source::Flags,
         })
     }
 }
@@ -151,6 +294,8 @@ mod tests {
 
     fn args(policy: &str) -> RunArgs {
         RunArgs {
+            config: None,
+            vm_name: None,
             socket_path: Some("/tmp/x.sock".into()),
             policy: Some(policy.into()),
             listen: None,
@@ -178,6 +323,9 @@ mod tests {
     fn defaults_and_ranges() {
         let p = policy_file();
         let c = Config::try_from(args(p.to_str().unwrap())).unwrap();
+        assert_eq!(c.source, Source::Flags);
+        let c = c.vms[0].clone();
+        assert_eq!(c.name, "vm3");
         assert_eq!(c.device.max_msg_size, DEFAULT_MAX_MSG_SIZE);
         assert_eq!(c.channel_buffer, 4 * (DEFAULT_MAX_MSG_SIZE + 32));
         assert_eq!(c.device.guest_id, 3);

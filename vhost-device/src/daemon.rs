@@ -1,41 +1,32 @@
-//! The daemon's life: claims and binds the sockets once (refusing paths a
-//! live daemon owns), then serves one vhost-user frontend at a time forever;
-//! host listeners and the control socket survive frontend disconnects.
+//! The daemon's life: the manager thread (the main one) claims and binds
+//! every VM's sockets, starts one thread per VM (`vm.rs`) and the control
+//! socket, then serves reload requests (SIGHUP, or `reload` on the control
+//! socket) forever: policy files are read again, and with a config file
+//! VMs are added and removed. Host listeners and the control socket survive
+//! frontend disconnects.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
 
-use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::EventSet;
-
-use crate::backend::{KtBackend, HOST_EVENT};
-use crate::config::Config;
-use crate::device::{Device, Params};
-use crate::policy::PolicyCell;
-use crate::seqpacket::SeqListener;
-use crate::sockpath::claim_socket_path;
-use crate::stats::Stats;
+use crate::config::{Config, Source, VmConfig};
+use crate::control::Handler;
+use crate::policy::PolicyError;
+use crate::seccomp::{Filter, Role};
+use crate::stats::{DaemonSnapshot, Stats};
+use crate::vm::{Vm, VmError};
 
 /// Why the daemon stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// The vhost-user socket could not be created.
-    #[error("vhost-user socket {path}: {source}")]
-    Socket {
-        /// Path.
-        path: PathBuf,
-        /// Cause.
-        source: vhost::vhost_user::Error,
-    },
-    /// The host listening socket could not be created.
-    #[error("listening socket {path}: {source}")]
-    Listen {
-        /// Path.
-        path: PathBuf,
-        /// Cause.
-        source: std::io::Error,
+    /// A VM could not be started.
+    #[error("vm {name:?}: {source}")]
+    Vm {
+        /// Its name.
+        name: String,
+        /// Why.
+        source: VmError,
     },
     /// The open-file limit cannot fit `--max-channels`.
     #[error(transparent)]
@@ -46,123 +37,288 @@ pub enum DaemonError {
     /// The control socket could not be created.
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
-    /// epoll or thread setup failed.
-    #[error("device setup: {0}")]
-    Setup(std::io::Error),
-    /// The vhost-user library failed.
-    #[error("vhost-user daemon: {0}")]
-    Daemon(vhost_user_backend::Error),
-    /// Registering the host epoll fd failed.
-    #[error("registering host events: {0}")]
-    Register(std::io::Error),
+    /// Signal or thread setup failed.
+    #[error("daemon setup: {0}")]
+    Setup(#[source] std::io::Error),
     /// The system-call filter could not be installed.
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
-/// Runs the daemon until a fatal error.
-pub fn run(config: Config) -> Result<(), DaemonError> {
-    crate::fdlimit::ensure(config.device.max_channels)?;
-    // Every path is checked before any is bound, so a daemon refused on one
-    // of them leaves nothing behind on the others.
-    for path in [
-        Some(&config.socket_path),
-        config.listen.as_ref(),
-        config.control.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        claim_socket_path(path)?;
+/// A request to the manager thread; the answer goes back on `reply`.
+struct Reload {
+    reply: Option<Sender<Result<String, String>>>,
+}
+
+/// The VMs' counters, in configuration order, for the control socket.
+type Registry = Arc<RwLock<Vec<Arc<Stats>>>>;
+
+struct ControlHandler {
+    registry: Registry,
+    requests: Sender<Reload>,
+}
+
+impl Handler for ControlHandler {
+    fn snapshot(&self) -> DaemonSnapshot {
+        let vms = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        DaemonSnapshot {
+            vms: vms.iter().map(|s| s.snapshot()).collect(),
+        }
     }
-    let stats = Arc::new(Stats::new(config.device.guest_id));
-    if let Some(path) = &config.control {
-        crate::control::spawn_server(path, stats.clone())?;
-    }
-    let listener = match &config.listen {
-        Some(path) => Some(
-            SeqListener::bind(path).map_err(|source| DaemonError::Listen {
-                path: path.clone(),
-                source,
-            })?,
-        ),
-        None => None,
-    };
-    let params = Params {
-        config: config.device,
-        channel_buffer: config.channel_buffer,
-        handshake_timeout: config.handshake_timeout,
-        open_timeout: config.open_timeout,
-    };
-    let device = Device::new(
-        params,
-        Arc::new(PolicyCell::new(config.policy.clone()).map_err(DaemonError::Setup)?),
-        stats.clone(),
-        listener,
-    )
-    .map_err(DaemonError::Setup)?;
-    let mut backend = KtBackend::new(device, stats);
-    backend.set_busy_poll(config.busy_poll);
-    let backend = Arc::new(RwLock::new(backend));
-    let mut vu_listener =
-        Listener::new(&config.socket_path, false).map_err(|source| DaemonError::Socket {
-            path: config.socket_path.clone(),
-            source,
-        })?;
-    log::info!(
-        "guest {}: serving vhost-user on {} ({} service(s) in policy{})",
-        config.device.guest_id,
-        config.socket_path.display(),
-        config.policy.len(),
-        config
-            .listen
-            .as_ref()
-            .map(|p| format!(", host connections on {}", p.display()))
-            .unwrap_or_default()
-    );
-    // Every socket is bound and the control thread runs: from here on the
-    // daemon only serves, and the filter says so.
-    crate::seccomp::install(config.seccomp)?;
-    log::debug!("seccomp filter: {:?}", config.seccomp);
-    loop {
-        serve_one(&backend, &mut vu_listener)?;
+
+    fn reload(&self) -> Result<String, String> {
+        let (tx, rx) = mpsc::channel();
+        self.requests
+            .send(Reload { reply: Some(tx) })
+            .map_err(|_| "the daemon is shutting down".to_owned())?;
+        rx.recv_timeout(Duration::from_secs(50))
+            .map_err(|_| "the reload did not finish in time".to_owned())?
     }
 }
 
-fn serve_one(backend: &Arc<RwLock<KtBackend>>, listener: &mut Listener) -> Result<(), DaemonError> {
-    let mut daemon = VhostUserDaemon::new(
-        "kt-vhost-device".into(),
-        backend.clone(),
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+/// The manager thread's state.
+struct Manager {
+    source: Source,
+    control: Option<PathBuf>,
+    vms: Vec<Vm>,
+    registry: Registry,
+    worker_filter: Filter,
+}
+
+impl Manager {
+    fn publish(&self) {
+        let mut r = self
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        *r = self.vms.iter().map(|v| v.stats().clone()).collect();
+    }
+
+    fn start_vm(&self, cfg: VmConfig) -> Result<Vm, DaemonError> {
+        let name = cfg.name.clone();
+        Vm::start(cfg, self.worker_filter.clone())
+            .map_err(|source| DaemonError::Vm { name, source })
+    }
+
+    /// Reads the policy files (and the config file) again and applies
+    /// them; returns what changed, or why nothing or only part did.
+    fn reload(&mut self) -> Result<String, String> {
+        match self.source.clone() {
+            Source::Flags => {
+                let mut done = Vec::new();
+                for vm in &mut self.vms {
+                    let changed = vm.reload_policy().map_err(|e: PolicyError| e.to_string())?;
+                    done.push(policy_line(vm, changed));
+                }
+                Ok(done.join("; "))
+            }
+            Source::File(path) => self.reload_file(&path),
+        }
+    }
+
+    fn reload_file(&mut self, path: &std::path::Path) -> Result<String, String> {
+        let file = crate::conffile::load(path).map_err(|e| e.to_string())?;
+        if file.control != self.control {
+            return Err(format!(
+                "config file {}: the control socket cannot change while the daemon runs \
+                 (restart it)",
+                path.display()
+            ));
+        }
+        // Every check before any change: a refused reload changes nothing.
+        for new in &file.vms {
+            if let Some(old) = self.vms.iter().find(|v| v.name() == new.name) {
+                if !old.config().same_but_policy(new) {
+                    return Err(format!(
+                        "config file {}: vm {:?}: only its policy can change while it runs; \
+                         remove the vm, reload, then add it back",
+                        path.display(),
+                        new.name
+                    ));
+                }
+            }
+        }
+        crate::fdlimit::ensure_all(file.vms.iter().map(|v| v.device.max_channels))
+            .map_err(|e| e.to_string())?;
+        let mut done = Vec::new();
+        let (keep, gone): (Vec<Vm>, Vec<Vm>) = std::mem::take(&mut self.vms)
+            .into_iter()
+            .partition(|v| file.vms.iter().any(|n| n.name == v.name()));
+        for vm in gone {
+            done.push(format!("vm {}: removed", vm.name()));
+            vm.stop();
+        }
+        let mut keep: Vec<Option<Vm>> = keep.into_iter().map(Some).collect();
+        let mut failed = Vec::new();
+        for cfg in file.vms {
+            let slot = keep
+                .iter_mut()
+                .find(|v| v.as_ref().is_some_and(|v| v.name() == cfg.name));
+            if let Some(vm) = slot.and_then(Option::take) {
+                let mut vm = vm;
+                let changed = vm.set_policy(cfg.policy);
+                done.push(policy_line(&vm, changed));
+                self.vms.push(vm);
+                continue;
+            }
+            match self.start_vm(cfg) {
+                Ok(vm) => {
+                    done.push(format!("vm {}: added", vm.name()));
+                    self.vms.push(vm);
+                }
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        self.publish();
+        let done = if done.is_empty() {
+            "no VMs".to_owned()
+        } else {
+            done.join("; ")
+        };
+        if failed.is_empty() {
+            Ok(done)
+        } else {
+            Err(format!("{}; done: {done}", failed.join("; ")))
+        }
+    }
+
+    fn serve(mut self, requests: &Receiver<Reload>) {
+        for req in requests {
+            let result = self.reload();
+            match &result {
+                Ok(what) => log::info!("reload: {what}"),
+                Err(why) => log::error!("reload failed: {why}"),
+            }
+            if let Some(reply) = req.reply {
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+fn policy_line(vm: &Vm, changed: bool) -> String {
+    format!(
+        "vm {}: policy {} ({} service(s))",
+        vm.name(),
+        if changed { "changed" } else { "unchanged" },
+        vm.config().policy.len()
     )
-    .map_err(DaemonError::Daemon)?;
-    // A panic while holding the lock cannot leave the fd invalid.
-    let host_fd = backend
-        .read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .host_epoll_fd();
-    for h in daemon.get_epoll_handlers() {
-        h.register_listener(host_fd, EventSet::IN, u64::from(HOST_EVENT))
-            .map_err(DaemonError::Register)?;
+}
+
+/// Blocks SIGHUP on this thread (and so on every thread started later)
+/// and returns a signalfd that reads it.
+fn sighup_fd() -> Result<std::os::fd::OwnedFd, DaemonError> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: an all-zero sigset_t is valid storage for sigemptyset.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is valid storage for a signal set.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: `set` is initialised; SIGHUP is a valid signal.
+    unsafe { libc::sigaddset(&mut set, libc::SIGHUP) };
+    // SAFETY: `set` is initialised; no old mask is asked for. The change
+    // affects only the calling thread and those it starts.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(DaemonError::Setup(std::io::Error::from_raw_os_error(rc)));
     }
-    daemon.start(listener).map_err(DaemonError::Daemon)?;
-    backend
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .connected();
-    log::info!("frontend connected");
-    match daemon.wait() {
-        Ok(())
-        | Err(vhost_user_backend::Error::HandleRequest(
-            vhost::vhost_user::Error::Disconnected | vhost::vhost_user::Error::PartialMessage,
-        )) => log::info!("frontend disconnected"),
-        Err(e) => log::warn!("frontend connection ended: {e}"),
+    // SAFETY: `set` is a valid, initialised signal set.
+    let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(DaemonError::Setup(std::io::Error::last_os_error()));
     }
-    // Dropping the daemon stops its worker threads before the next one.
-    drop(daemon);
-    backend
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .disconnected();
+    // SAFETY: signalfd just returned this descriptor; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Forwards each SIGHUP read from `fd` to the manager as a reload.
+fn spawn_sighup_thread(
+    fd: std::os::fd::OwnedFd,
+    requests: Sender<Reload>,
+    filter: Filter,
+) -> Result<(), DaemonError> {
+    use std::io::Read;
+    std::thread::Builder::new()
+        .name("kt-sighup".into())
+        .spawn(move || {
+            if let Err(e) = filter.install() {
+                log::error!("SIGHUP thread: {e}; SIGHUP will not reload");
+                return;
+            }
+            let mut file = std::fs::File::from(fd);
+            let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+            loop {
+                match file.read(&mut info) {
+                    Ok(n) if n == info.len() => {
+                        log::info!("SIGHUP: reloading");
+                        if requests.send(Reload { reply: None }).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        log::error!("SIGHUP signalfd: {e}; SIGHUP will not reload");
+                        return;
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+        .map_err(DaemonError::Setup)
+}
+
+/// Runs the daemon until a fatal error.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    crate::fdlimit::ensure_all(config.vms.iter().map(|v| v.device.max_channels))?;
+    let hup = sighup_fd()?;
+    // Only a daemon that can add VMs keeps bind/unlink, on this thread.
+    let manager_role = match config.source {
+        Source::Flags => Role::Worker,
+        Source::File(_) => Role::Manager,
+    };
+    let worker_filter = Filter::new(config.seccomp, Role::Worker)?;
+    let manager_filter = Filter::new(config.seccomp, manager_role)?;
+    // Every path is checked before any is bound, so a daemon refused on
+    // one of them leaves nothing behind on the others.
+    for path in config
+        .vms
+        .iter()
+        .flat_map(VmConfig::paths)
+        .chain(config.control.as_ref())
+    {
+        crate::sockpath::claim_socket_path(path)?;
+    }
+    let registry: Registry = Arc::default();
+    let (requests, incoming) = mpsc::channel();
+    let mut manager = Manager {
+        source: config.source.clone(),
+        control: config.control.clone(),
+        vms: Vec::new(),
+        registry: registry.clone(),
+        worker_filter: worker_filter.clone(),
+    };
+    if let Some(path) = &config.control {
+        let handler = Arc::new(ControlHandler {
+            registry: registry.clone(),
+            requests: requests.clone(),
+        });
+        crate::control::spawn_server(path, handler, worker_filter.clone())?;
+    }
+    for cfg in config.vms {
+        let vm = manager.start_vm(cfg)?;
+        manager.vms.push(vm);
+    }
+    manager.publish();
+    if manager.vms.is_empty() {
+        log::info!("no VMs configured yet: add them to the config file and reload");
+    }
+    // The manager's loop ends only when every sender is gone: keep one.
+    let _keep = requests.clone();
+    spawn_sighup_thread(hup, requests, worker_filter)?;
+    // Every socket is bound and every thread runs under its own filter:
+    // from here on this thread only reloads.
+    manager_filter.install()?;
+    log::debug!("seccomp filter: {:?}", config.seccomp);
+    manager.serve(&incoming);
     Ok(())
 }

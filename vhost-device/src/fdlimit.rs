@@ -49,7 +49,16 @@ pub fn needed(max_channels: u32) -> u64 {
 /// soft limit to it (never above the hard limit) when it is lower. Returns
 /// the soft limit in force afterwards.
 pub fn ensure(max_channels: u32) -> Result<u64, FdLimitError> {
-    let need = needed(max_channels);
+    ensure_all([max_channels])
+}
+
+/// [`ensure`] for a daemon serving several VMs, one `max_channels` each:
+/// every VM needs its own channels, handshakes and descriptors
+/// ([`needed`] summed).
+pub fn ensure_all(vms: impl IntoIterator<Item = u32>) -> Result<u64, FdLimitError> {
+    let (max_channels, need) = vms.into_iter().fold((0u32, 0u64), |(m, n), c| {
+        (m.saturating_add(c), n.saturating_add(needed(c)))
+    });
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -96,5 +105,6 @@ mod tests {
         assert_eq!(t.lines().count(), 1);
         // The process's own limit already fits a tiny configuration.
         assert!(ensure(1).unwrap() >= needed(1));
+        assert!(ensure_all([1, 1]).unwrap() >= 2 * needed(1));
     }
 }

@@ -3,7 +3,8 @@
 //! Unix `SOCK_SEQPACKET` sockets named in a policy file; host programs reach
 //! guest services through a listening socket.
 //!
-//! Modules: `args`/`config`/`policy` (CLI and checked configuration),
+//! Modules: `args`/`config`/`conffile`/`policy` (CLI, the config file and
+//! checked configuration), `vm` (one VM's sockets and threads),
 //! `daemon` (serve frontends in a loop), `fdlimit` (the descriptor
 //! budget), `backend` (vhost-user glue),
 //! `device` (protocol engine), `channel` (per-channel state), `chain`
@@ -18,6 +19,7 @@ pub mod args;
 pub mod backend;
 pub mod chain;
 pub mod channel;
+pub mod conffile;
 pub mod config;
 pub mod control;
 pub mod daemon;
@@ -29,3 +31,4 @@ pub mod seccomp;
 pub mod seqpacket;
 pub mod sockpath;
 pub mod stats;
+pub mod vm;

@@ -1,11 +1,12 @@
-//! `kt-vhost-device`: parse flags, set up logging, run the daemon or print
-//! stats. Every error ends as one line on stderr and exit code 1.
+//! `kt-vhost-device`: parse flags, set up logging, run the daemon, print
+//! stats or ask a running daemon to reload. Every error ends as one line on stderr and exit code 1.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use kt_vhost_device::args::{Cli, Command, LogLevel, StatsArgs, StatsFormat};
+use kt_vhost_device::args::{Cli, Command, LogLevel, ReloadArgs, StatsArgs, StatsFormat};
 use kt_vhost_device::config::Config;
+use kt_vhost_device::stats::DaemonSnapshot;
 use kt_vhost_device::{control, daemon};
 
 fn init_log(level: LogLevel) {
@@ -22,10 +23,31 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn stats(a: &StatsArgs) -> ExitCode {
-    let s = match control::query(&a.control) {
+    let mut s = match control::query(&a.control) {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
+    if let Some(name) = &a.vm {
+        match s.vm(name) {
+            Some(v) => {
+                s = DaemonSnapshot {
+                    vms: vec![v.clone()],
+                }
+            }
+            None => {
+                let names: Vec<&str> = s.vms.iter().map(|v| v.vm.as_str()).collect();
+                return fail(format_args!(
+                    "no vm {name:?} on {} (it serves: {})",
+                    a.control.display(),
+                    if names.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                ));
+            }
+        }
+    }
     let text = match a.format() {
         StatsFormat::Table => s.table(),
         StatsFormat::Prometheus => s.prometheus(),
@@ -39,6 +61,16 @@ fn stats(a: &StatsArgs) -> ExitCode {
     match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(format_args!("writing stats: {e}")),
+    }
+}
+
+fn reload(a: &ReloadArgs) -> ExitCode {
+    match control::reload(&a.control) {
+        Ok(what) => {
+            println!("{what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
 }
 
@@ -64,6 +96,7 @@ fn main() -> ExitCode {
     };
     let run = match cli.command {
         Some(Command::Stats(a)) => return stats(&a),
+        Some(Command::Reload(a)) => return reload(&a),
         Some(Command::Run(r)) => r,
         None => cli.run,
     };

@@ -7,6 +7,7 @@
 //! name = "echo"                 # service name a guest OPENs
 //! socket = "/run/kt/echo.sock"  # host SOCK_SEQPACKET socket to connect to
 //! max_channels = 8              # optional: open channels at once
+//! identify = true               # optional: first message names the VM
 //! ```
 
 use std::collections::BTreeMap;
@@ -76,6 +77,9 @@ pub struct Service {
     pub socket: PathBuf,
     /// Channels to this service that may be open at once.
     pub max_channels: Option<u32>,
+    /// The device sends `GUEST <guest-id> <vm-name>\n` as the first message
+    /// of every channel to this service (SPEC §9).
+    pub identify: bool,
 }
 
 /// The whole policy: services by name.
@@ -97,6 +101,8 @@ struct RawService {
     name: toml::Spanned<String>,
     socket: toml::Spanned<PathBuf>,
     max_channels: Option<toml::Spanned<u32>>,
+    #[serde(default)]
+    identify: bool,
 }
 
 fn line_of(text: &str, span: Option<Range<usize>>) -> LineNo {
@@ -178,6 +184,7 @@ impl Policy {
                     name: name.clone(),
                     socket: s.socket.into_inner(),
                     max_channels: s.max_channels.map(toml::Spanned::into_inner),
+                    identify: s.identify,
                 },
             );
         }

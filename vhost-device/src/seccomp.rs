@@ -1,8 +1,12 @@
 //! The daemon's system-call allow-list (seccomp-bpf via `seccompiler`).
 //!
-//! Installed on every thread once the sockets are bound and the control
-//! thread runs: from then on the daemon serves vhost-user, reads and writes
-//! guest memory and host `AF_UNIX` sockets, and nothing else. A call outside
+//! Each thread installs it on itself before it serves anything (threads it
+//! starts inherit it): the daemon serves vhost-user, reads and writes
+//! guest memory and host `AF_UNIX` sockets, and nothing else. One thread
+//! may do more: the manager of a daemon configured by a file (`--config`),
+//! which adds VMs on reload, may also `bind`/`listen` sockets and `unlink`
+//! stale ones ([`Role::Manager`]); with the flags' single VM nothing is
+//! ever added, and the manager gets the workers' filter. A call outside
 //! the list fails with `EPERM` (`--seccomp enforce`, the default) or is
 //! allowed and logged by the kernel's audit log (`--seccomp log`, to find a
 //! missing entry); `--seccomp off` installs nothing.
@@ -24,6 +28,23 @@ pub enum SeccompMode {
     /// Install no filter.
     Off,
 }
+
+/// Which filter a thread gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// VM, control and signal threads: serve only.
+    Worker,
+    /// The thread that adds VMs: also binds and unlinks socket paths.
+    Manager,
+}
+
+/// Calls only [`Role::Manager`] may make: creating VM sockets.
+const MANAGER_ONLY: &[libc::c_long] = &[
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_unlink,
+    libc::SYS_unlinkat,
+];
 
 /// Why the filter could not be built or installed.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +148,10 @@ const ALLOWED: &[libc::c_long] = &[
     // limits and randomness (hash maps)
     libc::SYS_prlimit64,
     libc::SYS_getrandom,
+    // SIGHUP (reload) arrives on a signalfd
+    libc::SYS_signalfd4,
+    // threads started after set-up add the workers' filter to their own
+    libc::SYS_seccomp,
 ];
 
 fn target_arch() -> Result<TargetArch> {
@@ -134,10 +159,18 @@ fn target_arch() -> Result<TargetArch> {
         .map_err(|_| SeccompError::Arch(std::env::consts::ARCH))
 }
 
-/// The allow-list as a BPF program; calls outside it get `mismatch`.
-fn program(mismatch: SeccompAction) -> Result<BpfProgram> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|&nr| (nr, Vec::new())).collect();
+/// The allow-list of `role` as a BPF program; calls outside it get
+/// `mismatch`.
+fn program(mismatch: SeccompAction, role: Role) -> Result<BpfProgram> {
+    let extra = match role {
+        Role::Worker => &[][..],
+        Role::Manager => MANAGER_ONLY,
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED
+        .iter()
+        .chain(extra)
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
     // Host peers are Unix sockets; the daemon never opens another family.
     let unix_only = SeccompCondition::new(
         0,
@@ -157,16 +190,29 @@ fn program(mismatch: SeccompAction) -> Result<BpfProgram> {
     BpfProgram::try_from(filter).map_err(SeccompError::Compile)
 }
 
-/// Installs the filter on every thread of the process (TSYNC); threads
-/// started later inherit it.
-pub fn install(mode: SeccompMode) -> Result<()> {
-    let mismatch = match mode {
-        SeccompMode::Off => return Ok(()),
-        SeccompMode::Enforce => SeccompAction::Errno(libc::EPERM as u32),
-        SeccompMode::Log => SeccompAction::Log,
-    };
-    let prog = program(mismatch)?;
-    seccompiler::apply_filter_all_threads(&prog).map_err(SeccompError::Install)
+/// A compiled filter, built once and installed by each thread on itself.
+#[derive(Clone, Debug)]
+pub struct Filter(Option<BpfProgram>);
+
+impl Filter {
+    /// The filter of `role` in `mode` (`Off`: one that installs nothing).
+    pub fn new(mode: SeccompMode, role: Role) -> Result<Filter> {
+        let mismatch = match mode {
+            SeccompMode::Off => return Ok(Filter(None)),
+            SeccompMode::Enforce => SeccompAction::Errno(libc::EPERM as u32),
+            SeccompMode::Log => SeccompAction::Log,
+        };
+        Ok(Filter(Some(program(mismatch, role)?)))
+    }
+
+    /// Installs the filter on the calling thread (stacked on any it has:
+    /// the kernel applies the strictest); threads it starts inherit it.
+    pub fn install(&self) -> Result<()> {
+        match &self.0 {
+            None => Ok(()),
+            Some(prog) => seccompiler::apply_filter(prog).map_err(SeccompError::Install),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -182,8 +228,10 @@ mod tests {
     /// on one thread leaves the test harness's other threads alone).
     fn under_filter<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         std::thread::spawn(move || {
-            let prog = program(SeccompAction::Errno(libc::EPERM as u32)).expect("filter builds");
-            seccompiler::apply_filter(&prog).expect("filter installs");
+            Filter::new(SeccompMode::Enforce, Role::Worker)
+                .expect("filter builds")
+                .install()
+                .expect("filter installs");
             f()
         })
         .join()
@@ -215,6 +263,46 @@ mod tests {
         assert_eq!(inet, (-1, libc::EPERM), "socket(AF_INET)");
         assert_eq!(exec, (-1, libc::EPERM), "execve");
         assert_eq!(ptrace.1, libc::EPERM, "ptrace");
+    }
+
+    #[test]
+    fn only_the_manager_binds_and_a_worker_filter_narrows_it() {
+        // Made before any filter: mkdir is not on the list.
+        let dir = std::env::temp_dir().join(format!("kt-sc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("s");
+        let bind_unlink = move || {
+            let bound = std::os::unix::net::UnixListener::bind(&p).map_err(|e| e.raw_os_error());
+            let unlinked = std::fs::remove_file(&p).map_err(|e| e.raw_os_error());
+            (bound.map(|_| ()), unlinked)
+        };
+        let (manager, worker_after) = std::thread::spawn(move || {
+            Filter::new(SeccompMode::Enforce, Role::Manager)
+                .expect("filter builds")
+                .install()
+                .expect("filter installs");
+            let manager = bind_unlink();
+            // A thread the manager starts adds the workers' filter.
+            let worker = std::thread::spawn(move || {
+                Filter::new(SeccompMode::Enforce, Role::Worker)
+                    .expect("filter builds")
+                    .install()
+                    .expect("filter installs");
+                bind_unlink()
+            })
+            .join()
+            .expect("worker thread");
+            (manager, worker)
+        })
+        .join()
+        .expect("manager thread");
+        assert_eq!(manager, (Ok(()), Ok(())));
+        assert_eq!(worker_after.0, Err(Some(libc::EPERM)));
+        assert!(Filter::new(SeccompMode::Off, Role::Worker)
+            .unwrap()
+            .install()
+            .is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

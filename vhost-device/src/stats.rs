@@ -109,6 +109,7 @@ pub struct Stats {
     pub events: DeviceEvents,
     /// Whether a driver is currently live on the queues.
     pub active: AtomicBool,
+    vm: String,
     guest_id: u32,
     channels: Mutex<BTreeMap<u32, ChannelEntry>>,
 }
@@ -130,6 +131,9 @@ pub struct ChannelSnapshot {
 /// What `kt-vhost-device stats --json` prints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
+    /// The VM's name (`--vm-name`, or its section of the config file).
+    #[serde(default)]
+    pub vm: String,
     /// Host-assigned guest id.
     pub guest_id: u32,
     /// Whether a driver is live.
@@ -168,9 +172,15 @@ pub fn add(c: &AtomicU64, n: u64) {
 }
 
 impl Stats {
-    /// Empty counters for guest `guest_id`.
+    /// Empty counters for guest `guest_id`, in a VM named `vm<guest_id>`.
     pub fn new(guest_id: u32) -> Stats {
+        Stats::for_vm(&format!("vm{guest_id}"), guest_id)
+    }
+
+    /// Empty counters for the VM `vm` with guest id `guest_id`.
+    pub fn for_vm(vm: &str, guest_id: u32) -> Stats {
         Stats {
+            vm: vm.to_owned(),
             guest_id,
             ..Stats::default()
         }
@@ -221,6 +231,7 @@ impl Stats {
             })
             .unwrap_or_default();
         StatsSnapshot {
+            vm: self.vm.clone(),
             guest_id: self.guest_id,
             active: self.active.load(Relaxed),
             frontends: self.events.frontends.load(Relaxed),
@@ -244,7 +255,8 @@ impl StatsSnapshot {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "guest {}  {}  frontends {}  opened {}  refused {}  resets {}  host connects {}",
+            "vm {}  guest {}  {}  frontends {}  opened {}  refused {}  resets {}  host connects {}",
+            self.vm,
             self.guest_id,
             if self.active { "active" } else { "inactive" },
             self.frontends,
@@ -303,15 +315,21 @@ impl StatsSnapshot {
 }
 
 impl StatsSnapshot {
-    /// The counters in the Prometheus text exposition format 0.0.4, metric
-    /// names prefixed `kt_device_`, every sample labelled `guest` (the
-    /// daemon's `--guest-id`); per-channel samples add `channel` (the id,
-    /// unique while open), `service` and `opener`; message and byte counts
-    /// have `direction="to_host"|"to_guest"`.
+    /// The counters in the Prometheus text exposition format 0.0.4.
     pub fn prometheus(&self) -> String {
-        let guest = self.guest_id.to_string();
-        let g = [("guest", guest.as_str())];
         let mut w = Writer::default();
+        self.write_prometheus(&mut w);
+        w.finish()
+    }
+
+    /// Writes the counters into `w`: metric names prefixed `kt_device_`,
+    /// every sample labelled `vm` (the VM's name) and `guest` (its guest
+    /// id); per-channel samples add `channel` (the id, unique while open),
+    /// `service` and `opener`; message and byte counts have
+    /// `direction="to_host"|"to_guest"`. Several VMs write into one writer.
+    pub fn write_prometheus(&self, w: &mut Writer) {
+        let guest = self.guest_id.to_string();
+        let g = [("vm", self.vm.as_str()), ("guest", guest.as_str())];
         let bool_gauge = |b: bool| u64::from(b);
         w.family(
             "kt_device_active",
@@ -382,15 +400,15 @@ impl StatsSnapshot {
             Kind::Counter,
             "Messages carried, all channels.",
         );
-        w.sample(&[g[0], ("direction", "to_host")], d.msgs_to_host);
-        w.sample(&[g[0], ("direction", "to_guest")], d.msgs_to_guest);
+        w.sample(&[g[0], g[1], ("direction", "to_host")], d.msgs_to_host);
+        w.sample(&[g[0], g[1], ("direction", "to_guest")], d.msgs_to_guest);
         w.family(
             "kt_device_bytes_total",
             Kind::Counter,
             "Payload bytes carried, all channels.",
         );
-        w.sample(&[g[0], ("direction", "to_host")], d.bytes_to_host);
-        w.sample(&[g[0], ("direction", "to_guest")], d.bytes_to_guest);
+        w.sample(&[g[0], g[1], ("direction", "to_host")], d.bytes_to_host);
+        w.sample(&[g[0], g[1], ("direction", "to_guest")], d.bytes_to_guest);
         w.family(
             "kt_device_credit_stalls_total",
             Kind::Counter,
@@ -409,7 +427,7 @@ impl StatsSnapshot {
             .iter()
             .map(|c| format!("{:#x}", c.id))
             .collect();
-        let labels = |i: usize| -> [(&str, &str); 4] {
+        let labels = |i: usize| -> [(&str, &str); 5] {
             let c = &self.channels[i];
             let opener = match c.opener {
                 Opener::Guest => "guest",
@@ -417,6 +435,7 @@ impl StatsSnapshot {
             };
             [
                 g[0],
+                g[1],
                 ("channel", ids[i].as_str()),
                 ("service", c.service.as_str()),
                 ("opener", opener),
@@ -466,12 +485,51 @@ impl StatsSnapshot {
                 let base = labels(i);
                 match dir {
                     Some(dir) => {
-                        let l = [base[0], base[1], base[2], base[3], ("direction", dir)];
+                        let l = [
+                            base[0],
+                            base[1],
+                            base[2],
+                            base[3],
+                            base[4],
+                            ("direction", dir),
+                        ];
                         w.sample(&l, pick(&c.counters));
                     }
                     None => w.sample(&base, pick(&c.counters)),
                 }
             }
+        }
+    }
+}
+
+/// What the control socket's `stats` answers: every VM the daemon serves,
+/// in the order of its configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonSnapshot {
+    /// One entry per VM.
+    pub vms: Vec<StatsSnapshot>,
+}
+
+impl DaemonSnapshot {
+    /// The VM named `name`.
+    pub fn vm(&self, name: &str) -> Option<&StatsSnapshot> {
+        self.vms.iter().find(|v| v.vm == name)
+    }
+
+    /// Every VM's table, an empty line between them.
+    pub fn table(&self) -> String {
+        if self.vms.is_empty() {
+            return "no VMs configured\n".to_owned();
+        }
+        let tables: Vec<String> = self.vms.iter().map(StatsSnapshot::table).collect();
+        tables.join("\n")
+    }
+
+    /// Every VM's counters in one exposition (each family once).
+    pub fn prometheus(&self) -> String {
+        let mut w = Writer::default();
+        for v in &self.vms {
+            v.write_prometheus(&mut w);
         }
         w.finish()
     }
@@ -531,7 +589,8 @@ mod tests {
         assert!(ex
             .samples
             .iter()
-            .all(|s| s.labels[0] == ("guest".into(), "7".into())));
+            .all(|s| s.labels[0] == ("vm".into(), "vm7".into())
+                && s.labels[1] == ("guest".into(), "7".into())));
         assert_eq!(ex.families["kt_device_messages_total"].kind, "counter");
         assert_eq!(ex.families["kt_device_active"].kind, "gauge");
         assert_eq!(ex.value("kt_device_active", &[]), Some(1.0));
@@ -566,6 +625,35 @@ mod tests {
         );
         assert!(text.contains(r#"service="we\"ird\\name""#), "{text}");
         assert_eq!(kt_prom::label_value("a\nb\"c\\"), r#"a\nb\"c\\"#);
+    }
+
+    #[test]
+    fn several_vms_share_one_exposition_and_table() {
+        let a = Stats::for_vm("web", 1);
+        let b = Stats::for_vm("db", 2);
+        add(&a.events.opened, 3);
+        add(&b.events.opened, 5);
+        b.open_channel(4, "echo", Opener::Guest);
+        let all = DaemonSnapshot {
+            vms: vec![a.snapshot(), b.snapshot()],
+        };
+        let text = all.prometheus();
+        let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let opened = "kt_device_channels_opened_total";
+        assert_eq!(ex.value(opened, &[("vm", "web")]), Some(3.0));
+        assert_eq!(ex.value(opened, &[("vm", "db"), ("guest", "2")]), Some(5.0));
+        assert_eq!(
+            ex.value("kt_device_open_channels", &[("vm", "db")]),
+            Some(1.0)
+        );
+        assert_eq!(text.matches("# TYPE kt_device_active").count(), 1, "{text}");
+        let t = all.table();
+        assert!(t.starts_with("vm web  guest 1"), "{t}");
+        assert!(t.contains("\nvm db  guest 2"), "{t}");
+        assert_eq!(all.vm("db").map(|v| v.guest_id), Some(2));
+        assert!(all.vm("nope").is_none());
+        let json = serde_json::to_string(&all).unwrap();
+        assert_eq!(serde_json::from_str::<DaemonSnapshot>(&json).unwrap(), all);
     }
 
     #[test]

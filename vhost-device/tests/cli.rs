@@ -164,12 +164,24 @@ fn stats_table_and_json() {
         args.extend_from_slice(json);
         let (code, out, err) = run(&args);
         assert_eq!(code, 0, "{args:?}: {err}");
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let all: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(all["vms"].as_array().map(Vec::len), Some(1), "{out}");
+        let v = &all["vms"][0];
+        assert_eq!(v["vm"], "vm7");
         assert_eq!(v["guest_id"], 7);
         assert_eq!(v["channels"][0]["service"], "echo");
         assert_eq!(v["channels"][0]["msgs_to_host"], 1);
         assert_eq!(v["device"]["bytes_to_guest"], 3);
     }
+    let (code, out, err) = run(&["stats", "--control", ctl, "--vm", "vm7", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"guest_id\": 7"), "{out}");
+    let (code, _, err) = run(&["stats", "--control", ctl, "--vm", "web"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        format!("kt-vhost-device: no vm \"web\" on {ctl} (it serves: vm7)\n")
+    );
 }
 
 #[test]

@@ -151,6 +151,6 @@ fn stale_socket_files_are_reclaimed_and_other_files_refused() {
             }
         }
     };
-    assert!(!stats.active);
+    assert!(!stats.vms[0].active);
     kt_vhost_device::seqpacket::SeqPacket::connect(&listen, false).unwrap();
 }

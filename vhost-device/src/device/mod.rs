@@ -87,6 +87,8 @@ const HANDSHAKE_BIT: u64 = 1 << 32;
 /// Static parameters of the device.
 #[derive(Clone, Debug)]
 pub struct Params {
+    /// The VM's name (logs, the `identify` first message).
+    pub vm_name: String,
     /// Config space values.
     pub config: DeviceConfig,
     /// Window granted per channel for guest → host data.

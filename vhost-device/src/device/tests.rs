@@ -70,6 +70,7 @@ impl<'a> Rig<'a> {
         let policy = Policy::parse(std::path::Path::new("t.toml"), &text).unwrap();
         let stats = Arc::new(Stats::new(1));
         let params = Params {
+            vm_name: "t".into(),
             config: DeviceConfig {
                 max_msg_size: 8192,
                 max_channels: 8,

@@ -266,6 +266,17 @@ impl Device {
             }
         };
         let _ = sock.set_send_buffer(2 * (self.params.config.max_msg_size as usize + 4096));
+        if svc.identify {
+            // The first message of a fresh connection always fits its
+            // send buffer; failing to send it refuses the OPEN.
+            let hello = handshake::guest_msg(gid, &self.params.vm_name);
+            if let Err(e) = sock.send(&hello) {
+                let why = format!("identifying the guest to {}: {e}", svc.socket.display());
+                self.log_refusal(&name, id, &why);
+                self.refuse_open(id, ErrorCode::ConnRefused);
+                return;
+            }
+        }
         let counters = self.stats.open_channel(id, &name, Opener::Guest);
         let mut ch = Channel::new(
             &name,

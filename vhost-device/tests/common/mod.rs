@@ -102,8 +102,11 @@ impl Fixture {
         SeqListener::bind(&self.dir.join("manual.sock")).expect("manual service")
     }
 
+    /// The counters of the fixture's one VM.
     pub fn stats(&self) -> kt_vhost_device::stats::StatsSnapshot {
-        kt_vhost_device::control::query(&self.control).expect("stats")
+        let mut all = kt_vhost_device::control::query(&self.control).expect("stats");
+        assert_eq!(all.vms.len(), 1, "one VM expected: {all:?}");
+        all.vms.remove(0)
     }
 }
 

@@ -235,6 +235,8 @@ fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
     std::fs::write(&policy_path, policy)?;
     let sock = dir.join("vhost.sock");
     let config = Config::try_from(RunArgs {
+        config: None,
+        vm_name: None,
         socket_path: Some(sock.clone()),
         policy: Some(policy_path),
         listen: None,
