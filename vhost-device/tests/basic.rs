@@ -148,3 +148,45 @@ fn kt_services_lists_the_policy_under_the_seccomp_filter() {
     assert_eq!(s.device.malformed, 0);
     assert_eq!(s.open_refused, 1);
 }
+
+#[test]
+fn a_reload_that_changes_the_names_sends_a_new_listing() {
+    let fx = Fixture::new("services-reload", &[]);
+    let mut d = fx.driver();
+    let id = d.open("kt.services").unwrap().unwrap();
+    assert_eq!(
+        listing(&mut d, id),
+        ["down", "echo", "limited", "manual", "sink"]
+    );
+    let policy = fx.dir.join("policy.toml");
+    let echo = fx.dir.join("echo.sock");
+    let text = |names: &[&str]| -> String {
+        names
+            .iter()
+            .map(|n| {
+                format!(
+                    "[[service]]\nname = \"{n}\"\nsocket = \"{}\"\n",
+                    echo.display()
+                )
+            })
+            .collect()
+    };
+    // New names: a new listing on the open channel.
+    std::fs::write(&policy, text(&["echo", "metrics"])).unwrap();
+    kt_vhost_device::control::reload(&fx.control).unwrap();
+    assert_eq!(listing(&mut d, id), ["echo", "metrics"]);
+    // The same names again (another order): nothing is sent.
+    std::fs::write(&policy, text(&["metrics", "echo"])).unwrap();
+    kt_vhost_device::control::reload(&fx.control).unwrap();
+    // A policy naming kt.* is refused by the reload and changes nothing.
+    std::fs::write(&policy, text(&["echo", "kt.services"])).unwrap();
+    let e = kt_vhost_device::control::reload(&fx.control).unwrap_err();
+    assert!(e.to_string().contains("reserved"), "{e}");
+    // Only the request below gets an answer: no listing came in between.
+    d.send(id, b"").unwrap();
+    assert_eq!(listing(&mut d, id), ["echo", "metrics"]);
+    // Anything sent wrongly would be in flight behind it.
+    d.poll(std::time::Duration::from_millis(300)).unwrap();
+    assert_eq!(d.inbox_len(id), 0);
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+}
