@@ -97,6 +97,17 @@ fn kt_list_shows_the_policy_and_waits_for_a_reload() {
         "the timeout message is missing:\n{serial}"
     );
     let stats = backend.stats().expect("backend stats");
-    assert_eq!(stats["device"]["malformed"], 0, "{stats}");
+    // One VM's counters (the daemon reports a list of VMs).
+    let vm = if stats["vms"].is_array() {
+        &stats["vms"][0]
+    } else {
+        &stats
+    };
+    assert_eq!(vm["device"]["malformed"], 0, "{stats}");
+    // list1, the waiter, list2 and the timed-out waiter: four kt.services
+    // channels, none refused, all closed again.
+    assert_eq!(vm["opened"], 4, "{stats}");
+    assert_eq!(vm["open_refused"], 0, "{stats}");
+    assert_eq!(vm["channels"].as_array().map(Vec::len), Some(0), "{stats}");
     guest.wait_exit(EXIT_TIMEOUT).expect("guest powers off");
 }
