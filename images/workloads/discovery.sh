@@ -1,33 +1,47 @@
-# Workload "discovery": service discovery, host side (SPEC §2.2, §9). The
-# guest listens on two names with `kt listen`; the host test
-# (tests/tests/e2e_discovery.rs) sees exactly those names in the device's
-# stats and through LIST on --listen, talks to svc-a, and after the guest
-# stopped svc-a sees only svc-b, which it then talks to.
-#
-#   kt listen svc-a, kt listen svc-b           -> "KT: listening on svc-a and svc-b"
-#   (host: one session with svc-a)             -> svc-a stopped, "KT: stopped svc-a"
-#   (host: one session with svc-b)             -> "KT: discovery done"
+# Workload "discovery": service discovery through the device's own
+# service kt.services (SPEC section 3.3). The host test
+# (tests/tests/e2e_discovery.rs) plays the other end:
+#   1. `kt list`: prints "KT: list1 NAME,NAME,..." (every line kt printed,
+#      each followed by a comma); the host compares it with its policy.
+#   2. `kt list --wait newsvc` in the background; once its kt.services
+#      channel is open (sysfs open_channels), "KT: waiting for newsvc".
+#      The host then rewrites its policy (adding newsvc) and reloads it.
+#   3. the waiter exits 0 ("KT: wait returned 0"), and a second `kt list`
+#      prints "KT: list2 ..." for the host to compare with the new policy.
+#   4. `kt list --wait never --timeout 1` fails with its one-line error.
 . /workloads/lib.sh
 need_module kerntransport
-kt_sysfs >/dev/null || fail "no kerntransport device bound"
-# Only this workload's listeners: kt_kecho would add k.echo.
-if grep -q '^kt_kecho ' /proc/modules; then
-	rmmod kt_kecho || fail "rmmod kt_kecho failed"
+sys=$(kt_sysfs) || fail "no kerntransport device bound"
+
+# list_line LABEL: runs `kt list` and prints its lines as one.
+list_line() {
+	kt list >/tmp/list.out 2>/tmp/list.err || fail "$1: kt list failed: $(cat /tmp/list.err)"
+	echo "KT: $1 $(tr '\n' ',' </tmp/list.out)"
+}
+
+list_line list1
+[ "$(cat "$sys/open_channels")" = 0 ] || fail "kt list left a channel open"
+
+waiter_open() {
+	[ "$(cat "$sys/open_channels")" = 1 ]
+}
+kt list --wait newsvc --timeout 240 >/tmp/wait.out 2>&1 &
+waiter=$!
+wait_until 30 "the waiter's kt.services channel" waiter_open
+# The first listing has arrived and did not name newsvc: still waiting.
+sleep 1
+kill -0 "$waiter" 2>/dev/null || fail "kt list --wait exited before the reload: $(cat /tmp/wait.out)"
+echo "KT: waiting for newsvc"
+wait "$waiter"
+rc=$?
+echo "KT: wait returned $rc"
+[ "$rc" = 0 ] || fail "kt list --wait newsvc: exit $rc: $(cat /tmp/wait.out)"
+
+list_line list2
+
+if kt list --wait never --timeout 1 >/tmp/never.out 2>&1; then
+	fail "kt list --wait never --timeout 1 succeeded"
 fi
-
-o0=$(kt_stat opens_in)
-kt listen svc-a --echo -q >/tmp/svc-a.out 2>&1 &
-a=$!
-kt listen svc-b --echo -q >/tmp/svc-b.out 2>&1 &
-b=$!
-echo "KT: listening on svc-a and svc-b"
-
-wait_until 120 "the host's svc-a session" host_sessions_done $((o0 + 1))
-kill "$a" || fail "svc-a exited early: $(cat /tmp/svc-a.out)"
-wait "$a" 2>/dev/null || true
-echo "KT: stopped svc-a"
-
-wait_until 120 "the host's svc-b session" host_sessions_done $((o0 + 2))
-kill "$b" || fail "svc-b exited early: $(cat /tmp/svc-b.out)"
-wait "$b" 2>/dev/null || true
-echo "KT: discovery done"
+echo "KT: never: $(cat /tmp/never.out)"
+grep -q "never: not listed by kt.services within 1 s" /tmp/never.out ||
+	fail "unexpected timeout message: $(cat /tmp/never.out)"

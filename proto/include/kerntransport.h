@@ -108,6 +108,11 @@ struct kt_config {
 
 /* Service names that only guest kernel code may listen on. */
 #define KT_KERNEL_NAME_PREFIX		"k."
+/* Service names the device implements itself; policies cannot name them. */
+#define KT_DEVICE_NAME_PREFIX		"kt."
+/* The device's listing of the services this guest may open (SPEC 3.3). */
+#define KT_SERVICES_NAME		"kt.services"
+#define KT_LISTING_CHUNK_MAX		4096
 
 struct kt_ioc_name {
 	char name[KT_NAME_MAX + 1];	/* NUL-terminated service name */

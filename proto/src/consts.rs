@@ -63,6 +63,14 @@ pub const HDR_F_KNOWN: u16 = HDR_F_MORE;
 
 /// Service-name prefix reserved for guest kernel services.
 pub const KERNEL_NAME_PREFIX: &str = "k.";
+/// Service-name prefix reserved for services the device itself implements
+/// (SPEC §2.1); host policies may not name them.
+pub const DEVICE_NAME_PREFIX: &str = "kt.";
+/// The device's service listing the names the guest may open (SPEC §3.3).
+pub const SERVICES_NAME: &str = "kt.services";
+/// Most payload bytes one DATA message of a `kt.services` listing carries
+/// (fewer when `max_msg_size` is smaller).
+pub const LISTING_CHUNK_MAX: usize = 4096;
 
 /// `ioctl` magic of `/dev/kerntransport`.
 pub const IOC_MAGIC: u8 = b'k';

@@ -10,6 +10,7 @@ pub mod consts;
 pub mod credit;
 pub mod handshake;
 pub mod header;
+pub mod listing;
 pub mod name;
 pub mod wire;
 

@@ -1,6 +1,7 @@
-//! Service names: validation (SPEC §2.1) and the kernel-reserved prefix.
+//! Service names: validation (SPEC §2.1) and the reserved prefixes (`k.`
+//! for guest kernel services, `kt.` for the device's own).
 
-use crate::consts::{KERNEL_NAME_PREFIX, NAME_MAX};
+use crate::consts::{DEVICE_NAME_PREFIX, KERNEL_NAME_PREFIX, NAME_MAX};
 
 /// Why a service name was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -25,6 +26,12 @@ pub fn validate(bytes: &[u8]) -> Result<&str, NameError> {
         return Err(NameError::Control(bytes[at], at));
     }
     std::str::from_utf8(bytes).map_err(|e| NameError::NotUtf8(e.valid_up_to()))
+}
+
+/// Whether `name` is reserved for services the device implements itself
+/// (`kt.`): no host policy may name them.
+pub fn is_device_reserved(name: &str) -> bool {
+    name.starts_with(DEVICE_NAME_PREFIX)
 }
 
 /// Whether `name` is reserved for guest kernel services.
@@ -56,5 +63,8 @@ mod tests {
     fn kernel_prefix() {
         assert!(is_kernel_reserved("k.echo"));
         assert!(!is_kernel_reserved("kecho"));
+        assert!(is_device_reserved("kt.services"));
+        assert!(!is_device_reserved("kt"));
+        assert!(!is_device_reserved("k.echo"));
     }
 }

@@ -139,11 +139,14 @@ fn header_layout_constants_and_golden_bytes_agree() {
         ("KT_MSG_F_TRUNC", MSG_F_TRUNC.into()),
         ("KT_NEXT_F_MSG", NEXT_F_MSG.into()),
         ("KT_NEXT_F_ENDED", NEXT_F_ENDED.into()),
+        ("KT_LISTING_CHUNK_MAX", LISTING_CHUNK_MAX as u64),
     ];
     for (name, v) in consts {
         assert_eq!(num(&c, name), *v, "{name}");
     }
     assert_eq!(c["KT_KERNEL_NAME_PREFIX"], KERNEL_NAME_PREFIX);
+    assert_eq!(c["KT_DEVICE_NAME_PREFIX"], DEVICE_NAME_PREFIX);
+    assert_eq!(c["KT_SERVICES_NAME"], SERVICES_NAME);
 
     let h = Header {
         channel: 0x8000_0005,

@@ -6,7 +6,9 @@
 //! --control P`, waiting until the vhost-user socket exists so QEMU can be
 //! started right after. A [`Backend`] is killed on drop and prints its log
 //! when dropped during a panic; [`Backend::restart`] kills it and starts it
-//! again with the same arguments (the transport-reset tests). Owns the
+//! again with the same arguments (the transport-reset tests);
+//! [`Backend::write_policy`] and [`Backend::reload`] (SIGHUP) replace its
+//! policy while it runs (the discovery test). Owns the
 //! backend's command line and lifetime, not its behaviour.
 
 use std::ffi::OsString;
@@ -58,6 +60,9 @@ pub enum BackendError {
         /// What went wrong.
         why: String,
     },
+    /// An operation needs the backend running (it was killed).
+    #[error("kt-vhost-device is not running")]
+    NotRunning,
     /// Its vhost-user socket did not appear in time.
     #[error("kt-vhost-device did not create {socket} within {timeout:?}")]
     NotListening {
@@ -150,16 +155,11 @@ impl BackendBuilder {
         if let Some(text) = &self.policy_text {
             return text.clone();
         }
-        self.services
-            .iter()
-            .map(|(name, socket)| {
-                format!(
-                    "[[service]]\nname = {}\nsocket = {}\n\n",
-                    toml_string(name),
-                    toml_string(&socket.to_string_lossy())
-                )
-            })
-            .collect()
+        policy_toml(
+            self.services
+                .iter()
+                .map(|(name, socket)| (name.as_str(), socket.as_path())),
+        )
     }
 
     /// The vhost-user socket QEMU connects to.
@@ -221,6 +221,20 @@ impl BackendBuilder {
         backend.start()?;
         Ok(backend)
     }
+}
+
+/// A policy file allowing each `(name, socket)` service.
+pub fn policy_toml<'a>(services: impl IntoIterator<Item = (&'a str, &'a Path)>) -> String {
+    services
+        .into_iter()
+        .map(|(name, socket)| {
+            format!(
+                "[[service]]\nname = {}\nsocket = {}\n\n",
+                toml_string(name),
+                toml_string(&socket.to_string_lossy())
+            )
+        })
+        .collect()
 }
 
 /// `s` as a TOML basic string.
@@ -378,6 +392,21 @@ impl Backend {
             .read_line(&mut line)
             .map_err(|e| fail(format!("read: {e}")))?;
         serde_json::from_str(&line).map_err(|e| fail(format!("{e} in {line:?}")))
+    }
+
+    /// Replaces the policy file with `toml`; the backend reads it on the
+    /// next [`Backend::reload`] (or restart).
+    pub fn write_policy(&self, toml: &str) -> Result<()> {
+        let path = self.builder.policy_path();
+        std::fs::write(&path, toml).map_err(|source| BackendError::Policy { path, source })
+    }
+
+    /// Asks the running backend to re-read its policy file (SIGHUP).
+    pub fn reload(&mut self) -> Result<()> {
+        match self.proc.as_mut() {
+            Some(p) => Ok(p.signal(libc::SIGHUP)?),
+            None => Err(BackendError::NotRunning),
+        }
     }
 
     /// The binary being run.

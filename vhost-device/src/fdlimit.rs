@@ -14,7 +14,8 @@ use crate::device::MAX_HANDSHAKES;
 /// Descriptors the daemon needs besides channel sockets and handshakes:
 /// standard streams, the vhost-user, host and control sockets and their
 /// clients, epoll and timer fds, kick/call/error eventfds of three queues,
-/// up to eight guest memory regions, the spare descriptor, with margin.
+/// up to eight guest memory regions, the spare descriptor, the kept socket
+/// ends of up to `MAX_FEEDS` (16) `kt.services` channels, with margin.
 pub const OWN_FDS: u64 = 64;
 
 /// The limit cannot fit the configuration.

@@ -148,6 +148,16 @@ impl Policy {
                     format!("invalid service name {name:?}: {e}"),
                 ));
             }
+            if kt_proto::name::is_device_reserved(name) {
+                return Err(invalid(
+                    s.name.span(),
+                    format!(
+                        "service name {name:?}: names starting with {:?} are reserved for \
+                         services the device implements itself",
+                        kt_proto::consts::DEVICE_NAME_PREFIX
+                    ),
+                ));
+            }
             if services.contains_key(name) {
                 return Err(invalid(
                     s.name.span(),
@@ -184,6 +194,11 @@ impl Policy {
     /// The service named `name`, if the policy allows it.
     pub fn get(&self, name: &str) -> Option<&Service> {
         self.services.get(name)
+    }
+
+    /// The service names, sorted (byte order).
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.services.keys().map(String::as_str)
     }
 
     /// Number of services.
@@ -305,6 +320,7 @@ mod tests {
         );
         assert_eq!(p.get("log").unwrap().max_channels, Some(2));
         assert!(p.get("nope").is_none());
+        assert_eq!(p.names().collect::<Vec<_>>(), ["echo", "log"]);
         assert!(parse("").unwrap().is_empty());
     }
 
@@ -326,6 +342,11 @@ mod tests {
             (
                 "[[service]]\nname = \"a\"\nsocket = \"/x\"\nmax_channels = 0\n",
                 "p.toml: line 4: service \"a\": max_channels must be at least 1",
+            ),
+            (
+                "[[service]]\nname = \"a\"\nsocket = \"/x\"\n[[service]]\nname = \"kt.services\"\nsocket = \"/y\"\n",
+                "p.toml: line 5: service name \"kt.services\": names starting with \"kt.\" are \
+                 reserved for services the device implements itself",
             ),
             ("[[service]]\nname = \"a\"\n", "p.toml: line 1: missing field `socket`"),
             ("[[service]\n", "p.toml: line 1:"),

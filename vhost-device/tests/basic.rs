@@ -1,5 +1,6 @@
 //! Starts the real daemon and drives it as a VMM + guest would: open, echo
-//! both ways, policy refusal, host-initiated channels, stats.
+//! both ways, policy refusal, host-initiated channels, stats, the
+//! device's own `kt.services` under the seccomp filter.
 
 // Test helpers outside #[test] functions fail the test by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -113,4 +114,79 @@ fn the_daemon_serves_under_its_seccomp_filter_by_default() {
         assert_eq!(seccomp_mode(fx.daemon.pid()), want, "flags {flags:?}");
         assert!(d.errors.is_empty(), "{:?}", d.errors);
     }
+}
+
+/// Reads one `kt.services` listing from channel `id`.
+fn listing(d: &mut kt_sim::Driver, id: u32) -> Vec<String> {
+    let mut r = kt_proto::listing::Reader::default();
+    loop {
+        let m = d.recv(id).unwrap();
+        if let Some(names) = r.push(&m).unwrap() {
+            return names;
+        }
+    }
+}
+
+#[test]
+fn kt_services_lists_the_policy_under_the_seccomp_filter() {
+    let fx = Fixture::new("services", &[]);
+    let mut d = fx.driver();
+    let id = d.open("kt.services").unwrap().unwrap();
+    let want = ["down", "echo", "limited", "manual", "sink"];
+    assert_eq!(listing(&mut d, id), want);
+    // A message on the channel asks for the listing again (the socketpair
+    // the device keeps works both ways under the filter).
+    d.send(id, b"again").unwrap();
+    assert_eq!(listing(&mut d, id), want);
+    assert_eq!(d.open("kt.other").unwrap(), Err(ErrorCode::NoEnt));
+    d.close(id).unwrap();
+    d.wait_until("CLOSE answer", |d| d.closed(id).is_some())
+        .unwrap();
+    assert_eq!(seccomp_mode(fx.daemon.pid()), "2");
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    let s = fx.stats();
+    assert_eq!(s.device.malformed, 0);
+    assert_eq!(s.open_refused, 1);
+}
+
+#[test]
+fn a_reload_that_changes_the_names_sends_a_new_listing() {
+    let fx = Fixture::new("services-reload", &[]);
+    let mut d = fx.driver();
+    let id = d.open("kt.services").unwrap().unwrap();
+    assert_eq!(
+        listing(&mut d, id),
+        ["down", "echo", "limited", "manual", "sink"]
+    );
+    let policy = fx.dir.join("policy.toml");
+    let echo = fx.dir.join("echo.sock");
+    let text = |names: &[&str]| -> String {
+        names
+            .iter()
+            .map(|n| {
+                format!(
+                    "[[service]]\nname = \"{n}\"\nsocket = \"{}\"\n",
+                    echo.display()
+                )
+            })
+            .collect()
+    };
+    // New names: a new listing on the open channel.
+    std::fs::write(&policy, text(&["echo", "metrics"])).unwrap();
+    kt_vhost_device::control::reload(&fx.control).unwrap();
+    assert_eq!(listing(&mut d, id), ["echo", "metrics"]);
+    // The same names again (another order): nothing is sent.
+    std::fs::write(&policy, text(&["metrics", "echo"])).unwrap();
+    kt_vhost_device::control::reload(&fx.control).unwrap();
+    // A policy naming kt.* is refused by the reload and changes nothing.
+    std::fs::write(&policy, text(&["echo", "kt.services"])).unwrap();
+    let e = kt_vhost_device::control::reload(&fx.control).unwrap_err();
+    assert!(e.to_string().contains("reserved"), "{e}");
+    // Only the request below gets an answer: no listing came in between.
+    d.send(id, b"").unwrap();
+    assert_eq!(listing(&mut d, id), ["echo", "metrics"]);
+    // Anything sent wrongly would be in flight behind it.
+    d.poll(std::time::Duration::from_millis(300)).unwrap();
+    assert_eq!(d.inbox_len(id), 0);
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
 }

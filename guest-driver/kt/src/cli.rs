@@ -63,6 +63,10 @@ pub enum Command {
     Stats(StatsArgs),
     /// Guest: print KT_IOC_INFO (message limit, guest id, channel state).
     Info(InfoArgs),
+    /// Guest: print the services the host policy lets this guest open (the
+    /// device's kt.services listing), one per line; or, with --wait NAME,
+    /// wait until NAME is among them.
+    List(ListArgs),
 }
 
 /// How a verb gets its channel.
@@ -489,6 +493,20 @@ pub struct InfoArgs {
     pub name: Option<String>,
 }
 
+/// `kt list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print nothing; keep the kt.services channel open until a listing
+    /// names NAME (exit 0), e.g. after the host reloads its policy.
+    #[arg(long, value_name = "NAME")]
+    pub wait: Option<String>,
+
+    /// Give up (exit 1) after SECS. Default: 10 for a listing, no limit
+    /// with --wait.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+}
+
 /// Parses the command line; clap's own message is folded into one line.
 /// `Ok(Err(text))` is help or version output to print with exit 0.
 pub fn parse<I, T>(args: I) -> Result<Result<Cli, String>, String>
@@ -609,6 +627,20 @@ mod tests {
         ));
         assert!(matches!(ok(&["info"]).command, Command::Info(_)));
         assert!(matches!(
+            ok(&["list"]).command,
+            Command::List(ListArgs {
+                wait: None,
+                timeout: None
+            })
+        ));
+        match ok(&["list", "--wait", "new", "--timeout", "2.5"]).command {
+            Command::List(l) => {
+                assert_eq!(l.wait.as_deref(), Some("new"));
+                assert_eq!(l.timeout, Some(2.5));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
             ok(&["listen", "svc", "--echo"]).command,
             Command::Listen(ListenArgs { echo: true, .. })
         ));
@@ -647,5 +679,6 @@ mod tests {
         let help = parse(["kt", "--help"]).unwrap().unwrap_err();
         assert!(help.contains("gen"));
         assert!(help.contains("verify"));
+        assert!(help.contains("list"));
     }
 }

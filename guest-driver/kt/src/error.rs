@@ -199,6 +199,31 @@ pub enum Error {
     Soak(String),
     #[error("bench: {0}")]
     Bench(String),
+    /// `kt list`: the device refused `kt.services` (ENOENT): it predates
+    /// service discovery.
+    #[error("kt.services: the device does not offer service discovery (ENOENT) — kt-vhost-device too old?")]
+    NoDiscovery,
+    /// `kt list`: the device closed `kt.services` before a whole listing.
+    #[error("kt.services: the device closed the channel before a complete listing")]
+    DiscoveryEnded,
+    /// `kt list`: the device sent a listing that breaks SPEC §3.3.
+    #[error("kt.services: bad listing from the device: {source}")]
+    BadListing {
+        /// What is wrong with it.
+        source: kt_proto::listing::ListingError,
+    },
+    /// `kt list`: no listing (or, with `--wait`, none naming the service)
+    /// in time.
+    #[error("{}", match wanted {
+        Some(w) => format!("{w}: not listed by kt.services within {secs} s (--timeout)"),
+        None => format!("kt.services: no listing from the device within {secs} s (--timeout)"),
+    })]
+    ListTimeout {
+        /// `--wait NAME`.
+        wanted: Option<String>,
+        /// The timeout.
+        secs: f64,
+    },
     /// The driver's sysfs directory is missing.
     #[error("{}: no such directory — is kerntransport.ko loaded?", path.display())]
     NoDriver {

@@ -15,6 +15,8 @@ fn no_device_names_the_module() {
         &["--device", d, "gen", "echo", "--count", "1"][..],
         &["--device", d, "listen", "svc"][..],
         &["--device", d, "info"][..],
+        &["--device", d, "list"][..],
+        &["--device", d, "list", "--wait", "echo"][..],
     ] {
         let out = run(args);
         assert_fails_with(
@@ -71,6 +73,14 @@ fn usage_errors_are_one_line_exit_1() {
             &["serve", "--socket", "/tmp/x", "--mode", "loud"][..],
             "invalid value 'loud'",
         ),
+        (&["--host", "/x", "list"][..], "list is guest-side"),
+        (
+            &["list", "--wait", "kt.services"][..],
+            "the device's own and never listed",
+        ),
+        (&["list", "--wait", "a\tb"][..], "invalid service name"),
+        (&["list", "--timeout=-1"][..], "--timeout"),
+        (&["list", "extra"][..], "unexpected argument 'extra'"),
     ] {
         let out = run(args);
         assert_fails_with(&out, want);

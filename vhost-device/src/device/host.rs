@@ -6,6 +6,7 @@
 
 use std::os::fd::AsFd;
 
+use super::discovery;
 use super::*;
 use crate::iov::{recv_guest, GuestBytes, Recvd, IOV_MAX};
 
@@ -223,6 +224,8 @@ impl Device {
             } else if tok == POLICY_TOKEN {
                 self.policy.consume_change();
                 self.on_policy_changed();
+            } else if tok >> 32 == discovery::FEED_TAG >> 32 {
+                self.feed_event(tok, set);
             } else if tok & HANDSHAKE_BIT != 0 {
                 self.handshake_event(tok);
             } else if let Ok(id) = u32::try_from(tok) {

@@ -42,6 +42,7 @@ use crate::seqpacket::{Recv, SeqListener, SeqPacket};
 use crate::stats::{add, Counters, Opener, Stats};
 
 mod burst;
+mod discovery;
 mod host;
 mod listener;
 mod listening;
@@ -50,6 +51,7 @@ mod rx;
 mod tests;
 mod tx;
 
+pub use discovery::MAX_FEEDS;
 use listener::{new_timer, open_spare};
 
 /// Control messages queued towards the guest above which tx is not read
@@ -239,6 +241,8 @@ pub struct Device {
     /// does not re-enable guest notifications (kicks); the poller does that
     /// before it sleeps ([`Device::set_polling`]).
     polling: bool,
+    /// The `kt.services` channels' kept ends and the names they list.
+    discovery: discovery::Discovery,
 }
 
 impl Device {
@@ -267,6 +271,7 @@ impl Device {
             policy.changed_fd(),
             EpollEvent::new(EventSet::IN, POLICY_TOKEN),
         )?;
+        let discovery = discovery::Discovery::new(&policy.get());
         Ok(Device {
             limits: Limits {
                 max_msg_size: params.config.max_msg_size,
@@ -306,6 +311,7 @@ impl Device {
             wake_pending: false,
             more: false,
             polling: false,
+            discovery,
         })
     }
 
@@ -332,7 +338,9 @@ impl Device {
     }
 
     /// The policy was replaced (reload): later OPENs see it; channels
-    /// already open keep going, whatever the new policy says of them.
+    /// already open keep going, whatever the new policy says of them;
+    /// open `kt.services` channels get a new listing if the set of names
+    /// changed.
     fn on_policy_changed(&mut self) {
         let policy = self.policy.get();
         log::info!(
@@ -341,6 +349,7 @@ impl Device {
             policy.len(),
             self.channels.len()
         );
+        self.discovery_policy_changed();
     }
 
     /// Number of channels in the table (open or closing).
@@ -404,6 +413,7 @@ impl Device {
             let _ = ch.apply(Event::Reset);
             log::debug!("channel {id:#x} ({was:?}) reset by device stop");
         }
+        self.forget_feeds();
         self.stats.clear_channels();
         // The next driver (or this one after its reset) announces again.
         self.clear_guest_listeners();
@@ -520,6 +530,11 @@ impl Device {
     /// Control messages queued towards the guest, for tests.
     pub fn ctrl_len(&self) -> usize {
         self.ctrl.len()
+    }
+
+    /// Open `kt.services` channels (kept socket ends), for tests.
+    pub fn feed_count(&self) -> usize {
+        self.discovery.len()
     }
 
     /// Counters of channel `id`, for tests.

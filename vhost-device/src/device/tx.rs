@@ -242,6 +242,11 @@ impl Device {
             self.refuse_open(id, ErrorCode::MFile);
             return;
         }
+        if name::is_device_reserved(&name) {
+            // kt.*: implemented by the device, never in a policy.
+            self.open_device_service(h, &name);
+            return;
+        }
         let policy = self.policy.get();
         let Some(svc) = policy.get(&name) else {
             self.log_refusal(&name, id, &"not in policy");
@@ -450,6 +455,7 @@ impl Device {
         host::unwatch(&self.epoll, ch);
         ch.sock = None;
         ch.pending.clear();
+        self.forget_feed(id);
     }
 
     pub(super) fn maybe_finish(&mut self, id: u32) {
@@ -469,6 +475,7 @@ impl Device {
     pub(super) fn remove_channel(&mut self, id: u32) -> Option<Channel> {
         let mut ch = self.channels.remove(&id)?;
         host::unwatch(&self.epoll, &mut ch);
+        self.forget_feed(id);
         self.stats.close_channel(id);
         log::debug!("channel {id:#x} ({:?}) closed", ch.service);
         Some(ch)

@@ -3,6 +3,7 @@
 
 mod bench;
 mod info;
+mod list;
 mod messages;
 mod serve;
 mod soak;
@@ -27,5 +28,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Soak(a) => soak::soak(&ctx, &a),
         Command::Stats(a) => crate::stats::run(&a),
         Command::Info(a) => info::info(&ctx, &a),
+        Command::List(a) => list::list(&ctx, &a),
     }
 }

@@ -65,7 +65,7 @@ fn notify_driver(fx: &Fixture) -> Driver {
 
 #[test]
 fn guest_listeners_are_listed_and_forgotten_on_reset() {
-    let mut fx = Fixture::new("discovery", &[]);
+    let mut fx = Fixture::new("listeners", &[]);
     let mut d = notify_driver(&fx);
     wait_for(&mut d, "device active", || fx.stats().active);
     assert!(list(&fx.listen).is_empty());
