@@ -368,9 +368,9 @@ impl Backend {
         self.builder.control_path()
     }
 
-    /// The backend's counters, as `kt-vhost-device stats --json` prints
-    /// them (`device.malformed`, `resets`, `channels[]`, ...), read from the
-    /// `--control` socket.
+    /// The counters of the backend's one VM, as `kt-vhost-device stats
+    /// --json` prints them under `vms` (`device.malformed`, `resets`,
+    /// `channels[]`, ...), read from the `--control` socket.
     pub fn stats(&self) -> Result<serde_json::Value> {
         let path = self.control_path().ok_or_else(|| BackendError::Stats {
             path: PathBuf::new(),
@@ -391,7 +391,13 @@ impl Backend {
         BufReader::new(&stream)
             .read_line(&mut line)
             .map_err(|e| fail(format!("read: {e}")))?;
-        serde_json::from_str(&line).map_err(|e| fail(format!("{e} in {line:?}")))
+        let mut all: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| fail(format!("{e} in {line:?}")))?;
+        // The daemon answers a list of VMs; this backend serves one.
+        match all["vms"].as_array_mut() {
+            Some(vms) if vms.len() == 1 => Ok(vms.remove(0)),
+            _ => Err(fail(format!("not exactly one VM in {line:?}"))),
+        }
     }
 
     /// Replaces the policy file with `toml`; the backend reads it on the

@@ -18,8 +18,8 @@ use kt_tests::{
 /// Wait for each guest step and each answer.
 const T: Duration = Duration::from_secs(60);
 
-/// `guest_listeners` as `kt-vhost-device stats --control PATH --json`
-/// prints it.
+/// `guest_listeners` of the one VM, as `kt-vhost-device stats --control
+/// PATH --json` prints it.
 fn stats_names(backend: &Backend) -> Vec<String> {
     let control = backend.control_path().expect("--control is on by default");
     let out = Command::new(backend.binary())
@@ -35,7 +35,7 @@ fn stats_names(backend: &Backend) -> Vec<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
-    v["guest_listeners"]
+    v["vms"][0]["guest_listeners"]
         .as_array()
         .expect("guest_listeners is a list")
         .iter()
