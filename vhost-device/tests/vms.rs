@@ -177,6 +177,18 @@ fn reload_adds_removes_and_changes_policies_without_touching_open_channels() {
     let mut b = vms.driver("b");
     let kept = b.open("echo").unwrap().unwrap();
     echo_stream(&mut b, kept, 50).unwrap();
+    // a has a live frontend with an open channel when it is removed.
+    let mut a = Driver::connect(
+        &vms.dir.join("a.sock"),
+        DriverOptions {
+            // Its last stream below must fail, not wait the default 20 s.
+            timeout: Duration::from_secs(2),
+            ..DriverOptions::default()
+        },
+    )
+    .unwrap();
+    let ach = a.open("echo").unwrap().unwrap();
+    echo_stream(&mut a, ach, 10).unwrap();
     // a goes, c comes, b's policy swaps echo for echo2.
     Vms::write_config(&vms.dir, &[("b", 2, &["echo2"]), ("c", 3, &["echo"])]);
     let (code, out, err) = vms.reload();
@@ -186,6 +198,12 @@ fn reload_adds_removes_and_changes_policies_without_touching_open_channels() {
         "vm a: removed; vm b: policy changed (1 service(s)); vm c: added"
     );
     assert!(!vms.dir.join("a.sock").exists(), "a's socket is removed");
+    // a's frontend was disconnected: its next message cannot be carried.
+    let gone = echo_stream(&mut a, ach, 10);
+    assert!(
+        gone.is_err(),
+        "vm a still carries messages after its removal"
+    );
     let names: Vec<String> = vms.stats().vms.into_iter().map(|v| v.vm).collect();
     assert_eq!(names, ["b", "c"]);
     // b's open channel stays; its new OPENs see the new policy.
