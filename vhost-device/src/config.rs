@@ -132,7 +132,12 @@ pub enum Source {
     /// One VM from the command-line flags.
     Flags,
     /// The VMs of this config file (reloads read it again).
-    File(PathBuf),
+    File {
+        /// The file.
+        path: PathBuf,
+        /// `--control`, used when the file names no control socket.
+        control_flag: Option<PathBuf>,
+    },
 }
 
 /// Everything `run` needs, validated.
@@ -258,9 +263,12 @@ impl TryFrom<RunArgs> for Config {
             let f = crate::conffile::load(&file)?;
             return Ok(Config {
                 vms: f.vms,
-                control: f.control.or(a.control),
+                control: f.control.or_else(|| a.control.clone()),
                 seccomp: a.seccomp,
-                source: Source::File(file),
+                source: Source::File {
+                    path: file,
+                    control_flag: a.control,
+                },
             });
         }
         let vm = VmSettings {

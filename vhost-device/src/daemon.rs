@@ -112,13 +112,17 @@ impl Manager {
                 }
                 Ok(done.join("; "))
             }
-            Source::File(path) => self.reload_file(&path),
+            Source::File { path, control_flag } => self.reload_file(&path, control_flag),
         }
     }
 
-    fn reload_file(&mut self, path: &std::path::Path) -> Result<String, String> {
+    fn reload_file(
+        &mut self,
+        path: &std::path::Path,
+        control_flag: Option<PathBuf>,
+    ) -> Result<String, String> {
         let file = crate::conffile::load(path).map_err(|e| e.to_string())?;
-        if file.control != self.control {
+        if file.control.clone().or(control_flag) != self.control {
             return Err(format!(
                 "config file {}: the control socket cannot change while the daemon runs \
                  (restart it)",
@@ -274,7 +278,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // Only a daemon that can add VMs keeps bind/unlink, on this thread.
     let manager_role = match config.source {
         Source::Flags => Role::Worker,
-        Source::File(_) => Role::Manager,
+        Source::File { .. } => Role::Manager,
     };
     let worker_filter = Filter::new(config.seccomp, Role::Worker)?;
     let manager_filter = Filter::new(config.seccomp, manager_role)?;

@@ -333,3 +333,33 @@ fn a_flags_daemon_reloads_its_policy() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("policy file"));
     assert!(d.open("sink").unwrap().is_ok());
 }
+
+#[test]
+fn a_config_without_control_takes_the_flag_and_reloads() {
+    let dir = TempDir::new("vms-ctlflag").unwrap();
+    let _echo = Service::spawn(&dir.join("echo.sock"), Behaviour::Echo).unwrap();
+    write_policy(dir.path(), "solo", &["echo"]);
+    std::fs::write(dir.join("kt.toml"), section("solo", 5)).unwrap();
+    let control = dir.join("ctl.sock");
+    let args: Vec<String> = [
+        "--config",
+        dir.join("kt.toml").to_str().unwrap(),
+        "--control",
+        control.to_str().unwrap(),
+        "--log-level",
+        "warn",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _daemon = DaemonProc::spawn(&bin(), &dir.join("solo.sock"), &args).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !control.exists() {
+        assert!(Instant::now() < deadline, "no control socket");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        kt_vhost_device::control::reload(&control).unwrap(),
+        "vm solo: policy unchanged (1 service(s))"
+    );
+}
