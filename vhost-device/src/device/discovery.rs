@@ -122,25 +122,7 @@ impl Device {
                 registered: libc::EPOLLIN as u32,
             },
         );
-        let counters = self.stats.open_channel(id, name, Opener::Guest);
-        let mut ch = Channel::new(
-            name,
-            Opener::Guest,
-            State::Open,
-            chan_end,
-            self.params.channel_buffer,
-            h.buf_alloc,
-            counters,
-        );
-        ch.send.on_peer(h.buf_alloc, h.fwd_cnt);
-        self.channels.insert(id, ch);
-        add(&self.stats.events.opened, 1);
-        log::debug!(
-            "guest {}: channel {id:#x} open to {SERVICES_NAME}",
-            self.params.config.guest_id
-        );
-        self.queue_ctrl(Header::new(MsgType::OpenOk, id), Vec::new(), true);
-        self.update_interest(id);
+        self.accept_guest_open(h, name, chan_end);
         // A reload not served yet is served now, so this listing and the
         // other channels' agree.
         self.refresh_names();

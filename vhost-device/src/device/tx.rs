@@ -283,9 +283,16 @@ impl Device {
                 return;
             }
         }
-        let counters = self.stats.open_channel(id, &name, Opener::Guest);
+        self.accept_guest_open(h, &name, sock);
+    }
+
+    /// A guest OPEN is accepted: the channel (host end `sock`) goes into
+    /// the table, counted, and `OPEN_OK` is queued.
+    pub(super) fn accept_guest_open(&mut self, h: Header, name: &str, sock: SeqPacket) {
+        let id = h.channel;
+        let counters = self.stats.open_channel(id, name, Opener::Guest);
         let mut ch = Channel::new(
-            &name,
+            name,
             Opener::Guest,
             State::Open,
             sock,
@@ -296,7 +303,10 @@ impl Device {
         ch.send.on_peer(h.buf_alloc, h.fwd_cnt);
         self.channels.insert(id, ch);
         add(&self.stats.events.opened, 1);
-        log::debug!("guest {gid}: channel {id:#x} open to {name:?}");
+        log::debug!(
+            "guest {}: channel {id:#x} open to {name:?}",
+            self.params.config.guest_id
+        );
         self.queue_ctrl(Header::new(MsgType::OpenOk, id), Vec::new(), true);
         self.update_interest(id);
     }
