@@ -65,7 +65,8 @@ pub enum Command {
     Info(InfoArgs),
     /// Guest: print the services the host policy lets this guest open (the
     /// device's kt.services listing), one per line; or, with --wait NAME,
-    /// wait until NAME is among them.
+    /// wait until NAME is among them. Host (--host): print the names the
+    /// guest's listeners serve (LIST).
     List(ListArgs),
 }
 

@@ -123,6 +123,54 @@ pub fn connect_service(socket_path: &Path, name: &str, max_msg_size: usize) -> R
     }
 }
 
+/// Asks the device behind its listening socket which names the guest's
+/// listeners serve (`LIST`, SPEC §9); the answer is checked like any
+/// device input (count, names).
+pub fn list_guest_services(socket_path: &Path, wait: Duration) -> Result<Vec<String>> {
+    let fd = connect_path(socket_path)?;
+    grow_buffers(&fd);
+    let mut ch = Channel::new(
+        fd,
+        Kind::Host,
+        format!("LIST (via {})", socket_path.display()),
+        LIST_REPLY_MAX,
+        LIST_REPLY_MAX,
+    );
+    ch.set_timeout(Some(wait));
+    let mut nb = Default::default();
+    ch.send(&handshake::list_msg(), &mut nb)?;
+    let mut buf = vec![0u8; LIST_REPLY_MAX];
+    let n = match ch.recv(&mut buf, &mut nb)? {
+        crate::channel::Recv::Msg(n) => n,
+        crate::channel::Recv::Eof => {
+            return Err(Error::Open {
+                name: "LIST".to_string(),
+                what: "list",
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "kt-vhost-device closed the connection without a reply",
+                ),
+            })
+        }
+    };
+    match handshake::parse_list_reply(&buf[..n]) {
+        Ok(handshake::ListReply::Names(names)) => Ok(names),
+        Ok(handshake::ListReply::Err { code, text }) => Err(Error::Open {
+            name: "LIST".to_string(),
+            what: "list",
+            source: io::Error::other(format!("{text} (errno {})", code.errno())),
+        }),
+        Err(source) => Err(Error::Handshake {
+            name: "LIST".to_string(),
+            source,
+        }),
+    }
+}
+
+/// Largest `LIST` answer read: 1024 names of at most 63 bytes, a newline
+/// each, and the `OK <n>` line.
+const LIST_REPLY_MAX: usize = 1024 * 64 + 64;
+
 /// Connects straight to a host service's socket, the way kt-vhost-device
 /// does for a guest channel (no handshake).
 pub fn connect_direct(path: &Path, max_msg_size: usize) -> Result<Channel> {

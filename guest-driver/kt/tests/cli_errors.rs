@@ -73,7 +73,10 @@ fn usage_errors_are_one_line_exit_1() {
             &["serve", "--socket", "/tmp/x", "--mode", "loud"][..],
             "invalid value 'loud'",
         ),
-        (&["--host", "/x", "list"][..], "list is guest-side"),
+        (
+            &["--host", "/x", "list", "--wait", "svc"][..],
+            "--wait is guest-side",
+        ),
         (
             &["list", "--wait", "kt.services"][..],
             "the device's own and never listed",

@@ -340,6 +340,45 @@ fn host_connect_handshake_then_gen() {
     );
 }
 
+/// A fake device that answers one `LIST` with `reply`.
+fn fake_lister(sock: &Path, reply: &'static str) -> std::thread::JoinHandle<()> {
+    let mut listener = Listener::bind(sock, 65536).expect("bind device socket");
+    std::thread::spawn(move || {
+        let host = listener.accept().expect("accept");
+        let mut buf = host.recv_buffer();
+        let mut nb = NbStats::default();
+        let Recv::Msg(n) = host.recv(&mut buf, &mut nb).expect("recv LIST") else {
+            panic!("no LIST")
+        };
+        assert_eq!(&buf[..n], b"LIST\n");
+        host.send(reply.as_bytes(), &mut nb).expect("send reply");
+    })
+}
+
+#[test]
+fn host_list_prints_the_guests_listeners_and_refuses_bad_answers() {
+    let t = TempDir::new("list");
+    let dev = t.path("dev.sock");
+    let device = fake_lister(&dev, "OK 2\ngecho\nk.echo\n");
+    let out = run(&["--host", s(&dev), "list"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stdout(&out), "gecho\nk.echo\n");
+    device.join().unwrap();
+    for (reply, want) in [
+        ("OK 3\na\nb\n", "kt: LIST:"),
+        ("OK 1\nbad\tname\n", "kt: LIST:"),
+        ("ERR 111 no driver\n", "kt: LIST: "),
+    ] {
+        std::fs::remove_file(&dev).ok();
+        let device = fake_lister(&dev, reply);
+        let out = run(&["--host", s(&dev), "list"]);
+        assert_fails_with(&out, want);
+        device.join().unwrap();
+    }
+    let out = run(&["--host", s(&dev), "list", "--wait", "x"]);
+    assert_fails_with(&out, "--wait is guest-side");
+}
+
 #[test]
 fn host_connect_refusals_are_one_line_errors() {
     let t = TempDir::new("refuse");

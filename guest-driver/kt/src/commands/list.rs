@@ -1,6 +1,8 @@
-//! `kt list`: the services the host policy lets this guest open, read from
-//! the device's own service `kt.services` (SPEC §3.3), and `--wait NAME`,
-//! which keeps that channel open until a listing names NAME.
+//! `kt list`: in the guest, the services the host policy lets this guest
+//! open, read from the device's own service `kt.services` (SPEC §3.3), and
+//! `--wait NAME`, which keeps that channel open until a listing names NAME;
+//! on the host (`--host LISTEN_SOCKET`), the names the guest's listeners
+//! serve (`LIST`, SPEC §9).
 //!
 //! The device is untrusted here: a listing's size is bounded and every
 //! line is checked as a service name (`kt_proto::listing`), so a bad
@@ -24,11 +26,8 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `kt list`.
 pub fn list(ctx: &Ctx, a: &ListArgs) -> Result<()> {
-    if ctx.host.is_some() {
-        return Err(Error::Usage(
-            "list is guest-side (the device's kt.services channel); on the host read the policy file"
-                .into(),
-        ));
+    if let Some(path) = &ctx.host {
+        return host_list(path, a);
     }
     if let Some(want) = &a.wait {
         check_wanted(want)?;
@@ -65,6 +64,23 @@ pub fn list(ctx: &Ctx, a: &ListArgs) -> Result<()> {
         for n in &names {
             out::line(format_args!("{n}"))?;
         }
+    }
+    Ok(())
+}
+
+/// `kt --host LISTEN_SOCKET list`: the names the guest's listeners serve,
+/// from the device (`LIST`), one per line.
+fn host_list(path: &std::path::Path, a: &ListArgs) -> Result<()> {
+    if a.wait.is_some() {
+        return Err(Error::Usage(
+            "--wait is guest-side (the device's kt.services channel); with --host, list prints \
+             the names the guest listens on"
+                .into(),
+        ));
+    }
+    let limit = timeout(a.timeout)?.unwrap_or(LIST_TIMEOUT);
+    for n in crate::host::list_guest_services(path, limit)? {
+        out::line(format_args!("{n}"))?;
     }
     Ok(())
 }
