@@ -32,7 +32,7 @@ struct Vms {
 fn section(name: &str, id: u32) -> String {
     format!(
         "[[vm]]\nname = \"{name}\"\nguest_id = {id}\nsocket_path = \"{name}.sock\"\n\
-         policy = \"{name}-policy.toml\"\nmax_msg_size = 4096\n",
+         listen = \"{name}-listen.sock\"\npolicy = \"{name}-policy.toml\"\nmax_msg_size = 4096\n",
     )
 }
 
@@ -198,6 +198,12 @@ fn reload_adds_removes_and_changes_policies_without_touching_open_channels() {
         "vm a: removed; vm b: policy changed (1 service(s)); vm c: added"
     );
     assert!(!vms.dir.join("a.sock").exists(), "a's socket is removed");
+    assert!(
+        !vms.dir.join("a-listen.sock").exists(),
+        "and its --listen socket"
+    );
+    // c, added under the daemon's seccomp filter, binds its --listen socket.
+    assert!(vms.dir.join("c-listen.sock").exists());
     // a's frontend was disconnected: its next message cannot be carried.
     let gone = echo_stream(&mut a, ach, 10);
     assert!(
@@ -214,6 +220,9 @@ fn reload_adds_removes_and_changes_policies_without_touching_open_channels() {
     let mut c = vms.driver("c");
     let ce = c.open("echo").unwrap().unwrap();
     echo_stream(&mut c, ce, 50).unwrap();
+    // c's --listen socket takes host programs' connections.
+    kt_vhost_device::seqpacket::SeqPacket::connect(&vms.dir.join("c-listen.sock"), false)
+        .expect("c's --listen socket accepts connections");
     // A bad file changes nothing and says why.
     std::fs::write(&vms.config, "[[vm]]\nname = \"b\"\nport = 1\n").unwrap();
     let (code, _, err) = vms.reload();
