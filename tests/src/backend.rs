@@ -456,7 +456,9 @@ impl Backend {
         self.log.contents()
     }
 
-    /// The vhost-user socket (for [`crate::Qemu::vhost_user_socket`]).
+    /// The vhost-user socket (for [`crate::Qemu::vhost_user_socket`]) of a
+    /// single-VM backend; a config-file backend has
+    /// [`Backend::vm_socket_path`] instead.
     pub fn socket_path(&self) -> PathBuf {
         self.builder.socket_path()
     }
@@ -472,7 +474,8 @@ impl Backend {
     }
 
     /// The `--listen` socket for host programs (see
-    /// [`crate::connect_to_guest`]), if enabled.
+    /// [`crate::connect_to_guest`]), if enabled; single-VM backends (a
+    /// config-file backend has [`Backend::vm_listen_path`]).
     pub fn listen_path(&self) -> Option<PathBuf> {
         self.builder.listen_path()
     }
@@ -539,8 +542,8 @@ impl Backend {
         }
     }
 
-    /// Replaces the policy file with `toml`; the backend reads it on the
-    /// next [`Backend::reload`] (or restart).
+    /// Replaces the policy file of a single-VM backend with `toml`; the
+    /// backend reads it on the next [`Backend::reload`] (or restart).
     pub fn write_policy(&self, toml: &str) -> Result<()> {
         let path = self.builder.policy_path();
         std::fs::write(&path, toml).map_err(|source| BackendError::Policy { path, source })
