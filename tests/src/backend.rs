@@ -8,8 +8,13 @@
 //! when dropped during a panic; [`Backend::restart`] kills it and starts it
 //! again with the same arguments (the transport-reset tests);
 //! [`Backend::write_policy`] and [`Backend::reload`] (SIGHUP) replace its
-//! policy while it runs (the discovery test). Owns the
-//! backend's command line and lifetime, not its behaviour.
+//! policy while it runs (the discovery test). With [`BackendBuilder::vm`]
+//! it instead writes a config file (`kt.toml`, one `[[vm]]` section per
+//! VM, each with its own policy, vhost-user and `--listen` socket) and
+//! starts `kt-vhost-device --config kt.toml --control P`, one process
+//! serving them all (the multi-VM test); [`Backend::vm_stats`] reads one
+//! VM's counters. Owns the backend's command line and lifetime, not its
+//! behaviour.
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
@@ -92,6 +97,15 @@ pub struct BackendBuilder {
     listen: bool,
     control: bool,
     extra: Vec<OsString>,
+    vms: Vec<VmSpec>,
+}
+
+/// One `[[vm]]` section of a config-file backend.
+#[derive(Clone, Debug)]
+struct VmSpec {
+    name: String,
+    guest_id: u32,
+    services: Vec<(String, PathBuf)>,
 }
 
 impl BackendBuilder {
@@ -107,6 +121,7 @@ impl BackendBuilder {
             listen: true,
             control: true,
             extra: Vec::new(),
+            vms: Vec::new(),
         }
     }
 
@@ -126,6 +141,88 @@ impl BackendBuilder {
     pub fn policy_text(mut self, toml: &str) -> BackendBuilder {
         self.policy_text = Some(toml.to_string());
         self
+    }
+
+    /// Serves VM `name` (config space `guest_id`) whose policy allows
+    /// exactly `services` (name, socket). Any call switches the backend to
+    /// a config file (`--config kt.toml`): [`Self::service`],
+    /// [`Self::policy_text`] and [`Self::no_listen`] are then unused, and
+    /// each VM gets `NAME.vhost`, `NAME-listen.sock` and `NAME-policy.toml`
+    /// in the directory.
+    pub fn vm(mut self, name: &str, guest_id: u32, services: &[(&str, &Path)]) -> BackendBuilder {
+        self.vms.push(VmSpec {
+            name: name.to_string(),
+            guest_id,
+            services: services
+                .iter()
+                .map(|(n, p)| (n.to_string(), p.to_path_buf()))
+                .collect(),
+        });
+        self
+    }
+
+    /// The config file text this builder writes (empty without
+    /// [`Self::vm`]); its paths are relative to the file's directory.
+    pub fn config(&self) -> String {
+        self.vms
+            .iter()
+            .map(|vm| {
+                format!(
+                    "[[vm]]\nname = {}\nguest_id = {}\nsocket_path = {}\npolicy = {}\n\
+                     listen = {}\n\n",
+                    toml_string(&vm.name),
+                    vm.guest_id,
+                    toml_string(&format!("{}.vhost", vm.name)),
+                    toml_string(&format!("{}-policy.toml", vm.name)),
+                    toml_string(&format!("{}-listen.sock", vm.name)),
+                )
+            })
+            .collect()
+    }
+
+    /// VM `name`'s vhost-user socket (config-file backends).
+    pub fn vm_socket_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.vhost"))
+    }
+
+    /// VM `name`'s `--listen` socket (config-file backends).
+    pub fn vm_listen_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-listen.sock"))
+    }
+
+    /// The vhost-user sockets the backend creates once it serves.
+    fn vhost_sockets(&self) -> Vec<PathBuf> {
+        if self.vms.is_empty() {
+            vec![self.socket_path()]
+        } else {
+            self.vms
+                .iter()
+                .map(|vm| self.vm_socket_path(&vm.name))
+                .collect()
+        }
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("kt.toml")
+    }
+
+    /// Writes the policy file, or the config file and each VM's policy.
+    fn write_files(&self) -> Result<()> {
+        let write = |path: PathBuf, text: String| {
+            std::fs::write(&path, text).map_err(|source| BackendError::Policy { path, source })
+        };
+        if self.vms.is_empty() {
+            return write(self.policy_path(), self.policy());
+        }
+        for vm in &self.vms {
+            let policy = policy_toml(
+                vm.services
+                    .iter()
+                    .map(|(name, socket)| (name.as_str(), socket.as_path())),
+            );
+            write(self.dir.join(format!("{}-policy.toml", vm.name)), policy)?;
+        }
+        write(self.config_path(), self.config())
     }
 
     /// Leaves out `--listen`.
@@ -181,6 +278,15 @@ impl BackendBuilder {
 
     /// The argument list (without the program).
     pub fn command_args(&self) -> Vec<OsString> {
+        if !self.vms.is_empty() {
+            let mut args: Vec<OsString> = vec!["--config".into(), self.config_path().into()];
+            if let Some(p) = self.control_path() {
+                args.push("--control".into());
+                args.push(p.into());
+            }
+            args.extend(self.extra.iter().cloned());
+            return args;
+        }
         let mut args: Vec<OsString> = vec![
             "--socket-path".into(),
             self.socket_path().into(),
@@ -199,18 +305,14 @@ impl BackendBuilder {
         args
     }
 
-    /// Writes the policy and starts the backend; returns once its
-    /// vhost-user socket exists.
+    /// Writes the policy (or config) files and starts the backend;
+    /// returns once its vhost-user sockets exist.
     pub fn spawn(self) -> Result<Backend> {
         let binary = match &self.binary {
             Some(b) => b.clone(),
             None => env::vhost_device()?,
         };
-        let policy_path = self.policy_path();
-        std::fs::write(&policy_path, self.policy()).map_err(|source| BackendError::Policy {
-            path: policy_path.clone(),
-            source,
-        })?;
+        self.write_files()?;
         let (log, _) = LogFile::create("backend", &self.dir.join("backend.log"))?;
         let mut backend = Backend {
             binary,
@@ -265,16 +367,18 @@ pub struct Backend {
 
 impl Backend {
     fn start(&mut self) -> Result<()> {
-        let socket = self.builder.socket_path();
+        let sockets = self.builder.vhost_sockets();
         // A socket file left by a killed instance would look like readiness.
-        match std::fs::remove_file(&socket) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(BackendError::Log(LogError::Io {
-                    path: socket,
-                    source,
-                }))
+        for socket in &sockets {
+            match std::fs::remove_file(socket) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(BackendError::Log(LogError::Io {
+                        path: socket.clone(),
+                        source,
+                    }))
+                }
             }
         }
         let out = append_stdio(&self.log)?;
@@ -289,7 +393,7 @@ impl Backend {
         }
         let mut proc = ChildProcess::spawn("kt-vhost-device", &mut cmd)?;
         let deadline = Instant::now() + START_TIMEOUT;
-        while !socket.exists() {
+        while let Some(socket) = sockets.iter().find(|s| !s.exists()).cloned() {
             if let Some(status) = proc.try_wait()? {
                 return Err(BackendError::EarlyExit {
                     status: describe_status(status),
@@ -352,13 +456,26 @@ impl Backend {
         self.log.contents()
     }
 
-    /// The vhost-user socket (for [`crate::Qemu::vhost_user_socket`]).
+    /// The vhost-user socket (for [`crate::Qemu::vhost_user_socket`]) of a
+    /// single-VM backend; a config-file backend has
+    /// [`Backend::vm_socket_path`] instead.
     pub fn socket_path(&self) -> PathBuf {
         self.builder.socket_path()
     }
 
+    /// VM `name`'s vhost-user socket (config-file backends).
+    pub fn vm_socket_path(&self, name: &str) -> PathBuf {
+        self.builder.vm_socket_path(name)
+    }
+
+    /// VM `name`'s `--listen` socket (config-file backends).
+    pub fn vm_listen_path(&self, name: &str) -> PathBuf {
+        self.builder.vm_listen_path(name)
+    }
+
     /// The `--listen` socket for host programs (see
-    /// [`crate::connect_to_guest`]), if enabled.
+    /// [`crate::connect_to_guest`]), if enabled; single-VM backends (a
+    /// config-file backend has [`Backend::vm_listen_path`]).
     pub fn listen_path(&self) -> Option<PathBuf> {
         self.builder.listen_path()
     }
@@ -372,6 +489,32 @@ impl Backend {
     /// --json` prints them under `vms` (`device.malformed`, `resets`,
     /// `channels[]`, ...), read from the `--control` socket.
     pub fn stats(&self) -> Result<serde_json::Value> {
+        let mut vms = self.all_stats()?;
+        // The daemon answers a list of VMs; this backend serves one.
+        if vms.len() == 1 {
+            return Ok(vms.remove(0));
+        }
+        Err(BackendError::Stats {
+            path: self.control_path().unwrap_or_default(),
+            why: format!("{} VMs, not exactly one", vms.len()),
+        })
+    }
+
+    /// The counters of VM `name` (`vm`, `guest_id`, `active`, `device`,
+    /// ...) of a config-file backend.
+    pub fn vm_stats(&self, name: &str) -> Result<serde_json::Value> {
+        let vms = self.all_stats()?;
+        let names: Vec<String> = vms.iter().map(|v| v["vm"].to_string()).collect();
+        vms.into_iter()
+            .find(|v| v["vm"] == name)
+            .ok_or_else(|| BackendError::Stats {
+                path: self.control_path().unwrap_or_default(),
+                why: format!("no VM {name:?} among {names:?}"),
+            })
+    }
+
+    /// Every VM's counters, in the daemon's order (`vms` of `stats --json`).
+    pub fn all_stats(&self) -> Result<Vec<serde_json::Value>> {
         let path = self.control_path().ok_or_else(|| BackendError::Stats {
             path: PathBuf::new(),
             why: "--control is off".to_string(),
@@ -393,15 +536,14 @@ impl Backend {
             .map_err(|e| fail(format!("read: {e}")))?;
         let mut all: serde_json::Value =
             serde_json::from_str(&line).map_err(|e| fail(format!("{e} in {line:?}")))?;
-        // The daemon answers a list of VMs; this backend serves one.
-        match all["vms"].as_array_mut() {
-            Some(vms) if vms.len() == 1 => Ok(vms.remove(0)),
-            _ => Err(fail(format!("not exactly one VM in {line:?}"))),
+        match all["vms"].take() {
+            serde_json::Value::Array(vms) => Ok(vms),
+            _ => Err(fail(format!("no list of VMs in {line:?}"))),
         }
     }
 
-    /// Replaces the policy file with `toml`; the backend reads it on the
-    /// next [`Backend::reload`] (or restart).
+    /// Replaces the policy file of a single-VM backend with `toml`; the
+    /// backend reads it on the next [`Backend::reload`] (or restart).
     pub fn write_policy(&self, toml: &str) -> Result<()> {
         let path = self.builder.policy_path();
         std::fs::write(&path, toml).map_err(|source| BackendError::Policy { path, source })
@@ -479,6 +621,65 @@ mod tests {
         );
         let bare = BackendBuilder::new(&dir).no_listen().no_control();
         assert_eq!(bare.command_args().len(), 4);
+    }
+
+    #[test]
+    fn a_config_file_for_several_vms() {
+        let dir = TempDir::new("backend-vms").expect("tempdir");
+        let b = BackendBuilder::new(&dir)
+            .vm("a", 1, &[("echo-a", Path::new("/s/a.sock"))])
+            .vm("b", 2, &[("echo-b", Path::new("/s/b.sock"))])
+            .args(["--log-level", "info"]);
+        assert_eq!(
+            b.config(),
+            "[[vm]]\nname = \"a\"\nguest_id = 1\nsocket_path = \"a.vhost\"\n\
+             policy = \"a-policy.toml\"\nlisten = \"a-listen.sock\"\n\n\
+             [[vm]]\nname = \"b\"\nguest_id = 2\nsocket_path = \"b.vhost\"\n\
+             policy = \"b-policy.toml\"\nlisten = \"b-listen.sock\"\n\n"
+        );
+        let args: Vec<String> = b
+            .command_args()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let d = dir.path().display();
+        assert_eq!(
+            args,
+            [
+                "--config".to_string(),
+                format!("{d}/kt.toml"),
+                "--control".to_string(),
+                format!("{d}/control.sock"),
+                "--log-level".to_string(),
+                "info".to_string(),
+            ]
+        );
+        assert_eq!(b.vm_socket_path("b"), dir.join("b.vhost"));
+        assert_eq!(b.vm_listen_path("a"), dir.join("a-listen.sock"));
+        b.write_files().expect("write");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("b-policy.toml")).expect("b's policy"),
+            "[[service]]\nname = \"echo-b\"\nsocket = \"/s/b.sock\"\n\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("kt.toml")).expect("config"),
+            b.config()
+        );
+        assert!(!dir.join("policy.toml").exists());
+
+        // The backend is ready once every VM's socket exists.
+        let script = dir.join("fake-daemon.sh");
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\ntouch {d}/a.vhost\nsleep 0.3\ntouch {d}/b.vhost\nexec sleep 30\n"),
+        )
+        .expect("write script");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let mut backend = b.binary(&script).spawn().expect("spawn");
+        assert!(dir.join("b.vhost").exists());
+        assert_eq!(backend.vm_socket_path("a"), dir.join("a.vhost"));
+        backend.kill().expect("kill");
     }
 
     #[test]

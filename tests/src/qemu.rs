@@ -3,7 +3,8 @@
 //! [`Qemu`] builds the command line (memfd-shared guest memory, the
 //! kerntransport device as `vhost-user-device-pci` with virtio ID 60, serial
 //! console to a file, `kt.workload=NAME` for the image's /init) and starts
-//! it as a [`Guest`]. A guest is killed when dropped; dropped during a panic
+//! it as a [`Guest`] ([`Qemu::label`] names its logs when several guests
+//! run the same workload). A guest is killed when dropped; dropped during a panic
 //! it first prints its serial log and QEMU's own output. Owns QEMU's command
 //! line and lifetime; what runs inside the guest is the image's business.
 
@@ -171,6 +172,7 @@ pub struct Qemu {
     kernel: PathBuf,
     initrd: PathBuf,
     workload: String,
+    label: Option<String>,
     memory_mb: u32,
     smp: u32,
     accel: Accel,
@@ -198,6 +200,7 @@ impl Qemu {
             kernel: kernel.to_path_buf(),
             initrd: initrd.to_path_buf(),
             workload: workload.to_string(),
+            label: None,
             memory_mb: 512,
             smp: 1,
             accel: Accel::detect(),
@@ -215,6 +218,14 @@ impl Qemu {
     /// Adds a kerntransport device with explicit parameters.
     pub fn device(mut self, device: KtDevice) -> Qemu {
         self.device = Some(device);
+        self
+    }
+
+    /// Names this guest's log files (`<label>.serial.log`,
+    /// `<label>.qemu.log`) and their dumps after the label instead of the
+    /// workload: for several guests running the same workload.
+    pub fn label(mut self, label: &str) -> Qemu {
+        self.label = Some(label.to_string());
         self
     }
 
@@ -297,12 +308,21 @@ impl Qemu {
     }
 
     /// Starts QEMU. The serial log and QEMU's output go to files in `dir`
-    /// (`<workload>.serial.log`, `<workload>.qemu.log`).
+    /// (`<workload>.serial.log`, `<workload>.qemu.log`; `<label>.` with
+    /// [`Qemu::label`]).
     pub fn spawn(self, dir: &TempDir) -> Result<Guest> {
-        let serial_path = dir.join(&format!("{}.serial.log", self.workload));
-        let (serial, _file) = LogFile::create("guest serial", &serial_path)?;
+        let (name, serial_label, qemu_label) = match &self.label {
+            Some(l) => (l.as_str(), format!("guest {l} serial"), format!("QEMU {l}")),
+            None => (
+                self.workload.as_str(),
+                "guest serial".to_string(),
+                "QEMU".to_string(),
+            ),
+        };
+        let serial_path = dir.join(&format!("{name}.serial.log"));
+        let (serial, _file) = LogFile::create(&serial_label, &serial_path)?;
         let (qemu_log, out) =
-            LogFile::create_stdio("QEMU", &dir.join(&format!("{}.qemu.log", self.workload)))?;
+            LogFile::create_stdio(&qemu_label, &dir.join(&format!("{name}.qemu.log")))?;
         let err = out_clone(&qemu_log)?;
         let mut cmd = Command::new(&self.qemu);
         cmd.args(self.args(&serial_path))
