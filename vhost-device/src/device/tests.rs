@@ -403,20 +403,25 @@ fn a_full_tx_ring_is_taken_in_budgeted_passes_and_host_input_gets_in() {
     }
     host.send(b"from host").unwrap();
     // The kick's pass takes one budget of chains and yields, with the
-    // wake-up armed; the host message, waiting in epoll, gets in within
-    // that pass (every pass serves host events it finds waiting).
+    // wake-up armed (and the host message waiting in epoll).
     r.pass(true, false);
     assert_eq!(usize::from(r.used_idx(1)), 1 + TX_BUDGET);
     assert!(r.dev.more_work());
     assert!(host_fd_readable(&r.dev));
+    assert!(
+        r.take_used(0)
+            .iter()
+            .all(|(h, _)| h.msg_type != MsgType::Data),
+        "host data before any host event pass"
+    );
+    // The host-event pass serves the host socket first, then the rest.
+    r.pass(true, true);
     let got = r.take_used(0);
     assert!(
         got.iter()
             .any(|(h, p)| h.msg_type == MsgType::Data && p.as_slice() == b"from host"),
         "{got:?}"
     );
-    // The wake-up pass and those after it take the rest.
-    r.pass(true, true);
     r.run(true);
     assert_eq!(r.used_idx(1), 1 + n, "tx chains lost");
     assert!(!r.dev.more_work());
