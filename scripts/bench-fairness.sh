@@ -13,7 +13,8 @@
 #                                             # kt-vhost-device-fairness ARGS
 #
 # Environment: KT_FAIRNESS=CHANNELS,ROUND_TRIPS, KT_ACCEL (tcg|kvm),
-# KT_CACHE, KT_DEVICE_ARGS (extra kt-vhost-device flags).
+# KT_SMP (guest vCPUs, default 1; the flood's two threads share them with
+# the round trips), KT_CACHE, KT_DEVICE_ARGS (extra kt-vhost-device flags).
 # Not part of `make test`: it is a benchmark, not a test (docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -82,7 +83,7 @@ accel=${KT_ACCEL:-tcg}
 : >"$work/serial.log"
 "$KT_QEMU" -nodefaults -no-user-config -display none -M q35 -cpu max -accel "$accel" \
 	-L /usr/share/qemu -L /usr/share/seabios -nic none -no-reboot \
-	-m 512M -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
+	-smp "${KT_SMP:-1}" -m 512M -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
 	-serial "file:$work/serial.log" -kernel "$KT_KERNEL" -initrd "$KT_INITRAMFS" \
 	-append "console=ttyS0 panic=-1 no_timer_check quiet kt.workload=fairness kt.fairness=$params kt.timeout=1200" \
 	-chardev "socket,id=kt0,path=$work/vm.vhost,reconnect-ms=500" \
@@ -98,7 +99,7 @@ until grep -aq "KT-RESULT:" "$work/serial.log"; do
 	sleep 0.1
 done
 echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (modified)')"
-echo "accel: $accel  host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "accel: $accel, ${KT_SMP:-1} vCPU(s)  host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "device args: --max-channels $((channels + 64)) ${KT_DEVICE_ARGS:-}"
 tr -d '\r' <"$work/serial.log" | sed -n 's/^BENCH fairness: //p'
 grep -aq "KT-RESULT: PASS" "$work/serial.log" ||

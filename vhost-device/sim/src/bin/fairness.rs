@@ -15,9 +15,10 @@
 //! flood source is one thread writing as fast as the daemon takes.
 //!
 //! This is the simulated-guest version of the benchmark: the guest is
-//! kt-sim's driver, not `kerntransport.ko` in a VM.
+//! kt-sim's driver, not `kerntransport.ko` in a VM (that one is
+//! `kt bench --fairness` in the guest, `scripts/bench-fairness.sh`).
 //!
-//! Run it optimized: `scripts/bench-fairness.sh` (builds the release
+//! Run it optimized: `scripts/bench-fairness.sh --sim` (builds the release
 //! binaries and runs this).
 
 use std::os::fd::AsRawFd;
