@@ -250,15 +250,17 @@ fn tx_fairness(tag: &str, extra: &[&str]) {
     let chunk = vec![0x7eu8; 1024];
     let mut flood_sent = 0u64;
     // Tops the tx ring up with flood messages as far as credit and free
-    // descriptors allow, without waiting.
-    let mut top_up = |d: &mut Driver| {
+    // descriptors allow, without waiting; returns how many it queued.
+    let top_up = |d: &mut Driver| {
+        let mut n = 0;
         while d.rings[1].free_count() > 0 && d.try_send(sink, &chunk).unwrap() {
-            flood_sent += 1;
+            n += 1;
         }
+        n
     };
-    let mut worst = 0u64;
+    let (mut worst, mut total) = (0u64, 0u64);
     for round in 0..ROUNDS {
-        top_up(&mut d);
+        flood_sent += top_up(&mut d);
         let mut marks = Vec::with_capacity(QUIET);
         for (i, (_, s)) in quiet.iter().enumerate() {
             s.send(format!("{round}.{i}").as_bytes()).unwrap();
@@ -272,7 +274,7 @@ fn tx_fairness(tag: &str, extra: &[&str]) {
                 "round {round}: quiet channels starved by the tx flood: {} of {QUIET} delivered",
                 got.iter().filter(|g| **g).count()
             );
-            top_up(&mut d);
+            flood_sent += top_up(&mut d);
             d.poll(Duration::from_millis(1)).unwrap();
             let now = d.tx_device_total().unwrap();
             for (i, (id, _)) in quiet.iter().enumerate() {
@@ -290,6 +292,7 @@ fn tx_fairness(tag: &str, extra: &[&str]) {
                         tx_bound()
                     );
                     worst = worst.max(taken);
+                    total += taken;
                 }
             }
         }
@@ -305,9 +308,11 @@ fn tx_fairness(tag: &str, extra: &[&str]) {
         fx.sink.msgs.load(Ordering::Relaxed) >= flood_sent
     })
     .unwrap();
+    // The flood was moving while quiet requests waited (how much depends
+    // on the sink's pace, so only that it did is asserted).
     assert!(
-        flood_sent > u64::from(QUEUE_SIZE),
-        "the guest flooded only {flood_sent} messages"
+        flood_sent >= ROUNDS as u64 && total > 0,
+        "the guest flooded {flood_sent} messages, {total} tx chains taken while requests waited"
     );
     eprintln!(
         "{tag}: {flood_sent} flood messages; at most {worst} tx chains taken while a quiet \
