@@ -471,6 +471,12 @@ pub struct BenchArgs {
     /// (target: at most 2x) and the flood's rate. Echo peer only.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub fairness: u32,
+
+    /// With --fairness: open the flooding channel to NAME instead (with
+    /// --direct: the socket path NAME), a host source (`kt serve --mode
+    /// source`), and only read it: a host -> guest flood.
+    #[arg(long, value_name = "NAME", requires = "fairness")]
+    pub flood_from: Option<String>,
 }
 
 /// `kt stats`.

@@ -451,6 +451,53 @@ fn bench_fairness_measures_quiet_channels_idle_and_next_to_a_flood() {
         .unwrap();
     assert!(rate > 0.0, "{text}");
     assert!(server.wait_output(LIMIT).status.success());
+    // A host -> guest flood from a source instead of the echoed one.
+    let src = t.path("source.sock");
+    let echo = Proc::spawn(&[
+        "serve",
+        "--socket",
+        s(&sock),
+        "--mode",
+        "echo",
+        "--channels",
+        "20",
+    ]);
+    let _source = Proc::spawn(&[
+        "serve",
+        "--socket",
+        s(&src),
+        "--mode",
+        "source",
+        "--count",
+        "100000000",
+        "--min-size",
+        "64",
+        "--max-size",
+        "64",
+    ]);
+    wait_for(&sock);
+    wait_for(&src);
+    let out = run(&[
+        "bench",
+        "--direct",
+        s(&sock),
+        "--fairness",
+        "21",
+        "--flood-from",
+        s(&src),
+        "--iterations",
+        "400",
+        "--timeout",
+        "30",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("round trip p99, one channel flooding")
+            && text.contains("flood rate (read from"),
+        "{text}"
+    );
+    assert!(echo.wait_output(LIMIT).status.success());
     // Bad input is a usage error, not a panic.
     for (args, want) in [
         (&["--fairness", "1"][..], "at least 2 channels"),

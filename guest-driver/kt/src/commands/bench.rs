@@ -553,6 +553,28 @@ fn start_flood(ch: Channel, size: usize, stop: Arc<AtomicBool>) -> Result<FloodT
     Ok((writer, reader))
 }
 
+/// The flood of `kt bench --fairness N --flood-from NAME`: a reader thread
+/// takes whatever the host source sends on `ch` until `stop`; joins with
+/// the messages it read.
+fn start_source_flood(ch: Channel, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Result<u64>> {
+    std::thread::spawn(move || -> Result<u64> {
+        let mut buf = ch.recv_buffer();
+        let mut nb = NbStats::default();
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            match ch.recv(&mut buf, &mut nb)? {
+                Recv::Msg(_) => n += 1,
+                Recv::Eof => {
+                    return Err(Error::PeerClosed {
+                        label: ch.label().to_string(),
+                    })
+                }
+            }
+        }
+        Ok(n)
+    })
+}
+
 /// `kt bench --fairness N`: the quiet channels' round trips idle and next
 /// to one flooding channel, all to the same echo peer.
 fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
@@ -586,9 +608,21 @@ fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
         quiet.push(ch);
         watch.tick();
     }
-    let mut flood = open_channel(ctx, &a.channel)?;
+    let flood_args = match &a.flood_from {
+        None => a.channel.clone(),
+        Some(from) => {
+            let mut c = a.channel.clone();
+            if c.direct.is_some() {
+                c.direct = Some(from.into());
+            } else {
+                c.name = Some(from.clone());
+            }
+            c
+        }
+    };
+    let mut flood = open_channel(ctx, &flood_args)?;
     flood.set_timeout(None);
-    // The flood's end marker is one byte longer.
+    // The echoed flood's end marker is one byte longer.
     check_size(&flood, a.small_size + 1)?;
     watch.tick();
     eprintln!(
@@ -601,17 +635,24 @@ fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     eprintln!("kt bench: the same while one channel floods");
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
-    let (writer, reader) = start_flood(flood, a.small_size, stop.clone())?;
+    let flood_label = flood.label().to_string();
+    let (writer, reader) = if a.flood_from.is_some() {
+        (None, start_source_flood(flood, stop.clone()))
+    } else {
+        let (w, r) = start_flood(flood, a.small_size, stop.clone())?;
+        (Some(w), r)
+    };
     watch.phase("round trips, one channel flooding".into(), a.iterations);
     let busy = round_robin_trips(&quiet, a.size, a.iterations, &watch);
     stop.store(true, Ordering::Relaxed);
     let secs = t0.elapsed().as_secs_f64();
     // A writer that failed sent no end marker: its error is the answer and
     // the reader is left behind (the process ends with it).
-    writer
-        .join()
-        .map_err(|_| Error::Bench("the flood writer panicked".into()))??;
-    let echoed = reader
+    if let Some(w) = writer {
+        w.join()
+            .map_err(|_| Error::Bench("the flood writer panicked".into()))??;
+    }
+    let moved = reader
         .join()
         .map_err(|_| Error::Bench("the flood reader panicked".into()))??;
     let busy = busy?;
@@ -633,8 +674,11 @@ fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
             ),
         ],
         vec![
-            format!("flood rate ({} B, echoed)", a.small_size),
-            format!("{:.0} msgs/s", echoed as f64 / secs.max(1e-9)),
+            match &a.flood_from {
+                None => format!("flood rate ({} B, echoed)", a.small_size),
+                Some(_) => format!("flood rate (read from {flood_label})"),
+            },
+            format!("{:.0} msgs/s", moved as f64 / secs.max(1e-9)),
         ],
     ];
     out::line(format_args!(
