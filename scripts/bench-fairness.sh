@@ -12,7 +12,9 @@
 #   scripts/bench-fairness.sh --sim [ARGS]    # simulated guest instead:
 #                                             # kt-vhost-device-fairness ARGS
 #
-# Environment: KT_FAIRNESS=CHANNELS,ROUND_TRIPS, KT_ACCEL (tcg|kvm),
+# Environment: KT_FAIRNESS=CHANNELS,ROUND_TRIPS, KT_FLOOD (echo: the
+# flooding channel's 64 B messages are echoed back, default; source: a
+# host source, `kt serve --mode source`, floods the guest), KT_ACCEL (tcg|kvm),
 # KT_SMP (guest vCPUs, default 1; the flood's two threads share them with
 # the round trips), KT_CACHE, KT_DEVICE_ARGS (extra kt-vhost-device flags).
 # Not part of `make test`: it is a benchmark, not a test (docs/benchmarks.md).
@@ -39,6 +41,14 @@ case "$params" in
 	;;
 esac
 channels=${params%%,*}
+flood=${KT_FLOOD:-echo}
+case "$flood" in
+echo | source) ;;
+*)
+	echo "bench-fairness: KT_FLOOD must be echo or source, not '$flood'" >&2
+	exit 2
+	;;
+esac
 work=$(mktemp -d /tmp/kt-fairness.XXXXXX)
 pids=()
 cleanup() {
@@ -63,10 +73,17 @@ die() {
 kt_build_artifacts "$work/build.log" || die "build failed"
 "$KT_TOOL_BIN" serve --socket "$work/echo.sock" --mode echo >"$work/serve.log" 2>&1 &
 pids+=($!)
+"$KT_TOOL_BIN" serve --socket "$work/source.sock" --mode source --count 1000000000 \
+	--min-size 64 --max-size 64 >"$work/source.log" 2>&1 &
+pids+=($!)
 cat >"$work/policy.toml" <<TOML
 [[service]]
 name = "echo"
 socket = "$work/echo.sock"
+
+[[service]]
+name = "source"
+socket = "$work/source.sock"
 TOML
 # shellcheck disable=SC2086 # KT_DEVICE_ARGS is a list of flags
 "$KT_DEVICE_BIN" --socket-path "$work/vm.vhost" --policy "$work/policy.toml" \
@@ -85,7 +102,7 @@ accel=${KT_ACCEL:-tcg}
 	-L /usr/share/qemu -L /usr/share/seabios -nic none -no-reboot \
 	-smp "${KT_SMP:-1}" -m 512M -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
 	-serial "file:$work/serial.log" -kernel "$KT_KERNEL" -initrd "$KT_INITRAMFS" \
-	-append "console=ttyS0 panic=-1 no_timer_check quiet kt.workload=fairness kt.fairness=$params kt.timeout=1200" \
+	-append "console=ttyS0 panic=-1 no_timer_check quiet kt.workload=fairness kt.fairness=$params kt.flood=$flood kt.timeout=1200" \
 	-chardev "socket,id=kt0,path=$work/vm.vhost,reconnect-ms=500" \
 	-device vhost-user-device-pci,chardev=kt0,virtio-id=60,num_vqs=3,vq_size=256,config_size=16 \
 	>"$work/qemu.log" 2>&1 &
@@ -100,7 +117,7 @@ until grep -aq "KT-RESULT:" "$work/serial.log"; do
 done
 echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (modified)')"
 echo "accel: $accel, ${KT_SMP:-1} vCPU(s)  host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "device args: --max-channels $((channels + 64)) ${KT_DEVICE_ARGS:-}"
+echo "flood: $flood  device args: --max-channels $((channels + 64)) ${KT_DEVICE_ARGS:-}"
 tr -d '\r' <"$work/serial.log" | sed -n 's/^BENCH fairness: //p'
 grep -aq "KT-RESULT: PASS" "$work/serial.log" ||
 	die "the guest failed: $(grep -a 'KT-RESULT' "$work/serial.log" | tr -d '\r')"

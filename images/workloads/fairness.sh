@@ -6,7 +6,9 @@
 # messages and their echoes, as fast as they go), and prints p50/p99 of
 # both and p99 flooding / idle. Every output line is printed as
 # "BENCH fairness: <line>". Sizes: kt.fairness=N,ITERATIONS (default
-# 1000,5000).
+# 1000,5000). kt.flood=source: the flooding channel goes to host service
+# "source" (`kt serve --mode source`) and is only read (a host -> guest
+# flood) instead of echoing.
 # shellcheck source=images/workloads/lib.sh
 . /workloads/lib.sh
 need_module kerntransport
@@ -16,8 +18,15 @@ n=${params%%,*}
 iter=${params#*,}
 # One descriptor per channel, one more for the flood's reader.
 ulimit -n $((n + 64)) 2>/dev/null || true
-echo "KT: fairness: $n channels, $iter round trips per case"
-if ! kt bench echo --fairness "$n" --iterations "$iter" --size 64 --small-size 64 \
+flood=$(kt_arg kt.flood) || flood=echo
+case "$flood" in
+echo) from= ;;
+source) from="--flood-from source" ;;
+*) fail "kt.flood must be echo or source, not '$flood'" ;;
+esac
+echo "KT: fairness: $n channels, $iter round trips per case, flood: $flood"
+# shellcheck disable=SC2086 # $from is empty or two words
+if ! kt bench echo --fairness "$n" $from --iterations "$iter" --size 64 --small-size 64 \
 	--timeout 120 >/tmp/fairness.out 2>/tmp/fairness.err; then
 	sed 's/^/BENCH fairness: /' /tmp/fairness.out
 	fail "kt bench --fairness: $(tail -n 1 /tmp/fairness.err)"
