@@ -635,7 +635,6 @@ fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     eprintln!("kt bench: the same while one channel floods");
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
-    let flood_label = flood.label().to_string();
     let (writer, reader) = if a.flood_from.is_some() {
         (None, start_source_flood(flood, stop.clone()))
     } else {
@@ -676,7 +675,7 @@ fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
         vec![
             match &a.flood_from {
                 None => format!("flood rate ({} B, echoed)", a.small_size),
-                Some(_) => format!("flood rate (read from {flood_label})"),
+                Some(from) => format!("flood rate (read from {from})"),
             },
             format!("{:.0} msgs/s", moved as f64 / secs.max(1e-9)),
         ],
@@ -684,7 +683,11 @@ fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     out::line(format_args!(
         "kt bench: fairness, {n} channels to {}: {} round trips of {} B over the {} quiet ones, \
          idle and with one channel flooding",
-        quiet.first().map_or("?", Channel::label),
+        a.channel
+            .name
+            .clone()
+            .or_else(|| a.channel.direct.as_ref().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| quiet.first().map_or("?", Channel::label).to_string()),
         a.iterations,
         a.size,
         quiet.len()
