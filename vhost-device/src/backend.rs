@@ -169,7 +169,10 @@ impl KtBackend {
         let mut idle_until = start + self.busy_poll;
         while !self.device.more_work() && self.device.may_expect_input() {
             let tx = Self::tx_pending(vrings, mem);
-            let host = !tx && self.device.host_ready();
+            // Host events are looked at on every turn, tx or not: a guest
+            // that keeps its tx ring busy must not hold other channels'
+            // host input until the poll ends (tests/fair_channels.rs).
+            let host = self.device.host_ready();
             let now = Instant::now();
             if tx || host {
                 self.pass(vrings, mem, host)?;

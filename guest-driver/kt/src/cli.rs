@@ -463,6 +463,21 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub batch: u16,
+
+    /// Channel fairness instead of the phases above: open N channels to the
+    /// echo peer, measure --iterations round trips of --size bytes over
+    /// N-1 of them in turn, first idle, then while the N-th floods
+    /// (--small-size messages sent and their echoes read as fast as they
+    /// go, one thread each); print p50/p99 of both, p99 flooding / idle
+    /// (target: at most 2x) and the flood's rate. Echo peer only.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub fairness: u32,
+
+    /// With --fairness: open the flooding channel to NAME instead (with
+    /// --direct: the socket path NAME), a host source (`kt serve --mode
+    /// source`), and only read it: a host -> guest flood.
+    #[arg(long, value_name = "NAME", requires = "fairness")]
+    pub flood_from: Option<String>,
 }
 
 /// `kt stats`.

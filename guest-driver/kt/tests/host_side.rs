@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{assert_fails_with, run, stdout, wait_for, Proc, TempDir};
+use common::{assert_fails_with, run, stderr, stdout, wait_for, Proc, TempDir};
 use kt::channel::{NbStats, Recv};
 use kt::host::{connect_direct, Listener};
 
@@ -437,6 +437,119 @@ fn bench_against_an_echo_server_prints_a_table() {
         assert!(text.contains(row), "missing {row:?} in\n{text}");
     }
     assert!(server.wait_output(LIMIT).status.success());
+}
+
+#[test]
+fn bench_fairness_measures_quiet_channels_idle_and_next_to_a_flood() {
+    let t = TempDir::new("fairness");
+    let sock = t.path("echo.sock");
+    // 20 quiet channels and the flooding one, each to its end.
+    let server = Proc::spawn(&[
+        "serve",
+        "--socket",
+        s(&sock),
+        "--mode",
+        "echo",
+        "--channels",
+        "21",
+    ]);
+    wait_for(&sock);
+    let out = run(&[
+        "bench",
+        "--direct",
+        s(&sock),
+        "--fairness",
+        "21",
+        "--iterations",
+        "400",
+        "--timeout",
+        "30",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("fairness, 21 channels") && text.contains("over the 20 quiet ones"),
+        "{text}"
+    );
+    for row in [
+        "round trip p50, idle",
+        "round trip p99, idle",
+        "round trip p50, one channel flooding",
+        "round trip p99, one channel flooding",
+        "p99 flooding / idle (target <= 2x)",
+        "flood rate (16 B, echoed)",
+    ] {
+        assert!(text.contains(row), "missing {row:?} in\n{text}");
+    }
+    // The flood moved messages (its rate row is not 0).
+    let rate = text
+        .lines()
+        .find(|l| l.starts_with("flood rate"))
+        .and_then(|l| l.split_whitespace().rev().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert!(rate > 0.0, "{text}");
+    assert!(server.wait_output(LIMIT).status.success());
+    // A host -> guest flood from a source instead of the echoed one.
+    let src = t.path("source.sock");
+    let echo = Proc::spawn(&[
+        "serve",
+        "--socket",
+        s(&sock),
+        "--mode",
+        "echo",
+        "--channels",
+        "20",
+    ]);
+    let _source = Proc::spawn(&[
+        "serve",
+        "--socket",
+        s(&src),
+        "--mode",
+        "source",
+        "--count",
+        "100000000",
+        "--min-size",
+        "64",
+        "--max-size",
+        "64",
+    ]);
+    wait_for(&sock);
+    wait_for(&src);
+    let out = run(&[
+        "bench",
+        "--direct",
+        s(&sock),
+        "--fairness",
+        "21",
+        "--flood-from",
+        s(&src),
+        "--iterations",
+        "400",
+        "--timeout",
+        "30",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("round trip p99, one channel flooding")
+            && text.contains("flood rate (read from"),
+        "{text}"
+    );
+    assert!(echo.wait_output(LIMIT).status.success());
+    // Bad input is a usage error, not a panic.
+    for (args, want) in [
+        (&["--fairness", "1"][..], "at least 2 channels"),
+        (&["--fairness", "3", "--direction", "both"][..], "echo peer"),
+    ] {
+        let mut all = vec!["bench", "--direct", s(&sock)];
+        all.extend_from_slice(args);
+        let out = run(&all);
+        assert!(
+            !out.status.success() && stderr(&out).contains(want),
+            "{out:?}"
+        );
+    }
 }
 
 #[test]

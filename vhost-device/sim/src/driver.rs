@@ -149,6 +149,15 @@ pub struct Driver {
     rng: u64,
     /// While set, nothing kicks the device (see [`Driver::wait_without_kicks`]).
     hold_kicks: bool,
+    /// rx used entries reaped since connecting (rx buffers the device
+    /// filled and this driver has seen).
+    pub rx_reaped: u64,
+    /// tx used entries reaped since connecting (chains the device took).
+    pub tx_reaped: u64,
+    /// When `Some`, each complete DATA message appends its channel and
+    /// the rx entry count at its last buffer ([`Driver::rx_reaped`]): the
+    /// order the device delivered in (fairness tests).
+    pub arrivals: Option<Vec<(u32, u64)>>,
 }
 
 impl std::fmt::Debug for Driver {
@@ -209,6 +218,9 @@ impl Driver {
             next_id: 0,
             rng: 0x9e37_79b9_7f4a_7c15,
             hold_kicks: false,
+            rx_reaped: 0,
+            tx_reaped: 0,
+            arrivals: None,
         };
         d.attach(path, [0; 3])?;
         d.post_all()?;
@@ -331,10 +343,12 @@ impl Driver {
         let mut any = false;
         while self.rings[1].pop_used(&self.mem)?.is_some() {
             any = true;
+            self.tx_reaped += 1;
         }
         let mut reposted = false;
         while let Some((head, len)) = self.rings[0].pop_used(&self.mem)? {
             any = true;
+            self.rx_reaped += 1;
             self.on_rx(head, len)?;
             self.post_rx()?;
             reposted = true;
@@ -350,6 +364,23 @@ impl Driver {
             self.rings[2].kick(&self.mem)?;
         }
         Ok(any)
+    }
+
+    /// rx buffers the device has filled since connecting, reaped or not:
+    /// [`Driver::rx_reaped`] plus what waits in the used ring.
+    pub fn rx_device_total(&self) -> io::Result<u64> {
+        let ahead = self.rings[0]
+            .device_used(&self.mem)?
+            .wrapping_sub(self.rings[0].last_used());
+        Ok(self.rx_reaped + u64::from(ahead))
+    }
+
+    /// tx chains the device has taken since connecting, reaped or not.
+    pub fn tx_device_total(&self) -> io::Result<u64> {
+        let ahead = self.rings[1]
+            .device_used(&self.mem)?
+            .wrapping_sub(self.rings[1].last_used());
+        Ok(self.tx_reaped + u64::from(ahead))
     }
 
     /// Processes used rings, waiting up to `timeout` for a call if nothing
@@ -616,6 +647,9 @@ impl Driver {
             return;
         }
         c.inbox.push_back(data);
+        if let Some(log) = self.arrivals.as_mut() {
+            log.push((h.channel, self.rx_reaped));
+        }
     }
 
     fn on_ctrl(&mut self, h: Header, payload: &[u8]) -> io::Result<()> {

@@ -296,6 +296,15 @@ impl Ring {
         Ok(())
     }
 
+    /// The device's used index (how far it has filled the used ring), as
+    /// the device last published it.
+    pub fn device_used(&self, mem: &GuestMemoryMmap) -> io::Result<u16> {
+        let idx: u16 = mem
+            .load(GuestAddress(self.used + 2), Ordering::Acquire)
+            .map_err(io::Error::other)?;
+        Ok(u16::from_le(idx))
+    }
+
     /// Whether used elements are waiting.
     pub fn has_used(&self, mem: &GuestMemoryMmap) -> bool {
         mem.load::<u16>(GuestAddress(self.used + 2), Ordering::Acquire)

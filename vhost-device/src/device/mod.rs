@@ -444,7 +444,8 @@ impl Device {
     // ---------------------------------------------------------------- run
 
     /// Does one pass of pending work: host socket events (when `host` is
-    /// set), tx messages, rx delivery and the event queue. A pass takes at
+    /// set, or they are waiting while channels are ready for rx), tx
+    /// messages, rx delivery and the event queue. A pass takes at
     /// most [`TX_BUDGET`] tx chains, fills at most [`RX_BUDGET`] rx buffers
     /// and serves one batch of host events; if work is left it arms the
     /// wake-up eventfd ([`Device::more_work`]) and returns, so the worker
@@ -452,7 +453,16 @@ impl Device {
     pub fn run(&mut self, rings: Rings<'_>, mem: &Mem, host: bool) -> Notify {
         let mut n = Notify::default();
         self.more = false;
-        if host {
+        // While channels wait in the ready queue, host events are served
+        // by every pass that finds them waiting, not only by passes the
+        // host epoll fd woke: a pass started by a guest kick would
+        // otherwise fill a whole rx budget from those channels before a
+        // channel that became readable meanwhile joins the round-robin
+        // (the wait a quiet channel sees next to a flooding one,
+        // tests/fair_channels.rs). With none waiting (guest -> host
+        // traffic) the check is skipped: nothing can get ahead of a new
+        // reader, and the worker's epoll brings the host events next.
+        if host || (!self.ready.is_empty() && self.host_ready()) {
             self.host_events();
         }
         let Rings { mut rx, mut tx, ev } = rings;

@@ -9,7 +9,7 @@
 //! system call (`KT_IOC_SENDV` / `KT_IOC_RECVV`). `--timeout` arms a watchdog: no progress for that long ends
 //! the run with a "stalled" line saying how far it got.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -373,6 +373,9 @@ fn one_way_rows(way: Way, size: usize, r: &OneWay, rows: &mut Vec<Vec<String>>) 
 
 /// `kt bench`.
 pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
+    if a.fairness > 0 {
+        return fairness(ctx, a);
+    }
     let mut ch = open_channel(ctx, &a.channel)?;
     // The watchdog, not a per-receive poll, enforces --timeout.
     ch.set_timeout(None);
@@ -478,6 +481,216 @@ pub fn bench(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
         },
         a.bulk_mb,
         bulk_sizes
+    ))?;
+    out::line(format_args!(
+        "{}",
+        out::table(&["metric", "value"], &rows).trim_end()
+    ))
+}
+
+/// Round trips of `size` bytes over `chans` in turn (one at a time);
+/// returns the sorted samples after a 10 % warm-up (at most 100).
+fn round_robin_trips(
+    chans: &[Channel],
+    size: usize,
+    iterations: u64,
+    watch: &Watch,
+) -> Result<Vec<Duration>> {
+    let msg = vec![0xa5u8; size];
+    let mut buf = chans.first().map(Channel::recv_buffer).unwrap_or_default();
+    let mut nb = NbStats::default();
+    let warmup = (iterations / 10).min(100);
+    let mut samples = Vec::with_capacity(iterations as usize);
+    for (i, ch) in (0..warmup + iterations).zip(chans.iter().cycle()) {
+        let t = Instant::now();
+        ch.send(&msg, &mut nb)?;
+        expect_echo(ch, &mut buf, &mut nb, size)?;
+        watch.tick();
+        if i >= warmup {
+            samples.push(t.elapsed());
+        }
+    }
+    samples.sort();
+    Ok(samples)
+}
+
+/// The flood of `kt bench --fairness`: a writer thread sends `size`-byte
+/// messages on `ch` until `stop`, then one message of `size + 1` bytes
+/// that ends it; a reader thread reads the echoes until that one.
+/// Returns both threads, the reader's joining with the echoes it read.
+type FloodThreads = (
+    std::thread::JoinHandle<Result<()>>,
+    std::thread::JoinHandle<Result<u64>>,
+);
+
+fn start_flood(ch: Channel, size: usize, stop: Arc<AtomicBool>) -> Result<FloodThreads> {
+    let reader = ch.try_clone()?;
+    let writer = std::thread::spawn(move || -> Result<()> {
+        let msg = vec![0x5au8; size + 1];
+        let mut nb = NbStats::default();
+        while !stop.load(Ordering::Relaxed) {
+            ch.send(&msg[..size], &mut nb)?;
+        }
+        ch.send(&msg, &mut nb)
+    });
+    let reader = std::thread::spawn(move || -> Result<u64> {
+        let mut buf = reader.recv_buffer();
+        let mut nb = NbStats::default();
+        let mut n = 0u64;
+        loop {
+            match reader.recv(&mut buf, &mut nb)? {
+                Recv::Msg(len) if len == size + 1 => return Ok(n),
+                Recv::Msg(len) if len == size => n += 1,
+                Recv::Msg(len) => return Err(wrong_size(len, size)),
+                Recv::Eof => {
+                    return Err(Error::PeerClosed {
+                        label: reader.label().to_string(),
+                    })
+                }
+            }
+        }
+    });
+    Ok((writer, reader))
+}
+
+/// The flood of `kt bench --fairness N --flood-from NAME`: a reader thread
+/// takes whatever the host source sends on `ch` until `stop`; joins with
+/// the messages it read.
+fn start_source_flood(ch: Channel, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Result<u64>> {
+    std::thread::spawn(move || -> Result<u64> {
+        let mut buf = ch.recv_buffer();
+        let mut nb = NbStats::default();
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            match ch.recv(&mut buf, &mut nb)? {
+                Recv::Msg(_) => n += 1,
+                Recv::Eof => {
+                    return Err(Error::PeerClosed {
+                        label: ch.label().to_string(),
+                    })
+                }
+            }
+        }
+        Ok(n)
+    })
+}
+
+/// `kt bench --fairness N`: the quiet channels' round trips idle and next
+/// to one flooding channel, all to the same echo peer.
+fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
+    let n = a.fairness;
+    if n < 2 {
+        return Err(Error::Usage(
+            "--fairness needs at least 2 channels (one floods)".into(),
+        ));
+    }
+    if a.direction != BenchDirection::Echo {
+        return Err(Error::Usage(
+            "--fairness measures against an echo peer (--direction echo)".into(),
+        ));
+    }
+    if a.iterations == 0 || a.size == 0 || a.small_size == 0 {
+        return Err(Error::Usage(
+            "--fairness needs --iterations, --size and --small-size of at least 1".into(),
+        ));
+    }
+    let watch = Arc::new(Watch::default());
+    if let Some(limit) = crate::open::timeout(a.channel.timeout)? {
+        watch.arm(limit)?;
+    }
+    eprintln!("kt bench: opening {n} channels");
+    watch.phase(format!("opening {n} channels"), u64::from(n));
+    let mut quiet = Vec::with_capacity(n as usize - 1);
+    for _ in 1..n {
+        let mut ch = open_channel(ctx, &a.channel)?;
+        ch.set_timeout(None);
+        check_size(&ch, a.size)?;
+        quiet.push(ch);
+        watch.tick();
+    }
+    let flood_args = match &a.flood_from {
+        None => a.channel.clone(),
+        Some(from) => {
+            let mut c = a.channel.clone();
+            if c.direct.is_some() {
+                c.direct = Some(from.into());
+            } else {
+                c.name = Some(from.clone());
+            }
+            c
+        }
+    };
+    let mut flood = open_channel(ctx, &flood_args)?;
+    flood.set_timeout(None);
+    // The echoed flood's end marker is one byte longer.
+    check_size(&flood, a.small_size + 1)?;
+    watch.tick();
+    eprintln!(
+        "kt bench: {} round trips over {} quiet channels, idle",
+        a.iterations,
+        quiet.len()
+    );
+    watch.phase("round trips, idle".into(), a.iterations);
+    let idle = round_robin_trips(&quiet, a.size, a.iterations, &watch)?;
+    eprintln!("kt bench: the same while one channel floods");
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let (writer, reader) = if a.flood_from.is_some() {
+        (None, start_source_flood(flood, stop.clone()))
+    } else {
+        let (w, r) = start_flood(flood, a.small_size, stop.clone())?;
+        (Some(w), r)
+    };
+    watch.phase("round trips, one channel flooding".into(), a.iterations);
+    let busy = round_robin_trips(&quiet, a.size, a.iterations, &watch);
+    stop.store(true, Ordering::Relaxed);
+    let secs = t0.elapsed().as_secs_f64();
+    // A writer that failed sent no end marker: its error is the answer and
+    // the reader is left behind (the process ends with it).
+    if let Some(w) = writer {
+        w.join()
+            .map_err(|_| Error::Bench("the flood writer panicked".into()))??;
+    }
+    let moved = reader
+        .join()
+        .map_err(|_| Error::Bench("the flood reader panicked".into()))??;
+    let busy = busy?;
+    let (i99, b99) = (percentile(&idle, 99), percentile(&busy, 99));
+    let ratio = b99.as_secs_f64() / i99.as_secs_f64().max(1e-9);
+    let rows = vec![
+        vec!["round trip p50, idle".into(), micros(percentile(&idle, 50))],
+        vec!["round trip p99, idle".into(), micros(i99)],
+        vec![
+            "round trip p50, one channel flooding".into(),
+            micros(percentile(&busy, 50)),
+        ],
+        vec!["round trip p99, one channel flooding".into(), micros(b99)],
+        vec![
+            "p99 flooding / idle (target <= 2x)".into(),
+            format!(
+                "{ratio:.2}x ({})",
+                if ratio <= 2.0 { "met" } else { "NOT met" }
+            ),
+        ],
+        vec![
+            match &a.flood_from {
+                None => format!("flood rate ({} B, echoed)", a.small_size),
+                Some(from) => format!("flood rate (read from {from})"),
+            },
+            format!("{:.0} msgs/s", moved as f64 / secs.max(1e-9)),
+        ],
+    ];
+    out::line(format_args!(
+        "kt bench: fairness, {n} channels to {}: {} round trips of {} B over the {} quiet ones, \
+         idle and with one channel flooding",
+        a.channel
+            .name
+            .clone()
+            .or_else(|| a.channel.direct.as_ref().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| quiet.first().map_or("?", Channel::label).to_string()),
+        a.iterations,
+        a.size,
+        quiet.len()
     ))?;
     out::line(format_args!(
         "{}",

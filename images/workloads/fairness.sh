@@ -1,0 +1,34 @@
+# shellcheck shell=sh
+# Workload "fairness": the guest's half of scripts/bench-fairness.sh
+# (issue 11). `kt bench echo --fairness N`: opens N channels to the host
+# echo service (`kt serve --mode echo`), measures ITERATIONS 64 B round
+# trips over N-1 of them in turn, idle and then while the N-th floods (64 B
+# messages and their echoes, as fast as they go), and prints p50/p99 of
+# both and p99 flooding / idle. Every output line is printed as
+# "BENCH fairness: <line>". Sizes: kt.fairness=N,ITERATIONS (default
+# 1000,5000). kt.flood=source: the flooding channel goes to host service
+# "source" (`kt serve --mode source`) and is only read (a host -> guest
+# flood) instead of echoing.
+# shellcheck source=images/workloads/lib.sh
+. /workloads/lib.sh
+need_module kerntransport
+
+params=$(kt_arg kt.fairness) || params=1000,5000
+n=${params%%,*}
+iter=${params#*,}
+# One descriptor per channel, one more for the flood's reader.
+ulimit -n $((n + 64)) 2>/dev/null || true
+flood=$(kt_arg kt.flood) || flood=echo
+case "$flood" in
+echo) from= ;;
+source) from="--flood-from source" ;;
+*) fail "kt.flood must be echo or source, not '$flood'" ;;
+esac
+echo "KT: fairness: $n channels, $iter round trips per case, flood: $flood"
+# shellcheck disable=SC2086 # $from is empty or two words
+if ! kt bench echo --fairness "$n" $from --iterations "$iter" --size 64 --small-size 64 \
+	--timeout 120 >/tmp/fairness.out 2>/tmp/fairness.err; then
+	sed 's/^/BENCH fairness: /' /tmp/fairness.out
+	fail "kt bench --fairness: $(tail -n 1 /tmp/fairness.err)"
+fi
+sed 's/^/BENCH fairness: /' /tmp/fairness.out
