@@ -21,9 +21,12 @@
 #           buffers (the good channel's messages in fragments)
 #   flood   no fake_device.py: vhost-user-fill (vmm/examples, built here
 #           with cargo) hands back every buffer the moment it is posted,
-#           filled with 0x5a, on all 3 queues: the guest stays usable,
-#           malformed counts grow, and unbind, bind and rmmod each finish
-#           within 30 s (before fd3982f remove never did)
+#           filled with 0x5a, on all 3 queues (256-byte rx buffers, 256 of
+#           them posted): the guest stays usable, malformed counts grow,
+#           and unbind, bind and rmmod each finish within 30 s (fd3982f:
+#           queues broken before teardown; the driver before it finished
+#           too on a loaded host, where the device falls behind now and
+#           then and the unbudgeted drain runs dry)
 # Fails on any "FAIL:" or "N failures" (N > 0) line, a kernel splat (BUG,
 # WARNING, Oops, KASAN, KFENCE, lockdep: printed), a protocol violation seen
 # by fake_device.py, or a guest that did not finish (a guest whose remove is
@@ -274,8 +277,11 @@ run_guest() {
 	if [ "$scenario" != nodev ]; then
 		local sock=$work/$name.sock
 		if [ "$scenario" = flood ]; then
+			# Config: max_msg_size 4096, max_channels 16, rx_buf_size
+			# 256 (the driver then posts 256 rx buffers, each cheap to
+			# fill), guest_id 7.
 			need_fill
-			"$fill_bin" "$sock" 3 >"$dlog" 2>&1 &
+			"$fill_bin" "$sock" 3 00100000100000000001000007000000 >"$dlog" 2>&1 &
 		else
 			env "$@" python3 "$here/fake_device.py" "$sock" >"$dlog" 2>&1 &
 		fi
