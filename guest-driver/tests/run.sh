@@ -24,9 +24,9 @@
 #           filled with 0x5a, on all 3 queues (256-byte rx buffers, 256 of
 #           them posted): the guest stays usable, malformed counts grow,
 #           and unbind, bind and rmmod each finish within 30 s (fd3982f:
-#           queues broken before teardown; the driver before it finished
-#           too on a loaded host, where the device falls behind now and
-#           then and the unbudgeted drain runs dry)
+#           queues broken before teardown; the driver before it passes
+#           too on a busy host, where the device falls behind now and then
+#           and its unbudgeted drain runs dry)
 # Fails on any "FAIL:" or "N failures" (N > 0) line, a kernel splat (BUG,
 # WARNING, Oops, KASAN, KFENCE, lockdep: printed), a protocol violation seen
 # by fake_device.py, or a guest that did not finish (a guest whose remove is
