@@ -19,6 +19,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -1197,6 +1198,112 @@ static void test_firehose(void)
 	close(fd);
 }
 
+static long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000L + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Runs @cmd under sh and waits at most @secs seconds for it. Returns its
+ * exit status, or -1 if it is still running then: the command's kernel
+ * stack is printed and the caller must not wait for it (a remove stuck in
+ * the kernel cannot be killed). *@ms gets the time it took.
+ */
+static int run_bounded(const char *cmd, int secs, long *ms)
+{
+	long t0 = now_ms();
+	char path[64], line[256];
+	int st = 0;
+	pid_t pid;
+	FILE *f;
+
+	pid = fork();
+	if (pid == 0) {
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	while (waitpid(pid, &st, WNOHANG) != pid) {
+		if (now_ms() - t0 > secs * 1000L) {
+			*ms = now_ms() - t0;
+			printf("'%s' still running after %ld ms; its stack:\n",
+			       cmd, *ms);
+			snprintf(path, sizeof(path), "/proc/%d/stack", pid);
+			f = fopen(path, "r");
+			while (f && fgets(line, sizeof(line), f))
+				printf("  %s", line);
+			if (f)
+				fclose(f);
+			return -1;
+		}
+		usleep(50000);
+	}
+	*ms = now_ms() - t0;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+/*
+ * Scenario "flood": the device is vhost-user-fill (vmm/tests/support/
+ * fill_backend.rs), which hands back every buffer posted on any queue at
+ * once, filled with 0x5a bytes. Every rx buffer and event is malformed,
+ * counted, dropped, reposted and completed again, for as long as the
+ * driver keeps its queues. The guest must stay usable, and unbind, bind and
+ * rmmod must each finish within FLOOD_LIMIT s: remove marks the queues
+ * broken first, so it does not wait for the rx drain to run dry (before
+ * fd3982f it did, as long as the device kept ahead). Returns false if a
+ * command is stuck in the kernel: the guest cannot shut down cleanly.
+ */
+#define FLOOD_LIMIT	30
+#define FLOOD_DRV	"/sys/bus/virtio/drivers/kerntransport"
+
+static bool test_flood(void)
+{
+	long m0 = -1, m1, t0, ms;
+	int i, rc;
+
+	for (i = 0; i < 100 && m0 <= 0; i++) {
+		m0 = sys_counter("malformed");
+		usleep(100000);
+	}
+	check(m0 > 0, "bound, malformed input counted (%ld)", m0);
+	t0 = now_ms();
+	for (i = 0; i < 30; i++)
+		usleep(100000);
+	ms = now_ms() - t0;
+	check(ms < 10000, "guest responsive under the flood: 3 s of sleeps took %ld ms",
+	      ms);
+	m1 = sys_counter("malformed");
+	check(m1 > m0, "malformed keeps growing (%ld -> %ld)", m0, m1);
+
+	rc = run_bounded("echo virtio0 > " FLOOD_DRV "/unbind", FLOOD_LIMIT, &ms);
+	check(rc == 0, "unbind under the flood finishes (%ld ms, status %d)",
+	      ms, rc);
+	if (rc < 0)
+		return false;
+	check(sys_counter("malformed") == -1, "device unbound");
+
+	rc = run_bounded("echo virtio0 > " FLOOD_DRV "/bind", FLOOD_LIMIT, &ms);
+	check(rc == 0, "bind again (%ld ms, status %d)", ms, rc);
+	if (rc < 0)
+		return false;
+	m0 = sys_counter("malformed");
+	sleep(1);
+	m1 = sys_counter("malformed");
+	check(m0 >= 0 && m1 > m0, "flooded again after bind (%ld -> %ld)",
+	      m0, m1);
+
+	rc = run_bounded("rmmod kt_kecho && rmmod kerntransport", FLOOD_LIMIT,
+			 &ms);
+	check(rc == 0, "rmmod under the flood finishes (%ld ms, status %d)",
+	      ms, rc);
+	if (rc < 0)
+		return false;
+	check(access(FLOOD_DRV, F_OK) < 0, "driver gone");
+	return true;
+}
+
 /*
  * The device hands back an rx id the driver never posted: the ring is
  * broken, counted, every channel fails at once and the device is reset.
@@ -1820,6 +1927,12 @@ int main(int argc, char **argv)
 		test_breaktx();
 	} else if (!strcmp(what, "firehose")) {
 		test_firehose();
+	} else if (!strcmp(what, "flood")) {
+		if (!test_flood()) {
+			printf("flood: %d failures (a remove is stuck)\n",
+			       failures);
+			return 3;
+		}
 	} else if (!strcmp(what, "hostile")) {
 		test_hostile();
 	} else if (!strcmp(what, "huge")) {
@@ -1841,7 +1954,7 @@ int main(int argc, char **argv)
 		      info.channel);
 	} else {
 		fprintf(stderr, "usage: %s nodev|dev|unbind|firehose|breakring|%s\n",
-			argv[0], "hostile|huge|hold|notify|quick");
+			argv[0], "flood|hostile|huge|hold|notify|quick");
 		return 2;
 	}
 	printf("%s: %d failures\n", what, failures);

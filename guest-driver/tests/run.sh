@@ -19,9 +19,18 @@
 #           while a good channel echoes verified data; counters, memory,
 #           rmmod; like dev, also with neither ring feature and 256-byte rx
 #           buffers (the good channel's messages in fragments)
+#   flood   no fake_device.py: vhost-user-fill (vmm/examples, built here
+#           with cargo) hands back every buffer the moment it is posted,
+#           filled with 0x5a, on all 3 queues (256-byte rx buffers, 256 of
+#           them posted): the guest stays usable, malformed counts grow,
+#           and unbind, bind and rmmod each finish within 30 s (fd3982f:
+#           queues broken before teardown; the driver before it passes
+#           too on a busy host, where the device falls behind now and then
+#           and its unbudgeted drain runs dry)
 # Fails on any "FAIL:" or "N failures" (N > 0) line, a kernel splat (BUG,
 # WARNING, Oops, KASAN, KFENCE, lockdep: printed), a protocol violation seen
-# by fake_device.py, or a guest that did not finish.
+# by fake_device.py, or a guest that did not finish (a guest whose remove is
+# stuck reboots at once instead of powering off, which would wait for it).
 #
 # --debug-kernel (or KT_DEBUG_KERNEL=1): the same scenarios on the debug
 # kernel images/debug-kernel/build.sh builds (KASAN, KFENCE, lockdep,
@@ -34,7 +43,8 @@
 # Needs the patched QEMU (images/ builds it into $KT_CACHE/qemu-*/); set
 # QEMU_KT to use another one; KT_TEST_LOGS=<dir> keeps every serial and device
 # log there; KT_TEST_ONLY="<name>..." runs only those guests (names as
-# printed, e.g. dev-smp4); KT_TEST_TIMEOUT sets each guest's limit in
+# printed, e.g. dev-smp4); KT_FILL_BACKEND names a vhost-user-fill binary
+# to use instead of building it; KT_TEST_TIMEOUT sets each guest's limit in
 # seconds (300, or 600 with --debug-kernel). Not run by check.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -186,6 +196,14 @@ notify)
 	run rmmod kt_kecho
 	run rmmod kerntransport
 	;;
+flood)
+	# kt_guest_test unloads both modules itself, each within a bound.
+	# Status 3: a remove is stuck in the kernel.
+	kt_guest_test flood
+	rc=$?
+	[ "$rc" = 0 ] || echo "FAIL: kt_guest_test flood (status $rc)"
+	[ "$rc" != 3 ] || stuck=1
+	;;
 *)
 	echo "FAIL: unknown scenario '$scenario'"
 	;;
@@ -198,6 +216,9 @@ if grep -q "kt\.dmesg=1" /proc/cmdline; then
 	echo "KT-DMESG-END"
 fi
 echo "KT-END"
+# poweroff waits for the device a stuck remove holds; reboot does not
+# (and QEMU runs with -no-reboot).
+[ -z "${stuck:-}" ] || echo b >/proc/sysrq-trigger
 poweroff -f
 EOF
 chmod +x "$root/init"
@@ -225,8 +246,24 @@ failed=0
 smp=
 append=
 [ "$debug" = 0 ] || append=" kt.dmesg=1 log_buf_len=1M kfence.sample_interval=10 kt.watchdog=$((timeout / 2))"
+# need_fill: sets $fill_bin to the vhost-user-fill binary (built on first
+# use unless KT_FILL_BACKEND names one).
+fill_bin=
+need_fill() {
+	[ -z "$fill_bin" ] || return 0
+	fill_bin=${KT_FILL_BACKEND:-}
+	if [ -z "$fill_bin" ]; then
+		echo "run.sh: building vhost-user-fill"
+		(cd "$repo" && nice cargo build -q --release -p kt-vmm \
+			--example vhost-user-fill) || fail "vhost-user-fill build failed"
+		fill_bin=${CARGO_TARGET_DIR:-$repo/target}/release/examples/vhost-user-fill
+	fi
+	[ -x "$fill_bin" ] || fail "vhost-user-fill: $fill_bin missing"
+}
+
 # run_guest <name> <scenario> <qemu binary> [env for fake_device.py...]
-# ($smp, when set, is the guest's vCPU count.)
+# ($smp, when set, is the guest's vCPU count; the flood scenario's device
+# is vhost-user-fill with 3 queues, not fake_device.py.)
 run_guest() {
 	local name=$1 scenario=$2 qemu=$3 log=$work/$1.log dlog=$work/$1.device.log
 	shift 3
@@ -239,10 +276,18 @@ run_guest() {
 	[ -z "$smp" ] || args+=(-smp "$smp")
 	if [ "$scenario" != nodev ]; then
 		local sock=$work/$name.sock
-		env "$@" python3 "$here/fake_device.py" "$sock" >"$dlog" 2>&1 &
+		if [ "$scenario" = flood ]; then
+			# Config: max_msg_size 4096, max_channels 16, rx_buf_size
+			# 256 (the driver then posts 256 rx buffers, each cheap to
+			# fill), guest_id 7.
+			need_fill
+			"$fill_bin" "$sock" 3 00100000100000000001000007000000 >"$dlog" 2>&1 &
+		else
+			env "$@" python3 "$here/fake_device.py" "$sock" >"$dlog" 2>&1 &
+		fi
 		device_pid=$!
 		for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
-		[ -S "$sock" ] || fail "$name: fake_device.py did not start: $(cat "$dlog")"
+		[ -S "$sock" ] || fail "$name: the device did not start: $(cat "$dlog")"
 		args+=(-object memory-backend-memfd,id=mem,size=512M,share=on
 			-numa node,memdev=mem -chardev "socket,id=kt,path=$sock"
 			-device vhost-user-device-pci,chardev=kt,virtio-id=60,num_vqs=3,vq_size=256,config_size=16)
@@ -301,6 +346,7 @@ all_scenarios() {
 	! wanted hostile-plain-ring ||
 		run_guest "hostile-plain-ring$sfx" hostile "$QEMU_KT" KT_HOSTILE=1 KT_EVENT_IDX=0 \
 			KT_INDIRECT=0 KT_RX_BUF=256
+	! wanted flood || run_guest "flood$sfx" flood "$QEMU_KT"
 }
 
 if [ "$debug" = 1 ]; then

@@ -85,7 +85,8 @@ fn hung_up(fd: i32) -> bool {
 
 fn main() {
     if let Some(socket) = std::env::var_os(CHILD_ENV) {
-        if let Err(e) = fill_backend::serve(Path::new(&socket), 1) {
+        if let Err(e) = fill_backend::serve(Path::new(&socket), 1, fill_backend::Options::default())
+        {
             eprintln!("fill backend: {e}");
             std::process::exit(1);
         }

@@ -31,7 +31,9 @@ fn kick_reaches_backend_and_call_comes_back() {
     std::fs::create_dir_all(&dir).unwrap();
     let socket: PathBuf = dir.join("fill.sock");
     let sock2 = socket.clone();
-    let backend = std::thread::spawn(move || fill_backend::serve(&sock2, 2));
+    let backend = std::thread::spawn(move || {
+        fill_backend::serve(&sock2, 2, fill_backend::Options::default())
+    });
     wait_for("backend socket", || socket.exists());
 
     let spec = VhostUserSpec {

@@ -1,8 +1,10 @@
 //! A tiny vhost-user backend for testing kt-vmm's frontend: every buffer the
 //! driver posts on any queue is filled with `PATTERN` and returned (so with
 //! virtio ID 4 the guest's virtio-rng driver reads it as entropy); config
-//! space byte `i` reads as `i`. Used by the frontend integration test and by
-//! the `vhost-user-fill` example that runs inside the KVM runner VM.
+//! space byte `i` reads as `i`, or as byte `i` of [`Options::config`] (0
+//! past its end). Used by the frontend integration test, by the
+//! `vhost-user-fill` example that runs inside the KVM runner VM, and by the
+//! guest driver's `flood` test (guest-driver/tests/run.sh).
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -19,18 +21,27 @@ pub const PATTERN: u8 = 0x5a;
 /// VIRTIO_F_VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES.
 const FEATURES: u64 = (1 << 32) | (1 << 30);
 
+/// What the backend serves besides the filled buffers.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Config space contents (`None`: byte `i` reads as `i`).
+    pub config: Option<Vec<u8>>,
+}
+
 /// The backend state.
 #[derive(Debug)]
 pub struct FillBackend {
     queues: usize,
+    opts: Options,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
 }
 
 impl FillBackend {
     /// A backend with `queues` queues.
-    pub fn new(queues: usize) -> Self {
+    pub fn new(queues: usize, opts: Options) -> Self {
         Self {
             queues,
+            opts,
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
         }
     }
@@ -88,7 +99,10 @@ impl VhostUserBackendMut for FillBackend {
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         (offset..offset.saturating_add(size))
-            .map(|i| i as u8)
+            .map(|i| match &self.opts.config {
+                Some(c) => c.get(i as usize).copied().unwrap_or(0),
+                None => i as u8,
+            })
             .collect()
     }
 
@@ -115,8 +129,8 @@ impl VhostUserBackendMut for FillBackend {
 }
 
 /// Serves one frontend connection on `socket` (blocking).
-pub fn serve(socket: &Path, queues: usize) -> Result<(), String> {
-    let backend = Arc::new(RwLock::new(FillBackend::new(queues)));
+pub fn serve(socket: &Path, queues: usize, opts: Options) -> Result<(), String> {
+    let backend = Arc::new(RwLock::new(FillBackend::new(queues, opts)));
     let mut daemon = VhostUserDaemon::new(
         "vhost-user-fill".into(),
         backend,
