@@ -2,7 +2,9 @@
 # Builds kerntransport's Debian packages with dpkg-deb, one .deb each, into
 # $KT_PACKAGES_DIR (default target/debian):
 #   kt-vhost-device     the backend daemon, its man page, the systemd template
-#                       unit kt-vhost-device@.service, example configuration
+#                       unit kt-vhost-device@.service (one VM each), the unit
+#                       kt-vhost-device.service (the VMs of vms.toml),
+#                       example configuration
 #   kt-vmm              the minimal VMM and its man page
 #   kt                  the guest/host tool and its man page
 #   kerntransport-dkms  the guest driver's source for DKMS (/usr/src)
@@ -157,6 +159,8 @@ binary $p kt-vhost-device "kerntransport host backend, a vhost-user device daemo
 install -D -m 0644 "packaging/$p/kt-vhost-device@.service" "$stage/$p/lib/systemd/system/kt-vhost-device@.service"
 install -D -m 0644 "packaging/$p/example.toml" "$stage/$p/usr/share/doc/$p/examples/vm0.toml"
 install -D -m 0644 "packaging/$p/example.conf" "$stage/$p/usr/share/doc/$p/examples/vm0.conf"
+install -D -m 0644 "packaging/$p/kt-vhost-device.service" "$stage/$p/lib/systemd/system/kt-vhost-device.service"
+install -D -m 0644 "packaging/$p/example-vms.toml" "$stage/$p/usr/share/doc/$p/examples/vms.toml"
 install -D -m 0644 docs/packages.md "$stage/$p/usr/share/doc/$p/packages.md"
 install -d -m 0755 "$stage/$p/etc/kerntransport"
 script $p postinst
@@ -169,7 +173,8 @@ control $p "$arch" "$deps" admin \
 	"connections to the services a policy file names." \
 	"." \
 	"Includes the systemd template unit kt-vhost-device@.service, one" \
-	"instance per VM, configured in /etc/kerntransport/."
+	"instance per VM, and kt-vhost-device.service, one daemon for the VMs" \
+	"of /etc/kerntransport/vms.toml; configured in /etc/kerntransport/."
 deb $p "$arch"
 
 # kt-vmm

@@ -7,8 +7,9 @@
 # (scripts/lib/kernels.sh) with every DKMS tree, temporary file and signing
 # key inside the scratch directory (a private mount namespace hides
 # /etc/dkms and /var/lib/dkms), checks the modules' vermagic and virtio
-# alias, and checks the systemd unit with systemd-analyze verify, after
-# proving that check rejects broken copies of the unit. Owns only this
+# alias, runs the installed daemon on the example policy and the example
+# many-VM config, and checks the systemd units with systemd-analyze verify,
+# after proving that check rejects broken copies of the unit. Owns only this
 # test; every failure stops it with a message. Removes its scratch dir.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -115,14 +116,39 @@ wait "$daemon" || true
 grep -q '"guest_id"' <<<"$stats" || fail "stats answer has no guest_id: $stats"
 ok "installed daemon runs on the example policy"
 
+# The many-VM example, its sockets moved into the scratch run directory and
+# a copy of the example policy for each VM.
+ex=$sysroot/usr/share/doc/kt-vhost-device/examples
+sed "s|/run/kerntransport/vms/|$run/|" "$ex/vms.toml" >"$scratch/vms.toml"
+cp "$ex/vm0.toml" "$scratch/web.toml"
+cp "$ex/vm0.toml" "$scratch/db.toml"
+"$sysroot/usr/bin/kt-vhost-device" run --config "$scratch/vms.toml" \
+	--control "$run/vms-control.sock" --log-level warn &
+daemon=$!
+for _ in $(seq 100); do
+	[ -S "$run/vms-control.sock" ] && [ -S "$run/db.sock" ] && break
+	kill -0 "$daemon" 2>/dev/null || fail "kt-vhost-device exited on the example vms.toml"
+	sleep 0.1
+done
+vms=$("$sysroot/usr/bin/kt-vhost-device" stats --control "$run/vms-control.sock" --json) ||
+	{ kill "$daemon"; fail "kt-vhost-device stats failed on the example vms.toml"; }
+reloaded=$("$sysroot/usr/bin/kt-vhost-device" reload --control "$run/vms-control.sock") ||
+	{ kill "$daemon"; fail "kt-vhost-device reload failed on the example vms.toml"; }
+kill "$daemon"
+wait "$daemon" || true
+for vm in web db; do
+	grep -q "\"vm\": \"$vm\"" <<<"$vms" || fail "stats on the example vms.toml lacks vm $vm: $vms"
+done
+[ "$reloaded" = "vm web: policy unchanged (1 service(s)); vm db: policy unchanged (1 service(s))" ] ||
+	fail "reload on the example vms.toml said: $reloaded"
+ok "installed daemon serves the example vms.toml (2 VMs), and reloads it"
+
 # 4. The systemd unit. The check must reject what systemd would only warn
 # about, so any output fails it; prove that first on broken copies.
 # The scratch root gets the host's own units (sysinit.target and the like).
 mkdir -p "$sysroot/etc/systemd/system"
 cp -a /lib/systemd/system/. "$sysroot/lib/systemd/system/"
 cp "$root/packaging/kt-vhost-device/kt-vhost-device@.service" "$scratch/unit.orig"
-cmp -s "$scratch/unit.orig" "$sysroot/lib/systemd/system/kt-vhost-device@.service" ||
-	fail "the packaged unit differs from packaging/kt-vhost-device/kt-vhost-device@.service"
 verify() {
 	local out
 	out=$(MANPATH=$sysroot/usr/share/man systemd-analyze verify --root="$sysroot" "$1" 2>&1) &&
@@ -137,9 +163,14 @@ sed 's|^ExecStart=/usr/bin/kt-vhost-device|ExecStart=/usr/bin/kt-vhost-devic|' "
 if verify kt-broken@vm0.service >/dev/null; then fail "unit check accepts a missing binary"; fi
 rm "$bad"
 verify kt-vhost-device@vm0.service || fail "systemd-analyze verify kt-vhost-device@vm0.service"
-grep -q '^User=kerntransport$' "$sysroot/lib/systemd/system/kt-vhost-device@.service" ||
-	fail "the unit does not run as user kerntransport"
-ok "systemd-analyze verify kt-vhost-device@vm0.service (and rejects broken copies)"
+verify kt-vhost-device.service || fail "systemd-analyze verify kt-vhost-device.service"
+for u in kt-vhost-device@.service kt-vhost-device.service; do
+	cmp -s "$root/packaging/kt-vhost-device/$u" "$sysroot/lib/systemd/system/$u" ||
+		fail "the packaged $u differs from packaging/kt-vhost-device/$u"
+	grep -q '^User=kerntransport$' "$sysroot/lib/systemd/system/$u" ||
+		fail "$u does not run as user kerntransport"
+done
+ok "systemd-analyze verify kt-vhost-device@vm0.service and kt-vhost-device.service (and rejects broken copies)"
 
 # 5. dkms build of the unpacked source against each supported kernel, all of
 # DKMS's state in the scratch dir: --dkmstree/--sourcetree/--installtree,
