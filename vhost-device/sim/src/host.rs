@@ -1,6 +1,8 @@
-//! Host-side helpers for tests and the bench: a temporary directory removed
-//! on drop, the daemon as a child process killed on drop, and simple host
-//! services (echo, sink, source) on `SOCK_SEQPACKET` sockets.
+//! Host-side helpers for tests and the benches: a temporary directory
+//! removed on drop, the daemon as a child process killed on drop (and
+//! where to find its binary), and simple host services on `SOCK_SEQPACKET`
+//! sockets: echo, sink, source with a thread per connection, and an echo
+//! or sink serving every connection from one epoll thread.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -11,6 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kt_vhost_device::seqpacket::{Recv, SeqListener, SeqPacket};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -215,5 +218,92 @@ pub fn connect_guest(listen: &Path, name: &str) -> io::Result<Result<(SeqPacket,
             Ok(Err(format!("{} {text}", code.errno())))
         }
         Err(e) => Err(io::Error::other(e)),
+    }
+}
+
+/// An epoll service on `path`, one thread for every connection: echoes
+/// each message back (`echo`) or reads and drops it. A bounded batch per
+/// connection per wake-up, so no connection starves the others.
+pub fn spawn_epoll_service(path: &Path, echo: bool, stop: Arc<AtomicBool>) -> io::Result<()> {
+    let listener = SeqListener::bind(path)?;
+    let epoll = Epoll::new()?;
+    const LISTENER: u64 = u64::MAX;
+    epoll.ctl(
+        ControlOperation::Add,
+        std::os::fd::AsRawFd::as_raw_fd(&listener),
+        EpollEvent::new(EventSet::IN, LISTENER),
+    )?;
+    std::thread::spawn(move || {
+        let mut conns: Vec<Option<SeqPacket>> = Vec::new();
+        let mut events = vec![EpollEvent::default(); 256];
+        let mut buf = vec![0u8; 1 << 20];
+        while !stop.load(Ordering::Relaxed) {
+            let Ok(n) = epoll.wait(100, &mut events) else {
+                continue;
+            };
+            for ev in &events[..n] {
+                let tok = ev.data();
+                if tok == LISTENER {
+                    while let Ok(c) = listener.accept() {
+                        let _ = epoll.ctl(
+                            ControlOperation::Add,
+                            std::os::fd::AsRawFd::as_raw_fd(&c),
+                            EpollEvent::new(EventSet::IN, conns.len() as u64),
+                        );
+                        conns.push(Some(c));
+                    }
+                    continue;
+                }
+                let Some(slot) = conns.get_mut(tok as usize) else {
+                    continue;
+                };
+                for _ in 0..64 {
+                    let Some(c) = slot.as_ref() else { break };
+                    let r = match c.recv(&mut buf) {
+                        Ok(Recv::Msg(n)) if echo => {
+                            // The echo's peer is the daemon, which always
+                            // has room for one reply per request here
+                            // (the guest reads every reply); a failed send
+                            // ends the connection.
+                            c.send(&buf[..n.min(buf.len())]).map(|_| true)
+                        }
+                        Ok(Recv::Msg(_)) => Ok(true),
+                        Ok(Recv::Eof) => Ok(false),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => Err(e),
+                    };
+                    if !matches!(r, Ok(true)) {
+                        let _ = epoll.ctl(
+                            ControlOperation::Delete,
+                            std::os::fd::AsRawFd::as_raw_fd(c),
+                            EpollEvent::default(),
+                        );
+                        *slot = None;
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The `kt-vhost-device` binary for the benches: `explicit` (a --daemon
+/// flag), else `$KT_VHOST_DEVICE`, else the one next to this program.
+pub fn daemon_binary(explicit: Option<&Path>) -> io::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_owned());
+    }
+    if let Some(p) = std::env::var_os("KT_VHOST_DEVICE") {
+        return Ok(p.into());
+    }
+    let p = std::env::current_exe()?.with_file_name("kt-vhost-device");
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(io::Error::other(format!(
+            "no daemon binary at {} (build it: cargo build --release -p kt-vhost-device, \
+             or pass --daemon)",
+            p.display()
+        )))
     }
 }

@@ -21,7 +21,6 @@
 //! Run it optimized: `scripts/bench-fairness.sh --sim` (builds the release
 //! binaries and runs this).
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,8 +29,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use kt_sim::{DaemonProc, Driver, DriverOptions, TempDir};
-use kt_vhost_device::seqpacket::{Recv, SeqListener, SeqPacket};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use kt_vhost_device::seqpacket::SeqListener;
 
 /// Quiet channels' round trips next to one flooding channel.
 #[derive(Debug, Parser)]
@@ -88,88 +86,7 @@ struct Row {
 }
 
 fn daemon_path(a: &Args) -> Result<PathBuf, FairError> {
-    if let Some(p) = &a.daemon {
-        return Ok(p.clone());
-    }
-    if let Some(p) = std::env::var_os("KT_VHOST_DEVICE") {
-        return Ok(p.into());
-    }
-    let p = std::env::current_exe()?.with_file_name("kt-vhost-device");
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(FairError::Usage(format!(
-            "no daemon binary at {} (build it: cargo build --release -p kt-vhost-device, \
-             or pass --daemon)",
-            p.display()
-        )))
-    }
-}
-
-/// An epoll service on `path`, one thread for every connection: echoes
-/// each message back (`echo`) or reads and drops it. A bounded batch per
-/// connection per wake-up, so no connection starves the others.
-fn spawn_epoll_service(path: &Path, echo: bool, stop: Arc<AtomicBool>) -> Result<(), FairError> {
-    let listener = SeqListener::bind(path)?;
-    let epoll = Epoll::new()?;
-    const LISTENER: u64 = u64::MAX;
-    epoll.ctl(
-        ControlOperation::Add,
-        listener.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, LISTENER),
-    )?;
-    std::thread::spawn(move || {
-        let mut conns: Vec<Option<SeqPacket>> = Vec::new();
-        let mut events = vec![EpollEvent::default(); 256];
-        let mut buf = vec![0u8; 1 << 20];
-        while !stop.load(Ordering::Relaxed) {
-            let Ok(n) = epoll.wait(100, &mut events) else {
-                continue;
-            };
-            for ev in &events[..n] {
-                let tok = ev.data();
-                if tok == LISTENER {
-                    while let Ok(c) = listener.accept() {
-                        let _ = epoll.ctl(
-                            ControlOperation::Add,
-                            c.as_raw_fd(),
-                            EpollEvent::new(EventSet::IN, conns.len() as u64),
-                        );
-                        conns.push(Some(c));
-                    }
-                    continue;
-                }
-                let Some(slot) = conns.get_mut(tok as usize) else {
-                    continue;
-                };
-                for _ in 0..64 {
-                    let Some(c) = slot.as_ref() else { break };
-                    let r = match c.recv(&mut buf) {
-                        Ok(Recv::Msg(n)) if echo => {
-                            // The echo's peer is the daemon, which always
-                            // has room for one reply per request here
-                            // (the guest reads every reply); a failed send
-                            // ends the connection.
-                            c.send(&buf[..n.min(buf.len())]).map(|_| true)
-                        }
-                        Ok(Recv::Msg(_)) => Ok(true),
-                        Ok(Recv::Eof) => Ok(false),
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => Err(e),
-                    };
-                    if !matches!(r, Ok(true)) {
-                        let _ = epoll.ctl(
-                            ControlOperation::Delete,
-                            c.as_raw_fd(),
-                            EpollEvent::default(),
-                        );
-                        *slot = None;
-                    }
-                }
-            }
-        }
-    });
-    Ok(())
+    kt_sim::host::daemon_binary(a.daemon.as_deref()).map_err(|e| FairError::Usage(e.to_string()))
 }
 
 /// The flood source on `path`: every connection it accepts gets `size`-byte
@@ -324,8 +241,8 @@ fn run(a: &Args) -> Result<Vec<Row>, FairError> {
     let dir = TempDir::new("fairness")?;
     let stop = Arc::new(AtomicBool::new(false));
     let _stop = StopOnDrop(stop.clone());
-    spawn_epoll_service(&dir.join("echo.sock"), true, stop.clone())?;
-    spawn_epoll_service(&dir.join("sink.sock"), false, stop.clone())?;
+    kt_sim::host::spawn_epoll_service(&dir.join("echo.sock"), true, stop.clone())?;
+    kt_sim::host::spawn_epoll_service(&dir.join("sink.sock"), false, stop.clone())?;
     spawn_flood(&dir.join("flood.sock"), a.flood_size, stop.clone())?;
     let mut policy = String::new();
     for name in ["echo", "sink", "flood"] {

@@ -22,9 +22,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use kt_sim::{DaemonProc, Driver, DriverOptions, TempDir};
-use kt_vhost_device::seqpacket::{Recv, SeqListener, SeqPacket};
 use kt_vhost_device::stats::DaemonSnapshot;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 /// Aggregate rate, fairness and memory of one daemon serving many VMs.
 #[derive(Debug, Parser)]
@@ -97,23 +95,7 @@ fn rss_kib(pid: u32) -> Result<(u64, u64), ScaleError> {
 }
 
 fn daemon_path(a: &Args) -> Result<PathBuf, ScaleError> {
-    if let Some(p) = &a.daemon {
-        return Ok(p.clone());
-    }
-    if let Some(p) = std::env::var_os("KT_VHOST_DEVICE") {
-        return Ok(p.into());
-    }
-    let exe = std::env::current_exe()?;
-    let p = exe.with_file_name("kt-vhost-device");
-    if p.exists() {
-        Ok(p)
-    } else {
-        Err(ScaleError::Usage(format!(
-            "no daemon binary at {} (build it: cargo build --release -p kt-vhost-device, \
-             or pass --daemon)",
-            p.display()
-        )))
-    }
+    kt_sim::host::daemon_binary(a.daemon.as_deref()).map_err(|e| ScaleError::Usage(e.to_string()))
 }
 
 /// Writes a config of `n` VMs (all allowed to open `sink`) and starts the
@@ -156,70 +138,6 @@ fn start_daemon(
     .map(|s| s.to_string())
     .collect();
     Ok(DaemonProc::spawn(bin, &ready, &args)?)
-}
-
-/// The host sink: one thread reads every connection through epoll, as a
-/// real service with a thousand clients would (a thread per connection
-/// would make the host scheduler, not the daemon, decide who goes first).
-fn spawn_sink(path: &Path, stop: Arc<AtomicBool>) -> Result<(), ScaleError> {
-    use std::os::fd::AsRawFd;
-    let listener = SeqListener::bind(path)?;
-    let epoll = Epoll::new()?;
-    const LISTENER: u64 = u64::MAX;
-    epoll.ctl(
-        ControlOperation::Add,
-        listener.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, LISTENER),
-    )?;
-    std::thread::spawn(move || {
-        let mut conns: Vec<Option<SeqPacket>> = Vec::new();
-        let mut events = vec![EpollEvent::default(); 256];
-        let mut buf = vec![0u8; 65536];
-        while !stop.load(Ordering::Relaxed) {
-            let Ok(n) = epoll.wait(100, &mut events) else {
-                continue;
-            };
-            for ev in &events[..n] {
-                let tok = ev.data();
-                if tok == LISTENER {
-                    while let Ok(c) = listener.accept() {
-                        let _ = epoll.ctl(
-                            ControlOperation::Add,
-                            c.as_raw_fd(),
-                            EpollEvent::new(EventSet::IN, conns.len() as u64),
-                        );
-                        conns.push(Some(c));
-                    }
-                    continue;
-                }
-                let Some(slot) = conns.get_mut(tok as usize) else {
-                    continue;
-                };
-                // A bounded batch per connection per wake-up, so one busy
-                // connection cannot starve the others.
-                for _ in 0..64 {
-                    let Some(c) = slot.as_ref() else { break };
-                    match c.recv(&mut buf) {
-                        Ok(Recv::Msg(_)) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        r => {
-                            if let Err(e) = r {
-                                eprintln!("kt-vhost-device-scale: sink connection: {e}");
-                            }
-                            let _ = epoll.ctl(
-                                ControlOperation::Delete,
-                                c.as_raw_fd(),
-                                EpollEvent::default(),
-                            );
-                            *slot = None;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    Ok(())
 }
 
 /// Sets its flag when dropped (also on an early return).
@@ -298,7 +216,10 @@ fn measure(a: &Args, bin: &Path, n: u32, base_anon: u64) -> Result<Row, ScaleErr
     // The sink outlives the guests: it stops once they are joined.
     let sink_stop = Arc::new(AtomicBool::new(false));
     let _stop_sink = StopOnDrop(sink_stop.clone());
-    spawn_sink(&dir.join("sink.sock"), sink_stop)?;
+    // One thread reads every connection through epoll, as a real service
+    // with a thousand clients would (a thread per connection made the host
+    // scheduler, not the daemon, decide who goes first).
+    kt_sim::host::spawn_epoll_service(&dir.join("sink.sock"), false, sink_stop)?;
     let stop = Arc::new(AtomicBool::new(false));
     let daemon = start_daemon(bin, &dir, n, a.max_msg_size)?;
     let control = dir.join("control.sock");
