@@ -26,12 +26,19 @@
 #define KT_F_GUEST_LISTEN		0
 /* The driver announces its listeners' names (KT_MSG_LISTEN/UNLISTEN). */
 #define KT_F_LISTEN_NOTIFY		1
+/* More than one rx/tx queue pair (struct kt_config.max_queue_pairs). */
+#define KT_F_MULTIQUEUE			2
+#define KT_MAX_QUEUE_PAIRS		16
 
 /* Virtqueues. */
 #define KT_VQ_RX			0	/* device -> driver data */
 #define KT_VQ_TX			1	/* driver -> device data */
 #define KT_VQ_EVENT			2	/* device -> driver events */
-#define KT_NUM_VQS			3
+#define KT_NUM_VQS			3	/* without KT_F_MULTIQUEUE */
+/* Pair k >= 1 (KT_F_MULTIQUEUE): rx is queue 2k + 1, tx is 2k + 2. */
+#define KT_VQ_RX_PAIR(k)		((k) ? 2 * (k) + 1 : KT_VQ_RX)
+#define KT_VQ_TX_PAIR(k)		((k) ? 2 * (k) + 2 : KT_VQ_TX)
+#define KT_NUM_VQS_PAIRS(n)		(1 + 2 * (n))
 
 /* Limits. */
 #define KT_HDR_SIZE			32
@@ -102,6 +109,8 @@ struct kt_config {
 	__le32 max_channels;	/* channels open at once */
 	__le32 rx_buf_size;	/* rx buffer size the driver should post */
 	__le32 guest_id;	/* host-assigned id of this guest */
+	__le16 max_queue_pairs;	/* KT_F_MULTIQUEUE: pairs the device serves */
+	__le16 reserved;
 };
 
 /* ---- /dev/kerntransport user-space ABI ---- */

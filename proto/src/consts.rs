@@ -8,6 +8,11 @@ pub const F_GUEST_LISTEN: u64 = 0;
 /// Feature bit: the driver announces the names its listeners serve
 /// (`LISTEN`/`UNLISTEN` on tx, SPEC §2.2).
 pub const F_LISTEN_NOTIFY: u64 = 1;
+/// Feature bit: more than one rx/tx queue pair (`max_queue_pairs` in
+/// config space, SPEC §1.2).
+pub const F_MULTIQUEUE: u64 = 2;
+/// Most queue pairs a device may offer (`max_queue_pairs`).
+pub const MAX_QUEUE_PAIRS: u16 = 16;
 /// Guest listener names a device keeps per driver; further `LISTEN`s are
 /// counted and dropped (SPEC §2.2).
 pub const MAX_GUEST_LISTENERS: usize = 1024;
@@ -27,13 +32,51 @@ pub const VQ_RX: u16 = 0;
 pub const VQ_TX: u16 = 1;
 /// Event queue index (device to driver).
 pub const VQ_EVENT: u16 = 2;
-/// Number of virtqueues.
+/// Number of virtqueues without `F_MULTIQUEUE` (one pair plus the event
+/// queue).
 pub const NUM_VQS: usize = 3;
+
+/// Queue index of pair `pair`'s rx queue (pair 0: 0; pair k ≥ 1: 2k + 1).
+pub const fn vq_rx(pair: u16) -> u16 {
+    if pair == 0 {
+        VQ_RX
+    } else {
+        2 * pair + 1
+    }
+}
+
+/// Queue index of pair `pair`'s tx queue (pair 0: 1; pair k ≥ 1: 2k + 2).
+pub const fn vq_tx(pair: u16) -> u16 {
+    if pair == 0 {
+        VQ_TX
+    } else {
+        2 * pair + 2
+    }
+}
+
+/// Number of virtqueues of a device with `pairs` queue pairs.
+pub const fn num_vqs(pairs: u16) -> usize {
+    1 + 2 * pairs as usize
+}
+
+/// The pair a queue index belongs to and whether it is that pair's rx
+/// queue; `None` for the event queue.
+pub const fn vq_pair(idx: u16) -> Option<(u16, bool)> {
+    match idx {
+        VQ_RX => Some((0, true)),
+        VQ_TX => Some((0, false)),
+        VQ_EVENT => None,
+        i => Some(((i - 1) / 2, i % 2 == 1)),
+    }
+}
 
 /// Size of `struct kt_hdr` on the wire.
 pub const HDR_SIZE: usize = 32;
 /// Size of `struct kt_config` on the wire.
-pub const CONFIG_SIZE: usize = 16;
+pub const CONFIG_SIZE: usize = 20;
+/// Config bytes a device without `F_MULTIQUEUE` needs to show (the fields
+/// before `max_queue_pairs`).
+pub const CONFIG_SIZE_V1: usize = 16;
 /// Longest service name in bytes (no NUL).
 pub const NAME_MAX: usize = 63;
 /// Smallest rx buffer a driver may post.

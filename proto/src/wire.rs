@@ -70,6 +70,10 @@ pub struct RawConfig {
     pub rx_buf_size: Le32,
     /// Host-assigned guest id.
     pub guest_id: Le32,
+    /// Queue pairs offered (with `F_MULTIQUEUE`).
+    pub max_queue_pairs: Le16,
+    /// Reserved, 0.
+    pub reserved: Le16,
 }
 
 /// Field offsets of `struct kt_hdr`, in declaration order, for layout checks.
@@ -86,7 +90,7 @@ pub const HDR_FIELD_OFFSETS: [(&str, usize); 9] = [
 ];
 
 /// Field offsets of `struct kt_config`.
-pub const CONFIG_FIELD_OFFSETS: [(&str, usize); 4] = [
+pub const CONFIG_FIELD_OFFSETS: [(&str, usize); 6] = [
     (
         "max_msg_size",
         std::mem::offset_of!(RawConfig, max_msg_size),
@@ -97,6 +101,11 @@ pub const CONFIG_FIELD_OFFSETS: [(&str, usize); 4] = [
     ),
     ("rx_buf_size", std::mem::offset_of!(RawConfig, rx_buf_size)),
     ("guest_id", std::mem::offset_of!(RawConfig, guest_id)),
+    (
+        "max_queue_pairs",
+        std::mem::offset_of!(RawConfig, max_queue_pairs),
+    ),
+    ("reserved", std::mem::offset_of!(RawConfig, reserved)),
 ];
 
 impl RawHeader {
@@ -140,17 +149,19 @@ impl RawHeader {
 }
 
 impl RawConfig {
-    /// Serializes to the 16 wire bytes.
+    /// Serializes to the 20 wire bytes.
     pub fn to_bytes(&self) -> [u8; crate::consts::CONFIG_SIZE] {
         let mut out = [0u8; crate::consts::CONFIG_SIZE];
         out[0..4].copy_from_slice(&self.max_msg_size.0);
         out[4..8].copy_from_slice(&self.max_channels.0);
         out[8..12].copy_from_slice(&self.rx_buf_size.0);
         out[12..16].copy_from_slice(&self.guest_id.0);
+        out[16..18].copy_from_slice(&self.max_queue_pairs.0);
+        out[18..20].copy_from_slice(&self.reserved.0);
         out
     }
 
-    /// Parses 16 wire bytes.
+    /// Parses 20 wire bytes.
     pub fn from_bytes(b: &[u8; crate::consts::CONFIG_SIZE]) -> Self {
         let l32 = |at: usize| Le32([b[at], b[at + 1], b[at + 2], b[at + 3]]);
         Self {
@@ -158,6 +169,8 @@ impl RawConfig {
             max_channels: l32(4),
             rx_buf_size: l32(8),
             guest_id: l32(12),
+            max_queue_pairs: Le16([b[16], b[17]]),
+            reserved: Le16([b[18], b[19]]),
         }
     }
 }

@@ -40,12 +40,15 @@ int main(void)
 	OFF(kt_hdr, buf_alloc); OFF(kt_hdr, fwd_cnt); OFF(kt_hdr, arg);
 	OFF(kt_config, max_msg_size); OFF(kt_config, max_channels);
 	OFF(kt_config, rx_buf_size); OFF(kt_config, guest_id);
+	OFF(kt_config, max_queue_pairs); OFF(kt_config, reserved);
 	OFF(kt_ioc_info, max_msg_size); OFF(kt_ioc_info, channel);
 	OFF(kt_ioc_info, state); OFF(kt_ioc_info, guest_id);
 
 	P("KT_VIRTIO_ID", KT_VIRTIO_ID);
 	P("KT_F_GUEST_LISTEN", KT_F_GUEST_LISTEN);
 	P("KT_F_LISTEN_NOTIFY", KT_F_LISTEN_NOTIFY);
+	P("KT_F_MULTIQUEUE", KT_F_MULTIQUEUE);
+	P("KT_MAX_QUEUE_PAIRS", KT_MAX_QUEUE_PAIRS);
 	P("KT_MAX_GUEST_LISTENERS", KT_MAX_GUEST_LISTENERS);
 	P("KT_VQ_RX", KT_VQ_RX); P("KT_VQ_TX", KT_VQ_TX);
 	P("KT_VQ_EVENT", KT_VQ_EVENT); P("KT_NUM_VQS", KT_NUM_VQS);
@@ -109,6 +112,8 @@ int main(void)
 	c.max_channels = htole32(1024);
 	c.rx_buf_size = htole32(4096);
 	c.guest_id = htole32(0x11223344);
+	c.max_queue_pairs = htole16(2);
+	c.reserved = 0;
 	dump("golden.kt_config", &c, sizeof(c));
 	return 0;
 }

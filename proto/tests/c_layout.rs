@@ -84,6 +84,8 @@ fn header_layout_constants_and_golden_bytes_agree() {
         ("KT_VIRTIO_ID", VIRTIO_ID.into()),
         ("KT_F_GUEST_LISTEN", F_GUEST_LISTEN),
         ("KT_F_LISTEN_NOTIFY", F_LISTEN_NOTIFY),
+        ("KT_F_MULTIQUEUE", F_MULTIQUEUE),
+        ("KT_MAX_QUEUE_PAIRS", u64::from(MAX_QUEUE_PAIRS)),
         ("KT_MAX_GUEST_LISTENERS", MAX_GUEST_LISTENERS as u64),
         ("KT_VQ_RX", VQ_RX.into()),
         ("KT_VQ_TX", VQ_TX.into()),
@@ -165,6 +167,7 @@ fn header_layout_constants_and_golden_bytes_agree() {
         max_channels: 1024,
         rx_buf_size: 4096,
         guest_id: 0x1122_3344,
+        max_queue_pairs: 2,
     };
     assert_eq!(c["golden.kt_config"], hex(&cfg.encode()));
 }

@@ -47,8 +47,8 @@ proptest! {
     }
 
     #[test]
-    fn config_round_trips(a in any::<u32>(), b in any::<u32>(), c in any::<u32>(), d in any::<u32>()) {
-        let cfg = DeviceConfig { max_msg_size: a, max_channels: b, rx_buf_size: c, guest_id: d };
+    fn config_round_trips(a in any::<u32>(), b in any::<u32>(), c in any::<u32>(), d in any::<u32>(), e in any::<u16>()) {
+        let cfg = DeviceConfig { max_msg_size: a, max_channels: b, rx_buf_size: c, guest_id: d, max_queue_pairs: e };
         prop_assert_eq!(DeviceConfig::decode(&cfg.encode()), Ok(cfg));
         prop_assert!(cfg.sanitized().is_valid());
     }

@@ -246,6 +246,7 @@ impl VmSettings {
                 max_channels,
                 rx_buf_size,
                 guest_id,
+                max_queue_pairs: 1,
             },
             channel_buffer,
             handshake_timeout: Duration::from_secs(handshake_timeout.into()),

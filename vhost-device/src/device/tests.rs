@@ -77,6 +77,7 @@ impl<'a> Rig<'a> {
                 max_channels: 8,
                 rx_buf_size: DEFAULT_RX_BUF_SIZE,
                 guest_id: 1,
+                max_queue_pairs: 1,
             },
             channel_buffer: window,
             handshake_timeout: Duration::from_secs(10),
