@@ -542,6 +542,41 @@ impl Backend {
         }
     }
 
+    /// Every VM's counters as the user's command prints them:
+    /// `kt-vhost-device stats --control PATH --json`, run as a child
+    /// process (the CLI path, where [`Backend::all_stats`] talks to the
+    /// socket itself).
+    pub fn cli_stats(&self) -> Result<Vec<serde_json::Value>> {
+        let path = self.control_path().ok_or_else(|| BackendError::Stats {
+            path: PathBuf::new(),
+            why: "--control is off".to_string(),
+        })?;
+        let fail = |why: String| BackendError::Stats {
+            path: path.clone(),
+            why,
+        };
+        let out = std::process::Command::new(self.binary())
+            .arg("stats")
+            .arg("--control")
+            .arg(&path)
+            .arg("--json")
+            .output()
+            .map_err(|e| fail(format!("run {}: {e}", self.binary().display())))?;
+        if !out.status.success() {
+            return Err(fail(format!(
+                "kt-vhost-device stats: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            )));
+        }
+        let mut all: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| fail(format!("{e} in {:?}", String::from_utf8_lossy(&out.stdout))))?;
+        match all["vms"].take() {
+            serde_json::Value::Array(vms) => Ok(vms),
+            other => Err(fail(format!("no list of VMs: {other}"))),
+        }
+    }
+
     /// Replaces the policy file of a single-VM backend with `toml`; the
     /// backend reads it on the next [`Backend::reload`] (or restart).
     pub fn write_policy(&self, toml: &str) -> Result<()> {

@@ -6,7 +6,6 @@
 //! by a plain `cargo test`.
 
 use std::path::Path;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -21,21 +20,8 @@ const T: Duration = Duration::from_secs(60);
 /// `guest_listeners` of the one VM, as `kt-vhost-device stats --control
 /// PATH --json` prints it.
 fn stats_names(backend: &Backend) -> Vec<String> {
-    let control = backend.control_path().expect("--control is on by default");
-    let out = Command::new(backend.binary())
-        .arg("stats")
-        .arg("--control")
-        .arg(&control)
-        .arg("--json")
-        .output()
-        .expect("run kt-vhost-device stats");
-    assert!(
-        out.status.success(),
-        "stats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
-    v["vms"][0]["guest_listeners"]
+    let vms = backend.cli_stats().expect("kt-vhost-device stats --json");
+    vms[0]["guest_listeners"]
         .as_array()
         .expect("guest_listeners is a list")
         .iter()

@@ -10,7 +10,6 @@
 //! must show a inactive and b's counts exactly. Needs the artifacts
 //! scripts/e2e.sh builds; ignored by a plain `cargo test`.
 
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -73,28 +72,6 @@ fn wait_delivered(guest: &Guest, label: &str, n: u64) -> Tally {
             t.delivered
         );
         thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// Every VM's counters from `kt-vhost-device stats --control P --json`.
-fn stats_json(backend: &Backend) -> Vec<serde_json::Value> {
-    let control = backend.control_path().expect("--control is on by default");
-    let out = Command::new(backend.binary())
-        .arg("stats")
-        .arg("--control")
-        .arg(&control)
-        .arg("--json")
-        .output()
-        .expect("run kt-vhost-device stats");
-    assert!(
-        out.status.success(),
-        "stats failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats JSON");
-    match v["vms"].take() {
-        serde_json::Value::Array(vms) => vms,
-        other => panic!("no list of VMs in the stats: {other}"),
     }
 }
 
@@ -202,7 +179,7 @@ fn two_guests_on_one_backend_and_one_killed_mid_stream() {
     );
 
     // The daemon's view: a is gone, b's counters match what b's soak did.
-    let vms = stats_json(&backend);
+    let vms = backend.cli_stats().expect("kt-vhost-device stats --json");
     let names: Vec<&str> = vms.iter().filter_map(|v| v["vm"].as_str()).collect();
     assert_eq!(names, ["a", "b"]);
     let (sa, sb) = (&vms[0], &vms[1]);
