@@ -49,33 +49,15 @@ echo | source) ;;
 	exit 2
 	;;
 esac
-work=$(mktemp -d /tmp/kt-fairness.XXXXXX)
-pids=()
-cleanup() {
-	local rc=$?
-	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-		kill "${pids[$i]}" 2>/dev/null || true
-	done
-	wait 2>/dev/null || true
-	if [ "$rc" = 0 ]; then
-		rm -rf "$work"
-	else
-		echo "bench-fairness: logs kept in $work (serial.log, backend.log, serve.log, qemu.log)" >&2
-	fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-die() {
-	echo "bench-fairness: $*" >&2
-	exit 1
-}
+# shellcheck source=scripts/lib/bench-guest.sh
+. scripts/lib/bench-guest.sh
+bench_init bench-fairness
+work=$BENCH_WORK
 
 kt_build_artifacts "$work/build.log" || die "build failed"
-"$KT_TOOL_BIN" serve --socket "$work/echo.sock" --mode echo >"$work/serve.log" 2>&1 &
-pids+=($!)
-"$KT_TOOL_BIN" serve --socket "$work/source.sock" --mode source --count 1000000000 \
-	--min-size 64 --max-size 64 >"$work/source.log" 2>&1 &
-pids+=($!)
+bench_spawn "$work/serve.log" "$KT_TOOL_BIN" serve --socket "$work/echo.sock" --mode echo
+bench_spawn "$work/source.log" "$KT_TOOL_BIN" serve --socket "$work/source.sock" --mode source \
+	--count 1000000000 --min-size 64 --max-size 64
 cat >"$work/policy.toml" <<TOML
 [[service]]
 name = "echo"
@@ -86,38 +68,14 @@ name = "source"
 socket = "$work/source.sock"
 TOML
 # shellcheck disable=SC2086 # KT_DEVICE_ARGS is a list of flags
-"$KT_DEVICE_BIN" --socket-path "$work/vm.vhost" --policy "$work/policy.toml" \
-	--max-channels $((channels + 64)) --log-level warn ${KT_DEVICE_ARGS:-} \
-	>"$work/backend.log" 2>&1 &
-pids+=($!)
+bench_device "$work/backend.log" --policy "$work/policy.toml" \
+	--max-channels $((channels + 64)) --log-level warn ${KT_DEVICE_ARGS:-}
 for _ in $(seq 100); do
-	[ -S "$work/vm.vhost" ] && [ -S "$work/echo.sock" ] && break
+	[ -S "$work/echo.sock" ] && [ -S "$work/source.sock" ] && break
 	sleep 0.1
 done
-[ -S "$work/vm.vhost" ] || die "kt-vhost-device did not start: $(cat "$work/backend.log")"
-
-accel=${KT_ACCEL:-tcg}
-: >"$work/serial.log"
-"$KT_QEMU" -nodefaults -no-user-config -display none -M q35 -cpu max -accel "$accel" \
-	-L /usr/share/qemu -L /usr/share/seabios -nic none -no-reboot \
-	-smp "${KT_SMP:-1}" -m 512M -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
-	-serial "file:$work/serial.log" -kernel "$KT_KERNEL" -initrd "$KT_INITRAMFS" \
-	-append "console=ttyS0 panic=-1 no_timer_check quiet kt.workload=fairness kt.fairness=$params kt.flood=$flood kt.timeout=1200" \
-	-chardev "socket,id=kt0,path=$work/vm.vhost,reconnect-ms=500" \
-	-device vhost-user-device-pci,chardev=kt0,virtio-id=60,num_vqs=3,vq_size=256,config_size=16 \
-	>"$work/qemu.log" 2>&1 &
-qemu_pid=$!
-pids+=("$qemu_pid")
-n=0
-until grep -aq "KT-RESULT:" "$work/serial.log"; do
-	kill -0 "$qemu_pid" 2>/dev/null || die "QEMU exited before the guest reported"
-	n=$((n + 1))
-	[ "$n" -le 12600 ] || die "no result from the guest within 1260 s"
-	sleep 0.1
-done
-echo "date: $(date -u +%FT%TZ)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (modified)')"
-echo "accel: $accel, ${KT_SMP:-1} vCPU(s)  host: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+bench_guest "$work/serial.log" \
+	"kt.workload=fairness kt.fairness=$params kt.flood=$flood kt.timeout=1200" 3 "${KT_SMP:-1}"
+bench_header "${KT_SMP:-1}"
 echo "flood: $flood  device args: --max-channels $((channels + 64)) ${KT_DEVICE_ARGS:-}"
 tr -d '\r' <"$work/serial.log" | sed -n 's/^BENCH fairness: //p'
-grep -aq "KT-RESULT: PASS" "$work/serial.log" ||
-	die "the guest failed: $(grep -a 'KT-RESULT' "$work/serial.log" | tr -d '\r')"
