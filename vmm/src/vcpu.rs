@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    kvm_regs, kvm_sregs, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
 use crate::devices::bus::Bus;
@@ -115,6 +117,7 @@ pub fn spawn(
             match vcpu.run() {
                 Ok(exit) => {
                     if handle_exit(exit, &buses, &signal, cpu) == Flow::Stop {
+                        log_failed_state(&vcpu, &signal, cpu);
                         break;
                     }
                 }
@@ -128,6 +131,47 @@ pub fn spawn(
                 }
             }
         })
+}
+
+/// After a triple fault or another guest failure of vCPU `cpu`, logs its
+/// registers (where it was, its paging and descriptor-table state), so a
+/// rare failure leaves more than its name behind.
+fn log_failed_state(vcpu: &VcpuFd, signal: &ExitSignal, cpu: u8) {
+    match signal.reason() {
+        Some(ExitReason::TripleFault { cpu: c } | ExitReason::GuestFailure { cpu: c, .. })
+            if c == cpu => {}
+        _ => return,
+    }
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(regs), Ok(sregs)) => log::error!("vCPU {cpu} state: {}", state_line(&regs, &sregs)),
+        (Err(e), _) | (_, Err(e)) => log::error!("vCPU {cpu} state: unreadable: {e}"),
+    }
+}
+
+/// One line of the registers that locate a failure.
+fn state_line(r: &kvm_regs, s: &kvm_sregs) -> String {
+    format!(
+        "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} \
+         efer={:#x} cs={:#x}/{:#x} ss={:#x} idt={:#x}+{:#x} gdt={:#x}+{:#x} \
+         interrupt_bitmap={:x?}",
+        r.rip,
+        r.rsp,
+        r.rflags,
+        r.rax,
+        s.cr0,
+        s.cr2,
+        s.cr3,
+        s.cr4,
+        s.efer,
+        s.cs.selector,
+        s.cs.base,
+        s.ss.selector,
+        s.idt.base,
+        s.idt.limit,
+        s.gdt.base,
+        s.gdt.limit,
+        s.interrupt_bitmap
+    )
 }
 
 #[cfg(test)]
@@ -183,6 +227,32 @@ mod tests {
         handle_exit(VcpuExit::MmioRead(0xd000_0000, &mut m), &buses, &signal, 0);
         assert_eq!(m, [0xff; 4]);
         assert_eq!(signal.reason(), None);
+    }
+
+    #[test]
+    fn failed_state_names_the_registers() {
+        let r = kvm_regs {
+            rip: 0xffff_ffff_8100_0000,
+            rsp: 0x1000,
+            ..Default::default()
+        };
+        let mut s = kvm_sregs {
+            cr2: 0xdead_0000,
+            efer: 0xd01,
+            ..Default::default()
+        };
+        s.idt.base = 0xffff_fe00_0000_0000;
+        s.idt.limit = 0xfff;
+        let line = state_line(&r, &s);
+        for want in [
+            "rip=0xffffffff81000000",
+            "rsp=0x1000",
+            "cr2=0xdead0000",
+            "efer=0xd01",
+            "idt=0xfffffe0000000000+0xfff",
+        ] {
+            assert!(line.contains(want), "{want} missing in {line}");
+        }
     }
 
     #[test]
