@@ -101,6 +101,7 @@ pub enum Opener {
 
 #[derive(Debug)]
 struct ChannelEntry {
+    pair: u16,
     service: String,
     opener: Opener,
     counters: Arc<Counters>,
@@ -126,6 +127,9 @@ pub struct Stats {
 pub struct ChannelSnapshot {
     /// Channel id.
     pub id: u32,
+    /// The queue pair it lives on (SPEC §1.4; 0 without multiqueue).
+    #[serde(default)]
+    pub pair: u16,
     /// Service name.
     pub service: String,
     /// Which side opened it.
@@ -203,10 +207,22 @@ impl Stats {
         }
     }
 
-    /// Registers a channel and returns its counters.
+    /// Registers a channel of pair 0 and returns its counters.
     pub fn open_channel(&self, id: u32, service: &str, opener: Opener) -> Arc<Counters> {
+        self.open_channel_on(0, id, service, opener)
+    }
+
+    /// Registers a channel of queue pair `pair` and returns its counters.
+    pub fn open_channel_on(
+        &self,
+        pair: u16,
+        id: u32,
+        service: &str,
+        opener: Opener,
+    ) -> Arc<Counters> {
         let counters = Arc::new(Counters::default());
         let entry = ChannelEntry {
+            pair,
             service: service.to_owned(),
             opener,
             counters: counters.clone(),
@@ -222,6 +238,14 @@ impl Stats {
         if let Ok(mut m) = self.channels.lock() {
             m.remove(&id);
         }
+    }
+
+    /// Channels of `service` open on any pair.
+    pub fn open_channels_of(&self, service: &str) -> usize {
+        self.channels
+            .lock()
+            .map(|m| m.values().filter(|e| e.service == service).count())
+            .unwrap_or(0)
     }
 
     /// Forgets every channel.
@@ -261,6 +285,7 @@ impl Stats {
                 m.iter()
                     .map(|(id, e)| ChannelSnapshot {
                         id: *id,
+                        pair: e.pair,
                         service: e.service.clone(),
                         opener: e.opener,
                         counters: e.counters.snapshot(),
@@ -331,8 +356,9 @@ impl StatsSnapshot {
         );
         let _ = writeln!(
             s,
-            "{:<12} {:<20} {:>6} {:>12} {:>14} {:>12} {:>14} {:>8} {:>9}",
+            "{:<12} {:>4} {:<20} {:>6} {:>12} {:>14} {:>12} {:>14} {:>8} {:>9}",
             "channel",
+            "pair",
             "service",
             "opener",
             "msgs->host",
@@ -342,30 +368,64 @@ impl StatsSnapshot {
             "stalls",
             "malformed"
         );
-        let row = |s: &mut String, id: &str, svc: &str, op: &str, c: &CountersSnapshot| {
-            let _ = writeln!(
-                s,
-                "{:<12} {:<20} {:>6} {:>12} {:>14} {:>12} {:>14} {:>8} {:>9}",
-                id,
-                svc,
-                op,
-                c.msgs_to_host,
-                c.bytes_to_host,
-                c.msgs_to_guest,
-                c.bytes_to_guest,
-                c.credit_stalls,
-                c.malformed
-            );
-        };
+        let row =
+            |s: &mut String, id: &str, pair: &str, svc: &str, op: &str, c: &CountersSnapshot| {
+                let _ = writeln!(
+                    s,
+                    "{:<12} {:>4} {:<20} {:>6} {:>12} {:>14} {:>12} {:>14} {:>8} {:>9}",
+                    id,
+                    pair,
+                    svc,
+                    op,
+                    c.msgs_to_host,
+                    c.bytes_to_host,
+                    c.msgs_to_guest,
+                    c.bytes_to_guest,
+                    c.credit_stalls,
+                    c.malformed
+                );
+            };
         for c in &self.channels {
             let op = match c.opener {
                 Opener::Guest => "guest",
                 Opener::Host => "host",
             };
-            row(&mut s, &format!("{:#x}", c.id), &c.service, op, &c.counters);
+            let pair = c.pair.to_string();
+            row(
+                &mut s,
+                &format!("{:#x}", c.id),
+                &pair,
+                &c.service,
+                op,
+                &c.counters,
+            );
         }
-        row(&mut s, "total", "", "", &self.device);
+        row(&mut s, "total", "", "", "", &self.device);
+        let pairs = self.per_pair();
+        if pairs.keys().any(|p| *p != 0) {
+            for (p, (n, c)) in &pairs {
+                let label = format!("pair {p}");
+                row(&mut s, &label, "", &format!("{n} channel(s)"), "", c);
+            }
+        }
         s
+    }
+
+    /// The open channels by queue pair: how many, and their counters
+    /// summed (channels already closed are not in it).
+    pub fn per_pair(&self) -> BTreeMap<u16, (usize, CountersSnapshot)> {
+        let mut m: BTreeMap<u16, (usize, CountersSnapshot)> = BTreeMap::new();
+        for c in &self.channels {
+            let (n, sum) = m.entry(c.pair).or_default();
+            *n += 1;
+            sum.msgs_to_host += c.counters.msgs_to_host;
+            sum.bytes_to_host += c.counters.bytes_to_host;
+            sum.msgs_to_guest += c.counters.msgs_to_guest;
+            sum.bytes_to_guest += c.counters.bytes_to_guest;
+            sum.credit_stalls += c.counters.credit_stalls;
+            sum.malformed += c.counters.malformed;
+        }
+        m
     }
 }
 
@@ -621,6 +681,22 @@ mod tests {
         assert_eq!(s.channels[0].counters.msgs_to_host, 2);
         let t = s.table();
         assert!(t.contains("echo"), "{t}");
+        assert!(!t.contains("pair 0"), "one pair: no per-pair rows\n{t}");
+        let d = st.open_channel_on(1, 5, "echo", Opener::Guest);
+        add(&d.msgs_to_guest, 4);
+        st.open_channel_on(1, 6, "log", Opener::Guest);
+        assert_eq!(st.open_channels_of("echo"), 2);
+        let s2 = st.snapshot();
+        let pp = s2.per_pair();
+        assert_eq!(pp[&0].0, 1);
+        assert_eq!(pp[&0].1.msgs_to_host, 2);
+        assert_eq!(pp[&1].0, 2);
+        assert_eq!(pp[&1].1.msgs_to_guest, 4);
+        let t2 = s2.table();
+        assert!(t2.contains("pair 1"), "{t2}");
+        assert!(t2.contains("2 channel(s)"), "{t2}");
+        st.close_channel(5);
+        st.close_channel(6);
         assert!(
             t.lines()
                 .nth(1)
