@@ -118,8 +118,11 @@ impl GuestChannel {
 
 const CTRL_LOG: usize = 4096;
 
-/// The simulated guest.
+/// The simulated guest (one queue pair of it: see `multiqueue.rs`).
 pub struct Driver {
+    /// The queue pair this driver drives (0: also the event queue and the
+    /// vhost-user connection).
+    pub pair: u16,
     /// Guest memory.
     pub mem: GuestMemoryMmap,
     /// Memory layout.
@@ -189,18 +192,40 @@ impl Driver {
     /// Builds guest memory and rings, connects to the daemon at `path` and
     /// starts the device from avail index 0.
     pub fn connect(path: &Path, opts: DriverOptions) -> io::Result<Driver> {
-        let layout = Layout::new(
+        let layout = Self::layout_at(0, &opts);
+        let mem = memfd_memory(layout.size)?;
+        let mut d = Driver::build(mem, layout, opts, 0)?;
+        d.attach(path, [0; 3])?;
+        d.post_all()?;
+        Ok(d)
+    }
+
+    /// The memory layout of one pair's rings and buffers at `base`.
+    pub(crate) fn layout_at(base: u64, opts: &DriverOptions) -> Layout {
+        Layout::at(
+            base,
             u64::from(opts.rx_buf),
             u64::from(opts.max_msg) + HDR_SIZE as u64,
             64,
-        );
-        let mem = memfd_memory(layout.size)?;
+        )
+    }
+
+    /// A driver of pair `pair` over `layout` in `mem`, not started. The
+    /// channel ids it picks start at `pair << 24`, so the pairs of one
+    /// guest never pick the same id (SPEC §1.4: one id space).
+    pub(crate) fn build(
+        mem: GuestMemoryMmap,
+        layout: Layout,
+        opts: DriverOptions,
+        pair: u16,
+    ) -> io::Result<Driver> {
         let rings = [
             Ring::new(layout.ring[0], layout.indirect[0])?,
             Ring::new(layout.ring[1], layout.indirect[1])?,
             Ring::new(layout.ring[2], layout.indirect[2])?,
         ];
-        let mut d = Driver {
+        Ok(Driver {
+            pair,
             mem,
             layout,
             rings,
@@ -215,16 +240,20 @@ impl Driver {
             errors: Vec::new(),
             accepted: VecDeque::new(),
             partial: None,
-            next_id: 0,
+            next_id: u32::from(pair) << 24,
             rng: 0x9e37_79b9_7f4a_7c15,
             hold_kicks: false,
             rx_reaped: 0,
             tx_reaped: 0,
             arrivals: None,
-        };
-        d.attach(path, [0; 3])?;
-        d.post_all()?;
-        Ok(d)
+        })
+    }
+
+    /// Records what the start negotiated; pair 0 keeps the connection.
+    pub(crate) fn started(&mut self, acked: u64, config: DeviceConfig, fe: Option<Frontend>) {
+        self.acked = acked;
+        self.config = config;
+        self.frontend = fe;
     }
 
     fn attach(&mut self, path: &Path, bases: [u16; 3]) -> io::Result<()> {
@@ -236,10 +265,13 @@ impl Driver {
         Ok(())
     }
 
-    /// Posts every free rx and the event buffers, then kicks.
-    fn post_all(&mut self) -> io::Result<()> {
+    /// Posts every free rx and (pair 0) the event buffers, then kicks.
+    pub(crate) fn post_all(&mut self) -> io::Result<()> {
         while self.rings[0].free_count() > 0 {
             self.post_rx()?;
+        }
+        if self.pair != 0 {
+            return self.rings[0].kick(&self.mem);
         }
         for _ in 0..self.opts.event_bufs {
             self.post_event()?;
@@ -353,7 +385,10 @@ impl Driver {
             self.post_rx()?;
             reposted = true;
         }
-        while let Some((head, len)) = self.rings[2].pop_used(&self.mem)? {
+        while self.pair == 0 {
+            let Some((head, len)) = self.rings[2].pop_used(&self.mem)? else {
+                break;
+            };
             any = true;
             self.on_event(head, len)?;
             self.post_event()?;

@@ -249,6 +249,7 @@ fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
         open_timeout: 30,
         guest_id: 0,
         busy_poll_us: a.busy_poll_us,
+        queue_pairs: None,
         log_level: LogLevel::Warn,
         // The daemon shares this process with the simulated guest, which
         // needs calls the daemon's allow-list refuses.
