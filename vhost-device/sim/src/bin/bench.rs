@@ -7,6 +7,11 @@
 //! (daemon, simulated guest, host services) spent per message, which a
 //! loaded machine disturbs less than the wall-clock rates.
 //!
+//! With `--pairs N` (2..=16) it measures multiqueue instead: aggregate
+//! 64 B messages/s, each direction, through one queue pair (one guest
+//! thread, N channels) and through N pairs (N guest threads, one pair and
+//! one channel each; the daemon's N workers), side by side with the ratio.
+//!
 //! Run it optimized: `cargo run --release -p kt-sim --bin
 //! kt-vhost-device-bench`.
 
@@ -17,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use kt_sim::host::{Behaviour, Service};
-use kt_sim::{Driver, DriverOptions, TempDir};
+use kt_sim::{connect_pairs, Driver, DriverOptions, TempDir};
 use kt_vhost_device::args::{LogLevel, RunArgs, SeccompMode};
 use kt_vhost_device::config::Config;
 
@@ -37,6 +42,10 @@ struct Args {
     /// Round trips (64 B through an echo service) for the latency line.
     #[arg(long, value_name = "N", default_value_t = 20_000)]
     round_trips: u32,
+    /// Measure multiqueue: 64 B messages/s through N queue pairs (one
+    /// guest thread each) against one pair (2..=16; 1 = the usual table).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pairs: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +183,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
+/// What a run measured.
+enum Outcome {
+    /// The usual table: rows, sorted round-trip latencies, CPU per round trip.
+    Table(Vec<Row>, Vec<f64>, f64),
+    /// `--pairs`: one pair against N.
+    Multiqueue(Multiqueue),
+}
+
+fn run(a: &Args) -> Result<Outcome, BenchError> {
     let shape = match a.shape.as_str() {
         "single" => kt_sim::Shape::Single,
         "split" => kt_sim::Shape::Split,
@@ -231,6 +248,23 @@ fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
             path.display()
         ));
     }
+    // --pairs: a source of 64 B messages, each connection its share.
+    let mq_count = scaled(400_000.0);
+    let pairs = a.pairs.clamp(1, kt_proto::consts::MAX_QUEUE_PAIRS);
+    if pairs > 1 {
+        let path = dir.join("src-mq.sock");
+        sources.push(Service::spawn(
+            &path,
+            Behaviour::Source {
+                count: mq_count / u64::from(pairs),
+                size: 64,
+            },
+        )?);
+        policy.push_str(&format!(
+            "[[service]]\nname = \"src-mq\"\nsocket = \"{}\"\n",
+            path.display()
+        ));
+    }
     let policy_path = dir.join("policy.toml");
     std::fs::write(&policy_path, policy)?;
     let sock = dir.join("vhost.sock");
@@ -249,7 +283,7 @@ fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
         open_timeout: 30,
         guest_id: 0,
         busy_poll_us: a.busy_poll_us,
-        queue_pairs: None,
+        queue_pairs: Some(u32::from(pairs)),
         log_level: LogLevel::Warn,
         // The daemon shares this process with the simulated guest, which
         // needs calls the daemon's allow-list refuses.
@@ -261,15 +295,17 @@ fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
             std::process::exit(1);
         }
     });
-    let mut d = Driver::connect(
-        &sock,
-        DriverOptions {
-            shape,
-            defer_kicks: true,
-            buf_alloc: 1 << 20,
-            ..DriverOptions::default()
-        },
-    )?;
+    let opts = DriverOptions {
+        shape,
+        defer_kicks: true,
+        buf_alloc: 1 << 20,
+        ..DriverOptions::default()
+    };
+    if pairs > 1 {
+        let mq = multiqueue(&sock, &opts, pairs, mq_count, &sink)?;
+        return Ok(Outcome::Multiqueue(mq));
+    }
+    let mut d = Driver::connect(&sock, opts)?;
     let mut rows = Vec::new();
     for (name, c) in names.iter().zip(&cases) {
         let cpu = process_cpu_secs();
@@ -300,7 +336,157 @@ fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
             d.errors
         )));
     }
-    Ok((rows, lat, rt_cpu))
+    Ok(Outcome::Table(rows, lat, rt_cpu))
+}
+
+/// `--pairs`: messages/s of each direction with one pair and with N.
+struct Multiqueue {
+    pairs: u16,
+    count: u64,
+    /// guest->host, host->guest with one pair (messages/s).
+    one: [f64; 2],
+    /// The same with `pairs` pairs.
+    many: [f64; 2],
+}
+
+/// Sends `per_chan` 64 B messages on each of `chans` new sink channels of
+/// `d`, round-robin.
+fn send_sinks(d: &mut Driver, chans: usize, per_chan: u64) -> Result<(), BenchError> {
+    let ids = (0..chans)
+        .map(|_| d.open("sink")?.map_err(|e| BenchError::Refused("sink", e)))
+        .collect::<Result<Vec<u32>, BenchError>>()?;
+    let msg = [0x5au8; 64];
+    let mut sent = vec![0u64; chans];
+    while sent.iter().any(|n| *n < per_chan) {
+        let mut any = false;
+        for (i, id) in ids.iter().enumerate() {
+            if sent[i] < per_chan && d.try_send(*id, &msg)? {
+                sent[i] += 1;
+                any = true;
+            }
+        }
+        if !any {
+            d.poll(Duration::from_millis(5))?;
+        }
+    }
+    d.flush()?;
+    Ok(())
+}
+
+/// Receives `per_chan` messages on each of `chans` new `src-mq` channels.
+fn recv_sources(d: &mut Driver, chans: usize, per_chan: u64) -> Result<(), BenchError> {
+    let ids = (0..chans)
+        .map(|_| {
+            d.open("src-mq")?
+                .map_err(|e| BenchError::Refused("src-mq", e))
+        })
+        .collect::<Result<Vec<u32>, BenchError>>()?;
+    let mut got = vec![0u64; chans];
+    while got.iter().any(|n| *n < per_chan) {
+        let mut any = false;
+        for (i, id) in ids.iter().enumerate() {
+            while got[i] < per_chan {
+                let Some(m) = d.try_recv(*id)? else {
+                    break;
+                };
+                black_box(&m);
+                got[i] += 1;
+                any = true;
+            }
+        }
+        if !any {
+            d.poll(Duration::from_millis(5))?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `work` on every driver, each on its own thread, all started
+/// together; returns the seconds until all finished and `done` held.
+fn timed_on_threads(
+    drivers: Vec<Driver>,
+    work: impl Fn(&mut Driver) -> Result<(), BenchError> + Send + Sync + Copy + 'static,
+    done: impl Fn() -> bool,
+) -> Result<(Vec<Driver>, f64), BenchError> {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(drivers.len() + 1));
+    let threads: Vec<_> = drivers
+        .into_iter()
+        .map(|mut d| {
+            let start = start.clone();
+            std::thread::spawn(move || {
+                start.wait();
+                work(&mut d).map(|()| d)
+            })
+        })
+        .collect();
+    start.wait();
+    let t = Instant::now();
+    let mut back = Vec::new();
+    for th in threads {
+        let d = th
+            .join()
+            .map_err(|_| BenchError::Usage("a guest thread panicked".into()))??;
+        back.push(d);
+    }
+    while !done() {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok((back, t.elapsed().as_secs_f64()))
+}
+
+/// One pair (one guest thread, `pairs` channels) against `pairs` pairs
+/// (one guest thread and one channel each), `count` 64 B messages in all
+/// each direction.
+fn multiqueue(
+    sock: &std::path::Path,
+    opts: &DriverOptions,
+    pairs: u16,
+    count: u64,
+    sink: &Service,
+) -> Result<Multiqueue, BenchError> {
+    let mq = DriverOptions {
+        features: opts.features | (1 << kt_proto::consts::F_MULTIQUEUE),
+        ..opts.clone()
+    };
+    let chans = usize::from(pairs);
+    let per_chan = count / u64::from(pairs);
+    let mut rates = [[0.0; 2]; 2];
+    for (slot, n) in [(0, 1), (1, pairs)] {
+        let drivers = connect_pairs(sock, mq.clone(), n)?;
+        if drivers.len() != usize::from(n) {
+            return Err(BenchError::Usage(format!(
+                "{} of {n} pairs started",
+                drivers.len()
+            )));
+        }
+        let per_driver = chans / drivers.len();
+        let base = sink.msgs.load(Ordering::SeqCst);
+        let total = per_chan * chans as u64;
+        let work = move |d: &mut Driver| send_sinks(d, per_driver, per_chan);
+        let (drivers, secs) = timed_on_threads(drivers, work, || {
+            sink.msgs.load(Ordering::SeqCst) - base >= total
+        })?;
+        rates[slot][0] = total as f64 / secs;
+        let work = move |d: &mut Driver| recv_sources(d, per_driver, per_chan);
+        let (drivers, secs) = timed_on_threads(drivers, work, || true)?;
+        rates[slot][1] = total as f64 / secs;
+        for d in &drivers {
+            if !d.errors.is_empty() {
+                return Err(BenchError::Usage(format!(
+                    "pair {}: protocol errors: {:?}",
+                    d.pair, d.errors
+                )));
+            }
+        }
+        // Dropping pair 0's driver disconnects; the next run connects anew.
+        drop(drivers);
+    }
+    Ok(Multiqueue {
+        pairs,
+        count: per_chan * chans as u64,
+        one: rates[0],
+        many: rates[1],
+    })
 }
 
 fn size_name(s: usize) -> String {
@@ -308,6 +494,29 @@ fn size_name(s: usize) -> String {
         format!("{} KiB", s / 1024)
     } else {
         format!("{s} B")
+    }
+}
+
+fn print_multiqueue(m: &Multiqueue) {
+    println!(
+        "multiqueue, 64 B messages, {} in all each direction ({} channel(s); one guest thread per pair)",
+        m.count, m.pairs
+    );
+    println!(
+        "{:<12} {:>14} {:>14} {:>7}",
+        "direction",
+        "1 pair msgs/s",
+        format!("{} pairs msgs/s", m.pairs),
+        "ratio"
+    );
+    for (i, dir) in ["guest->host", "host->guest"].into_iter().enumerate() {
+        println!(
+            "{:<12} {:>14.0} {:>14.0} {:>6.2}x",
+            dir,
+            m.one[i],
+            m.many[i],
+            m.many[i] / m.one[i].max(1e-9)
+        );
     }
 }
 
@@ -332,7 +541,11 @@ fn main() -> ExitCode {
         .init();
     let memcpy = memcpy_mbs();
     let (rows, lat, rt_cpu) = match run(&a) {
-        Ok(r) => r,
+        Ok(Outcome::Table(rows, lat, rt_cpu)) => (rows, lat, rt_cpu),
+        Ok(Outcome::Multiqueue(m)) => {
+            print_multiqueue(&m);
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("kt-vhost-device-bench: {e}");
             return ExitCode::from(1);
