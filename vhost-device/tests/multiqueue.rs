@@ -266,3 +266,27 @@ fn a_one_pair_device_does_not_offer_the_feature() {
     echo_stream(&mut d, 200);
     assert_eq!(fx.stats().device.malformed, 0);
 }
+
+/// Threads of process `pid` named `name`.
+fn threads_named(pid: u32, name: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|c| c.trim() == name)
+        .count()
+}
+
+#[test]
+fn each_pair_has_its_own_worker_thread() {
+    for (pairs, want) in [("1", 1), ("3", 3)] {
+        let fx = Fixture::new("mq-threads", &["--queue-pairs", pairs]);
+        let ds = connect_pairs(&fx.sock, mq_opts(), 3).unwrap();
+        assert_eq!(ds.len(), want);
+        let pid = fx.daemon.pid();
+        assert_eq!(
+            threads_named(pid, "vring_worker"),
+            want,
+            "--queue-pairs {pairs}"
+        );
+    }
+}

@@ -53,6 +53,7 @@ mod discovery;
 mod host;
 mod listener;
 mod listening;
+mod loglimit;
 mod rx;
 #[cfg(test)]
 mod tests;
@@ -60,6 +61,7 @@ mod tx;
 
 pub use discovery::MAX_FEEDS;
 use listener::{new_timer, open_spare};
+use loglimit::LogLimit;
 
 /// Control messages queued towards the guest above which tx is not read
 /// (the guest must post rx buffers first). Bounds device memory against a
@@ -69,8 +71,6 @@ pub const CTRL_LIMIT: usize = 256;
 pub const MAX_HANDSHAKES: usize = 64;
 /// Longest handshake line accepted.
 const HANDSHAKE_MAX: usize = 128;
-/// Malformed-input log lines per second.
-const LOG_BURST: u32 = 10;
 
 /// How long the listener stays out of epoll after an accept error the
 /// device cannot get past at once (no spare descriptor, `ENOBUFS`), so a
@@ -146,43 +146,6 @@ struct Handshake {
     registered: bool,
     /// When it is closed with `ERR 110` if no `CONNECT` line came.
     deadline: Instant,
-}
-
-#[derive(Debug)]
-struct LogLimit {
-    what: &'static str,
-    window: Instant,
-    count: u32,
-    suppressed: u64,
-}
-
-impl LogLimit {
-    fn new(what: &'static str) -> LogLimit {
-        LogLimit {
-            what,
-            window: Instant::now(),
-            count: 0,
-            suppressed: 0,
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        if self.window.elapsed().as_secs() >= 1 {
-            if self.suppressed > 0 {
-                log::warn!("{} more {} messages suppressed", self.suppressed, self.what);
-            }
-            self.window = Instant::now();
-            self.count = 0;
-            self.suppressed = 0;
-        }
-        self.count = self.count.saturating_add(1);
-        if self.count <= LOG_BURST {
-            true
-        } else {
-            self.suppressed += 1;
-            false
-        }
-    }
 }
 
 /// The device engine of one queue pair.
@@ -337,7 +300,8 @@ impl Device {
             listener_armed: false,
             listener_polled: false,
             listener_paused_until: None,
-            spare_fd: Some(open_spare()?),
+            // Only pair 0 accepts host connections.
+            spare_fd: if pair == 0 { Some(open_spare()?) } else { None },
             timer,
             timer_at: None,
             fd_limit_log: LogLimit::new("out-of-descriptors"),
