@@ -22,9 +22,14 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use kt_sim::host::{Behaviour, Service};
-use kt_sim::{connect_pairs, Driver, DriverOptions, TempDir};
+use kt_sim::{Driver, DriverOptions, TempDir};
 use kt_vhost_device::args::{LogLevel, RunArgs, SeccompMode};
 use kt_vhost_device::config::Config;
+
+// The --pairs measurement (a directory without main.rs: no bin of its own).
+#[path = "bench_mq/mod.rs"]
+mod mq;
+use mq::{multiqueue, print_multiqueue, Multiqueue};
 
 /// Throughput of kt-vhost-device through a simulated guest driver.
 #[derive(Debug, Parser)]
@@ -46,6 +51,10 @@ struct Args {
     /// guest thread each) against one pair (2..=16; 1 = the usual table).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pairs: u16,
+    /// With --pairs: rounds of (one pair, N pairs), alternating; the
+    /// median and best of each are printed.
+    #[arg(long, value_name = "R", default_value_t = 5)]
+    rounds: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -302,7 +311,7 @@ fn run(a: &Args) -> Result<Outcome, BenchError> {
         ..DriverOptions::default()
     };
     if pairs > 1 {
-        let mq = multiqueue(&sock, &opts, pairs, mq_count, &sink)?;
+        let mq = multiqueue(&sock, &opts, pairs, mq_count, a.rounds.max(1), &sink)?;
         return Ok(Outcome::Multiqueue(mq));
     }
     let mut d = Driver::connect(&sock, opts)?;
@@ -339,184 +348,11 @@ fn run(a: &Args) -> Result<Outcome, BenchError> {
     Ok(Outcome::Table(rows, lat, rt_cpu))
 }
 
-/// `--pairs`: messages/s of each direction with one pair and with N.
-struct Multiqueue {
-    pairs: u16,
-    count: u64,
-    /// guest->host, host->guest with one pair (messages/s).
-    one: [f64; 2],
-    /// The same with `pairs` pairs.
-    many: [f64; 2],
-}
-
-/// Sends `per_chan` 64 B messages on each of `chans` new sink channels of
-/// `d`, round-robin.
-fn send_sinks(d: &mut Driver, chans: usize, per_chan: u64) -> Result<(), BenchError> {
-    let ids = (0..chans)
-        .map(|_| d.open("sink")?.map_err(|e| BenchError::Refused("sink", e)))
-        .collect::<Result<Vec<u32>, BenchError>>()?;
-    let msg = [0x5au8; 64];
-    let mut sent = vec![0u64; chans];
-    while sent.iter().any(|n| *n < per_chan) {
-        let mut any = false;
-        for (i, id) in ids.iter().enumerate() {
-            if sent[i] < per_chan && d.try_send(*id, &msg)? {
-                sent[i] += 1;
-                any = true;
-            }
-        }
-        if !any {
-            d.poll(Duration::from_millis(5))?;
-        }
-    }
-    d.flush()?;
-    Ok(())
-}
-
-/// Receives `per_chan` messages on each of `chans` new `src-mq` channels.
-fn recv_sources(d: &mut Driver, chans: usize, per_chan: u64) -> Result<(), BenchError> {
-    let ids = (0..chans)
-        .map(|_| {
-            d.open("src-mq")?
-                .map_err(|e| BenchError::Refused("src-mq", e))
-        })
-        .collect::<Result<Vec<u32>, BenchError>>()?;
-    let mut got = vec![0u64; chans];
-    while got.iter().any(|n| *n < per_chan) {
-        let mut any = false;
-        for (i, id) in ids.iter().enumerate() {
-            while got[i] < per_chan {
-                let Some(m) = d.try_recv(*id)? else {
-                    break;
-                };
-                black_box(&m);
-                got[i] += 1;
-                any = true;
-            }
-        }
-        if !any {
-            d.poll(Duration::from_millis(5))?;
-        }
-    }
-    Ok(())
-}
-
-/// Runs `work` on every driver, each on its own thread, all started
-/// together; returns the seconds until all finished and `done` held.
-fn timed_on_threads(
-    drivers: Vec<Driver>,
-    work: impl Fn(&mut Driver) -> Result<(), BenchError> + Send + Sync + Copy + 'static,
-    done: impl Fn() -> bool,
-) -> Result<(Vec<Driver>, f64), BenchError> {
-    let start = std::sync::Arc::new(std::sync::Barrier::new(drivers.len() + 1));
-    let threads: Vec<_> = drivers
-        .into_iter()
-        .map(|mut d| {
-            let start = start.clone();
-            std::thread::spawn(move || {
-                start.wait();
-                work(&mut d).map(|()| d)
-            })
-        })
-        .collect();
-    start.wait();
-    let t = Instant::now();
-    let mut back = Vec::new();
-    for th in threads {
-        let d = th
-            .join()
-            .map_err(|_| BenchError::Usage("a guest thread panicked".into()))??;
-        back.push(d);
-    }
-    while !done() {
-        std::thread::sleep(Duration::from_micros(200));
-    }
-    Ok((back, t.elapsed().as_secs_f64()))
-}
-
-/// One pair (one guest thread, `pairs` channels) against `pairs` pairs
-/// (one guest thread and one channel each), `count` 64 B messages in all
-/// each direction.
-fn multiqueue(
-    sock: &std::path::Path,
-    opts: &DriverOptions,
-    pairs: u16,
-    count: u64,
-    sink: &Service,
-) -> Result<Multiqueue, BenchError> {
-    let mq = DriverOptions {
-        features: opts.features | (1 << kt_proto::consts::F_MULTIQUEUE),
-        ..opts.clone()
-    };
-    let chans = usize::from(pairs);
-    let per_chan = count / u64::from(pairs);
-    let mut rates = [[0.0; 2]; 2];
-    for (slot, n) in [(0, 1), (1, pairs)] {
-        let drivers = connect_pairs(sock, mq.clone(), n)?;
-        if drivers.len() != usize::from(n) {
-            return Err(BenchError::Usage(format!(
-                "{} of {n} pairs started",
-                drivers.len()
-            )));
-        }
-        let per_driver = chans / drivers.len();
-        let base = sink.msgs.load(Ordering::SeqCst);
-        let total = per_chan * chans as u64;
-        let work = move |d: &mut Driver| send_sinks(d, per_driver, per_chan);
-        let (drivers, secs) = timed_on_threads(drivers, work, || {
-            sink.msgs.load(Ordering::SeqCst) - base >= total
-        })?;
-        rates[slot][0] = total as f64 / secs;
-        let work = move |d: &mut Driver| recv_sources(d, per_driver, per_chan);
-        let (drivers, secs) = timed_on_threads(drivers, work, || true)?;
-        rates[slot][1] = total as f64 / secs;
-        for d in &drivers {
-            if !d.errors.is_empty() {
-                return Err(BenchError::Usage(format!(
-                    "pair {}: protocol errors: {:?}",
-                    d.pair, d.errors
-                )));
-            }
-        }
-        // Dropping pair 0's driver disconnects; the next run connects anew.
-        drop(drivers);
-    }
-    Ok(Multiqueue {
-        pairs,
-        count: per_chan * chans as u64,
-        one: rates[0],
-        many: rates[1],
-    })
-}
-
 fn size_name(s: usize) -> String {
     if s >= 1024 {
         format!("{} KiB", s / 1024)
     } else {
         format!("{s} B")
-    }
-}
-
-fn print_multiqueue(m: &Multiqueue) {
-    println!(
-        "multiqueue, 64 B messages, {} in all each direction ({} channel(s); one guest thread per pair)",
-        m.count, m.pairs
-    );
-    println!(
-        "{:<12} {:>14} {:>14} {:>7}",
-        "direction",
-        "1 pair msgs/s",
-        format!("{} pairs msgs/s", m.pairs),
-        "ratio"
-    );
-    for (i, dir) in ["guest->host", "host->guest"].into_iter().enumerate() {
-        println!(
-            "{:<12} {:>14.0} {:>14.0} {:>6.2}x",
-            dir,
-            m.one[i],
-            m.many[i],
-            m.many[i] / m.one[i].max(1e-9)
-        );
     }
 }
 
