@@ -25,6 +25,38 @@ pub struct Multiqueue {
     one: Vec<[f64; 4]>,
     /// The same with `pairs` pairs.
     many: Vec<[f64; 4]>,
+    /// CPU seconds of each vhost-user worker thread (in start order) over
+    /// the N-pair rounds.
+    workers: Vec<f64>,
+}
+
+/// CPU seconds (user + system) of this process's `vring_worker` threads
+/// (the daemon's, one per queue pair), in thread id order.
+fn worker_cpu() -> Vec<f64> {
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut found: Vec<(u64, f64)> = dir
+        .filter_map(|t| {
+            let path = t.ok()?.path();
+            let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+            if comm.trim() != "vring_worker" {
+                return None;
+            }
+            let tid = path.file_name()?.to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            // Fields after the parenthesised name: utime and stime are
+            // the 12th and 13th.
+            let rest = stat.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some((tid, ticks / hz))
+        })
+        .collect();
+    found.sort_by_key(|(tid, _)| *tid);
+    found.into_iter().map(|(_, s)| s).collect()
 }
 
 /// Sends `per_chan` 64 B messages on each of `chans` new sink channels of
@@ -135,10 +167,12 @@ pub fn multiqueue(
     let chans = usize::from(pairs);
     let per_chan = count / u64::from(pairs);
     let mut rates = [Vec::new(), Vec::new()];
+    let mut workers: Vec<f64> = Vec::new();
     // The runs alternate (1, N, 1, N, ...) so a load swing on the shared
     // machine hits both sides alike.
     for (slot, n) in (0..rounds).flat_map(|_| [(0, 1), (1, pairs)]) {
         let drivers = connect_pairs(sock, mq.clone(), n)?;
+        let cpu_before = worker_cpu();
         if drivers.len() != usize::from(n) {
             return Err(BenchError::Usage(format!(
                 "{} of {n} pairs started",
@@ -169,12 +203,22 @@ pub fn multiqueue(
             }
         }
         // Dropping pair 0's driver disconnects; the next run connects anew.
+        if slot == 1 {
+            let after = worker_cpu();
+            if after.len() == cpu_before.len() {
+                workers.resize(after.len(), 0.0);
+                for (w, (a, b)) in workers.iter_mut().zip(after.iter().zip(&cpu_before)) {
+                    *w += a - b;
+                }
+            }
+        }
         drop(drivers);
     }
     Ok(Multiqueue {
         pairs,
         count: per_chan * chans as u64,
         many: rates[1].clone(),
+        workers,
         one: std::mem::take(&mut rates[0]),
     })
 }
@@ -228,4 +272,10 @@ pub fn print_multiqueue(m: &Multiqueue) {
         .map(|(o, n)| format!("{:.2}/{:.2}", n[0] / o[0].max(1e-9), n[1] / o[1].max(1e-9)))
         .collect();
     println!("per round (guest->host/host->guest): {}", ratios.join("  "));
+    let w: Vec<String> = m.workers.iter().map(|s| format!("{s:.2} s")).collect();
+    println!(
+        "daemon worker threads' CPU over the {}-pair rounds: {}",
+        m.pairs,
+        w.join(", ")
+    );
 }
