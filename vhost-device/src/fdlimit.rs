@@ -19,8 +19,9 @@ use crate::device::MAX_HANDSHAKES;
 pub const OWN_FDS: u64 = 64;
 /// Descriptors each queue pair beyond the first adds: its engine's epoll,
 /// timer, wake-up and policy eventfds, the kick/call/error eventfds of its
-/// two queues and its worker thread's epoll and eventfds, with margin.
-pub const PAIR_FDS: u64 = 16;
+/// two queues, its worker thread's epoll and eventfds (13), and the kept
+/// ends of its own up to `MAX_FEEDS` (16) `kt.services` channels.
+pub const PAIR_FDS: u64 = 32;
 
 /// The limit cannot fit the configuration.
 #[derive(Debug, thiserror::Error)]

@@ -105,6 +105,9 @@ struct ChannelEntry {
     service: String,
     opener: Opener,
     counters: Arc<Counters>,
+    /// A slot held for an OPEN still being connected
+    /// ([`Stats::reserve_channel`]), not yet a channel.
+    reserved: bool,
 }
 
 /// Everything the control socket reports.
@@ -226,11 +229,49 @@ impl Stats {
             service: service.to_owned(),
             opener,
             counters: counters.clone(),
+            reserved: false,
         };
         if let Ok(mut m) = self.channels.lock() {
             m.insert(id, entry);
         }
         counters
+    }
+
+    /// Holds a place for channel `id` of `service` on `pair` while its
+    /// OPEN is served, unless `limit` channels of `service` (reserved or
+    /// open, on any pair) exist already: the check and the hold are one
+    /// step, so engines of several pairs cannot both take the last one.
+    /// [`Stats::open_channel_on`] turns it into the channel;
+    /// [`Stats::drop_reservation`] gives it up.
+    pub fn reserve_channel(&self, pair: u16, id: u32, service: &str, limit: u32) -> bool {
+        let Ok(mut m) = self.channels.lock() else {
+            return false;
+        };
+        let n = m.values().filter(|e| e.service == service).count();
+        if n >= limit as usize {
+            return false;
+        }
+        m.insert(
+            id,
+            ChannelEntry {
+                pair,
+                service: service.to_owned(),
+                opener: Opener::Guest,
+                counters: Arc::new(Counters::default()),
+                reserved: true,
+            },
+        );
+        true
+    }
+
+    /// Gives up the place [`Stats::reserve_channel`] held for `id` on
+    /// `pair` (the OPEN was refused); a channel's entry is left alone.
+    pub fn drop_reservation(&self, pair: u16, id: u32) {
+        if let Ok(mut m) = self.channels.lock() {
+            if m.get(&id).is_some_and(|e| e.reserved && e.pair == pair) {
+                m.remove(&id);
+            }
+        }
     }
 
     /// Forgets a closed channel.
@@ -283,6 +324,7 @@ impl Stats {
             .lock()
             .map(|m| {
                 m.iter()
+                    .filter(|(_, e)| !e.reserved)
                     .map(|(id, e)| ChannelSnapshot {
                         id: *id,
                         pair: e.pair,
@@ -686,6 +728,22 @@ mod tests {
         add(&d.msgs_to_guest, 4);
         st.open_channel_on(1, 6, "log", Opener::Guest);
         assert_eq!(st.open_channels_of("echo"), 2);
+        // Reservations count against a limit, show in no snapshot, and
+        // are dropped only by their pair and only while reservations.
+        assert!(!st.reserve_channel(1, 8, "echo", 2));
+        assert!(st.reserve_channel(1, 8, "echo", 3));
+        assert!(!st.reserve_channel(0, 9, "echo", 3));
+        assert!(!st.snapshot().channels.iter().any(|c| c.id == 8));
+        st.drop_reservation(0, 8);
+        assert_eq!(st.open_channels_of("echo"), 3);
+        st.drop_reservation(1, 8);
+        assert_eq!(st.open_channels_of("echo"), 2);
+        st.drop_reservation(1, 5);
+        assert_eq!(
+            st.open_channels_of("echo"),
+            2,
+            "a channel is no reservation"
+        );
         let s2 = st.snapshot();
         let pp = s2.per_pair();
         assert_eq!(pp[&0].0, 1);

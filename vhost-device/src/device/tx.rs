@@ -253,6 +253,7 @@ impl Device {
         self.open_within_budget(h, &name);
         if !self.channels.contains_key(&id) {
             self.budget.release(1);
+            self.stats.drop_reservation(self.pair, id);
         }
     }
 
@@ -275,9 +276,9 @@ impl Device {
             return;
         };
         if let Some(max) = svc.max_channels {
-            // Counted over every pair's channels (the shared stats table).
-            let open = self.stats.open_channels_of(&name);
-            if open >= max as usize {
+            // Counted over every pair's channels (the shared stats table),
+            // a place held there until the channel opens or is refused.
+            if !self.stats.reserve_channel(self.pair, id, &name, max) {
                 self.log_refusal(&name, id, &format_args!("service limit of {max} channels"));
                 self.refuse_open(id, ErrorCode::MFile);
                 return;
