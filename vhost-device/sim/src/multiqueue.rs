@@ -20,6 +20,8 @@ use crate::memory::memfd_memory;
 /// `KT_F_MULTIQUEUE` and the device offers it (`max_queue_pairs`), else
 /// pair 0 alone, exactly as [`Driver::connect`]. Returns one driver per
 /// pair started, pair 0 first; dropping pair 0's driver disconnects.
+/// `reboot`, `reattach` and `shutdown` of pair 0's driver restart or stop
+/// pair 0's queues only; the multi-pair tests do not use them.
 pub fn connect_pairs(path: &Path, opts: DriverOptions, pairs: u16) -> io::Result<Vec<Driver>> {
     let pairs = pairs.clamp(1, MAX_QUEUE_PAIRS);
     let mut layouts = Vec::new();
