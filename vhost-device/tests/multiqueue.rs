@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{check_message, message, Fixture};
 use kt_proto::consts::{F_LISTEN_NOTIFY, F_MULTIQUEUE};
 use kt_proto::{ErrorCode, Header, MsgType};
-use kt_sim::{connect_pairs, Driver, DriverOptions};
+use kt_sim::{connect_pairs, reattach_pairs, Driver, DriverOptions};
 
 fn mq_opts() -> DriverOptions {
     let o = DriverOptions::default();
@@ -283,10 +283,55 @@ fn each_pair_has_its_own_worker_thread() {
         let ds = connect_pairs(&fx.sock, mq_opts(), 3).unwrap();
         assert_eq!(ds.len(), want);
         let pid = fx.daemon.pid();
+        // A new thread takes its name when it first runs: give the
+        // workers a moment on a loaded machine.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while threads_named(pid, "vring_worker") < want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         assert_eq!(
             threads_named(pid, "vring_worker"),
             want,
             "--queue-pairs {pairs}"
         );
     }
+}
+
+#[test]
+fn a_backend_restart_resets_through_pair_0_and_every_pair_serves_again() {
+    let mut fx = Fixture::new("mq-restart", &["--queue-pairs", "2"]);
+    let (mut p0, mut p1) = two_pairs(&fx);
+    let a = p0.open("echo").unwrap().unwrap();
+    let b = p1.open("echo").unwrap().unwrap();
+    for (d, id) in [(&mut p0, a), (&mut p1, b)] {
+        d.send(id, b"before").unwrap();
+        assert_eq!(d.recv(id).unwrap(), b"before");
+    }
+    // The backend dies under the running guest; the VMM reconnects.
+    fx.restart_daemon();
+    let mut ds = vec![p0, p1];
+    reattach_pairs(&mut ds, &fx.sock).unwrap();
+    let [p0, p1] = &mut ds[..] else {
+        unreachable!("two drivers")
+    };
+    p0.wait_until("RESET", |d| !d.events.is_empty()).unwrap();
+    assert_eq!(p0.events[0].msg_type, MsgType::Reset);
+    assert!(p0.chans.is_empty());
+    // Pair 1 resumed from a non-zero index: live, no RESET of its own. A
+    // message of its channel from before is an unknown channel there.
+    p1.send(b, b"stale").unwrap();
+    p1.wait_until("the answer on pair 1", |d| d.saw_close(b).is_some())
+        .unwrap();
+    assert_eq!(p1.saw_close(b), Some(ErrorCode::ConnReset as u32));
+    // What a driver does on RESET for its other pairs.
+    p1.chans.clear();
+    for d in [p0, p1] {
+        let id = d.open("echo").unwrap().unwrap();
+        d.send(id, b"after").unwrap();
+        assert_eq!(d.recv(id).unwrap(), b"after");
+        assert!(d.errors.is_empty(), "pair {}: {:?}", d.pair, d.errors);
+    }
+    let s = fx.stats();
+    assert_eq!((s.resets, s.device.malformed), (1, 1));
+    assert_eq!(s.per_pair().len(), 2, "{:?}", s.channels);
 }

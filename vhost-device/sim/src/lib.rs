@@ -16,4 +16,4 @@ pub mod ring;
 
 pub use driver::{Driver, DriverOptions, Shape};
 pub use host::{DaemonProc, TempDir};
-pub use multiqueue::connect_pairs;
+pub use multiqueue::{connect_pairs, reattach_pairs};

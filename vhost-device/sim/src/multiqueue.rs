@@ -21,7 +21,7 @@ use crate::memory::memfd_memory;
 /// pair 0 alone, exactly as [`Driver::connect`]. Returns one driver per
 /// pair started, pair 0 first; dropping pair 0's driver disconnects.
 /// `reboot`, `reattach` and `shutdown` of pair 0's driver restart or stop
-/// pair 0's queues only; the multi-pair tests do not use them.
+/// pair 0's queues only; [`reattach_pairs`] resumes them all.
 pub fn connect_pairs(path: &Path, opts: DriverOptions, pairs: u16) -> io::Result<Vec<Driver>> {
     let pairs = pairs.clamp(1, MAX_QUEUE_PAIRS);
     let mut layouts = Vec::new();
@@ -61,4 +61,49 @@ pub fn connect_pairs(path: &Path, opts: DriverOptions, pairs: u16) -> io::Result
         d.post_all()?;
     }
     Ok(drivers)
+}
+
+/// The backend was restarted while this guest kept running (a VMM with
+/// `reconnect`): connects to the new daemon at `path` and resumes every
+/// pair's queues where their used rings are, as [`Driver::reattach`] does
+/// for one pair. `drivers` are [`connect_pairs`]' drivers, pair 0 first.
+/// The device answers with `RESET` on pair 0's event queue; only pair 0's
+/// driver sees it (forgetting the other pairs' channels is the caller's).
+pub fn reattach_pairs(drivers: &mut [Driver], path: &Path) -> io::Result<()> {
+    for d in drivers.iter_mut() {
+        d.process()?;
+        for r in &mut d.rings {
+            r.new_eventfds()?;
+        }
+    }
+    let Some(first) = drivers.first() else {
+        return Ok(());
+    };
+    let pairs = u16::try_from(drivers.len()).map_err(io::Error::other)?;
+    let (mem, opts) = (first.mem.clone(), first.opts.clone());
+    let mut fe = frontend::connect_queues(path, opts.timeout, num_vqs(pairs))?;
+    fe.set_owner().map_err(io::Error::other)?;
+    let (acked, config) = frontend::negotiate(&mut fe, &mem, opts.features)?;
+    for d in drivers.iter_mut() {
+        let k = d.pair;
+        let queues = if k == 0 {
+            vec![0, 1, 2]
+        } else {
+            vec![usize::from(vq_rx(k)), usize::from(vq_tx(k))]
+        };
+        for (r, q) in d.rings.iter_mut().zip(queues) {
+            let base = r.last_used();
+            frontend::start_queue(&mut fe, &mem, q, r, base, acked)?;
+        }
+    }
+    let mut fe = Some(fe);
+    for d in drivers.iter_mut() {
+        let conn = if d.pair == 0 { fe.take() } else { None };
+        d.started(acked, config, conn);
+        d.rings[0].force_kick()?;
+        if d.pair == 0 {
+            d.rings[2].force_kick()?;
+        }
+    }
+    Ok(())
 }
