@@ -77,7 +77,7 @@ pub struct RunArgs {
         conflicts_with_all = [
             "socket_path", "policy", "listen", "max_msg_size", "max_channels",
             "rx_buf_size", "channel_buffer", "guest_id", "vm_name",
-            "handshake_timeout", "open_timeout", "busy_poll_us",
+            "handshake_timeout", "open_timeout", "busy_poll_us", "queue_pairs",
         ]
     )]
     pub config: Option<PathBuf>,
@@ -129,6 +129,10 @@ pub struct RunArgs {
     /// only while a channel is open.
     #[arg(long, value_name = "US", default_value_t = crate::config::DEFAULT_BUSY_POLL_US)]
     pub busy_poll_us: u32,
+    /// rx/tx queue pairs served, 1..=16 (default 1). Above 1 the device
+    /// offers KT_F_MULTIQUEUE and each pair gets its own worker thread.
+    #[arg(long, value_name = "N")]
+    pub queue_pairs: Option<u32>,
     /// Log level (RUST_LOG overrides it).
     #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,

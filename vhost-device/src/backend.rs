@@ -1,216 +1,154 @@
-//! The vhost-user side: `VhostUserBackendMut` for the device. Owns feature
-//! and protocol-feature negotiation, config space, guest memory, the glue
-//! from vring events (and the nested host epoll fd) to [`Device::run`],
-//! and the optional busy poll (`--busy-poll-us`) before the worker sleeps.
-//! Holds no protocol logic of its own.
+//! The vhost-user side: `VhostUserBackend` for the device. Owns feature
+//! and protocol-feature negotiation, config space, the queue-to-thread
+//! layout (one vhost-user worker thread per queue pair: thread 0 serves
+//! pair 0 and the event queue, thread k the rx and tx queues of pair k)
+//! and the fan-out of vhost-user requests to the pairs' engines. Each
+//! pair's [`Engine`] has its own lock, so the workers run in parallel;
+//! the frontend thread takes the engine locks one at a time, never two
+//! at once and never while it holds a vring lock. Holds no protocol logic.
 
 use std::io;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use kt_proto::consts::{
-    F_GUEST_LISTEN, F_LISTEN_NOTIFY, NUM_VQS, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    num_vqs, vq_rx, vq_tx, CONFIG_SIZE, F_GUEST_LISTEN, F_LISTEN_NOTIFY, F_MULTIQUEUE,
+    VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_INDIRECT_DESC, VQ_EVENT, VQ_RX, VQ_TX,
 };
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackendMut, VringRwLock, VringT};
-use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::device::{Device, Rings};
+use crate::device::Device;
+use crate::engine::Engine;
 use crate::stats::Stats;
 
-/// `handle_event` id of the host epoll fd (ids 0..=NUM_VQS are taken by
-/// the queues and the exit event).
-pub const HOST_EVENT: u16 = NUM_VQS as u16 + 1;
 /// Largest queue size the device accepts.
 pub const MAX_QUEUE_SIZE: usize = 1024;
 
-/// The vhost-user backend: a [`Device`] plus negotiation state.
-#[derive(Debug)]
-pub struct KtBackend {
-    device: Device,
-    stats: Arc<Stats>,
-    mem: Option<GuestMemoryAtomic<GuestMemoryMmap>>,
-    acked: u64,
-    busy_poll: Duration,
+/// The queues worker thread `thread` serves, as the bit mask
+/// `queues_per_thread` wants: pair 0 with the event queue on thread 0,
+/// pair k on thread k.
+pub fn thread_queues(thread: u16) -> u64 {
+    if thread == 0 {
+        (1 << VQ_RX) | (1 << VQ_TX) | (1 << VQ_EVENT)
+    } else {
+        (1 << vq_rx(thread)) | (1 << vq_tx(thread))
+    }
 }
 
-/// A busy poll ends after this many times `--busy-poll-us` even while
-/// work keeps coming, so the worker returns to its event loop (vhost-user
-/// requests, the other queues' events) regularly.
-const BUSY_POLL_CAP: u32 = 4;
+/// The vhost-user backend of one VM: one engine per queue pair plus
+/// negotiation state.
+#[derive(Debug)]
+pub struct KtBackend {
+    engines: Vec<Mutex<Engine>>,
+    stats: Arc<Stats>,
+    config: [u8; CONFIG_SIZE],
+    guest_listen: bool,
+    acked: AtomicU64,
+}
 
 impl KtBackend {
-    /// Wraps `device`.
-    pub fn new(device: Device, stats: Arc<Stats>) -> KtBackend {
-        KtBackend {
-            device,
-            stats,
-            mem: None,
-            acked: 0,
-            busy_poll: Duration::ZERO,
+    /// Wraps the engines of pairs 0, 1, … (`devices[k]` serves pair k;
+    /// at least one, at most 16), each busy-polling for `busy_poll`.
+    pub fn new(devices: Vec<Device>, stats: Arc<Stats>, busy_poll: Duration) -> io::Result<Self> {
+        let Some(first) = devices.first() else {
+            return Err(io::Error::other("a backend needs pair 0"));
+        };
+        if devices.len() > usize::from(kt_proto::consts::MAX_QUEUE_PAIRS)
+            || devices
+                .iter()
+                .enumerate()
+                .any(|(k, d)| usize::from(d.pair()) != k)
+        {
+            return Err(io::Error::other(
+                "engines must serve pairs 0, 1, … in order",
+            ));
         }
+        let config = first.config_bytes();
+        let guest_listen = first.offers_guest_listen();
+        Ok(KtBackend {
+            engines: devices
+                .into_iter()
+                .map(|d| Mutex::new(Engine::new(d, busy_poll)))
+                .collect(),
+            stats,
+            config,
+            guest_listen,
+            acked: AtomicU64::new(0),
+        })
     }
 
-    /// Sets how long the worker polls for more work after a pass before
-    /// it sleeps (`Duration::ZERO`: never).
-    pub fn set_busy_poll(&mut self, d: Duration) {
-        self.busy_poll = d;
+    /// Queue pairs served.
+    pub fn pairs(&self) -> u16 {
+        // At most 16 (checked in `new`).
+        self.engines.len() as u16
     }
 
-    /// The fd to nest into the worker's epoll with id [`HOST_EVENT`].
-    pub fn host_epoll_fd(&self) -> i32 {
-        self.device.epoll_fd()
+    /// `handle_event` id of the host epoll fds (ids 0..=num_queues are the
+    /// queues and the exit event).
+    pub fn host_event(&self) -> u16 {
+        // At most 33.
+        num_vqs(self.pairs()) as u16 + 1
+    }
+
+    /// The fd to nest into worker `thread`'s epoll with id
+    /// [`KtBackend::host_event`]: pair `thread`'s host epoll set.
+    pub fn host_epoll_fd(&self, thread: usize) -> Option<i32> {
+        self.engines
+            .get(thread)
+            .map(|e| lock(e).device().epoll_fd())
     }
 
     /// A frontend connected.
-    pub fn connected(&mut self) {
+    pub fn connected(&self) {
         crate::stats::add(&self.stats.events.frontends, 1);
     }
 
-    /// The frontend went away: forget its memory and all channel state.
-    pub fn disconnected(&mut self) {
-        self.device.deactivate();
-        self.mem = None;
-        self.acked = 0;
+    /// The frontend went away: every pair forgets its memory and all
+    /// channel state.
+    pub fn disconnected(&self) {
+        for e in &self.engines {
+            let mut e = lock(e);
+            e.device_mut().deactivate();
+            e.set_memory(None);
+        }
+        self.acked.store(0, Ordering::Release);
     }
 
-    /// The engine, for tests.
-    pub fn device(&self) -> &Device {
-        &self.device
+    /// Runs `f` on each engine in turn, one lock at a time.
+    fn each(&self, mut f: impl FnMut(&mut Engine)) {
+        for e in &self.engines {
+            f(&mut lock(e));
+        }
     }
 
-    fn run(&mut self, vrings: &[VringRwLock], host: bool) -> io::Result<()> {
-        let Some(atomic) = &self.mem else {
-            return Ok(());
-        };
-        let mem = atomic.memory();
-        if vrings.len() < NUM_VQS {
-            return Err(io::Error::other("fewer vrings than queues"));
-        }
-        let spin = !self.busy_poll.is_zero() && self.device.may_expect_input();
-        self.device.set_polling(spin);
-        let r = self.pass(vrings, &mem, host);
-        if spin {
-            self.spin(vrings, &mem)?;
-        }
-        r
-    }
-
-    /// One pass of the engine over the ready queues, then the calls it
-    /// asks for.
-    fn pass(
-        &mut self,
-        vrings: &[VringRwLock],
-        mem: &GuestMemoryMmap,
-        host: bool,
-    ) -> io::Result<()> {
-        let mut g0 = vrings[0].get_mut();
-        let mut g1 = vrings[1].get_mut();
-        let mut g2 = vrings[2].get_mut();
-        let ready = [
-            g0.get_queue().ready() && g0.is_enabled(),
-            g1.get_queue().ready() && g1.is_enabled(),
-            g2.get_queue().ready() && g2.is_enabled(),
-        ];
-        let starts = [
-            g0.get_queue().next_avail(),
-            g1.get_queue().next_avail(),
-            g2.get_queue().next_avail(),
-        ];
-        for i in 0..NUM_VQS {
-            if ready[i] && !self.device.queue_seen(i) {
-                self.device.queue_started(i, starts[i]);
-            }
-        }
-        let rings = Rings {
-            rx: ready[0].then(|| g0.get_queue_mut()),
-            tx: ready[1].then(|| g1.get_queue_mut()),
-            ev: ready[2].then(|| g2.get_queue_mut()),
-        };
-        let n = self.device.run(rings, mem, host);
-        drop((g0, g1, g2));
-        for (i, want) in [n.rx, n.tx, n.ev].into_iter().enumerate() {
-            if want {
-                if let Err(e) = vrings[i].signal_used_queue() {
-                    log::warn!("queue {i}: signal: {e}");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether the guest has published tx chains the device has not taken.
-    fn tx_pending(vrings: &[VringRwLock], mem: &GuestMemoryMmap) -> bool {
-        let g = vrings[1].get_ref();
-        let q = g.get_queue();
-        q.ready()
-            && g.is_enabled()
-            && q.avail_idx(mem, Ordering::Acquire)
-                .is_ok_and(|i| i.0 != q.next_avail())
-    }
-
-    /// The busy poll (like vhost's busyloop): after a pass, keeps looking
-    /// at the tx ring (guest kicks stay off meanwhile) and the host epoll
-    /// set, serving what comes, until nothing came for `busy_poll`, no
-    /// channel is open any more, a pass left work for the event loop, or
-    /// [`BUSY_POLL_CAP`] times `busy_poll` passed. Then tx notifications
-    /// go back on (and chains published meanwhile are served) before the
-    /// worker sleeps.
-    fn spin(&mut self, vrings: &[VringRwLock], mem: &GuestMemoryMmap) -> io::Result<()> {
-        let start = Instant::now();
-        let hard = start + self.busy_poll * BUSY_POLL_CAP;
-        let mut idle_until = start + self.busy_poll;
-        while !self.device.more_work() && self.device.may_expect_input() {
-            let tx = Self::tx_pending(vrings, mem);
-            // Host events are looked at on every turn, tx or not: a guest
-            // that keeps its tx ring busy must not hold other channels'
-            // host input until the poll ends (tests/fair_channels.rs).
-            let host = self.device.host_ready();
-            let now = Instant::now();
-            if tx || host {
-                self.pass(vrings, mem, host)?;
-                idle_until = now + self.busy_poll;
-            } else if now >= idle_until || now >= hard {
-                break;
-            } else {
-                // Yield rather than spin: the host program or the guest that
-                // will produce the awaited input may need this core.
-                std::thread::yield_now();
-            }
-            if now >= hard {
-                break;
-            }
-        }
-        self.device.set_polling(false);
-        let more = {
-            let mut g1 = vrings[1].get_mut();
-            let ready = g1.get_queue().ready() && g1.is_enabled();
-            ready && g1.get_queue_mut().enable_notification(mem).unwrap_or(true)
-        };
-        if more && !self.device.more_work() {
-            // Published while kicks were off: serve it (this pass leaves
-            // notifications on when the ring runs empty). After a pass that
-            // stopped on its budget the wake-up eventfd brings the worker
-            // back instead.
-            self.pass(vrings, mem, false)?;
-        }
-        Ok(())
+    /// Channels open on pair `pair`, for tests.
+    pub fn channel_count(&self, pair: usize) -> Option<usize> {
+        self.engines
+            .get(pair)
+            .map(|e| lock(e).device().channel_count())
     }
 }
 
-impl VhostUserBackendMut for KtBackend {
+/// An engine's lock; a worker that panicked cannot leave the engine in a
+/// state worse than a reset, which the next frontend request brings.
+fn lock(e: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    e.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl VhostUserBackend for KtBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
-        NUM_VQS
+        num_vqs(self.pairs())
     }
 
     fn max_queue_size(&self) -> usize {
@@ -229,15 +167,18 @@ impl VhostUserBackendMut for KtBackend {
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1 << F_LISTEN_NOTIFY)
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-        if self.device.offers_guest_listen() {
+        if self.guest_listen {
             f |= 1 << F_GUEST_LISTEN;
+        }
+        if self.pairs() > 1 {
+            f |= 1 << F_MULTIQUEUE;
         }
         f
     }
 
-    fn acked_features(&mut self, features: u64) {
-        self.acked = features;
-        self.device.set_features(features);
+    fn acked_features(&self, features: u64) {
+        self.acked.store(features, Ordering::Release);
+        self.each(|e| e.device_mut().set_features(features));
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
@@ -250,22 +191,26 @@ impl VhostUserBackendMut for KtBackend {
             | VhostUserProtocolFeatures::BACKEND_REQ
     }
 
-    fn reset_device(&mut self) {
-        self.device.deactivate();
+    fn reset_device(&self) {
+        self.each(|e| e.device_mut().deactivate());
     }
 
-    fn set_event_idx(&mut self, _enabled: bool) {}
+    fn set_event_idx(&self, _enabled: bool) {}
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let cfg = self.device.config_bytes();
+        let cfg = &self.config;
         let start = (offset as usize).min(cfg.len());
         let end = start.saturating_add(size as usize).min(cfg.len());
         cfg[start..end].to_vec()
     }
 
-    fn update_memory(&mut self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        self.mem = Some(mem);
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        self.each(|e| e.set_memory(Some(mem.clone())));
         Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.pairs()).map(thread_queues).collect()
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
@@ -278,20 +223,44 @@ impl VhostUserBackendMut for KtBackend {
         }
     }
 
-    fn stop_vring(&mut self, _queue_index: u32) -> io::Result<()> {
-        // GET_VRING_BASE: the driver is being stopped (reset, reboot,
-        // shutdown); its channel state is gone.
-        self.device.deactivate();
+    fn stop_vring(&self, _queue_index: u32) -> io::Result<()> {
+        // GET_VRING_BASE of any queue: the driver is being stopped (reset,
+        // reboot, shutdown); the channel state of every pair is gone (as
+        // RESET ends every pair's channels, SPEC §1.4).
+        self.each(|e| e.device_mut().deactivate());
         Ok(())
     }
 
     fn handle_event(
-        &mut self,
+        &self,
         device_event: u16,
         _evset: EventSet,
         vrings: &[VringRwLock],
-        _thread_id: usize,
+        thread_id: usize,
     ) -> io::Result<()> {
-        self.run(vrings, device_event == HOST_EVENT)
+        let Some(e) = self.engines.get(thread_id) else {
+            return Err(io::Error::other(format!(
+                "no engine for worker {thread_id}"
+            )));
+        };
+        lock(e).run(vrings, device_event == self.host_event())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_thread_serves_one_pair() {
+        assert_eq!(thread_queues(0), 0b111);
+        assert_eq!(thread_queues(1), 0b11000);
+        assert_eq!(thread_queues(15), (1 << 31) | (1 << 32));
+        // Every queue of 16 pairs on exactly one thread.
+        let all = (0..16).map(thread_queues).fold(0u64, |acc, m| {
+            assert_eq!(acc & m, 0, "overlap at {m:#b}");
+            acc | m
+        });
+        assert_eq!(all, (1 << num_vqs(16)) - 1);
     }
 }

@@ -14,7 +14,8 @@
 //! listen = "/run/kt/web-listen.sock"
 //! max_msg_size = 65536          # and max_channels, rx_buf_size,
 //!                               # channel_buffer, handshake_timeout,
-//!                               # open_timeout, busy_poll_us
+//!                               # open_timeout, busy_poll_us,
+//!                               # queue_pairs (1..=16)
 //! ```
 
 use std::collections::HashMap;
@@ -107,6 +108,7 @@ struct RawVm {
     handshake_timeout: Option<u32>,
     open_timeout: Option<u32>,
     busy_poll_us: Option<u32>,
+    queue_pairs: Option<u32>,
 }
 
 fn line_of(text: &str, offset: Option<usize>) -> LineNo {
@@ -174,6 +176,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfFile, ConfFileError> {
             open_timeout: v.open_timeout,
             guest_id: v.guest_id,
             busy_poll_us: v.busy_poll_us,
+            queue_pairs: v.queue_pairs,
         }
         .check()
         .map_err(|source| ConfFileError::Vm {
@@ -245,7 +248,8 @@ mod tests {
     fn reads_several_vms() {
         let d = dir("ok");
         let text = format!(
-            "control = \"ctl.sock\"\n{}{}max_msg_size = 4096\nlisten = \"/run/b-l.sock\"\n",
+            "control = \"ctl.sock\"\n{}{}max_msg_size = 4096\nlisten = \"/run/b-l.sock\"\n\
+             queue_pairs = 4\n",
             vm("a", 1),
             vm("b", 2)
         );
@@ -257,6 +261,8 @@ mod tests {
         assert!(f.vms[0].policy.get("echo").is_some());
         assert_eq!(f.vms[1].device.max_msg_size, 4096);
         assert_eq!(f.vms[1].device.guest_id, 2);
+        assert_eq!(f.vms[0].device.max_queue_pairs, 1);
+        assert_eq!(f.vms[1].device.max_queue_pairs, 4);
         assert_eq!(f.vms[1].listen, Some(PathBuf::from("/run/b-l.sock")));
         assert!(parse(&d.0.join("kt.toml"), "").unwrap().vms.is_empty());
     }
@@ -280,6 +286,13 @@ mod tests {
                 format!(
                     "config file {f}: line 1: vm \"a\": --max-msg-size 0: must be between 1 \
                      and 1048576"
+                ),
+            ),
+            (
+                format!("{}queue_pairs = 17\n", vm("a", 1)),
+                format!(
+                    "config file {f}: line 1: vm \"a\": --queue-pairs 17: must be between 1 \
+                     and 16"
                 ),
             ),
             (

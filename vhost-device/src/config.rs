@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kt_proto::consts::{
     DEFAULT_MAX_CHANNELS, DEFAULT_MAX_MSG_SIZE, DEFAULT_RX_BUF_SIZE, MAX_MSG_SIZE_LIMIT,
-    MAX_RX_BUF_SIZE, MIN_RX_BUF_SIZE, MSG_OVERHEAD,
+    MAX_QUEUE_PAIRS, MAX_RX_BUF_SIZE, MIN_RX_BUF_SIZE, MSG_OVERHEAD,
 };
 use kt_proto::DeviceConfig;
 
@@ -24,6 +24,9 @@ pub const MAX_TIMEOUT_SECS: u32 = 3600;
 pub const MAX_CHANNELS_LIMIT: u32 = 1 << 16;
 /// Default of `--handshake-timeout`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u32 = 10;
+/// Default of `--queue-pairs`: one pair, the device of a driver without
+/// `KT_F_MULTIQUEUE` (no feature bit offered, three queues).
+pub const DEFAULT_QUEUE_PAIRS: u32 = 1;
 /// Default of `--open-timeout`.
 pub const DEFAULT_OPEN_TIMEOUT_SECS: u32 = 30;
 
@@ -82,6 +85,8 @@ pub struct VmSettings {
     pub guest_id: Option<u32>,
     /// Busy-poll time in microseconds.
     pub busy_poll_us: Option<u32>,
+    /// rx/tx queue pairs (config space `max_queue_pairs`).
+    pub queue_pairs: Option<u32>,
 }
 
 /// One VM, validated.
@@ -234,6 +239,12 @@ impl VmSettings {
             0,
             MAX_BUSY_POLL_US,
         )?;
+        let queue_pairs = range(
+            "queue-pairs",
+            self.queue_pairs.unwrap_or(DEFAULT_QUEUE_PAIRS),
+            1,
+            u32::from(MAX_QUEUE_PAIRS),
+        )?;
         let policy = Policy::load(&policy_path)?;
         Ok(VmConfig {
             name,
@@ -246,7 +257,8 @@ impl VmSettings {
                 max_channels,
                 rx_buf_size,
                 guest_id,
-                max_queue_pairs: 1,
+                // In range (checked above).
+                max_queue_pairs: queue_pairs as u16,
             },
             channel_buffer,
             handshake_timeout: Duration::from_secs(handshake_timeout.into()),
@@ -285,6 +297,7 @@ impl TryFrom<RunArgs> for Config {
             open_timeout: Some(a.open_timeout),
             guest_id: Some(a.guest_id),
             busy_poll_us: Some(a.busy_poll_us),
+            queue_pairs: a.queue_pairs,
         }
         .check()?;
         Ok(Config {
@@ -317,6 +330,7 @@ mod tests {
             open_timeout: 30,
             guest_id: 3,
             busy_poll_us: DEFAULT_BUSY_POLL_US,
+            queue_pairs: None,
             log_level: LogLevel::Info,
             seccomp: crate::seccomp::SeccompMode::Enforce,
         }
@@ -369,6 +383,17 @@ mod tests {
         a.busy_poll_us = 1001;
         let e = Config::try_from(a).unwrap_err().to_string();
         assert_eq!(e, "--busy-poll-us 1001: must be between 0 and 1000");
+        assert_eq!(c.device.max_queue_pairs, 1);
+        let mut a = args(p.to_str().unwrap());
+        a.queue_pairs = Some(16);
+        let c16 = Config::try_from(a).unwrap();
+        assert_eq!(c16.vms[0].device.max_queue_pairs, 16);
+        for bad in [0, 17] {
+            let mut a = args(p.to_str().unwrap());
+            a.queue_pairs = Some(bad);
+            let e = Config::try_from(a).unwrap_err().to_string();
+            assert_eq!(e, format!("--queue-pairs {bad}: must be between 1 and 16"));
+        }
         assert!(Config::try_from(args("/nonexistent.toml")).is_err());
         std::fs::remove_file(p).unwrap();
     }

@@ -142,8 +142,12 @@ impl Manager {
                 }
             }
         }
-        crate::fdlimit::ensure_all(file.vms.iter().map(|v| v.device.max_channels))
-            .map_err(|e| e.to_string())?;
+        crate::fdlimit::ensure_all(
+            file.vms
+                .iter()
+                .map(|v| (v.device.max_channels, v.device.max_queue_pairs)),
+        )
+        .map_err(|e| e.to_string())?;
         let mut done = Vec::new();
         let (keep, gone): (Vec<Vm>, Vec<Vm>) = std::mem::take(&mut self.vms)
             .into_iter()
@@ -273,7 +277,12 @@ fn spawn_sighup_thread(
 
 /// Runs the daemon until a fatal error.
 pub fn run(config: Config) -> Result<(), DaemonError> {
-    crate::fdlimit::ensure_all(config.vms.iter().map(|v| v.device.max_channels))?;
+    crate::fdlimit::ensure_all(
+        config
+            .vms
+            .iter()
+            .map(|v| (v.device.max_channels, v.device.max_queue_pairs)),
+    )?;
     let hup = sighup_fd()?;
     // Only a daemon that can add VMs keeps bind/unlink, on this thread.
     let manager_role = match config.source {

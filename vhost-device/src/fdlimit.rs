@@ -17,6 +17,11 @@ use crate::device::MAX_HANDSHAKES;
 /// up to eight guest memory regions, the spare descriptor, the kept socket
 /// ends of up to `MAX_FEEDS` (16) `kt.services` channels, with margin.
 pub const OWN_FDS: u64 = 64;
+/// Descriptors each queue pair beyond the first adds: its engine's epoll,
+/// timer, wake-up and policy eventfds, the kick/call/error eventfds of its
+/// two queues, its worker thread's epoll and eventfds (13), and the kept
+/// ends of its own up to `MAX_FEEDS` (16) `kt.services` channels.
+pub const PAIR_FDS: u64 = 32;
 
 /// The limit cannot fit the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -40,24 +45,35 @@ pub enum FdLimitError {
     Rlimit(#[source] io::Error),
 }
 
-/// Descriptors needed for `max_channels` channels.
+/// Descriptors needed for `max_channels` channels (one queue pair).
 pub fn needed(max_channels: u32) -> u64 {
-    u64::from(max_channels) + MAX_HANDSHAKES as u64 + OWN_FDS
+    needed_with_pairs(max_channels, 1)
+}
+
+/// Descriptors needed for `max_channels` channels over `pairs` queue pairs.
+pub fn needed_with_pairs(max_channels: u32, pairs: u16) -> u64 {
+    u64::from(max_channels)
+        + MAX_HANDSHAKES as u64
+        + OWN_FDS
+        + u64::from(pairs.saturating_sub(1)) * PAIR_FDS
 }
 
 /// Checks `RLIMIT_NOFILE` against [`needed`]`(max_channels)`, raising the
 /// soft limit to it (never above the hard limit) when it is lower. Returns
 /// the soft limit in force afterwards.
 pub fn ensure(max_channels: u32) -> Result<u64, FdLimitError> {
-    ensure_all([max_channels])
+    ensure_all([(max_channels, 1)])
 }
 
-/// [`ensure`] for a daemon serving several VMs, one `max_channels` each:
-/// every VM needs its own channels, handshakes and descriptors
-/// ([`needed`] summed).
-pub fn ensure_all(vms: impl IntoIterator<Item = u32>) -> Result<u64, FdLimitError> {
-    let (max_channels, need) = vms.into_iter().fold((0u32, 0u64), |(m, n), c| {
-        (m.saturating_add(c), n.saturating_add(needed(c)))
+/// [`ensure`] for a daemon serving several VMs, one `(max_channels,
+/// queue pairs)` each: every VM needs its own channels, handshakes and
+/// descriptors ([`needed_with_pairs`] summed).
+pub fn ensure_all(vms: impl IntoIterator<Item = (u32, u16)>) -> Result<u64, FdLimitError> {
+    let (max_channels, need) = vms.into_iter().fold((0u32, 0u64), |(m, n), (c, p)| {
+        (
+            m.saturating_add(c),
+            n.saturating_add(needed_with_pairs(c, p)),
+        )
     });
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -105,6 +121,8 @@ mod tests {
         assert_eq!(t.lines().count(), 1);
         // The process's own limit already fits a tiny configuration.
         assert!(ensure(1).unwrap() >= needed(1));
-        assert!(ensure_all([1, 1]).unwrap() >= 2 * needed(1));
+        assert!(ensure_all([(1, 1), (1, 1)]).unwrap() >= 2 * needed(1));
+        assert_eq!(needed_with_pairs(1024, 1), needed(1024));
+        assert_eq!(needed_with_pairs(1024, 16), needed(1024) + 15 * PAIR_FDS);
     }
 }

@@ -7,7 +7,8 @@
 //! checked configuration), `vm` (one VM's sockets and threads),
 //! `daemon` (serve frontends in a loop), `fdlimit` (the descriptor
 //! budget), `backend` (vhost-user glue),
-//! `device` (protocol engine), `channel` (per-channel state), `chain`
+//! `device` (protocol engine, one per queue pair), `budget` (the
+//! channel limit the pairs share), `channel` (per-channel state), `chain`
 //! (descriptor chains in and out), `seqpacket` (host sockets) and `sockpath`
 //! (claiming socket paths), both re-exports of the shared `kt-seqpacket`
 //! crate, `seccomp` (the system-call allow-list), `stats`
@@ -17,6 +18,7 @@
 
 pub mod args;
 pub mod backend;
+pub mod budget;
 pub mod chain;
 pub mod channel;
 pub mod conffile;
@@ -24,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod device;
+pub mod engine;
 pub mod fdlimit;
 pub mod iov;
 pub mod policy;

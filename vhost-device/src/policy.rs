@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -214,23 +214,36 @@ impl Policy {
 
 /// The policy one VM's device consults, replaceable while it runs: an
 /// `OPEN` after [`PolicyCell::replace`] sees the new policy, channels that
-/// are open stay open. The device keeps [`PolicyCell::changed_fd`] in its
-/// epoll set, so a replacement reaches it without polling.
+/// are open stay open. Each engine (one per queue pair) keeps its own
+/// [`PolicyCell::subscribe`] eventfd in its epoll set, so a replacement
+/// reaches every engine without polling and no engine consumes another's
+/// signal.
 #[derive(Debug)]
 pub struct PolicyCell {
     current: RwLock<Arc<Policy>>,
     generation: AtomicU64,
-    changed: EventFd,
+    subscribers: Mutex<Vec<Arc<EventFd>>>,
 }
 
 impl PolicyCell {
-    /// A cell holding `policy` (generation 0).
+    /// A cell holding `policy` (generation 0), with no subscriber.
     pub fn new(policy: Policy) -> std::io::Result<PolicyCell> {
         Ok(PolicyCell {
             current: RwLock::new(Arc::new(policy)),
             generation: AtomicU64::new(0),
-            changed: EventFd::new(EFD_NONBLOCK)?,
+            subscribers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A new eventfd that becomes readable at each later replacement until
+    /// its owner reads it.
+    pub fn subscribe(&self) -> std::io::Result<Arc<EventFd>> {
+        let fd = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(fd.clone());
+        Ok(fd)
     }
 
     /// The policy in force.
@@ -242,33 +255,30 @@ impl PolicyCell {
             .clone()
     }
 
-    /// Puts `policy` in force and signals [`PolicyCell::changed_fd`];
-    /// returns whether it differs from the one it replaced.
+    /// Puts `policy` in force and signals every subscriber; returns
+    /// whether it differs from the one it replaced.
     pub fn replace(&self, policy: Policy) -> bool {
         let mut cur = self.current.write().unwrap_or_else(PoisonError::into_inner);
         let differs = **cur != policy;
         *cur = Arc::new(policy);
         drop(cur);
         self.generation.fetch_add(1, Ordering::Release);
-        // The counter cannot overflow from reloads; a failed write only
-        // means the device already has an unread signal.
-        let _ = self.changed.write(1);
+        for fd in self
+            .subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            // The counter cannot overflow from reloads; a failed write
+            // only means the subscriber already has an unread signal.
+            let _ = fd.write(1);
+        }
         differs
     }
 
     /// How many times the policy was replaced.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
-    }
-
-    /// Readable after a replacement until [`PolicyCell::consume_change`].
-    pub fn changed_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.changed)
-    }
-
-    /// Clears the signal of [`PolicyCell::changed_fd`].
-    pub fn consume_change(&self) {
-        let _ = self.changed.read();
     }
 }
 
@@ -281,6 +291,7 @@ mod tests {
         let a = parse("[[service]]\nname = \"a\"\nsocket = \"/a\"\n").unwrap();
         let b = parse("[[service]]\nname = \"b\"\nsocket = \"/b\"\n").unwrap();
         let cell = PolicyCell::new(a.clone()).unwrap();
+        let (s1, s2) = (cell.subscribe().unwrap(), cell.subscribe().unwrap());
         let held = cell.get();
         assert!(cell.get().get("a").is_some());
         assert!(cell.replace(b));
@@ -291,15 +302,10 @@ mod tests {
         assert_eq!(cell.generation(), 1);
         assert!(!cell.replace(cell.get().as_ref().clone()));
         assert_eq!(cell.generation(), 2);
-        cell.consume_change();
-        let mut fds = [libc::pollfd {
-            fd: cell.changed_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        // SAFETY: one valid pollfd, no timeout.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
-        assert_eq!(n, 0, "the signal was consumed");
+        // Each subscriber got both signals; reading one leaves the other.
+        assert_eq!(s1.read().unwrap(), 2);
+        assert!(s1.read().is_err(), "the signal was consumed");
+        assert_eq!(s2.read().unwrap(), 2);
     }
 
     fn parse(text: &str) -> Result<Policy, PolicyError> {

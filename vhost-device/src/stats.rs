@@ -8,8 +8,10 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-use kt_prom::{Kind, Writer};
+use kt_prom::Writer;
 use serde::{Deserialize, Serialize};
+
+mod prometheus;
 
 /// Traffic counters kept per channel and summed per device.
 #[derive(Debug, Default)]
@@ -101,9 +103,13 @@ pub enum Opener {
 
 #[derive(Debug)]
 struct ChannelEntry {
+    pair: u16,
     service: String,
     opener: Opener,
     counters: Arc<Counters>,
+    /// A slot held for an OPEN still being connected
+    /// ([`Stats::reserve_channel`]), not yet a channel.
+    reserved: bool,
 }
 
 /// Everything the control socket reports.
@@ -126,6 +132,9 @@ pub struct Stats {
 pub struct ChannelSnapshot {
     /// Channel id.
     pub id: u32,
+    /// The queue pair it lives on (SPEC §1.4; 0 without multiqueue).
+    #[serde(default)]
+    pub pair: u16,
     /// Service name.
     pub service: String,
     /// Which side opened it.
@@ -203,13 +212,26 @@ impl Stats {
         }
     }
 
-    /// Registers a channel and returns its counters.
+    /// Registers a channel of pair 0 and returns its counters.
     pub fn open_channel(&self, id: u32, service: &str, opener: Opener) -> Arc<Counters> {
+        self.open_channel_on(0, id, service, opener)
+    }
+
+    /// Registers a channel of queue pair `pair` and returns its counters.
+    pub fn open_channel_on(
+        &self,
+        pair: u16,
+        id: u32,
+        service: &str,
+        opener: Opener,
+    ) -> Arc<Counters> {
         let counters = Arc::new(Counters::default());
         let entry = ChannelEntry {
+            pair,
             service: service.to_owned(),
             opener,
             counters: counters.clone(),
+            reserved: false,
         };
         if let Ok(mut m) = self.channels.lock() {
             m.insert(id, entry);
@@ -217,11 +239,56 @@ impl Stats {
         counters
     }
 
+    /// Holds a place for channel `id` of `service` on `pair` while its
+    /// OPEN is served, unless `limit` channels of `service` (reserved or
+    /// open, on any pair) exist already: the check and the hold are one
+    /// step, so engines of several pairs cannot both take the last one.
+    /// [`Stats::open_channel_on`] turns it into the channel;
+    /// [`Stats::drop_reservation`] gives it up.
+    pub fn reserve_channel(&self, pair: u16, id: u32, service: &str, limit: u32) -> bool {
+        let Ok(mut m) = self.channels.lock() else {
+            return false;
+        };
+        let n = m.values().filter(|e| e.service == service).count();
+        if n >= limit as usize {
+            return false;
+        }
+        m.insert(
+            id,
+            ChannelEntry {
+                pair,
+                service: service.to_owned(),
+                opener: Opener::Guest,
+                counters: Arc::new(Counters::default()),
+                reserved: true,
+            },
+        );
+        true
+    }
+
+    /// Gives up the place [`Stats::reserve_channel`] held for `id` on
+    /// `pair` (the OPEN was refused); a channel's entry is left alone.
+    pub fn drop_reservation(&self, pair: u16, id: u32) {
+        if let Ok(mut m) = self.channels.lock() {
+            if m.get(&id).is_some_and(|e| e.reserved && e.pair == pair) {
+                m.remove(&id);
+            }
+        }
+    }
+
     /// Forgets a closed channel.
     pub fn close_channel(&self, id: u32) {
         if let Ok(mut m) = self.channels.lock() {
             m.remove(&id);
         }
+    }
+
+    /// Channels of `service` open on any pair.
+    pub fn open_channels_of(&self, service: &str) -> usize {
+        self.channels
+            .lock()
+            .map(|m| m.values().filter(|e| e.service == service).count())
+            .unwrap_or(0)
     }
 
     /// Forgets every channel.
@@ -259,8 +326,10 @@ impl Stats {
             .lock()
             .map(|m| {
                 m.iter()
+                    .filter(|(_, e)| !e.reserved)
                     .map(|(id, e)| ChannelSnapshot {
                         id: *id,
+                        pair: e.pair,
                         service: e.service.clone(),
                         opener: e.opener,
                         counters: e.counters.snapshot(),
@@ -331,8 +400,9 @@ impl StatsSnapshot {
         );
         let _ = writeln!(
             s,
-            "{:<12} {:<20} {:>6} {:>12} {:>14} {:>12} {:>14} {:>8} {:>9}",
+            "{:<12} {:>4} {:<20} {:>6} {:>12} {:>14} {:>12} {:>14} {:>8} {:>9}",
             "channel",
+            "pair",
             "service",
             "opener",
             "msgs->host",
@@ -342,234 +412,64 @@ impl StatsSnapshot {
             "stalls",
             "malformed"
         );
-        let row = |s: &mut String, id: &str, svc: &str, op: &str, c: &CountersSnapshot| {
-            let _ = writeln!(
-                s,
-                "{:<12} {:<20} {:>6} {:>12} {:>14} {:>12} {:>14} {:>8} {:>9}",
-                id,
-                svc,
-                op,
-                c.msgs_to_host,
-                c.bytes_to_host,
-                c.msgs_to_guest,
-                c.bytes_to_guest,
-                c.credit_stalls,
-                c.malformed
-            );
-        };
+        let row =
+            |s: &mut String, id: &str, pair: &str, svc: &str, op: &str, c: &CountersSnapshot| {
+                let _ = writeln!(
+                    s,
+                    "{:<12} {:>4} {:<20} {:>6} {:>12} {:>14} {:>12} {:>14} {:>8} {:>9}",
+                    id,
+                    pair,
+                    svc,
+                    op,
+                    c.msgs_to_host,
+                    c.bytes_to_host,
+                    c.msgs_to_guest,
+                    c.bytes_to_guest,
+                    c.credit_stalls,
+                    c.malformed
+                );
+            };
         for c in &self.channels {
             let op = match c.opener {
                 Opener::Guest => "guest",
                 Opener::Host => "host",
             };
-            row(&mut s, &format!("{:#x}", c.id), &c.service, op, &c.counters);
+            let pair = c.pair.to_string();
+            row(
+                &mut s,
+                &format!("{:#x}", c.id),
+                &pair,
+                &c.service,
+                op,
+                &c.counters,
+            );
         }
-        row(&mut s, "total", "", "", &self.device);
+        row(&mut s, "total", "", "", "", &self.device);
+        let pairs = self.per_pair();
+        if pairs.keys().any(|p| *p != 0) {
+            for (p, (n, c)) in &pairs {
+                let label = format!("pair {p}");
+                row(&mut s, &label, "", &format!("{n} channel(s)"), "", c);
+            }
+        }
         s
     }
-}
 
-impl StatsSnapshot {
-    /// The counters in the Prometheus text exposition format 0.0.4.
-    pub fn prometheus(&self) -> String {
-        let mut w = Writer::default();
-        self.write_prometheus(&mut w);
-        w.finish()
-    }
-
-    /// Writes the counters into `w`: metric names prefixed `kt_device_`,
-    /// every sample labelled `vm` (the VM's name) and `guest` (its guest
-    /// id); per-channel samples add `channel` (the id, unique while open),
-    /// `service` and `opener`; message and byte counts have
-    /// `direction="to_host"|"to_guest"`. Several VMs write into one writer.
-    pub fn write_prometheus(&self, w: &mut Writer) {
-        let guest = self.guest_id.to_string();
-        let g = [("vm", self.vm.as_str()), ("guest", guest.as_str())];
-        let bool_gauge = |b: bool| u64::from(b);
-        w.family(
-            "kt_device_active",
-            Kind::Gauge,
-            "1 while a guest driver is live on the queues, else 0.",
-        );
-        w.sample(&g, bool_gauge(self.active));
-        let events: [(&'static str, &'static str, u64); 11] = [
-            (
-                "kt_device_frontends_total",
-                "vhost-user frontend (VMM) connections accepted.",
-                self.frontends,
-            ),
-            (
-                "kt_device_channels_opened_total",
-                "Channels opened, by the guest or by host programs.",
-                self.opened,
-            ),
-            (
-                "kt_device_opens_refused_total",
-                "OPENs refused (policy, limits, host service down).",
-                self.open_refused,
-            ),
-            (
-                "kt_device_resets_total",
-                "Transport RESETs sent to the guest.",
-                self.resets,
-            ),
-            (
-                "kt_device_host_connects_total",
-                "Host program connections on the --listen socket.",
-                self.host_connects,
-            ),
-            (
-                "kt_device_passed_fds_closed_total",
-                "Descriptors host peers passed (SCM_RIGHTS), closed unused on receipt.",
-                self.passed_fds_closed,
-            ),
-            (
-                "kt_device_fd_limit_refusals_total",
-                "Host connections refused with ERR 24: the daemon was out of file descriptors.",
-                self.fd_limit_refusals,
-            ),
-            (
-                "kt_device_handshake_timeouts_total",
-                "Host connections closed with ERR 110: no CONNECT line within --handshake-timeout.",
-                self.handshake_timeouts,
-            ),
-            (
-                "kt_device_open_timeouts_total",
-                "Host connections failed with ERR 110: the guest did not answer within --open-timeout.",
-                self.open_timeouts,
-            ),
-            (
-                "kt_device_guest_listen_ignored_total",
-                "Guest LISTEN/UNLISTEN announcements that changed nothing (duplicates).",
-                self.listen_ignored,
-            ),
-            (
-                "kt_device_guest_listen_refused_total",
-                "Guest LISTEN announcements dropped: the device keeps at most 1024 names.",
-                self.listen_refused,
-            ),
-        ];
-        for (name, help, v) in events {
-            w.family(name, Kind::Counter, help);
-            w.sample(&g, v);
+    /// The open channels by queue pair: how many, and their counters
+    /// summed (channels already closed are not in it).
+    pub fn per_pair(&self) -> BTreeMap<u16, (usize, CountersSnapshot)> {
+        let mut m: BTreeMap<u16, (usize, CountersSnapshot)> = BTreeMap::new();
+        for c in &self.channels {
+            let (n, sum) = m.entry(c.pair).or_default();
+            *n += 1;
+            sum.msgs_to_host += c.counters.msgs_to_host;
+            sum.bytes_to_host += c.counters.bytes_to_host;
+            sum.msgs_to_guest += c.counters.msgs_to_guest;
+            sum.bytes_to_guest += c.counters.bytes_to_guest;
+            sum.credit_stalls += c.counters.credit_stalls;
+            sum.malformed += c.counters.malformed;
         }
-        w.family(
-            "kt_device_open_channels",
-            Kind::Gauge,
-            "Channels currently open.",
-        );
-        w.sample(&g, self.channels.len() as u64);
-        w.family(
-            "kt_device_guest_listeners",
-            Kind::Gauge,
-            "Names the guest's listeners serve, as its driver announced them.",
-        );
-        w.sample(&g, self.guest_listeners.len() as u64);
-        let d = &self.device;
-        w.family(
-            "kt_device_messages_total",
-            Kind::Counter,
-            "Messages carried, all channels.",
-        );
-        w.sample(&[g[0], g[1], ("direction", "to_host")], d.msgs_to_host);
-        w.sample(&[g[0], g[1], ("direction", "to_guest")], d.msgs_to_guest);
-        w.family(
-            "kt_device_bytes_total",
-            Kind::Counter,
-            "Payload bytes carried, all channels.",
-        );
-        w.sample(&[g[0], g[1], ("direction", "to_host")], d.bytes_to_host);
-        w.sample(&[g[0], g[1], ("direction", "to_guest")], d.bytes_to_guest);
-        w.family(
-            "kt_device_credit_stalls_total",
-            Kind::Counter,
-            "Times host input waited for guest credit, all channels.",
-        );
-        w.sample(&g, d.credit_stalls);
-        w.family(
-            "kt_device_malformed_total",
-            Kind::Counter,
-            "Malformed input (from the guest, or oversized host messages), including unknown channels.",
-        );
-        w.sample(&g, d.malformed);
-
-        let ids: Vec<String> = self
-            .channels
-            .iter()
-            .map(|c| format!("{:#x}", c.id))
-            .collect();
-        let labels = |i: usize| -> [(&str, &str); 5] {
-            let c = &self.channels[i];
-            let opener = match c.opener {
-                Opener::Guest => "guest",
-                Opener::Host => "host",
-            };
-            [
-                g[0],
-                g[1],
-                ("channel", ids[i].as_str()),
-                ("service", c.service.as_str()),
-                ("opener", opener),
-            ]
-        };
-        type Pick = fn(&CountersSnapshot) -> u64;
-        let per_channel: [(&'static str, &'static str, Option<&'static str>, Pick); 6] = [
-            (
-                "kt_device_channel_messages_total",
-                "Messages carried on an open channel.",
-                Some("to_host"),
-                |c| c.msgs_to_host,
-            ),
-            (
-                "kt_device_channel_messages_total",
-                "",
-                Some("to_guest"),
-                |c| c.msgs_to_guest,
-            ),
-            (
-                "kt_device_channel_bytes_total",
-                "Payload bytes carried on an open channel.",
-                Some("to_host"),
-                |c| c.bytes_to_host,
-            ),
-            ("kt_device_channel_bytes_total", "", Some("to_guest"), |c| {
-                c.bytes_to_guest
-            }),
-            (
-                "kt_device_channel_credit_stalls_total",
-                "Times host input on an open channel waited for guest credit.",
-                None,
-                |c| c.credit_stalls,
-            ),
-            (
-                "kt_device_channel_malformed_total",
-                "Malformed input on an open channel.",
-                None,
-                |c| c.malformed,
-            ),
-        ];
-        for (name, help, dir, pick) in per_channel {
-            if !help.is_empty() {
-                w.family(name, Kind::Counter, help);
-            }
-            for (i, c) in self.channels.iter().enumerate() {
-                let base = labels(i);
-                match dir {
-                    Some(dir) => {
-                        let l = [
-                            base[0],
-                            base[1],
-                            base[2],
-                            base[3],
-                            base[4],
-                            ("direction", dir),
-                        ];
-                        w.sample(&l, pick(&c.counters));
-                    }
-                    None => w.sample(&base, pick(&c.counters)),
-                }
-            }
-        }
+        m
     }
 }
 
@@ -607,174 +507,4 @@ impl DaemonSnapshot {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snapshot_and_table() {
-        let st = Stats::new(7);
-        let c = st.open_channel(3, "echo", Opener::Guest);
-        add(&c.msgs_to_host, 2);
-        add(&st.device.msgs_to_host, 2);
-        let s = st.snapshot();
-        assert_eq!(s.channels.len(), 1);
-        assert_eq!(s.channels[0].counters.msgs_to_host, 2);
-        let t = s.table();
-        assert!(t.contains("echo"), "{t}");
-        assert!(
-            t.lines()
-                .nth(1)
-                .unwrap()
-                .starts_with("host peers: passed fds closed 0"),
-            "{t}"
-        );
-        assert!(t.lines().last().unwrap().starts_with("total"), "{t}");
-        assert!(t.contains("guest listeners (0): -"), "{t}");
-        let json = serde_json::to_string(&s).unwrap();
-        let back: StatsSnapshot = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, s);
-        st.close_channel(3);
-        assert!(st.snapshot().channels.is_empty());
-    }
-
-    #[test]
-    fn guest_listeners_in_every_format() {
-        let st = Stats::new(7);
-        st.guest_listener_added("svc-b");
-        st.guest_listener_added("svc-a");
-        st.guest_listener_added("gone");
-        st.guest_listener_removed("gone");
-        add(&st.events.listen_refused, 2);
-        let s = st.snapshot();
-        assert_eq!(s.guest_listeners, ["svc-a", "svc-b"]);
-        assert!(
-            s.table().contains("guest listeners (2): svc-a svc-b"),
-            "{}",
-            s.table()
-        );
-        let json = serde_json::to_value(&s).unwrap();
-        assert_eq!(
-            json["guest_listeners"],
-            serde_json::json!(["svc-a", "svc-b"])
-        );
-        assert_eq!(json["listen_refused"], 2);
-        // Older snapshots (without the fields) still parse.
-        let mut old = json.clone();
-        let o = old.as_object_mut().unwrap();
-        o.remove("guest_listeners");
-        o.remove("listen_ignored");
-        o.remove("listen_refused");
-        let back: StatsSnapshot = serde_json::from_value(old).unwrap();
-        assert!(back.guest_listeners.is_empty());
-        let text = s.prometheus();
-        let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(ex.families["kt_device_guest_listeners"].kind, "gauge");
-        assert_eq!(ex.value("kt_device_guest_listeners", &[]), Some(2.0));
-        assert_eq!(
-            ex.value("kt_device_guest_listen_refused_total", &[]),
-            Some(2.0)
-        );
-        st.clear_guest_listeners();
-        assert!(st.snapshot().guest_listeners.is_empty());
-    }
-
-    #[test]
-    fn prometheus_parses_back() {
-        let st = Stats::new(7);
-        st.active.store(true, Relaxed);
-        add(&st.events.frontends, 2);
-        add(&st.events.opened, 3);
-        add(&st.events.passed_fds_closed, 8);
-        let a = st.open_channel(1, "echo", Opener::Guest);
-        let b = st.open_channel(0x40000002, "we\"ird\\name", Opener::Host);
-        add(&a.msgs_to_host, 5);
-        add(&a.bytes_to_host, 500);
-        add(&b.msgs_to_guest, 9);
-        add(&b.credit_stalls, 1);
-        add(&st.device.msgs_to_host, 5);
-        add(&st.device.msgs_to_guest, 9);
-        add(&st.device.malformed, 4);
-        let text = st.snapshot().prometheus();
-        let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        for f in ex.families.keys() {
-            assert!(f.starts_with("kt_device_"), "{f}");
-        }
-        assert!(ex
-            .samples
-            .iter()
-            .all(|s| s.labels[0] == ("vm".into(), "vm7".into())
-                && s.labels[1] == ("guest".into(), "7".into())));
-        assert_eq!(ex.families["kt_device_messages_total"].kind, "counter");
-        assert_eq!(ex.families["kt_device_active"].kind, "gauge");
-        assert_eq!(ex.value("kt_device_active", &[]), Some(1.0));
-        assert_eq!(ex.value("kt_device_frontends_total", &[]), Some(2.0));
-        assert_eq!(ex.value("kt_device_channels_opened_total", &[]), Some(3.0));
-        assert_eq!(ex.value("kt_device_open_channels", &[]), Some(2.0));
-        assert_eq!(
-            ex.value("kt_device_passed_fds_closed_total", &[]),
-            Some(8.0)
-        );
-        assert_eq!(ex.value("kt_device_malformed_total", &[]), Some(4.0));
-        let to_guest = [("direction", "to_guest")];
-        assert_eq!(ex.value("kt_device_messages_total", &to_guest), Some(9.0));
-        let echo_up = [("service", "echo"), ("direction", "to_host")];
-        assert_eq!(
-            ex.value("kt_device_channel_messages_total", &echo_up),
-            Some(5.0)
-        );
-        assert_eq!(
-            ex.value("kt_device_channel_bytes_total", &echo_up),
-            Some(500.0)
-        );
-        // The odd name comes back unescaped, on the channel it belongs to.
-        let odd = [
-            ("channel", "0x40000002"),
-            ("service", "we\"ird\\name"),
-            ("opener", "host"),
-        ];
-        assert_eq!(
-            ex.value("kt_device_channel_credit_stalls_total", &odd),
-            Some(1.0)
-        );
-        assert!(text.contains(r#"service="we\"ird\\name""#), "{text}");
-        assert_eq!(kt_prom::label_value("a\nb\"c\\"), r#"a\nb\"c\\"#);
-    }
-
-    #[test]
-    fn several_vms_share_one_exposition_and_table() {
-        let a = Stats::for_vm("web", 1);
-        let b = Stats::for_vm("db", 2);
-        add(&a.events.opened, 3);
-        add(&b.events.opened, 5);
-        b.open_channel(4, "echo", Opener::Guest);
-        let all = DaemonSnapshot {
-            vms: vec![a.snapshot(), b.snapshot()],
-        };
-        let text = all.prometheus();
-        let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let opened = "kt_device_channels_opened_total";
-        assert_eq!(ex.value(opened, &[("vm", "web")]), Some(3.0));
-        assert_eq!(ex.value(opened, &[("vm", "db"), ("guest", "2")]), Some(5.0));
-        assert_eq!(
-            ex.value("kt_device_open_channels", &[("vm", "db")]),
-            Some(1.0)
-        );
-        assert_eq!(text.matches("# TYPE kt_device_active").count(), 1, "{text}");
-        let t = all.table();
-        assert!(t.starts_with("vm web  guest 1"), "{t}");
-        assert!(t.contains("\nvm db  guest 2"), "{t}");
-        assert_eq!(all.vm("db").map(|v| v.guest_id), Some(2));
-        assert!(all.vm("nope").is_none());
-        let json = serde_json::to_string(&all).unwrap();
-        assert_eq!(serde_json::from_str::<DaemonSnapshot>(&json).unwrap(), all);
-    }
-
-    #[test]
-    fn prometheus_without_channels_has_no_channel_families() {
-        let text = Stats::new(0).snapshot().prometheus();
-        let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert!(!text.contains("kt_device_channel_"), "{text}");
-        assert_eq!(ex.value("kt_device_active", &[("guest", "0")]), Some(0.0));
-        assert_eq!(ex.value("kt_device_open_channels", &[]), Some(0.0));
-    }
-}
+mod tests;

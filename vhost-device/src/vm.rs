@@ -1,5 +1,5 @@
 //! One VM the daemon serves: its sockets (bound by the manager thread), its
-//! device, counters and policy, and the thread that serves one vhost-user
+//! engines (one per queue pair), counters and policy, and the thread that serves one vhost-user
 //! frontend at a time for it. VMs share nothing but the process: a VM's
 //! frontend disconnecting or misbehaving resets only that VM's device, and
 //! stopping a VM (reload without it) touches no other.
@@ -7,7 +7,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use vhost::vhost_user::Listener;
@@ -16,7 +16,8 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::backend::{KtBackend, HOST_EVENT};
+use crate::backend::KtBackend;
+use crate::budget::ChannelBudget;
 use crate::config::VmConfig;
 use crate::device::{Device, Params};
 use crate::policy::{Policy, PolicyCell, PolicyError};
@@ -136,11 +137,27 @@ impl Vm {
             handshake_timeout: config.handshake_timeout,
             open_timeout: config.open_timeout,
         };
-        let device =
-            Device::new(params, policy.clone(), stats.clone(), listener).map_err(VmError::Setup)?;
-        let mut backend = KtBackend::new(device, stats.clone());
-        backend.set_busy_poll(config.busy_poll);
-        let backend = Arc::new(RwLock::new(backend));
+        // One engine per queue pair; pair 0 has the host listener. The
+        // engines share the counters, the policy and max_channels.
+        let budget = Arc::new(ChannelBudget::new(config.device.max_channels));
+        let mut listener = listener;
+        let mut devices = Vec::new();
+        for pair in 0..config.device.max_queue_pairs {
+            devices.push(
+                Device::for_pair(
+                    params.clone(),
+                    policy.clone(),
+                    stats.clone(),
+                    listener.take(),
+                    pair,
+                    budget.clone(),
+                )
+                .map_err(VmError::Setup)?,
+            );
+        }
+        let backend = Arc::new(
+            KtBackend::new(devices, stats.clone(), config.busy_poll).map_err(VmError::Setup)?,
+        );
         let vu_listener =
             Listener::new(&config.socket_path, false).map_err(|source| VmError::Socket {
                 path: config.socket_path.clone(),
@@ -152,10 +169,12 @@ impl Vm {
             conn: Mutex::new(None),
         });
         log::info!(
-            "vm {} (guest {}): serving vhost-user on {} ({} service(s) in policy{})",
+            "vm {} (guest {}): serving vhost-user on {} ({} queue pair(s), {} service(s) in \
+             policy{})",
             config.name,
             config.device.guest_id,
             config.socket_path.display(),
+            config.device.max_queue_pairs,
             config.policy.len(),
             config
                 .listen
@@ -268,7 +287,7 @@ fn wait_for_frontend(listener: RawFd, stop: &Stop) -> bool {
 }
 
 /// The VM thread: one frontend at a time until stopped.
-fn serve(name: &str, backend: &Arc<RwLock<KtBackend>>, mut listener: Listener, stop: &Stop) {
+fn serve(name: &str, backend: &Arc<KtBackend>, mut listener: Listener, stop: &Stop) {
     while wait_for_frontend(listener.as_raw_fd(), stop) {
         if let Err(e) = serve_one(name, backend, &mut listener, stop) {
             // The VM cannot serve (its worker could not start): say so and
@@ -281,7 +300,7 @@ fn serve(name: &str, backend: &Arc<RwLock<KtBackend>>, mut listener: Listener, s
 
 fn serve_one(
     name: &str,
-    backend: &Arc<RwLock<KtBackend>>,
+    backend: &Arc<KtBackend>,
     listener: &mut Listener,
     stop: &Stop,
 ) -> Result<(), vhost_user_backend::Error> {
@@ -290,21 +309,18 @@ fn serve_one(
         backend.clone(),
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )?;
-    // A panic while holding the lock cannot leave the fd invalid.
-    let host_fd = backend
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
-        .host_epoll_fd();
-    for h in daemon.get_epoll_handlers() {
-        h.register_listener(host_fd, EventSet::IN, u64::from(HOST_EVENT))
+    // Each worker thread nests its own pair's host epoll set.
+    let host_event = u64::from(backend.host_event());
+    for (thread, h) in daemon.get_epoll_handlers().iter().enumerate() {
+        let Some(fd) = backend.host_epoll_fd(thread) else {
+            continue;
+        };
+        h.register_listener(fd, EventSet::IN, host_event)
             .map_err(vhost_user_backend::Error::StartDaemon)?;
     }
     daemon.start(listener)?;
     stop.connected(daemon.shutdown_handle());
-    backend
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .connected();
+    backend.connected();
     log::info!("vm {name}: frontend connected");
     match daemon.wait() {
         Ok(())
@@ -316,9 +332,6 @@ fn serve_one(
     stop.connected(None);
     // Dropping the daemon stops its worker threads before the next one.
     drop(daemon);
-    backend
-        .write()
-        .unwrap_or_else(PoisonError::into_inner)
-        .disconnected();
+    backend.disconnected();
     Ok(())
 }

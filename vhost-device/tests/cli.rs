@@ -115,6 +115,12 @@ fn bad_arguments_fail_with_one_line() {
         ],
         "--handshake-timeout 0: must be between 1 and 3600",
     );
+    for n in ["0", "17"] {
+        one_line_error(
+            &["--socket-path", s, "--policy", g, "--queue-pairs", n],
+            &format!("--queue-pairs {n}: must be between 1 and 16"),
+        );
+    }
     one_line_error(
         &["--socket-path", s, "--policy", g, "--open-timeout", "soon"],
         "soon",

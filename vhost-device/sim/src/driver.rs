@@ -3,7 +3,9 @@
 //! (single, split or indirect descriptors), reassembles rx fragments,
 //! checks every rule of SPEC §4/§5 on what the device sends (violations go
 //! to `errors`), keeps per-channel credit and sequence numbers, and exposes
-//! raw access for hostile-guest tests.
+//! raw access for hostile-guest tests. This file holds the state, start-up
+//! and polling; the receive side is `driver/rx.rs`, the transmit side and
+//! channel API `driver/tx.rs`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -24,6 +26,9 @@ use vm_memory::{Address, Bytes, GuestMemoryMmap};
 use crate::frontend;
 use crate::memory::{memfd_memory, Layout};
 use crate::ring::{Desc, Ring, F_WRITE};
+
+mod rx;
+mod tx;
 
 /// How tx chains are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,8 +123,11 @@ impl GuestChannel {
 
 const CTRL_LOG: usize = 4096;
 
-/// The simulated guest.
+/// The simulated guest (one queue pair of it: see `multiqueue.rs`).
 pub struct Driver {
+    /// The queue pair this driver drives (0: also the event queue and the
+    /// vhost-user connection).
+    pub pair: u16,
     /// Guest memory.
     pub mem: GuestMemoryMmap,
     /// Memory layout.
@@ -189,18 +197,40 @@ impl Driver {
     /// Builds guest memory and rings, connects to the daemon at `path` and
     /// starts the device from avail index 0.
     pub fn connect(path: &Path, opts: DriverOptions) -> io::Result<Driver> {
-        let layout = Layout::new(
+        let layout = Self::layout_at(0, &opts);
+        let mem = memfd_memory(layout.size)?;
+        let mut d = Driver::build(mem, layout, opts, 0)?;
+        d.attach(path, [0; 3])?;
+        d.post_all()?;
+        Ok(d)
+    }
+
+    /// The memory layout of one pair's rings and buffers at `base`.
+    pub(crate) fn layout_at(base: u64, opts: &DriverOptions) -> Layout {
+        Layout::at(
+            base,
             u64::from(opts.rx_buf),
             u64::from(opts.max_msg) + HDR_SIZE as u64,
             64,
-        );
-        let mem = memfd_memory(layout.size)?;
+        )
+    }
+
+    /// A driver of pair `pair` over `layout` in `mem`, not started. The
+    /// channel ids it picks start at `pair << 24`, so the pairs of one
+    /// guest never pick the same id (SPEC §1.4: one id space).
+    pub(crate) fn build(
+        mem: GuestMemoryMmap,
+        layout: Layout,
+        opts: DriverOptions,
+        pair: u16,
+    ) -> io::Result<Driver> {
         let rings = [
             Ring::new(layout.ring[0], layout.indirect[0])?,
             Ring::new(layout.ring[1], layout.indirect[1])?,
             Ring::new(layout.ring[2], layout.indirect[2])?,
         ];
-        let mut d = Driver {
+        Ok(Driver {
+            pair,
             mem,
             layout,
             rings,
@@ -215,16 +245,20 @@ impl Driver {
             errors: Vec::new(),
             accepted: VecDeque::new(),
             partial: None,
-            next_id: 0,
+            next_id: u32::from(pair) << 24,
             rng: 0x9e37_79b9_7f4a_7c15,
             hold_kicks: false,
             rx_reaped: 0,
             tx_reaped: 0,
             arrivals: None,
-        };
-        d.attach(path, [0; 3])?;
-        d.post_all()?;
-        Ok(d)
+        })
+    }
+
+    /// Records what the start negotiated; pair 0 keeps the connection.
+    pub(crate) fn started(&mut self, acked: u64, config: DeviceConfig, fe: Option<Frontend>) {
+        self.acked = acked;
+        self.config = config;
+        self.frontend = fe;
     }
 
     fn attach(&mut self, path: &Path, bases: [u16; 3]) -> io::Result<()> {
@@ -236,10 +270,13 @@ impl Driver {
         Ok(())
     }
 
-    /// Posts every free rx and the event buffers, then kicks.
-    fn post_all(&mut self) -> io::Result<()> {
+    /// Posts every free rx and (pair 0) the event buffers, then kicks.
+    pub(crate) fn post_all(&mut self) -> io::Result<()> {
         while self.rings[0].free_count() > 0 {
             self.post_rx()?;
+        }
+        if self.pair != 0 {
+            return self.rings[0].kick(&self.mem);
         }
         for _ in 0..self.opts.event_bufs {
             self.post_event()?;
@@ -353,7 +390,10 @@ impl Driver {
             self.post_rx()?;
             reposted = true;
         }
-        while let Some((head, len)) = self.rings[2].pop_used(&self.mem)? {
+        while self.pair == 0 {
+            let Some((head, len)) = self.rings[2].pop_used(&self.mem)? else {
+                break;
+            };
             any = true;
             self.on_event(head, len)?;
             self.post_event()?;
@@ -506,474 +546,5 @@ impl Driver {
                 let _ = ring.call.read();
             }
         }
-    }
-
-    // ----------------------------------------------------------------- rx
-
-    fn error(&mut self, e: String) {
-        if self.errors.len() < 100 {
-            self.errors.push(e);
-        }
-    }
-
-    fn on_event(&mut self, head: u16, len: u32) -> io::Result<()> {
-        if len as usize != HDR_SIZE {
-            self.error(format!("event used length {len}"));
-            return Ok(());
-        }
-        let mut b = [0u8; HDR_SIZE];
-        self.mem
-            .read_slice(&mut b, self.layout.slot(2, head))
-            .map_err(io::Error::other)?;
-        match Header::decode(&b) {
-            Ok(h) if h.msg_type == MsgType::Reset => {
-                // SPEC §6: forget every channel.
-                for c in self.chans.values_mut() {
-                    c.closed.get_or_insert(ErrorCode::ConnReset as u32);
-                }
-                self.chans.clear();
-                self.opens.clear();
-                self.events.push(h);
-            }
-            Ok(h) => self.error(format!("unexpected event {h:?}")),
-            Err(e) => self.error(format!("bad event: {e}")),
-        }
-        Ok(())
-    }
-
-    fn on_rx(&mut self, head: u16, len: u32) -> io::Result<()> {
-        let len = len as usize;
-        if len < HDR_SIZE || len > self.opts.rx_buf as usize {
-            self.error(format!("rx used length {len}"));
-            return Ok(());
-        }
-        let slot = self.layout.slot(0, head);
-        let mut hb = [0u8; HDR_SIZE];
-        self.mem
-            .read_slice(&mut hb, slot)
-            .map_err(io::Error::other)?;
-        let h = match Header::decode(&hb) {
-            Ok(h) => h,
-            Err(e) => {
-                self.error(format!("rx header: {e}"));
-                return Ok(());
-            }
-        };
-        let lim = Limits {
-            max_msg_size: self.config.max_msg_size,
-        };
-        if let Err(e) = h.check(&lim, HdrPath::Rx) {
-            self.error(format!("rx {h:?}: {e}"));
-            return Ok(());
-        }
-        if h.len as usize != len - HDR_SIZE {
-            self.error(format!("rx used length {len} but len {}", h.len));
-            return Ok(());
-        }
-        let plen = len - HDR_SIZE;
-        let at = slot.unchecked_add(HDR_SIZE as u64);
-        if h.msg_type == MsgType::Data {
-            let (first, mut data) = match self.partial.take() {
-                Some((f, d)) => {
-                    if f.channel != h.channel || f.seq != h.seq || f.msg_len != h.msg_len {
-                        self.error(format!("fragment of {h:?} interleaved with {f:?}"));
-                        return Ok(());
-                    }
-                    (f, d)
-                }
-                None => (h, Vec::with_capacity(h.msg_len as usize)),
-            };
-            // The payload is read once, straight into the message being
-            // reassembled (as a driver copies it to its reader once).
-            let start = data.len();
-            if start + plen > first.msg_len as usize {
-                self.error(format!("fragments exceed msg_len {}", first.msg_len));
-                return Ok(());
-            }
-            data.resize(start + plen, 0);
-            self.mem
-                .read_slice(&mut data[start..], at)
-                .map_err(io::Error::other)?;
-            if h.more() {
-                self.partial = Some((first, data));
-                return Ok(());
-            }
-            if data.len() != first.msg_len as usize {
-                self.error(format!(
-                    "message of {} bytes, msg_len {}",
-                    data.len(),
-                    first.msg_len
-                ));
-                return Ok(());
-            }
-            self.deliver(first, data);
-            return Ok(());
-        }
-        let mut payload = vec![0u8; plen];
-        self.mem
-            .read_slice(&mut payload, at)
-            .map_err(io::Error::other)?;
-        if let Some((f, _)) = self.partial.take() {
-            self.error(format!("{:?} between fragments of {f:?}", h.msg_type));
-        }
-        self.on_ctrl(h, &payload)
-    }
-
-    fn deliver(&mut self, h: Header, data: Vec<u8>) {
-        let Some(c) = self.chans.get_mut(&h.channel) else {
-            self.error(format!("DATA for unknown channel {:#x}", h.channel));
-            return;
-        };
-        if c.closed.is_some() {
-            // SPEC §3.2: nothing follows a CLOSE on its channel.
-            self.error(format!("DATA on channel {:#x} after its CLOSE", h.channel));
-            return;
-        }
-        c.send.on_peer(h.buf_alloc, h.fwd_cnt);
-        if h.seq != c.rx_seq {
-            let want = c.rx_seq;
-            self.error(format!(
-                "channel {:#x}: seq {} expected {want}",
-                h.channel, h.seq
-            ));
-            return;
-        }
-        c.rx_seq = c.rx_seq.wrapping_add(1);
-        if let Err(e) = c.recv.on_receive(h.msg_len) {
-            self.error(format!(
-                "channel {:#x}: device overran credit: {e}",
-                h.channel
-            ));
-            return;
-        }
-        c.inbox.push_back(data);
-        if let Some(log) = self.arrivals.as_mut() {
-            log.push((h.channel, self.rx_reaped));
-        }
-    }
-
-    fn on_ctrl(&mut self, h: Header, payload: &[u8]) -> io::Result<()> {
-        if self.ctrl.len() >= CTRL_LOG {
-            self.ctrl.pop_front();
-        }
-        self.ctrl.push_back(h);
-        let id = h.channel;
-        if let Some(c) = self.chans.get_mut(&id) {
-            if h.msg_type != MsgType::OpenErr {
-                c.send.on_peer(h.buf_alloc, h.fwd_cnt);
-            }
-        }
-        match h.msg_type {
-            MsgType::OpenOk => {
-                if let Some(slot) = self.opens.get_mut(&id) {
-                    *slot = Some(Ok(()));
-                    let c = GuestChannel::new(self.opts.buf_alloc, &h);
-                    self.chans.insert(id, c);
-                } else {
-                    self.error(format!("OPEN_OK for {id:#x} not opening"));
-                }
-            }
-            MsgType::OpenErr => {
-                if let Some(slot) = self.opens.get_mut(&id) {
-                    *slot = Some(Err(ErrorCode::from_wire(h.arg)));
-                } else {
-                    self.error(format!("OPEN_ERR for {id:#x} not opening"));
-                }
-            }
-            MsgType::Close => {
-                let answer = match self.chans.get_mut(&id) {
-                    Some(c) => {
-                        c.closed = Some(h.arg);
-                        let a = !c.sent_close;
-                        c.sent_close = true;
-                        a
-                    }
-                    None => false,
-                };
-                if answer {
-                    self.send_raw(&Header::new(MsgType::Close, id), &[])?;
-                }
-            }
-            MsgType::CreditUpdate => {}
-            MsgType::CreditRequest => {
-                if self.chans.contains_key(&id) {
-                    self.send_credit_update(id)?;
-                }
-            }
-            MsgType::Open => {
-                let name = String::from_utf8_lossy(payload).into_owned();
-                if self.opts.listen.contains(&name) {
-                    let c = GuestChannel::new(self.opts.buf_alloc, &h);
-                    self.chans.insert(id, c);
-                    let mut r = Header::new(MsgType::OpenOk, id);
-                    r.buf_alloc = self.opts.buf_alloc;
-                    self.send_raw(&r, &[])?;
-                    self.accepted.push_back((id, name));
-                } else {
-                    let mut r = Header::new(MsgType::OpenErr, id);
-                    r.arg = ErrorCode::NoEnt as u32;
-                    self.send_raw(&r, &[])?;
-                }
-            }
-            // LISTEN/UNLISTEN never pass the rx checks (tx only).
-            MsgType::Data | MsgType::Reset | MsgType::Listen | MsgType::Unlisten => {}
-        }
-        Ok(())
-    }
-
-    // ----------------------------------------------------------------- tx
-
-    /// Sends one raw chain holding `hdr` and `payload` (no checks at all),
-    /// waiting for free descriptors.
-    pub fn send_raw(&mut self, hdr: &Header, payload: &[u8]) -> io::Result<()> {
-        let total = HDR_SIZE + payload.len();
-        if total as u64 > self.layout.slot_size[1] {
-            return Err(io::Error::other("message larger than a tx slot"));
-        }
-        let shape = match self.opts.shape {
-            Shape::Mixed => match xorshift(&mut self.rng) % 3 {
-                0 => Shape::Single,
-                1 => Shape::Split,
-                _ => Shape::Indirect,
-            },
-            s => s,
-        };
-        let need = if shape == Shape::Split { 3 } else { 1 };
-        let deadline = Instant::now() + self.opts.timeout;
-        while self.rings[1].free_count() < need {
-            if Instant::now() > deadline {
-                return Err(timeout_err("tx descriptors"));
-            }
-            self.poll(Duration::from_millis(50))?;
-        }
-        let Some(idx) = self.rings[1].peek_free() else {
-            return Err(timeout_err("tx descriptors"));
-        };
-        let slot = self.layout.slot(1, idx);
-        self.mem
-            .write_slice(&hdr.encode(), slot)
-            .map_err(io::Error::other)?;
-        self.mem
-            .write_slice(payload, slot.unchecked_add(HDR_SIZE as u64))
-            .map_err(io::Error::other)?;
-        let a = slot.0;
-        let t = total as u32;
-        let head = match shape {
-            Shape::Single | Shape::Mixed => self.rings[1].add_chain(
-                &self.mem,
-                &[Desc {
-                    addr: a,
-                    len: t,
-                    flags: 0,
-                }],
-            )?,
-            Shape::Split => {
-                let c1 = (t / 3).min(13);
-                let c2 = (t - c1) / 2;
-                self.rings[1].add_chain(
-                    &self.mem,
-                    &[
-                        Desc {
-                            addr: a,
-                            len: c1,
-                            flags: 0,
-                        },
-                        Desc {
-                            addr: a + u64::from(c1),
-                            len: c2,
-                            flags: 0,
-                        },
-                        Desc {
-                            addr: a + u64::from(c1 + c2),
-                            len: t - c1 - c2,
-                            flags: 0,
-                        },
-                    ],
-                )?
-            }
-            Shape::Indirect => {
-                let c1 = t.min(20);
-                self.rings[1].add_indirect(
-                    &self.mem,
-                    &[
-                        Desc {
-                            addr: a,
-                            len: c1,
-                            flags: 0,
-                        },
-                        Desc {
-                            addr: a + u64::from(c1),
-                            len: t - c1,
-                            flags: 0,
-                        },
-                    ],
-                )?
-            }
-        };
-        let head = head.ok_or_else(|| timeout_err("tx descriptors"))?;
-        self.rings[1].publish(&self.mem, head)?;
-        if self.opts.defer_kicks || self.hold_kicks {
-            Ok(())
-        } else {
-            self.rings[1].kick(&self.mem)
-        }
-    }
-
-    fn fill(&mut self, hdr: &mut Header) {
-        if let Some(c) = self.chans.get_mut(&hdr.channel) {
-            hdr.buf_alloc = c.recv.buf_alloc;
-            hdr.fwd_cnt = c.recv.fwd_cnt;
-            c.recv.advertised();
-        }
-    }
-
-    fn send_credit_update(&mut self, id: u32) -> io::Result<()> {
-        let mut h = Header::new(MsgType::CreditUpdate, id);
-        self.fill(&mut h);
-        self.send_raw(&h, &[])
-    }
-
-    /// Opens a channel to host service `name`: `Ok(Ok(id))` or the device's
-    /// refusal.
-    pub fn open(&mut self, name: &str) -> io::Result<Result<u32, ErrorCode>> {
-        self.next_id = self.next_id % 0x7fff_ffff + 1;
-        let id = self.next_id;
-        self.open_id(id, name.as_bytes())
-    }
-
-    /// Sends OPEN with an explicit id and raw name bytes without waiting.
-    pub fn open_async(&mut self, id: u32, name: &[u8]) -> io::Result<()> {
-        self.opens.insert(id, None);
-        let mut h = Header::with_payload(MsgType::Open, id, name.len() as u32);
-        h.buf_alloc = self.opts.buf_alloc;
-        self.send_raw(&h, name)
-    }
-
-    /// The answer to an `open_async`, once it arrived (then forgotten).
-    pub fn open_result(&mut self, id: u32) -> Option<Result<(), ErrorCode>> {
-        let r = self.opens.get(&id).copied().flatten()?;
-        self.opens.remove(&id);
-        Some(r)
-    }
-
-    /// Sends OPEN with an explicit id and raw name bytes and waits for the
-    /// answer.
-    pub fn open_id(&mut self, id: u32, name: &[u8]) -> io::Result<Result<u32, ErrorCode>> {
-        self.open_async(id, name)?;
-        self.wait_until("OPEN answer", |d| {
-            d.opens.get(&id).is_some_and(Option::is_some)
-        })?;
-        match self.opens.remove(&id).flatten() {
-            Some(Ok(())) => Ok(Ok(id)),
-            Some(Err(e)) => Ok(Err(e)),
-            None => Err(timeout_err("OPEN answer")),
-        }
-    }
-
-    /// Sends one DATA message if credit allows; `Ok(false)` when it does not.
-    pub fn try_send(&mut self, id: u32, data: &[u8]) -> io::Result<bool> {
-        let Some(c) = self.chans.get_mut(&id) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                format!("channel {id:#x} not open"),
-            ));
-        };
-        if c.closed.is_some() {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                format!("channel {id:#x} closed"),
-            ));
-        }
-        let len = data.len() as u32;
-        if !c.send.can_send(len) {
-            return Ok(false);
-        }
-        let mut h = Header::with_payload(MsgType::Data, id, len);
-        h.seq = c.tx_seq;
-        c.tx_seq = c.tx_seq.wrapping_add(1);
-        c.send.on_send(len);
-        self.fill(&mut h);
-        self.send_raw(&h, data)?;
-        Ok(true)
-    }
-
-    /// Sends one DATA message, waiting for credit.
-    pub fn send(&mut self, id: u32, data: &[u8]) -> io::Result<()> {
-        let deadline = Instant::now() + self.opts.timeout;
-        while !self.try_send(id, data)? {
-            if Instant::now() > deadline {
-                return Err(timeout_err("send credit"));
-            }
-            self.poll(Duration::from_millis(50))?;
-        }
-        Ok(())
-    }
-
-    /// Takes one received message if there is one, returning its credit.
-    pub fn try_recv(&mut self, id: u32) -> io::Result<Option<Vec<u8>>> {
-        let Some(c) = self.chans.get_mut(&id) else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                format!("channel {id:#x} not open"),
-            ));
-        };
-        let Some(m) = c.inbox.pop_front() else {
-            if c.closed.is_some() {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    format!("channel {id:#x} closed"),
-                ));
-            }
-            return Ok(None);
-        };
-        c.recv.on_consume(m.len() as u32);
-        if c.recv.needs_update() && !c.sent_close {
-            self.send_credit_update(id)?;
-        }
-        Ok(Some(m))
-    }
-
-    /// Receives one message, waiting for it.
-    pub fn recv(&mut self, id: u32) -> io::Result<Vec<u8>> {
-        let deadline = Instant::now() + self.opts.timeout;
-        loop {
-            if let Some(m) = self.try_recv(id)? {
-                return Ok(m);
-            }
-            if Instant::now() > deadline {
-                return Err(timeout_err("a message"));
-            }
-            self.poll(Duration::from_millis(50))?;
-        }
-    }
-
-    /// Sends CLOSE on `id`.
-    pub fn close(&mut self, id: u32) -> io::Result<()> {
-        if let Some(c) = self.chans.get_mut(&id) {
-            c.sent_close = true;
-        }
-        let mut h = Header::new(MsgType::Close, id);
-        self.fill(&mut h);
-        self.send_raw(&h, &[])
-    }
-
-    /// Messages waiting unread on `id`.
-    pub fn inbox_len(&self, id: u32) -> usize {
-        self.chans.get(&id).map_or(0, |c| c.inbox.len())
-    }
-
-    /// The CLOSE arg received on `id`, if any.
-    pub fn closed(&self, id: u32) -> Option<u32> {
-        self.chans.get(&id).and_then(|c| c.closed)
-    }
-
-    /// Whether CLOSE with any arg arrived for `id` (also for channels the
-    /// driver does not know).
-    pub fn saw_close(&self, id: u32) -> Option<u32> {
-        self.ctrl
-            .iter()
-            .rev()
-            .find(|h| h.channel == id && h.msg_type == MsgType::Close)
-            .map(|h| h.arg)
     }
 }

@@ -1,12 +1,14 @@
 //! The vhost-user frontend half of the simulation: connects to the daemon's
 //! socket and performs what a VMM does to start (and stop) the device —
 //! features, protocol features, config space, memory table, and per queue
-//! size, addresses, base, call/kick eventfds and enable.
+//! size, addresses, base, call/kick eventfds and enable. With several
+//! queue pairs the caller starts each pair's queues ([`start_queue`]).
 
 use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kt_proto::consts::CONFIG_SIZE;
 use kt_proto::DeviceConfig;
 use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
@@ -43,9 +45,14 @@ impl std::fmt::Debug for Started {
 /// Connects to `path`, retrying until `timeout` (the daemon may still be
 /// starting).
 pub fn connect(path: &Path, timeout: Duration) -> io::Result<Frontend> {
+    connect_queues(path, timeout, kt_proto::consts::NUM_VQS)
+}
+
+/// [`connect`] for a frontend that may start `queues` queues.
+pub fn connect_queues(path: &Path, timeout: Duration, queues: usize) -> io::Result<Frontend> {
     let start = Instant::now();
     loop {
-        match Frontend::connect(path, 3) {
+        match Frontend::connect(path, queues as u64) {
             Ok(f) => return Ok(f),
             Err(e) if start.elapsed() < timeout => {
                 log::trace!("connect {}: {e}; retrying", path.display());
@@ -88,6 +95,21 @@ pub fn start_queues(
     wanted: u64,
     bases: [u16; 3],
 ) -> io::Result<(u64, DeviceConfig)> {
+    let (acked, config) = negotiate(fe, mem, wanted)?;
+    for (q, r) in rings.iter_mut().enumerate() {
+        start_queue(fe, mem, q, r, bases[q], acked)?;
+    }
+    Ok((acked, config))
+}
+
+/// Features (`wanted` as far as offered), protocol features, config space
+/// (all 20 bytes) and the memory table; returns the acked features and the
+/// config. The queues are started next ([`start_queue`]).
+pub fn negotiate(
+    fe: &mut Frontend,
+    mem: &GuestMemoryMmap,
+    wanted: u64,
+) -> io::Result<(u64, DeviceConfig)> {
     let offered = fe.get_features().map_err(vh)?;
     let pf_bit = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
     let acked = offered & (wanted | pf_bit);
@@ -98,7 +120,12 @@ pub fn start_queues(
         fe.set_protocol_features(pf & want).map_err(vh)?;
     }
     let (_, payload) = fe
-        .get_config(0, 16, VhostUserConfigFlags::empty(), &[0u8; 16])
+        .get_config(
+            0,
+            CONFIG_SIZE as u32,
+            VhostUserConfigFlags::empty(),
+            &[0u8; CONFIG_SIZE],
+        )
         .map_err(vh)?;
     let config = DeviceConfig::decode(&payload).map_err(io::Error::other)?;
     let region = mem
@@ -107,28 +134,38 @@ pub fn start_queues(
         .ok_or_else(|| io::Error::other("no memory region"))?;
     let info = VhostUserMemoryRegionInfo::from_guest_region(region).map_err(vh)?;
     fe.set_mem_table(&[info]).map_err(vh)?;
-    let event_idx = acked & (1 << kt_proto::consts::VIRTIO_RING_F_EVENT_IDX) != 0;
-    for (q, r) in rings.iter_mut().enumerate() {
-        r.event_idx = event_idx;
-        fe.set_vring_num(q, r.size).map_err(vh)?;
-        let addr = VringConfigData {
-            queue_max_size: r.size,
-            queue_size: r.size,
-            flags: 0,
-            desc_table_addr: host_addr(mem, r.desc)?,
-            used_ring_addr: host_addr(mem, r.used)?,
-            avail_ring_addr: host_addr(mem, r.avail)?,
-            log_addr: None,
-        };
-        fe.set_vring_addr(q, &addr).map_err(vh)?;
-        fe.set_vring_base(q, bases[q]).map_err(vh)?;
-        fe.set_vring_call(q, &r.call).map_err(vh)?;
-        fe.set_vring_kick(q, &r.kick).map_err(vh)?;
-        if acked & pf_bit != 0 {
-            fe.set_vring_enable(q, true).map_err(vh)?;
-        }
-    }
     Ok((acked, config))
+}
+
+/// Starts queue `q` on ring `r` from avail index `base`: size, addresses,
+/// base, call and kick eventfds, and enable (with protocol features).
+pub fn start_queue(
+    fe: &mut Frontend,
+    mem: &GuestMemoryMmap,
+    q: usize,
+    r: &mut Ring,
+    base: u16,
+    acked: u64,
+) -> io::Result<()> {
+    r.event_idx = acked & (1 << kt_proto::consts::VIRTIO_RING_F_EVENT_IDX) != 0;
+    fe.set_vring_num(q, r.size).map_err(vh)?;
+    let addr = VringConfigData {
+        queue_max_size: r.size,
+        queue_size: r.size,
+        flags: 0,
+        desc_table_addr: host_addr(mem, r.desc)?,
+        used_ring_addr: host_addr(mem, r.used)?,
+        avail_ring_addr: host_addr(mem, r.avail)?,
+        log_addr: None,
+    };
+    fe.set_vring_addr(q, &addr).map_err(vh)?;
+    fe.set_vring_base(q, base).map_err(vh)?;
+    fe.set_vring_call(q, &r.call).map_err(vh)?;
+    fe.set_vring_kick(q, &r.kick).map_err(vh)?;
+    if acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+        fe.set_vring_enable(q, true).map_err(vh)?;
+    }
+    Ok(())
 }
 
 /// Stops the queues the way a VMM does before reset or shutdown

@@ -11,7 +11,9 @@ pub mod driver;
 pub mod frontend;
 pub mod host;
 pub mod memory;
+pub mod multiqueue;
 pub mod ring;
 
 pub use driver::{Driver, DriverOptions, Shape};
 pub use host::{DaemonProc, TempDir};
+pub use multiqueue::{connect_pairs, reattach_pairs};

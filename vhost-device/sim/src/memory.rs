@@ -30,7 +30,7 @@ pub struct Layout {
     pub slots: [u64; 3],
     /// Slot size of each queue.
     pub slot_size: [u64; 3],
-    /// Total memory size.
+    /// Memory size from the layout's base.
     pub size: u64,
 }
 
@@ -38,8 +38,15 @@ impl Layout {
     /// A layout for rx slots of `rx` bytes, tx slots of `tx` bytes and
     /// event slots of `ev` bytes.
     pub fn new(rx: u64, tx: u64, ev: u64) -> Layout {
+        Layout::at(0, rx, tx, ev)
+    }
+
+    /// [`Layout::new`] starting at guest address `base` (a 2 MiB
+    /// multiple): the layouts of several queue pairs, one after the other
+    /// in one memory region, `size` bytes apart.
+    pub fn at(base: u64, rx: u64, tx: u64, ev: u64) -> Layout {
         let q = u64::from(QUEUE_SIZE);
-        let mut at = 0x1000u64;
+        let mut at = base + 0x1000;
         let mut ring = [0; 3];
         for r in &mut ring {
             *r = at;
@@ -57,7 +64,7 @@ impl Layout {
             *s = at;
             at += q * size;
         }
-        let size = (at + 0x1f_ffff) & !0x1f_ffff;
+        let size = ((at + 0x1f_ffff) & !0x1f_ffff) - base;
         Layout {
             ring,
             indirect,
@@ -65,6 +72,11 @@ impl Layout {
             slot_size,
             size,
         }
+    }
+
+    /// Guest address just past the layout (where the next pair's starts).
+    pub fn end(&self) -> u64 {
+        self.ring[0] - 0x1000 + self.size
     }
 
     /// Buffer slot of descriptor `idx` on queue `q`.
@@ -90,4 +102,19 @@ pub fn memfd_memory(size: u64) -> io::Result<GuestMemoryMmap> {
         Some(FileOffset::new(file, 0)),
     )])
     .map_err(io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pair_layouts_do_not_overlap() {
+        let a = Layout::new(4096, 65568, 64);
+        let b = Layout::at(a.end(), 4096, 65568, 64);
+        assert_eq!(b.size, a.size);
+        assert_eq!(b.ring[0], a.ring[0] + a.size);
+        let last_a = a.slot(2, QUEUE_SIZE - 1).0 + a.slot_size[2];
+        assert!(last_a <= b.ring[0], "{last_a:#x} > {:#x}", b.ring[0]);
+    }
 }

@@ -222,7 +222,7 @@ impl Device {
                 let _ = self.wake.read();
                 self.wake_pending = false;
             } else if tok == POLICY_TOKEN {
-                self.policy.consume_change();
+                let _ = self.policy_changed.read();
                 self.on_policy_changed();
             } else if tok >> 32 == discovery::FEED_TAG >> 32 {
                 self.feed_event(tok, set);

@@ -378,12 +378,15 @@ impl Device {
             );
             return;
         }
-        if self.channels.len() >= self.params.config.max_channels as usize {
+        // The slot is given back when the channel leaves the table.
+        if !self.budget.try_take() {
             reply_err(ErrorCode::MFile, "too many channels");
             return;
         }
         let id = self.alloc_device_id();
-        let counters = self.stats.open_channel(id, &name, Opener::Host);
+        let counters = self
+            .stats
+            .open_channel_on(self.pair, id, &name, Opener::Host);
         let _ = h
             .sock
             .set_send_buffer(2 * (self.params.config.max_msg_size as usize + 4096));

@@ -20,6 +20,12 @@
 //! `CONNECT`/`LIST` handshake, timeouts); `listening.rs` keeps the names
 //! the guest's listeners serve (`LISTEN`/`UNLISTEN`). This file holds the state, set-up and
 //! the budgeted pass (`Device::run`) that drives them.
+//!
+//! One `Device` serves one queue pair (SPEC §1.4). Pair 0's engine also
+//! owns the event queue, `--listen` and the `LISTEN`/`UNLISTEN` set and
+//! opens the device's channels; an engine of pair k ≥ 1 has its own
+//! channel table and host epoll set and nothing else. The engines of a VM
+//! share its counters, policy and `max_channels` budget.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -35,6 +41,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
+use crate::budget::ChannelBudget;
 use crate::chain::{parse_tx, Mem, RxBuf, TxError, TxMsg};
 use crate::channel::{Channel, Event, State};
 use crate::policy::PolicyCell;
@@ -46,6 +53,7 @@ mod discovery;
 mod host;
 mod listener;
 mod listening;
+mod loglimit;
 mod rx;
 #[cfg(test)]
 mod tests;
@@ -53,6 +61,7 @@ mod tx;
 
 pub use discovery::MAX_FEEDS;
 use listener::{new_timer, open_spare};
+use loglimit::LogLimit;
 
 /// Control messages queued towards the guest above which tx is not read
 /// (the guest must post rx buffers first). Bounds device memory against a
@@ -62,8 +71,6 @@ pub const CTRL_LIMIT: usize = 256;
 pub const MAX_HANDSHAKES: usize = 64;
 /// Longest handshake line accepted.
 const HANDSHAKE_MAX: usize = 128;
-/// Malformed-input log lines per second.
-const LOG_BURST: u32 = 10;
 
 /// How long the listener stays out of epoll after an accept error the
 /// device cannot get past at once (no spare descriptor, `ENOBUFS`), so a
@@ -141,47 +148,17 @@ struct Handshake {
     deadline: Instant,
 }
 
-#[derive(Debug)]
-struct LogLimit {
-    what: &'static str,
-    window: Instant,
-    count: u32,
-    suppressed: u64,
-}
-
-impl LogLimit {
-    fn new(what: &'static str) -> LogLimit {
-        LogLimit {
-            what,
-            window: Instant::now(),
-            count: 0,
-            suppressed: 0,
-        }
-    }
-
-    fn allow(&mut self) -> bool {
-        if self.window.elapsed().as_secs() >= 1 {
-            if self.suppressed > 0 {
-                log::warn!("{} more {} messages suppressed", self.suppressed, self.what);
-            }
-            self.window = Instant::now();
-            self.count = 0;
-            self.suppressed = 0;
-        }
-        self.count = self.count.saturating_add(1);
-        if self.count <= LOG_BURST {
-            true
-        } else {
-            self.suppressed += 1;
-            false
-        }
-    }
-}
-
-/// The device engine.
+/// The device engine of one queue pair.
 #[derive(Debug)]
 pub struct Device {
     params: Params,
+    /// The queue pair this engine serves (0: also the event queue,
+    /// `--listen` and `LISTEN`/`UNLISTEN`).
+    pair: u16,
+    /// The VM's `max_channels`, shared by its engines.
+    budget: Arc<ChannelBudget>,
+    /// This engine's signal of a policy replacement.
+    policy_changed: Arc<EventFd>,
     limits: Limits,
     policy: Arc<PolicyCell>,
     stats: Arc<Stats>,
@@ -246,13 +223,31 @@ pub struct Device {
 }
 
 impl Device {
-    /// A device with no driver yet. `listener` is the host → guest socket.
+    /// A device of one pair with no driver yet. `listener` is the host →
+    /// guest socket.
     pub fn new(
         params: Params,
         policy: Arc<PolicyCell>,
         stats: Arc<Stats>,
         listener: Option<SeqListener>,
     ) -> io::Result<Device> {
+        let budget = Arc::new(ChannelBudget::new(params.config.max_channels));
+        Device::for_pair(params, policy, stats, listener, 0, budget)
+    }
+
+    /// The engine of queue pair `pair` of a VM whose engines share
+    /// `budget`. Only pair 0 may have a `listener`.
+    pub fn for_pair(
+        params: Params,
+        policy: Arc<PolicyCell>,
+        stats: Arc<Stats>,
+        listener: Option<SeqListener>,
+        pair: u16,
+        budget: Arc<ChannelBudget>,
+    ) -> io::Result<Device> {
+        if pair != 0 && listener.is_some() {
+            return Err(io::Error::other("only pair 0 serves --listen"));
+        }
         let epoll = Epoll::new()?;
         let timer = new_timer()?;
         epoll.ctl(
@@ -266,9 +261,10 @@ impl Device {
             wake.as_raw_fd(),
             EpollEvent::new(EventSet::IN, WAKE_TOKEN),
         )?;
+        let policy_changed = policy.subscribe()?;
         epoll.ctl(
             ControlOperation::Add,
-            policy.changed_fd(),
+            policy_changed.as_raw_fd(),
             EpollEvent::new(EventSet::IN, POLICY_TOKEN),
         )?;
         let discovery = discovery::Discovery::new(&policy.get());
@@ -277,6 +273,9 @@ impl Device {
                 max_msg_size: params.config.max_msg_size,
             },
             params,
+            pair,
+            budget,
+            policy_changed,
             policy,
             stats,
             epoll,
@@ -292,7 +291,7 @@ impl Device {
             listen_notify: false,
             guest_listeners: listening::GuestListeners::default(),
             listen_limit: LogLimit::new("guest-listener-limit"),
-            seen: [false; 3],
+            seen: Self::unseen(pair),
             active: false,
             reset_pending: false,
             log_limit: LogLimit::new("malformed-input"),
@@ -301,7 +300,8 @@ impl Device {
             listener_armed: false,
             listener_polled: false,
             listener_paused_until: None,
-            spare_fd: Some(open_spare()?),
+            // Only pair 0 accepts host connections.
+            spare_fd: if pair == 0 { Some(open_spare()?) } else { None },
             timer,
             timer_at: None,
             fd_limit_log: LogLimit::new("out-of-descriptors"),
@@ -313,6 +313,17 @@ impl Device {
             polling: false,
             discovery,
         })
+    }
+
+    /// The queues of this engine not seen ready yet, by role (rx, tx,
+    /// event): an engine of pair k ≥ 1 has no event queue.
+    fn unseen(pair: u16) -> [bool; 3] {
+        [false, false, pair != 0]
+    }
+
+    /// The queue pair this engine serves.
+    pub fn pair(&self) -> u16 {
+        self.pair
     }
 
     /// The epoll fd that becomes readable when host sockets need service.
@@ -357,20 +368,29 @@ impl Device {
         self.channels.len()
     }
 
-    /// Whether all three queues have been seen ready since the last reset.
+    /// Whether all the engine's queues (rx, tx and, on pair 0, event) have
+    /// been seen ready since the last reset.
     pub fn is_active(&self) -> bool {
         self.active
     }
 
-    /// Called once per activation for each queue when it is first seen
-    /// ready, with the avail index it starts from. A non-zero start means
-    /// the driver has channel state this device does not: send RESET.
+    /// Called once per activation for each queue (by role: 0 rx, 1 tx,
+    /// 2 event) when it is first seen ready, with the avail index it
+    /// starts from. A non-zero start means the driver has channel state
+    /// this device does not: send RESET (pair 0's event queue; the driver
+    /// has posted rx buffers on pair 0 too, so pair 0 sees it as well).
     pub fn queue_started(&mut self, idx: usize, next_avail: u16) {
         if idx >= self.seen.len() || self.seen[idx] {
             return;
         }
         self.seen[idx] = true;
-        if next_avail != 0 && !self.reset_pending {
+        if next_avail != 0 && self.pair != 0 {
+            log::info!(
+                "guest {}: pair {} queue {idx} starts at avail index {next_avail}",
+                self.params.config.guest_id,
+                self.pair
+            );
+        } else if next_avail != 0 && !self.reset_pending {
             log::info!(
                 "guest {}: queue {idx} starts at avail index {next_avail}; the driver has state \
                  this device lost, sending RESET",
@@ -380,9 +400,15 @@ impl Device {
         }
         if self.seen.iter().all(|s| *s) && !self.active {
             self.active = true;
-            self.stats.active.store(true, Relaxed);
+            if self.pair == 0 {
+                self.stats.active.store(true, Relaxed);
+            }
             self.arm_listener(true);
-            log::info!("guest {}: device active", self.params.config.guest_id);
+            log::info!(
+                "guest {}: pair {} active",
+                self.params.config.guest_id,
+                self.pair
+            );
         }
     }
 
@@ -391,18 +417,21 @@ impl Device {
         self.seen.get(idx).copied().unwrap_or(true)
     }
 
-    /// The driver went away or reset the device: every channel is closed
-    /// (host sockets see EOF, pending host connections get `ERR`), host
-    /// listeners are kept.
+    /// The driver went away or reset the device: every channel of this
+    /// pair is closed (host sockets see EOF, pending host connections get
+    /// `ERR`), host listeners are kept.
     pub fn deactivate(&mut self) {
         if self.active {
             log::info!(
-                "guest {}: device stopped, closing {} channel(s)",
+                "guest {}: pair {} stopped, closing {} channel(s)",
                 self.params.config.guest_id,
+                self.pair,
                 self.channels.len()
             );
         }
+        self.budget.release(self.channels.len() as u32);
         for (id, mut ch) in self.channels.drain() {
+            self.stats.close_channel(id);
             host::unwatch(&self.epoll, &mut ch);
             if let Some(sock) = ch.sock.take() {
                 if ch.state == State::Opening {
@@ -414,16 +443,17 @@ impl Device {
             log::debug!("channel {id:#x} ({was:?}) reset by device stop");
         }
         self.forget_feeds();
-        self.stats.clear_channels();
-        // The next driver (or this one after its reset) announces again.
-        self.clear_guest_listeners();
+        if self.pair == 0 {
+            // The next driver (or this one after its reset) announces again.
+            self.clear_guest_listeners();
+            self.stats.active.store(false, Relaxed);
+        }
         self.ctrl.clear();
         self.partial = None;
         self.ready.clear();
-        self.seen = [false; 3];
+        self.seen = Self::unseen(self.pair);
         self.active = false;
         self.reset_pending = false;
-        self.stats.active.store(false, Relaxed);
         self.arm_listener(false);
         self.rearm_timer();
     }

@@ -10,6 +10,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 mod discovery;
 mod listening;
+mod pairs;
 mod zero_copy;
 
 const QSIZE: u16 = 512;

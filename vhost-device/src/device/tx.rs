@@ -137,6 +137,12 @@ impl Device {
             return;
         }
         if matches!(h.msg_type, MsgType::Listen | MsgType::Unlisten) {
+            if self.pair != 0 {
+                // SPEC §1.4: only pair 0's tx queue carries them.
+                let pair = self.pair;
+                self.malformed(None, &format_args!("{:?} on pair {pair}", h.msg_type));
+                return;
+            }
             // Channel 0 (checked with the header): no channel to look up.
             self.on_listen_msg(h.msg_type, msg.payload);
             return;
@@ -220,7 +226,6 @@ impl Device {
 
     pub(super) fn on_open(&mut self, h: Header, payload: &[u8]) {
         let id = h.channel;
-        let gid = self.params.config.guest_id;
         if id == CHAN_TRANSPORT || id & CHAN_DEVICE_BIT != 0 || self.known(id) {
             self.malformed(
                 None,
@@ -237,11 +242,28 @@ impl Device {
                 return;
             }
         };
-        if self.channels.len() >= self.params.config.max_channels as usize {
+        // max_channels counts the channels of every pair (SPEC §1.4): a
+        // slot of the shared budget is taken here and given back unless
+        // the channel entered the table.
+        if !self.budget.try_take() {
             self.log_refusal(&name, id, &"too many channels");
             self.refuse_open(id, ErrorCode::MFile);
             return;
         }
+        self.open_within_budget(h, &name);
+        if !self.channels.contains_key(&id) {
+            self.budget.release(1);
+            self.stats.drop_reservation(self.pair, id);
+        }
+    }
+
+    /// The rest of a guest OPEN once a slot of the budget is held: a
+    /// `kt.*` service, or the policy, the service's own limit and the
+    /// connection to the host service.
+    fn open_within_budget(&mut self, h: Header, name: &str) {
+        let id = h.channel;
+        let gid = self.params.config.guest_id;
+        let name = name.to_owned();
         if name::is_device_reserved(&name) {
             // kt.*: implemented by the device, never in a policy.
             self.open_device_service(h, &name);
@@ -254,8 +276,9 @@ impl Device {
             return;
         };
         if let Some(max) = svc.max_channels {
-            let open = self.channels.values().filter(|c| c.service == name).count();
-            if open >= max as usize {
+            // Counted over every pair's channels (the shared stats table),
+            // a place held there until the channel opens or is refused.
+            if !self.stats.reserve_channel(self.pair, id, &name, max) {
                 self.log_refusal(&name, id, &format_args!("service limit of {max} channels"));
                 self.refuse_open(id, ErrorCode::MFile);
                 return;
@@ -290,7 +313,9 @@ impl Device {
     /// the table, counted, and `OPEN_OK` is queued.
     pub(super) fn accept_guest_open(&mut self, h: Header, name: &str, sock: SeqPacket) {
         let id = h.channel;
-        let counters = self.stats.open_channel(id, name, Opener::Guest);
+        let counters = self
+            .stats
+            .open_channel_on(self.pair, id, name, Opener::Guest);
         let mut ch = Channel::new(
             name,
             Opener::Guest,
@@ -484,6 +509,7 @@ impl Device {
 
     pub(super) fn remove_channel(&mut self, id: u32) -> Option<Channel> {
         let mut ch = self.channels.remove(&id)?;
+        self.budget.release(1);
         host::unwatch(&self.epoll, &mut ch);
         self.forget_feed(id);
         self.stats.close_channel(id);

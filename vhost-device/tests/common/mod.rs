@@ -103,10 +103,21 @@ impl Fixture {
     }
 
     /// The counters of the fixture's one VM.
+    ///
+    /// The daemon binds a VM's vhost-user socket (so a driver connects)
+    /// a moment before the control socket lists the VM: a query in between
+    /// sees no VM and is asked again.
     pub fn stats(&self) -> kt_vhost_device::stats::StatsSnapshot {
-        let mut all = kt_vhost_device::control::query(&self.control).expect("stats");
-        assert_eq!(all.vms.len(), 1, "one VM expected: {all:?}");
-        all.vms.remove(0)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let mut all = kt_vhost_device::control::query(&self.control).expect("stats");
+            if all.vms.is_empty() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            assert_eq!(all.vms.len(), 1, "one VM expected: {all:?}");
+            return all.vms.remove(0);
+        }
     }
 }
 

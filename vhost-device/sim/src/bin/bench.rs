@@ -7,6 +7,11 @@
 //! (daemon, simulated guest, host services) spent per message, which a
 //! loaded machine disturbs less than the wall-clock rates.
 //!
+//! With `--pairs N` (2..=16) it measures multiqueue instead: aggregate
+//! 64 B messages/s, each direction, through one queue pair (one guest
+//! thread, N channels) and through N pairs (N guest threads, one pair and
+//! one channel each; the daemon's N workers), side by side with the ratio.
+//!
 //! Run it optimized: `cargo run --release -p kt-sim --bin
 //! kt-vhost-device-bench`.
 
@@ -20,6 +25,11 @@ use kt_sim::host::{Behaviour, Service};
 use kt_sim::{Driver, DriverOptions, TempDir};
 use kt_vhost_device::args::{LogLevel, RunArgs, SeccompMode};
 use kt_vhost_device::config::Config;
+
+// The --pairs measurement (a directory without main.rs: no bin of its own).
+#[path = "bench_mq/mod.rs"]
+mod mq;
+use mq::{multiqueue, print_multiqueue, Multiqueue};
 
 /// Throughput of kt-vhost-device through a simulated guest driver.
 #[derive(Debug, Parser)]
@@ -37,6 +47,14 @@ struct Args {
     /// Round trips (64 B through an echo service) for the latency line.
     #[arg(long, value_name = "N", default_value_t = 20_000)]
     round_trips: u32,
+    /// Measure multiqueue: 64 B messages/s through N queue pairs (one
+    /// guest thread each) against one pair (2..=16; 1 = the usual table).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pairs: u16,
+    /// With --pairs: rounds of (one pair, N pairs), alternating; the
+    /// median and best of each are printed.
+    #[arg(long, value_name = "R", default_value_t = 5)]
+    rounds: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +192,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
+/// What a run measured.
+enum Outcome {
+    /// The usual table: rows, sorted round-trip latencies, CPU per round trip.
+    Table(Vec<Row>, Vec<f64>, f64),
+    /// `--pairs`: one pair against N.
+    Multiqueue(Multiqueue),
+}
+
+fn run(a: &Args) -> Result<Outcome, BenchError> {
     let shape = match a.shape.as_str() {
         "single" => kt_sim::Shape::Single,
         "split" => kt_sim::Shape::Split,
@@ -231,6 +257,23 @@ fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
             path.display()
         ));
     }
+    // --pairs: a source of 64 B messages, each connection its share.
+    let mq_count = scaled(400_000.0);
+    let pairs = a.pairs.clamp(1, kt_proto::consts::MAX_QUEUE_PAIRS);
+    if pairs > 1 {
+        let path = dir.join("src-mq.sock");
+        sources.push(Service::spawn(
+            &path,
+            Behaviour::Source {
+                count: mq_count / u64::from(pairs),
+                size: 64,
+            },
+        )?);
+        policy.push_str(&format!(
+            "[[service]]\nname = \"src-mq\"\nsocket = \"{}\"\n",
+            path.display()
+        ));
+    }
     let policy_path = dir.join("policy.toml");
     std::fs::write(&policy_path, policy)?;
     let sock = dir.join("vhost.sock");
@@ -249,6 +292,7 @@ fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
         open_timeout: 30,
         guest_id: 0,
         busy_poll_us: a.busy_poll_us,
+        queue_pairs: Some(u32::from(pairs)),
         log_level: LogLevel::Warn,
         // The daemon shares this process with the simulated guest, which
         // needs calls the daemon's allow-list refuses.
@@ -260,15 +304,17 @@ fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
             std::process::exit(1);
         }
     });
-    let mut d = Driver::connect(
-        &sock,
-        DriverOptions {
-            shape,
-            defer_kicks: true,
-            buf_alloc: 1 << 20,
-            ..DriverOptions::default()
-        },
-    )?;
+    let opts = DriverOptions {
+        shape,
+        defer_kicks: true,
+        buf_alloc: 1 << 20,
+        ..DriverOptions::default()
+    };
+    if pairs > 1 {
+        let mq = multiqueue(&sock, &opts, pairs, mq_count, a.rounds.max(1), &sink)?;
+        return Ok(Outcome::Multiqueue(mq));
+    }
+    let mut d = Driver::connect(&sock, opts)?;
     let mut rows = Vec::new();
     for (name, c) in names.iter().zip(&cases) {
         let cpu = process_cpu_secs();
@@ -299,7 +345,7 @@ fn run(a: &Args) -> Result<(Vec<Row>, Vec<f64>, f64), BenchError> {
             d.errors
         )));
     }
-    Ok((rows, lat, rt_cpu))
+    Ok(Outcome::Table(rows, lat, rt_cpu))
 }
 
 fn size_name(s: usize) -> String {
@@ -331,7 +377,11 @@ fn main() -> ExitCode {
         .init();
     let memcpy = memcpy_mbs();
     let (rows, lat, rt_cpu) = match run(&a) {
-        Ok(r) => r,
+        Ok(Outcome::Table(rows, lat, rt_cpu)) => (rows, lat, rt_cpu),
+        Ok(Outcome::Multiqueue(m)) => {
+            print_multiqueue(&m);
+            return ExitCode::SUCCESS;
+        }
         Err(e) => {
             eprintln!("kt-vhost-device-bench: {e}");
             return ExitCode::from(1);
