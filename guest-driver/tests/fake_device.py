@@ -714,8 +714,8 @@ class Dev:
             for k in self.pairs():
                 self.vqs[rx_index(k)].notify()
         elif c.svc == 'breaktx':
-            log('breaktx: a used tx id the guest never posted')
-            q = self.vqs[1]
+            log('breaktx: a used tx id the guest never posted (pair %d)' % c.pair)
+            q = self.vqs[tx_index(c.pair)]
             q.push(q.num + 7, 0)
             q.notify()
         elif c.svc == 'stall' and not self.tx_stalled:

@@ -29,7 +29,8 @@
 #           ends both pairs' channels after delivering earlier data;
 #           mq-fallback: the same device behind a QEMU with 3 queues (the
 #           driver falls back to one pair); mq-nobit: 5 queues but no
-#           KT_F_MULTIQUEUE (one pair)
+#           KT_F_MULTIQUEUE (one pair); mq also breaks a ring (the device
+#           is reset, two pairs again) and reloads with max_pairs=1
 #   flood   no fake_device.py: vhost-user-fill (vmm/examples, built here
 #           with cargo) hands back every buffer the moment it is posted,
 #           filled with 0x5a, on all 3 queues (256-byte rx buffers, 256 of
@@ -208,9 +209,21 @@ huge)
 mq)
 	pairs=$(sed -n 's/.*kt\.pairs=\([0-9]*\).*/\1/p' /proc/cmdline)
 	run kt_guest_test mq "$pairs"
-	dmesg | grep "queue pairs"
-	run rmmod kt_kecho
-	run rmmod kerntransport
+	dmesg | grep "queue pair"
+	if [ "$pairs" != 1 ]; then
+		# A broken ring resets the device: both pairs come back.
+		run kt_guest_test breakring
+		run kt_guest_test mq "$pairs"
+		# max_pairs=1: one pair although the device offers two.
+		run rmmod kt_kecho
+		run rmmod kerntransport
+		run insmod $m/kerntransport.ko max_pairs=1
+		run kt_guest_test mq 1
+		run rmmod kerntransport
+	else
+		run rmmod kt_kecho
+		run rmmod kerntransport
+	fi
 	;;
 notify)
 	run kt_guest_test notify
