@@ -210,6 +210,10 @@ mq)
 	pairs=$(sed -n 's/.*kt\.pairs=\([0-9]*\).*/\1/p' /proc/cmdline)
 	run kt_guest_test mq "$pairs"
 	dmesg | grep "queue pair"
+	if grep -q "kt\.fallback=1" /proc/cmdline; then
+		dmesg | grep -q "queue pairs not available.*using one" ||
+			echo "FAIL: no fallback to one pair logged"
+	fi
 	if [ "$pairs" != 1 ]; then
 		# A broken ring resets the device: both pairs come back.
 		run kt_guest_test breakring
@@ -417,7 +421,7 @@ all_scenarios() {
 	cfg=20
 	! wanted mq || vqs=5 extra=" kt.pairs=2" run_guest "mq$sfx" mq "$QEMU_KT" KT_MQ=2
 	! wanted mq-fallback ||
-		vqs=3 extra=" kt.pairs=1" run_guest "mq-fallback$sfx" mq "$QEMU_KT" KT_MQ=2
+		vqs=3 extra=" kt.pairs=1 kt.fallback=1" run_guest "mq-fallback$sfx" mq "$QEMU_KT" KT_MQ=2
 	! wanted mq-nobit ||
 		vqs=5 extra=" kt.pairs=1" run_guest "mq-nobit$sfx" mq "$QEMU_KT" KT_MQ=0
 	smp=$smp0
