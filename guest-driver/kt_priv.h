@@ -52,8 +52,8 @@ struct virtqueue;
 
 #define KT_EV_BUFS		8	/* buffers kept posted on the event queue */
 #define KT_ACCEPT_BACKLOG	64	/* channels waiting in one listener */
-#define KT_REPLY_PENDING_MAX	256	/* queued replies not tied to a channel */
-#define KT_CTRL_PENDING_MAX	1024	/* queued control messages, all kinds */
+#define KT_REPLY_PENDING_MAX	256	/* per pair: queued replies, no channel */
+#define KT_CTRL_PENDING_MAX	1024	/* per pair: queued control messages */
 #define KT_MAX_CHANNELS_CAP	65536	/* upper clamp for config max_channels */
 #define KT_RX_BUF_SIZE_MAX	65536
 

@@ -128,7 +128,7 @@ static int kt_find_vqs_n(struct kt_dev *kd, unsigned int n)
 		kd->pairs[i].rx_vq = vqs[KT_VQ_RX_PAIR(i)];
 		kd->pairs[i].tx_vq = vqs[KT_VQ_TX_PAIR(i)];
 	}
-	kd->npairs = n;
+	WRITE_ONCE(kd->npairs, n);
 	return 0;
 }
 
