@@ -16,8 +16,9 @@ Services the guest can open (see kt_guest_test.c for the expectations):
   "reset-now"; on "reset-tight" the last data and the RESET are both used
   before the guest is notified), firehose (CREDIT_UPDATEs as fast as the
   guest posts rx buffers, until the queues stop), breakring (after
-  OPEN_OK, a used rx entry with an id the guest never posted), breaktx (on
-  a message, a used tx entry with an id the guest never posted), lazytx
+  OPEN_OK, a used rx entry with an id the guest never posted, on the
+  channel's pair), breaktx (on a message, a used tx entry with an id the
+  guest never posted, on the channel's pair), lazytx
   (credit of 64 MiB, tx completed only every 50 ms while it is open;
   "lazy-done" is answered with the payload bytes received), sink (takes
   messages, never answers), ragged (echoes in fragments of at most 1000
@@ -245,7 +246,7 @@ class Dev:
         self.tx_stalled = False
         self.lazy_tx = None  # lazytx open: tx is next completed at this time
         self.firehose = None
-        self.break_rx = False
+        self.break_rx = None  # breakring: the pair whose rx ring breaks
         self.rx_attack = None
         self.ev_attack = False
         self.break_storm = 0
@@ -446,18 +447,22 @@ class Dev:
                     self.mem.write(a, part)
                 pos += len(part)
             q.push(head, used); did = True
-        if k == 0:
-            did = self.rx_lies(q) or did
+        if k == 0 or self.break_rx == k:
+            did = self.rx_lies(k, q) or did
         q.set_avail_event()
         if did and notify:
             q.notify()
 
-    def rx_lies(self, q):
-        """breakring, breakstorm and the hostile rx attacks (pair 0)."""
+    def rx_lies(self, k, q):
+        """breakring (on the channel's pair k), breakstorm and the hostile
+        rx attacks (pair 0)."""
         did = False
-        if self.break_rx and not self.rxq and q.ready():
-            self.break_rx = False
+        if (self.break_rx == k and q.ready()
+                and not any(m[3]['pair'] == k for m in self.rxq)):
+            self.break_rx = None
             q.push(q.num + 5, 32); did = True
+        if k:
+            return did
         if self.break_storm and not q.storm_done and q.ready() and q.has():
             q.storm_done = True
             self.break_storm -= 1
@@ -646,8 +651,8 @@ class Dev:
         elif name == 'reset':
             self.host_send(c, b'before-reset')
         elif name == 'breakring':
-            log('breakring: a used id the guest never posted follows')
-            self.break_rx = True
+            log('breakring: a used id the guest never posted follows (pair %d)' % c.pair)
+            self.break_rx = c.pair
         elif name == 'firehose':
             log('firehose on %#x' % cid)
             self.firehose = c

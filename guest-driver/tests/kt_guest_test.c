@@ -2040,6 +2040,10 @@ int main(int argc, char **argv)
 	} else if (!strcmp(what, "unbind")) {
 		test_unbind();
 	} else if (!strcmp(what, "breakring")) {
+		/* Optionally from CPU N: its channels live on pair N. */
+		if (argc > 2)
+			check(pin_cpu(atoi(argv[2])), "pinned to CPU %s",
+			      argv[2]);
 		test_breakring();
 		test_breaktx();
 	} else if (!strcmp(what, "firehose")) {

@@ -29,8 +29,9 @@
 #           ends both pairs' channels after delivering earlier data;
 #           mq-fallback: the same device behind a QEMU with 3 queues (the
 #           driver falls back to one pair); mq-nobit: 5 queues but no
-#           KT_F_MULTIQUEUE (one pair); mq also breaks a ring (the device
-#           is reset, two pairs again) and reloads with max_pairs=1
+#           KT_F_MULTIQUEUE (one pair); mq also breaks the rx and the tx
+#           ring of pair 1, then of pair 0 (the device is reset, two pairs
+#           again) and reloads with max_pairs=1
 #   flood   no fake_device.py: vhost-user-fill (vmm/examples, built here
 #           with cargo) hands back every buffer the moment it is posted,
 #           filled with 0x5a, on all 3 queues (256-byte rx buffers, 256 of
@@ -215,8 +216,10 @@ mq)
 			echo "FAIL: no fallback to one pair logged"
 	fi
 	if [ "$pairs" != 1 ]; then
-		# A broken ring resets the device: both pairs come back.
-		run kt_guest_test breakring
+		# A broken rx or tx ring of either pair resets the device:
+		# both pairs come back.
+		run kt_guest_test breakring 1
+		run kt_guest_test breakring 0
 		run kt_guest_test mq "$pairs"
 		# max_pairs=1: one pair although the device offers two.
 		run rmmod kt_kecho
