@@ -218,6 +218,7 @@ struct kt_chan *kt_chan_new(struct kt_dev *kd, const char *name)
 	strscpy(ch->name, name, sizeof(ch->name));
 	ch->state = KT_CH_NEW;
 	ch->buf_alloc = kd->buf_alloc;
+	ch->pair = &kd->pairs[0];	/* the opener picks another */
 	return ch;
 }
 
@@ -371,7 +372,8 @@ void kt_chan_notify(struct kt_chan *ch)
  * @ch: a new channel from kt_chan_new()
  * @nonblock: return -EINPROGRESS once OPEN is queued instead of waiting
  *
- * Sends OPEN and sleeps interruptibly for OPEN_OK or OPEN_ERR. If a signal
+ * Sends OPEN on the pair of the calling CPU (SPEC 1.4: the channel lives
+ * there) and sleeps interruptibly for OPEN_OK or OPEN_ERR. If a signal
  * arrives first, the channel is abandoned: a late OPEN_OK is answered with
  * CLOSE. With @nonblock the answer moves the channel to open or closed
  * (with the refusal in ch->err) and wakes ch->wq.
@@ -383,6 +385,7 @@ int kt_chan_connect(struct kt_chan *ch, bool nonblock)
 {
 	int err;
 
+	ch->pair = kt_pair_local(ch->kd);
 	err = kt_chan_insert_local(ch);
 	if (err)
 		return err;
@@ -564,6 +567,7 @@ void kt_chan_release(struct kt_chan *ch)
  * KT_ERR_CONNRESET (at most KT_REPLY_PENDING_MAX of them): the new device
  * ignores ids it never saw, and closes a channel it opened just before the
  * RESET that we handled first (the rx and event queues are not ordered).
+ * Every pair's channels: each CLOSE goes on its channel's pair.
  */
 void kt_chans_reset(struct kt_dev *kd)
 {
@@ -571,7 +575,10 @@ void kt_chans_reset(struct kt_dev *kd)
 	unsigned long id = 0;
 	struct kt_chan *ch;
 	bool was, announce;
-	u32 *close_ids;
+	struct kt_close_id {
+		u32 id;
+		struct kt_pair *pair;
+	} *close_ids;
 
 	close_ids = kmalloc_array(KT_REPLY_PENDING_MAX, sizeof(*close_ids),
 				  GFP_KERNEL);
@@ -594,20 +601,20 @@ void kt_chans_reset(struct kt_dev *kd)
 		spin_unlock(&ch->lock);
 		if (was)
 			kt_chan_table_drop(ch);
-		if (was && announce && close_ids && nclose < KT_REPLY_PENDING_MAX)
-			close_ids[nclose++] = (u32)id;
+		if (was && announce && close_ids &&
+		    nclose < KT_REPLY_PENDING_MAX) {
+			close_ids[nclose].id = (u32)id;
+			close_ids[nclose++].pair = ch->pair;
+		}
 		kt_chan_notify(ch);
 		kt_chan_put(ch);
 	}
 	kt_tx_purge(kd);
 	/* Removal or recovery: no device to tell (and no drop to count). */
-	spin_lock(&kd->tx_lock);
-	if (!kd->tx_live)
-		nclose = 0;
-	spin_unlock(&kd->tx_lock);
 	for (i = 0; i < nclose; i++)
-		kt_tx_queue_reply(kd, close_ids[i], KT_MSG_CLOSE,
-				  KT_ERR_CONNRESET);
+		if (kt_pair_tx_live(close_ids[i].pair))
+			kt_tx_queue_reply(close_ids[i].pair, close_ids[i].id,
+					  KT_MSG_CLOSE, KT_ERR_CONNRESET);
 	kfree(close_ids);
 }
 

@@ -21,6 +21,11 @@ module_param(window, uint, 0444);
 MODULE_PARM_DESC(window,
 		 "Receive window per channel in bytes (at least 2 * (max_msg_size + 32))");
 
+static unsigned int max_pairs;
+module_param(max_pairs, uint, 0444);
+MODULE_PARM_DESC(max_pairs,
+		 "Most rx/tx queue pairs to use (0: one per possible CPU, up to what the device offers)");
+
 /*
  * kt_wq runs the virtqueue work (rx, tx); kt_cb_wq runs kernel endpoints'
  * callbacks, which may sleep in kt_send() waiting for the host's credit:
@@ -56,6 +61,7 @@ static void kt_dev_release(struct kref *ref)
 	struct kt_dev *kd = container_of(ref, struct kt_dev, ref);
 
 	xa_destroy(&kd->chans);
+	kfree(kd->pairs);
 	kfree(kd->ev_bufs);
 	kfree(kd);
 }
@@ -181,6 +187,21 @@ static void kt_read_config(struct kt_dev *kd)
 	virtio_cread_le(vdev, struct kt_config, guest_id, &v);
 	kd->guest_id = v;
 
+	/* Read only with the bit: the device may expose 16 bytes (SPEC 1.3). */
+	kd->max_queue_pairs = 1;
+	if (virtio_has_feature(vdev, KT_F_MULTIQUEUE)) {
+		u16 n;
+
+		virtio_cread_le(vdev, struct kt_config, max_queue_pairs, &n);
+		if (n == 0 || n > KT_MAX_QUEUE_PAIRS) {
+			dev_warn(&vdev->dev,
+				 "max_queue_pairs %u out of range, clamped\n",
+				 n);
+			n = clamp_t(u16, n, 1, KT_MAX_QUEUE_PAIRS);
+		}
+		kd->max_queue_pairs = n;
+	}
+
 	/*
 	 * SPEC 5 needs buf_alloc >= max_msg_size + 32 so any message fits.
 	 * Twice that guarantees progress without CREDIT_REQUEST: a sender
@@ -197,6 +218,7 @@ static void kt_read_config(struct kt_dev *kd)
 static int kt_probe(struct virtio_device *vdev)
 {
 	struct kt_dev *kd;
+	unsigned int i;
 	int err;
 
 	if (!virtio_has_feature(vdev, VIRTIO_F_VERSION_1)) {
@@ -223,14 +245,9 @@ static int kt_probe(struct virtio_device *vdev)
 	}
 	kref_init(&kd->ref);
 	kd->vdev = vdev;
-	mutex_init(&kd->rx_mutex);
-	spin_lock_init(&kd->tx_lock);
-	INIT_LIST_HEAD(&kd->tx_pending);
-	INIT_WORK(&kd->rx_work, kt_rx_work);
-	INIT_WORK(&kd->tx_work, kt_tx_work);
-	INIT_DELAYED_WORK(&kd->rx_retry, kt_rx_retry_work);
+	init_rwsem(&kd->rx_sem);
+	INIT_WORK(&kd->ev_work, kt_ev_work);
 	INIT_WORK(&kd->recover_work, kt_recover_work);
-	INIT_DELAYED_WORK(&kd->tx_retry, kt_tx_retry_work);
 	xa_init_flags(&kd->chans, XA_FLAGS_ALLOC);
 	/* Ids are not predictable from the start (SPEC 3: any start). */
 	kd->next_id = get_random_u32() & (KT_CHAN_DEVICE_BIT - 1);
@@ -243,6 +260,19 @@ static int kt_probe(struct virtio_device *vdev)
 	}
 
 	kt_read_config(kd);
+	/* SPEC 1.4: a pair per CPU at most; fewer if the transport says so. */
+	kd->max_pairs = min(kd->max_queue_pairs, num_possible_cpus());
+	if (max_pairs)
+		kd->max_pairs = min(kd->max_pairs, max_pairs);
+	kd->max_pairs = max(kd->max_pairs, 1U);
+	kd->pairs = kcalloc(kd->max_pairs, sizeof(*kd->pairs), GFP_KERNEL);
+	if (!kd->pairs) {
+		err = -ENOMEM;
+		goto err_put;
+	}
+	for (i = 0; i < kd->max_pairs; i++)
+		kt_pair_init(kd, &kd->pairs[i], i);
+	kd->npairs = 1;
 	/* DMA may limit segments (swiotlb); never below a page. */
 	kd->tx_max_seg = max_t(size_t, virtio_max_dma_size(vdev), PAGE_SIZE);
 	kd->guest_listen = virtio_has_feature(vdev, KT_F_GUEST_LISTEN);
@@ -260,9 +290,9 @@ static int kt_probe(struct virtio_device *vdev)
 	mutex_unlock(&kt_active_lock);
 
 	dev_info(&vdev->dev,
-		 "guest %u: max_msg_size %u, max_channels %u, rx_buf_size %u, window %u%s\n",
+		 "guest %u: max_msg_size %u, max_channels %u, rx_buf_size %u, window %u, queue pairs %u%s\n",
 		 kd->guest_id, kd->max_msg_size, kd->max_channels,
-		 kd->rx_buf_size, kd->buf_alloc,
+		 kd->rx_buf_size, kd->buf_alloc, kd->npairs,
 		 kd->guest_listen ? ", host-initiated channels" : "");
 	return 0;
 
@@ -329,6 +359,7 @@ MODULE_DEVICE_TABLE(virtio, kt_id_table);
 static const unsigned int kt_features[] = {
 	KT_F_GUEST_LISTEN,
 	KT_F_LISTEN_NOTIFY,
+	KT_F_MULTIQUEUE,
 };
 
 static struct virtio_driver kt_driver = {

@@ -5,13 +5,21 @@
  * functions each file exports to the others. Nothing here is visible to
  * other modules (see include/linux/kerntransport_api.h for that).
  *
+ * Queue pairs (SPEC 1.4): the rx and tx state of each rx/tx queue pair is
+ * a struct kt_pair; a channel lives on one pair (ch->pair) and all its
+ * messages, both directions, use that pair's queues. Channels, counters,
+ * the event queue and recovery are the device's.
+ *
  * Locking (outermost first; never take them the other way round):
- *   kd->rx_mutex (mutex)      rx and event virtqueues, reassembly state,
- *                             channels to wake after an rx run (rx_notify)
+ *   kd->rx_sem (rw_semaphore) read: one pair's rx run (then p->rx_mutex);
+ *                             write: the event queue and queue start/stop,
+ *                             which may touch every pair's rx state
+ *   p->rx_mutex (mutex)       one pair's rx virtqueue, reassembly state,
+ *                             channels to wake after its rx run (rx_notify)
  *   kt_services_lock (mutex)  global listener/service registry, and the
  *                             device listeners are announced to
- *   kd->tx_lock (spinlock)    tx virtqueue, pending tx list, tx_live;
- *                             senders reap tx completions under it
+ *   p->tx_lock (spinlock)     one pair's tx virtqueue, pending tx list,
+ *                             tx_live; senders reap tx completions under it
  *   kd->chans xa_lock         channel id table
  *   svc->lock (spinlock)      a service's accept queue / channel list
  *   ch->lock (spinlock)       one channel's state, queue, credit, counters
@@ -27,7 +35,9 @@
 #include <linux/kref.h>
 #include <linux/list.h>
 #include <linux/mutex.h>
+#include <linux/rwsem.h>
 #include <linux/scatterlist.h>
+#include <linux/smp.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
 #include <linux/wait.h>
@@ -42,8 +52,8 @@ struct virtqueue;
 
 #define KT_EV_BUFS		8	/* buffers kept posted on the event queue */
 #define KT_ACCEPT_BACKLOG	64	/* channels waiting in one listener */
-#define KT_REPLY_PENDING_MAX	256	/* queued replies not tied to a channel */
-#define KT_CTRL_PENDING_MAX	1024	/* queued control messages, all kinds */
+#define KT_REPLY_PENDING_MAX	256	/* per pair: queued replies, no channel */
+#define KT_CTRL_PENDING_MAX	1024	/* per pair: queued control messages */
 #define KT_MAX_CHANNELS_CAP	65536	/* upper clamp for config max_channels */
 #define KT_RX_BUF_SIZE_MAX	65536
 
@@ -163,6 +173,7 @@ struct kt_chan {
 	u32 id;
 	char name[KT_NAME_MAX + 1];
 	bool kernel;			/* a kernel user's: set before listed */
+	struct kt_pair *pair;		/* its queue pair: set before listed */
 
 	/* Everything below is under @lock. */
 	enum kt_ch_state state;	/* kt_chan_transition() changes it */
@@ -192,8 +203,8 @@ struct kt_chan {
 	struct module *owner;		/* pinned while the channel exists */
 	void *priv;
 	struct work_struct work;	/* delivers rxq to ops->recv */
-	struct list_head notify_node;	/* kd->rx_notify, under kd->rx_mutex */
-	bool notify_queued;		/* on kd->rx_notify (kd->rx_mutex) */
+	struct list_head notify_node;	/* pair->rx_notify, pair->rx_mutex */
+	bool notify_queued;		/* on pair->rx_notify (pair->rx_mutex) */
 	struct list_head svc_node;	/* a user listener's accept queue */
 
 	struct kt_chan_stats stats;
@@ -227,6 +238,7 @@ struct kt_dev_stats {
 	atomic64_t rx_len_clamped;	/* used length beyond the rx buffer */
 	atomic64_t opens_refused;	/* host OPENs answered with OPEN_ERR */
 	atomic64_t config_changes;	/* config-change interrupts (ignored) */
+	atomic64_t wrong_pair;		/* channel messages on another pair */
 };
 
 /* Reassembly of a fragmented DATA message (SPEC section 4). */
@@ -241,39 +253,20 @@ struct kt_reasm {
 	u32 fwd_cnt;
 };
 
-struct kt_dev {
-	struct kref ref;
-	struct virtio_device *vdev;
+/*
+ * One rx/tx queue pair (SPEC 1.4): its queues and everything about them
+ * that a pair's rx run or tx path changes. Pair 0 is queues 0 and 1.
+ */
+struct kt_pair {
+	struct kt_dev *kd;
+	unsigned int index;
 	struct virtqueue *rx_vq;
 	struct virtqueue *tx_vq;
-	struct virtqueue *ev_vq;
 
-	/* Config space, read once at probe and clamped (SPEC 1.3). */
-	u32 max_msg_size;
-	u32 max_channels;
-	u32 rx_buf_size;
-	u32 guest_id;
-	u32 buf_alloc;			/* receive window we give each channel */
-	size_t tx_max_seg;		/* largest tx scatterlist entry */
-	bool guest_listen;		/* KT_F_GUEST_LISTEN negotiated */
-	bool listen_notify;		/* KT_F_LISTEN_NOTIFY negotiated */
-
-	bool vqs_up;			/* between kt_vqs_start and _stop */
-	bool stopping;			/* kt_vqs_stop broke the queues */
-	atomic_t recover_queued;	/* recover_work queued, not finished */
-	struct work_struct recover_work; /* a queue broke: reset the device */
-	unsigned long recover_start;	/* jiffies: start of the window */
-	unsigned int recoveries;	/* resets in the window */
-	struct mutex rx_mutex;		/* rx side: rx_live .. reasm */
-	bool rx_live;
+	struct mutex rx_mutex;		/* rx side: rx_posted .. unknown_answered */
 	unsigned int rx_posted;		/* rx buffers in the ring */
-	struct kt_ev_buf *ev_bufs;	/* KT_EV_BUFS event buffers */
-	struct work_struct rx_work;	/* event queue, then rx queue */
+	struct work_struct rx_work;	/* the rx queue */
 	struct list_head rx_notify;	/* channels to wake after this rx run */
-	struct list_head rx_pool;	/* spare rx buffers, kt_rx_pool_lock */
-	unsigned int rx_pool_len;
-	unsigned int rx_pool_max;
-	bool rx_pool_open;		/* between kt_vqs_start and _stop */
 	struct delayed_work rx_retry;	/* rx buffers could not be posted */
 	struct kt_reasm reasm;
 	u32 unknown_answered;		/* last unknown id we sent CLOSE for */
@@ -287,6 +280,41 @@ struct kt_dev {
 	struct work_struct tx_work;	/* the tx interrupt came */
 	struct delayed_work tx_retry;	/* lazy reaping; a failed add */
 	atomic_t tx_waiters;		/* channels with tx_wait set */
+};
+
+struct kt_dev {
+	struct kref ref;
+	struct virtio_device *vdev;
+	struct virtqueue *ev_vq;
+	struct kt_pair *pairs;		/* max_pairs of them */
+	unsigned int max_pairs;		/* pairs allocated (fixed at probe) */
+	unsigned int npairs;		/* pairs in use: 1..max_pairs */
+
+	/* Config space, read once at probe and clamped (SPEC 1.3). */
+	u32 max_msg_size;
+	u32 max_channels;
+	u32 rx_buf_size;
+	u32 guest_id;
+	u32 max_queue_pairs;		/* 1 without KT_F_MULTIQUEUE */
+	u32 buf_alloc;			/* receive window we give each channel */
+	size_t tx_max_seg;		/* largest tx scatterlist entry */
+	bool guest_listen;		/* KT_F_GUEST_LISTEN negotiated */
+	bool listen_notify;		/* KT_F_LISTEN_NOTIFY negotiated */
+
+	bool vqs_up;			/* between kt_vqs_start and _stop */
+	bool stopping;			/* kt_vqs_stop broke the queues */
+	atomic_t recover_queued;	/* recover_work queued, not finished */
+	struct work_struct recover_work; /* a queue broke: reset the device */
+	unsigned long recover_start;	/* jiffies: start of the window */
+	unsigned int recoveries;	/* resets in the window */
+	struct rw_semaphore rx_sem;	/* see Locking; guards rx_live */
+	bool rx_live;
+	struct kt_ev_buf *ev_bufs;	/* KT_EV_BUFS event buffers */
+	struct work_struct ev_work;	/* the event queue */
+	struct list_head rx_pool;	/* spare rx buffers, kt_rx_pool_lock */
+	unsigned int rx_pool_len;
+	unsigned int rx_pool_max;
+	bool rx_pool_open;		/* between kt_vqs_start and _stop */
 
 	struct xarray chans;		/* id -> struct kt_chan (holds a ref) */
 	u32 next_id;
@@ -296,6 +324,14 @@ struct kt_dev {
 
 	struct kt_dev_stats stats;
 };
+
+/* The pair a channel the driver opens now goes on (SPEC 1.4). */
+static inline struct kt_pair *kt_pair_local(struct kt_dev *kd)
+{
+	unsigned int n = READ_ONCE(kd->npairs);
+
+	return &kd->pairs[raw_smp_processor_id() % max(n, 1U)];
+}
 
 /* One message to send: header followed by the payload. */
 struct kt_txbuf {
@@ -322,13 +358,12 @@ void kt_dev_put(struct kt_dev *kd);
 /* kt_vq.c: virtqueues */
 int kt_vqs_start(struct kt_dev *kd);
 void kt_vqs_stop(struct kt_dev *kd);
-void kt_rx_work(struct work_struct *work);
-void kt_tx_work(struct work_struct *work);
-void kt_tx_retry_work(struct work_struct *work);
-void kt_rx_retry_work(struct work_struct *work);
+void kt_pair_init(struct kt_dev *kd, struct kt_pair *p, unsigned int index);
+void kt_ev_work(struct work_struct *work);
 struct kt_txbuf *kt_txbuf_alloc(struct kt_dev *kd, size_t len, gfp_t gfp);
 void kt_txbuf_free(struct kt_txbuf *txb);
-int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg);
+bool kt_pair_tx_live(struct kt_pair *p);
+int kt_tx_queue_reply(struct kt_pair *p, u32 id, u16 type, u32 arg);
 int kt_tx_queue_listen(struct kt_dev *kd, u16 type, const char *name);
 int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 		     const void *payload, u32 len);
@@ -338,12 +373,12 @@ void kt_tx_purge(struct kt_dev *kd);
 void kt_msg_free(struct kt_dev *kd, struct kt_msg *msg);
 
 /* kt_rx.c: validation and dispatch of device messages */
-bool kt_rx_buf(struct kt_dev *kd, void *buf, u32 used);
-void kt_rx_bad_len(struct kt_dev *kd, u32 used);
+bool kt_rx_buf(struct kt_pair *p, void *buf, u32 used);
+void kt_rx_bad_len(struct kt_pair *p, u32 used);
 void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used);
 bool kt_rx_event_is_reset(const struct kt_hdr *hdr, u32 used);
-void kt_reasm_abort(struct kt_dev *kd, bool broken);
-void kt_rx_notify_flush(struct kt_dev *kd);
+void kt_reasm_abort(struct kt_pair *p, bool broken);
+void kt_rx_notify_flush(struct kt_pair *p);
 
 /* kt_chan.c: channels, credit, services */
 extern struct mutex kt_services_lock;

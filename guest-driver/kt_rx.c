@@ -7,8 +7,11 @@
  * channel id, sequence number, credit claim and service name is checked
  * here before anything acts on it; a bad message is counted, logged at a
  * rate-limited level and dropped, and the channel it names is closed where
- * the SPEC says so. Fragmented DATA is reassembled here (SPEC section 4).
- * Runs only from the rx work item, under kd->rx_mutex.
+ * the SPEC says so. Fragmented DATA is reassembled here (SPEC section 4),
+ * per queue pair. A channel's message that arrives on another pair than
+ * the channel's is dropped and counted without touching the channel
+ * (SPEC 1.4). Runs only from a pair's rx work item, under its rx_mutex,
+ * or from the event work item, under kd->rx_sem held for writing.
  */
 #include <linux/slab.h>
 #include <linux/string.h>
@@ -95,9 +98,11 @@ static void kt_violation(struct kt_dev *kd, struct kt_chan *ch,
 		kt_chan_shutdown(ch, wire_err);
 }
 
-void kt_rx_bad_len(struct kt_dev *kd, u32 used)
+void kt_rx_bad_len(struct kt_pair *p, u32 used)
 {
-	kt_reasm_abort(kd, true);
+	struct kt_dev *kd = p->kd;
+
+	kt_reasm_abort(p, true);
 	atomic64_inc(&kd->stats.rx_len_clamped);
 	kt_malformed(kd, NULL, "used length beyond buffer", 0, 0);
 	dev_dbg_ratelimited(&kd->vdev->dev, "used length %u > %u\n", used,
@@ -133,16 +138,16 @@ static void kt_peer_credit(struct kt_chan *ch, const struct kt_rx_hdr *r)
 
 /**
  * kt_rx_notify_flush() - wake the readers of the messages just delivered
- * @kd: the device (rx_mutex held)
+ * @p: the pair (its rx_mutex, or rx_sem for writing, held)
  *
  * Called at the end of each rx run: a reader woken per message would, on
  * a busy CPU, preempt the rx work once per message.
  */
-void kt_rx_notify_flush(struct kt_dev *kd)
+void kt_rx_notify_flush(struct kt_pair *p)
 {
 	struct kt_chan *ch, *tmp;
 
-	list_for_each_entry_safe(ch, tmp, &kd->rx_notify, notify_node) {
+	list_for_each_entry_safe(ch, tmp, &p->rx_notify, notify_node) {
 		list_del(&ch->notify_node);
 		ch->notify_queued = false;
 		kt_chan_notify(ch);
@@ -151,9 +156,10 @@ void kt_rx_notify_flush(struct kt_dev *kd)
 }
 
 /* Queues a complete message for the reader; discards if it went away. */
-static void kt_deliver(struct kt_dev *kd, struct kt_chan *ch,
+static void kt_deliver(struct kt_pair *p, struct kt_chan *ch,
 		       struct kt_msg *msg)
 {
+	struct kt_dev *kd = p->kd;
 	/* Once on rxq and unlocked, a reader may free @msg at any time. */
 	u32 len = msg->len;
 	bool keep;
@@ -178,7 +184,7 @@ static void kt_deliver(struct kt_dev *kd, struct kt_chan *ch,
 		/* Woken by kt_rx_notify_flush() at the end of this run. */
 		ch->notify_queued = true;
 		kref_get(&ch->ref);
-		list_add_tail(&ch->notify_node, &kd->rx_notify);
+		list_add_tail(&ch->notify_node, &p->rx_notify);
 	}
 }
 
@@ -204,10 +210,10 @@ static struct kt_msg *kt_msg_alloc(u32 len)
  * for messages too large for one buffer, so the buffers pinned stay below
  * three times the credit charged; NULL if it cannot be had.
  */
-static struct kt_msg *kt_msg_chain_start(struct kt_dev *kd, u32 msg_len,
+static struct kt_msg *kt_msg_chain_start(struct kt_pair *p, u32 msg_len,
 					 void *buf, u32 len)
 {
-	u32 room = kd->rx_buf_size - KT_HDR_SIZE;
+	u32 room = p->kd->rx_buf_size - KT_HDR_SIZE;
 	unsigned int slots = DIV_ROUND_UP(msg_len, room) + 1;
 	struct kt_msg *msg;
 
@@ -223,7 +229,7 @@ static struct kt_msg *kt_msg_chain_start(struct kt_dev *kd, u32 msg_len,
 	msg->nbufs = 1;
 	*(u32 *)buf = len;	/* over the decoded header */
 	kt_msg_bufs(msg)[0] = buf;
-	kd->reasm.slots = slots;
+	p->reasm.slots = slots;
 	return msg;
 }
 
@@ -232,9 +238,9 @@ static struct kt_msg *kt_msg_chain_start(struct kt_dev *kd, u32 msg_len,
  * device sent more, shorter fragments than room was made for). Returns
  * false if there is no memory (the chain is freed either way).
  */
-static bool kt_msg_chain_flatten(struct kt_dev *kd)
+static bool kt_msg_chain_flatten(struct kt_pair *p)
 {
-	struct kt_reasm *re = &kd->reasm;
+	struct kt_reasm *re = &p->reasm;
 	struct kt_msg *chain = re->msg, *msg;
 	unsigned int i;
 	u32 off = 0, n;
@@ -247,20 +253,21 @@ static bool kt_msg_chain_flatten(struct kt_dev *kd)
 		memcpy(msg->data + off, (u8 *)b + KT_HDR_SIZE, n);
 		off += n;
 	}
-	kt_msg_free(kd, chain);
+	kt_msg_free(p->kd, chain);
 	re->msg = msg;
 	return msg;
 }
 
 /**
- * kt_reasm_abort() - drop a partly reassembled message
- * @kd: the device (rx_mutex held)
+ * kt_reasm_abort() - drop a pair's partly reassembled message
+ * @p: the pair (its rx_mutex, or rx_sem for writing, held)
  * @broken: true if the fragment sequence broke (count it and close the
  *	channel with KT_ERR_PROTO); false when the device is going away.
  */
-void kt_reasm_abort(struct kt_dev *kd, bool broken)
+void kt_reasm_abort(struct kt_pair *p, bool broken)
 {
-	struct kt_reasm *r = &kd->reasm;
+	struct kt_dev *kd = p->kd;
+	struct kt_reasm *r = &p->reasm;
 	struct kt_chan *ch = r->ch;
 
 	if (!ch)
@@ -279,11 +286,12 @@ void kt_reasm_abort(struct kt_dev *kd, bool broken)
  * A continuation fragment of the message being reassembled, in @buf.
  * Returns true if the (chained) message kept @buf.
  */
-static bool kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
+static bool kt_rx_fragment(struct kt_pair *p, const struct kt_rx_hdr *r,
 			   void *buf)
 {
 	const u8 *payload = (const u8 *)buf + KT_HDR_SIZE;
-	struct kt_reasm *re = &kd->reasm;
+	struct kt_dev *kd = p->kd;
+	struct kt_reasm *re = &p->reasm;
 	bool more = r->flags & KT_HDR_F_MORE;
 	bool kept = false;
 	struct kt_chan *ch;
@@ -293,11 +301,11 @@ static bool kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	    r->buf_alloc != re->buf_alloc || r->fwd_cnt != re->fwd_cnt ||
 	    r->len > re->msg_len - re->got ||
 	    (!more && re->got + r->len != re->msg_len)) {
-		kt_reasm_abort(kd, true);
+		kt_reasm_abort(p, true);
 		return false;
 	}
 	if (re->msg && re->msg->nbufs && re->msg->nbufs >= re->slots &&
-	    !kt_msg_chain_flatten(kd)) {
+	    !kt_msg_chain_flatten(p)) {
 		/* Credit was granted: never drop it silently. */
 		dev_warn_ratelimited(&kd->vdev->dev,
 				     "channel %#x: no memory for a %u byte message\n",
@@ -320,7 +328,7 @@ static bool kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	re->ch = NULL;
 	re->msg = NULL;
 	if (msg)
-		kt_deliver(kd, ch, msg);
+		kt_deliver(p, ch, msg);
 	else
 		atomic64_inc(&kd->stats.rx_discarded);
 	kt_chan_put(ch);
@@ -332,10 +340,10 @@ static bool kt_rx_fragment(struct kt_dev *kd, const struct kt_rx_hdr *r,
  * fragments are consumed and discarded (the channel is closing or the
  * message was refused), so they are not mistaken for new messages.
  */
-static void kt_reasm_start(struct kt_dev *kd, struct kt_chan *ch,
+static void kt_reasm_start(struct kt_pair *p, struct kt_chan *ch,
 			   struct kt_msg *msg, const struct kt_rx_hdr *r)
 {
-	struct kt_reasm *re = &kd->reasm;
+	struct kt_reasm *re = &p->reasm;
 
 	re->ch = ch;			/* the caller's reference moves here */
 	re->msg = msg;
@@ -348,28 +356,54 @@ static void kt_reasm_start(struct kt_dev *kd, struct kt_chan *ch,
 
 /*
  * DATA or CREDIT_* for a channel we do not have: counted, and answered with
- * CLOSE KT_ERR_CONNRESET (SPEC 6, 8) so a device that still thinks the
- * channel is open (e.g. it opened it just before a transport reset made us
- * forget it) closes its end instead of waiting forever. One answer per run
- * of messages for the same id; the replies are bounded (kt_tx_queue_reply).
+ * CLOSE KT_ERR_CONNRESET (SPEC 6, 8) on the pair it came on, so a device
+ * that still thinks the channel is open (e.g. it opened it just before a
+ * transport reset made us forget it) closes its end instead of waiting
+ * forever. One answer per run of messages for the same id; the replies are
+ * bounded (kt_tx_queue_reply).
  */
-static void kt_rx_unknown(struct kt_dev *kd, const struct kt_rx_hdr *r,
+static void kt_rx_unknown(struct kt_pair *p, const struct kt_rx_hdr *r,
 			  const char *what)
 {
-	kt_malformed(kd, NULL, what, r->id, r->type);
-	if (r->id == KT_CHAN_TRANSPORT || r->id == kd->unknown_answered)
+	kt_malformed(p->kd, NULL, what, r->id, r->type);
+	if (r->id == KT_CHAN_TRANSPORT || r->id == p->unknown_answered)
 		return;
-	kd->unknown_answered = r->id;
-	kt_tx_queue_reply(kd, r->id, KT_MSG_CLOSE, KT_ERR_CONNRESET);
+	p->unknown_answered = r->id;
+	kt_tx_queue_reply(p, r->id, KT_MSG_CLOSE, KT_ERR_CONNRESET);
+}
+
+/*
+ * The listed channel a message of pair @p names, with a reference held;
+ * NULL if there is none, or (*@foreign set) if it lives on another pair:
+ * such a message is malformed (SPEC 1.4), counted here and dropped by the
+ * caller, and the channel is not touched (not even its counters).
+ */
+static struct kt_chan *kt_rx_chan(struct kt_pair *p,
+				  const struct kt_rx_hdr *r, bool *foreign)
+{
+	struct kt_dev *kd = p->kd;
+	struct kt_chan *ch;
+
+	*foreign = false;
+	ch = kt_chan_lookup(kd, r->id);
+	if (!ch || ch->pair == p)
+		return ch;
+	kt_chan_put(ch);
+	*foreign = true;
+	atomic64_inc(&kd->stats.wrong_pair);
+	kt_malformed(kd, NULL, "message on another pair than its channel's",
+		     r->id, r->type);
+	return NULL;
 }
 
 /*
  * The first (or only) buffer of a DATA message, @buf (header decoded into
  * @r). Returns true if the message kept @buf (see KT_RX_COPYBREAK).
  */
-static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
+static bool kt_rx_data(struct kt_pair *p, const struct kt_rx_hdr *r,
 		       void *buf)
 {
+	struct kt_dev *kd = p->kd;
 	const u8 *payload = (const u8 *)buf + KT_HDR_SIZE;
 	bool more = r->flags & KT_HDR_F_MORE;
 	struct kt_msg *msg = NULL;
@@ -380,11 +414,13 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	bool discard = false, illegal = false;
 	enum kt_ch_state state;
 	struct kt_chan *ch;
+	bool foreign;
 	u32 cost;
 
-	ch = kt_chan_lookup(kd, r->id);
+	ch = kt_rx_chan(p, r, &foreign);
 	if (!ch) {
-		kt_rx_unknown(kd, r, "DATA for unknown channel");
+		if (!foreign)
+			kt_rx_unknown(p, r, "DATA for unknown channel");
 		return false;
 	}
 	if (more ? r->len > r->msg_len : r->len != r->msg_len) {
@@ -450,7 +486,7 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 		if (more && !ch->kernel &&
 		    kd->rx_buf_size >= KT_RX_COPYBREAK &&
 		    r->msg_len > kd->rx_buf_size - KT_HDR_SIZE)
-			msg = kt_msg_chain_start(kd, r->msg_len, buf, r->len);
+			msg = kt_msg_chain_start(p, r->msg_len, buf, r->len);
 		kept = msg;
 		if (!kept) {
 			msg = kt_msg_alloc(r->msg_len);
@@ -467,21 +503,25 @@ static bool kt_rx_data(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	}
 
 	if (more) {
-		kt_reasm_start(kd, ch, msg, r);
+		kt_reasm_start(p, ch, msg, r);
 		return kept;
 	}
 	if (msg)
-		kt_deliver(kd, ch, msg);
+		kt_deliver(p, ch, msg);
 	else if (!bad && !illegal)
 		atomic64_inc(&kd->stats.rx_discarded);
 	kt_chan_put(ch);
 	return kept;
 }
 
-/* OPEN from the device: a host program connects to a guest service. */
-static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
+/*
+ * OPEN from the device: a host program connects to a guest service. The
+ * channel lives on the pair the OPEN came on; so do the answers.
+ */
+static void kt_rx_open(struct kt_pair *p, const struct kt_rx_hdr *r,
 		       const u8 *payload)
 {
+	struct kt_dev *kd = p->kd;
 	char name[KT_NAME_MAX + 1];
 	struct kt_service *svc;
 	struct kt_chan *ch;
@@ -491,19 +531,19 @@ static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
 	if (!(r->id & KT_CHAN_DEVICE_BIT)) {
 		kt_malformed(kd, NULL, "OPEN with a driver-side id", r->id,
 			     r->type);
-		kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, KT_ERR_EXIST);
+		kt_tx_queue_reply(p, r->id, KT_MSG_OPEN_ERR, KT_ERR_EXIST);
 		return;
 	}
 	if (!kd->guest_listen) {
 		kt_malformed(kd, NULL, "OPEN without KT_F_GUEST_LISTEN", r->id,
 			     r->type);
-		kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, KT_ERR_NOENT);
+		kt_tx_queue_reply(p, r->id, KT_MSG_OPEN_ERR, KT_ERR_NOENT);
 		return;
 	}
 	if (kt_check_name(payload, r->len)) {
 		kt_malformed(kd, NULL, "OPEN with an invalid name", r->id,
 			     r->type);
-		kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, KT_ERR_INVAL);
+		kt_tx_queue_reply(p, r->id, KT_MSG_OPEN_ERR, KT_ERR_INVAL);
 		return;
 	}
 	memcpy(name, payload, r->len);
@@ -511,9 +551,11 @@ static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
 
 	ch = kt_chan_lookup(kd, r->id);
 	if (ch) {
-		kt_malformed(kd, ch, "OPEN for an id in use", r->id, r->type);
+		/* In use on any pair (one id space); another's is not touched. */
+		kt_malformed(kd, ch->pair == p ? ch : NULL,
+			     "OPEN for an id in use", r->id, r->type);
 		kt_chan_put(ch);
-		kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, KT_ERR_EXIST);
+		kt_tx_queue_reply(p, r->id, KT_MSG_OPEN_ERR, KT_ERR_EXIST);
 		return;
 	}
 
@@ -533,6 +575,7 @@ static void kt_rx_open(struct kt_dev *kd, const struct kt_rx_hdr *r,
 		goto out_unlock;
 	}
 	ch->kernel = svc->ops;
+	ch->pair = p;
 	ch->peer_buf_alloc = r->buf_alloc;
 	ch->peer_fwd_cnt = r->fwd_cnt;
 	err = kt_chan_insert_remote(ch, r->id);
@@ -591,18 +634,21 @@ out_unlock:
 	dev_dbg_ratelimited(&kd->vdev->dev, "channel %#x: refused \"%s\": %u\n",
 			    r->id, name, refuse);
 	atomic64_inc(&kd->stats.opens_refused);
-	kt_tx_queue_reply(kd, r->id, KT_MSG_OPEN_ERR, refuse);
+	kt_tx_queue_reply(p, r->id, KT_MSG_OPEN_ERR, refuse);
 }
 
 /* OPEN_OK / OPEN_ERR: the answer to a channel we opened. */
-static void kt_rx_open_answer(struct kt_dev *kd, const struct kt_rx_hdr *r)
+static void kt_rx_open_answer(struct kt_pair *p, const struct kt_rx_hdr *r)
 {
 	bool ok = r->type == KT_MSG_OPEN_OK;
+	struct kt_dev *kd = p->kd;
 	enum kt_ch_state old;
 	struct kt_chan *ch;
-	bool legal;
+	bool legal, foreign;
 
-	ch = kt_chan_lookup(kd, r->id);
+	ch = kt_rx_chan(p, r, &foreign);
+	if (foreign)
+		return;
 	if (!ch) {
 		kt_malformed(kd, NULL, "open answer for unknown channel",
 			     r->id, r->type);
@@ -633,12 +679,16 @@ static void kt_rx_open_answer(struct kt_dev *kd, const struct kt_rx_hdr *r)
 	kt_chan_put(ch);
 }
 
-static void kt_rx_close(struct kt_dev *kd, const struct kt_rx_hdr *r)
+static void kt_rx_close(struct kt_pair *p, const struct kt_rx_hdr *r)
 {
+	struct kt_dev *kd = p->kd;
 	enum kt_ch_state old, new;
 	struct kt_chan *ch;
+	bool foreign;
 
-	ch = kt_chan_lookup(kd, r->id);
+	ch = kt_rx_chan(p, r, &foreign);
+	if (foreign)
+		return;
 	if (!ch) {
 		/* Late CLOSE for a channel already gone: counted, harmless. */
 		atomic64_inc(&kd->stats.rx_discarded);
@@ -665,14 +715,16 @@ out:
 	kt_chan_put(ch);
 }
 
-static void kt_rx_credit(struct kt_dev *kd, const struct kt_rx_hdr *r)
+static void kt_rx_credit(struct kt_pair *p, const struct kt_rx_hdr *r)
 {
-	bool reply = false;
+	bool reply = false, foreign;
 	struct kt_chan *ch;
 
-	ch = kt_chan_lookup(kd, r->id);
+	ch = kt_rx_chan(p, r, &foreign);
 	if (!ch) {
-		kt_rx_unknown(kd, r, "credit message for unknown channel");
+		if (!foreign)
+			kt_rx_unknown(p, r,
+				      "credit message for unknown channel");
 		return;
 	}
 	kt_peer_credit(ch, r);
@@ -686,14 +738,23 @@ static void kt_rx_credit(struct kt_dev *kd, const struct kt_rx_hdr *r)
 	kt_chan_put(ch);
 }
 
-/* Reports a bad message whose channel may be known; closes it if asked. */
-static void kt_rx_bad(struct kt_dev *kd, const struct kt_rx_hdr *r,
+/*
+ * Reports a bad message whose channel may be known; closes it if asked.
+ * A channel of another pair is left alone (counted only as malformed).
+ */
+static void kt_rx_bad(struct kt_pair *p, const struct kt_rx_hdr *r,
 		      const char *what, bool close)
 {
+	struct kt_dev *kd = p->kd;
 	struct kt_chan *ch = NULL;
 
 	if (r->id != KT_CHAN_TRANSPORT)
 		ch = kt_chan_lookup(kd, r->id);
+	if (ch && ch->pair != p) {
+		kt_chan_put(ch);
+		ch = NULL;
+		close = false;
+	}
 	if (close)
 		kt_violation(kd, ch, what, r->id, r->type, KT_ERR_PROTO);
 	else
@@ -704,61 +765,61 @@ static void kt_rx_bad(struct kt_dev *kd, const struct kt_rx_hdr *r,
 
 /**
  * kt_rx_buf() - handle one used rx buffer
- * @kd: the device (rx_mutex held)
+ * @p: the pair whose rx queue it came from (its rx_mutex held)
  * @buf: the buffer, rx_buf_size bytes
  * @used: the used length the device reported, at most rx_buf_size
  *
  * Return: true if a message kept @buf (the caller posts another), false
  * if @buf may be posted again.
  */
-bool kt_rx_buf(struct kt_dev *kd, void *buf, u32 used)
+bool kt_rx_buf(struct kt_pair *p, void *buf, u32 used)
 {
 	const u8 *payload = (const u8 *)buf + KT_HDR_SIZE;
 	struct kt_rx_hdr r;
 
 	if (used < KT_HDR_SIZE) {
-		kt_reasm_abort(kd, true);
-		kt_malformed(kd, NULL, "buffer shorter than a header", 0, 0);
+		kt_reasm_abort(p, true);
+		kt_malformed(p->kd, NULL, "buffer shorter than a header", 0, 0);
 		return false;
 	}
 	kt_decode(buf, &r);
 
-	if (kd->reasm.ch) {
-		if (r.type == KT_MSG_DATA && r.id == kd->reasm.ch->id &&
+	if (p->reasm.ch) {
+		if (r.type == KT_MSG_DATA && r.id == p->reasm.ch->id &&
 		    r.flags == (r.flags & KT_HDR_F_KNOWN) &&
 		    r.len == used - KT_HDR_SIZE)
-			return kt_rx_fragment(kd, &r, buf);
+			return kt_rx_fragment(p, &r, buf);
 		/* Anything else between fragments breaks the message. */
-		kt_reasm_abort(kd, true);
+		kt_reasm_abort(p, true);
 	}
 
 	if (r.flags & ~KT_HDR_F_KNOWN) {
-		kt_rx_bad(kd, &r, "unknown flags", false);
+		kt_rx_bad(p, &r, "unknown flags", false);
 		return false;
 	}
 	if (r.type < KT_MSG_OPEN || r.type > KT_MSG_RESET) {
-		kt_rx_bad(kd, &r, "unknown type", false);
+		kt_rx_bad(p, &r, "unknown type", false);
 		return false;
 	}
 	if (r.type == KT_MSG_RESET) {
-		kt_rx_bad(kd, &r, "RESET outside the event queue", false);
+		kt_rx_bad(p, &r, "RESET outside the event queue", false);
 		return false;
 	}
 	if (r.len != used - KT_HDR_SIZE) {
-		kt_rx_bad(kd, &r, "len does not match the used length", true);
+		kt_rx_bad(p, &r, "len does not match the used length", true);
 		return false;
 	}
 	if (r.type != KT_MSG_DATA) {
 		if (r.flags) {
-			kt_rx_bad(kd, &r, "MORE on a non-DATA message", false);
+			kt_rx_bad(p, &r, "MORE on a non-DATA message", false);
 			return false;
 		}
 		if (r.msg_len != r.len) {
-			kt_rx_bad(kd, &r, "msg_len differs from len", false);
+			kt_rx_bad(p, &r, "msg_len differs from len", false);
 			return false;
 		}
 		if (r.len && r.type != KT_MSG_OPEN) {
-			kt_rx_bad(kd, &r, "payload on a type without one",
+			kt_rx_bad(p, &r, "payload on a type without one",
 				  false);
 			return false;
 		}
@@ -766,20 +827,20 @@ bool kt_rx_buf(struct kt_dev *kd, void *buf, u32 used)
 
 	switch (r.type) {
 	case KT_MSG_OPEN:
-		kt_rx_open(kd, &r, payload);
+		kt_rx_open(p, &r, payload);
 		break;
 	case KT_MSG_OPEN_OK:
 	case KT_MSG_OPEN_ERR:
-		kt_rx_open_answer(kd, &r);
+		kt_rx_open_answer(p, &r);
 		break;
 	case KT_MSG_DATA:
-		return kt_rx_data(kd, &r, buf);
+		return kt_rx_data(p, &r, buf);
 	case KT_MSG_CLOSE:
-		kt_rx_close(kd, &r);
+		kt_rx_close(p, &r);
 		break;
 	case KT_MSG_CREDIT_UPDATE:
 	case KT_MSG_CREDIT_REQUEST:
-		kt_rx_credit(kd, &r);
+		kt_rx_credit(p, &r);
 		break;
 	}
 	return false;
@@ -805,13 +866,16 @@ bool kt_rx_event_is_reset(const struct kt_hdr *hdr, u32 used)
 
 /**
  * kt_rx_event() - handle one used event buffer
- * @kd: the device (rx_mutex held)
+ * @kd: the device (rx_sem held for writing)
  * @hdr: the buffer (one header)
  * @used: the used length the device reported
+ *
+ * A RESET ends the channels of every pair (SPEC 1.4, 6).
  */
 void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used)
 {
 	struct kt_rx_hdr r;
+	unsigned int i;
 
 	if (used < KT_HDR_SIZE || used > sizeof(*hdr)) {
 		kt_malformed(kd, NULL, "event of wrong size", 0, 0);
@@ -825,7 +889,8 @@ void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used)
 	atomic64_inc(&kd->stats.resets);
 	dev_info_ratelimited(&kd->vdev->dev,
 			     "transport reset: failing open channels\n");
-	kt_reasm_abort(kd, false);
+	for (i = 0; i < kd->npairs; i++)
+		kt_reasm_abort(&kd->pairs[i], false);
 	kt_chans_reset(kd);
 	/* The new device knows no listeners either. */
 	kt_listen_announce(kd);

@@ -126,6 +126,27 @@ static ssize_t config_changes_show(struct device *dev,
 }
 static DEVICE_ATTR_RO(config_changes);
 
+static ssize_t wrong_pair_show(struct device *dev,
+			       struct device_attribute *attr, char *buf)
+{
+	return kt_emit_stat(buf, &kt_dev_of(dev)->stats.wrong_pair);
+}
+static DEVICE_ATTR_RO(wrong_pair);
+
+static ssize_t queue_pairs_show(struct device *dev,
+				struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n", READ_ONCE(kt_dev_of(dev)->npairs));
+}
+static DEVICE_ATTR_RO(queue_pairs);
+
+static ssize_t max_queue_pairs_show(struct device *dev,
+				    struct device_attribute *attr, char *buf)
+{
+	return sysfs_emit(buf, "%u\n", kt_dev_of(dev)->max_queue_pairs);
+}
+static DEVICE_ATTR_RO(max_queue_pairs);
+
 static ssize_t max_msg_size_show(struct device *dev, struct device_attribute *attr,
 				 char *buf)
 {
@@ -168,10 +189,16 @@ static ssize_t open_channels_show(struct device *dev,
 }
 static DEVICE_ATTR_RO(open_channels);
 
+/* Messages waiting for ring room, all pairs together. */
 static ssize_t tx_pending_show(struct device *dev,
 			       struct device_attribute *attr, char *buf)
 {
-	return sysfs_emit(buf, "%u\n", READ_ONCE(kt_dev_of(dev)->tx_queued));
+	struct kt_dev *kd = kt_dev_of(dev);
+	unsigned int i, n = 0;
+
+	for (i = 0; i < kd->max_pairs; i++)
+		n += READ_ONCE(kd->pairs[i].tx_queued);
+	return sysfs_emit(buf, "%u\n", n);
 }
 static DEVICE_ATTR_RO(tx_pending);
 
@@ -250,6 +277,9 @@ static struct attribute *kt_attrs[] = {
 	&dev_attr_rx_len_clamped.attr,
 	&dev_attr_opens_refused.attr,
 	&dev_attr_config_changes.attr,
+	&dev_attr_wrong_pair.attr,
+	&dev_attr_queue_pairs.attr,
+	&dev_attr_max_queue_pairs.attr,
 	&dev_attr_max_msg_size.attr,
 	&dev_attr_max_channels.attr,
 	&dev_attr_rx_buf_size.attr,

@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * kerntransport virtqueues: setup and teardown of the rx, tx and event
- * queues, rx/event buffer posting and refill (and the pool of rx buffers
- * readers hand back, kt_msg_free()), the disable-cb / drain /
- * enable-cb loops run from work items, and the tx path (a FIFO of pending
- * messages pushed into the ring as room appears, completions reaped by
- * the senders themselves, an interrupt armed only for someone waiting).
+ * kerntransport virtqueues: setup and teardown of the event queue and of
+ * the rx/tx queue pairs (SPEC 1.4: as many as the device offers, the CPUs
+ * can use and the transport provides; one without KT_F_MULTIQUEUE),
+ * rx/event buffer posting and refill (and the pool of rx buffers readers
+ * hand back, kt_msg_free()), the disable-cb / drain / enable-cb loops run
+ * from work items (one rx work per pair, so pairs are received in
+ * parallel; one for the event queue), and each pair's tx path (a FIFO of
+ * pending messages pushed into the ring as room appears, completions
+ * reaped by the senders themselves, an interrupt armed only for someone
+ * waiting).
  *
  * It moves buffers; it does not interpret them: every received buffer goes
  * to kt_rx.c, and the credit fields of outgoing headers are filled from the
@@ -36,11 +40,34 @@
 /* Reap completions nobody waits for at the latest after this long. */
 #define KT_TX_LAZY_DELAY	msecs_to_jiffies(20)
 
+static void kt_rx_work(struct work_struct *work);
+static void kt_rx_retry_work(struct work_struct *work);
+static void kt_tx_work(struct work_struct *work);
+static void kt_tx_retry_work(struct work_struct *work);
+
+/* The pair a queue of index @index (not the event queue) belongs to. */
+static struct kt_pair *kt_vq_pair(struct kt_dev *kd, unsigned int index)
+{
+	return &kd->pairs[index <= KT_VQ_TX ? 0 : (index - 1) / 2];
+}
+
+/*
+ * kt_wq is a per-CPU workqueue: the work runs on the CPU that took the
+ * interrupt, so pairs whose interrupts go to different CPUs are received
+ * in parallel.
+ */
 static void kt_rx_done(struct virtqueue *vq)
 {
 	struct kt_dev *kd = vq->vdev->priv;
 
-	queue_work(kt_wq, &kd->rx_work);
+	queue_work(kt_wq, &kt_vq_pair(kd, vq->index)->rx_work);
+}
+
+static void kt_ev_done(struct virtqueue *vq)
+{
+	struct kt_dev *kd = vq->vdev->priv;
+
+	queue_work(kt_wq, &kd->ev_work);
 }
 
 /*
@@ -54,46 +81,105 @@ static void kt_tx_done(struct virtqueue *vq)
 	struct kt_dev *kd = vq->vdev->priv;
 
 	virtqueue_disable_cb(vq);
-	queue_work(kt_wq, &kd->tx_work);
+	queue_work(kt_wq, &kt_vq_pair(kd, vq->index)->tx_work);
 }
 
 /*
+ * Finds the event queue and the queues of @n pairs, in the SPEC's order.
  * The one place that knows virtio_find_vqs() changed in 6.11 (it takes
  * struct virtqueue_info[]); Kbuild defines KT_HAVE_VQ_INFO from the kernel
  * version being built against.
  */
-static int kt_find_vqs(struct kt_dev *kd)
+static int kt_find_vqs_n(struct kt_dev *kd, unsigned int n)
 {
-	struct virtqueue *vqs[KT_NUM_VQS];
+	unsigned int i, total = KT_NUM_VQS_PAIRS(n);
+	struct virtqueue *vqs[KT_NUM_VQS_PAIRS(KT_MAX_QUEUE_PAIRS)];
 	int err;
 #ifdef KT_HAVE_VQ_INFO
-	struct virtqueue_info info[KT_NUM_VQS] = {
-		[KT_VQ_RX] = { "rx", kt_rx_done },
-		[KT_VQ_TX] = { "tx", kt_tx_done },
-		[KT_VQ_EVENT] = { "event", kt_rx_done },
-	};
+	struct virtqueue_info info[KT_NUM_VQS_PAIRS(KT_MAX_QUEUE_PAIRS)] = {};
 
-	err = virtio_find_vqs(kd->vdev, KT_NUM_VQS, vqs, info, NULL);
+	for (i = 0; i < n; i++) {
+		info[KT_VQ_RX_PAIR(i)].name = "rx";
+		info[KT_VQ_RX_PAIR(i)].callback = kt_rx_done;
+		info[KT_VQ_TX_PAIR(i)].name = "tx";
+		info[KT_VQ_TX_PAIR(i)].callback = kt_tx_done;
+	}
+	info[KT_VQ_EVENT].name = "event";
+	info[KT_VQ_EVENT].callback = kt_ev_done;
+	err = virtio_find_vqs(kd->vdev, total, vqs, info, NULL);
 #else
-	vq_callback_t *cbs[KT_NUM_VQS] = {
-		[KT_VQ_RX] = kt_rx_done,
-		[KT_VQ_TX] = kt_tx_done,
-		[KT_VQ_EVENT] = kt_rx_done,
-	};
-	static const char * const names[KT_NUM_VQS] = {
-		[KT_VQ_RX] = "rx",
-		[KT_VQ_TX] = "tx",
-		[KT_VQ_EVENT] = "event",
-	};
+	vq_callback_t *cbs[KT_NUM_VQS_PAIRS(KT_MAX_QUEUE_PAIRS)] = {};
+	const char *names[KT_NUM_VQS_PAIRS(KT_MAX_QUEUE_PAIRS)] = {};
 
-	err = virtio_find_vqs(kd->vdev, KT_NUM_VQS, vqs, cbs, names, NULL);
+	for (i = 0; i < n; i++) {
+		names[KT_VQ_RX_PAIR(i)] = "rx";
+		cbs[KT_VQ_RX_PAIR(i)] = kt_rx_done;
+		names[KT_VQ_TX_PAIR(i)] = "tx";
+		cbs[KT_VQ_TX_PAIR(i)] = kt_tx_done;
+	}
+	names[KT_VQ_EVENT] = "event";
+	cbs[KT_VQ_EVENT] = kt_ev_done;
+	err = virtio_find_vqs(kd->vdev, total, vqs, cbs, names, NULL);
 #endif
 	if (err)
 		return err;
-	kd->rx_vq = vqs[KT_VQ_RX];
-	kd->tx_vq = vqs[KT_VQ_TX];
 	kd->ev_vq = vqs[KT_VQ_EVENT];
+	for (i = 0; i < n; i++) {
+		kd->pairs[i].rx_vq = vqs[KT_VQ_RX_PAIR(i)];
+		kd->pairs[i].tx_vq = vqs[KT_VQ_TX_PAIR(i)];
+	}
+	WRITE_ONCE(kd->npairs, n);
 	return 0;
+}
+
+/*
+ * As many pairs as wanted (kd->max_pairs); if the transport has fewer
+ * queues than that needs (SPEC 1.4: a VMM configured with fewer), one.
+ * Pair k's interrupts are steered to CPU k where the transport can (its
+ * channels are opened there): best effort, as virtio-net does.
+ */
+static int kt_find_vqs(struct kt_dev *kd)
+{
+	unsigned int i;
+	int err;
+
+	err = kt_find_vqs_n(kd, kd->max_pairs);
+	if (err && kd->max_pairs > 1) {
+		dev_info(&kd->vdev->dev,
+			 "%u queue pairs not available (%d): using one\n",
+			 kd->max_pairs, err);
+		err = kt_find_vqs_n(kd, 1);
+	}
+	if (err)
+		return err;
+	for (i = 0; kd->npairs > 1 && i < kd->npairs; i++) {
+		if (!cpu_online(i))
+			continue;
+		virtqueue_set_affinity(kd->pairs[i].rx_vq, cpumask_of(i));
+		virtqueue_set_affinity(kd->pairs[i].tx_vq, cpumask_of(i));
+	}
+	return 0;
+}
+
+/**
+ * kt_pair_init() - initialise a queue pair's state at probe
+ * @kd: the device
+ * @p: the pair
+ * @index: its number
+ */
+void kt_pair_init(struct kt_dev *kd, struct kt_pair *p, unsigned int index)
+{
+	p->kd = kd;
+	p->index = index;
+	mutex_init(&p->rx_mutex);
+	INIT_LIST_HEAD(&p->rx_notify);
+	INIT_WORK(&p->rx_work, kt_rx_work);
+	INIT_DELAYED_WORK(&p->rx_retry, kt_rx_retry_work);
+	spin_lock_init(&p->tx_lock);
+	INIT_LIST_HEAD(&p->tx_pending);
+	INIT_WORK(&p->tx_work, kt_tx_work);
+	INIT_DELAYED_WORK(&p->tx_retry, kt_tx_retry_work);
+	atomic_set(&p->tx_waiters, 0);
 }
 
 /*
@@ -103,20 +189,25 @@ static int kt_find_vqs(struct kt_dev *kd)
  */
 static DEFINE_SPINLOCK(kt_rx_pool_lock);
 
-static unsigned int kt_rx_target(struct kt_dev *kd)
+/*
+ * rx buffers one pair keeps posted: KT_RX_POSTED_BYTES is shared by all
+ * pairs, so the memory the device can make us pin does not grow with them.
+ */
+static unsigned int kt_rx_target(struct kt_pair *p)
 {
-	unsigned int n = KT_RX_POSTED_BYTES / kd->rx_buf_size;
+	struct kt_dev *kd = p->kd;
+	unsigned int n = KT_RX_POSTED_BYTES / kd->rx_buf_size / kd->npairs;
 
-	n = min(n, KT_RX_POSTED_MAX);
-	return min(n, virtqueue_get_vring_size(kd->rx_vq));
+	n = clamp(n, 1U, KT_RX_POSTED_MAX);
+	return min(n, virtqueue_get_vring_size(p->rx_vq));
 }
 
-static int kt_rx_post(struct kt_dev *kd, void *buf)
+static int kt_rx_post(struct kt_pair *p, void *buf)
 {
 	struct scatterlist sg;
 
-	sg_init_one(&sg, buf, kd->rx_buf_size);
-	return virtqueue_add_inbuf(kd->rx_vq, &sg, 1, buf, GFP_KERNEL);
+	sg_init_one(&sg, buf, p->kd->rx_buf_size);
+	return virtqueue_add_inbuf(p->rx_vq, &sg, 1, buf, GFP_KERNEL);
 }
 
 /* Returns an rx buffer a message held to the pool, or frees it. */
@@ -181,10 +272,14 @@ static void kt_rx_pool_set(struct kt_dev *kd, bool open)
 	struct list_head *spare, *tmp;
 	LIST_HEAD(gone);
 
+	unsigned int i, max = 0;
+
+	for (i = 0; open && i < kd->npairs; i++)
+		max += kt_rx_target(&kd->pairs[i]);
 	spin_lock(&kt_rx_pool_lock);
 	if (open) {
 		INIT_LIST_HEAD(&kd->rx_pool);
-		kd->rx_pool_max = kt_rx_target(kd);
+		kd->rx_pool_max = max;
 	} else {
 		list_splice_init(&kd->rx_pool, &gone);
 	}
@@ -207,23 +302,24 @@ static void *kt_rx_buf_get(struct kt_dev *kd)
 	return buf ?: kzalloc(kd->rx_buf_size, GFP_KERNEL);
 }
 
-/* Tops the rx queue up to its target. Called with rx_mutex held or before
- * the device is live.
+/*
+ * Tops a pair's rx queue up to its target. Called with its rx_mutex (or
+ * rx_sem for writing) held, or before the device is live.
  */
-static void kt_rx_fill(struct kt_dev *kd)
+static void kt_rx_fill(struct kt_pair *p)
 {
-	unsigned int target = kt_rx_target(kd);
+	unsigned int target = kt_rx_target(p);
 	void *buf;
 
-	while (kd->rx_posted < target) {
-		buf = kt_rx_buf_get(kd);
+	while (p->rx_posted < target) {
+		buf = kt_rx_buf_get(p->kd);
 		if (!buf)
 			break;
-		if (kt_rx_post(kd, buf)) {
+		if (kt_rx_post(p, buf)) {
 			kfree(buf);
 			break;
 		}
-		kd->rx_posted++;
+		p->rx_posted++;
 	}
 }
 
@@ -250,7 +346,7 @@ static void kt_tx_uncharge(struct kt_txbuf *txb)
 	if (ch->tx_wait) {
 		/* kt_txbufs_complete() wakes it; it asks again if need be. */
 		ch->tx_wait = false;
-		atomic_dec(&ch->kd->tx_waiters);
+		atomic_dec(&ch->pair->tx_waiters);
 	}
 	spin_unlock(&ch->lock);
 	txb->cost = 0;
@@ -287,18 +383,23 @@ static void kt_txbufs_complete(struct list_head *done)
 
 static void kt_vqs_free_bufs(struct kt_dev *kd)
 {
-	LIST_HEAD(done);
 	struct kt_txbuf *txb;
+	struct kt_pair *p;
+	unsigned int i;
+	LIST_HEAD(done);
 	void *buf;
 
-	while ((buf = virtqueue_detach_unused_buf(kd->rx_vq)))
-		kfree(buf);
-	kd->rx_posted = 0;
+	for (i = 0; i < kd->npairs; i++) {
+		p = &kd->pairs[i];
+		while ((buf = virtqueue_detach_unused_buf(p->rx_vq)))
+			kfree(buf);
+		p->rx_posted = 0;
+		while ((txb = virtqueue_detach_unused_buf(p->tx_vq)))
+			list_add_tail(&txb->node, &done);
+	}
 	/* Event buffers belong to kd->ev_bufs. */
 	while (virtqueue_detach_unused_buf(kd->ev_vq))
 		;
-	while ((txb = virtqueue_detach_unused_buf(kd->tx_vq)))
-		list_add_tail(&txb->node, &done);
 	kt_txbufs_complete(&done);
 }
 
@@ -313,6 +414,7 @@ static void kt_vqs_free_bufs(struct kt_dev *kd)
  */
 int kt_vqs_start(struct kt_dev *kd)
 {
+	struct kt_pair *p;
 	unsigned int i;
 	int err;
 
@@ -322,10 +424,13 @@ int kt_vqs_start(struct kt_dev *kd)
 	WRITE_ONCE(kd->stopping, false);
 
 	kt_rx_pool_set(kd, true);
-	kt_rx_fill(kd);
-	if (!kd->rx_posted) {
-		err = -ENOMEM;
-		goto err_bufs;
+	for (i = 0; i < kd->npairs; i++) {
+		p = &kd->pairs[i];
+		kt_rx_fill(p);
+		if (!p->rx_posted) {
+			err = -ENOMEM;
+			goto err_bufs;
+		}
 	}
 	for (i = 0; i < KT_EV_BUFS; i++) {
 		err = kt_ev_post(kd, &kd->ev_bufs[i].hdr);
@@ -333,19 +438,24 @@ int kt_vqs_start(struct kt_dev *kd)
 			goto err_bufs;
 	}
 
-	mutex_lock(&kd->rx_mutex);
-	INIT_LIST_HEAD(&kd->rx_notify);
+	down_write(&kd->rx_sem);
 	kd->rx_live = true;
-	mutex_unlock(&kd->rx_mutex);
-	spin_lock(&kd->tx_lock);
-	kd->tx_live = true;
-	spin_unlock(&kd->tx_lock);
+	up_write(&kd->rx_sem);
+	for (i = 0; i < kd->npairs; i++) {
+		p = &kd->pairs[i];
+		spin_lock(&p->tx_lock);
+		p->tx_live = true;
+		spin_unlock(&p->tx_lock);
+	}
 
 	virtio_device_ready(kd->vdev);
-	virtqueue_kick(kd->rx_vq);
 	virtqueue_kick(kd->ev_vq);
-	/* The device may have used buffers before we enabled callbacks. */
-	queue_work(kt_wq, &kd->rx_work);
+	queue_work(kt_wq, &kd->ev_work);
+	for (i = 0; i < kd->npairs; i++) {
+		virtqueue_kick(kd->pairs[i].rx_vq);
+		/* The device may have used buffers before callbacks were on. */
+		queue_work(kt_wq, &kd->pairs[i].rx_work);
+	}
 	kd->vqs_up = true;
 	/* A (re)activated device knows no listeners: tell it them all. */
 	kt_listen_announce(kd);
@@ -371,6 +481,9 @@ err_bufs:
  */
 void kt_vqs_stop(struct kt_dev *kd)
 {
+	struct kt_pair *p;
+	unsigned int i;
+
 	if (!kd->vqs_up)
 		return;
 	kd->vqs_up = false;
@@ -379,23 +492,31 @@ void kt_vqs_stop(struct kt_dev *kd)
 	virtio_break_device(kd->vdev);
 	virtio_synchronize_cbs(kd->vdev);
 
-	mutex_lock(&kd->rx_mutex);
+	down_write(&kd->rx_sem);
 	kd->rx_live = false;
-	mutex_unlock(&kd->rx_mutex);
-	spin_lock(&kd->tx_lock);
-	kd->tx_live = false;
-	spin_unlock(&kd->tx_lock);
+	up_write(&kd->rx_sem);
+	for (i = 0; i < kd->npairs; i++) {
+		p = &kd->pairs[i];
+		spin_lock(&p->tx_lock);
+		p->tx_live = false;
+		spin_unlock(&p->tx_lock);
+	}
 	kt_listen_forget(kd);
 
 	virtio_reset_device(kd->vdev);
-	cancel_work_sync(&kd->rx_work);
-	cancel_delayed_work_sync(&kd->rx_retry);
-	cancel_work_sync(&kd->tx_work);
-	cancel_delayed_work_sync(&kd->tx_retry);
+	cancel_work_sync(&kd->ev_work);
+	for (i = 0; i < kd->npairs; i++) {
+		p = &kd->pairs[i];
+		cancel_work_sync(&p->rx_work);
+		cancel_delayed_work_sync(&p->rx_retry);
+		cancel_work_sync(&p->tx_work);
+		cancel_delayed_work_sync(&p->tx_retry);
+	}
 
-	mutex_lock(&kd->rx_mutex);
-	kt_reasm_abort(kd, false);
-	mutex_unlock(&kd->rx_mutex);
+	down_write(&kd->rx_sem);
+	for (i = 0; i < kd->npairs; i++)
+		kt_reasm_abort(&kd->pairs[i], false);
+	up_write(&kd->rx_sem);
 	kt_chans_reset(kd);
 
 	kt_vqs_free_bufs(kd);
@@ -405,29 +526,31 @@ void kt_vqs_stop(struct kt_dev *kd)
 }
 
 /*
- * Handles at most @budget used rx buffers, posting each again (or, if a
- * message kept it, another one in its place); returns how many it took.
- * A buffer goes back as it is: it holds only zeros or bytes the device
- * wrote (see kt_rx_buf_get()), so nothing needs clearing. rx_mutex held.
+ * Handles at most @budget used rx buffers of pair @p, posting each again
+ * (or, if a message kept it, another one in its place); returns how many
+ * it took. A buffer goes back as it is: it holds only zeros or bytes the
+ * device wrote (see kt_rx_buf_get()), so nothing needs clearing. The
+ * pair's rx_mutex (or rx_sem for writing) held.
  */
-static unsigned int kt_rx_take(struct kt_dev *kd, unsigned int budget)
+static unsigned int kt_rx_take(struct kt_pair *p, unsigned int budget)
 {
-	struct virtqueue *vq = kd->rx_vq;
+	struct virtqueue *vq = p->rx_vq;
+	struct kt_dev *kd = p->kd;
 	unsigned int used, n = 0, batch = 0;
 	void *buf;
 
 	while (n < budget && (buf = virtqueue_get_buf(vq, &used))) {
 		n++;
-		kd->rx_posted--;
+		p->rx_posted--;
 		if (used > kd->rx_buf_size)
-			kt_rx_bad_len(kd, used);
-		else if (kt_rx_buf(kd, buf, used))
+			kt_rx_bad_len(p, used);
+		else if (kt_rx_buf(p, buf, used))
 			buf = kt_rx_buf_get(kd);
 		/* No buffer: rx_retry tops the ring up later. */
-		if (buf && kt_rx_post(kd, buf))
+		if (buf && kt_rx_post(p, buf))
 			kfree(buf);
 		else if (buf)
-			kd->rx_posted++;
+			p->rx_posted++;
 		if (++batch >= KT_RX_KICK_BATCH) {
 			virtqueue_kick(vq);
 			cond_resched();
@@ -447,21 +570,25 @@ static void kt_ev_repost(struct kt_dev *kd, struct kt_hdr *hdr)
 /*
  * Returns true if the budget ran out with events still waiting. Before a
  * RESET takes effect, the rx buffers the device used before it are
- * handled (SPEC 6: data first): they are among the buffers posted now.
+ * handled on every pair (SPEC 6: data first): they are among the buffers
+ * posted now. rx_sem held for writing: no pair's rx run is under way.
  */
 static bool kt_ev_drain(struct kt_dev *kd)
 {
 	struct virtqueue *vq = kd->ev_vq;
-	unsigned int used, n = 0;
+	unsigned int used, n = 0, i;
 	struct kt_hdr *hdr;
-	bool posted = false;
+	bool posted = false, reset;
+	struct kt_pair *p;
 
 	do {
 		virtqueue_disable_cb(vq);
 		while ((hdr = virtqueue_get_buf(vq, &used))) {
-			if (kt_rx_event_is_reset(hdr, used)) {
-				kt_rx_take(kd, kd->rx_posted);
-				virtqueue_kick(kd->rx_vq);
+			reset = kt_rx_event_is_reset(hdr, used);
+			for (i = 0; reset && i < kd->npairs; i++) {
+				p = &kd->pairs[i];
+				kt_rx_take(p, p->rx_posted);
+				virtqueue_kick(p->rx_vq);
 			}
 			kt_rx_event(kd, hdr, used);
 			kt_ev_repost(kd, hdr);
@@ -478,68 +605,96 @@ static bool kt_ev_drain(struct kt_dev *kd)
 }
 
 /* Returns true if the budget ran out with buffers still used. */
-static bool kt_rx_drain(struct kt_dev *kd)
+static bool kt_rx_drain(struct kt_pair *p)
 {
-	struct virtqueue *vq = kd->rx_vq;
+	struct virtqueue *vq = p->rx_vq;
 	unsigned int budget = KT_RX_BUDGET;
 
 	do {
 		virtqueue_disable_cb(vq);
-		budget -= kt_rx_take(kd, budget);
+		budget -= kt_rx_take(p, budget);
 		if (!budget) {
 			virtqueue_kick(vq);
 			return true;
 		}
-		kt_rx_fill(kd);
+		kt_rx_fill(p);
 	} while (!virtqueue_enable_cb(vq));
 	virtqueue_kick(vq);
 	return false;
 }
 
 /*
- * Both drains are budgeted: a device that completes buffers as fast as we
- * post them gets the work requeued (behind other work) instead of one
- * work item that never ends and holds rx_mutex.
+ * One pair's rx run. The drain is budgeted: a device that completes
+ * buffers as fast as we post them gets the work requeued (behind other
+ * work) instead of one work item that never ends and holds the locks.
+ * Pairs run in parallel (rx_sem for reading); the event queue excludes
+ * them all.
  */
-static void kt_rx_run(struct kt_dev *kd)
+static void kt_rx_run(struct kt_pair *p)
 {
-	bool more = false;
+	struct kt_dev *kd = p->kd;
 
-	mutex_lock(&kd->rx_mutex);
+	down_read(&kd->rx_sem);
+	mutex_lock(&p->rx_mutex);
 	if (kd->rx_live) {
-		more = kt_ev_drain(kd);
-		more |= kt_rx_drain(kd);
-		if (kd->rx_posted < kt_rx_target(kd))
-			mod_delayed_work(kt_wq, &kd->rx_retry,
+		if (kt_rx_drain(p))
+			queue_work(kt_wq, &p->rx_work);
+		if (p->rx_posted < kt_rx_target(p))
+			mod_delayed_work(kt_wq, &p->rx_retry,
 					 KT_RX_RETRY_DELAY);
-		if (more)
-			queue_work(kt_wq, &kd->rx_work);
-		if (virtqueue_is_broken(kd->rx_vq) ||
-		    virtqueue_is_broken(kd->ev_vq))
+		if (virtqueue_is_broken(p->rx_vq))
 			kt_vq_broken(kd);
-		kt_rx_notify_flush(kd);
+		kt_rx_notify_flush(p);
 	}
-	mutex_unlock(&kd->rx_mutex);
+	mutex_unlock(&p->rx_mutex);
+	up_read(&kd->rx_sem);
 }
 
-void kt_rx_work(struct work_struct *work)
+static void kt_rx_work(struct work_struct *work)
 {
-	kt_rx_run(container_of(work, struct kt_dev, rx_work));
+	kt_rx_run(container_of(work, struct kt_pair, rx_work));
 }
 
-/* rx refill failed earlier (no memory): try again. */
-void kt_rx_retry_work(struct work_struct *work)
+/* A pair's rx refill failed earlier (no memory): try again. */
+static void kt_rx_retry_work(struct work_struct *work)
 {
-	struct kt_dev *kd = container_of(to_delayed_work(work), struct kt_dev,
-					 rx_retry);
+	struct kt_pair *p = container_of(to_delayed_work(work),
+					 struct kt_pair, rx_retry);
+	struct kt_dev *kd = p->kd;
 
-	mutex_lock(&kd->rx_mutex);
+	down_read(&kd->rx_sem);
+	mutex_lock(&p->rx_mutex);
 	if (kd->rx_live) {
-		kt_rx_fill(kd);
-		virtqueue_kick(kd->rx_vq);
+		kt_rx_fill(p);
+		virtqueue_kick(p->rx_vq);
 	}
-	mutex_unlock(&kd->rx_mutex);
-	kt_rx_run(kd);
+	mutex_unlock(&p->rx_mutex);
+	up_read(&kd->rx_sem);
+	kt_rx_run(p);
+}
+
+/*
+ * The event queue: RESET and anything else the device says there. With
+ * rx_sem held for writing, so a RESET sees every pair's rx state at rest.
+ */
+void kt_ev_work(struct work_struct *work)
+{
+	struct kt_dev *kd = container_of(work, struct kt_dev, ev_work);
+	unsigned int i;
+
+	down_write(&kd->rx_sem);
+	if (kd->rx_live) {
+		if (kt_ev_drain(kd))
+			queue_work(kt_wq, &kd->ev_work);
+		if (virtqueue_is_broken(kd->ev_vq))
+			kt_vq_broken(kd);
+		for (i = 0; i < kd->npairs; i++) {
+			if (virtqueue_is_broken(kd->pairs[i].rx_vq))
+				kt_vq_broken(kd);
+			kt_rx_notify_flush(&kd->pairs[i]);
+		}
+	}
+	up_write(&kd->rx_sem);
 }
 
 /* ---- tx ---- */
@@ -671,38 +826,38 @@ static int kt_tx_add(struct virtqueue *vq, struct kt_txbuf *txb)
 
 /*
  * Moves pending messages into the ring while it has room. tx_lock held.
- * A message leaves kd->tx_pending only once virtqueue_add_outbuf() took
+ * A message leaves p->tx_pending only once virtqueue_add_outbuf() took
  * it: accepted data is never dropped. If the add fails for another reason
  * than a full ring (DMA mapping, or a ring with no room even when empty),
  * a retry is scheduled; a broken ring is left to kt_vq_broken().
  */
-static void kt_tx_push_locked(struct kt_dev *kd)
+static void kt_tx_push_locked(struct kt_pair *p)
 {
-	struct virtqueue *vq = kd->tx_vq;
+	struct virtqueue *vq = p->tx_vq;
 	struct kt_txbuf *txb;
 	bool added = false;
 	int err;
 
-	while ((txb = list_first_entry_or_null(&kd->tx_pending,
+	while ((txb = list_first_entry_or_null(&p->tx_pending,
 					       struct kt_txbuf, node))) {
 		err = kt_tx_add(vq, txb);
 		if (err) {
 			if (virtqueue_is_broken(vq)) {
-				kt_vq_broken(kd);
+				kt_vq_broken(p->kd);
 				break;
 			}
 			if (err != -ENOSPC ||
 			    vq->num_free == virtqueue_get_vring_size(vq))
-				mod_delayed_work(kt_wq, &kd->tx_retry,
+				mod_delayed_work(kt_wq, &p->tx_retry,
 						 KT_TX_RETRY_DELAY);
 			break;
 		}
 		list_del(&txb->node);
-		kd->tx_queued--;
+		p->tx_queued--;
 		if (txb->hdr.type != cpu_to_le16(KT_MSG_DATA))
-			kd->ctrl_queued--;
+			p->ctrl_queued--;
 		if (txb->reply)
-			kd->replies_pending--;
+			p->replies_pending--;
 		added = true;
 	}
 	if (added)
@@ -716,13 +871,13 @@ static void kt_tx_push_locked(struct kt_dev *kd)
  * (virtqueue_get_buf() would otherwise re-arm them for the next buffer).
  * tx_lock held, queues live. Returns how many it took.
  */
-static unsigned int kt_tx_reap_locked(struct kt_dev *kd,
+static unsigned int kt_tx_reap_locked(struct kt_pair *p,
 				      struct list_head *done)
 {
 	struct kt_txbuf *txb;
 	unsigned int used, n = 0;
 
-	while ((txb = virtqueue_get_buf(kd->tx_vq, &used))) {
+	while ((txb = virtqueue_get_buf(p->tx_vq, &used))) {
 		kt_tx_uncharge(txb);
 		list_add_tail(&txb->node, done);
 		n++;
@@ -734,7 +889,7 @@ static unsigned int kt_tx_reap_locked(struct kt_dev *kd,
  * Re-arms tx completion after a tx path run with callbacks off. Nobody
  * needs an interrupt per message: senders reap on their way. One is armed
  * only for someone waiting: at the next completion for a sender asleep on
- * its own in-flight bound (kd->tx_waiters) while nothing waits for ring
+ * its own in-flight bound (p->tx_waiters) while nothing waits for ring
  * room, else, for messages waiting for ring room, once about three
  * quarters of the ring are consumed (virtqueue_enable_cb_delayed(), as
  * virtio-net does; at the next completion without EVENT_IDX). With nobody
@@ -744,18 +899,18 @@ static unsigned int kt_tx_reap_locked(struct kt_dev *kd,
  * consumed past the mark, reaps and pushes again; after a few rounds
  * leaves the rest to tx_work. tx_lock held, queues live.
  */
-static void kt_tx_arm_locked(struct kt_dev *kd, struct list_head *done)
+static void kt_tx_arm_locked(struct kt_pair *p, struct list_head *done)
 {
-	struct virtqueue *vq = kd->tx_vq;
+	struct virtqueue *vq = p->tx_vq;
 	unsigned int round;
 	bool waiters, armed;
 
 	for (round = 0; round < KT_TX_ARM_ROUNDS; round++) {
-		waiters = atomic_read(&kd->tx_waiters);
-		if (list_empty(&kd->tx_pending)) {
+		waiters = atomic_read(&p->tx_waiters);
+		if (list_empty(&p->tx_pending)) {
 			if (!waiters) {
 				if (vq->num_free < virtqueue_get_vring_size(vq))
-					queue_delayed_work(kt_wq, &kd->tx_retry,
+					queue_delayed_work(kt_wq, &p->tx_retry,
 							   KT_TX_LAZY_DELAY);
 				return;
 			}
@@ -766,25 +921,25 @@ static void kt_tx_arm_locked(struct kt_dev *kd, struct list_head *done)
 		if (armed)
 			return;
 		virtqueue_disable_cb(vq);
-		if (!kt_tx_reap_locked(kd, done)) {
+		if (!kt_tx_reap_locked(p, done)) {
 			/* Used but nothing to take: the ring is broken. */
 			if (virtqueue_is_broken(vq))
-				kt_vq_broken(kd);
+				kt_vq_broken(p->kd);
 			return;
 		}
-		kt_tx_push_locked(kd);
+		kt_tx_push_locked(p);
 	}
-	queue_work(kt_wq, &kd->tx_work);
+	queue_work(kt_wq, &p->tx_work);
 }
 
 /*
  * Starts a tx path run under tx_lock (queues live): callbacks off, the
  * messages the device is done with reaped onto @done.
  */
-static void kt_tx_begin_locked(struct kt_dev *kd, struct list_head *done)
+static void kt_tx_begin_locked(struct kt_pair *p, struct list_head *done)
 {
-	virtqueue_disable_cb(kd->tx_vq);
-	kt_tx_reap_locked(kd, done);
+	virtqueue_disable_cb(p->tx_vq);
+	kt_tx_reap_locked(p, done);
 }
 
 /*
@@ -792,13 +947,30 @@ static void kt_tx_begin_locked(struct kt_dev *kd, struct list_head *done)
  * pushes what fits into the ring. tx_lock held, queues live, and
  * kt_tx_begin_locked() done: the caller calls kt_tx_arm_locked().
  */
-static void kt_tx_enqueue_locked(struct kt_dev *kd, struct kt_txbuf *txb)
+static void kt_tx_enqueue_locked(struct kt_pair *p, struct kt_txbuf *txb)
 {
-	list_add_tail(&txb->node, &kd->tx_pending);
-	kd->tx_queued++;
+	list_add_tail(&txb->node, &p->tx_pending);
+	p->tx_queued++;
 	if (txb->hdr.type != cpu_to_le16(KT_MSG_DATA))
-		kd->ctrl_queued++;
-	kt_tx_push_locked(kd);
+		p->ctrl_queued++;
+	kt_tx_push_locked(p);
+}
+
+/**
+ * kt_pair_tx_live() - may messages be queued on a pair now?
+ * @p: the pair
+ *
+ * Return: true between kt_vqs_start() and kt_vqs_stop() for the pairs in
+ * use.
+ */
+bool kt_pair_tx_live(struct kt_pair *p)
+{
+	bool live;
+
+	spin_lock(&p->tx_lock);
+	live = p->tx_live;
+	spin_unlock(&p->tx_lock);
+	return live;
 }
 
 static void kt_hdr_init(struct kt_hdr *hdr, u32 id, u16 type, u32 len,
@@ -817,7 +989,7 @@ static void kt_hdr_init(struct kt_hdr *hdr, u32 id, u16 type, u32 len,
 
 /**
  * kt_tx_queue_reply() - answer a message whose id is not one of our channels
- * @kd: the device
+ * @p: the pair the message came on (the answer goes on its tx queue)
  * @id: channel id from the device's message
  * @type: KT_MSG_OPEN_ERR, or KT_MSG_CLOSE for DATA/CREDIT_* on an unknown id
  * @arg: error code
@@ -827,8 +999,9 @@ static void kt_hdr_init(struct kt_hdr *hdr, u32 id, u16 type, u32 len,
  *
  * Return: 0, or a negative errno if the reply was dropped.
  */
-int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
+int kt_tx_queue_reply(struct kt_pair *p, u32 id, u16 type, u32 arg)
 {
+	struct kt_dev *kd = p->kd;
 	struct kt_txbuf *txb;
 	LIST_HEAD(done);
 	int err = 0;
@@ -840,21 +1013,21 @@ int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
 	}
 	kt_hdr_init(&txb->hdr, id, type, 0, arg);
 
-	spin_lock(&kd->tx_lock);
-	if (!kd->tx_live) {
+	spin_lock(&p->tx_lock);
+	if (!p->tx_live) {
 		err = -ENODEV;
 	} else {
-		kt_tx_begin_locked(kd, &done);
-		if (kd->replies_pending >= KT_REPLY_PENDING_MAX) {
+		kt_tx_begin_locked(p, &done);
+		if (p->replies_pending >= KT_REPLY_PENDING_MAX) {
 			err = -ENOBUFS;
 		} else {
-			kd->replies_pending++;
+			p->replies_pending++;
 			txb->reply = true;
-			kt_tx_enqueue_locked(kd, txb);
+			kt_tx_enqueue_locked(p, txb);
 		}
-		kt_tx_arm_locked(kd, &done);
+		kt_tx_arm_locked(p, &done);
 	}
-	spin_unlock(&kd->tx_lock);
+	spin_unlock(&p->tx_lock);
 	kt_txbufs_complete(&done);
 
 	if (err) {
@@ -875,7 +1048,7 @@ int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
  * (KT_CTRL_PENDING_MAX): past that the announcement is dropped and
  * counted (tx_dropped), so a device that stops completing tx never makes a
  * listener wait or the driver's memory grow. The device learns the whole
- * set again at its next (re)activation.
+ * set again at its next (re)activation. Always on pair 0 (SPEC 1.4).
  *
  * Context: kt_services_lock held (announcements stay in order).
  * Return: 0, or a negative errno if nothing was queued.
@@ -883,6 +1056,7 @@ int kt_tx_queue_reply(struct kt_dev *kd, u32 id, u16 type, u32 arg)
 int kt_tx_queue_listen(struct kt_dev *kd, u16 type, const char *name)
 {
 	size_t len = strnlen(name, KT_NAME_MAX + 1);
+	struct kt_pair *p = &kd->pairs[0];
 	struct kt_txbuf *txb;
 	LIST_HEAD(done);
 	int err = 0;
@@ -900,20 +1074,20 @@ int kt_tx_queue_listen(struct kt_dev *kd, u16 type, const char *name)
 	kt_hdr_init(&txb->hdr, KT_CHAN_TRANSPORT, type, len, 0);
 	memcpy(txb->data, name, len);
 
-	spin_lock(&kd->tx_lock);
-	if (!kd->tx_live) {
+	spin_lock(&p->tx_lock);
+	if (!p->tx_live) {
 		err = -ENODEV;
 	} else {
-		kt_tx_begin_locked(kd, &done);
-		if (kd->ctrl_queued >= KT_CTRL_PENDING_MAX) {
+		kt_tx_begin_locked(p, &done);
+		if (p->ctrl_queued >= KT_CTRL_PENDING_MAX) {
 			err = -ENOBUFS;
 		} else {
-			kt_tx_enqueue_locked(kd, txb);
+			kt_tx_enqueue_locked(p, txb);
 			txb = NULL;
 		}
-		kt_tx_arm_locked(kd, &done);
+		kt_tx_arm_locked(p, &done);
 	}
-	spin_unlock(&kd->tx_lock);
+	spin_unlock(&p->tx_lock);
 	kt_txbufs_complete(&done);
 
 	if (err == -ENOBUFS) {
@@ -930,6 +1104,7 @@ int kt_tx_queue_listen(struct kt_dev *kd, u16 type, const char *name)
  * kt_tx_queue_ctrl() - queue a control message for a channel
  * @ch: the channel
  * @type: KT_MSG_OPEN, OPEN_OK, CLOSE, CREDIT_UPDATE or CREDIT_REQUEST
+ *	(on the channel's pair, SPEC 1.4)
  * @arg: error code for CLOSE, else 0
  * @payload: OPEN: the service name; else NULL
  * @len: payload bytes
@@ -952,6 +1127,7 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 		     const void *payload, u32 len)
 {
 	struct kt_dev *kd = ch->kd;
+	struct kt_pair *p = ch->pair;
 	bool credit = type == KT_MSG_CREDIT_UPDATE ||
 		      type == KT_MSG_CREDIT_REQUEST;
 	struct kt_txbuf *txb;
@@ -966,18 +1142,18 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 	if (len)
 		memcpy(txb->data, payload, len);
 
-	spin_lock(&kd->tx_lock);
-	if (kd->tx_live)
-		kt_tx_begin_locked(kd, &done);
+	spin_lock(&p->tx_lock);
+	if (p->tx_live)
+		kt_tx_begin_locked(p, &done);
 	spin_lock(&ch->lock);
-	if (!kd->tx_live || ch->state == KT_CH_RESET) {
+	if (!p->tx_live || ch->state == KT_CH_RESET) {
 		err = -ECONNRESET;
 	} else if (type == KT_MSG_CLOSE) {
 		/* The caller's KT_EV_CLOSE allowed exactly one. */
 	} else if (ch->state == KT_CH_CLOSE_SENT ||
 		   ch->state == KT_CH_CLOSED) {
 		skip = true;		/* nothing after our CLOSE */
-	} else if (credit && kd->ctrl_queued >= KT_CTRL_PENDING_MAX) {
+	} else if (credit && p->ctrl_queued >= KT_CTRL_PENDING_MAX) {
 		err = -ENOBUFS;
 	} else if (type == KT_MSG_CREDIT_UPDATE) {
 		skip = ch->credit_update_queued;
@@ -990,12 +1166,12 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 	if (!err && !skip) {
 		kref_get(&ch->ref);
 		txb->ch = ch;
-		kt_tx_enqueue_locked(kd, txb);
+		kt_tx_enqueue_locked(p, txb);
 		txb = NULL;
 	}
-	if (kd->tx_live)
-		kt_tx_arm_locked(kd, &done);
-	spin_unlock(&kd->tx_lock);
+	if (p->tx_live)
+		kt_tx_arm_locked(p, &done);
+	spin_unlock(&p->tx_lock);
 	kt_txbufs_complete(&done);
 
 	if (err == -ENOBUFS) {
@@ -1038,7 +1214,7 @@ static int kt_chan_tx_check(struct kt_chan *ch, u32 cost, bool *peer_limited,
 	if ((u64)ch->tx_inflight + cost > ch->kd->buf_alloc) {
 		if (!ch->tx_wait) {
 			ch->tx_wait = true;
-			atomic_inc(&ch->kd->tx_waiters);
+			atomic_inc(&ch->pair->tx_waiters);
 			*arm = true;
 		}
 		return -EAGAIN;
@@ -1066,10 +1242,10 @@ bool kt_chan_can_send(struct kt_chan *ch, u32 cost)
 		 * tx_work reaps and arms the interrupt for the waiter; queued
 		 * only while live, so kt_vqs_stop() cancels it.
 		 */
-		spin_lock(&ch->kd->tx_lock);
-		if (ch->kd->tx_live)
-			queue_work(kt_wq, &ch->kd->tx_work);
-		spin_unlock(&ch->kd->tx_lock);
+		spin_lock(&ch->pair->tx_lock);
+		if (ch->pair->tx_live)
+			queue_work(kt_wq, &ch->pair->tx_work);
+		spin_unlock(&ch->pair->tx_lock);
 	}
 	return err != -EAGAIN;
 }
@@ -1089,6 +1265,7 @@ bool kt_chan_can_send(struct kt_chan *ch, u32 cost)
 int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled)
 {
 	struct kt_dev *kd = ch->kd;
+	struct kt_pair *p = ch->pair;
 	u32 len = txb->len;
 	u32 cost = kt_msg_cost(len);
 	bool peer_limited = false, arm = false;
@@ -1097,16 +1274,16 @@ int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled)
 	LIST_HEAD(done);
 	int err;
 
-	spin_lock(&kd->tx_lock);
+	spin_lock(&p->tx_lock);
 	/* Reaping first lets this message use the credit it frees. */
-	live = kd->tx_live;
+	live = p->tx_live;
 	if (live)
-		kt_tx_begin_locked(kd, &done);
+		kt_tx_begin_locked(p, &done);
 	spin_lock(&ch->lock);
 	err = kt_chan_tx_check(ch, cost, &peer_limited, &arm);
-	if (!err && !kd->tx_live)
+	if (!err && !live)
 		err = -ECONNRESET;
-	if (!err && txb->nsg > virtqueue_get_vring_size(kd->tx_vq) &&
+	if (!err && txb->nsg > virtqueue_get_vring_size(p->tx_vq) &&
 	    !virtio_has_feature(kd->vdev, VIRTIO_RING_F_INDIRECT_DESC))
 		err = -ENOBUFS;
 	if (!err) {
@@ -1131,13 +1308,13 @@ int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled)
 		kref_get(&ch->ref);
 		txb->ch = ch;
 		txb->cost = cost;
-		kt_tx_enqueue_locked(kd, txb);
+		kt_tx_enqueue_locked(p, txb);
 		atomic64_inc(&kd->stats.tx_msgs);
 		atomic64_add(len, &kd->stats.tx_bytes);
 	}
 	if (live)
-		kt_tx_arm_locked(kd, &done);
-	spin_unlock(&kd->tx_lock);
+		kt_tx_arm_locked(p, &done);
+	spin_unlock(&p->tx_lock);
 	kt_txbufs_complete(&done);
 
 	if (request)
@@ -1150,33 +1327,33 @@ int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled)
  * (lazy reaping, a failed add): reaps what the device is done with, moves
  * waiting messages into the ring and re-arms.
  */
-static void kt_tx_reclaim(struct kt_dev *kd)
+static void kt_tx_reclaim(struct kt_pair *p)
 {
 	LIST_HEAD(done);
 
-	spin_lock(&kd->tx_lock);
-	if (kd->tx_live) {
-		kt_tx_begin_locked(kd, &done);
-		if (virtqueue_is_broken(kd->tx_vq)) {
-			kt_vq_broken(kd);
+	spin_lock(&p->tx_lock);
+	if (p->tx_live) {
+		kt_tx_begin_locked(p, &done);
+		if (virtqueue_is_broken(p->tx_vq)) {
+			kt_vq_broken(p->kd);
 		} else {
-			kt_tx_push_locked(kd);
-			kt_tx_arm_locked(kd, &done);
+			kt_tx_push_locked(p);
+			kt_tx_arm_locked(p, &done);
 		}
 	}
-	spin_unlock(&kd->tx_lock);
+	spin_unlock(&p->tx_lock);
 
 	kt_txbufs_complete(&done);
 }
 
-void kt_tx_work(struct work_struct *work)
+static void kt_tx_work(struct work_struct *work)
 {
-	kt_tx_reclaim(container_of(work, struct kt_dev, tx_work));
+	kt_tx_reclaim(container_of(work, struct kt_pair, tx_work));
 }
 
-void kt_tx_retry_work(struct work_struct *work)
+static void kt_tx_retry_work(struct work_struct *work)
 {
-	kt_tx_reclaim(container_of(to_delayed_work(work), struct kt_dev,
+	kt_tx_reclaim(container_of(to_delayed_work(work), struct kt_pair,
 				   tx_retry));
 }
 
@@ -1185,17 +1362,22 @@ void kt_tx_retry_work(struct work_struct *work)
  * @kd: the device
  *
  * After a transport reset nothing queued for the old channels may reach
- * the device: their ids may be reused at once.
+ * the device, on any pair: their ids may be reused at once.
  */
 void kt_tx_purge(struct kt_dev *kd)
 {
+	struct kt_pair *p;
+	unsigned int i;
 	LIST_HEAD(done);
 
-	spin_lock(&kd->tx_lock);
-	list_splice_init(&kd->tx_pending, &done);
-	kd->replies_pending = 0;
-	kd->ctrl_queued = 0;
-	kd->tx_queued = 0;
-	spin_unlock(&kd->tx_lock);
+	for (i = 0; i < kd->max_pairs; i++) {
+		p = &kd->pairs[i];
+		spin_lock(&p->tx_lock);
+		list_splice_tail_init(&p->tx_pending, &done);
+		p->replies_pending = 0;
+		p->ctrl_queued = 0;
+		p->tx_queued = 0;
+		spin_unlock(&p->tx_lock);
+	}
 	kt_txbufs_complete(&done);
 }

@@ -16,8 +16,9 @@ Services the guest can open (see kt_guest_test.c for the expectations):
   "reset-now"; on "reset-tight" the last data and the RESET are both used
   before the guest is notified), firehose (CREDIT_UPDATEs as fast as the
   guest posts rx buffers, until the queues stop), breakring (after
-  OPEN_OK, a used rx entry with an id the guest never posted), breaktx (on
-  a message, a used tx entry with an id the guest never posted), lazytx
+  OPEN_OK, a used rx entry with an id the guest never posted, on the
+  channel's pair), breaktx (on a message, a used tx entry with an id the
+  guest never posted, on the channel's pair), lazytx
   (credit of 64 MiB, tx completed only every 50 ms while it is open;
   "lazy-done" is answered with the payload bytes received), sink (takes
   messages, never answers), ragged (echoes in fragments of at most 1000
@@ -42,13 +43,26 @@ LISTEN/UNLISTEN without the feature, off channel 0, with a bad name, a
 LISTEN of a name already announced or an UNLISTEN of one not announced is
 a violation.
 
+With KT_MQ=N (N >= 1; the "mq" runs) the device offers KT_F_MULTIQUEUE
+with max_queue_pairs N (config space is 20 bytes either way) and serves
+every pair whose queues the driver set up. It keeps SPEC 1.4: a channel
+lives on the pair its OPEN came on, every later message of it must come
+on that pair (else a violation), LISTEN/UNLISTEN only on pair 0; what it
+sends for a channel goes on the channel's pair, a reply to a message for
+an unknown channel on the pair that message came on. Its services:
+  pair (answers each message with "pair <k> " + the message, k the
+  channel's pair), wrongpair (echoes; on "go" sends, on another pair than
+  the channel's, a DATA "stray", a CREDIT_REQUEST and a CLOSE for it, then
+  "good" on its own pair), dial1:<name> (as dial:, the host's OPEN on
+  pair 1 when the driver set up two pairs).
+
 With KT_HOSTILE=1 (the "hostile" run) the device also offers the backend
 request channel (for config-change interrupts) and serves hostile:<attack>;
 each OPEN of one starts that ring-level attack (see HOSTILE below).
 
 Environment: KT_MAX_MSG, KT_RX_BUF (config space), KT_EVENT_IDX and
 KT_INDIRECT (0 to stop offering the ring feature), KT_HOSTILE,
-KT_LISTEN_NOTIFY.
+KT_LISTEN_NOTIFY, KT_MQ.
 
 usage: fake_device.py <vhost-user socket path>
 """
@@ -65,6 +79,9 @@ HDR = struct.Struct('<IHHIIIIII')
 MSG_OPEN, MSG_OPEN_OK, MSG_OPEN_ERR, MSG_DATA, MSG_CLOSE, MSG_CU, MSG_CR, MSG_RESET = range(1, 9)
 MSG_LISTEN, MSG_UNLISTEN = 9, 10
 F_LISTEN_NOTIFY = 1
+F_MULTIQUEUE = 2
+MAX_PAIRS = 16
+NUM_VQS = 1 + 2 * MAX_PAIRS
 F_MORE = 1
 MAX_MSG = int(os.environ.get('KT_MAX_MSG', '65536'))
 RX_BUF = int(os.environ.get('KT_RX_BUF', '4096'))
@@ -75,6 +92,16 @@ STALL_FLOOD = 10000
 KICK_GRACE = 2.0
 HOSTILE = os.environ.get('KT_HOSTILE', '0') == '1'
 LISTEN_NOTIFY = os.environ.get('KT_LISTEN_NOTIFY', '0') == '1'
+MQ = int(os.environ.get('KT_MQ', '0'))
+
+
+def rx_index(k):
+    """Queue index of pair k's rx queue (SPEC 1.2)."""
+    return 2 * k + 1 if k else 0
+
+
+def tx_index(k):
+    return 2 * k + 2 if k else 1
 # hostile:<attack> - what each does once its OPEN_OK is queued:
 #   biglen    three used rx entries whose length is past the buffer
 #   credit    3000 CREDIT_REQUEST and 3000 CREDIT_UPDATE on the channel
@@ -165,8 +192,10 @@ class VQ:
     def set_avail_event(self):
         if self.dev.event_idx and self.ready():
             self.dev.mem.write(self.used + 4 + 8 * self.num, struct.pack('<H', self.last_avail))
+    def is_tx(self):
+        return self.idx == 1 or (self.idx > 2 and self.idx % 2 == 0)
     def notify(self):
-        if self.call is not None and (self.idx != 1 or self.irq_wanted()):
+        if self.call is not None and (not self.is_tx() or self.irq_wanted()):
             os.write(self.call, struct.pack('<Q', 1))
     def irq_wanted(self):
         """The tx queue honours the driver's interrupt suppression as vhost
@@ -197,13 +226,15 @@ class Chan:
         self.out = []  # pending host->guest payloads (credit)
         self.open = True; self.expect = []; self.report = None; self.got = 0
         self.close_sent = False
+        self.pair = 0  # SPEC 1.4: the pair its OPEN travelled on
         self.expect_send = []
         self.rx_cnt = 0
         self.held = None
 
 class Dev:
     def __init__(self, path):
-        self.mem = Mem(); self.vqs = [VQ(self, i) for i in range(3)]
+        self.mem = Mem(); self.vqs = [VQ(self, i) for i in range(NUM_VQS)]
+        self.cur_pair = 0  # the pair of the tx message being handled
         self.features = 0; self.event_idx = False
         self.rxq = []  # raw (hdr_bytes_fn, payload) messages to put in rx
         self.evq = []
@@ -215,7 +246,7 @@ class Dev:
         self.tx_stalled = False
         self.lazy_tx = None  # lazytx open: tx is next completed at this time
         self.firehose = None
-        self.break_rx = False
+        self.break_rx = None  # breakring: the pair whose rx ring breaks
         self.rx_attack = None
         self.ev_attack = False
         self.break_storm = 0
@@ -260,6 +291,7 @@ class Dev:
             if EVENT_IDX: f |= 1 << 29
             if INDIRECT: f |= 1 << 28
             if LISTEN_NOTIFY: f |= 1 << F_LISTEN_NOTIFY
+            if MQ: f |= 1 << F_MULTIQUEUE
             self.reply(req, struct.pack('<Q', f))
         elif req == 2:
             self.features = struct.unpack('<Q', p[:8])[0]
@@ -275,7 +307,7 @@ class Dev:
                 self.backend.close()
             self.backend = socket.socket(fileno=fds[0]) if fds else None
         elif req == 17:
-            self.reply(req, struct.pack('<Q', 3))
+            self.reply(req, struct.pack('<Q', NUM_VQS))
         elif req == 5:
             n = struct.unpack('<I', p[:4])[0]
             regs = []
@@ -321,7 +353,7 @@ class Dev:
             i, en = struct.unpack('<II', p[:8]); self.vqs[i].enabled = bool(en)
         elif req == 24:
             off, size, flg = struct.unpack('<III', p[:12])
-            cfg = struct.pack('<IIII', MAX_MSG, 64, RX_BUF, 7)
+            cfg = struct.pack('<IIIIHH', MAX_MSG, 64, RX_BUF, 7, MQ, 0)
             self.reply(req, struct.pack('<III', off, size, flg) + cfg[off:off + size].ljust(size, b'\0'))
         elif req in (3, 4, 16, 6, 7):
             pass
@@ -332,7 +364,14 @@ class Dev:
 
     # ---- device ----
     def send_rx(self, ch, typ, payload=b'', **kw):
+        c = kw.get('chan')
+        kw.setdefault('pair', c.pair if c else self.cur_pair)
         self.rxq.append((ch, typ, payload, kw))
+
+    def pairs(self):
+        """The pairs whose queues the driver set up."""
+        return [k for k in range(MAX_PAIRS)
+                if self.vqs[rx_index(k)].ready() and self.vqs[tx_index(k)].ready()]
 
     def ctrl(self, c, typ, arg=0):
         self.send_rx(c.id, typ, b'', chan=c, arg=arg)
@@ -354,14 +393,26 @@ class Dev:
             c.tx_seq = (c.tx_seq + 1) & 0xffffffff
 
     def fill_rx(self, notify=True):
-        q = self.vqs[0]
-        did = False
         fh = self.firehose
         if fh is not None and len(self.rxq) < 512:
             for _ in range(512):
                 self.ctrl(fh, MSG_CU)
-        while self.rxq and q.ready():
-            ch, typ, payload, kw = self.rxq[0]
+        for k in range(MAX_PAIRS):
+            q = self.vqs[rx_index(k)]
+            if k and not q.ready():
+                continue
+            self.fill_rx_pair(k, q, notify)
+
+    def fill_rx_pair(self, k, q, notify):
+        """Puts the messages of pair k, oldest first, in its rx queue q."""
+        did = False
+        i = 0
+        while q.ready():
+            while i < len(self.rxq) and self.rxq[i][3]['pair'] != k:
+                i += 1
+            if i == len(self.rxq):
+                break
+            ch, typ, payload, kw = self.rxq[i]
             raw = kw.get('raw')
             c = kw.get('chan')
             ba = kw.get('ba', c.buf_alloc if c else 0)
@@ -374,7 +425,7 @@ class Dev:
             cap = sum(l for a, l, w in segs if w)
             if raw is not None:
                 data = raw; used = kw.get('used', len(raw))
-                self.rxq.pop(0)
+                self.rxq.pop(i)
             else:
                 room = min(cap - 32, kw.get('frag', cap))
                 chunk = payload[off:off + room]
@@ -384,9 +435,9 @@ class Dev:
                 h = hdr(ch, typ, len(chunk), len(payload), kw.get('seq', 0), F_MORE if more else 0, ba, fw, kw.get('arg', 0))
                 data = h + chunk; used = len(data)
                 if more:
-                    self.rxq[0] = (ch, typ, payload, dict(kw, off=off + len(chunk), ba=ba, fw=fw))
+                    self.rxq[i] = (ch, typ, payload, dict(kw, off=off + len(chunk), ba=ba, fw=fw))
                 else:
-                    self.rxq.pop(0)
+                    self.rxq.pop(i)
             pos = 0
             for a, l, w in segs:
                 if not w:
@@ -396,9 +447,22 @@ class Dev:
                     self.mem.write(a, part)
                 pos += len(part)
             q.push(head, used); did = True
-        if self.break_rx and not self.rxq and q.ready():
-            self.break_rx = False
+        if k == 0 or self.break_rx == k:
+            did = self.rx_lies(k, q) or did
+        q.set_avail_event()
+        if did and notify:
+            q.notify()
+
+    def rx_lies(self, k, q):
+        """breakring (on the channel's pair k), breakstorm and the hostile
+        rx attacks (pair 0)."""
+        did = False
+        if (self.break_rx == k and q.ready()
+                and not any(m[3]['pair'] == k for m in self.rxq)):
+            self.break_rx = None
             q.push(q.num + 5, 32); did = True
+        if k:
+            return did
         if self.break_storm and not q.storm_done and q.ready() and q.has():
             q.storm_done = True
             self.break_storm -= 1
@@ -406,9 +470,7 @@ class Dev:
             q.push(q.num + 5, 32); did = True
         if self.rx_attack and not self.rxq and q.ready() and q.has():
             did = self.hostile_rx(q) or did
-        q.set_avail_event()
-        if did and notify:
-            q.notify()
+        return did
 
     def fill_ev(self):
         q = self.vqs[2]; did = False
@@ -436,20 +498,28 @@ class Dev:
             q.notify()
 
     def process_tx(self):
-        q = self.vqs[1]; did = False
         if self.lazy_tx is not None:
             # lazytx: complete tx in batches, every 50 ms.
             if time.time() < self.lazy_tx:
                 return
             self.lazy_tx = time.time() + 0.05
-        while q.has() and not self.tx_stalled:
-            head, segs = q.pop()
-            data = b''.join(self.mem.read(a, l) for a, l, w in segs)
-            q.push(head, 0); did = True
-            self.on_msg(data)
-        q.set_avail_event()
-        if did:
-            q.notify()
+        for k in range(MAX_PAIRS):
+            q = self.vqs[tx_index(k)]
+            if not q.ready():
+                continue
+            did = False
+            while q.has() and not self.tx_stalled:
+                head, segs = q.pop()
+                data = b''.join(self.mem.read(a, l) for a, l, w in segs)
+                q.push(head, 0); did = True
+                self.cur_pair = k
+                try:
+                    self.on_msg(data)
+                finally:
+                    self.cur_pair = 0
+            q.set_avail_event()
+            if did:
+                q.notify()
 
     def on_msg(self, data):
         if len(data) < 32:
@@ -466,12 +536,17 @@ class Dev:
             violation('bad length %d for type %d' % (ln, typ))
         self.stats[typ] = self.stats.get(typ, 0) + 1
         if typ in (MSG_LISTEN, MSG_UNLISTEN):
+            if self.cur_pair:
+                violation('type %d on pair %d (pair 0 only)' % (typ, self.cur_pair))
             self.on_listen(cid, typ, payload)
             return
         c = self.chans.get(cid)
+        if c is not None and typ != MSG_OPEN and c.pair != self.cur_pair:
+            violation('channel %#x: type %d on pair %d, it lives on pair %d'
+                      % (cid, typ, self.cur_pair, c.pair))
         if typ == MSG_OPEN:
             name = payload.decode()
-            log('OPEN %#x %s' % (cid, name))
+            log('OPEN %#x %s pair %d' % (cid, name, self.cur_pair))
             self.guest_open(cid, name, ba, fw)
             return
         if c is None:
@@ -553,11 +628,13 @@ class Dev:
                  'breaktx', 'lazytx', 'sink', 'ragged',
                  'closeafter',
                  'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag',
-                 'mal-state', 'listeners')
+                 'mal-state', 'listeners', 'pair', 'wrongpair')
         hostile = HOSTILE and name.startswith('hostile:') and name[8:] in HOSTILE_ATTACKS
-        if name not in known and not hostile and not name.startswith('dial:') and not name.startswith('hold:'):
+        if (name not in known and not hostile and not name.startswith('dial:')
+                and not name.startswith('dial1:') and not name.startswith('hold:')):
             self.send_rx(cid, MSG_OPEN_ERR, b'', arg=2); return
         c = Chan(cid, name, name)
+        c.pair = self.cur_pair
         c.peer_buf, c.peer_fwd = ba, fw
         if name in ('slow', 'stall'):
             c.buf_alloc = MAX_MSG + 32
@@ -574,8 +651,8 @@ class Dev:
         elif name == 'reset':
             self.host_send(c, b'before-reset')
         elif name == 'breakring':
-            log('breakring: a used id the guest never posted follows')
-            self.break_rx = True
+            log('breakring: a used id the guest never posted follows (pair %d)' % c.pair)
+            self.break_rx = c.pair
         elif name == 'firehose':
             log('firehose on %#x' % cid)
             self.firehose = c
@@ -615,10 +692,13 @@ class Dev:
             c.held = d
             self.chans[hid] = d
             self.send_rx(hid, MSG_OPEN, target.encode(), chan=d)
-        elif name.startswith('dial:'):
-            target = name[5:]
+        elif name.startswith('dial:') or name.startswith('dial1:'):
+            target = name.split(':', 1)[1]
             hid = self.next_host_id; self.next_host_id += 1
             d = Chan(hid, target, 'dialed')
+            if name.startswith('dial1:') and len(self.pairs()) > 1:
+                d.pair = 1
+            log('host opens %#x %s on pair %d' % (hid, target, d.pair))
             d.report = c
             d.expect_send = [b'hello', b'x' * 5000, b'', bytes(range(256)) * 256]
             d.expect = list(d.expect_send)
@@ -636,10 +716,11 @@ class Dev:
             self.fill_rx(notify=False)
             self.do_reset()
             self.fill_ev()
-            self.vqs[0].notify()
+            for k in self.pairs():
+                self.vqs[rx_index(k)].notify()
         elif c.svc == 'breaktx':
-            log('breaktx: a used tx id the guest never posted')
-            q = self.vqs[1]
+            log('breaktx: a used tx id the guest never posted (pair %d)' % c.pair)
+            q = self.vqs[tx_index(c.pair)]
             q.push(q.num + 7, 0)
             q.notify()
         elif c.svc == 'stall' and not self.tx_stalled:
@@ -657,7 +738,18 @@ class Dev:
             self.send_rx(c.id, MSG_DATA, b'late', chan=c, seq=c.tx_seq)
             c.tx_seq += 1
             self.ctrl(c, MSG_CLOSE)
-        elif c.svc in ('echo', 'mal-noise', 'noclose', 'ragged', 'mal-state'):
+        elif c.svc == 'pair':
+            self.host_send(c, b'pair %d ' % c.pair + p)
+        elif c.svc == 'wrongpair' and p == b'go':
+            other = [k for k in self.pairs() if k != c.pair]
+            if other:
+                log('wrongpair: %#x (pair %d) gets DATA, CREDIT_REQUEST, CLOSE on pair %d'
+                    % (c.id, c.pair, other[0]))
+                self.send_rx(c.id, MSG_DATA, b'stray', chan=c, seq=c.tx_seq, pair=other[0])
+                self.send_rx(c.id, MSG_CR, b'', chan=c, pair=other[0])
+                self.send_rx(c.id, MSG_CLOSE, b'', chan=c, pair=other[0])
+            self.host_send(c, b'good')
+        elif c.svc in ('echo', 'mal-noise', 'noclose', 'ragged', 'mal-state', 'wrongpair'):
             self.host_send(c, p)
         elif c.svc == 'lazytx' and p == b'lazy-done':
             self.host_send(c, b'%d' % c.bytes)
@@ -811,8 +903,7 @@ class Dev:
             for t in [t for t in self.timers if t[0] <= now]:
                 self.timers.remove(t)
                 t[1]()
-            if self.vqs[1].ready():
-                self.process_tx()
+            self.process_tx()
             self.fill_rx()
             self.rx_starved = bool(self.rxq) and self.vqs[0].ready() and not self.vqs[0].has()
             self.fill_ev()

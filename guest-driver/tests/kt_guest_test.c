@@ -7,10 +7,12 @@
  * The services it talks to (echo, big, slow, mal-*, dial:, ...) are the
  * ones fake_device.py implements.
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <glob.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -1889,6 +1891,121 @@ static void test_batch(void)
 	close(fd);
 }
 
+/* Moves the calling task to CPU @cpu; false if it cannot run there. */
+static bool pin_cpu(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), &set) == 0 &&
+	       sched_getcpu() == cpu;
+}
+
+/*
+ * Opens "pair" from CPU @cpu; the device answers each message with the
+ * pair the channel lives on (SPEC 1.4: the opener's CPU modulo the pairs
+ * in use). A 10000-byte message checks reassembly on that pair.
+ */
+static int mq_open_on(int cpu, int pairs)
+{
+	char want[64];
+	ssize_t n;
+	int fd;
+
+	check(pin_cpu(cpu), "pinned to CPU %d", cpu);
+	fd = connect_to("pair", 0);
+	check(fd >= 0, "CPU %d: connect pair", cpu);
+	snprintf(want, sizeof(want), "pair %d hello", cpu % pairs);
+	check(fd >= 0 && write(fd, "hello", 5) == 5 &&
+	      read_str(fd, want), "CPU %d: channel on pair %d: %s", cpu,
+	      cpu % pairs, buf);
+	memset(wbuf, 'a' + cpu, 10000);
+	n = fd >= 0 && write(fd, wbuf, 10000) == 10000 ?
+	    read(fd, buf, sizeof(buf)) : -1;
+	check(n == 10007 && !memcmp(buf, want, 7) &&
+	      !memcmp(buf + 7, wbuf, 10000),
+	      "CPU %d: 10000 bytes there and back on pair %d", cpu,
+	      cpu % pairs);
+	return fd;
+}
+
+/*
+ * Queue pairs (SPEC 1.4) with @pairs expected in use: channels opened on
+ * CPU 0 and CPU 1 live on pair 0 and pair 1 (fake_device.py reports any
+ * message of a channel on another pair as a violation); with two pairs
+ * also a host-opened channel on pair 1, channel messages the device sends
+ * on the wrong pair (dropped, counted, the channel untouched) and a RESET
+ * ending the channels of both pairs.
+ */
+static void test_mq(int pairs)
+{
+	long wrong = sys_counter("wrong_pair"), resets = sys_counter("resets");
+	int fd0, fd1, fd, l, a, st;
+	char want[64];
+
+	check(sys_counter("queue_pairs") == pairs, "%d queue pair(s) in use",
+	      pairs);
+	fd0 = mq_open_on(0, pairs);
+	fd1 = mq_open_on(1, pairs);
+	pin_cpu(0);
+	close(fd0);
+	close(fd1);
+
+	if (pairs > 1) {
+		l = open("/dev/kerntransport", O_RDWR);
+		check(name_ioctl(l, KT_IOC_LISTEN, "svc1") == 0, "listen svc1");
+		fd = connect_to("dial1:svc1", 0);
+		check(fd >= 0, "ask the host to connect to svc1 on pair 1");
+		a = ioctl(l, KT_IOC_ACCEPT, 0);
+		check(a >= 0, "accepted the host's channel");
+		if (a >= 0 && fork() == 0)
+			echo_until_eof(a);
+		if (a >= 0)
+			close(a);
+		check(read_str(fd, "dial ok"),
+		      "host-opened channel on pair 1 answered there: %s", buf);
+		wait(&st);
+		close(fd);
+		close(l);
+
+		fd = connect_to("wrongpair", 0);
+		check(fd >= 0 && write(fd, "go", 2) == 2 &&
+		      read_str(fd, "good"), "wrongpair: own pair's DATA read");
+		check(wait_counter("wrong_pair", wrong + 3, 5000) == wrong + 3,
+		      "DATA, CREDIT_REQUEST, CLOSE on the other pair counted (%ld)",
+		      sys_counter("wrong_pair") - wrong);
+		check(state_of(fd) == KT_STATE_OPEN && call_ok(fd, "still", 5),
+		      "the channel survived them");
+		close(fd);
+	}
+
+	/* RESET: channels of both pairs end, data used before it first. */
+	fd0 = connect_to("echo", 0);
+	pin_cpu(1);
+	fd = connect_to("reset", 0);
+	check(fd >= 0 && read(fd, buf, sizeof(buf)) == 12,
+	      "reset (pair %d): first message", 1 % pairs);
+	check(write(fd, "reset-tight", 11) == 11 && read_str(fd, "last-data"),
+	      "data used just before the RESET delivered");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "then ECONNRESET");
+	errno = 0;
+	check(write(fd0, "z", 1) < 0 && errno == ECONNRESET,
+	      "pair 0's channel: write -> ECONNRESET");
+	check(sys_counter("resets") == resets + 1, "reset counted");
+	close(fd);
+	close(fd0);
+	fd = connect_to("pair", 0);
+	snprintf(want, sizeof(want), "pair %d x", 1 % pairs);
+	check(fd >= 0 && write(fd, "x", 1) == 1 && read_str(fd, want),
+	      "new channel after the reset: %s", buf);
+	close(fd);
+	usleep(300000);
+	check(sys_counter("open_channels") == 0, "no channel left open");
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "";
@@ -1923,6 +2040,10 @@ int main(int argc, char **argv)
 	} else if (!strcmp(what, "unbind")) {
 		test_unbind();
 	} else if (!strcmp(what, "breakring")) {
+		/* Optionally from CPU N: its channels live on pair N. */
+		if (argc > 2)
+			check(pin_cpu(atoi(argv[2])), "pinned to CPU %s",
+			      argv[2]);
 		test_breakring();
 		test_breaktx();
 	} else if (!strcmp(what, "firehose")) {
@@ -1941,6 +2062,8 @@ int main(int argc, char **argv)
 		test_hold();
 	} else if (!strcmp(what, "notify")) {
 		test_notify();
+	} else if (!strcmp(what, "mq") && argc > 2) {
+		test_mq(atoi(argv[2]));
 	} else if (!strcmp(what, "quick")) {
 		struct kt_ioc_info info = { 0 };
 		int fd = connect_to("echo", 0);
@@ -1954,7 +2077,7 @@ int main(int argc, char **argv)
 		      info.channel);
 	} else {
 		fprintf(stderr, "usage: %s nodev|dev|unbind|firehose|breakring|%s\n",
-			argv[0], "flood|hostile|huge|hold|notify|quick");
+			argv[0], "flood|hostile|huge|hold|notify|quick|mq <pairs>");
 		return 2;
 	}
 	printf("%s: %d failures\n", what, failures);

@@ -19,6 +19,19 @@
 #           while a good channel echoes verified data; counters, memory,
 #           rmmod; like dev, also with neither ring feature and 256-byte rx
 #           buffers (the good channel's messages in fragments)
+#   mq      queue pairs (SPEC 1.4), -smp 2 (or the debug pass's count):
+#           fake_device.py with KT_MQ=2 and 5 queues: the driver uses 2
+#           pairs, channels opened on CPU 0 and CPU 1 live on pair 0 and
+#           pair 1 with all their traffic (the device checks every
+#           message's pair), a host-opened channel on pair 1 is answered
+#           there, channel messages on the wrong pair are dropped and
+#           counted (wrong_pair) without touching the channel, a RESET
+#           ends both pairs' channels after delivering earlier data;
+#           mq-fallback: the same device behind a QEMU with 3 queues (the
+#           driver falls back to one pair); mq-nobit: 5 queues but no
+#           KT_F_MULTIQUEUE (one pair); mq also breaks the rx and the tx
+#           ring of pair 1, then of pair 0 (the device is reset, two pairs
+#           again) and reloads with max_pairs=1
 #   flood   no fake_device.py: vhost-user-fill (vmm/examples, built here
 #           with cargo) hands back every buffer the moment it is posted,
 #           filled with 0x5a, on all 3 queues (256-byte rx buffers, 256 of
@@ -194,6 +207,31 @@ huge)
 	run rmmod kt_kecho
 	run rmmod kerntransport
 	;;
+mq)
+	pairs=$(sed -n 's/.*kt\.pairs=\([0-9]*\).*/\1/p' /proc/cmdline)
+	run kt_guest_test mq "$pairs"
+	dmesg | grep "queue pair"
+	if grep -q "kt\.fallback=1" /proc/cmdline; then
+		dmesg | grep -q "queue pairs not available.*using one" ||
+			echo "FAIL: no fallback to one pair logged"
+	fi
+	if [ "$pairs" != 1 ]; then
+		# A broken rx or tx ring of either pair resets the device:
+		# both pairs come back.
+		run kt_guest_test breakring 1
+		run kt_guest_test breakring 0
+		run kt_guest_test mq "$pairs"
+		# max_pairs=1: one pair although the device offers two.
+		run rmmod kt_kecho
+		run rmmod kerntransport
+		run insmod $m/kerntransport.ko max_pairs=1
+		run kt_guest_test mq 1
+		run rmmod kerntransport
+	else
+		run rmmod kt_kecho
+		run rmmod kerntransport
+	fi
+	;;
 notify)
 	run kt_guest_test notify
 	run rmmod kt_kecho
@@ -286,7 +324,12 @@ start_device() {
 }
 
 # run_guest <name> <scenario> <qemu binary> [env for fake_device.py...]
-# ($smp, when set, is the guest's vCPU count.)
+# ($smp, when set, is the guest's vCPU count; $vqs and $cfg, when set, the
+# device's queue count and config size (3 and 16); $extra more -append
+# text.)
+vqs=
+cfg=
+extra=
 run_guest() {
 	local name=$1 scenario=$2 qemu=$3 log=$work/$1.log dlog=$work/$1.device.log
 	shift 3
@@ -295,13 +338,13 @@ run_guest() {
 	fi
 	local args=(-L /usr/share/qemu -L /usr/share/seabios -nic none -m 512
 		-kernel "$kernel" -initrd "$work/initrd.gz" -nographic -no-reboot
-		-append "console=ttyS0 quiet no_timer_check kt.scenario=$scenario$append")
+		-append "console=ttyS0 quiet no_timer_check kt.scenario=$scenario$append$extra")
 	[ -z "$smp" ] || args+=(-smp "$smp")
 	if [ "$scenario" != nodev ]; then
 		local sock=$work/$name.sock
 		args+=(-object memory-backend-memfd,id=mem,size=512M,share=on
 			-numa node,memdev=mem -chardev "socket,id=kt,path=$sock"
-			-device vhost-user-device-pci,chardev=kt,virtio-id=60,num_vqs=3,vq_size=256,config_size=16)
+			-device "vhost-user-device-pci,chardev=kt,virtio-id=60,num_vqs=${vqs:-3},vq_size=256,config_size=${cfg:-16}")
 	fi
 	echo "run.sh: $name"
 	local t0=$SECONDS attempt crash
@@ -375,6 +418,17 @@ all_scenarios() {
 		run_guest "hostile-plain-ring$sfx" hostile "$QEMU_KT" KT_HOSTILE=1 KT_EVENT_IDX=0 \
 			KT_INDIRECT=0 KT_RX_BUF=256
 	! wanted flood || run_guest "flood$sfx" flood "$QEMU_KT"
+	# Queue pairs: at least two vCPUs, config space with max_queue_pairs.
+	local smp0=$smp
+	smp=${smp:-2}
+	cfg=20
+	! wanted mq || vqs=5 extra=" kt.pairs=2" run_guest "mq$sfx" mq "$QEMU_KT" KT_MQ=2
+	! wanted mq-fallback ||
+		vqs=3 extra=" kt.pairs=1 kt.fallback=1" run_guest "mq-fallback$sfx" mq "$QEMU_KT" KT_MQ=2
+	! wanted mq-nobit ||
+		vqs=5 extra=" kt.pairs=1" run_guest "mq-nobit$sfx" mq "$QEMU_KT" KT_MQ=0
+	smp=$smp0
+	cfg=
 }
 
 if [ "$debug" = 1 ]; then
