@@ -142,6 +142,15 @@ impl KtDevice {
         }
     }
 
+    /// The device with the queues of `pairs` rx/tx pairs (SPEC §1.2); the
+    /// backend must serve at least that many (`--queue-pairs`).
+    pub fn with_pairs(socket: &Path, pairs: u16) -> KtDevice {
+        KtDevice {
+            num_vqs: kt_proto::consts::num_vqs(pairs),
+            ..KtDevice::new(socket)
+        }
+    }
+
     fn args(&self) -> Vec<OsString> {
         let mut chardev = OsString::from("socket,id=kt0,path=");
         chardev.push(&self.socket);
