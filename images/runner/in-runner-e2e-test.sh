@@ -12,10 +12,14 @@
 #   restart  kill -9 kt-vhost-device, start it again on the same socket:
 #            kt-vmm reconnects, the guest's open channel gets ECONNRESET,
 #            new channels and traffic work
+# The device serves KT_E2E_PAIRS (default 2) rx/tx queue pairs and kt-vmm
+# gives it their queues (SPEC §1.4); the guest's 2 vCPUs must use them all
+# ("KT-STEP: pairs N").
 # Exit status 0 = every check passed and the guest said KT-RESULT: PASS.
 set -u
 img=${KT_IMAGE_DIR:-/kt-image}
 n=${KT_E2E_MESSAGES:-20000}
+pairs=${KT_E2E_PAIRS:-2}
 tmp=$(mktemp -d)
 log=$tmp/serial.log
 pids=
@@ -71,7 +75,7 @@ wait_pid() {
 start_device() {
 	rm -f "$tmp/kt.sock" "$tmp/listen.sock"
 	kt-vhost-device --socket-path "$tmp/kt.sock" --listen "$tmp/listen.sock" \
-		--policy "$tmp/policy.toml" --log-level info >>"$tmp/dev.log" 2>&1 &
+		--policy "$tmp/policy.toml" --queue-pairs "$pairs" --log-level info >>"$tmp/dev.log" 2>&1 &
 	dev_pid=$!
 	i=0
 	while [ ! -S "$tmp/kt.sock" ]; do
@@ -116,9 +120,13 @@ say "host services and kt-vhost-device up; booting the image under kt-vmm"
 RUST_LOG=${KT_VMM_LOG:-warn} kt-vmm --kernel "$img/vmlinuz" --initrd "$img/initramfs.cpio.gz" \
 	--cpus 2 --mem 512M \
 	--cmdline "console=ttyS0 reboot=k panic=-1 quiet kt.workload=vmm-e2e kt.timeout=600 kt.n=$n" \
-	--vhost-user "socket=$tmp/kt.sock,virtio-id=60,queues=3,queue-size=256,config-size=16" \
+	--vhost-user "socket=$tmp/kt.sock,virtio-id=60,queues=$((1 + 2 * pairs)),queue-size=256,config-size=20" \
 	>"$log" 2>&1 </dev/null &
 vmm_pid=$!
+
+wait_for '^KT-STEP: pairs ' 180
+grep -q "^KT-STEP: pairs $pairs" "$log" || fail "the driver uses $(sed -n 's/^KT-STEP: pairs //p' "$log") queue pair(s), want $pairs"
+say "ok: the driver uses $pairs queue pair(s)"
 
 wait_for '^KT-STEP: g2h start' 180
 say "guest reached the workload"

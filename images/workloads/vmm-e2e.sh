@@ -36,6 +36,10 @@ round_trip() {
 	esac
 }
 
+# 0. the queue pairs the driver set up (the host checks them).
+sys=$(kt_sysfs) || fail "no kerntransport device bound"
+step "pairs $(cat "$sys/queue_pairs" 2>/dev/null || echo none)"
+
 # 1. guest -> host.
 step "g2h start $n"
 out=$(kt gen g2h --count "$n" --min-size 1 --max-size 256 --seed 11 2>&1) || {
