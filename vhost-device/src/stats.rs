@@ -125,6 +125,9 @@ pub struct Stats {
     guest_id: u32,
     channels: Mutex<BTreeMap<u32, ChannelEntry>>,
     guest_listeners: Mutex<BTreeSet<String>>,
+    /// Totals per queue pair (closed channels included); one entry per
+    /// pair the device serves ([`Stats::with_pairs`]), empty for one pair.
+    pairs: Vec<Counters>,
 }
 
 /// One channel in a snapshot.
@@ -190,6 +193,10 @@ pub struct StatsSnapshot {
     pub device: CountersSnapshot,
     /// Open channels.
     pub channels: Vec<ChannelSnapshot>,
+    /// Totals per queue pair, closed channels included (one entry per
+    /// pair with `--queue-pairs` above 1, else none).
+    #[serde(default)]
+    pub pairs: Vec<CountersSnapshot>,
 }
 
 /// Adds `n` to a counter.
@@ -210,6 +217,22 @@ impl Stats {
             guest_id,
             ..Stats::default()
         }
+    }
+
+    /// These counters for a device of `pairs` queue pairs: with more than
+    /// one, totals are kept per pair too ([`Stats::pair`]).
+    pub fn with_pairs(mut self, pairs: u16) -> Stats {
+        self.pairs = if pairs > 1 {
+            (0..pairs).map(|_| Counters::default()).collect()
+        } else {
+            Vec::new()
+        };
+        self
+    }
+
+    /// The totals of queue pair `pair`, if kept.
+    pub fn pair(&self, pair: u16) -> Option<&Counters> {
+        self.pairs.get(usize::from(pair))
     }
 
     /// Registers a channel of pair 0 and returns its counters.
@@ -359,6 +382,7 @@ impl Stats {
             listen_refused: self.events.listen_refused.load(Relaxed),
             device: self.device.snapshot(),
             channels,
+            pairs: self.pairs.iter().map(Counters::snapshot).collect(),
         }
     }
 }
@@ -445,12 +469,14 @@ impl StatsSnapshot {
             );
         }
         row(&mut s, "total", "", "", "", &self.device);
-        let pairs = self.per_pair();
-        if pairs.keys().any(|p| *p != 0) {
-            for (p, (n, c)) in &pairs {
-                let label = format!("pair {p}");
-                row(&mut s, &label, "", &format!("{n} channel(s)"), "", c);
-            }
+        let open = self.per_pair();
+        for (p, c) in self.pairs.iter().enumerate() {
+            let n = u16::try_from(p)
+                .ok()
+                .and_then(|p| open.get(&p))
+                .map_or(0, |(n, _)| *n);
+            let label = format!("pair {p}");
+            row(&mut s, &label, "", &format!("{n} open"), "", c);
         }
         s
     }

@@ -121,7 +121,10 @@ impl Vm {
         for path in config.paths() {
             claim_socket_path(path)?;
         }
-        let stats = Arc::new(Stats::for_vm(&config.name, config.device.guest_id));
+        let stats = Arc::new(
+            Stats::for_vm(&config.name, config.device.guest_id)
+                .with_pairs(config.device.max_queue_pairs),
+        );
         let policy = Arc::new(PolicyCell::new(config.policy.clone()).map_err(VmError::Setup)?);
         let listener = match &config.listen {
             Some(path) => Some(SeqListener::bind(path).map_err(|source| VmError::Listen {

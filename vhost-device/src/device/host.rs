@@ -375,6 +375,9 @@ impl Device {
                             ch.stalled = true;
                             add(&ch.counters.credit_stalls, 1);
                             add(&self.stats.device.credit_stalls, 1);
+                            if let Some(p) = self.stats.pair(self.pair) {
+                                add(&p.credit_stalls, 1);
+                            }
                             self.queue_ctrl(
                                 Header::new(MsgType::CreditRequest, id),
                                 Vec::new(),
@@ -395,6 +398,9 @@ impl Device {
                     HostRead::TooBig(len) => {
                         add(&ch.counters.malformed, 1);
                         add(&self.stats.device.malformed, 1);
+                        if let Some(p) = self.stats.pair(self.pair) {
+                            add(&p.malformed, 1);
+                        }
                         log::warn!(
                             "channel {id:#x} ({:?}): host sent a {len}-byte message, max is {max}; closing",
                             ch.service
@@ -423,6 +429,10 @@ impl Device {
         add(&ch.counters.bytes_to_guest, len as u64);
         add(&self.stats.device.msgs_to_guest, 1);
         add(&self.stats.device.bytes_to_guest, len as u64);
+        if let Some(p) = self.stats.pair(self.pair) {
+            add(&p.msgs_to_guest, 1);
+            add(&p.bytes_to_guest, len as u64);
+        }
         // Round-robin: back of the queue while it may have more.
         ch.in_ready = true;
         self.ready.push_back(id);

@@ -15,6 +15,7 @@ fn snapshot_and_table() {
     let t = s.table();
     assert!(t.contains("echo"), "{t}");
     assert!(!t.contains("pair 0"), "one pair: no per-pair rows\n{t}");
+    assert!(s.pairs.is_empty() && st.pair(0).is_none());
     let d = st.open_channel_on(1, 5, "echo", Opener::Guest);
     add(&d.msgs_to_guest, 4);
     st.open_channel_on(1, 6, "log", Opener::Guest);
@@ -41,9 +42,19 @@ fn snapshot_and_table() {
     assert_eq!(pp[&0].1.msgs_to_host, 2);
     assert_eq!(pp[&1].0, 2);
     assert_eq!(pp[&1].1.msgs_to_guest, 4);
-    let t2 = s2.table();
-    assert!(t2.contains("pair 1"), "{t2}");
-    assert!(t2.contains("2 channel(s)"), "{t2}");
+    // Totals per pair are kept with more than one pair.
+    let mq = Stats::new(8).with_pairs(2);
+    mq.open_channel_on(1, 5, "echo", Opener::Guest);
+    add(&mq.pair(1).unwrap().msgs_to_guest, 4);
+    mq.close_channel(5);
+    mq.open_channel_on(1, 6, "echo", Opener::Guest);
+    let s3 = mq.snapshot();
+    assert_eq!(s3.pairs.len(), 2);
+    assert_eq!(s3.pairs[1].msgs_to_guest, 4, "closed channels still count");
+    let t3 = s3.table();
+    let row1 = t3.lines().find(|l| l.starts_with("pair 1")).unwrap();
+    assert!(row1.contains("1 open") && row1.contains(" 4 "), "{t3}");
+    assert!(t3.lines().any(|l| l.starts_with("pair 0")), "{t3}");
     st.close_channel(5);
     st.close_channel(6);
     assert!(
