@@ -16,12 +16,9 @@ use crate::iov::{send_guest, send_guest_many, GuestBytes, IOV_MAX};
 pub(super) fn count_to_host(stats: &Stats, pair: u16, ch: &Channel, len: u64) {
     add(&ch.counters.msgs_to_host, 1);
     add(&ch.counters.bytes_to_host, len);
-    add(&stats.device.msgs_to_host, 1);
-    add(&stats.device.bytes_to_host, len);
-    if let Some(p) = stats.pair(pair) {
-        add(&p.msgs_to_host, 1);
-        add(&p.bytes_to_host, len);
-    }
+    let t = stats.totals(pair);
+    add(&t.msgs_to_host, 1);
+    add(&t.bytes_to_host, len);
 }
 
 /// Most messages one burst (one `sendmmsg`) carries.

@@ -459,10 +459,7 @@ impl Device {
     }
 
     fn malformed(&mut self, ch: Option<u32>, what: &dyn std::fmt::Display) {
-        add(&self.stats.device.malformed, 1);
-        if let Some(p) = self.stats.pair(self.pair) {
-            add(&p.malformed, 1);
-        }
+        add(&self.stats.totals(self.pair).malformed, 1);
         if let Some(c) = ch.and_then(|id| self.channels.get(&id)) {
             add(&c.counters.malformed, 1);
         }
