@@ -135,7 +135,9 @@ struct ChannelEntry {
 /// Everything the control socket reports.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Sums over all channels, plus malformed input for unknown channels.
+    /// Sums over all channels, plus malformed input for unknown channels;
+    /// with totals per pair ([`Stats::with_pairs`]) only what no pair
+    /// counted (count through [`Stats::totals`]; the snapshot adds up).
     pub device: Counters,
     /// Device-level events.
     pub events: DeviceEvents,
