@@ -1,8 +1,9 @@
 //! One VM the daemon serves: its sockets (bound by the manager thread),
 //! its engines (one per queue pair), counters and policy, and the thread
-//! that serves one vhost-user frontend at a time for it. VMs share nothing but the process: a VM's
-//! frontend disconnecting or misbehaving resets only that VM's device, and
-//! stopping a VM (reload without it) touches no other.
+//! that serves one vhost-user frontend at a time for it. VMs share
+//! nothing but the process: a VM's frontend disconnecting or misbehaving
+//! resets only that VM's device, and stopping a VM (reload without it)
+//! touches no other.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
