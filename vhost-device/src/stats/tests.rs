@@ -55,6 +55,15 @@ fn snapshot_and_table() {
     let row1 = t3.lines().find(|l| l.starts_with("pair 1")).unwrap();
     assert!(row1.contains("1 open") && row1.contains(" 4 "), "{t3}");
     assert!(t3.lines().any(|l| l.starts_with("pair 0")), "{t3}");
+    let text = s3.prometheus();
+    let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let pair1 = [("pair", "1"), ("direction", "to_guest")];
+    assert_eq!(ex.value("kt_device_pair_messages_total", &pair1), Some(4.0));
+    assert_eq!(ex.value("kt_device_pair_bytes_total", &pair1), Some(0.0));
+    assert!(
+        !s.prometheus().contains("kt_device_pair_"),
+        "one pair: no per-pair families"
+    );
     st.close_channel(5);
     st.close_channel(6);
     assert!(
@@ -178,8 +187,9 @@ fn prometheus_parses_back() {
 
 #[test]
 fn several_vms_share_one_exposition_and_table() {
-    let a = Stats::for_vm("web", 1);
-    let b = Stats::for_vm("db", 2);
+    let a = Stats::for_vm("web", 1).with_pairs(2);
+    let b = Stats::for_vm("db", 2).with_pairs(3);
+    add(&b.pair(2).unwrap().msgs_to_host, 6);
     add(&a.events.opened, 3);
     add(&b.events.opened, 5);
     b.open_channel(4, "echo", Opener::Guest);
@@ -190,6 +200,10 @@ fn several_vms_share_one_exposition_and_table() {
     let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let opened = "kt_device_channels_opened_total";
     assert_eq!(ex.value(opened, &[("vm", "web")]), Some(3.0));
+    let db2 = [("vm", "db"), ("pair", "2"), ("direction", "to_host")];
+    assert_eq!(ex.value("kt_device_pair_messages_total", &db2), Some(6.0));
+    let web1 = [("vm", "web"), ("pair", "1"), ("direction", "to_host")];
+    assert_eq!(ex.value("kt_device_pair_messages_total", &web1), Some(0.0));
     assert_eq!(ex.value(opened, &[("vm", "db"), ("guest", "2")]), Some(5.0));
     assert_eq!(
         ex.value("kt_device_open_channels", &[("vm", "db")]),
