@@ -250,6 +250,70 @@ impl VhostUserBackend for KtBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::ChannelBudget;
+    use crate::device::Params;
+    use crate::policy::{Policy, PolicyCell};
+    use kt_proto::DeviceConfig;
+    use std::time::Instant;
+
+    fn backend(pairs: u16) -> Arc<KtBackend> {
+        let policy = Arc::new(PolicyCell::new(Policy::default()).unwrap());
+        let stats = Arc::new(Stats::new(1).with_pairs(pairs));
+        let budget = Arc::new(ChannelBudget::new(8));
+        let params = Params {
+            vm_name: "t".into(),
+            config: DeviceConfig {
+                max_queue_pairs: pairs,
+                ..DeviceConfig::default()
+            },
+            channel_buffer: 1 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            open_timeout: Duration::from_secs(30),
+        };
+        let devices = (0..pairs)
+            .map(|k| {
+                Device::for_pair(
+                    params.clone(),
+                    policy.clone(),
+                    stats.clone(),
+                    None,
+                    k,
+                    budget.clone(),
+                )
+                .unwrap()
+            })
+            .collect();
+        Arc::new(KtBackend::new(devices, stats, Duration::ZERO).unwrap())
+    }
+
+    #[test]
+    fn a_busy_pair_does_not_hold_up_another() {
+        let b = backend(2);
+        assert_eq!(b.num_queues(), 5);
+        assert_ne!(b.features() & (1 << F_MULTIQUEUE), 0);
+        assert_eq!(b.queues_per_thread(), [0b111, 0b11000]);
+        // Pair 0's worker is in the middle of a pass.
+        let held = lock(&b.engines[0]);
+        let b2 = b.clone();
+        let t = std::thread::spawn(move || b2.handle_event(0, EventSet::IN, &[], 1));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !t.is_finished() {
+            assert!(Instant::now() < deadline, "pair 1 waited for pair 0's lock");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(held);
+        t.join().unwrap().unwrap();
+        assert!(b.handle_event(0, EventSet::IN, &[], 2).is_err());
+    }
+
+    #[test]
+    fn one_pair_is_the_device_of_before() {
+        let b = backend(1);
+        assert_eq!(b.num_queues(), 3);
+        assert_eq!(b.features() & (1 << F_MULTIQUEUE), 0);
+        assert_eq!(b.queues_per_thread(), [0b111]);
+        assert_eq!(b.host_event(), 4);
+    }
 
     #[test]
     fn each_thread_serves_one_pair() {

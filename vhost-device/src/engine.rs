@@ -66,6 +66,16 @@ impl Engine {
     /// woke it.
     pub fn run(&mut self, vrings: &[VringRwLock], host: bool) -> io::Result<()> {
         let Some(atomic) = &self.mem else {
+            if host {
+                // No memory table yet (a frontend that connected and has
+                // not sent it): host events (a policy reload, a timer)
+                // are still consumed, without rings, or the
+                // level-triggered host epoll fd would spin this worker.
+                // Nothing in guest memory can be reached: no queue is
+                // ready and no channel is open.
+                self.device
+                    .run(Rings::default(), &GuestMemoryMmap::new(), true);
+            }
             return Ok(());
         };
         let mem = atomic.memory();
@@ -183,5 +193,37 @@ impl Engine {
             // back instead.
             self.pass(vrings, mem, false);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Params;
+    use crate::policy::{Policy, PolicyCell};
+    use crate::stats::Stats;
+    use kt_proto::DeviceConfig;
+    use std::sync::Arc;
+
+    #[test]
+    fn host_events_are_consumed_before_the_memory_table() {
+        let policy = Arc::new(PolicyCell::new(Policy::default()).unwrap());
+        let params = Params {
+            vm_name: "t".into(),
+            config: DeviceConfig::default(),
+            channel_buffer: 1 << 20,
+            handshake_timeout: Duration::from_secs(10),
+            open_timeout: Duration::from_secs(30),
+        };
+        let dev = Device::new(params, policy.clone(), Arc::new(Stats::new(1)), None).unwrap();
+        let mut e = Engine::new(dev, Duration::ZERO);
+        assert!(!e.device().host_ready());
+        policy.replace(Policy::default());
+        assert!(e.device().host_ready(), "the reload is signalled");
+        e.run(&[], true).unwrap();
+        assert!(
+            !e.device().host_ready(),
+            "the signal stays: the worker's epoll would spin on it"
+        );
     }
 }

@@ -47,6 +47,20 @@ pub struct CountersSnapshot {
     pub malformed: u64,
 }
 
+impl CountersSnapshot {
+    /// The sum of two snapshots.
+    pub fn plus(&self, o: &CountersSnapshot) -> CountersSnapshot {
+        CountersSnapshot {
+            msgs_to_host: self.msgs_to_host + o.msgs_to_host,
+            bytes_to_host: self.bytes_to_host + o.bytes_to_host,
+            msgs_to_guest: self.msgs_to_guest + o.msgs_to_guest,
+            bytes_to_guest: self.bytes_to_guest + o.bytes_to_guest,
+            credit_stalls: self.credit_stalls + o.credit_stalls,
+            malformed: self.malformed + o.malformed,
+        }
+    }
+}
+
 impl Counters {
     fn snapshot(&self) -> CountersSnapshot {
         CountersSnapshot {
@@ -91,6 +105,12 @@ pub struct DeviceEvents {
     pub listen_refused: AtomicU64,
 }
 
+/// One pair's totals on cache lines of their own (no false sharing
+/// between the pairs' worker threads).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct PairCounters(Counters);
+
 /// Which side opened a channel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -115,7 +135,9 @@ struct ChannelEntry {
 /// Everything the control socket reports.
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Sums over all channels, plus malformed input for unknown channels.
+    /// Sums over all channels, plus malformed input for unknown channels;
+    /// with totals per pair ([`Stats::with_pairs`]) only what no pair
+    /// counted (count through [`Stats::totals`]; the snapshot adds up).
     pub device: Counters,
     /// Device-level events.
     pub events: DeviceEvents,
@@ -125,6 +147,11 @@ pub struct Stats {
     guest_id: u32,
     channels: Mutex<BTreeMap<u32, ChannelEntry>>,
     guest_listeners: Mutex<BTreeSet<String>>,
+    /// Totals per queue pair (closed channels included); one entry per
+    /// pair the device serves ([`Stats::with_pairs`]), empty for one pair.
+    /// With them, the pairs' traffic is counted here only and `device`
+    /// keeps the rest: each worker thread writes its own cache lines.
+    pairs: Vec<PairCounters>,
 }
 
 /// One channel in a snapshot.
@@ -190,6 +217,10 @@ pub struct StatsSnapshot {
     pub device: CountersSnapshot,
     /// Open channels.
     pub channels: Vec<ChannelSnapshot>,
+    /// Totals per queue pair, closed channels included (one entry per
+    /// pair with `--queue-pairs` above 1, else none).
+    #[serde(default)]
+    pub pairs: Vec<CountersSnapshot>,
 }
 
 /// Adds `n` to a counter.
@@ -210,6 +241,28 @@ impl Stats {
             guest_id,
             ..Stats::default()
         }
+    }
+
+    /// These counters for a device of `pairs` queue pairs: with more than
+    /// one, totals are kept per pair too ([`Stats::pair`]).
+    pub fn with_pairs(mut self, pairs: u16) -> Stats {
+        self.pairs = if pairs > 1 {
+            (0..pairs).map(|_| PairCounters::default()).collect()
+        } else {
+            Vec::new()
+        };
+        self
+    }
+
+    /// The totals of queue pair `pair`, if kept.
+    pub fn pair(&self, pair: u16) -> Option<&Counters> {
+        self.pairs.get(usize::from(pair)).map(|p| &p.0)
+    }
+
+    /// Where the device-level counts of pair `pair` go: its own totals
+    /// when kept, else `device`. The snapshot's `device` is the sum.
+    pub fn totals(&self, pair: u16) -> &Counters {
+        self.pair(pair).unwrap_or(&self.device)
     }
 
     /// Registers a channel of pair 0 and returns its counters.
@@ -357,8 +410,12 @@ impl Stats {
                 .unwrap_or_default(),
             listen_ignored: self.events.listen_ignored.load(Relaxed),
             listen_refused: self.events.listen_refused.load(Relaxed),
-            device: self.device.snapshot(),
+            device: self
+                .pairs
+                .iter()
+                .fold(self.device.snapshot(), |sum, p| sum.plus(&p.0.snapshot())),
             channels,
+            pairs: self.pairs.iter().map(|p| p.0.snapshot()).collect(),
         }
     }
 }
@@ -445,12 +502,14 @@ impl StatsSnapshot {
             );
         }
         row(&mut s, "total", "", "", "", &self.device);
-        let pairs = self.per_pair();
-        if pairs.keys().any(|p| *p != 0) {
-            for (p, (n, c)) in &pairs {
-                let label = format!("pair {p}");
-                row(&mut s, &label, "", &format!("{n} channel(s)"), "", c);
-            }
+        let open = self.per_pair();
+        for (p, c) in self.pairs.iter().enumerate() {
+            let n = u16::try_from(p)
+                .ok()
+                .and_then(|p| open.get(&p))
+                .map_or(0, |(n, _)| *n);
+            let label = format!("pair {p}");
+            row(&mut s, &label, "", &format!("{n} open"), "", c);
         }
         s
     }
@@ -462,12 +521,7 @@ impl StatsSnapshot {
         for c in &self.channels {
             let (n, sum) = m.entry(c.pair).or_default();
             *n += 1;
-            sum.msgs_to_host += c.counters.msgs_to_host;
-            sum.bytes_to_host += c.counters.bytes_to_host;
-            sum.msgs_to_guest += c.counters.msgs_to_guest;
-            sum.bytes_to_guest += c.counters.bytes_to_guest;
-            sum.credit_stalls += c.counters.credit_stalls;
-            sum.malformed += c.counters.malformed;
+            *sum = sum.plus(&c.counters);
         }
         m
     }

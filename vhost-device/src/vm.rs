@@ -1,8 +1,9 @@
-//! One VM the daemon serves: its sockets (bound by the manager thread), its
-//! engines (one per queue pair), counters and policy, and the thread that serves one vhost-user
-//! frontend at a time for it. VMs share nothing but the process: a VM's
-//! frontend disconnecting or misbehaving resets only that VM's device, and
-//! stopping a VM (reload without it) touches no other.
+//! One VM the daemon serves: its sockets (bound by the manager thread),
+//! its engines (one per queue pair), counters and policy, and the thread
+//! that serves one vhost-user frontend at a time for it. VMs share
+//! nothing but the process: a VM's frontend disconnecting or misbehaving
+//! resets only that VM's device, and stopping a VM (reload without it)
+//! touches no other.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
@@ -121,7 +122,10 @@ impl Vm {
         for path in config.paths() {
             claim_socket_path(path)?;
         }
-        let stats = Arc::new(Stats::for_vm(&config.name, config.device.guest_id));
+        let stats = Arc::new(
+            Stats::for_vm(&config.name, config.device.guest_id)
+                .with_pairs(config.device.max_queue_pairs),
+        );
         let policy = Arc::new(PolicyCell::new(config.policy.clone()).map_err(VmError::Setup)?);
         let listener = match &config.listen {
             Some(path) => Some(SeqListener::bind(path).map_err(|source| VmError::Listen {

@@ -99,6 +99,12 @@ fn channels_on_two_pairs_carry_traffic_both_ways_in_order() {
         fx.stats().channels.iter().all(|c| c.pair == 0)
     });
     wait_for(&mut p0, "channels gone", || fx.stats().channels.is_empty());
+    // The totals per pair keep the closed channels' traffic.
+    let s = fx.stats();
+    assert_eq!(s.pairs.len(), 2);
+    for p in &s.pairs {
+        assert_eq!((p.msgs_to_host, p.msgs_to_guest), (2000, 2000), "{p:?}");
+    }
 }
 
 #[test]
@@ -117,6 +123,7 @@ fn a_message_of_a_pair_1_channel_on_pair_0_is_an_unknown_channel() {
     assert_eq!(p0.saw_close(id), Some(ErrorCode::ConnReset as u32));
     let s = fx.stats();
     assert_eq!(s.device.malformed, 1);
+    assert_eq!((s.pairs[0].malformed, s.pairs[1].malformed), (1, 0));
     let c = s.channels.iter().find(|c| c.id == id).unwrap();
     assert_eq!((c.pair, c.counters.malformed), (1, 0), "{c:?}");
     // The channel on pair 1 is unharmed and its order intact.

@@ -11,12 +11,14 @@ use super::*;
 use crate::chain::TxMsg;
 use crate::iov::{send_guest, send_guest_many, GuestBytes, IOV_MAX};
 
-/// Counts one guest message of `len` bytes written to the host.
-pub(super) fn count_to_host(stats: &Stats, ch: &Channel, len: u64) {
+/// Counts one guest message of `len` bytes written to the host from a
+/// channel of queue pair `pair`.
+pub(super) fn count_to_host(stats: &Stats, pair: u16, ch: &Channel, len: u64) {
     add(&ch.counters.msgs_to_host, 1);
     add(&ch.counters.bytes_to_host, len);
-    add(&stats.device.msgs_to_host, 1);
-    add(&stats.device.bytes_to_host, len);
+    let t = stats.totals(pair);
+    add(&t.msgs_to_host, 1);
+    add(&t.bytes_to_host, len);
 }
 
 /// Most messages one burst (one `sendmmsg`) carries.
@@ -93,7 +95,7 @@ impl Device {
         for m in &msgs[..sent] {
             let len = m.len() as u64;
             ch.recv.on_consume(len as u32);
-            count_to_host(&self.stats, ch, len);
+            count_to_host(&self.stats, self.pair, ch, len);
         }
         if let Some(e) = err {
             // Queued like any unsent message, so the failure handling
@@ -144,7 +146,7 @@ impl Device {
                     Ok(_) => {
                         let len = payload.len() as u64;
                         ch.recv.on_consume(len as u32);
-                        count_to_host(&self.stats, ch, len);
+                        count_to_host(&self.stats, self.pair, ch, len);
                         self.after_host_writes(id);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -180,7 +182,7 @@ impl Device {
                     let len = msg.len() as u64;
                     ch.pending.pop_front();
                     ch.recv.on_consume(len as u32);
-                    count_to_host(&self.stats, ch, len);
+                    count_to_host(&self.stats, self.pair, ch, len);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

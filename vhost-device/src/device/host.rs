@@ -374,7 +374,7 @@ impl Device {
                         if !ch.stalled {
                             ch.stalled = true;
                             add(&ch.counters.credit_stalls, 1);
-                            add(&self.stats.device.credit_stalls, 1);
+                            add(&self.stats.totals(self.pair).credit_stalls, 1);
                             self.queue_ctrl(
                                 Header::new(MsgType::CreditRequest, id),
                                 Vec::new(),
@@ -394,7 +394,7 @@ impl Device {
                     HostRead::Eof => self.close_from_host(id, end),
                     HostRead::TooBig(len) => {
                         add(&ch.counters.malformed, 1);
-                        add(&self.stats.device.malformed, 1);
+                        add(&self.stats.totals(self.pair).malformed, 1);
                         log::warn!(
                             "channel {id:#x} ({:?}): host sent a {len}-byte message, max is {max}; closing",
                             ch.service
@@ -421,8 +421,9 @@ impl Device {
         ch.recv.advertised();
         add(&ch.counters.msgs_to_guest, 1);
         add(&ch.counters.bytes_to_guest, len as u64);
-        add(&self.stats.device.msgs_to_guest, 1);
-        add(&self.stats.device.bytes_to_guest, len as u64);
+        let t = self.stats.totals(self.pair);
+        add(&t.msgs_to_guest, 1);
+        add(&t.bytes_to_guest, len as u64);
         // Round-robin: back of the queue while it may have more.
         ch.in_ready = true;
         self.ready.push_back(id);

@@ -404,11 +404,15 @@ impl Device {
                 self.stats.active.store(true, Relaxed);
             }
             self.arm_listener(true);
-            log::info!(
-                "guest {}: pair {} active",
-                self.params.config.guest_id,
-                self.pair
-            );
+            if self.pair == 0 {
+                log::info!("guest {}: device active", self.params.config.guest_id);
+            } else {
+                log::info!(
+                    "guest {}: pair {} active",
+                    self.params.config.guest_id,
+                    self.pair
+                );
+            }
         }
     }
 
@@ -423,9 +427,13 @@ impl Device {
     pub fn deactivate(&mut self) {
         if self.active {
             log::info!(
-                "guest {}: pair {} stopped, closing {} channel(s)",
+                "guest {}: {} stopped, closing {} channel(s)",
                 self.params.config.guest_id,
-                self.pair,
+                if self.pair == 0 {
+                    "device".to_owned()
+                } else {
+                    format!("pair {}", self.pair)
+                },
                 self.channels.len()
             );
         }
@@ -459,7 +467,7 @@ impl Device {
     }
 
     fn malformed(&mut self, ch: Option<u32>, what: &dyn std::fmt::Display) {
-        add(&self.stats.device.malformed, 1);
+        add(&self.stats.totals(self.pair).malformed, 1);
         if let Some(c) = ch.and_then(|id| self.channels.get(&id)) {
             add(&c.counters.malformed, 1);
         }

@@ -1,5 +1,6 @@
 //! The Prometheus text exposition (0.0.4) of a [`StatsSnapshot`]: metric
-//! families, labels and help texts. Owns only the rendering; the numbers
+//! families (per VM, per queue pair with several, per open channel),
+//! labels and help texts. Owns only the rendering; the numbers
 //! are the snapshot's.
 
 use kt_prom::{Kind, Writer};
@@ -129,6 +130,31 @@ impl StatsSnapshot {
             "Malformed input (from the guest, or oversized host messages), including unknown channels.",
         );
         w.sample(&g, d.malformed);
+        if !self.pairs.is_empty() {
+            let names: Vec<String> = (0..self.pairs.len()).map(|p| p.to_string()).collect();
+            type PairPick = fn(&CountersSnapshot) -> (u64, u64);
+            let families: [(&str, &str, PairPick); 2] = [
+                (
+                    "kt_device_pair_messages_total",
+                    "Messages carried on one queue pair (--queue-pairs above 1), closed channels included.",
+                    |c| (c.msgs_to_host, c.msgs_to_guest),
+                ),
+                (
+                    "kt_device_pair_bytes_total",
+                    "Payload bytes carried on one queue pair (--queue-pairs above 1), closed channels included.",
+                    |c| (c.bytes_to_host, c.bytes_to_guest),
+                ),
+            ];
+            for (name, help, pick) in families {
+                w.family(name, Kind::Counter, help);
+                for (p, c) in self.pairs.iter().enumerate() {
+                    let (to_host, to_guest) = pick(c);
+                    let pair = ("pair", names[p].as_str());
+                    w.sample(&[g[0], g[1], pair, ("direction", "to_host")], to_host);
+                    w.sample(&[g[0], g[1], pair, ("direction", "to_guest")], to_guest);
+                }
+            }
+        }
 
         let ids: Vec<String> = self
             .channels

@@ -15,6 +15,7 @@ fn snapshot_and_table() {
     let t = s.table();
     assert!(t.contains("echo"), "{t}");
     assert!(!t.contains("pair 0"), "one pair: no per-pair rows\n{t}");
+    assert!(s.pairs.is_empty() && st.pair(0).is_none());
     let d = st.open_channel_on(1, 5, "echo", Opener::Guest);
     add(&d.msgs_to_guest, 4);
     st.open_channel_on(1, 6, "log", Opener::Guest);
@@ -41,9 +42,28 @@ fn snapshot_and_table() {
     assert_eq!(pp[&0].1.msgs_to_host, 2);
     assert_eq!(pp[&1].0, 2);
     assert_eq!(pp[&1].1.msgs_to_guest, 4);
-    let t2 = s2.table();
-    assert!(t2.contains("pair 1"), "{t2}");
-    assert!(t2.contains("2 channel(s)"), "{t2}");
+    // Totals per pair are kept with more than one pair.
+    let mq = Stats::new(8).with_pairs(2);
+    mq.open_channel_on(1, 5, "echo", Opener::Guest);
+    add(&mq.pair(1).unwrap().msgs_to_guest, 4);
+    mq.close_channel(5);
+    mq.open_channel_on(1, 6, "echo", Opener::Guest);
+    let s3 = mq.snapshot();
+    assert_eq!(s3.pairs.len(), 2);
+    assert_eq!(s3.pairs[1].msgs_to_guest, 4, "closed channels still count");
+    let t3 = s3.table();
+    let row1 = t3.lines().find(|l| l.starts_with("pair 1")).unwrap();
+    assert!(row1.contains("1 open") && row1.contains(" 4 "), "{t3}");
+    assert!(t3.lines().any(|l| l.starts_with("pair 0")), "{t3}");
+    let text = s3.prometheus();
+    let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let pair1 = [("pair", "1"), ("direction", "to_guest")];
+    assert_eq!(ex.value("kt_device_pair_messages_total", &pair1), Some(4.0));
+    assert_eq!(ex.value("kt_device_pair_bytes_total", &pair1), Some(0.0));
+    assert!(
+        !s.prometheus().contains("kt_device_pair_"),
+        "one pair: no per-pair families"
+    );
     st.close_channel(5);
     st.close_channel(6);
     assert!(
@@ -167,8 +187,9 @@ fn prometheus_parses_back() {
 
 #[test]
 fn several_vms_share_one_exposition_and_table() {
-    let a = Stats::for_vm("web", 1);
-    let b = Stats::for_vm("db", 2);
+    let a = Stats::for_vm("web", 1).with_pairs(2);
+    let b = Stats::for_vm("db", 2).with_pairs(3);
+    add(&b.pair(2).unwrap().msgs_to_host, 6);
     add(&a.events.opened, 3);
     add(&b.events.opened, 5);
     b.open_channel(4, "echo", Opener::Guest);
@@ -179,6 +200,10 @@ fn several_vms_share_one_exposition_and_table() {
     let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let opened = "kt_device_channels_opened_total";
     assert_eq!(ex.value(opened, &[("vm", "web")]), Some(3.0));
+    let db2 = [("vm", "db"), ("pair", "2"), ("direction", "to_host")];
+    assert_eq!(ex.value("kt_device_pair_messages_total", &db2), Some(6.0));
+    let web1 = [("vm", "web"), ("pair", "1"), ("direction", "to_host")];
+    assert_eq!(ex.value("kt_device_pair_messages_total", &web1), Some(0.0));
     assert_eq!(ex.value(opened, &[("vm", "db"), ("guest", "2")]), Some(5.0));
     assert_eq!(
         ex.value("kt_device_open_channels", &[("vm", "db")]),

@@ -26,8 +26,11 @@ pub struct Multiqueue {
     /// The same with `pairs` pairs.
     many: Vec<[f64; 4]>,
     /// CPU seconds of each vhost-user worker thread (in start order) over
-    /// the N-pair rounds.
-    workers: Vec<f64>,
+    /// the one-pair rounds, then over the N-pair rounds.
+    workers: [Vec<f64>; 2],
+    /// Seconds measured (both directions) over the one-pair rounds, then
+    /// over the N-pair rounds.
+    timed: [f64; 2],
 }
 
 /// CPU seconds (user + system) of this process's `vring_worker` threads
@@ -167,7 +170,8 @@ pub fn multiqueue(
     let chans = usize::from(pairs);
     let per_chan = count / u64::from(pairs);
     let mut rates = [Vec::new(), Vec::new()];
-    let mut workers: Vec<f64> = Vec::new();
+    let mut workers: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut timed = [0.0; 2];
     // The runs alternate (1, N, 1, N, ...) so a load swing on the shared
     // machine hits both sides alike.
     for (slot, n) in (0..rounds).flat_map(|_| [(0, 1), (1, pairs)]) {
@@ -188,11 +192,13 @@ pub fn multiqueue(
             sink.msgs.load(Ordering::SeqCst) - base >= total
         })?;
         let g2h = total as f64 / secs;
+        timed[slot] += secs;
         let g2h_cpu = (process_cpu_secs() - cpu) * 1e6 / total as f64;
         let work = move |d: &mut Driver| recv_sources(d, per_driver, per_chan);
         let cpu = process_cpu_secs();
         let (drivers, secs) = timed_on_threads(drivers, work, || true)?;
         let h2g_cpu = (process_cpu_secs() - cpu) * 1e6 / total as f64;
+        timed[slot] += secs;
         rates[slot].push([g2h, total as f64 / secs, g2h_cpu, h2g_cpu]);
         for d in &drivers {
             if !d.errors.is_empty() {
@@ -203,13 +209,12 @@ pub fn multiqueue(
             }
         }
         // Dropping pair 0's driver disconnects; the next run connects anew.
-        if slot == 1 {
-            let after = worker_cpu();
-            if after.len() == cpu_before.len() {
-                workers.resize(after.len(), 0.0);
-                for (w, (a, b)) in workers.iter_mut().zip(after.iter().zip(&cpu_before)) {
-                    *w += a - b;
-                }
+        let after = worker_cpu();
+        if after.len() == cpu_before.len() {
+            let w = &mut workers[slot];
+            w.resize(after.len(), 0.0);
+            for (w, (a, b)) in w.iter_mut().zip(after.iter().zip(&cpu_before)) {
+                *w += a - b;
             }
         }
         drop(drivers);
@@ -219,6 +224,7 @@ pub fn multiqueue(
         count: per_chan * chans as u64,
         many: rates[1].clone(),
         workers,
+        timed,
         one: std::mem::take(&mut rates[0]),
     })
 }
@@ -272,10 +278,18 @@ pub fn print_multiqueue(m: &Multiqueue) {
         .map(|(o, n)| format!("{:.2}/{:.2}", n[0] / o[0].max(1e-9), n[1] / o[1].max(1e-9)))
         .collect();
     println!("per round (guest->host/host->guest): {}", ratios.join("  "));
-    let w: Vec<String> = m.workers.iter().map(|s| format!("{s:.2} s")).collect();
+    let busy = |slot: usize| -> String {
+        let t = m.timed[slot].max(1e-9);
+        let w: Vec<String> = m.workers[slot]
+            .iter()
+            .map(|s| format!("{:.0}%", 100.0 * s / t))
+            .collect();
+        w.join(" ")
+    };
     println!(
-        "daemon worker threads' CPU over the {}-pair rounds: {}",
+        "daemon worker threads busy (CPU time / measured time): 1 pair: {}; {} pairs: {}",
+        busy(0),
         m.pairs,
-        w.join(", ")
+        busy(1)
     );
 }
