@@ -241,6 +241,24 @@ const DEVICE_METRICS: &[(&str, &str, Kind, &str)] = &[
         Kind::Gauge,
         "Receive window given to each channel.",
     ),
+    (
+        "wrong_pair",
+        "kt_guest_wrong_pair_total",
+        Kind::Counter,
+        "Channel messages that came on another queue pair than their channel's (dropped).",
+    ),
+    (
+        "queue_pairs",
+        "kt_guest_queue_pairs",
+        Kind::Gauge,
+        "rx/tx queue pairs the driver uses.",
+    ),
+    (
+        "max_queue_pairs",
+        "kt_guest_max_queue_pairs",
+        Kind::Gauge,
+        "Queue pairs the device offers (config space, clamped; 1 without KT_F_MULTIQUEUE).",
+    ),
 ];
 
 /// The multi-line per-channel attribute.
