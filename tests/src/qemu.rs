@@ -562,7 +562,13 @@ mod tests {
         );
         assert_eq!(
             after(&args, "-device"),
-            ["vhost-user-device-pci,chardev=kt0,virtio-id=60,num_vqs=3,vq_size=256,config_size=16"]
+            ["vhost-user-device-pci,chardev=kt0,virtio-id=60,num_vqs=3,vq_size=256,config_size=20"]
+        );
+        let two = KtDevice::with_pairs(Path::new("/t/vm.sock"), 2);
+        let two = words(&two.args());
+        assert_eq!(
+            after(&two, "-device"),
+            ["vhost-user-device-pci,chardev=kt0,virtio-id=60,num_vqs=5,vq_size=256,config_size=20"]
         );
         assert!(after(&args, "-append")[0].ends_with("kt.workload=boot kt.timeout=30"));
     }
