@@ -513,12 +513,18 @@ impl Backend {
             })
     }
 
-    /// Every VM's counters, in the daemon's order (`vms` of `stats --json`).
-    pub fn all_stats(&self) -> Result<Vec<serde_json::Value>> {
-        let path = self.control_path().ok_or_else(|| BackendError::Stats {
+    /// The control socket stats are read from; an error when `--control`
+    /// is off.
+    fn stats_control_path(&self) -> Result<PathBuf> {
+        self.control_path().ok_or_else(|| BackendError::Stats {
             path: PathBuf::new(),
             why: "--control is off".to_string(),
-        })?;
+        })
+    }
+
+    /// Every VM's counters, in the daemon's order (`vms` of `stats --json`).
+    pub fn all_stats(&self) -> Result<Vec<serde_json::Value>> {
+        let path = self.stats_control_path()?;
         let fail = |why: String| BackendError::Stats {
             path: path.clone(),
             why,
@@ -547,10 +553,7 @@ impl Backend {
     /// process (the CLI path, where [`Backend::all_stats`] talks to the
     /// socket itself).
     pub fn cli_stats(&self) -> Result<Vec<serde_json::Value>> {
-        let path = self.control_path().ok_or_else(|| BackendError::Stats {
-            path: PathBuf::new(),
-            why: "--control is off".to_string(),
-        })?;
+        let path = self.stats_control_path()?;
         let fail = |why: String| BackendError::Stats {
             path: path.clone(),
             why,
