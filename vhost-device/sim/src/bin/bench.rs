@@ -288,6 +288,7 @@ fn run(a: &Args) -> Result<Outcome, BenchError> {
         max_channels: None,
         rx_buf_size: None,
         channel_buffer: None,
+        vm_buffer: None,
         handshake_timeout: 10,
         open_timeout: 30,
         guest_id: 0,
