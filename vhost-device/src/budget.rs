@@ -94,9 +94,9 @@ impl VmBuffer {
         VmBuffer::new(u64::MAX, channel_buffer, min_window)
     }
 
-    /// The budget in credit bytes.
-    pub fn budget(&self) -> u64 {
-        self.budget
+    /// The budget, or `None` without a VM-wide limit.
+    pub fn limit(&self) -> Option<u64> {
+        (self.budget != u64::MAX).then_some(self.budget)
     }
 
     /// The smallest window a channel gets.
@@ -287,6 +287,7 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(b.open(), 4096);
         }
+        assert_eq!(b.limit(), None);
         assert_eq!(b.resize(4096, 4096), 4096);
     }
 }

@@ -382,6 +382,19 @@ mod tests {
         let mut a = args(p.to_str().unwrap());
         a.rx_buf_size = Some(100);
         assert!(Config::try_from(a).is_err());
+        let mut a = args(p.to_str().unwrap());
+        a.vm_buffer = Some(1000);
+        assert_eq!(
+            Config::try_from(a).unwrap_err().to_string(),
+            "--vm-buffer 1000: must be between 65568 and 4294967295"
+        );
+        let mut a = args(p.to_str().unwrap());
+        a.vm_buffer = Some(0);
+        assert_eq!(Config::try_from(a).unwrap().vms[0].vm_buffer, 0);
+        let mut a = args(p.to_str().unwrap());
+        a.max_msg_size = Some(1 << 20);
+        let big = Config::try_from(a).unwrap().vms[0].vm_buffer;
+        assert!(big >= (1 << 20) + 32, "the default fits one message");
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.open_timeout, Duration::from_secs(30));
         let mut a = args(p.to_str().unwrap());

@@ -447,11 +447,7 @@ impl Stats {
             pairs: self.pairs.iter().map(|p| p.0.snapshot()).collect(),
             buffered: self.buffer.as_ref().map_or(0, |b| b.held()),
             buffer_granted: self.buffer.as_ref().map_or(0, |b| b.granted()),
-            vm_buffer: self
-                .buffer
-                .as_ref()
-                .map_or(0, |b| b.budget())
-                .min(u64::from(u32::MAX)),
+            vm_buffer: self.buffer.as_ref().and_then(|b| b.limit()).unwrap_or(0),
         }
     }
 }
