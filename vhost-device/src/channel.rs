@@ -1,7 +1,9 @@
 //! One channel's state: its life cycle as one [`State`] with the legal
 //! transitions in [`State::next`], its host socket, credit both ways,
 //! sequence numbers and the bounded queue of guest messages waiting for the
-//! host socket. Pure state and small helpers; the device (`device/`)
+//! host socket, with its window taken from (and given back to) the VM's
+//! budget on held data (`budget::VmBuffer`). Pure state and small
+//! helpers; the device (`device/`)
 //! feeds it protocol events and counts illegal transitions as malformed
 //! input.
 
@@ -421,5 +423,74 @@ mod tests {
         assert!(!ch.finished());
         assert_eq!(ch.apply(Event::DeviceClose), Ok(State::Closed));
         assert!(ch.finished());
+    }
+
+    fn channel(vm: &Arc<VmBuffer>, id: u32) -> Channel {
+        let (a, _b) = crate::seqpacket::SeqPacket::pair().unwrap();
+        let stats = crate::stats::Stats::new(0);
+        let counters = stats.open_channel(id, "svc", Opener::Guest);
+        Channel::new(
+            "svc",
+            Opener::Guest,
+            State::Open,
+            a,
+            vm.clone(),
+            0,
+            counters,
+        )
+    }
+
+    #[test]
+    fn the_window_follows_the_budget_and_what_was_granted_never_goes_back() {
+        let vm = Arc::new(VmBuffer::new(6000, 4000, 1000));
+        let mut a = channel(&vm, 1);
+        assert_eq!(a.recv.buf_alloc, 1000);
+        a.accept(468).unwrap();
+        assert_eq!(vm.held(), 500);
+        assert!(a.accept(469).is_err(), "over the window");
+        // Draining grows the window to the share (alone: channel_buffer),
+        // and the guest hears of it.
+        a.consumed(468);
+        assert_eq!((a.recv.buf_alloc, vm.held()), (4000, 0));
+        assert!(a.needs_update());
+        a.recv.advertised();
+        // Two more channels: the share falls to 2000. What `a` was granted
+        // stays; its window shrinks only as it drains.
+        let b = channel(&vm, 2);
+        let c = channel(&vm, 3);
+        assert_eq!(vm.granted(), 6000);
+        let mut limit = a.recv.fwd_cnt.wrapping_add(a.recv.buf_alloc);
+        for _ in 0..20 {
+            a.accept(268).unwrap();
+            a.consumed(268);
+            let now = a.recv.fwd_cnt.wrapping_add(a.recv.buf_alloc);
+            assert!(now.wrapping_sub(limit) < 1 << 31, "the limit went back");
+            limit = now;
+            assert!(a.recv.buf_alloc >= 1000);
+        }
+        assert_eq!(a.recv.buf_alloc, 2000);
+        drop((b, c));
+        assert_eq!(vm.granted(), 2000);
+        // Held data goes back with the channel.
+        a.accept(68).unwrap();
+        drop(a);
+        assert_eq!((vm.held(), vm.granted()), (0, 0));
+    }
+
+    #[test]
+    fn a_window_under_two_messages_still_announces_room_for_one() {
+        let vm = Arc::new(VmBuffer::new(1500, 4000, 1000));
+        let mut a = channel(&vm, 1);
+        assert_eq!(a.recv.buf_alloc, 1000);
+        // The guest sent 100 and waits to send a 1000-byte message (900
+        // left); the window grows to its share (1500 alone, less than two
+        // messages).
+        a.accept(68).unwrap();
+        a.recv.advertised();
+        a.consumed(68);
+        assert_eq!(a.recv.buf_alloc, 1500);
+        // The limit grew by 600: under half the window (750), past the
+        // window less one message (500): the guest is told now.
+        assert!(a.needs_update());
     }
 }
