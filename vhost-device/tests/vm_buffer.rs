@@ -196,3 +196,73 @@ fn a_vm_buffer_below_one_message_is_refused() {
     assert!(err.contains("vm-buffer"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn the_queue_pairs_share_one_budget() {
+    const SHARED: u64 = 20_000;
+    let fx = Fixture::new(
+        "vmbuf-mq",
+        &[
+            "--queue-pairs",
+            "2",
+            "--max-msg-size",
+            "4096",
+            "--vm-buffer",
+            &SHARED.to_string(),
+        ],
+    );
+    let manual = fx.manual_service();
+    let o = kt_sim::DriverOptions::default();
+    let opts = kt_sim::DriverOptions {
+        features: o.features | (1 << kt_proto::consts::F_MULTIQUEUE),
+        ..o
+    };
+    let mut ds = kt_sim::connect_pairs(&fx.sock, opts, 2).unwrap();
+    assert_eq!(ds.len(), 2, "two pairs started");
+    // Two stuck channels on each pair: 4 × 4128 fit the budget; with a
+    // budget per pair, each pair's two would grow to 10000 each.
+    let mut chans = Vec::new();
+    for (p, d) in ds.iter_mut().enumerate() {
+        for _ in 0..2 {
+            let id = d.open("manual").unwrap().unwrap();
+            chans.push((p, id, manual.accept_blocking().unwrap()));
+        }
+    }
+    // All four windows, both pairs', come from the one budget.
+    assert_eq!(fx.stats().buffer_granted, 4 * 4128);
+    let mut sent = vec![0u32; chans.len()];
+    let mut last_progress = Instant::now();
+    while last_progress.elapsed() < Duration::from_millis(800) {
+        for (i, (p, id, _)) in chans.iter().enumerate() {
+            while ds[*p].try_send(*id, &body(i, sent[i])).unwrap() {
+                sent[i] += 1;
+                last_progress = Instant::now();
+            }
+        }
+        for d in &mut ds {
+            d.poll(Duration::from_millis(2)).unwrap();
+        }
+        let s = fx.stats();
+        assert!(s.buffered <= SHARED, "held {}", s.buffered);
+        assert!(s.buffer_granted <= SHARED, "granted {}", s.buffer_granted);
+    }
+    assert!(fx.stats().buffered > 0);
+    // Everything arrives once the service reads.
+    let mut buf = vec![0u8; 8192];
+    for (i, (p, _, s)) in chans.iter().enumerate() {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for seq in 0..sent[i] {
+            // The pair's driver must keep taking credit updates meanwhile.
+            if seq % 8 == 0 {
+                ds[*p].poll(Duration::from_millis(0)).unwrap();
+            }
+            assert_eq!(s.recv(&mut buf).unwrap(), Recv::Msg(MSG));
+            assert_eq!(&buf[..MSG], &body(i, seq)[..], "channel {i} message {seq}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fx.stats().buffered != 0 {
+        assert!(Instant::now() < deadline, "data left in the daemon");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
