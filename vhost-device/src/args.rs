@@ -76,7 +76,7 @@ pub struct RunArgs {
         value_name = "FILE",
         conflicts_with_all = [
             "socket_path", "policy", "listen", "max_msg_size", "max_channels",
-            "rx_buf_size", "channel_buffer", "guest_id", "vm_name",
+            "rx_buf_size", "channel_buffer", "vm_buffer", "guest_id", "vm_name",
             "handshake_timeout", "open_timeout", "busy_poll_us", "queue_pairs",
         ]
     )]
@@ -113,6 +113,12 @@ pub struct RunArgs {
     /// bounds the memory held per channel (default 4 × (max-msg-size + 32)).
     #[arg(long, value_name = "BYTES")]
     pub channel_buffer: Option<u32>,
+    /// The VM's budget in credit bytes on guest → host data the daemon
+    /// holds, shared by all its channels (their windows add up to at most
+    /// this; each still gets max-msg-size + 32). 0: no VM-wide limit
+    /// (default 1572864).
+    #[arg(long, value_name = "BYTES")]
+    pub vm_buffer: Option<u32>,
     /// Seconds a host connection on --listen may take to send its
     /// "CONNECT <name>" line; then it gets "ERR 110" and is closed.
     #[arg(long, value_name = "SECS", default_value_t = 10)]

@@ -1,7 +1,9 @@
 //! One channel's state: its life cycle as one [`State`] with the legal
 //! transitions in [`State::next`], its host socket, credit both ways,
 //! sequence numbers and the bounded queue of guest messages waiting for the
-//! host socket. Pure state and small helpers; the device (`device/`)
+//! host socket, with its window taken from (and given back to) the VM's
+//! budget on held data (`budget::VmBuffer`). Pure state and small
+//! helpers; the device (`device/`)
 //! feeds it protocol events and counts illegal transitions as malformed
 //! input.
 
@@ -9,8 +11,9 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kt_proto::{RecvCredit, SendCredit};
+use kt_proto::{CreditError, RecvCredit, SendCredit};
 
+use crate::budget::VmBuffer;
 use crate::seqpacket::SeqPacket;
 use crate::stats::{Counters, Opener};
 
@@ -157,19 +160,29 @@ pub struct Channel {
     pub open_deadline: Option<Instant>,
     /// Counters shown by `stats`.
     pub counters: Arc<Counters>,
+    /// The VM's budget this channel's window comes from.
+    vm: Arc<VmBuffer>,
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        self.vm.close(self.recv.buf_alloc, self.recv.in_flight);
+    }
 }
 
 impl Channel {
-    /// A new channel over `sock` granting the guest `window` credit bytes.
+    /// A new channel over `sock` granting the guest a window from the
+    /// VM's budget `vm`.
     pub fn new(
         service: &str,
         opener: Opener,
         state: State,
         sock: SeqPacket,
-        window: u32,
+        vm: Arc<VmBuffer>,
         peer_buf_alloc: u32,
         counters: Arc<Counters>,
     ) -> Channel {
+        let window = vm.open();
         Channel {
             service: service.to_owned(),
             opener,
@@ -191,7 +204,54 @@ impl Channel {
             update_queued: false,
             open_deadline: None,
             counters,
+            vm,
         }
+    }
+
+    /// Accounts for an arriving guest message of `msg_len` bytes; refuses
+    /// one over the credit granted.
+    pub fn accept(&mut self, msg_len: u32) -> Result<(), CreditError> {
+        let before = self.recv.in_flight;
+        self.recv.on_receive(msg_len)?;
+        self.vm.hold(self.recv.in_flight - before);
+        Ok(())
+    }
+
+    /// A guest message of `msg_len` bytes left the device (taken by the
+    /// host socket or discarded): its credit is freed, and the window is
+    /// resized towards the channel's share of the VM's budget. The window
+    /// shrinks by at most what was freed, so `fwd_cnt + buf_alloc` (the
+    /// most the guest may have sent) never goes back (SPEC §5).
+    pub fn consumed(&mut self, msg_len: u32) {
+        let before = self.recv.in_flight;
+        self.recv.on_consume(msg_len);
+        let freed = before - self.recv.in_flight;
+        self.vm.release_held(freed);
+        let old = self.recv.buf_alloc;
+        let new = self.vm.resize(old, freed);
+        if new != old {
+            self.recv.buf_alloc = new;
+            // `fwd_cnt - last_advertised` stays the growth of the limit
+            // since the last advertisement (see `needs_update`).
+            self.recv.last_advertised = self
+                .recv
+                .last_advertised
+                .wrapping_add(old.wrapping_sub(new));
+        }
+    }
+
+    /// Whether the guest should get a CREDIT_UPDATE: the limit it may send
+    /// up to grew by half the window since the last advertisement, or by
+    /// the window less one largest message, whichever is less: with a
+    /// window under two messages, a guest waiting to send a large one
+    /// still hears of the room once everything is drained.
+    pub fn needs_update(&self) -> bool {
+        let grown = self.recv.fwd_cnt.wrapping_sub(self.recv.last_advertised);
+        let buf = self.recv.buf_alloc;
+        let threshold = (buf / 2).min(buf.saturating_sub(self.vm.min_window()));
+        // The limit never goes back; a "negative" growth would be a bug,
+        // not a reason to advertise.
+        grown != 0 && grown < 1 << 31 && grown >= threshold
     }
 
     /// Moves the channel on `event`, or leaves it where it is and says why
@@ -233,15 +293,22 @@ impl Channel {
         ev
     }
 
+    /// The host socket is gone: waiting guest messages are dropped and
+    /// their credit accounted as freed.
+    pub fn discard_pending(&mut self) {
+        let lens: Vec<u32> = self.pending.drain(..).map(|m| m.len() as u32).collect();
+        for len in lens {
+            self.consumed(len);
+        }
+    }
+
     /// The host closed without reading what the guest sent: from now on
     /// guest data is discarded (its credit returned at once). Returns how
     /// many waiting messages were dropped.
     pub fn host_stopped_reading(&mut self) -> usize {
         self.host_unread = true;
         let n = self.pending.len();
-        for m in self.pending.drain(..) {
-            self.recv.on_consume(m.len() as u32);
-        }
+        self.discard_pending();
         n
     }
 
@@ -337,7 +404,7 @@ mod tests {
             crate::stats::Opener::Guest,
             State::Open,
             a,
-            4096,
+            Arc::new(VmBuffer::unlimited(4096, 1024)),
             0,
             counters,
         );
@@ -356,5 +423,74 @@ mod tests {
         assert!(!ch.finished());
         assert_eq!(ch.apply(Event::DeviceClose), Ok(State::Closed));
         assert!(ch.finished());
+    }
+
+    fn channel(vm: &Arc<VmBuffer>, id: u32) -> Channel {
+        let (a, _b) = crate::seqpacket::SeqPacket::pair().unwrap();
+        let stats = crate::stats::Stats::new(0);
+        let counters = stats.open_channel(id, "svc", Opener::Guest);
+        Channel::new(
+            "svc",
+            Opener::Guest,
+            State::Open,
+            a,
+            vm.clone(),
+            0,
+            counters,
+        )
+    }
+
+    #[test]
+    fn the_window_follows_the_budget_and_what_was_granted_never_goes_back() {
+        let vm = Arc::new(VmBuffer::new(6000, 4000, 1000));
+        let mut a = channel(&vm, 1);
+        assert_eq!(a.recv.buf_alloc, 1000);
+        a.accept(468).unwrap();
+        assert_eq!(vm.held(), 500);
+        assert!(a.accept(469).is_err(), "over the window");
+        // Draining grows the window to the share (alone: channel_buffer),
+        // and the guest hears of it.
+        a.consumed(468);
+        assert_eq!((a.recv.buf_alloc, vm.held()), (4000, 0));
+        assert!(a.needs_update());
+        a.recv.advertised();
+        // Two more channels: the share falls to 2000. What `a` was granted
+        // stays; its window shrinks only as it drains.
+        let b = channel(&vm, 2);
+        let c = channel(&vm, 3);
+        assert_eq!(vm.granted(), 6000);
+        let mut limit = a.recv.fwd_cnt.wrapping_add(a.recv.buf_alloc);
+        for _ in 0..20 {
+            a.accept(268).unwrap();
+            a.consumed(268);
+            let now = a.recv.fwd_cnt.wrapping_add(a.recv.buf_alloc);
+            assert!(now.wrapping_sub(limit) < 1 << 31, "the limit went back");
+            limit = now;
+            assert!(a.recv.buf_alloc >= 1000);
+        }
+        assert_eq!(a.recv.buf_alloc, 2000);
+        drop((b, c));
+        assert_eq!(vm.granted(), 2000);
+        // Held data goes back with the channel.
+        a.accept(68).unwrap();
+        drop(a);
+        assert_eq!((vm.held(), vm.granted()), (0, 0));
+    }
+
+    #[test]
+    fn a_window_under_two_messages_still_announces_room_for_one() {
+        let vm = Arc::new(VmBuffer::new(1500, 4000, 1000));
+        let mut a = channel(&vm, 1);
+        assert_eq!(a.recv.buf_alloc, 1000);
+        // The guest sent 100 and waits to send a 1000-byte message (900
+        // left); the window grows to its share (1500 alone, less than two
+        // messages).
+        a.accept(68).unwrap();
+        a.recv.advertised();
+        a.consumed(68);
+        assert_eq!(a.recv.buf_alloc, 1500);
+        // The limit grew by 600: under half the window (750), past the
+        // window less one message (500): the guest is told now.
+        assert!(a.needs_update());
     }
 }

@@ -13,7 +13,7 @@
 //! policy = "web-policy.toml"    # relative to this file's directory
 //! listen = "/run/kt/web-listen.sock"
 //! max_msg_size = 65536          # and max_channels, rx_buf_size,
-//!                               # channel_buffer, handshake_timeout,
+//!                               # channel_buffer, vm_buffer, handshake_timeout,
 //!                               # open_timeout, busy_poll_us,
 //!                               # queue_pairs (1..=16)
 //! ```
@@ -105,6 +105,7 @@ struct RawVm {
     max_channels: Option<u32>,
     rx_buf_size: Option<u32>,
     channel_buffer: Option<u32>,
+    vm_buffer: Option<u32>,
     handshake_timeout: Option<u32>,
     open_timeout: Option<u32>,
     busy_poll_us: Option<u32>,
@@ -172,6 +173,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfFile, ConfFileError> {
             max_channels: v.max_channels,
             rx_buf_size: v.rx_buf_size,
             channel_buffer: v.channel_buffer,
+            vm_buffer: v.vm_buffer,
             handshake_timeout: v.handshake_timeout,
             open_timeout: v.open_timeout,
             guest_id: v.guest_id,

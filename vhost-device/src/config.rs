@@ -18,6 +18,9 @@ use crate::policy::{Policy, PolicyError};
 
 /// Largest per-channel window accepted (bounds per-channel memory).
 pub const MAX_CHANNEL_BUFFER: u32 = 64 << 20;
+/// Default `--vm-buffer`: the VM's budget on held guest → host data
+/// (raised to one largest message when `max_msg_size` is above it).
+pub const DEFAULT_VM_BUFFER: u32 = 1536 << 10;
 /// Largest `--handshake-timeout` and `--open-timeout` in seconds.
 pub const MAX_TIMEOUT_SECS: u32 = 3600;
 /// Largest `--max-channels` (device ids use bit 31, guest ids the rest).
@@ -77,6 +80,8 @@ pub struct VmSettings {
     pub rx_buf_size: Option<u32>,
     /// Per-channel guest → host window.
     pub channel_buffer: Option<u32>,
+    /// The VM's budget on held guest → host data (0: none).
+    pub vm_buffer: Option<u32>,
     /// Seconds for a host connection's `CONNECT` line.
     pub handshake_timeout: Option<u32>,
     /// Seconds for the guest's answer to a host `OPEN`.
@@ -106,6 +111,9 @@ pub struct VmConfig {
     pub device: DeviceConfig,
     /// Per-channel guest → host window in credit bytes.
     pub channel_buffer: u32,
+    /// The sum of the windows of all the VM's channels, in credit bytes
+    /// (0: no VM-wide limit); each still gets one largest message.
+    pub vm_buffer: u32,
     /// Time a host connection has to send its `CONNECT` line.
     pub handshake_timeout: Duration,
     /// Time the guest has to answer a host-opened channel's `OPEN`.
@@ -220,6 +228,11 @@ impl VmSettings {
             min_window,
             MAX_CHANNEL_BUFFER,
         )?;
+        let vm_buffer = match self.vm_buffer {
+            Some(0) => 0,
+            Some(v) => range("vm-buffer", v, min_window, u32::MAX)?,
+            None => DEFAULT_VM_BUFFER.max(min_window),
+        };
         let handshake_timeout = range(
             "handshake-timeout",
             self.handshake_timeout
@@ -261,6 +274,7 @@ impl VmSettings {
                 max_queue_pairs: queue_pairs as u16,
             },
             channel_buffer,
+            vm_buffer,
             handshake_timeout: Duration::from_secs(handshake_timeout.into()),
             open_timeout: Duration::from_secs(open_timeout.into()),
             busy_poll: Duration::from_micros(busy_poll_us.into()),
@@ -293,6 +307,7 @@ impl TryFrom<RunArgs> for Config {
             max_channels: a.max_channels,
             rx_buf_size: a.rx_buf_size,
             channel_buffer: a.channel_buffer,
+            vm_buffer: a.vm_buffer,
             handshake_timeout: Some(a.handshake_timeout),
             open_timeout: Some(a.open_timeout),
             guest_id: Some(a.guest_id),
@@ -326,6 +341,7 @@ mod tests {
             max_channels: None,
             rx_buf_size: None,
             channel_buffer: None,
+            vm_buffer: None,
             handshake_timeout: 10,
             open_timeout: 30,
             guest_id: 3,
@@ -351,6 +367,7 @@ mod tests {
         assert_eq!(c.name, "vm3");
         assert_eq!(c.device.max_msg_size, DEFAULT_MAX_MSG_SIZE);
         assert_eq!(c.channel_buffer, 4 * (DEFAULT_MAX_MSG_SIZE + 32));
+        assert_eq!(c.vm_buffer, DEFAULT_VM_BUFFER);
         assert_eq!(c.device.guest_id, 3);
         let mut a = args(p.to_str().unwrap());
         a.max_msg_size = Some(0);
@@ -365,6 +382,19 @@ mod tests {
         let mut a = args(p.to_str().unwrap());
         a.rx_buf_size = Some(100);
         assert!(Config::try_from(a).is_err());
+        let mut a = args(p.to_str().unwrap());
+        a.vm_buffer = Some(1000);
+        assert_eq!(
+            Config::try_from(a).unwrap_err().to_string(),
+            "--vm-buffer 1000: must be between 65568 and 4294967295"
+        );
+        let mut a = args(p.to_str().unwrap());
+        a.vm_buffer = Some(0);
+        assert_eq!(Config::try_from(a).unwrap().vms[0].vm_buffer, 0);
+        let mut a = args(p.to_str().unwrap());
+        a.max_msg_size = Some(1 << 20);
+        let big = Config::try_from(a).unwrap().vms[0].vm_buffer;
+        assert!(big >= (1 << 20) + 32, "the default fits one message");
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(c.open_timeout, Duration::from_secs(30));
         let mut a = args(p.to_str().unwrap());

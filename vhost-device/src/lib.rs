@@ -8,7 +8,7 @@
 //! `daemon` (serve frontends in a loop), `fdlimit` (the descriptor
 //! budget), `backend` (vhost-user glue),
 //! `device` (protocol engine, one per queue pair), `budget` (the
-//! channel limit the pairs share), `channel` (per-channel state), `chain`
+//! channel limit and the held-data budget the pairs share), `channel` (per-channel state), `chain`
 //! (descriptor chains in and out), `seqpacket` (host sockets) and `sockpath`
 //! (claiming socket paths), both re-exports of the shared `kt-seqpacket`
 //! crate, `seccomp` (the system-call allow-list), `stats`

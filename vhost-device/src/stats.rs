@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use kt_prom::Writer;
+
+use crate::budget::VmBuffer;
 use serde::{Deserialize, Serialize};
 
 mod prometheus;
@@ -152,6 +154,8 @@ pub struct Stats {
     /// With them, the pairs' traffic is counted here only and `device`
     /// keeps the rest: each worker thread writes its own cache lines.
     pairs: Vec<PairCounters>,
+    /// The VM's budget on held guest data ([`Stats::with_buffer`]).
+    buffer: Option<Arc<VmBuffer>>,
 }
 
 /// One channel in a snapshot.
@@ -221,6 +225,16 @@ pub struct StatsSnapshot {
     /// pair with `--queue-pairs` above 1, else none).
     #[serde(default)]
     pub pairs: Vec<CountersSnapshot>,
+    /// Credit bytes of guest data the device holds for host sockets that
+    /// have not taken it yet (all channels, all pairs).
+    #[serde(default)]
+    pub buffered: u64,
+    /// Sum of the windows granted to the guest's channels.
+    #[serde(default)]
+    pub buffer_granted: u64,
+    /// The VM's budget on them (`--vm-buffer`; 0: none).
+    #[serde(default)]
+    pub vm_buffer: u64,
 }
 
 /// Adds `n` to a counter.
@@ -252,6 +266,21 @@ impl Stats {
             Vec::new()
         };
         self
+    }
+
+    /// These counters for a VM whose engines share the budget `buffer`.
+    pub fn with_buffer(mut self, buffer: Arc<VmBuffer>) -> Stats {
+        self.buffer = Some(buffer);
+        self
+    }
+
+    /// The VM's budget; without one ([`Stats::with_buffer`]), a new
+    /// unlimited one that gives every channel `channel_buffer` (messages
+    /// cost up to `min_window`).
+    pub fn buffer(&self, channel_buffer: u32, min_window: u32) -> Arc<VmBuffer> {
+        self.buffer
+            .clone()
+            .unwrap_or_else(|| Arc::new(VmBuffer::unlimited(channel_buffer, min_window)))
     }
 
     /// The totals of queue pair `pair`, if kept.
@@ -416,6 +445,9 @@ impl Stats {
                 .fold(self.device.snapshot(), |sum, p| sum.plus(&p.0.snapshot())),
             channels,
             pairs: self.pairs.iter().map(|p| p.0.snapshot()).collect(),
+            buffered: self.buffer.as_ref().map_or(0, |b| b.held()),
+            buffer_granted: self.buffer.as_ref().map_or(0, |b| b.granted()),
+            vm_buffer: self.buffer.as_ref().and_then(|b| b.limit()).unwrap_or(0),
         }
     }
 }
@@ -444,6 +476,17 @@ impl StatsSnapshot {
             self.fd_limit_refusals,
             self.handshake_timeouts,
             self.open_timeouts
+        );
+        let _ = writeln!(
+            s,
+            "guest data held: {} bytes  windows granted {}  vm-buffer {}",
+            self.buffered,
+            self.buffer_granted,
+            if self.vm_buffer == 0 {
+                "-".to_owned()
+            } else {
+                self.vm_buffer.to_string()
+            }
         );
         let _ = writeln!(
             s,

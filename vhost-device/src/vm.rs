@@ -18,7 +18,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::backend::KtBackend;
-use crate::budget::ChannelBudget;
+use crate::budget::{ChannelBudget, VmBuffer};
 use crate::config::VmConfig;
 use crate::device::{Device, Params};
 use crate::policy::{Policy, PolicyCell, PolicyError};
@@ -122,9 +122,16 @@ impl Vm {
         for path in config.paths() {
             claim_socket_path(path)?;
         }
+        let min_window = config.device.max_msg_size + kt_proto::consts::MSG_OVERHEAD;
+        let buffer = Arc::new(if config.vm_buffer == 0 {
+            VmBuffer::unlimited(config.channel_buffer, min_window)
+        } else {
+            VmBuffer::new(config.vm_buffer.into(), config.channel_buffer, min_window)
+        });
         let stats = Arc::new(
             Stats::for_vm(&config.name, config.device.guest_id)
-                .with_pairs(config.device.max_queue_pairs),
+                .with_pairs(config.device.max_queue_pairs)
+                .with_buffer(buffer),
         );
         let policy = Arc::new(PolicyCell::new(config.policy.clone()).map_err(VmError::Setup)?);
         let listener = match &config.listen {

@@ -94,7 +94,7 @@ impl Device {
         let (sent, err) = send_guest_many(sock.as_fd(), msgs);
         for m in &msgs[..sent] {
             let len = m.len() as u64;
-            ch.recv.on_consume(len as u32);
+            ch.consumed(len as u32);
             count_to_host(&self.stats, self.pair, ch, len);
         }
         if let Some(e) = err {
@@ -128,7 +128,7 @@ impl Device {
             // The host closed without reading: nobody will (SPEC §3.2,
             // the reader has gone); the credit comes back at once.
             log::debug!("DATA on channel {id:#x} discarded: the host closed");
-            ch.recv.on_consume(payload.len() as u32);
+            ch.consumed(payload.len() as u32);
             self.queue_credit_update(id, false);
             return;
         }
@@ -145,7 +145,7 @@ impl Device {
                 match r {
                     Ok(_) => {
                         let len = payload.len() as u64;
-                        ch.recv.on_consume(len as u32);
+                        ch.consumed(len as u32);
                         count_to_host(&self.stats, self.pair, ch, len);
                         self.after_host_writes(id);
                     }
@@ -181,7 +181,7 @@ impl Device {
                 Ok(_) => {
                     let len = msg.len() as u64;
                     ch.pending.pop_front();
-                    ch.recv.on_consume(len as u32);
+                    ch.consumed(len as u32);
                     count_to_host(&self.stats, self.pair, ch, len);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -395,7 +395,7 @@ impl Device {
             Opener::Host,
             State::Opening,
             h.sock,
-            self.params.channel_buffer,
+            self.buffer.clone(),
             0,
             counters,
         );

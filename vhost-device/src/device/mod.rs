@@ -41,7 +41,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::timerfd::TimerFd;
 
-use crate::budget::ChannelBudget;
+use crate::budget::{ChannelBudget, VmBuffer};
 use crate::chain::{parse_tx, Mem, RxBuf, TxError, TxMsg};
 use crate::channel::{Channel, Event, State};
 use crate::policy::PolicyCell;
@@ -157,6 +157,8 @@ pub struct Device {
     pair: u16,
     /// The VM's `max_channels`, shared by its engines.
     budget: Arc<ChannelBudget>,
+    /// The VM's `--vm-buffer`, shared by its engines (from the stats).
+    buffer: Arc<VmBuffer>,
     /// This engine's signal of a policy replacement.
     policy_changed: Arc<EventFd>,
     limits: Limits,
@@ -268,6 +270,8 @@ impl Device {
             EpollEvent::new(EventSet::IN, POLICY_TOKEN),
         )?;
         let discovery = discovery::Discovery::new(&policy.get());
+        let min_window = params.config.max_msg_size + kt_proto::consts::MSG_OVERHEAD;
+        let buffer = stats.buffer(params.channel_buffer, min_window);
         Ok(Device {
             limits: Limits {
                 max_msg_size: params.config.max_msg_size,
@@ -275,6 +279,7 @@ impl Device {
             params,
             pair,
             budget,
+            buffer,
             policy_changed,
             policy,
             stats,

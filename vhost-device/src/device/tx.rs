@@ -321,7 +321,7 @@ impl Device {
             Opener::Guest,
             State::Open,
             sock,
-            self.params.channel_buffer,
+            self.buffer.clone(),
             h.buf_alloc,
             counters,
         );
@@ -408,7 +408,7 @@ impl Device {
             self.close_by_device(id, ErrorCode::Proto);
             return false;
         }
-        if let Err(e) = ch.recv.on_receive(h.msg_len) {
+        if let Err(e) = ch.accept(h.msg_len) {
             self.malformed(Some(id), &format_args!("channel {id:#x}: {e}"));
             self.close_by_device(id, ErrorCode::Proto);
             return false;
@@ -454,7 +454,7 @@ impl Device {
         let Some(ch) = self.channels.get_mut(&id) else {
             return;
         };
-        if ch.update_queued || ch.state.close_sent() || !(force || ch.recv.needs_update()) {
+        if ch.update_queued || ch.state.close_sent() || !(force || ch.needs_update()) {
             return;
         }
         ch.update_queued = true;
@@ -489,7 +489,7 @@ impl Device {
         };
         host::unwatch(&self.epoll, ch);
         ch.sock = None;
-        ch.pending.clear();
+        ch.discard_pending();
         self.forget_feed(id);
     }
 

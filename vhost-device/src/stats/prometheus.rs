@@ -103,6 +103,24 @@ impl StatsSnapshot {
             "Names the guest's listeners serve, as its driver announced them.",
         );
         w.sample(&g, self.guest_listeners.len() as u64);
+        w.family(
+            "kt_device_buffered_bytes",
+            Kind::Gauge,
+            "Guest to host data (credit bytes) held for host sockets that have not taken it.",
+        );
+        w.sample(&g, self.buffered);
+        w.family(
+            "kt_device_buffer_granted_bytes",
+            Kind::Gauge,
+            "Sum of the windows granted to the guest's channels.",
+        );
+        w.sample(&g, self.buffer_granted);
+        w.family(
+            "kt_device_vm_buffer_bytes",
+            Kind::Gauge,
+            "The VM's budget on those windows (--vm-buffer; 0: none).",
+        );
+        w.sample(&g, self.vm_buffer);
         let d = &self.device;
         w.family(
             "kt_device_messages_total",

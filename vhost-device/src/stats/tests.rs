@@ -227,3 +227,41 @@ fn prometheus_without_channels_has_no_channel_families() {
     assert_eq!(ex.value("kt_device_active", &[("guest", "0")]), Some(0.0));
     assert_eq!(ex.value("kt_device_open_channels", &[]), Some(0.0));
 }
+
+#[test]
+fn the_vm_buffer_in_every_format() {
+    let buf = Arc::new(crate::budget::VmBuffer::new(100_000, 20_000, 5_000));
+    let st = Stats::new(3).with_buffer(buf.clone());
+    let w = buf.open();
+    buf.hold(1234);
+    let s = st.snapshot();
+    assert_eq!(
+        (s.buffered, s.buffer_granted, s.vm_buffer),
+        (1234, u64::from(w), 100_000)
+    );
+    assert!(
+        s.table()
+            .contains("guest data held: 1234 bytes  windows granted 5000  vm-buffer 100000"),
+        "{}",
+        s.table()
+    );
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["buffered"], 1234);
+    assert_eq!(json["vm_buffer"], 100_000);
+    let mut old = json.clone();
+    let o = old.as_object_mut().unwrap();
+    o.remove("buffered");
+    o.remove("buffer_granted");
+    o.remove("vm_buffer");
+    let back: StatsSnapshot = serde_json::from_value(old).unwrap();
+    assert_eq!(back.vm_buffer, 0);
+    let text = s.prometheus();
+    let ex = kt_prom::check::check(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(ex.families["kt_device_buffered_bytes"].kind, "gauge");
+    assert_eq!(ex.value("kt_device_buffered_bytes", &[]), Some(1234.0));
+    assert_eq!(ex.value("kt_device_vm_buffer_bytes", &[]), Some(100_000.0));
+    // Without a budget: the table says so, the JSON says 0.
+    let none = Stats::new(4).snapshot();
+    assert_eq!(none.vm_buffer, 0);
+    assert!(none.table().contains("vm-buffer -"), "{}", none.table());
+}

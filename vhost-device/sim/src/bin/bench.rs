@@ -44,6 +44,10 @@ struct Args {
     /// The daemon's --busy-poll-us.
     #[arg(long, value_name = "US", default_value_t = kt_vhost_device::config::DEFAULT_BUSY_POLL_US)]
     busy_poll_us: u32,
+    /// The daemon's --vm-buffer (0: no VM-wide budget) [default: the
+    /// daemon's].
+    #[arg(long, value_name = "BYTES")]
+    vm_buffer: Option<u32>,
     /// Round trips (64 B through an echo service) for the latency line.
     #[arg(long, value_name = "N", default_value_t = 20_000)]
     round_trips: u32,
@@ -288,6 +292,7 @@ fn run(a: &Args) -> Result<Outcome, BenchError> {
         max_channels: None,
         rx_buf_size: None,
         channel_buffer: None,
+        vm_buffer: a.vm_buffer,
         handshake_timeout: 10,
         open_timeout: 30,
         guest_id: 0,

@@ -6,7 +6,8 @@
 //! slowest VM's rate divided by the mean (fair sharing), and the daemon's
 //! memory per VM: its anonymous RSS above a daemon serving no VM, divided
 //! by the VMs, with every channel open but idle and at the end of the
-//! traffic, next to the bound on guest data it may hold (the windows) and
+//! traffic, next to the guest data it held then (its `stats`), the bound
+//! on that (the channels' windows, capped by the VM's `--vm-buffer`) and
 //! the guest memory it touched (shared pages, the guests' own). Targets
 //! (issue 11): slowest/mean >= 0.5 and <= 2 MiB per VM.
 //! `KT_SCALE_RATES=1` also prints every VM's rate.
@@ -49,6 +50,10 @@ struct Args {
     /// bounds what the daemon holds for a channel whose host end is slow).
     #[arg(long, value_name = "BYTES", default_value_t = 65536)]
     max_msg_size: u32,
+    /// Each VM's vm_buffer (the budget all its channels' windows share;
+    /// 0: none). Default: the daemon's.
+    #[arg(long, value_name = "BYTES")]
+    vm_buffer: Option<u32>,
     /// The daemon binary (default: kt-vhost-device next to this program,
     /// or $KT_VHOST_DEVICE).
     #[arg(long, value_name = "PATH")]
@@ -75,8 +80,11 @@ struct Row {
     idle_kib_per_vm: f64,
     /// At the end of the traffic.
     anon_kib_per_vm: f64,
+    /// Guest data the daemon held at the end, per VM (its `stats`).
+    held_kib_per_vm: f64,
     /// What guest data the daemon may hold per VM for slow host ends:
-    /// channels x the per-channel window.
+    /// channels x the per-channel window, capped by vm_buffer (but at
+    /// least one message per channel).
     window_kib_per_vm: f64,
     shmem_kib_per_vm: f64,
 }
@@ -101,12 +109,11 @@ fn daemon_path(a: &Args) -> Result<PathBuf, ScaleError> {
 /// Writes a config of `n` VMs (all allowed to open `sink`) and starts the
 /// daemon on it; returns it once its last socket (or, with no VM, its
 /// control socket) exists.
-fn start_daemon(
-    bin: &Path,
-    dir: &TempDir,
-    n: u32,
-    max_msg_size: u32,
-) -> Result<DaemonProc, ScaleError> {
+fn start_daemon(bin: &Path, dir: &TempDir, n: u32, a: &Args) -> Result<DaemonProc, ScaleError> {
+    let max_msg_size = a.max_msg_size;
+    let vm_buffer = a
+        .vm_buffer
+        .map_or(String::new(), |b| format!("vm_buffer = {b}\n"));
     std::fs::write(
         dir.join("policy.toml"),
         format!(
@@ -118,7 +125,7 @@ fn start_daemon(
     for i in 0..n {
         text.push_str(&format!(
             "[[vm]]\nname = \"vm{i}\"\nguest_id = {i}\nsocket_path = \"vm{i}.sock\"\n\
-             policy = \"policy.toml\"\nmax_channels = 64\nmax_msg_size = {max_msg_size}\n"
+             policy = \"policy.toml\"\nmax_channels = 64\nmax_msg_size = {max_msg_size}\n{vm_buffer}"
         ));
     }
     let config = dir.join("kt.toml");
@@ -221,7 +228,7 @@ fn measure(a: &Args, bin: &Path, n: u32, base_anon: u64) -> Result<Row, ScaleErr
     // scheduler, not the daemon, decide who goes first).
     kt_sim::host::spawn_epoll_service(&dir.join("sink.sock"), false, sink_stop)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let daemon = start_daemon(bin, &dir, n, a.max_msg_size)?;
+    let daemon = start_daemon(bin, &dir, n, a)?;
     let control = dir.join("control.sock");
     let ready = Arc::new(Barrier::new(n as usize + 1));
     let go = Arc::new(Barrier::new(n as usize + 1));
@@ -272,10 +279,24 @@ fn measure(a: &Args, bin: &Path, n: u32, base_anon: u64) -> Result<Row, ScaleErr
         slowest_over_mean: if mean > 0.0 { slowest / mean } else { 0.0 },
         idle_kib_per_vm: idle_anon.saturating_sub(base_anon) as f64 / f64::from(n),
         anon_kib_per_vm: anon.saturating_sub(base_anon) as f64 / f64::from(n),
-        window_kib_per_vm: f64::from(a.channels) * 4.0 * (f64::from(a.max_msg_size) + 32.0)
+        held_kib_per_vm: after.vms.iter().map(|v| v.buffered as f64).sum::<f64>()
+            / f64::from(n)
             / 1024.0,
+        window_kib_per_vm: window_per_vm(a, &after) / 1024.0,
         shmem_kib_per_vm: shmem as f64 / f64::from(n),
     })
+}
+
+/// The most guest data the daemon may hold for one VM, in bytes: the
+/// channels' windows, capped by the VM's budget (as `stats` reports it),
+/// which still leaves every channel one largest message.
+fn window_per_vm(a: &Args, after: &DaemonSnapshot) -> f64 {
+    let one = f64::from(a.max_msg_size) + 32.0;
+    let windows = f64::from(a.channels) * 4.0 * one;
+    match after.vms.first().map_or(0, |v| v.vm_buffer) {
+        0 => windows,
+        b => windows.min((b as f64).max(f64::from(a.channels) * one)),
+    }
 }
 
 /// Messages each VM carried to the host per second, in VM order.
@@ -306,7 +327,7 @@ fn run(a: &Args) -> Result<Vec<Row>, ScaleError> {
     let bin = daemon_path(a)?;
     // The daemon's own memory with no VM: the base every VM adds to.
     let dir = TempDir::new("scale-base")?;
-    let base = start_daemon(&bin, &dir, 0, a.max_msg_size)?;
+    let base = start_daemon(&bin, &dir, 0, a)?;
     std::thread::sleep(Duration::from_millis(200));
     let (base_anon, _) = rss_kib(base.pid())?;
     drop(base);
@@ -331,7 +352,7 @@ fn main() -> ExitCode {
         a.channels, a.size, a.secs
     );
     println!(
-        "{:>4} {:>9} {:>10} {:>7} {:>8} {:>11} {:>11} {:>12} {:>11}",
+        "{:>4} {:>9} {:>10} {:>7} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9}",
         "VMs",
         "channels",
         "msgs/s",
@@ -339,19 +360,20 @@ fn main() -> ExitCode {
         "slowest",
         "idle KiB",
         "busy KiB",
+        "held KiB",
         "window KiB",
         "guest KiB"
     );
     println!(
-        "{:>4} {:>9} {:>10} {:>7} {:>8} {:>11} {:>11} {:>12} {:>11}",
-        "", "", "", "", "/mean", "per VM", "per VM", "per VM", "per VM"
+        "{:>4} {:>9} {:>10} {:>7} {:>8} {:>9} {:>9} {:>9} {:>10} {:>9}",
+        "", "", "", "", "/mean", "per VM", "per VM", "per VM", "per VM", "per VM"
     );
     let mut fair = true;
     let mut own = true;
     let mut busy = true;
     for r in &rows {
         println!(
-            "{:>4} {:>9} {:>10.0} {:>7.1} {:>8.2} {:>11.0} {:>11.0} {:>12.0} {:>11.0}",
+            "{:>4} {:>9} {:>10.0} {:>7.1} {:>8.2} {:>9.0} {:>9.0} {:>9.0} {:>10.0} {:>9.0}",
             r.vms,
             r.channels,
             r.msgs_per_sec,
@@ -359,6 +381,7 @@ fn main() -> ExitCode {
             r.slowest_over_mean,
             r.idle_kib_per_vm,
             r.anon_kib_per_vm,
+            r.held_kib_per_vm,
             r.window_kib_per_vm,
             r.shmem_kib_per_vm
         );
@@ -369,9 +392,9 @@ fn main() -> ExitCode {
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     println!(
         "idle/busy KiB: the daemon's anonymous memory above a daemon serving no VM, per VM, \
-         with every channel open and idle / at the end of the traffic; window: channels x \
-         4 x (max_msg_size + 32), what the daemon may hold for host ends slower than the \
-         guest; guest: guest memory the daemon touched (shared, the guests' own)"
+         with every channel open and idle / at the end of the traffic; held: guest data the \
+         daemon held then (stats); window: channels x 4 x (max_msg_size + 32) capped by \
+         vm_buffer, what the daemon may hold for host ends slower than the guest; guest: guest memory the daemon touched (shared, the guests' own)"
     );
     println!(
         "targets: slowest/mean >= 0.50: {}; <= 2048 KiB per VM idle: {}; busy: {}",
