@@ -50,7 +50,8 @@ impl DeviceConfig {
     }
 
     /// Parses config-space bytes: at least the 16 of a device without
-    /// `F_MULTIQUEUE` (`max_queue_pairs` is then 1).
+    /// `F_MULTIQUEUE` (`max_queue_pairs` is then 1, as it is with 17).
+    /// The reserved field is not read.
     pub fn decode(buf: &[u8]) -> Result<DeviceConfig, DecodeError> {
         if buf.len() < CONFIG_SIZE_V1 {
             return Err(DecodeError::Short {
@@ -59,9 +60,12 @@ impl DeviceConfig {
             });
         }
         let mut bytes = [0u8; CONFIG_SIZE];
-        bytes[16] = 1;
         let n = buf.len().min(CONFIG_SIZE);
         bytes[..n].copy_from_slice(&buf[..n]);
+        if n < CONFIG_SIZE_V1 + 2 {
+            // No (whole) max_queue_pairs: the one pair of SPEC §1.3.
+            bytes[CONFIG_SIZE_V1..CONFIG_SIZE_V1 + 2].copy_from_slice(&1u16.to_le_bytes());
+        }
         let raw = RawConfig::from_bytes(&bytes);
         Ok(DeviceConfig {
             max_msg_size: raw.max_msg_size.into(),
@@ -113,6 +117,8 @@ mod tests {
         assert_eq!(old.max_queue_pairs, 1);
         assert_eq!(old.guest_id, c.guest_id);
         assert!(DeviceConfig::decode(&b[..15]).is_err());
+        assert_eq!(DeviceConfig::decode(&b[..17]).unwrap().max_queue_pairs, 1);
+        assert_eq!(DeviceConfig::decode(&b[..18]), Ok(c));
     }
 
     #[test]

@@ -197,4 +197,18 @@ mod tests {
         assert_eq!(IOC_SENDV, 0x4010_6b06);
         assert_eq!(IOC_RECVV, 0x4010_6b07);
     }
+
+    #[test]
+    fn queue_layout_keeps_pair_zero_and_the_event_queue_in_place() {
+        assert_eq!((vq_rx(0), vq_tx(0)), (VQ_RX, VQ_TX));
+        assert_eq!((vq_rx(1), vq_tx(1)), (3, 4));
+        assert_eq!((vq_rx(15), vq_tx(15)), (31, 32));
+        assert_eq!(num_vqs(1), NUM_VQS);
+        assert_eq!(num_vqs(MAX_QUEUE_PAIRS), 33);
+        assert_eq!(vq_pair(VQ_EVENT), None);
+        for p in 0..MAX_QUEUE_PAIRS {
+            assert_eq!(vq_pair(vq_rx(p)), Some((p, true)));
+            assert_eq!(vq_pair(vq_tx(p)), Some((p, false)));
+        }
+    }
 }
