@@ -91,14 +91,44 @@ fn host_connections_need_a_guest_that_listens() {
     assert_eq!(d.recv(id).unwrap(), b"x");
 }
 
-/// The `Seccomp:` mode of a process (0 none, 2 filter) from /proc.
-fn seccomp_mode(pid: u32) -> String {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("Seccomp:"))
-        .unwrap()
-        .trim()
-        .to_string()
+/// The `Seccomp:` mode (0 none, 2 filter) of every thread of a process,
+/// from /proc: (thread id, mode).
+fn seccomp_modes(pid: u32) -> Vec<(String, String)> {
+    let mut modes = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        // A thread may end between the listing and the read.
+        let Ok(s) = std::fs::read_to_string(t.join("status")) else {
+            continue;
+        };
+        let mode = s
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp:"))
+            .unwrap()
+            .trim()
+            .to_string();
+        modes.push((t.file_name().unwrap().to_string_lossy().into_owned(), mode));
+    }
+    modes
+}
+
+/// Waits until every thread of the daemon runs in seccomp mode `want`.
+/// The threads that serve install their filters before they serve; the
+/// main thread installs its own right after it has bound the sockets, so
+/// a fast client can get its answers a moment before that.
+fn assert_seccomp_mode(pid: u32, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let modes = seccomp_modes(pid);
+        if modes.iter().all(|(_, m)| m == want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "threads (id, mode) of the daemon, want mode {want}: {modes:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -111,7 +141,7 @@ fn the_daemon_serves_under_its_seccomp_filter_by_default() {
         let id = d.open("echo").unwrap().unwrap();
         d.send(id, b"under the filter").unwrap();
         assert_eq!(d.recv(id).unwrap(), b"under the filter");
-        assert_eq!(seccomp_mode(fx.daemon.pid()), want, "flags {flags:?}");
+        assert_seccomp_mode(fx.daemon.pid(), want);
         assert!(d.errors.is_empty(), "{:?}", d.errors);
     }
 }
@@ -142,7 +172,7 @@ fn kt_services_lists_the_policy_under_the_seccomp_filter() {
     d.close(id).unwrap();
     d.wait_until("CLOSE answer", |d| d.closed(id).is_some())
         .unwrap();
-    assert_eq!(seccomp_mode(fx.daemon.pid()), "2");
+    assert_seccomp_mode(fx.daemon.pid(), "2");
     assert!(d.errors.is_empty(), "{:?}", d.errors);
     let s = fx.stats();
     assert_eq!(s.device.malformed, 0);
