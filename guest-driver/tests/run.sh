@@ -347,25 +347,31 @@ run_guest() {
 			-device "vhost-user-device-pci,chardev=kt,virtio-id=60,num_vqs=${vqs:-3},vq_size=256,config_size=${cfg:-16}")
 	fi
 	echo "run.sh: $name"
-	local t0=$SECONDS attempt crash
+	local t0=$SECONDS attempt crash rc
 	for attempt in 1 2; do
 		if [ "$scenario" != nodev ]; then
 			start_device "$name" "$scenario" "$@"
 		fi
-		timeout "$timeout" "$qemu" "${args[@]}" >"$log" 2>&1 || true
+		rc=0
+		timeout "$timeout" "$qemu" "${args[@]}" >"$log" 2>&1 || rc=$?
 		if [ -n "$device_pid" ]; then
 			kill "$device_pid" 2>/dev/null || true
 			wait "$device_pid" 2>/dev/null || true
 			device_pid=
 		fi
-		# QEMU itself aborting before the guest's init ran (seen once:
-		# TCG, -smp 4, an assertion in ramblock_ptr while SeaBIOS ran)
-		# says nothing about the driver: run the guest once more, and
-		# say so. A second crash, or one after KT-START, is a failure.
+		# QEMU itself crashing before the guest's init ran (seen under
+		# TCG with -smp 4 while SeaBIOS or the early kernel ran: an
+		# assertion in ramblock_ptr, and once a SIGSEGV) says nothing
+		# about the driver: run the guest once more, and say so. A
+		# second crash, or one after KT-START, is a failure. timeout(1)
+		# exits 124 when it fired and 128+N when QEMU died of signal N.
 		crash=$(grep -m1 -aE 'qemu-system-x86_64: .*(Assertion|assertion) .*failed' "$log" || true)
+		if [ -z "$crash" ] && [ "$rc" -gt 128 ] && ! grep -aq KT-END "$log"; then
+			crash="killed by signal $((rc - 128)) ($(kill -l $((rc - 128)) 2>/dev/null || echo '?'))"
+		fi
 		if [ "$attempt" = 1 ] && [ -n "$crash" ] && ! grep -aq KT-START "$log"; then
-			echo "run.sh: $name: RETRY: QEMU aborted before the guest started ($crash)" >&2
-			cp "$log" "/tmp/kt-driver-test-$name.qemu-abort.log"
+			echo "run.sh: $name: RETRY: QEMU crashed before the guest started ($crash)" >&2
+			cp "$log" "/tmp/kt-driver-test-$name.qemu-crash.log"
 			continue
 		fi
 		break
@@ -382,8 +388,15 @@ run_guest() {
 	[ -z "$oops" ] || bad+=$'\nkernel splat (the first, in full):\n'$oops$'\nevery report line:\n'$(reports "$log")
 	[ -f "$dlog" ] && bad+=$'\n'$(grep -E 'VIOLATION|Traceback' "$dlog" | head -n 20 || true)
 	bad=$(printf '%s\n' "$bad" | sed '/^$/d')
-	[ -z "$crash" ] || bad+=$'\nQEMU aborted: '"$crash"
-	grep -q KT-END "$log" || bad+=$'\nguest did not finish within '"$timeout"' s'
+	if [ -n "$crash" ]; then
+		bad+=$'\nQEMU crashed: '"$crash"
+	elif ! grep -q KT-END "$log"; then
+		if [ "$rc" = 124 ]; then
+			bad+=$'\nguest did not finish within '"$timeout"' s'
+		else
+			bad+=$'\nguest did not finish: QEMU exited with status '"$rc"
+		fi
+	fi
 	! grep -q KT-WATCHDOG "$log" ||
 		bad+=$'\nthe guest watchdog fired; task stacks:\n'$(sed -n '/KT-WATCHDOG/,/^KT-DMESG-BEGIN/p' "$log" | head -n 400)
 	if [ -n "$bad" ]; then
