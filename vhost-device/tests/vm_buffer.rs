@@ -20,9 +20,9 @@ use kt_vhost_device::seqpacket::{Recv, SeqPacket};
 const STUCK: usize = 8;
 /// The flowing channel's number in its messages.
 const FLOW: usize = 99;
-/// How long the flowing channel's rate is measured, alone and beside the
-/// stuck ones.
-const PHASE: Duration = Duration::from_millis(500);
+/// Messages the flowing channel moves alone and again beside the stuck
+/// ones: 25 times the budget, so it must keep getting credit back.
+const FLOW_MSGS: u64 = 1000;
 const MSG: usize = 1000;
 /// Nine windows of one 4 KiB message (4128 credit bytes) fit; the default
 /// `--channel-buffer` (4 × 4128) would let the stuck channels hold
@@ -64,6 +64,36 @@ fn top_up(d: &mut kt_sim::Driver, id: u32, sent: &mut u32) {
     }
 }
 
+/// Keeps the flowing channel topped up until its reader has `target`
+/// messages (within 30 s, a hang bound, not a rate); meanwhile every
+/// channel of `stuck` must have no credit.
+fn flow_until(
+    d: &mut kt_sim::Driver,
+    id: u32,
+    sent: &mut u32,
+    got: &AtomicU64,
+    target: u64,
+    stuck: &[(u32, SeqPacket)],
+    stuck_sent: &[u32],
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.load(Ordering::SeqCst) < target {
+        assert!(
+            Instant::now() < deadline,
+            "the flowing channel moved {} of {target} messages in 30 s",
+            got.load(Ordering::SeqCst)
+        );
+        for (i, (sid, _)) in stuck.iter().enumerate() {
+            assert!(
+                !d.try_send(*sid, &body(i, stuck_sent[i])).unwrap(),
+                "stuck {i} got credit"
+            );
+        }
+        top_up(d, id, sent);
+        d.poll(Duration::from_millis(1)).unwrap();
+    }
+}
+
 #[test]
 fn stuck_channels_hold_at_most_the_budget_and_others_keep_flowing() {
     let fx = Fixture::new(
@@ -86,13 +116,8 @@ fn stuck_channels_hold_at_most_the_budget_and_others_keep_flowing() {
         .collect();
     assert_eq!(fx.stats().vm_buffer, BUDGET);
     let mut flow_sent = 0u32;
-    // The flowing channel alone, for its rate.
-    let t = Instant::now();
-    while t.elapsed() < PHASE {
-        top_up(&mut d, flow, &mut flow_sent);
-        d.poll(Duration::from_millis(1)).unwrap();
-    }
-    let alone = got.load(Ordering::SeqCst);
+    // The flowing channel alone first.
+    flow_until(&mut d, flow, &mut flow_sent, &got, FLOW_MSGS, &[], &[]);
     let mut sent = vec![0u32; STUCK];
     // The guest keeps trying on every channel until the stuck ones have
     // had no credit for a while.
@@ -113,23 +138,18 @@ fn stuck_channels_hold_at_most_the_budget_and_others_keep_flowing() {
     assert!(sent.iter().all(|&n| n > 0), "{sent:?}");
     let held = fx.stats().buffered;
     assert!(held > 0 && held <= BUDGET, "held {held}");
-    // The flowing channel keeps its rate while the others are stuck.
+    // The flowing channel keeps moving while the others are stuck: many
+    // times the budget goes through it, none of the stuck ones gets
+    // credit meanwhile.
     let before = got.load(Ordering::SeqCst);
-    let t = Instant::now();
-    while t.elapsed() < PHASE {
-        for (i, (id, _)) in stuck.iter().enumerate() {
-            assert!(
-                !d.try_send(*id, &body(i, sent[i])).unwrap(),
-                "stuck {i} got credit"
-            );
-        }
-        top_up(&mut d, flow, &mut flow_sent);
-        d.poll(Duration::from_millis(1)).unwrap();
-    }
-    let beside = got.load(Ordering::SeqCst) - before;
-    assert!(
-        beside >= 100 && beside * 2 >= alone,
-        "the flowing channel moved {beside} messages beside the stuck ones, {alone} alone"
+    flow_until(
+        &mut d,
+        flow,
+        &mut flow_sent,
+        &got,
+        before + FLOW_MSGS,
+        &stuck,
+        &sent,
     );
     assert!(fx.stats().buffered <= BUDGET);
     // The stuck service reads: everything arrives, in order, intact.
