@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::Fixture;
+use common::{listing, Fixture};
 use kt_proto::ErrorCode;
 
 #[test]
@@ -143,17 +143,6 @@ fn the_daemon_serves_under_its_seccomp_filter_by_default() {
         assert_eq!(d.recv(id).unwrap(), b"under the filter");
         assert_seccomp_mode(fx.daemon.pid(), want);
         assert!(d.errors.is_empty(), "{:?}", d.errors);
-    }
-}
-
-/// Reads one `kt.services` listing from channel `id`.
-fn listing(d: &mut kt_sim::Driver, id: u32) -> Vec<String> {
-    let mut r = kt_proto::listing::Reader::default();
-    loop {
-        let m = d.recv(id).unwrap();
-        if let Some(names) = r.push(&m).unwrap() {
-            return names;
-        }
     }
 }
 

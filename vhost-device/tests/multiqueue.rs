@@ -13,7 +13,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{check_message, message, Fixture};
+use common::{check_message, listing, message, Fixture};
 use kt_proto::consts::{F_LISTEN_NOTIFY, F_MULTIQUEUE};
 use kt_proto::{ErrorCode, Header, MsgType};
 use kt_sim::{connect_pairs, reattach_pairs, Driver, DriverOptions};
@@ -195,17 +195,6 @@ fn listen_travels_on_pair_0_only() {
         fx.stats().guest_listeners == ["gsvc"]
     });
     assert_eq!(fx.stats().device.malformed, 1);
-}
-
-/// Reads one `kt.services` listing from channel `id`.
-fn listing(d: &mut Driver, id: u32) -> Vec<String> {
-    let mut r = kt_proto::listing::Reader::default();
-    loop {
-        let m = d.recv(id).unwrap();
-        if let Some(names) = r.push(&m).unwrap() {
-            return names;
-        }
-    }
 }
 
 #[test]

@@ -195,3 +195,14 @@ pub fn check_message(m: &[u8], max: usize) -> Result<u64, String> {
     }
     Ok(i)
 }
+
+/// Reads one `kt.services` listing from channel `id`.
+pub fn listing(d: &mut Driver, id: u32) -> Vec<String> {
+    let mut r = kt_proto::listing::Reader::default();
+    loop {
+        let m = d.recv(id).unwrap();
+        if let Some(names) = r.push(&m).unwrap() {
+            return names;
+        }
+    }
+}
