@@ -202,6 +202,19 @@ static ssize_t tx_pending_show(struct device *dev,
 }
 static DEVICE_ATTR_RO(tx_pending);
 
+/* rx buffers in the rings, all pairs together (each tops up to a target). */
+static ssize_t rx_posted_show(struct device *dev,
+			      struct device_attribute *attr, char *buf)
+{
+	struct kt_dev *kd = kt_dev_of(dev);
+	unsigned int i, n = 0;
+
+	for (i = 0; i < kd->max_pairs; i++)
+		n += READ_ONCE(kd->pairs[i].rx_posted);
+	return sysfs_emit(buf, "%u\n", n);
+}
+static DEVICE_ATTR_RO(rx_posted);
+
 /* The word for a channel state in "channels" (docs/guest-driver.md). */
 static const char *kt_state_name(enum kt_ch_state s)
 {
@@ -274,6 +287,7 @@ static struct attribute *kt_attrs[] = {
 	&dev_attr_open_channels.attr,
 	&dev_attr_rings_broken.attr,
 	&dev_attr_tx_pending.attr,
+	&dev_attr_rx_posted.attr,
 	&dev_attr_rx_len_clamped.attr,
 	&dev_attr_opens_refused.attr,
 	&dev_attr_config_changes.attr,

@@ -15,6 +15,7 @@
  * to kt_rx.c, and the credit fields of outgoing headers are filled from the
  * channel at the moment a message enters the ring.
  */
+#include <linux/error-injection.h>
 #include <linux/mm.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
@@ -291,6 +292,17 @@ static void kt_rx_pool_set(struct kt_dev *kd, bool open)
 }
 
 /*
+ * A new rx buffer, zeroed. Not inlined, and open to fail_function fault
+ * injection, so that tests can make refills fail (run.sh's refill
+ * scenario, debug kernel only).
+ */
+static noinline void *kt_rx_buf_alloc(struct kt_dev *kd)
+{
+	return kzalloc(kd->rx_buf_size, GFP_KERNEL);
+}
+ALLOW_ERROR_INJECTION(kt_rx_buf_alloc, NULL);
+
+/*
  * A buffer to post: a spare one, or a new one, zeroed, so that a device
  * lying about a used length can only ever show a reader bytes it wrote
  * itself, never stale kernel memory.
@@ -299,7 +311,7 @@ static void *kt_rx_buf_get(struct kt_dev *kd)
 {
 	void *buf = kt_rx_pool_take(kd);
 
-	return buf ?: kzalloc(kd->rx_buf_size, GFP_KERNEL);
+	return buf ?: kt_rx_buf_alloc(kd);
 }
 
 /*

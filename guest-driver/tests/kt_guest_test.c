@@ -1666,6 +1666,153 @@ static void test_hold(void)
 	      "kt_kecho unloads once the host closed the channel");
 }
 
+/*
+ * Scenario "refill" (debug kernel only: fail_function): while the driver's
+ * rx buffer allocation (kt_rx_buf_alloc) fails, the device fills every
+ * posted rx buffer with a message the reader holds (REFILL_LEN bytes: one
+ * 4 KiB buffer each, kept whole), so the rx ring drains to no posted
+ * buffer at all; the spare pool is empty, as nothing was read yet. Once
+ * allocation works again no buffer is used, so no rx interrupt comes: only
+ * the driver's rx_retry posts buffers. The held messages are read, the
+ * REFILL_EXTRA ones the device still holds must arrive, an echo must come
+ * back and rx_posted be at its target again, within REFILL_LIMIT s. run.sh
+ * loads the driver with a window that holds the whole ring.
+ */
+#define REFILL_LEN	4064
+#define REFILL_EXTRA	16
+#define REFILL_LIMIT	5
+#define FAIL_FN		"/sys/kernel/debug/fail_function/"
+
+static bool write_file(const char *path, const char *s)
+{
+	FILE *f = fopen(path, "w");
+	bool ok;
+
+	if (!f)
+		return false;
+	ok = fputs(s, f) >= 0;
+	return !fclose(f) && ok;
+}
+
+/* Waits until @attr reads @want, at most @ms; returns the last value. */
+static long wait_counter_eq(const char *attr, long want, int ms)
+{
+	long v = sys_counter(attr);
+
+	for (; v != want && ms > 0; ms -= 50) {
+		usleep(50000);
+		v = sys_counter(attr);
+	}
+	return v;
+}
+
+/* Refill message @i: REFILL_LEN bytes, unique. */
+static void refill_msg(unsigned int i, char *p)
+{
+	size_t k;
+
+	for (k = 0; k < REFILL_LEN; k++)
+		p[k] = (char)(i * 131 + k * 7);
+}
+
+/* Non-blocking @fd: sends @len bytes of @p, waiting for credit until @end. */
+static bool send_by(int fd, const char *p, size_t len, long end)
+{
+	for (;;) {
+		if (write(fd, p, len) == (ssize_t)len)
+			return true;
+		if (errno != EAGAIN || now_ms() >= end)
+			return false;
+		poll_one(fd, POLLOUT, end - now_ms());
+	}
+}
+
+/* Non-blocking @fd: the next message into buf, waiting until @end. */
+static ssize_t recv_by(int fd, long end)
+{
+	ssize_t n;
+
+	for (;;) {
+		n = read(fd, buf, sizeof(buf));
+		if (n >= 0 || errno != EAGAIN || now_ms() >= end)
+			return n;
+		poll_one(fd, POLLIN, end - now_ms());
+	}
+}
+
+static void test_refill(void)
+{
+	unsigned int i, total;
+	long target, posted, end;
+	ssize_t n = 0;
+	int fd;
+
+	check(access(FAIL_FN "inject", W_OK) == 0,
+	      "fail_function available (debugfs mounted)");
+	fd = connect_to("echo", O_NONBLOCK);
+	check(fd >= 0, "connect echo");
+	if (fd < 0)
+		return;
+	end = now_ms() + 10000;
+	check(send_by(fd, "before", 6, end) && recv_by(fd, end) == 6 &&
+	      !memcmp(buf, "before", 6), "echo before the injection");
+	target = sys_counter("rx_posted");
+	check(target > 0, "rx ring at its target: %ld buffers posted", target);
+	if (target <= 0) {
+		close(fd);
+		return;
+	}
+	total = target + REFILL_EXTRA;
+
+	check(write_file(FAIL_FN "inject", "kt_rx_buf_alloc\n") &&
+	      write_file(FAIL_FN "probability", "100\n") &&
+	      write_file(FAIL_FN "interval", "1\n") &&
+	      write_file(FAIL_FN "times", "-1\n") &&
+	      write_file(FAIL_FN "verbose", "0\n"),
+	      "fail_function: kt_rx_buf_alloc fails from now on");
+
+	/* Credit: the device's window is about 32 of these ahead. */
+	end = now_ms() + 30000;
+	for (i = 0; i < total; i++) {
+		refill_msg(i, wbuf);
+		if (!send_by(fd, wbuf, REFILL_LEN, end))
+			break;
+	}
+	check(i == total, "%u messages of %u bytes sent to echo (%u of %u)",
+	      total, REFILL_LEN, i, total);
+	posted = wait_counter_eq("rx_posted", 0, 10000);
+	check(posted == 0,
+	      "the device used every rx buffer, none could be replaced: rx_posted %ld",
+	      posted);
+	usleep(500000);
+	posted = sys_counter("rx_posted");
+	check(posted == 0,
+	      "rx_posted still 0 after 0.5 s of failing allocations (%ld)",
+	      posted);
+
+	check(write_file(FAIL_FN "inject", "!kt_rx_buf_alloc\n"),
+	      "fail_function: injection cleared");
+	end = now_ms() + REFILL_LIMIT * 1000;
+	for (i = 0; i < total; i++) {
+		n = recv_by(fd, end);
+		refill_msg(i, wbuf);
+		if (n != REFILL_LEN || memcmp(buf, wbuf, REFILL_LEN))
+			break;
+	}
+	check(i == total,
+	      "all %u echoes read within %d s of the injection's end (message %u: %zd bytes, rx_posted %ld)",
+	      total, REFILL_LIMIT, i, i < total ? n : REFILL_LEN,
+	      sys_counter("rx_posted"));
+	check(send_by(fd, "after", 5, end) && recv_by(fd, end) == 5 &&
+	      !memcmp(buf, "after", 5),
+	      "echo round trip after the refill, within %d s", REFILL_LIMIT);
+	posted = wait_counter_eq("rx_posted", target,
+				 (int)(end > now_ms() ? end - now_ms() : 0));
+	check(posted == target, "rx ring back at its target: rx_posted %ld of %ld",
+	      posted, target);
+	close(fd);
+}
+
 /* KT_IOC_SENDV / KT_IOC_RECVV over @n entries; -1 with errno on error. */
 static int msgvec(int fd, unsigned long req, struct kt_ioc_msg *m,
 		  unsigned int n)
@@ -2076,6 +2223,8 @@ int main(int argc, char **argv)
 		test_huge();
 	} else if (!strcmp(what, "hold")) {
 		test_hold();
+	} else if (!strcmp(what, "refill")) {
+		test_refill();
 	} else if (!strcmp(what, "notify")) {
 		test_notify();
 	} else if (!strcmp(what, "mq") && argc > 2) {
@@ -2093,7 +2242,7 @@ int main(int argc, char **argv)
 		      info.channel);
 	} else {
 		fprintf(stderr, "usage: %s nodev|dev|unbind|firehose|breakring|%s\n",
-			argv[0], "flood|hostile|huge|hold|notify|quick|mq <pairs>");
+			argv[0], "flood|hostile|huge|hold|notify|quick|refill|mq <pairs>");
 		return 2;
 	}
 	printf("%s: %d failures\n", what, failures);

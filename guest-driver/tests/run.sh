@@ -13,6 +13,15 @@
 #   huge    max_msg_size 1 MiB
 #   notify  fake_device.py with KT_LISTEN_NOTIFY=1: listeners announced
 #           (LISTEN/UNLISTEN), again after a RESET and after unbind/bind
+#   refill  debug kernel only (fail_function; the stock pass prints a
+#           skip line): with the driver's rx buffer allocation failing, the
+#           device uses every posted rx buffer for an echo the reader
+#           holds, so the ring drains to 0 posted (sysfs rx_posted); once
+#           the injection is cleared only the driver's rx_retry can post
+#           buffers (no buffer is used, no interrupt comes): every held and
+#           waiting echo, a new round trip and the ring's target again
+#           within 5 s. Loads the driver with window=2097152 (the ring's
+#           256 buffers held whole)
 #   hostile fake_device.py with KT_HOSTILE=1: ring-level lies (used length
 #           past the buffer, a repeated used id, the used index jumping) and
 #           floods (CREDIT_*, OPEN to a listener, RESET, config interrupts)
@@ -48,9 +57,10 @@
 # by fake_device.py, or a guest that did not finish (a guest whose remove is
 # stuck reboots at once instead of powering off, which would wait for it).
 #
-# --debug-kernel (or KT_DEBUG_KERNEL=1): the same scenarios on the debug
-# kernel images/debug-kernel/build.sh builds (KASAN, KFENCE, lockdep,
-# DEBUG_ATOMIC_SLEEP, DEBUG_OBJECTS_WORK, DMA_API_DEBUG), the modules built
+# --debug-kernel (or KT_DEBUG_KERNEL=1): the same scenarios, plus refill,
+# on the debug kernel images/debug-kernel/build.sh builds (KASAN, KFENCE,
+# lockdep, DEBUG_ATOMIC_SLEEP, DEBUG_OBJECTS_WORK, DMA_API_DEBUG;
+# fail_function), the modules built
 # against its tree, each scenario with -smp 2 and then -smp 4 (KT_DEBUG_SMP,
 # default "2 4"; KT_DEBUG_SMP4_SCENARIOS limits the -smp 4 runs, e.g. "dev").
 # The guest prints its whole dmesg at the end, so warnings the quiet
@@ -205,6 +215,15 @@ hostile)
 huge)
 	run kt_guest_test huge
 	run rmmod kt_kecho
+	run rmmod kerntransport
+	;;
+refill)
+	# A window that holds every rx buffer of the ring (256 of 4 KiB).
+	run rmmod kt_kecho
+	run rmmod kerntransport
+	run insmod $m/kerntransport.ko window=2097152
+	run mount -t debugfs debugfs /sys/kernel/debug
+	run kt_guest_test refill
 	run rmmod kerntransport
 	;;
 mq)
@@ -426,6 +445,12 @@ all_scenarios() {
 		run_guest "dev-plain-ring$sfx" dev "$QEMU_KT" KT_EVENT_IDX=0 KT_INDIRECT=0 KT_RX_BUF=256
 	! wanted huge || run_guest "huge$sfx" huge "$QEMU_KT" KT_MAX_MSG=1048576
 	! wanted notify || run_guest "notify$sfx" notify "$QEMU_KT" KT_LISTEN_NOTIFY=1
+	# fail_function is in the debug kernel only.
+	if [ "$debug" = 1 ]; then
+		! wanted refill || run_guest "refill$sfx" refill "$QEMU_KT"
+	elif [ -z "${KT_TEST_ONLY:-}" ] || [[ " $KT_TEST_ONLY " == *" refill "* ]]; then
+		echo "run.sh: refill skipped: needs fail_function, which only the debug kernel has (--debug-kernel)"
+	fi
 	! wanted hostile || run_guest "hostile$sfx" hostile "$QEMU_KT" KT_HOSTILE=1
 	! wanted hostile-plain-ring ||
 		run_guest "hostile-plain-ring$sfx" hostile "$QEMU_KT" KT_HOSTILE=1 KT_EVENT_IDX=0 \

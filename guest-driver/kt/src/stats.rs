@@ -164,6 +164,12 @@ const DEVICE_METRICS: &[(&str, &str, Kind, &str)] = &[
         "Messages waiting for room in the tx ring.",
     ),
     (
+        "rx_posted",
+        "kt_guest_rx_posted",
+        Kind::Gauge,
+        "rx buffers posted in the rx rings, all pairs together.",
+    ),
+    (
         "rings_broken",
         "kt_guest_rings_broken_total",
         Kind::Counter,
