@@ -1800,8 +1800,8 @@ static void test_refill(void)
 			break;
 	}
 	check(i == total,
-	      "all %u echoes read within %d s of the injection's end (message %u: %zd bytes, rx_posted %ld)",
-	      total, REFILL_LIMIT, i, i < total ? n : REFILL_LEN,
+	      "all %u echoes read back within %d s of the injection's end (%u read, last read() %zd, rx_posted %ld)",
+	      total, REFILL_LIMIT, i, n,
 	      sys_counter("rx_posted"));
 	check(send_by(fd, "after", 5, end) && recv_by(fd, end) == 5 &&
 	      !memcmp(buf, "after", 5),
