@@ -42,7 +42,8 @@ kt_sysfs() {
 }
 
 # wait_until SECONDS WHAT COMMAND...: runs COMMAND every 0.1 s until it
-# succeeds; fails with "timed out after SECONDS s waiting for WHAT".
+# succeeds; fails with "timed out after SECONDS s waiting for WHAT", after
+# running the command named in KT_ON_TIMEOUT, if set (a diagnostic dump).
 wait_until() {
 	_limit=$(($1 * 10))
 	_what=$2
@@ -50,7 +51,10 @@ wait_until() {
 	_n=0
 	until "$@"; do
 		_n=$((_n + 1))
-		[ "$_n" -le "$_limit" ] || fail "timed out after $((_limit / 10)) s waiting for $_what"
+		if [ "$_n" -gt "$_limit" ]; then
+			[ -z "${KT_ON_TIMEOUT:-}" ] || "$KT_ON_TIMEOUT"
+			fail "timed out after $((_limit / 10)) s waiting for $_what"
+		fi
 		usleep 100000
 	done
 }

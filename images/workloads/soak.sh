@@ -51,6 +51,18 @@ gone() { ! grep -q "^$1 " /proc/modules; }
 unload() { rmmod "$1" 2>/dev/null && gone "$1"; }
 no_kecho_channels() { ! grep -q ' k\.echo$' "$(kt_sysfs)/channels"; }
 bound() { kt_sysfs >/dev/null && [ -c /dev/kerntransport ]; }
+# For a k.echo channel that outlives its host end: what is still listed,
+# and the kernel stacks of tasks inside kerntransport (a kt_kecho callback
+# stuck in kt_send() would show here).
+dump_kecho() {
+	echo "KT: channels still listed:"
+	cat "$(kt_sysfs)/channels"
+	for p in /proc/[0-9]*; do
+		grep -q 'kt_' "$p/stack" 2>/dev/null || continue
+		echo "KT: task ${p#/proc/} $(cat "$p/comm"):"
+		cat "$p/stack"
+	done
+}
 
 : >/tmp/soak-done
 start_listeners
@@ -68,7 +80,9 @@ while :; do
 	grep -q done /tmp/soak-done && break
 
 	echo "KT: reload wanted (cycle $cycle)"
+	KT_ON_TIMEOUT=dump_kecho
 	wait_until 120 "the host to close its k.echo channels" no_kecho_channels
+	KT_ON_TIMEOUT=
 	kill -9 "$lpid" "$dpid" 2>/dev/null
 	wait "$lpid" "$dpid" 2>/dev/null
 	# The host may have said done just before its listener went away.
