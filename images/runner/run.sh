@@ -40,6 +40,13 @@ set -e
 if grep -q '^KT-RUNNER: PASS' "$log"; then
 	exit 0
 fi
-if [ "$qrc" = 124 ]; then echo "run.sh: runner VM timed out after ${timeout}s" >&2; fi
+if [ "$qrc" = 124 ]; then
+	echo "run.sh: runner VM timed out after ${timeout}s" >&2
+elif ! grep -q '^KT-RUNNER: FAIL' "$log"; then
+	# No verdict from the runner's init: QEMU itself ended early (a
+	# crash shows as 128+N for signal N; under TCG QEMU has died of
+	# SIGSEGV on this kind of host) or the runner kernel stopped.
+	echo "run.sh: the runner VM gave no verdict; QEMU exited with status $qrc" >&2
+fi
 echo "run.sh: command failed inside the runner VM" >&2
 exit 1
