@@ -90,7 +90,19 @@ bind() {
 	if [ "${1:-}" = ro ]; then mount -o remount,bind,ro "$dst"; fi
 }
 
+# A run that was killed (SIGKILL, a session ending) never ran its cleanup:
+# its mounts are still there, the host's toolchain bound read-only among
+# them. Take them down, deepest first, before removing the old root.
+stale_mounts() {
+	awk -v d="$dir" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts | sort -r -u
+}
 if [ -d "$dir" ]; then
+	while read -r m; do
+		[ -n "$m" ] || continue
+		say "unmounting $m, left by an earlier run that did not clean up"
+		umount -l "$m" || die "cannot unmount $m (left by an earlier run)"
+	done < <(stale_mounts)
+	[ -z "$(stale_mounts)" ] || die "mounts under $dir remain: $(stale_mounts | tr '\n' ' ')"
 	rm -rf --one-file-system "$dir"
 fi
 mkdir -p "$dir"
