@@ -77,7 +77,7 @@ pub struct RunArgs {
         conflicts_with_all = [
             "socket_path", "policy", "listen", "max_msg_size", "max_channels",
             "rx_buf_size", "channel_buffer", "vm_buffer", "guest_id", "vm_name",
-            "handshake_timeout", "open_timeout", "busy_poll_us", "queue_pairs",
+            "handshake_timeout", "open_timeout", "busy_poll_us", "queue_pairs", "rx_share",
         ]
     )]
     pub config: Option<PathBuf>,
@@ -139,6 +139,12 @@ pub struct RunArgs {
     /// offers KT_F_MULTIQUEUE and each pair gets its own worker thread.
     #[arg(long, value_name = "N")]
     pub queue_pairs: Option<u32>,
+    /// While channels compete for a pair's rx ring, one channel may hold
+    /// at most 1/N of its buffers that the guest has not consumed yet, so
+    /// a flooding channel cannot queue a ring's worth ahead of the others'
+    /// messages; 1..=64, 1 = no limit (default 8).
+    #[arg(long, value_name = "N")]
+    pub rx_share: Option<u32>,
     /// Log level (RUST_LOG overrides it).
     #[arg(long, value_name = "LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,

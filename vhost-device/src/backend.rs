@@ -269,6 +269,7 @@ mod tests {
             channel_buffer: 1 << 20,
             handshake_timeout: Duration::from_secs(10),
             open_timeout: Duration::from_secs(30),
+            rx_share: crate::config::DEFAULT_RX_SHARE as u16,
         };
         let devices = (0..pairs)
             .map(|k| {

@@ -15,7 +15,7 @@
 //! max_msg_size = 65536          # and max_channels, rx_buf_size,
 //!                               # channel_buffer, vm_buffer, handshake_timeout,
 //!                               # open_timeout, busy_poll_us,
-//!                               # queue_pairs (1..=16)
+//!                               # queue_pairs (1..=16), rx_share
 //! ```
 
 use std::collections::HashMap;
@@ -110,6 +110,7 @@ struct RawVm {
     open_timeout: Option<u32>,
     busy_poll_us: Option<u32>,
     queue_pairs: Option<u32>,
+    rx_share: Option<u32>,
 }
 
 fn line_of(text: &str, offset: Option<usize>) -> LineNo {
@@ -179,6 +180,7 @@ pub fn parse(path: &Path, text: &str) -> Result<ConfFile, ConfFileError> {
             guest_id: v.guest_id,
             busy_poll_us: v.busy_poll_us,
             queue_pairs: v.queue_pairs,
+            rx_share: v.rx_share,
         }
         .check()
         .map_err(|source| ConfFileError::Vm {

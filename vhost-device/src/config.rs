@@ -30,6 +30,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u32 = 10;
 /// Default of `--queue-pairs`: one pair, the device of a driver without
 /// `KT_F_MULTIQUEUE` (no feature bit offered, three queues).
 pub const DEFAULT_QUEUE_PAIRS: u32 = 1;
+/// Default of `--rx-share`: a channel may hold 1/8 of a contended rx ring.
+pub const DEFAULT_RX_SHARE: u32 = 8;
+/// Largest `--rx-share`: 1/64 of the ring.
+pub const MAX_RX_SHARE: u32 = 64;
 /// Default of `--open-timeout`.
 pub const DEFAULT_OPEN_TIMEOUT_SECS: u32 = 30;
 
@@ -92,6 +96,8 @@ pub struct VmSettings {
     pub busy_poll_us: Option<u32>,
     /// rx/tx queue pairs (config space `max_queue_pairs`).
     pub queue_pairs: Option<u32>,
+    /// Divisor of a channel's share of a contended rx ring.
+    pub rx_share: Option<u32>,
 }
 
 /// One VM, validated.
@@ -120,6 +126,8 @@ pub struct VmConfig {
     pub open_timeout: Duration,
     /// How long the worker polls for more work before it sleeps.
     pub busy_poll: Duration,
+    /// A channel holds at most 1/`rx_share` of a contended rx ring.
+    pub rx_share: u16,
 }
 
 impl VmConfig {
@@ -258,6 +266,12 @@ impl VmSettings {
             1,
             u32::from(MAX_QUEUE_PAIRS),
         )?;
+        let rx_share = range(
+            "rx-share",
+            self.rx_share.unwrap_or(DEFAULT_RX_SHARE),
+            1,
+            MAX_RX_SHARE,
+        )?;
         let policy = Policy::load(&policy_path)?;
         Ok(VmConfig {
             name,
@@ -278,6 +292,8 @@ impl VmSettings {
             handshake_timeout: Duration::from_secs(handshake_timeout.into()),
             open_timeout: Duration::from_secs(open_timeout.into()),
             busy_poll: Duration::from_micros(busy_poll_us.into()),
+            // In range (checked above).
+            rx_share: rx_share as u16,
         })
     }
 }
@@ -313,6 +329,7 @@ impl TryFrom<RunArgs> for Config {
             guest_id: Some(a.guest_id),
             busy_poll_us: Some(a.busy_poll_us),
             queue_pairs: a.queue_pairs,
+            rx_share: a.rx_share,
         }
         .check()?;
         Ok(Config {
@@ -347,6 +364,7 @@ mod tests {
             guest_id: 3,
             busy_poll_us: DEFAULT_BUSY_POLL_US,
             queue_pairs: None,
+            rx_share: None,
             log_level: LogLevel::Info,
             seccomp: crate::seccomp::SeccompMode::Enforce,
         }
@@ -423,6 +441,16 @@ mod tests {
             a.queue_pairs = Some(bad);
             let e = Config::try_from(a).unwrap_err().to_string();
             assert_eq!(e, format!("--queue-pairs {bad}: must be between 1 and 16"));
+        }
+        assert_eq!(c.rx_share, DEFAULT_RX_SHARE as u16);
+        let mut a = args(p.to_str().unwrap());
+        a.rx_share = Some(1);
+        assert_eq!(Config::try_from(a).unwrap().vms[0].rx_share, 1);
+        for bad in [0, 65] {
+            let mut a = args(p.to_str().unwrap());
+            a.rx_share = Some(bad);
+            let e = Config::try_from(a).unwrap_err().to_string();
+            assert_eq!(e, format!("--rx-share {bad}: must be between 1 and 64"));
         }
         assert!(Config::try_from(args("/nonexistent.toml")).is_err());
         std::fs::remove_file(p).unwrap();

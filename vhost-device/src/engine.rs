@@ -214,6 +214,7 @@ mod tests {
             channel_buffer: 1 << 20,
             handshake_timeout: Duration::from_secs(10),
             open_timeout: Duration::from_secs(30),
+            rx_share: crate::config::DEFAULT_RX_SHARE as u16,
         };
         let dev = Device::new(params, policy.clone(), Arc::new(Stats::new(1)), None).unwrap();
         let mut e = Engine::new(dev, Duration::ZERO);

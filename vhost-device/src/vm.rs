@@ -147,6 +147,7 @@ impl Vm {
             channel_buffer: config.channel_buffer,
             handshake_timeout: config.handshake_timeout,
             open_timeout: config.open_timeout,
+            rx_share: config.rx_share,
         };
         // One engine per queue pair; pair 0 has the host listener. The
         // engines share the counters, the policy and max_channels.

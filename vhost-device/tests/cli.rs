@@ -121,6 +121,12 @@ fn bad_arguments_fail_with_one_line() {
             &format!("--queue-pairs {n}: must be between 1 and 16"),
         );
     }
+    for n in ["0", "65"] {
+        one_line_error(
+            &["--socket-path", s, "--policy", g, "--rx-share", n],
+            &format!("--rx-share {n}: must be between 1 and 64"),
+        );
+    }
     one_line_error(
         &["--socket-path", s, "--policy", g, "--open-timeout", "soon"],
         "soon",

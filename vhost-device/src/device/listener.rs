@@ -130,6 +130,7 @@ impl Device {
             self.listener_paused_until,
             self.handshake_deadlines.front().map(|e| e.0),
             self.open_deadlines.front().map(|e| e.0),
+            self.share_wait,
         ]
         .into_iter()
         .flatten()
@@ -224,6 +225,11 @@ impl Device {
         }
         self.expire_handshakes(now);
         self.expire_opens(now);
+        // This pass's rx part serves the channels that waited for their
+        // share (it sets the deadline again if they still must wait).
+        if self.share_wait.is_some_and(|t| t <= now) {
+            self.share_wait = None;
+        }
     }
 
     pub(super) fn accept_hosts(&mut self) {

@@ -16,7 +16,8 @@
 //! dispatches each message (OPEN, DATA, CLOSE, credit) towards host
 //! sockets; `host.rs` reads host sockets within the guest's credit;
 //! `rx.rs` frames and fragments what goes to the guest into rx buffers and
-//! runs the event queue; `listener.rs` owns `--listen` (accept, the
+//! runs the event queue, `rxshare.rs` keeps each channel's share of the
+//! rx ring; `listener.rs` owns `--listen` (accept, the
 //! `CONNECT`/`LIST` handshake, timeouts); `listening.rs` keeps the names
 //! the guest's listeners serve (`LISTEN`/`UNLISTEN`). This file holds the state, set-up and
 //! the budgeted pass (`Device::run`) that drives them.
@@ -55,6 +56,7 @@ mod listener;
 mod listening;
 mod loglimit;
 mod rx;
+mod rxshare;
 #[cfg(test)]
 mod tests;
 mod tx;
@@ -106,6 +108,8 @@ pub struct Params {
     pub handshake_timeout: Duration,
     /// Time the guest has to answer the `OPEN` of a host connection.
     pub open_timeout: Duration,
+    /// A channel holds at most 1/`rx_share` of a contended rx ring.
+    pub rx_share: u16,
 }
 
 /// The queues the engine may use in one call; `None` = not ready.
@@ -172,6 +176,12 @@ pub struct Device {
     ctrl: VecDeque<Outgoing>,
     partial: Option<Outgoing>,
     ready: VecDeque<u32>,
+    /// Each channel's un-consumed rx ring entries (`rxshare.rs`).
+    share: rxshare::RxShare,
+    /// Channels wait for their share; the ring stops counting as
+    /// contended then, and the timer brings the worker back in case the
+    /// driver posts no buffer before (no kick comes).
+    share_wait: Option<Instant>,
     next_dev_id: u32,
     guest_listen: bool,
     /// KT_F_LISTEN_NOTIFY acked: the driver announces its listeners.
@@ -272,6 +282,7 @@ impl Device {
         let discovery = discovery::Discovery::new(&policy.get());
         let min_window = params.config.max_msg_size + kt_proto::consts::MSG_OVERHEAD;
         let buffer = stats.buffer(params.channel_buffer, min_window);
+        let share = rxshare::RxShare::new(params.rx_share);
         Ok(Device {
             limits: Limits {
                 max_msg_size: params.config.max_msg_size,
@@ -291,6 +302,8 @@ impl Device {
             ctrl: VecDeque::new(),
             partial: None,
             ready: VecDeque::new(),
+            share,
+            share_wait: None,
             next_dev_id: 0,
             guest_listen: false,
             listen_notify: false,
@@ -464,6 +477,8 @@ impl Device {
         self.ctrl.clear();
         self.partial = None;
         self.ready.clear();
+        self.share.reset();
+        self.share_wait = None;
         self.seen = Self::unseen(self.pair);
         self.active = false;
         self.reset_pending = false;

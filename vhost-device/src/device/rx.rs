@@ -3,6 +3,10 @@
 //! received into them directly by `host.rs`; this file writes the
 //! headers and the used ring), and the event queue (RESET).
 
+use std::sync::atomic::{fence, Ordering};
+
+use vm_memory::{Bytes, GuestAddress};
+
 use super::host::Taken;
 use super::*;
 
@@ -87,6 +91,7 @@ impl Device {
             if q.add_used(mem, head, 0).is_err() {
                 return None;
             }
+            self.share.record_other();
             *used = true;
         }
     }
@@ -95,7 +100,9 @@ impl Device {
     /// control messages, then host data round-robin over ready channels,
     /// received straight into the buffers (`read_host`). A buffer is
     /// popped only when there is something to put in it, and one popped
-    /// for a channel that had nothing goes back to the ring.
+    /// for a channel that had nothing goes back to the ring. A channel
+    /// that holds its share of a contended ring (`rxshare.rs`) is passed
+    /// over until the driver consumes some of it.
     pub(super) fn pump_rx(
         &mut self,
         q: &mut Queue,
@@ -105,6 +112,11 @@ impl Device {
     ) -> bool {
         let mut used = false;
         let mut held = None;
+        let mut waiting = Vec::new();
+        let now = Instant::now();
+        if let Ok(a) = q.avail_idx(mem, Ordering::Acquire) {
+            self.share.observe(a, q.size());
+        }
         loop {
             if *left == 0 {
                 self.more = true;
@@ -124,7 +136,7 @@ impl Device {
                 },
             };
             if self.partial.is_some() {
-                if !self.put_fragment(q, mem, buf) {
+                if !self.put_fragment(q, mem, buf, now) {
                     break;
                 }
                 *left -= 1;
@@ -137,6 +149,11 @@ impl Device {
                 held = Some(buf);
                 continue;
             };
+            if self.share.over(id, now) {
+                waiting.push(id);
+                held = Some(buf);
+                continue;
+            }
             match self.read_host(id, q, mem, buf, *left) {
                 Taken::Unused(b) => held = Some(b),
                 Taken::Msg { hdr, len, bufs } => {
@@ -162,8 +179,10 @@ impl Device {
                             // Those not added are lost to the guest as
                             // they would be after any used-ring failure.
                             *left -= i + 1;
+                            self.requeue(waiting);
                             return self.rx_done(q, mem, n, true);
                         }
+                        self.share.record_data(hdr.channel, now);
                     }
                     *left -= k;
                     used |= k > 0;
@@ -174,7 +193,50 @@ impl Device {
             // Popped last and not used: back to the ring.
             q.go_to_previous_position();
         }
+        self.share_wait = None;
+        if !waiting.is_empty() {
+            self.requeue(waiting);
+            self.kick_on_repost(q, mem);
+            self.share_wait = self.share.contended_until();
+        }
         self.rx_done(q, mem, n, used)
+    }
+
+    /// Puts channels passed over for their share back at the front of the
+    /// round-robin, in their order.
+    fn requeue(&mut self, waiting: Vec<u32>) {
+        for id in waiting.into_iter().rev() {
+            self.ready.push_front(id);
+        }
+    }
+
+    /// Data waits for the driver to consume rx entries while buffers are
+    /// still free: ask for a kick when it posts the next one (with
+    /// EVENT_IDX, `avail_event` at the current avail index; without it
+    /// kicks are on whenever the ring is not being polled), and come back
+    /// at once if it posted one meanwhile.
+    fn kick_on_repost(&mut self, q: &mut Queue, mem: &Mem) {
+        let Ok(now) = q.avail_idx(mem, Ordering::Acquire) else {
+            return;
+        };
+        if q.event_idx_enabled() {
+            // avail_event follows the used ring's entries (virtio 1.x §2.7.10).
+            let off = 4 + 8 * u64::from(q.size());
+            let Some(addr) = q.used_ring().checked_add(off) else {
+                return;
+            };
+            if let Err(e) = mem.store(now.0.to_le(), GuestAddress(addr), Ordering::Release) {
+                self.malformed(None, &format_args!("rx avail_event: {e}"));
+                return;
+            }
+        } else if let Err(e) = q.enable_notification(mem) {
+            self.malformed(None, &format_args!("rx ring: {e}"));
+            return;
+        }
+        fence(Ordering::SeqCst);
+        if q.avail_idx(mem, Ordering::Acquire).is_ok_and(|a| a != now) {
+            self.more = true;
+        }
     }
 
     fn rx_done(&mut self, q: &mut Queue, mem: &Mem, n: &mut Notify, used: bool) -> bool {
@@ -188,7 +250,7 @@ impl Device {
 
     /// Writes the next fragment of `partial` into `buf`; false if the used
     /// ring failed.
-    fn put_fragment(&mut self, q: &mut Queue, mem: &Mem, mut buf: RxBuf<'_>) -> bool {
+    fn put_fragment(&mut self, q: &mut Queue, mem: &Mem, mut buf: RxBuf<'_>, now: Instant) -> bool {
         let Some(o) = self.partial.as_mut() else {
             return true;
         };
@@ -216,6 +278,11 @@ impl Device {
         if let Err(e) = q.add_used(mem, head, len) {
             self.malformed(None, &format_args!("rx used ring: {e}"));
             return false;
+        }
+        if hdr.msg_type == MsgType::Data {
+            self.share.record_data(hdr.channel, now);
+        } else {
+            self.share.record_other();
         }
         true
     }

@@ -11,6 +11,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 mod discovery;
 mod listening;
 mod pairs;
+mod rx_share;
 mod zero_copy;
 
 const QSIZE: u16 = 512;
@@ -83,6 +84,7 @@ impl<'a> Rig<'a> {
             channel_buffer: window,
             handshake_timeout: Duration::from_secs(10),
             open_timeout: Duration::from_secs(30),
+            rx_share: crate::config::DEFAULT_RX_SHARE as u16,
         };
         let mut dev = Device::new(
             params,

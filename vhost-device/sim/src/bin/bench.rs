@@ -298,6 +298,7 @@ fn run(a: &Args) -> Result<Outcome, BenchError> {
         guest_id: 0,
         busy_poll_us: a.busy_poll_us,
         queue_pairs: Some(u32::from(pairs)),
+        rx_share: None,
         log_level: LogLevel::Warn,
         // The daemon shares this process with the simulated guest, which
         // needs calls the daemon's allow-list refuses.
