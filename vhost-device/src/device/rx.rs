@@ -3,6 +3,7 @@
 //! received into them directly by `host.rs`; this file writes the
 //! headers and the used ring), and the event queue (RESET).
 
+use std::num::Wrapping;
 use std::sync::atomic::{fence, Ordering};
 
 use vm_memory::{Bytes, GuestAddress};
@@ -211,21 +212,27 @@ impl Device {
     }
 
     /// Data waits for the driver to consume rx entries while buffers are
-    /// still free: ask for a kick when it posts the next one (with
-    /// EVENT_IDX, `avail_event` at the current avail index; without it
-    /// kicks are on whenever the ring is not being polled), and come back
-    /// at once if it posted one meanwhile.
+    /// still free: ask for a kick once it has posted half a share back
+    /// (each waiting channel holds a whole share un-consumed, so that many
+    /// do come while the driver works; with EVENT_IDX, `avail_event` that
+    /// far past the current avail index; without it kicks are simply on),
+    /// and come back at once if it got there meanwhile. Asking at the
+    /// next buffer would cost a kick and a pass per message.
     fn kick_on_repost(&mut self, q: &mut Queue, mem: &Mem) {
         let Ok(now) = q.avail_idx(mem, Ordering::Acquire) else {
             return;
         };
+        let ahead = u16::try_from(self.share.share() / 2)
+            .unwrap_or(u16::MAX)
+            .max(1);
         if q.event_idx_enabled() {
             // avail_event follows the used ring's entries (virtio 1.x §2.7.10).
             let off = 4 + 8 * u64::from(q.size());
             let Some(addr) = q.used_ring().checked_add(off) else {
                 return;
             };
-            if let Err(e) = mem.store(now.0.to_le(), GuestAddress(addr), Ordering::Release) {
+            let event = (now + Wrapping(ahead - 1)).0;
+            if let Err(e) = mem.store(event.to_le(), GuestAddress(addr), Ordering::Release) {
                 self.malformed(None, &format_args!("rx avail_event: {e}"));
                 return;
             }
@@ -234,7 +241,9 @@ impl Device {
             return;
         }
         fence(Ordering::SeqCst);
-        if q.avail_idx(mem, Ordering::Acquire).is_ok_and(|a| a != now) {
+        if q.avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|a| (a - now).0 >= ahead)
+        {
             self.more = true;
         }
     }
