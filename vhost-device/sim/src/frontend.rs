@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kt_proto::consts::CONFIG_SIZE;
 use kt_proto::DeviceConfig;
 use vhost::vhost_user::message::{
-    VhostUserConfigFlags, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+    VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
@@ -116,7 +116,10 @@ pub fn negotiate(
     fe.set_features(acked).map_err(vh)?;
     if acked & pf_bit != 0 {
         let pf = fe.get_protocol_features().map_err(vh)?;
-        let want = VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ;
+        // REPLY_ACK: queue enables are acked (`start_queue`).
+        let want = VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK;
         fe.set_protocol_features(pf & want).map_err(vh)?;
     }
     let (_, payload) = fe
@@ -163,7 +166,14 @@ pub fn start_queue(
     fe.set_vring_call(q, &r.call).map_err(vh)?;
     fe.set_vring_kick(q, &r.kick).map_err(vh)?;
     if acked & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
-        fe.set_vring_enable(q, true).map_err(vh)?;
+        // Acked, as QEMU asks: the backend has the queue enabled before the
+        // first kick, so its first pass sees every queue ready (unacked,
+        // a kick could be served before the enable and the device would
+        // not count as active until a later pass).
+        fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
+        let r = fe.set_vring_enable(q, true);
+        fe.set_hdr_flags(VhostUserHeaderFlag::empty());
+        r.map_err(vh)?;
     }
     Ok(())
 }
