@@ -10,7 +10,7 @@
 //!
 //! What the driver consumed is read from its avail index: the driver takes
 //! used entries in order and posts one buffer back for each it consumed
-//! (SPEC §5), so every step of the avail index past the first one seen
+//! (SPEC §1.2 asks it to), so every step of the avail index past the first one seen
 //! retires the oldest entry. A driver that posts fewer (refill failed) only
 //! makes the estimate stricter until it posts them; one that posts more
 //! retires entries early. Either way the queue never holds more entries
