@@ -149,6 +149,14 @@ void kt_recover_work(struct work_struct *work)
 					    "device reset failed: %d\n", err);
 	}
 	atomic_set(&kd->recover_queued, 0);
+	/*
+	 * A break the device made while we reset it was seen with
+	 * recover_queued still set and dropped: the queue would stay dead
+	 * with nobody to recover it. Look again now that a new break queues
+	 * work (seen under load: breakstorm in run.sh's hostile scenario).
+	 */
+	if (vdev->priv == kd && kt_vqs_broken(kd))
+		kt_vq_broken(kd);
 	device_unlock(&vdev->dev);
 	put_device(&vdev->dev);
 	kt_dev_put(kd);

@@ -358,6 +358,7 @@ void kt_dev_put(struct kt_dev *kd);
 /* kt_vq.c: virtqueues */
 int kt_vqs_start(struct kt_dev *kd);
 void kt_vqs_stop(struct kt_dev *kd);
+bool kt_vqs_broken(struct kt_dev *kd);
 void kt_pair_init(struct kt_dev *kd, struct kt_pair *p, unsigned int index);
 void kt_ev_work(struct work_struct *work);
 struct kt_txbuf *kt_txbuf_alloc(struct kt_dev *kd, size_t len, gfp_t gfp);

@@ -481,6 +481,28 @@ err_bufs:
 }
 
 /**
+ * kt_vqs_broken() - has the device broken a queue in use?
+ * @kd: the device (device lock held)
+ *
+ * Return: true if the queues are up and the virtio core marked one of
+ * them broken (not by kt_vqs_stop(), which stops them on purpose).
+ */
+bool kt_vqs_broken(struct kt_dev *kd)
+{
+	unsigned int i;
+
+	if (!kd->vqs_up || READ_ONCE(kd->stopping))
+		return false;
+	if (virtqueue_is_broken(kd->ev_vq))
+		return true;
+	for (i = 0; i < kd->npairs; i++)
+		if (virtqueue_is_broken(kd->pairs[i].rx_vq) ||
+		    virtqueue_is_broken(kd->pairs[i].tx_vq))
+			return true;
+	return false;
+}
+
+/**
  * kt_vqs_stop() - stop the device and tear the queues down
  * @kd: the device
  *

@@ -1496,7 +1496,7 @@ static int hostile_attack(const char *attack, bool may_reset)
 static void test_hostile(void)
 {
 	long slab0, avail0, slab1, avail1, v0, v1, b0, in0, ref0;
-	int stop[2], fd, l, i, st = -1;
+	int stop[2], fd, l, i, same, st = -1;
 	pid_t pid;
 
 	shrink_slabs();
@@ -1600,23 +1600,43 @@ static void test_hostile(void)
 	       sys_counter("resets"), sys_counter("opens_refused"),
 	       sys_counter("config_changes"), sys_counter("tx_dropped"));
 
-	/* Last: it leaves the device stopped until it is rebound. */
+	/*
+	 * Last: it leaves the device stopped until it is rebound. Every
+	 * break is counted and recovered from (one made while the driver
+	 * was still resetting after the last was once dropped, leaving the
+	 * device silently dead) until the 9th within 10 s (dupid and jump
+	 * count too) stops it. The count has settled once it holds for 3 s:
+	 * a reset can take over a second on a loaded TCG host.
+	 */
 	b0 = sys_counter("rings_broken");
 	fd = hostile_attack("breakstorm", true);
 	close(fd);
 	v0 = -1;
-	for (i = 0; i < 100 && (v1 = sys_counter("rings_broken")) != v0; i++) {
+	for (i = 0, same = 0; i < 120 && same < 3; i++) {
+		v1 = sys_counter("rings_broken");
+		same = v1 == v0 ? same + 1 : 0;
 		v0 = v1;
 		usleep(1000000);
 	}
-	/* The 9th break within 10 s (dupid and jump count too) stops it. */
-	check(v1 > b0 && v1 - b0 <= 9,
-	      "breakstorm: 12 breaks offered, left stopped after %ld (rings_broken %ld -> %ld)",
-	      v1 - b0, b0, v1);
-	fd = connect_to("echo", 0);
-	check(fd < 0, "breakstorm: the stopped device takes no channel (errno %d)",
-	      errno);
-	close(fd);
+	if (!system("dmesg | grep -q 'device left stopped'")) {
+		check(v1 > b0 && v1 - b0 <= 9,
+		      "breakstorm: 12 breaks offered, left stopped after %ld (rings_broken %ld -> %ld)",
+		      v1 - b0, b0, v1);
+		fd = connect_to("echo", 0);
+		check(fd < 0,
+		      "breakstorm: the stopped device takes no channel (errno %d)",
+		      errno);
+		close(fd);
+	} else {
+		/* Resets slower than 9 in 10 s: the storm ran out first. */
+		check(v1 - b0 == 12,
+		      "breakstorm: not stopped, so all 12 breaks recovered from (rings_broken %ld -> %ld)",
+		      b0, v1);
+		fd = v1 - b0 == 12 ? hostile_connect() : -1;
+		check(fd >= 0 && call_ok(fd, "live", 4),
+		      "breakstorm: the device works after the storm");
+		close(fd);
+	}
 	check(!system("echo virtio0 > /sys/bus/virtio/drivers/kerntransport/unbind") &&
 	      !system("echo virtio0 > /sys/bus/virtio/drivers/kerntransport/bind"),
 	      "breakstorm: unbind and bind it again");
