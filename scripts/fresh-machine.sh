@@ -17,7 +17,9 @@
 #   --no-base-cache  debootstrap even if a base root from the last week is
 #            cached in $KT_CACHE
 # Each command's full output goes to DIR/root/<command>.log; its last lines
-# (KT_FRESH_TAIL, default 25) are printed with its result and time.
+# (KT_FRESH_TAIL, default 25) are printed with its result and time; a
+# failed command's log and the logs its tests left in the root's /tmp are
+# copied to DIR.logs/<command>/ before the root is deleted.
 # Needs root. Takes about as long as a cold `make demo` plus `make test`
 # (their caches start empty inside the root) plus a few minutes of
 # debootstrap.
@@ -205,7 +207,18 @@ run_one() {
 	tail -n "${KT_FRESH_TAIL:-25}" "$log" | sed 's/^/    /'
 	t=$(($(date +%s) - t))
 	results+=("make $cmd: $([ "$rc" = 0 ] && echo PASS || echo "FAIL (exit $rc)") in $((t / 60)) min $((t % 60)) s")
-	[ "$rc" = 0 ] || status=1
+	[ "$rc" = 0 ] || { status=1; save_logs "$cmd"; }
+}
+# The root goes away at the end (unless --keep): a failed command's log and
+# the test logs it left in the root's /tmp are copied out first.
+save_logs() {
+	local out=$dir.logs/$1
+	rm -rf "$out"
+	mkdir -p "$out"
+	cp "$dir/root/$1.log" "$out/"
+	find "$dir/tmp" -maxdepth 3 -name '*.log' \
+		-exec cp --backup=numbered -t "$out/" {} + 2>/dev/null || true
+	say "make $1 failed: its logs are in $out"
 }
 for cmd in demo test; do
 	[ -z "$only" ] || [ "$only" = "$cmd" ] || continue
