@@ -35,6 +35,8 @@ static void kt_chan_free(struct kref *ref)
 	struct kt_chan *ch = container_of(ref, struct kt_chan, ref);
 	struct kt_msg *msg, *tmp;
 
+	/* Messages waiting to be sent hold the channel. */
+	WARN_ON_ONCE(!list_empty(&ch->tx_node));
 	list_for_each_entry_safe(msg, tmp, &ch->rxq, node)
 		kt_msg_free(ch->kd, msg);
 	module_put(ch->owner);
@@ -214,6 +216,8 @@ struct kt_chan *kt_chan_new(struct kt_dev *kd, const char *name)
 	mutex_init(&ch->rd_mutex);
 	INIT_LIST_HEAD(&ch->rxq);
 	INIT_LIST_HEAD(&ch->svc_node);
+	INIT_LIST_HEAD(&ch->tx_pending);
+	INIT_LIST_HEAD(&ch->tx_node);
 	INIT_WORK(&ch->work, kt_chan_work);
 	strscpy(ch->name, name, sizeof(ch->name));
 	ch->state = KT_CH_NEW;

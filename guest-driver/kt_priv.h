@@ -18,8 +18,9 @@
  *                             channels to wake after its rx run (rx_notify)
  *   kt_services_lock (mutex)  global listener/service registry, and the
  *                             device listeners are announced to
- *   p->tx_lock (spinlock)     one pair's tx virtqueue, pending tx list,
- *                             tx_live; senders reap tx completions under it
+ *   p->tx_lock (spinlock)     one pair's tx virtqueue, pending tx lists
+ *                             (the pair's and its channels'), tx_live;
+ *                             senders reap tx completions under it
  *   kd->chans xa_lock         channel id table
  *   svc->lock (spinlock)      a service's accept queue / channel list
  *   ch->lock (spinlock)       one channel's state, queue, credit, counters
@@ -198,6 +199,11 @@ struct kt_chan {
 	bool tx_wait;			/* a sender waits for tx_inflight to drop */
 	u32 tx_want;			/* cost of the last send that had to wait */
 
+	/* tx order on the pair (kt_vq.c), under pair->tx_lock. */
+	struct list_head tx_pending;	/* struct kt_txbuf waiting for the ring */
+	struct list_head tx_node;	/* pair->tx_active while tx_pending */
+	unsigned int tx_ring;		/* its messages in the ring, not reaped */
+
 	/* Kernel endpoints (kt_api.c). */
 	const struct kt_chan_ops *ops;	/* NULL for user-space channels */
 	struct module *owner;		/* pinned while the channel exists */
@@ -271,12 +277,16 @@ struct kt_pair {
 	struct kt_reasm reasm;
 	u32 unknown_answered;		/* last unknown id we sent CLOSE for */
 
-	spinlock_t tx_lock;		/* tx side: tx_live .. ctrl_queued */
+	spinlock_t tx_lock;		/* tx side: tx_live .. tx_switch */
 	bool tx_live;
-	struct list_head tx_pending;	/* struct kt_txbuf waiting for ring room */
-	unsigned int tx_queued;		/* entries of tx_pending */
+	struct list_head tx_pending;	/* replies, LISTEN: no channel; first */
+	struct list_head tx_active;	/* channels with ch->tx_pending, in turn */
+	unsigned int tx_queued;		/* messages waiting, all lists */
 	unsigned int replies_pending;	/* of them: replies without a channel */
 	unsigned int ctrl_queued;	/* of them: not DATA (LISTEN too) */
+	unsigned int tx_ring_chans;	/* channels' messages in the ring */
+	u32 tx_last_id;			/* channel of the last message added */
+	unsigned long tx_switch;	/* jiffies: the channel added changed */
 	struct work_struct tx_work;	/* the tx interrupt came */
 	struct delayed_work tx_retry;	/* lazy reaping; a failed add */
 	atomic_t tx_waiters;		/* channels with tx_wait set */
@@ -335,7 +345,7 @@ static inline struct kt_pair *kt_pair_local(struct kt_dev *kd)
 
 /* One message to send: header followed by the payload. */
 struct kt_txbuf {
-	struct list_head node;		/* kd->tx_pending or a free list */
+	struct list_head node;		/* a pending list, or a done list */
 	struct kt_chan *ch;		/* reference; NULL: reply or LISTEN */
 	bool reply;			/* counted in kd->replies_pending */
 	u32 cost;			/* DATA: credit charged to ch->tx_inflight */

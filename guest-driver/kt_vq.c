@@ -6,17 +6,20 @@
  * rx/event buffer posting and refill (and the pool of rx buffers readers
  * hand back, kt_msg_free()), the disable-cb / drain / enable-cb loops run
  * from work items (one rx work per pair, so pairs are received in
- * parallel; one for the event queue), and each pair's tx path (a FIFO of
- * pending messages pushed into the ring as room appears, completions
- * reaped by the senders themselves, an interrupt armed only for someone
- * waiting).
+ * parallel; one for the event queue), and each pair's tx path (pending
+ * messages kept per channel and pushed into the ring as room appears, the
+ * channels in turn, each held to a share of the ring while others send
+ * too; completions reaped by the senders themselves, an interrupt armed
+ * only for someone waiting).
  *
  * It moves buffers; it does not interpret them: every received buffer goes
  * to kt_rx.c, and the credit fields of outgoing headers are filled from the
  * channel at the moment a message enters the ring.
  */
 #include <linux/error-injection.h>
+#include <linux/jiffies.h>
 #include <linux/mm.h>
+#include <linux/moduleparam.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
@@ -40,6 +43,43 @@
 #define KT_TX_ARM_ROUNDS	4
 /* Reap completions nobody waits for at the latest after this long. */
 #define KT_TX_LAZY_DELAY	msecs_to_jiffies(20)
+/* A tx ring is contended this long after the channel sending changed. */
+#define KT_TX_CONTENDED		msecs_to_jiffies(20)
+/* Bounds of tx_share, and the fewest ring entries a share leaves. */
+#define KT_TX_SHARE_MAX		64U
+#define KT_TX_SHARE_MIN_ENTRIES	8U
+
+/*
+ * While a tx ring is contended (another channel has messages in it or
+ * waiting, or sent within KT_TX_CONTENDED), one channel's messages fill
+ * at most 1/tx_share of it (at least KT_TX_SHARE_MIN_ENTRIES entries):
+ * a message of another channel then waits behind at most that many of a
+ * flooding channel's. A channel alone has the whole ring. 1: no share.
+ */
+static unsigned int tx_share = 8;
+
+static int kt_tx_share_set(const char *val, const struct kernel_param *kp)
+{
+	unsigned int n;
+	int err;
+
+	err = kstrtouint(val, 0, &n);
+	if (err)
+		return err;
+	if (n < 1 || n > KT_TX_SHARE_MAX)
+		return -EINVAL;
+	WRITE_ONCE(*(unsigned int *)kp->arg, n);
+	return 0;
+}
+
+static const struct kernel_param_ops kt_tx_share_ops = {
+	.set = kt_tx_share_set,
+	.get = param_get_uint,
+};
+
+module_param_cb(tx_share, &kt_tx_share_ops, &tx_share, 0644);
+MODULE_PARM_DESC(tx_share,
+		 "While others send too, one channel fills at most 1/N of a tx ring (1..64, 1: no limit)");
 
 static void kt_rx_work(struct work_struct *work);
 static void kt_rx_retry_work(struct work_struct *work);
@@ -178,6 +218,8 @@ void kt_pair_init(struct kt_dev *kd, struct kt_pair *p, unsigned int index)
 	INIT_DELAYED_WORK(&p->rx_retry, kt_rx_retry_work);
 	spin_lock_init(&p->tx_lock);
 	INIT_LIST_HEAD(&p->tx_pending);
+	INIT_LIST_HEAD(&p->tx_active);
+	p->tx_switch = jiffies - KT_TX_CONTENDED - 1;
 	INIT_WORK(&p->tx_work, kt_tx_work);
 	INIT_DELAYED_WORK(&p->tx_retry, kt_tx_retry_work);
 	atomic_set(&p->tx_waiters, 0);
@@ -393,6 +435,18 @@ static void kt_txbufs_complete(struct list_head *done)
 	}
 }
 
+/*
+ * @txb, offered to the ring before, is back from the device (or detached):
+ * its channel has one message fewer there. tx_lock held.
+ */
+static void kt_tx_left_ring_locked(struct kt_pair *p, struct kt_txbuf *txb)
+{
+	if (!txb->ch)
+		return;
+	txb->ch->tx_ring--;
+	p->tx_ring_chans--;
+}
+
 static void kt_vqs_free_bufs(struct kt_dev *kd)
 {
 	struct kt_txbuf *txb;
@@ -406,8 +460,12 @@ static void kt_vqs_free_bufs(struct kt_dev *kd)
 		while ((buf = virtqueue_detach_unused_buf(p->rx_vq)))
 			kfree(buf);
 		p->rx_posted = 0;
-		while ((txb = virtqueue_detach_unused_buf(p->tx_vq)))
+		spin_lock(&p->tx_lock);
+		while ((txb = virtqueue_detach_unused_buf(p->tx_vq))) {
+			kt_tx_left_ring_locked(p, txb);
 			list_add_tail(&txb->node, &done);
+		}
+		spin_unlock(&p->tx_lock);
 	}
 	/* Event buffers belong to kd->ev_bufs. */
 	while (virtqueue_detach_unused_buf(kd->ev_vq))
@@ -858,12 +916,86 @@ static int kt_tx_add(struct virtqueue *vq, struct kt_txbuf *txb)
 	return err;
 }
 
+/* Is the channel whose messages wait here at its share of the ring? */
+static bool kt_tx_capped(struct kt_pair *p, struct kt_chan *ch,
+			 unsigned int cap)
+{
+	if (ch->tx_ring < cap)
+		return false;
+	/* Contended: others' messages in the ring or waiting, or lately. */
+	return p->tx_ring_chans > ch->tx_ring ||
+	       !list_is_singular(&p->tx_active) ||
+	       time_before(jiffies, p->tx_switch + KT_TX_CONTENDED);
+}
+
 /*
- * Moves pending messages into the ring while it has room. tx_lock held.
- * A message leaves p->tx_pending only once virtqueue_add_outbuf() took
- * it: accepted data is never dropped. If the add fails for another reason
- * than a full ring (DMA mapping, or a ring with no room even when empty),
- * a retry is scheduled; a broken ring is left to kt_vq_broken().
+ * The next message to offer the ring: those of no channel (replies,
+ * LISTEN) first, then the channels in turn, one message each, passing
+ * over a channel at its share. Only a channel at its share is passed
+ * over, and the shares add up to the ring: the walk is short. NULL if
+ * nothing may go now. tx_lock held.
+ */
+static struct kt_txbuf *kt_tx_next_locked(struct kt_pair *p)
+{
+	unsigned int share = READ_ONCE(tx_share);
+	unsigned int cap = UINT_MAX;
+	struct kt_txbuf *txb;
+	struct kt_chan *ch;
+
+	txb = list_first_entry_or_null(&p->tx_pending, struct kt_txbuf, node);
+	if (txb)
+		return txb;
+	if (share > 1)
+		cap = max(virtqueue_get_vring_size(p->tx_vq) / share,
+			  KT_TX_SHARE_MIN_ENTRIES);
+	list_for_each_entry(ch, &p->tx_active, tx_node)
+		if (!kt_tx_capped(p, ch, cap))
+			return list_first_entry(&ch->tx_pending,
+						struct kt_txbuf, node);
+	return NULL;
+}
+
+/*
+ * @txb is on the ring: off its pending list, counted on the ring, and its
+ * channel's turn passes to the next. tx_lock held.
+ */
+static void kt_tx_took_locked(struct kt_pair *p, struct kt_txbuf *txb)
+{
+	struct kt_chan *ch = txb->ch;
+
+	list_del(&txb->node);
+	p->tx_queued--;
+	if (txb->hdr.type != cpu_to_le16(KT_MSG_DATA))
+		p->ctrl_queued--;
+	if (txb->reply)
+		p->replies_pending--;
+	if (!ch)
+		return;
+	ch->tx_ring++;
+	p->tx_ring_chans++;
+	if (ch->id != p->tx_last_id) {
+		p->tx_last_id = ch->id;
+		p->tx_switch = jiffies;
+	}
+	if (list_empty(&ch->tx_pending))
+		list_del_init(&ch->tx_node);
+	else
+		list_move_tail(&ch->tx_node, &p->tx_active);
+}
+
+/* Do messages wait for the ring (room, or their channel's share)? */
+static bool kt_tx_waiting(struct kt_pair *p)
+{
+	return !list_empty(&p->tx_pending) || !list_empty(&p->tx_active);
+}
+
+/*
+ * Moves pending messages into the ring while it has room, in the order
+ * kt_tx_next_locked() gives. tx_lock held. A message leaves its pending
+ * list only once virtqueue_add_outbuf() took it: accepted data is never
+ * dropped. If the add fails for another reason than a full ring (DMA
+ * mapping, or a ring with no room even when empty), a retry is scheduled;
+ * a broken ring is left to kt_vq_broken().
  */
 static void kt_tx_push_locked(struct kt_pair *p)
 {
@@ -872,8 +1004,7 @@ static void kt_tx_push_locked(struct kt_pair *p)
 	bool added = false;
 	int err;
 
-	while ((txb = list_first_entry_or_null(&p->tx_pending,
-					       struct kt_txbuf, node))) {
+	while ((txb = kt_tx_next_locked(p))) {
 		err = kt_tx_add(vq, txb);
 		if (err) {
 			if (virtqueue_is_broken(vq)) {
@@ -886,12 +1017,7 @@ static void kt_tx_push_locked(struct kt_pair *p)
 						 KT_TX_RETRY_DELAY);
 			break;
 		}
-		list_del(&txb->node);
-		p->tx_queued--;
-		if (txb->hdr.type != cpu_to_le16(KT_MSG_DATA))
-			p->ctrl_queued--;
-		if (txb->reply)
-			p->replies_pending--;
+		kt_tx_took_locked(p, txb);
 		added = true;
 	}
 	if (added)
@@ -912,6 +1038,7 @@ static unsigned int kt_tx_reap_locked(struct kt_pair *p,
 	unsigned int used, n = 0;
 
 	while ((txb = virtqueue_get_buf(p->tx_vq, &used))) {
+		kt_tx_left_ring_locked(p, txb);
 		kt_tx_uncharge(txb);
 		list_add_tail(&txb->node, done);
 		n++;
@@ -941,7 +1068,7 @@ static void kt_tx_arm_locked(struct kt_pair *p, struct list_head *done)
 
 	for (round = 0; round < KT_TX_ARM_ROUNDS; round++) {
 		waiters = atomic_read(&p->tx_waiters);
-		if (list_empty(&p->tx_pending)) {
+		if (!kt_tx_waiting(p)) {
 			if (!waiters) {
 				if (vq->num_free < virtqueue_get_vring_size(vq))
 					queue_delayed_work(kt_wq, &p->tx_retry,
@@ -977,13 +1104,22 @@ static void kt_tx_begin_locked(struct kt_pair *p, struct list_head *done)
 }
 
 /*
- * Queues @txb (header filled but for credit) behind earlier messages and
- * pushes what fits into the ring. tx_lock held, queues live, and
- * kt_tx_begin_locked() done: the caller calls kt_tx_arm_locked().
+ * Queues @txb (header filled but for credit) behind its channel's earlier
+ * messages (or the pair's, with no channel) and pushes what fits into the
+ * ring. tx_lock held, queues live, and kt_tx_begin_locked() done: the
+ * caller calls kt_tx_arm_locked().
  */
 static void kt_tx_enqueue_locked(struct kt_pair *p, struct kt_txbuf *txb)
 {
-	list_add_tail(&txb->node, &p->tx_pending);
+	struct kt_chan *ch = txb->ch;
+
+	if (ch) {
+		if (list_empty(&ch->tx_pending))
+			list_add_tail(&ch->tx_node, &p->tx_active);
+		list_add_tail(&txb->node, &ch->tx_pending);
+	} else {
+		list_add_tail(&txb->node, &p->tx_pending);
+	}
 	p->tx_queued++;
 	if (txb->hdr.type != cpu_to_le16(KT_MSG_DATA))
 		p->ctrl_queued++;
@@ -1291,7 +1427,7 @@ bool kt_chan_can_send(struct kt_chan *ch, u32 cost)
  * @stalled: set when the message had to wait for credit
  *
  * Assigns the sequence number and charges credit under the same locks that
- * order the tx FIFO, so messages leave in sequence order.
+ * order the channel's pending list, so messages leave in sequence order.
  *
  * Return: 0 (@txb now belongs to the queue), -EAGAIN (no credit yet), or
  * -EPIPE/-ECONNRESET/-ENOTCONN/-ENOBUFS.
@@ -1400,6 +1536,7 @@ static void kt_tx_retry_work(struct work_struct *work)
  */
 void kt_tx_purge(struct kt_dev *kd)
 {
+	struct kt_chan *ch, *tmp;
 	struct kt_pair *p;
 	unsigned int i;
 	LIST_HEAD(done);
@@ -1408,6 +1545,10 @@ void kt_tx_purge(struct kt_dev *kd)
 		p = &kd->pairs[i];
 		spin_lock(&p->tx_lock);
 		list_splice_tail_init(&p->tx_pending, &done);
+		list_for_each_entry_safe(ch, tmp, &p->tx_active, tx_node) {
+			list_splice_tail_init(&ch->tx_pending, &done);
+			list_del_init(&ch->tx_node);
+		}
 		p->replies_pending = 0;
 		p->ctrl_queued = 0;
 		p->tx_queued = 0;

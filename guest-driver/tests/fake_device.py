@@ -34,7 +34,13 @@ Services the guest can open (see kt_guest_test.c for the expectations):
   channel), hold:<name> (the host opens <name> and keeps it open until this
   channel closes), listeners (with KT_LISTEN_NOTIFY=1: answers each message
   with the names the driver announced, sorted, comma-separated, "-" if
-  none). Anything else: ENOENT.
+  none), txorder (tx order across channels: "hold" stops taking tx
+  buffers and answers "held"; taking resumes once a "q1" of a txorder
+  channel is in the tx ring, or the ring is full (10 s at most); "q1" is
+  then answered
+  "ahead <n>", n the messages of other txorder channels taken since the
+  resume before it; "count" is answered "got <n>", the messages this
+  channel sent before it). Anything else: ENOENT.
 
 With KT_LISTEN_NOTIFY=1 (the "notify" run) the device offers
 KT_F_LISTEN_NOTIFY and keeps the names LISTEN/UNLISTEN announce; it forgets
@@ -170,6 +176,16 @@ class VQ:
         segs = []
         self._walk(self.desc, self.num, head, segs, True)
         return head, segs
+    def peek(self):
+        """The chains made available and not yet taken, as bytes."""
+        m, out = self.dev.mem, []
+        for k in range((self.avail_idx() - self.last_avail) & 0xffff):
+            slot = (self.last_avail + k) % self.num
+            head = struct.unpack('<H', m.read(self.avail + 4 + 2 * slot, 2))[0]
+            segs = []
+            self._walk(self.desc, self.num, head, segs, True)
+            out.append(b''.join(m.read(a, l) for a, l, w in segs))
+        return out
     def _walk(self, table, n, i, segs, top):
         m = self.dev.mem
         for _ in range(n + 1):
@@ -244,6 +260,7 @@ class Dev:
         self.timers = []
         self.rx_starved = False
         self.tx_stalled = False
+        self.txorder = None  # txorder: hold, then count what goes ahead
         self.lazy_tx = None  # lazytx open: tx is next completed at this time
         self.firehose = None
         self.break_rx = None  # breakring: the pair whose rx ring breaks
@@ -625,6 +642,7 @@ class Dev:
         if name == 'silent':
             return
         known = ('echo', 'big', 'slow', 'stall', 'firehose', 'breakring', 'noclose',
+                 'txorder',
                  'breaktx', 'lazytx', 'sink', 'ragged',
                  'closeafter',
                  'closemsgsize', 'reset', 'mal-noise', 'mal-seq', 'mal-credit', 'mal-frag',
@@ -738,6 +756,8 @@ class Dev:
             self.send_rx(c.id, MSG_DATA, b'late', chan=c, seq=c.tx_seq)
             c.tx_seq += 1
             self.ctrl(c, MSG_CLOSE)
+        elif c.svc == 'txorder':
+            self.txorder_data(c, p)
         elif c.svc == 'pair':
             self.host_send(c, b'pair %d ' % c.pair + p)
         elif c.svc == 'wrongpair' and p == b'go':
@@ -774,6 +794,45 @@ class Dev:
             self.host_send(c, (','.join(sorted(self.listeners)) or '-').encode())
         elif c.svc.startswith('dial:') and p == b'stats':
             self.host_send(c, repr(self.stats).encode())
+
+    def txorder_data(self, c, p):
+        """txorder: see the module docstring."""
+        t = self.txorder
+        if p == b'hold' and not self.tx_stalled:
+            q = self.vqs[tx_index(c.pair)]
+            log('txorder: tx taking stops')
+            self.tx_stalled = 'txorder'
+            self.txorder = {'q': q, 'until': time.time() + 10, 'ahead': None}
+            self.host_send(c, b'held')
+            self.timers.append((time.time() + 0.1, self.txorder_watch))
+        elif p == b'q1' and t is not None and t['ahead'] is not None:
+            log('txorder: %d messages of other channels ahead of q1' % t['ahead'])
+            self.host_send(c, b'ahead %d' % t['ahead'])
+            self.txorder = None
+        elif p == b'count':
+            self.host_send(c, b'got %d' % c.got)
+        else:
+            c.got += 1
+            if t is not None and t['ahead'] is not None and p != b'q0':
+                t['ahead'] += 1
+
+    def txorder_watch(self):
+        """txorder: resumes taking tx once the driver stopped adding."""
+        t = self.txorder
+        if t is None or self.tx_stalled != 'txorder':
+            return
+        now, q = time.time(), t['q']
+        waiting = q.peek()
+        q1 = any(len(d) == 34 and d[32:] == b'q1'
+                 and getattr(self.chans.get(HDR.unpack(d[:32])[0]), 'svc', None) == 'txorder'
+                 for d in waiting)
+        if not q1 and len(waiting) < q.num and now < t['until']:
+            self.timers.append((now + 0.05, self.txorder_watch))
+            return
+        log('txorder: tx taking resumes (%d chains waiting, q1 %s)'
+            % (len(waiting), 'among them' if q1 else 'not there'))
+        t['ahead'] = 0
+        self.tx_stalled = False
 
     def stall_resume(self):
         """Resumes tx a few seconds after the guest took the whole flood."""

@@ -979,6 +979,91 @@ static void test_lazytx(void)
 	close(fd);
 }
 
+#define TX_SHARE_PARAM "/sys/module/kerntransport/parameters/tx_share"
+
+/* Writes @val to the tx_share parameter; returns 0 or an errno. */
+static int set_tx_share(const char *val)
+{
+	int fd = open(TX_SHARE_PARAM, O_WRONLY);
+	int err = 0;
+
+	if (fd < 0)
+		return errno;
+	if (write(fd, val, strlen(val)) < 0)
+		err = errno;
+	close(fd);
+	return err;
+}
+
+/*
+ * One txorder round (fake_device.py): the device stops taking tx; "q0" on
+ * channel @q, then 300 messages of 64 B on @a (non-blocking: they fit its
+ * window), then "q1" on @q. Once "q1" is in the ring (or the ring is
+ * full) the device takes the ring again and answers how many of @a's
+ * messages went ahead of "q1". Returns that, or -1.
+ */
+static int txorder_round(int q, int a)
+{
+	int i, ahead = -1;
+
+	if (!(write(q, "hold", 4) == 4 && read_str(q, "held")) ||
+	    write(q, "q0", 2) != 2)
+		return -1;
+	memset(wbuf, 'f', 64);
+	for (i = 0; i < 300; i++)
+		if (write(a, wbuf, 64) != 64)
+			return -1;
+	if (write(q, "q1", 2) != 2)
+		return -1;
+	memset(buf, 0, sizeof(buf));
+	if (read(q, buf, sizeof(buf) - 1) < 0 ||
+	    sscanf(buf, "ahead %d", &ahead) != 1)
+		return -1;
+	return ahead;
+}
+
+/*
+ * One channel's flood does not hold back another's message for a whole
+ * ring (issue 11): with tx_share 8 (the default) the flooding channel
+ * fills at most 32 of the 256 entries while another channel has a
+ * message in the ring, so "q1" goes after at most 32 of its messages;
+ * with tx_share 1 (no share) after the 255 that fill the ring. Before the
+ * share, and with one FIFO for all channels, "q1" waited behind all 300.
+ * Out-of-range values are refused; nothing is lost either way.
+ */
+static void test_txshare(void)
+{
+	int q, a, ahead, err;
+
+	alarm(60);
+	err = set_tx_share("0");
+	check(err == EINVAL, "tx_share=0 refused with EINVAL (%d)", err);
+	err = set_tx_share("65");
+	check(err == EINVAL, "tx_share=65 refused with EINVAL (%d)", err);
+	q = connect_to("txorder", 0);
+	a = connect_to("txorder", O_NONBLOCK);
+	check(q >= 0 && a >= 0, "connect two txorder channels");
+
+	check(set_tx_share("8") == 0, "tx_share=8");
+	ahead = txorder_round(q, a);
+	check(ahead >= 0 && ahead <= 32,
+	      "txshare 8: %d of the flood's 300 messages went ahead of the other channel's (<= 32)",
+	      ahead);
+	check(set_tx_share("1") == 0, "tx_share=1");
+	ahead = txorder_round(q, a);
+	check(ahead >= 255,
+	      "txshare 1: %d of the flood's 300 messages went ahead (>= 255: the ring's worth)",
+	      ahead);
+	check(set_tx_share("8") == 0, "tx_share back to 8");
+
+	fcntl(a, F_SETFL, 0);
+	check(write(a, "count", 5) == 5 && read_str(a, "got 600"),
+	      "txshare: the device got all 600 flood messages (%s)", buf);
+	alarm(0);
+	close(a);
+	close(q);
+}
+
 static void test_reset(void)
 {
 	long resets = sys_counter("resets");
@@ -2216,6 +2301,7 @@ int main(int argc, char **argv)
 		test_chains();
 		test_txirq();
 		test_lazytx();
+		test_txshare();
 		test_reset();
 		test_reset_tight();
 		test_signals();
