@@ -8,7 +8,10 @@
 # "BENCH fairness: <line>". Sizes: kt.fairness=N,ITERATIONS (default
 # 1000,5000). kt.flood=source: the flooding channel goes to host service
 # "source" (`kt serve --mode source`) and is only read (a host -> guest
-# flood) instead of echoing.
+# flood) instead of echoing; kt.flood=sink: to host service "sink" (`kt
+# serve --mode sink`), only written (a guest -> host flood).
+# kt.tx_share=N[,N...]: run the bench once per value, with the driver's
+# tx_share parameter set to it (its lines then start "tx_share N: ").
 # shellcheck source=images/workloads/lib.sh
 . /workloads/lib.sh
 need_module kerntransport
@@ -22,13 +25,23 @@ flood=$(kt_arg kt.flood) || flood=echo
 case "$flood" in
 echo) from= ;;
 source) from="--flood-from source" ;;
-*) fail "kt.flood must be echo or source, not '$flood'" ;;
+sink) from="--flood-to sink" ;;
+*) fail "kt.flood must be echo, source or sink, not '$flood'" ;;
 esac
+shares=$(kt_arg kt.tx_share) || shares=
+param=/sys/module/kerntransport/parameters/tx_share
 echo "KT: fairness: $n channels, $iter round trips per case, flood: $flood"
-# shellcheck disable=SC2086 # $from is empty or two words
-if ! kt bench echo --fairness "$n" $from --iterations "$iter" --size 64 --small-size 64 \
-	--timeout 120 >/tmp/fairness.out 2>/tmp/fairness.err; then
-	sed 's/^/BENCH fairness: /' /tmp/fairness.out
-	fail "kt bench --fairness: $(tail -n 1 /tmp/fairness.err)"
-fi
-sed 's/^/BENCH fairness: /' /tmp/fairness.out
+for share in $(echo "${shares:-default}" | tr , " "); do
+	prefix=
+	if [ "$share" != default ]; then
+		echo "$share" >"$param" || fail "cannot set tx_share to '$share'"
+		prefix="tx_share $share: "
+	fi
+	# shellcheck disable=SC2086 # $from is empty or two words
+	if ! kt bench echo --fairness "$n" $from --iterations "$iter" --size 64 --small-size 64 \
+		--timeout 120 >/tmp/fairness.out 2>/tmp/fairness.err; then
+		sed "s/^/BENCH fairness: $prefix/" /tmp/fairness.out
+		fail "kt bench --fairness: $(tail -n 1 /tmp/fairness.err)"
+	fi
+	sed "s/^/BENCH fairness: $prefix/" /tmp/fairness.out
+done

@@ -478,6 +478,17 @@ pub struct BenchArgs {
     /// source`), and only read it: a host -> guest flood.
     #[arg(long, value_name = "NAME", requires = "fairness")]
     pub flood_from: Option<String>,
+
+    /// With --fairness: open the flooding channel to NAME instead (with
+    /// --direct: the socket path NAME), a host sink (`kt serve --mode
+    /// sink`), and only write to it: a guest -> host flood.
+    #[arg(
+        long,
+        value_name = "NAME",
+        requires = "fairness",
+        conflicts_with = "flood_from"
+    )]
+    pub flood_to: Option<String>,
 }
 
 /// `kt stats`.

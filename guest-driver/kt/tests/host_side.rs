@@ -537,10 +537,49 @@ fn bench_fairness_measures_quiet_channels_idle_and_next_to_a_flood() {
         "{text}"
     );
     assert!(echo.wait_output(LIMIT).status.success());
+    // A guest -> host flood into a sink instead.
+    let sink = t.path("sink.sock");
+    let echo = Proc::spawn(&[
+        "serve",
+        "--socket",
+        s(&sock),
+        "--mode",
+        "echo",
+        "--channels",
+        "20",
+    ]);
+    let _sink = Proc::spawn(&["serve", "--socket", s(&sink), "--mode", "sink"]);
+    wait_for(&sock);
+    wait_for(&sink);
+    let out = run(&[
+        "bench",
+        "--direct",
+        s(&sock),
+        "--fairness",
+        "21",
+        "--flood-to",
+        s(&sink),
+        "--iterations",
+        "400",
+        "--timeout",
+        "30",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(
+        text.contains("round trip p99, one channel flooding")
+            && text.contains("flood rate (16 B, written to"),
+        "{text}"
+    );
+    assert!(echo.wait_output(LIMIT).status.success());
     // Bad input is a usage error, not a panic.
     for (args, want) in [
         (&["--fairness", "1"][..], "at least 2 channels"),
         (&["--fairness", "3", "--direction", "both"][..], "echo peer"),
+        (
+            &["--fairness", "3", "--flood-from", "a", "--flood-to", "b"][..],
+            "cannot be used with",
+        ),
     ] {
         let mut all = vec!["bench", "--direct", s(&sock)];
         all.extend_from_slice(args);

@@ -575,6 +575,26 @@ fn start_source_flood(ch: Channel, stop: Arc<AtomicBool>) -> std::thread::JoinHa
     })
 }
 
+/// The flood of `kt bench --fairness N --flood-to NAME`: a writer thread
+/// sends `size`-byte messages to the host sink on `ch` until `stop`; joins
+/// with the messages it wrote.
+fn start_sink_flood(
+    ch: Channel,
+    size: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Result<u64>> {
+    std::thread::spawn(move || -> Result<u64> {
+        let msg = vec![0x5au8; size];
+        let mut nb = NbStats::default();
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            ch.send(&msg, &mut nb)?;
+            n += 1;
+        }
+        Ok(n)
+    })
+}
+
 /// `kt bench --fairness N`: the quiet channels' round trips idle and next
 /// to one flooding channel, all to the same echo peer.
 fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
@@ -608,7 +628,7 @@ fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
         quiet.push(ch);
         watch.tick();
     }
-    let flood_args = match &a.flood_from {
+    let flood_args = match a.flood_from.as_ref().or(a.flood_to.as_ref()) {
         None => a.channel.clone(),
         Some(from) => {
             let mut c = a.channel.clone();
@@ -637,6 +657,8 @@ fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     let t0 = Instant::now();
     let (writer, reader) = if a.flood_from.is_some() {
         (None, start_source_flood(flood, stop.clone()))
+    } else if a.flood_to.is_some() {
+        (None, start_sink_flood(flood, a.small_size, stop.clone()))
     } else {
         let (w, r) = start_flood(flood, a.small_size, stop.clone())?;
         (Some(w), r)
@@ -653,7 +675,7 @@ fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
     }
     let moved = reader
         .join()
-        .map_err(|_| Error::Bench("the flood reader panicked".into()))??;
+        .map_err(|_| Error::Bench("the flood thread panicked".into()))??;
     let busy = busy?;
     let (i99, b99) = (percentile(&idle, 99), percentile(&busy, 99));
     let ratio = b99.as_secs_f64() / i99.as_secs_f64().max(1e-9);
@@ -673,9 +695,10 @@ fn fairness(ctx: &Ctx, a: &BenchArgs) -> Result<()> {
             ),
         ],
         vec![
-            match &a.flood_from {
-                None => format!("flood rate ({} B, echoed)", a.small_size),
-                Some(from) => format!("flood rate (read from {from})"),
+            match (&a.flood_from, &a.flood_to) {
+                (Some(from), _) => format!("flood rate (read from {from})"),
+                (None, Some(to)) => format!("flood rate ({} B, written to {to})", a.small_size),
+                (None, None) => format!("flood rate ({} B, echoed)", a.small_size),
             },
             format!("{:.0} msgs/s", moved as f64 / secs.max(1e-9)),
         ],

@@ -10,7 +10,10 @@
 //! idle p99, and the flood's rate. Target (issue 11): p99 under flood
 //! within 2x idle. `--rx-share 1,8` runs every case once per value of
 //! the daemon's `--rx-share` (1: a channel may fill the whole rx ring),
-//! side by side in one run.
+//! side by side in one run; `--tx-share 1,8` does the same for the guest
+//! side's tx share, which kt-sim's driver models as the guest driver's
+//! `tx_share` parameter does it (the flood keeps at most 1/N of the tx
+//! ring's descriptors while the quiet channels' round trips go on).
 //!
 //! The host services are single epoll threads (one for the echo, one for
 //! the sink), as a real service with a thousand clients would be; the
@@ -57,6 +60,13 @@ struct Args {
     /// case with each [default: the daemon's].
     #[arg(long, value_name = "N[,N...]", value_delimiter = ',')]
     rx_share: Vec<u32>,
+    /// The guest's tx share, or several (comma-separated): in the
+    /// guest->host case the flood keeps at most 1/N of the tx ring's
+    /// descriptors in use (at least 8), as the guest driver's `tx_share`
+    /// does while other channels send; 1: the whole ring [default: 1].
+    #[arg(long, value_name = "N[,N...]", value_delimiter = ',',
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    tx_share: Vec<u32>,
     /// The daemon binary (default: kt-vhost-device next to this program,
     /// or $KT_VHOST_DEVICE).
     #[arg(long, value_name = "PATH")]
@@ -158,10 +168,15 @@ fn drain(d: &mut Driver, id: u32) -> Result<u64, FairError> {
 }
 
 /// Tops the tx ring up with flood messages as far as credit and free
-/// descriptors allow; returns how many it queued.
-fn top_up(d: &mut Driver, id: u32, msg: &[u8]) -> Result<u64, FairError> {
+/// descriptors allow, keeping `cap` descriptors or fewer in use; returns
+/// how many it queued.
+fn top_up(d: &mut Driver, id: u32, msg: &[u8], cap: usize) -> Result<u64, FairError> {
     let mut n = 0;
-    while d.rings[1].free_count() > 0 && d.try_send(id, msg)? {
+    let size = usize::from(d.rings[1].size);
+    while d.rings[1].free_count() > 0
+        && size - d.rings[1].free_count() < cap
+        && d.try_send(id, msg)?
+    {
         n += 1;
     }
     d.flush()?;
@@ -177,7 +192,14 @@ fn round_trips(
     count: u32,
     flood: Flood,
     flood_msg: &[u8],
+    tx_share: u32,
 ) -> Result<(Vec<Duration>, f64), FairError> {
+    let size = usize::from(d.rings[1].size);
+    let cap = if tx_share <= 1 {
+        size
+    } else {
+        (size / tx_share as usize).max(8)
+    };
     let msg = [0xa5u8; 64];
     let warmup = count / 10;
     let mut samples = Vec::with_capacity(count as usize);
@@ -186,7 +208,7 @@ fn round_trips(
         match flood {
             Flood::None => Ok(0),
             Flood::HostToGuest(id) => drain(d, id),
-            Flood::GuestToHost(id) => top_up(d, id, flood_msg),
+            Flood::GuestToHost(id) => top_up(d, id, flood_msg, cap),
         }
     };
     // The flood gets going before anything is measured.
@@ -231,7 +253,7 @@ fn percentile_us(sorted: &[Duration], p: usize) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-fn run(a: &Args, rx_share: Option<u32>) -> Result<Vec<Row>, FairError> {
+fn run(a: &Args, rx_share: Option<u32>, tx_share: u32) -> Result<Vec<Row>, FairError> {
     if a.channels < 2 {
         return Err(FairError::Usage("--channels must be at least 2".into()));
     }
@@ -287,7 +309,14 @@ fn run(a: &Args, rx_share: Option<u32>) -> Result<Vec<Row>, FairError> {
         .collect::<Result<Vec<u32>, FairError>>()?;
     let flood_msg = vec![0x5au8; a.flood_size];
     let mut rows = Vec::new();
-    let (idle, _) = round_trips(&mut d, &quiet, a.round_trips, Flood::None, &flood_msg)?;
+    let (idle, _) = round_trips(
+        &mut d,
+        &quiet,
+        a.round_trips,
+        Flood::None,
+        &flood_msg,
+        tx_share,
+    )?;
     rows.push(Row {
         case: "idle",
         p50_us: percentile_us(&idle, 50),
@@ -301,6 +330,7 @@ fn run(a: &Args, rx_share: Option<u32>) -> Result<Vec<Row>, FairError> {
         a.round_trips,
         Flood::HostToGuest(id),
         &flood_msg,
+        tx_share,
     )?;
     rows.push(Row {
         case: "host->guest flood",
@@ -316,6 +346,7 @@ fn run(a: &Args, rx_share: Option<u32>) -> Result<Vec<Row>, FairError> {
         a.round_trips,
         Flood::GuestToHost(id),
         &flood_msg,
+        tx_share,
     )?;
     rows.push(Row {
         case: "guest->host flood",
@@ -339,13 +370,20 @@ fn main() -> ExitCode {
     } else {
         a.rx_share.iter().map(|n| Some(*n)).collect()
     };
+    let tx_shares = if a.tx_share.is_empty() {
+        vec![1]
+    } else {
+        a.tx_share.clone()
+    };
     let mut runs = Vec::new();
     for share in &shares {
-        match run(&a, *share) {
-            Ok(r) => runs.push((*share, r)),
-            Err(e) => {
-                eprintln!("kt-vhost-device-fairness: {e}");
-                return ExitCode::from(1);
+        for tx in &tx_shares {
+            match run(&a, *share, *tx) {
+                Ok(r) => runs.push((*share, *tx, r)),
+                Err(e) => {
+                    eprintln!("kt-vhost-device-fairness: {e}");
+                    return ExitCode::from(1);
+                }
             }
         }
     }
@@ -361,23 +399,26 @@ fn main() -> ExitCode {
         a.busy_poll_us
     );
     println!(
-        "{:<9} {:<20} {:>10} {:>10} {:>11} {:>14}",
-        "rx-share", "case", "p50 us", "p99 us", "p99/idle", "flood msgs/s"
+        "{:<12} {:<20} {:>10} {:>10} {:>11} {:>14}",
+        "rx/tx share", "case", "p50 us", "p99 us", "p99/idle", "flood msgs/s"
     );
-    for (share, rows) in &runs {
-        let label = share.map_or_else(|| "default".to_owned(), |n| n.to_string());
+    for (share, tx, rows) in &runs {
+        let label = format!(
+            "{}/{tx}",
+            share.map_or_else(|| "default".to_owned(), |n| n.to_string())
+        );
         let idle = rows.first().map_or(0.0, |r| r.p99_us);
         let mut met = true;
         for r in rows {
             let ratio = r.p99_us / idle.max(1e-9);
             println!(
-                "{:<9} {:<20} {:>10.1} {:>10.1} {:>11.2} {:>14.0}",
+                "{:<12} {:<20} {:>10.1} {:>10.1} {:>11.2} {:>14.0}",
                 label, r.case, r.p50_us, r.p99_us, ratio, r.flood_rate
             );
             met &= ratio <= 2.0;
         }
         println!(
-            "target (issue 11), rx-share {label}: the quiet channels' p99 round trip under a \
+            "target (issue 11), rx/tx share {label}: the quiet channels' p99 round trip under a \
              flood within 2x idle: {}",
             if met { "met" } else { "NOT met" }
         );
