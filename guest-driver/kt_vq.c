@@ -928,12 +928,20 @@ static bool kt_tx_capped(struct kt_pair *p, struct kt_chan *ch,
 	       time_before(jiffies, p->tx_switch + KT_TX_CONTENDED);
 }
 
+static bool kt_tx_is_credit(const struct kt_txbuf *txb)
+{
+	return txb->hdr.type == cpu_to_le16(KT_MSG_CREDIT_UPDATE) ||
+	       txb->hdr.type == cpu_to_le16(KT_MSG_CREDIT_REQUEST);
+}
+
 /*
  * The next message to offer the ring: those of no channel (replies,
  * LISTEN) first, then the channels in turn, one message each, passing
- * over a channel at its share. Only a channel at its share is passed
- * over, and the shares add up to the ring: the walk is short. NULL if
- * nothing may go now. tx_lock held.
+ * over a channel at its share unless its next message is a credit
+ * message (at most two per channel wait, SPEC 8, and the peer's sending
+ * waits for them). Only a channel at its share is passed over, and the
+ * shares add up to the ring: the walk is short. NULL if nothing may go
+ * now. tx_lock held.
  */
 static struct kt_txbuf *kt_tx_next_locked(struct kt_pair *p)
 {
@@ -948,10 +956,11 @@ static struct kt_txbuf *kt_tx_next_locked(struct kt_pair *p)
 	if (share > 1)
 		cap = max(virtqueue_get_vring_size(p->tx_vq) / share,
 			  KT_TX_SHARE_MIN_ENTRIES);
-	list_for_each_entry(ch, &p->tx_active, tx_node)
-		if (!kt_tx_capped(p, ch, cap))
-			return list_first_entry(&ch->tx_pending,
-						struct kt_txbuf, node);
+	list_for_each_entry(ch, &p->tx_active, tx_node) {
+		txb = list_first_entry(&ch->tx_pending, struct kt_txbuf, node);
+		if (kt_tx_is_credit(txb) || !kt_tx_capped(p, ch, cap))
+			return txb;
+	}
 	return NULL;
 }
 
@@ -1104,10 +1113,30 @@ static void kt_tx_begin_locked(struct kt_pair *p, struct list_head *done)
 }
 
 /*
+ * Where @txb goes in its channel's pending list: at the end, but a credit
+ * message goes ahead of the DATA waiting there (its fields are filled when
+ * it enters the ring, so it is never stale, and the peer should not wait
+ * for credit behind our own data), still behind OPEN or OPEN_OK. At most
+ * three control messages precede the first DATA (SPEC 8): the walk is
+ * short.
+ */
+static struct list_head *kt_tx_slot(struct kt_chan *ch, struct kt_txbuf *txb)
+{
+	struct kt_txbuf *t;
+
+	if (!kt_tx_is_credit(txb))
+		return &ch->tx_pending;
+	list_for_each_entry(t, &ch->tx_pending, node)
+		if (t->hdr.type == cpu_to_le16(KT_MSG_DATA))
+			return &t->node;
+	return &ch->tx_pending;
+}
+
+/*
  * Queues @txb (header filled but for credit) behind its channel's earlier
- * messages (or the pair's, with no channel) and pushes what fits into the
- * ring. tx_lock held, queues live, and kt_tx_begin_locked() done: the
- * caller calls kt_tx_arm_locked().
+ * messages (kt_tx_slot(); or the pair's, with no channel) and pushes what
+ * fits into the ring. tx_lock held, queues live, and kt_tx_begin_locked()
+ * done: the caller calls kt_tx_arm_locked().
  */
 static void kt_tx_enqueue_locked(struct kt_pair *p, struct kt_txbuf *txb)
 {
@@ -1116,7 +1145,8 @@ static void kt_tx_enqueue_locked(struct kt_pair *p, struct kt_txbuf *txb)
 	if (ch) {
 		if (list_empty(&ch->tx_pending))
 			list_add_tail(&ch->tx_node, &p->tx_active);
-		list_add_tail(&txb->node, &ch->tx_pending);
+		/* Before the slot: the end, or the first DATA. */
+		list_add_tail(&txb->node, kt_tx_slot(ch, txb));
 	} else {
 		list_add_tail(&txb->node, &p->tx_pending);
 	}

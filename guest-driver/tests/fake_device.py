@@ -35,11 +35,13 @@ Services the guest can open (see kt_guest_test.c for the expectations):
   channel closes), listeners (with KT_LISTEN_NOTIFY=1: answers each message
   with the names the driver announced, sorted, comma-separated, "-" if
   none), txorder (tx order across channels: "hold" stops taking tx
-  buffers and answers "held"; taking resumes once a "q1" of a txorder
-  channel is in the tx ring, or the ring is full (10 s at most); "q1" is
-  then answered
-  "ahead <n>", n the messages of other txorder channels taken since the
-  resume before it; "count" is answered "got <n>", the messages this
+  buffers and answers "held" ("hold+credit": first sends 3 messages of
+  60000 bytes on every other txorder channel); taking resumes once a "q1"
+  of a txorder channel is in the tx ring, or the ring is full (10 s at
+  most); "q1" is then answered "ahead <n> credit <m>", n the DATA
+  messages of other txorder channels taken since the resume before it, m
+  how many of them came before the first CREDIT_UPDATE of one (-1: none);
+  "count" is answered "got <n>", the messages this
   channel sent before it). Anything else: ENOENT.
 
 With KT_LISTEN_NOTIFY=1 (the "notify" run) the device offers
@@ -609,7 +611,10 @@ class Dev:
         elif typ == MSG_CR:
             self.ctrl(c, MSG_CU)
         elif typ == MSG_CU:
-            pass
+            t = self.txorder
+            if (c.svc == 'txorder' and t is not None and t['ahead'] is not None
+                    and t['credit'] < 0):
+                t['credit'] = t['ahead']
         self.flush_chan(c)
 
     def on_listen(self, cid, typ, payload):
@@ -798,16 +803,23 @@ class Dev:
     def txorder_data(self, c, p):
         """txorder: see the module docstring."""
         t = self.txorder
-        if p == b'hold' and not self.tx_stalled:
+        if p in (b'hold', b'hold+credit') and not self.tx_stalled:
             q = self.vqs[tx_index(c.pair)]
             log('txorder: tx taking stops')
             self.tx_stalled = 'txorder'
-            self.txorder = {'q': q, 'until': time.time() + 10, 'ahead': None}
+            self.txorder = {'q': q, 'until': time.time() + 10, 'ahead': None,
+                            'credit': -1}
+            if p == b'hold+credit':
+                for o in self.chans.values():
+                    if o.svc == 'txorder' and o is not c:
+                        for _ in range(3):
+                            self.host_send(o, b'c' * 60000)
             self.host_send(c, b'held')
             self.timers.append((time.time() + 0.1, self.txorder_watch))
         elif p == b'q1' and t is not None and t['ahead'] is not None:
-            log('txorder: %d messages of other channels ahead of q1' % t['ahead'])
-            self.host_send(c, b'ahead %d' % t['ahead'])
+            log('txorder: %d messages of other channels ahead of q1, %d before a CREDIT_UPDATE'
+                % (t['ahead'], t['credit']))
+            self.host_send(c, b'ahead %d credit %d' % (t['ahead'], t['credit']))
             self.txorder = None
         elif p == b'count':
             self.host_send(c, b'got %d' % c.got)

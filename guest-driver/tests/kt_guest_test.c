@@ -1000,25 +1000,39 @@ static int set_tx_share(const char *val)
  * channel @q, then 300 messages of 64 B on @a (non-blocking: they fit its
  * window), then "q1" on @q. Once "q1" is in the ring (or the ring is
  * full) the device takes the ring again and answers how many of @a's
- * messages went ahead of "q1". Returns that, or -1.
+ * messages went ahead of "q1". Returns that, or -1. With @credit the
+ * device also sends @a 3 x 60000 bytes, which are read after the 300 are
+ * queued: enough to send a CREDIT_UPDATE, and *@credit_at is how many of
+ * @a's messages the device took before it (-1: it did not come first).
  */
-static int txorder_round(int q, int a)
+static int txorder_round(int q, int a, int *credit_at)
 {
-	int i, ahead = -1;
+	const char *hold = credit_at ? "hold+credit" : "hold";
+	int i, ahead = -1, at = -1;
 
-	if (!(write(q, "hold", 4) == 4 && read_str(q, "held")) ||
+	if (!(write(q, hold, strlen(hold)) == (ssize_t)strlen(hold) &&
+	      read_str(q, "held")) ||
 	    write(q, "q0", 2) != 2)
 		return -1;
 	memset(wbuf, 'f', 64);
 	for (i = 0; i < 300; i++)
 		if (write(a, wbuf, 64) != 64)
 			return -1;
+	if (credit_at) {
+		fcntl(a, F_SETFL, 0);
+		for (i = 0; i < 3; i++)
+			if (read(a, buf, sizeof(buf)) != 60000)
+				return -1;
+		fcntl(a, F_SETFL, O_NONBLOCK);
+	}
 	if (write(q, "q1", 2) != 2)
 		return -1;
 	memset(buf, 0, sizeof(buf));
 	if (read(q, buf, sizeof(buf) - 1) < 0 ||
-	    sscanf(buf, "ahead %d", &ahead) != 1)
+	    sscanf(buf, "ahead %d credit %d", &ahead, &at) != 2)
 		return -1;
+	if (credit_at)
+		*credit_at = at;
 	return ahead;
 }
 
@@ -1029,11 +1043,14 @@ static int txorder_round(int q, int a)
  * message in the ring, so "q1" goes after at most 32 of its messages;
  * with tx_share 1 (no share) after the 255 that fill the ring. Before the
  * share, and with one FIFO for all channels, "q1" waited behind all 300.
- * Out-of-range values are refused; nothing is lost either way.
+ * A credit message goes ahead of its channel's waiting data and past its
+ * share: the CREDIT_UPDATE that reading 180 KB sends comes after the 32
+ * in the ring, not after all 300. Out-of-range values are refused;
+ * nothing is lost either way.
  */
 static void test_txshare(void)
 {
-	int q, a, ahead, err;
+	int q, a, ahead, err, credit_at = -1;
 
 	alarm(60);
 	err = set_tx_share("0");
@@ -1045,12 +1062,15 @@ static void test_txshare(void)
 	check(q >= 0 && a >= 0, "connect two txorder channels");
 
 	check(set_tx_share("8") == 0, "tx_share=8");
-	ahead = txorder_round(q, a);
+	ahead = txorder_round(q, a, &credit_at);
 	check(ahead >= 0 && ahead <= 32,
 	      "txshare 8: %d of the flood's 300 messages went ahead of the other channel's (<= 32)",
 	      ahead);
+	check(credit_at >= 0 && credit_at <= 32,
+	      "txshare 8: the flood's CREDIT_UPDATE came after %d of its 300 messages (<= 32)",
+	      credit_at);
 	check(set_tx_share("1") == 0, "tx_share=1");
-	ahead = txorder_round(q, a);
+	ahead = txorder_round(q, a, NULL);
 	check(ahead >= 255,
 	      "txshare 1: %d of the flood's 300 messages went ahead (>= 255: the ring's worth)",
 	      ahead);
