@@ -116,7 +116,7 @@ impl RxShare {
         let contended = self
             .switched
             .is_some_and(|at| now.saturating_duration_since(at) < CONTENDED);
-        contended && self.held.get(&chan).copied().unwrap_or(0) >= self.share()
+        contended && self.held(chan) >= self.share()
     }
 
     /// When the ring stops counting as contended, unless data goes to
@@ -131,7 +131,6 @@ impl RxShare {
     }
 
     /// Un-consumed entries recorded for `owner`.
-    #[cfg(test)]
     pub fn held(&self, owner: u32) -> usize {
         self.held.get(&owner).copied().unwrap_or(0)
     }
