@@ -490,17 +490,10 @@ fn bench_fairness_measures_quiet_channels_idle_and_next_to_a_flood() {
         .unwrap();
     assert!(rate > 0.0, "{text}");
     assert!(server.wait_output(LIMIT).status.success());
-    // A host -> guest flood from a source instead of the echoed one.
+    // One-way floods instead of the echoed one: host -> guest from a
+    // source, guest -> host into a sink.
     let src = t.path("source.sock");
-    let echo = Proc::spawn(&[
-        "serve",
-        "--socket",
-        s(&sock),
-        "--mode",
-        "echo",
-        "--channels",
-        "20",
-    ]);
+    let sink = t.path("sink.sock");
     let _source = Proc::spawn(&[
         "serve",
         "--socket",
@@ -514,64 +507,44 @@ fn bench_fairness_measures_quiet_channels_idle_and_next_to_a_flood() {
         "--max-size",
         "64",
     ]);
-    wait_for(&sock);
-    wait_for(&src);
-    let out = run(&[
-        "bench",
-        "--direct",
-        s(&sock),
-        "--fairness",
-        "21",
-        "--flood-from",
-        s(&src),
-        "--iterations",
-        "400",
-        "--timeout",
-        "30",
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let text = stdout(&out);
-    assert!(
-        text.contains("round trip p99, one channel flooding")
-            && text.contains("flood rate (read from"),
-        "{text}"
-    );
-    assert!(echo.wait_output(LIMIT).status.success());
-    // A guest -> host flood into a sink instead.
-    let sink = t.path("sink.sock");
-    let echo = Proc::spawn(&[
-        "serve",
-        "--socket",
-        s(&sock),
-        "--mode",
-        "echo",
-        "--channels",
-        "20",
-    ]);
     let _sink = Proc::spawn(&["serve", "--socket", s(&sink), "--mode", "sink"]);
-    wait_for(&sock);
+    wait_for(&src);
     wait_for(&sink);
-    let out = run(&[
-        "bench",
-        "--direct",
-        s(&sock),
-        "--fairness",
-        "21",
-        "--flood-to",
-        s(&sink),
-        "--iterations",
-        "400",
-        "--timeout",
-        "30",
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let text = stdout(&out);
-    assert!(
-        text.contains("round trip p99, one channel flooding")
-            && text.contains("flood rate (16 B, written to"),
-        "{text}"
-    );
-    assert!(echo.wait_output(LIMIT).status.success());
+    for (flag, peer, want) in [
+        ("--flood-from", &src, "flood rate (read from"),
+        ("--flood-to", &sink, "flood rate (16 B, written to"),
+    ] {
+        let echo = Proc::spawn(&[
+            "serve",
+            "--socket",
+            s(&sock),
+            "--mode",
+            "echo",
+            "--channels",
+            "20",
+        ]);
+        wait_for(&sock);
+        let out = run(&[
+            "bench",
+            "--direct",
+            s(&sock),
+            "--fairness",
+            "21",
+            flag,
+            s(peer),
+            "--iterations",
+            "400",
+            "--timeout",
+            "30",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let text = stdout(&out);
+        assert!(
+            text.contains("round trip p99, one channel flooding") && text.contains(want),
+            "{text}"
+        );
+        assert!(echo.wait_output(LIMIT).status.success());
+    }
     // Bad input is a usage error, not a panic.
     for (args, want) in [
         (&["--fairness", "1"][..], "at least 2 channels"),
