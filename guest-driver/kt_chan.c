@@ -299,7 +299,10 @@ int kt_chan_insert_local(struct kt_chan *ch)
 	}
 	ch->id = id;
 	/* Storing over the reserved entry allocates nothing. */
-	err = xa_err(xa_store(&kd->chans, id, ch, GFP_KERNEL));
+	xa_lock(&kd->chans);
+	err = xa_err(__xa_store(&kd->chans, id, ch, GFP_KERNEL));
+	ch->gen = kd->chan_gen;
+	xa_unlock(&kd->chans);
 	if (err) {
 		xa_release(&kd->chans, id);
 		kt_chan_unreserve(ch);
@@ -317,13 +320,18 @@ int kt_chan_insert_local(struct kt_chan *ch)
  */
 int kt_chan_insert_remote(struct kt_chan *ch, u32 id)
 {
+	struct kt_dev *kd = ch->kd;
 	int err;
 
 	err = kt_chan_reserve(ch);
 	if (err)
 		return err;
 	ch->id = id;
-	err = xa_insert(&ch->kd->chans, id, ch, GFP_KERNEL);
+	/* If it allocates, __xa_insert() drops the lock but stores under it. */
+	xa_lock(&kd->chans);
+	err = __xa_insert(&kd->chans, id, ch, GFP_KERNEL);
+	ch->gen = kd->chan_gen;
+	xa_unlock(&kd->chans);
 	if (err) {
 		kt_chan_unreserve(ch);
 		return err == -EBUSY ? -EEXIST : err;
@@ -561,8 +569,10 @@ void kt_chan_release(struct kt_chan *ch)
 }
 
 /**
- * kt_chans_reset() - fail every channel of a device with ECONNRESET
+ * kt_chans_reset() - fail the channels of a device with ECONNRESET
  * @kd: the device
+ * @all: every channel (the device goes away or restarts), not only those
+ *	listed before this call (a RESET from the device)
  *
  * SPEC section 6: open, opening and accepted-but-waiting channels fail;
  * ids, sequence numbers and credit are forgotten; messages still waiting
@@ -572,11 +582,17 @@ void kt_chan_release(struct kt_chan *ch)
  * ignores ids it never saw, and closes a channel it opened just before the
  * RESET that we handled first (the rx and event queues are not ordered).
  * Every pair's channels: each CLOSE goes on its channel's pair.
+ *
+ * Without @all, channels listed after this call starts are left alone:
+ * such a channel, even one opened by a reader this very walk woke,
+ * sends its OPEN to the new device and keeps its messages. Channels are
+ * listed and the generation moves on under xa_lock, so each channel is
+ * on one side of the line.
  */
-void kt_chans_reset(struct kt_dev *kd)
+void kt_chans_reset(struct kt_dev *kd, bool all)
 {
 	unsigned int i, nclose = 0;
-	unsigned long id = 0;
+	unsigned long id = 0, gen;
 	struct kt_chan *ch;
 	bool was, announce;
 	struct kt_close_id {
@@ -586,11 +602,18 @@ void kt_chans_reset(struct kt_dev *kd)
 
 	close_ids = kmalloc_array(KT_REPLY_PENDING_MAX, sizeof(*close_ids),
 				  GFP_KERNEL);
+	xa_lock(&kd->chans);
+	gen = ++kd->chan_gen;
+	xa_unlock(&kd->chans);
 
 	for (;; id++) {
 		/* Listed channels hold a reference while under xa_lock. */
 		xa_lock(&kd->chans);
-		ch = xa_find(&kd->chans, &id, ULONG_MAX, XA_PRESENT);
+		for (;; id++) {
+			ch = xa_find(&kd->chans, &id, ULONG_MAX, XA_PRESENT);
+			if (!ch || all || ch->gen != gen)
+				break;
+		}
 		if (ch)
 			kref_get(&ch->ref);
 		xa_unlock(&kd->chans);
@@ -613,7 +636,7 @@ void kt_chans_reset(struct kt_dev *kd)
 		kt_chan_notify(ch);
 		kt_chan_put(ch);
 	}
-	kt_tx_purge(kd);
+	kt_tx_purge(kd, all ? 0 : gen);
 	/* Removal or recovery: no device to tell (and no drop to count). */
 	for (i = 0; i < nclose; i++)
 		if (kt_pair_tx_live(close_ids[i].pair))

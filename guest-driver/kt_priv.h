@@ -175,6 +175,7 @@ struct kt_chan {
 	char name[KT_NAME_MAX + 1];
 	bool kernel;			/* a kernel user's: set before listed */
 	struct kt_pair *pair;		/* its queue pair: set before listed */
+	unsigned long gen;		/* kd->chan_gen when listed (xa_lock) */
 
 	/* Everything below is under @lock. */
 	enum kt_ch_state state;	/* kt_chan_transition() changes it */
@@ -327,6 +328,7 @@ struct kt_dev {
 	bool rx_pool_open;		/* between kt_vqs_start and _stop */
 
 	struct xarray chans;		/* id -> struct kt_chan (holds a ref) */
+	unsigned long chan_gen;		/* transport resets seen (xa_lock) */
 	u32 next_id;
 	atomic_t nchan;
 	atomic_t nclosing;		/* channels in KT_CH_CLOSE_SENT */
@@ -380,7 +382,7 @@ int kt_tx_queue_ctrl(struct kt_chan *ch, u16 type, u32 arg,
 		     const void *payload, u32 len);
 int kt_tx_queue_data(struct kt_chan *ch, struct kt_txbuf *txb, bool *stalled);
 bool kt_chan_can_send(struct kt_chan *ch, u32 cost);
-void kt_tx_purge(struct kt_dev *kd);
+void kt_tx_purge(struct kt_dev *kd, unsigned long keep_gen);
 void kt_msg_free(struct kt_dev *kd, struct kt_msg *msg);
 
 /* kt_rx.c: validation and dispatch of device messages */
@@ -409,7 +411,7 @@ void kt_chan_consumed(struct kt_chan *ch, u32 cost);
 void kt_chan_dequeue(struct kt_chan *ch, struct kt_msg *msg);
 void kt_chan_shutdown(struct kt_chan *ch, u32 wire_err);
 void kt_chan_release(struct kt_chan *ch);
-void kt_chans_reset(struct kt_dev *kd);
+void kt_chans_reset(struct kt_dev *kd, bool all);
 int kt_errno_from_wire(u32 arg);
 int kt_check_name(const char *name, size_t len);
 struct kt_service *kt_service_find(const char *name);

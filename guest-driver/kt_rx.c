@@ -891,7 +891,7 @@ void kt_rx_event(struct kt_dev *kd, const struct kt_hdr *hdr, u32 used)
 			     "transport reset: failing open channels\n");
 	for (i = 0; i < kd->npairs; i++)
 		kt_reasm_abort(&kd->pairs[i], false);
-	kt_chans_reset(kd);
+	kt_chans_reset(kd, false);
 	/* The new device knows no listeners either. */
 	kt_listen_announce(kd);
 }

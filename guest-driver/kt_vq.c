@@ -609,7 +609,7 @@ void kt_vqs_stop(struct kt_dev *kd)
 	for (i = 0; i < kd->npairs; i++)
 		kt_reasm_abort(&kd->pairs[i], false);
 	up_write(&kd->rx_sem);
-	kt_chans_reset(kd);
+	kt_chans_reset(kd, true);
 
 	kt_vqs_free_bufs(kd);
 	/* Messages still queued free their buffers when read or closed. */
@@ -1557,14 +1557,36 @@ static void kt_tx_retry_work(struct work_struct *work)
 				   tx_retry));
 }
 
+/*
+ * Moves the messages of @from, waiting on pair @p, to @done and takes them
+ * off the pair's counts. tx_lock held.
+ */
+static void kt_tx_drop_locked(struct kt_pair *p, struct list_head *from,
+			      struct list_head *done)
+{
+	struct kt_txbuf *txb;
+
+	list_for_each_entry(txb, from, node) {
+		p->tx_queued--;
+		if (txb->hdr.type != cpu_to_le16(KT_MSG_DATA))
+			p->ctrl_queued--;
+		if (txb->reply)
+			p->replies_pending--;
+	}
+	list_splice_tail_init(from, done);
+}
+
 /**
- * kt_tx_purge() - drop every message still waiting for ring room
+ * kt_tx_purge() - drop the messages still waiting for ring room
  * @kd: the device
+ * @keep_gen: keep those of channels listed in this generation (0: none)
  *
  * After a transport reset nothing queued for the old channels may reach
- * the device, on any pair: their ids may be reused at once.
+ * the device, on any pair: their ids may be reused at once. Replies and
+ * LISTENs go too (the listeners are announced again). Channels opened
+ * since the reset keep theirs: the new device knows them.
  */
-void kt_tx_purge(struct kt_dev *kd)
+void kt_tx_purge(struct kt_dev *kd, unsigned long keep_gen)
 {
 	struct kt_chan *ch, *tmp;
 	struct kt_pair *p;
@@ -1574,14 +1596,13 @@ void kt_tx_purge(struct kt_dev *kd)
 	for (i = 0; i < kd->max_pairs; i++) {
 		p = &kd->pairs[i];
 		spin_lock(&p->tx_lock);
-		list_splice_tail_init(&p->tx_pending, &done);
+		kt_tx_drop_locked(p, &p->tx_pending, &done);
 		list_for_each_entry_safe(ch, tmp, &p->tx_active, tx_node) {
-			list_splice_tail_init(&ch->tx_pending, &done);
+			if (keep_gen && READ_ONCE(ch->gen) == keep_gen)
+				continue;
+			kt_tx_drop_locked(p, &ch->tx_pending, &done);
 			list_del_init(&ch->tx_node);
 		}
-		p->replies_pending = 0;
-		p->ctrl_queued = 0;
-		p->tx_queued = 0;
 		spin_unlock(&p->tx_lock);
 	}
 	kt_txbufs_complete(&done);

@@ -90,6 +90,17 @@ static bool call_ok(int fd, const char *msg, size_t len)
 	       !memcmp(buf, msg, len);
 }
 
+/* Moves the calling task to CPU @cpu; false if it cannot run there. */
+static bool pin_cpu(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), &set) == 0 &&
+	       sched_getcpu() == cpu;
+}
+
 static long sys_counter(const char *attr)
 {
 	char path[256];
@@ -1141,6 +1152,55 @@ static void test_reset_tight(void)
 	close(fd);
 }
 
+/*
+ * A channel opened while the driver is still ending the others for a
+ * RESET belongs to the new device: it must not be reset too. The lowest-id
+ * channel ends first and 40 more after it. This process waits in poll()
+ * on it as a real-time task: on a kernel that preempts (the "reset"
+ * scenario boots the stock kernel with preempt=full and one vCPU) the
+ * walk's wake-up hands the CPU to it at once, and it connects a new
+ * channel and waits for its echo before the walk goes on.
+ */
+static void test_reset_reopen(void)
+{
+	struct sched_param rt = { .sched_priority = 10 }, other = { 0 };
+	int fd, nfd, fds[40], i, ok = 0, reset = 0;
+	struct pollfd pfd;
+
+	fd = connect_to("reset", 0);
+	check(read(fd, buf, sizeof(buf)) == 12, "reset-reopen: first message");
+	for (i = 0; i < 40; i++) {
+		fds[i] = connect_to("echo", 0);
+		ok += fds[i] >= 0;
+	}
+	check(ok == 40, "reset-reopen: 40 more channels open");
+	nfd = open("/dev/kerntransport", O_RDWR);
+	check(write(fd, "reset-now", 9) == 9, "reset-reopen: ask for a RESET");
+	check(read_str(fd, "last-data"), "reset-reopen: data before the RESET");
+	check(sched_setscheduler(0, SCHED_FIFO, &rt) == 0,
+	      "reset-reopen: SCHED_FIFO");
+	pfd = (struct pollfd){ .fd = fd, .events = POLLIN };
+	check(poll(&pfd, 1, 10000) == 1, "reset-reopen: woken");
+	errno = 0;
+	check(read(fd, buf, sizeof(buf)) < 0 && errno == ECONNRESET,
+	      "reset-reopen: ECONNRESET");
+	errno = 0;
+	check(name_ioctl(nfd, KT_IOC_CONNECT, "echo") == 0,
+	      "reset-reopen: a new channel connects at once");
+	errno = 0;
+	check(call_ok(nfd, "after", 5), "reset-reopen: the new channel echoes");
+	sched_setscheduler(0, SCHED_OTHER, &other);
+	for (i = 0; i < 40; i++) {
+		errno = 0;
+		reset += read(fds[i], buf, sizeof(buf)) < 0 && errno == ECONNRESET;
+		close(fds[i]);
+	}
+	check(reset == 40, "reset-reopen: the 40 old channels reset (%d)",
+	      reset);
+	close(nfd);
+	close(fd);
+}
+
 static void test_signals(void)
 {
 	struct sigaction sa = { .sa_handler = on_alarm };
@@ -2163,17 +2223,6 @@ static void test_batch(void)
 	close(fd);
 }
 
-/* Moves the calling task to CPU @cpu; false if it cannot run there. */
-static bool pin_cpu(int cpu)
-{
-	cpu_set_t set;
-
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	return sched_setaffinity(0, sizeof(set), &set) == 0 &&
-	       sched_getcpu() == cpu;
-}
-
 /*
  * Opens "pair" from CPU @cpu; the device answers each message with the
  * pair the channel lives on (SPEC 1.4: the opener's CPU modulo the pairs
@@ -2326,6 +2375,8 @@ int main(int argc, char **argv)
 		test_reset_tight();
 		test_signals();
 		test_batch();
+	} else if (!strcmp(what, "resetreopen")) {
+		test_reset_reopen();
 	} else if (!strcmp(what, "unbind")) {
 		test_unbind();
 	} else if (!strcmp(what, "breakring")) {
@@ -2367,7 +2418,7 @@ int main(int argc, char **argv)
 		      "first channel after reload: id %#x, not 1",
 		      info.channel);
 	} else {
-		fprintf(stderr, "usage: %s nodev|dev|unbind|firehose|breakring|%s\n",
+		fprintf(stderr, "usage: %s nodev|dev|resetreopen|unbind|firehose|breakring|%s\n",
 			argv[0], "flood|hostile|huge|hold|notify|quick|refill|mq <pairs>");
 		return 2;
 	}
