@@ -310,6 +310,12 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         registry: registry.clone(),
         worker_filter: worker_filter.clone(),
     };
+    for cfg in config.vms {
+        let vm = manager.start_vm(cfg)?;
+        manager.vms.push(vm);
+    }
+    manager.publish();
+    // Only now: a query must never see the daemon without its VMs.
     if let Some(path) = &config.control {
         let handler = Arc::new(ControlHandler {
             registry: registry.clone(),
@@ -317,11 +323,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         });
         crate::control::spawn_server(path, handler, worker_filter.clone())?;
     }
-    for cfg in config.vms {
-        let vm = manager.start_vm(cfg)?;
-        manager.vms.push(vm);
-    }
-    manager.publish();
     if manager.vms.is_empty() {
         log::info!("no VMs configured yet: add them to the config file and reload");
     }

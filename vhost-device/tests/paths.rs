@@ -154,3 +154,49 @@ fn stale_socket_files_are_reclaimed_and_other_files_refused() {
     assert!(!stats.vms[0].active);
     kt_vhost_device::seqpacket::SeqPacket::connect(&listen, false).unwrap();
 }
+
+/// Kills the daemon it holds when the test ends, passed or failed.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn control_socket_answers_only_once_the_vms_are_up() {
+    let dir = TempDir::new("paths-ctl-early").unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, "").unwrap();
+    let control = dir.join("c.sock");
+    // Asked from the moment the daemon starts, as fast as it can: every
+    // answer, the first included, lists the VM (the control server used
+    // to start before the VMs did, and answered with none).
+    for round in 0..10 {
+        let sock = dir.join(&format!("v{round}.sock"));
+        let child = Command::new(bin())
+            .arg("--socket-path")
+            .arg(&sock)
+            .arg("--policy")
+            .arg(&policy)
+            .arg("--control")
+            .arg(&control)
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _daemon = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let stats = loop {
+            if let Ok(s) = kt_vhost_device::control::query(&control) {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "no answer in 10 s");
+        };
+        assert_eq!(stats.vms.len(), 1, "round {round}: {stats:?}");
+    }
+}
