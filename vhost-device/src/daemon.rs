@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use crate::config::{Config, Source, VmConfig};
@@ -56,10 +56,40 @@ type Registry = Arc<RwLock<Vec<Arc<Stats>>>>;
 struct ControlHandler {
     registry: Registry,
     requests: Sender<Reload>,
+    ready: Arc<Ready>,
+}
+
+/// Set once the VMs the daemon starts with are up and published. The
+/// control socket exists from before (a client that saw the vhost-user
+/// socket can ask at once), but `stats` waits for this, so no answer
+/// shows the daemon without its VMs.
+#[derive(Default)]
+struct Ready {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Ready {
+    fn set(&self) {
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.cv.notify_all();
+    }
+
+    /// Waits for `set` at most `limit`.
+    fn wait(&self, limit: Duration) {
+        let done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(
+            self.cv
+                .wait_timeout_while(done, limit, |d| !*d)
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+    }
 }
 
 impl Handler for ControlHandler {
     fn snapshot(&self) -> DaemonSnapshot {
+        // Starting VMs binds sockets and reads files: well under this.
+        self.ready.wait(Duration::from_secs(30));
         let vms = self.registry.read().unwrap_or_else(PoisonError::into_inner);
         DaemonSnapshot {
             vms: vms.iter().map(|s| s.snapshot()).collect(),
@@ -310,19 +340,21 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         registry: registry.clone(),
         worker_filter: worker_filter.clone(),
     };
+    let ready = Arc::new(Ready::default());
+    if let Some(path) = &config.control {
+        let handler = Arc::new(ControlHandler {
+            registry: registry.clone(),
+            requests: requests.clone(),
+            ready: ready.clone(),
+        });
+        crate::control::spawn_server(path, handler, worker_filter.clone())?;
+    }
     for cfg in config.vms {
         let vm = manager.start_vm(cfg)?;
         manager.vms.push(vm);
     }
     manager.publish();
-    // Only now: a query must never see the daemon without its VMs.
-    if let Some(path) = &config.control {
-        let handler = Arc::new(ControlHandler {
-            registry: registry.clone(),
-            requests: requests.clone(),
-        });
-        crate::control::spawn_server(path, handler, worker_filter.clone())?;
-    }
+    ready.set();
     if manager.vms.is_empty() {
         log::info!("no VMs configured yet: add them to the config file and reload");
     }

@@ -172,8 +172,8 @@ fn control_socket_answers_only_once_the_vms_are_up() {
     std::fs::write(&policy, "").unwrap();
     let control = dir.join("c.sock");
     // Asked from the moment the daemon starts, as fast as it can: every
-    // answer, the first included, lists the VM (the control server used
-    // to start before the VMs did, and answered with none).
+    // answer, the first included, lists the VM (the control socket is up
+    // before the VMs are; it used to answer with none meanwhile).
     for round in 0..10 {
         let sock = dir.join(&format!("v{round}.sock"));
         let child = Command::new(bin())
