@@ -90,17 +90,6 @@ static bool call_ok(int fd, const char *msg, size_t len)
 	       !memcmp(buf, msg, len);
 }
 
-/* Moves the calling task to CPU @cpu; false if it cannot run there. */
-static bool pin_cpu(int cpu)
-{
-	cpu_set_t set;
-
-	CPU_ZERO(&set);
-	CPU_SET(cpu, &set);
-	return sched_setaffinity(0, sizeof(set), &set) == 0 &&
-	       sched_getcpu() == cpu;
-}
-
 static long sys_counter(const char *attr)
 {
 	char path[256];
@@ -2221,6 +2210,17 @@ static void test_batch(void)
 		r = -2;
 	check(r == 0, "RECVV: the echo, then 0 at end of channel (%d)", r);
 	close(fd);
+}
+
+/* Moves the calling task to CPU @cpu; false if it cannot run there. */
+static bool pin_cpu(int cpu)
+{
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	return sched_setaffinity(0, sizeof(set), &set) == 0 &&
+	       sched_getcpu() == cpu;
 }
 
 /*
