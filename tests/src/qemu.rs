@@ -4,8 +4,10 @@
 //! kerntransport device as `vhost-user-device-pci` with virtio ID 60, serial
 //! console to a file, `kt.workload=NAME` for the image's /init) and starts
 //! it as a [`Guest`] ([`Qemu::label`] names its logs when several guests
-//! run the same workload). A guest is killed when dropped; dropped during a panic
-//! it first prints its serial log and QEMU's own output. Owns QEMU's command
+//! run the same workload). A QEMU that crashes before the guest's init runs
+//! is started once more, as guest-driver/tests/run.sh does. A guest is
+//! killed when dropped; dropped during a panic it first prints its serial
+//! log and QEMU's own output. Owns QEMU's command
 //! line and lifetime; what runs inside the guest is the image's business.
 
 use std::ffi::OsString;
@@ -330,21 +332,58 @@ impl Qemu {
         };
         let serial_path = dir.join(&format!("{name}.serial.log"));
         let (serial, _file) = LogFile::create(&serial_label, &serial_path)?;
-        let (qemu_log, out) =
-            LogFile::create_stdio(&qemu_label, &dir.join(&format!("{name}.qemu.log")))?;
-        let err = out_clone(&qemu_log)?;
-        let mut cmd = Command::new(&self.qemu);
-        cmd.args(self.args(&serial_path))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        let proc = ChildProcess::spawn("QEMU", &mut cmd)?;
+        let qemu_log_path = dir.join(&format!("{name}.qemu.log"));
+        let args = self.args(&serial_path);
+        let proc = start(&self.qemu, &args, &qemu_label, &qemu_log_path)?;
         Ok(Guest {
             proc,
             serial,
-            qemu_log,
+            qemu_log: LogFile::open(&qemu_label, &qemu_log_path),
+            relaunch: Some(Relaunch {
+                qemu: self.qemu,
+                args,
+                label: qemu_label,
+            }),
         })
     }
+}
+
+/// Starts QEMU with `args`, its stdout and stderr into a new `log`.
+fn start(qemu: &Path, args: &[OsString], label: &str, log: &Path) -> Result<ChildProcess> {
+    let (qemu_log, out) = LogFile::create_stdio(label, log)?;
+    let err = out_clone(&qemu_log)?;
+    let mut cmd = Command::new(qemu);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    Ok(ChildProcess::spawn("QEMU", &mut cmd)?)
+}
+
+/// What a guest needs to start its QEMU once more.
+#[derive(Debug)]
+struct Relaunch {
+    qemu: PathBuf,
+    args: Vec<OsString>,
+    label: String,
+}
+
+/// The first line the image's /init prints: past it, a QEMU crash is the
+/// test's business, not a start-up crash worth a second try.
+const INIT_MARKER: &str = "KT: init running";
+
+/// Why a QEMU that ended before the guest's init ran should be started
+/// once more: it was killed by a signal or failed an assertion (TCG at
+/// `-smp 4` has crashed this way during the guest's PCI enumeration, seen
+/// here once in some 40 full runs). `None` for any other ending.
+fn startup_crash(status: ExitStatus, serial: &str, qemu_log: &str) -> Option<String> {
+    if serial.contains(INIT_MARKER) {
+        return None;
+    }
+    if status.code().is_none() {
+        return Some(format!("QEMU exited with {}", describe_status(status)));
+    }
+    qemu_log
+        .lines()
+        .find(|l| l.contains("ssertion") && l.contains("failed"))
+        .map(|l| format!("QEMU failed an assertion: {l}"))
 }
 
 /// A second handle on a log file, for a child's stderr next to its stdout.
@@ -382,12 +421,16 @@ impl KtResult {
 }
 
 /// A running guest: QEMU plus its logs. Killed on drop; its logs are
-/// printed when dropped during a panic.
+/// printed when dropped during a panic. A QEMU that crashes before the
+/// guest's init runs is started once more by the first wait that sees it
+/// (a `RETRY` line on stderr); a second crash fails the wait.
 #[derive(Debug)]
 pub struct Guest {
     proc: ChildProcess,
     serial: LogFile,
     qemu_log: LogFile,
+    /// Set until QEMU has been started a second time or killed by the test.
+    relaunch: Option<Relaunch>,
 }
 
 impl Guest {
@@ -405,15 +448,50 @@ impl Guest {
         pattern: &str,
         timeout: Duration,
     ) -> Result<Match> {
-        let proc = &mut self.proc;
-        let m = self
-            .serial
-            .wait_for_after(after, pattern, timeout, || match proc.try_wait() {
-                Ok(Some(status)) => Some(format!("QEMU exited with {}", describe_status(status))),
-                Ok(None) => None,
-                Err(e) => Some(e.to_string()),
-            })?;
-        Ok(m)
+        loop {
+            let proc = &mut self.proc;
+            let waited =
+                self.serial
+                    .wait_for_after(after, pattern, timeout, || match proc.try_wait() {
+                        Ok(Some(status)) => {
+                            Some(format!("QEMU exited with {}", describe_status(status)))
+                        }
+                        Ok(None) => None,
+                        Err(e) => Some(e.to_string()),
+                    });
+            match waited {
+                Err(LogError::WriterGone { .. }) if self.relaunch_after_startup_crash()? => {}
+                other => return Ok(other?),
+            }
+        }
+    }
+
+    /// Starts QEMU once more if it crashed before the guest's init ran and
+    /// has not been started again yet; the crashed run's logs are kept
+    /// beside the new ones as `*.crash.log`. Returns whether it did.
+    fn relaunch_after_startup_crash(&mut self) -> Result<bool> {
+        let Some(status) = self.proc.try_wait()? else {
+            return Ok(false);
+        };
+        let Some(why) = startup_crash(status, &self.serial_log(), &self.qemu_log()) else {
+            return Ok(false);
+        };
+        let Some(again) = self.relaunch.take() else {
+            return Ok(false);
+        };
+        for log in [self.serial.path(), self.qemu_log.path()] {
+            let kept = log.with_extension("crash.log");
+            if let Err(e) = std::fs::rename(log, &kept) {
+                eprintln!("kt-tests: could not keep {}: {e}", log.display());
+            }
+        }
+        eprintln!(
+            "kt-tests: RETRY: {why} before the guest's init ran; starting it once more (logs of \
+             the crashed run: {})",
+            self.serial.path().with_extension("crash.log").display()
+        );
+        self.proc = start(&again.qemu, &again.args, &again.label, self.qemu_log.path())?;
+        Ok(true)
     }
 
     /// Waits for the `KT-RESULT:` line and parses it.
@@ -446,6 +524,7 @@ impl Guest {
 
     /// Kills QEMU now.
     pub fn kill(&mut self) -> Result<ExitStatus> {
+        self.relaunch = None;
         Ok(self.proc.kill()?)
     }
 
@@ -494,6 +573,93 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].as_str())
             .collect()
+    }
+
+    #[test]
+    fn only_a_crash_before_init_is_a_startup_crash() {
+        use std::os::unix::process::ExitStatusExt;
+        let segv = ExitStatus::from_raw(libc::SIGSEGV);
+        let code1 = ExitStatus::from_raw(1 << 8);
+        let booting = "SeaBIOS\n[    0.5] pci 0000:00:1f.2: [8086:2922]\n";
+        let inited = "[    2.0] Run /init\nKT: init running on 6.12\n";
+        let why = startup_crash(segv, booting, "").expect("a signal before init");
+        assert!(why.contains("signal 11"), "{why}");
+        assert_eq!(
+            startup_crash(segv, inited, ""),
+            None,
+            "past init: the test's business"
+        );
+        assert_eq!(
+            startup_crash(code1, booting, ""),
+            None,
+            "a plain exit is no crash"
+        );
+        let assertion = "qemu-system-x86_64: ../hw/foo.c:12: bar: Assertion `x' failed.\n";
+        let why = startup_crash(code1, booting, assertion).expect("an assertion before init");
+        assert!(why.contains("Assertion"), "{why}");
+        assert_eq!(startup_crash(code1, inited, assertion), None);
+    }
+
+    /// A stand-in for QEMU: each start is counted in `starts`; the first
+    /// `crashes` starts write a boot line to the serial file and die of
+    /// SIGSEGV, later ones run "init" and pass.
+    fn fake_qemu(dir: &TempDir, crashes: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let script = dir.join("fake-qemu");
+        let starts = dir.join("starts");
+        let body = format!(
+            "#!/bin/sh\n\
+             serial=; prev=\n\
+             for a; do [ \"$prev\" = -serial ] && serial=${{a#file:}}; prev=$a; done\n\
+             echo start >> '{starts}'\n\
+             if [ $(wc -l < '{starts}') -le {crashes} ]; then\n\
+             echo 'pci 0000:00:1f.2' > \"$serial\"; kill -SEGV $$\n\
+             fi\n\
+             printf 'KT: init running on fake\\nKT-RESULT: PASS\\n' > \"$serial\"\n",
+            starts = starts.display()
+        );
+        std::fs::write(&script, body).expect("write fake QEMU");
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod fake QEMU");
+        script
+    }
+
+    fn starts(dir: &TempDir) -> usize {
+        std::fs::read_to_string(dir.join("starts"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_qemu_that_crashes_before_init_is_started_once_more() {
+        let dir = TempDir::new("qemu-retry").expect("temp dir");
+        let qemu = fake_qemu(&dir, 1);
+        let mut guest = Qemu::with_paths(&qemu, Path::new("k"), Path::new("i"), "w")
+            .spawn(&dir)
+            .expect("start the fake QEMU");
+        guest
+            .expect_pass(Duration::from_secs(20))
+            .expect("the second start passes");
+        assert_eq!(starts(&dir), 2);
+        let crashed = std::fs::read_to_string(dir.join("w.serial.crash.log"))
+            .expect("the crashed run's serial log is kept");
+        assert!(crashed.contains("pci 0000"), "{crashed}");
+    }
+
+    #[test]
+    fn a_second_startup_crash_fails_the_wait() {
+        let dir = TempDir::new("qemu-retry2").expect("temp dir");
+        let qemu = fake_qemu(&dir, 2);
+        let mut guest = Qemu::with_paths(&qemu, Path::new("k"), Path::new("i"), "w")
+            .spawn(&dir)
+            .expect("start the fake QEMU");
+        match guest.expect_pass(Duration::from_secs(20)) {
+            Err(GuestError::Log(LogError::WriterGone { why, .. })) => {
+                assert!(why.contains("signal 11"), "{why}")
+            }
+            other => panic!("expected QEMU's second crash, got {other:?}"),
+        }
+        assert_eq!(starts(&dir), 2, "started at most twice");
     }
 
     #[test]
