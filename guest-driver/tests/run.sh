@@ -341,7 +341,7 @@ start_device() {
 		# 256 (the driver then posts 256 rx buffers, each cheap to
 		# fill), guest_id 7.
 		need_fill
-		"$fill_bin" "$sock" 3 00100000100000000001000007000000 >"$dlog" 2>&1 &
+		"$fill_bin" --realtime "$sock" 3 00100000100000000001000007000000 >"$dlog" 2>&1 &
 	else
 		env "$@" python3 "$here/fake_device.py" "$sock" >"$dlog" 2>&1 &
 	fi

@@ -1,14 +1,15 @@
-//! `vhost-user-fill SOCKET [QUEUES [CONFIG]]`: the test backend of
+//! `vhost-user-fill [--realtime] SOCKET [QUEUES [CONFIG]]`: the test backend of
 //! tests/support/fill_backend.rs as a program, for runs inside the KVM
 //! runner VM (with `--vhost-user ...,virtio-id=4` the guest's virtio-rng
 //! driver drives it end to end) and for the guest driver's `flood` test.
 //! CONFIG is the config space in hex (e.g. `0010000010000000`); without it
-//! config byte `i` reads as `i`.
+//! config byte `i` reads as `i`. `--realtime` fills from a `SCHED_FIFO`
+//! thread, so the device keeps ahead of the guest (the flood test).
 
 #[path = "../tests/support/fill_backend.rs"]
 mod fill_backend;
 
-const USAGE: &str = "usage: vhost-user-fill SOCKET [QUEUES [CONFIG]]";
+const USAGE: &str = "usage: vhost-user-fill [--realtime] SOCKET [QUEUES [CONFIG]]";
 
 fn fail(msg: &str) -> ! {
     eprintln!("vhost-user-fill: {msg}");
@@ -27,7 +28,8 @@ fn parse_hex(s: &str) -> Option<Vec<u8>> {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    let realtime = args.next_if(|a| a == "--realtime").is_some();
     let Some(socket) = args.next() else {
         fail(USAGE);
     };
@@ -42,7 +44,7 @@ fn main() {
     if args.next().is_some() {
         fail(USAGE);
     }
-    let opts = fill_backend::Options { config };
+    let opts = fill_backend::Options { config, realtime };
     if let Err(e) = fill_backend::serve(std::path::Path::new(&socket), queues, opts) {
         fail(&e);
     }

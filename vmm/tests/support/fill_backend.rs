@@ -2,9 +2,12 @@
 //! driver posts on any queue is filled with `PATTERN` and returned (so with
 //! virtio ID 4 the guest's virtio-rng driver reads it as entropy); config
 //! space byte `i` reads as `i`, or as byte `i` of [`Options::config`] (0
-//! past its end). Used by the frontend integration test, by the
-//! `vhost-user-fill` example that runs inside the KVM runner VM, and by the
-//! guest driver's `flood` test (guest-driver/tests/run.sh).
+//! past its end). With [`Options::realtime`] the thread that fills the
+//! queues runs under `SCHED_FIFO`, so it answers every kick at once and
+//! never falls behind a guest that drains its rings. Used by the frontend
+//! integration test, by the `vhost-user-fill` example that runs inside the
+//! KVM runner VM, and by the guest driver's `flood` test
+//! (guest-driver/tests/run.sh).
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -26,6 +29,9 @@ const FEATURES: u64 = (1 << 32) | (1 << 30);
 pub struct Options {
     /// Config space contents (`None`: byte `i` reads as `i`).
     pub config: Option<Vec<u8>>,
+    /// Fill from a `SCHED_FIFO` thread (needs `CAP_SYS_NICE`; without it a
+    /// warning is printed and the thread keeps its policy).
+    pub realtime: bool,
 }
 
 /// The backend state.
@@ -34,6 +40,8 @@ pub struct FillBackend {
     queues: usize,
     opts: Options,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    /// Whether the filling thread's policy has been set (or tried).
+    realtime_tried: bool,
 }
 
 impl FillBackend {
@@ -43,6 +51,27 @@ impl FillBackend {
             queues,
             opts,
             mem: GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+            realtime_tried: false,
+        }
+    }
+
+    /// Moves the calling thread (the vring worker) to `SCHED_FIFO`, once.
+    fn go_realtime(&mut self) {
+        if !self.opts.realtime || self.realtime_tried {
+            return;
+        }
+        self.realtime_tried = true;
+        let param = libc::sched_param { sched_priority: 1 };
+        // SAFETY: `param` is a valid sched_param that outlives the call;
+        // pid 0 is the calling thread.
+        let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+        if rc == 0 {
+            eprintln!("vhost-user-fill: filling from a SCHED_FIFO thread");
+        } else {
+            eprintln!(
+                "vhost-user-fill: warning: SCHED_FIFO refused ({}); filling at normal priority",
+                io::Error::last_os_error()
+            );
         }
     }
 
@@ -118,6 +147,7 @@ impl VhostUserBackendMut for FillBackend {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        self.go_realtime();
         let Some(vring) = vrings.get(usize::from(device_event)) else {
             return Ok(());
         };
