@@ -1408,7 +1408,8 @@ static int run_bounded(const char *cmd, int secs, long *ms)
  * driver keeps its queues. The guest must stay usable, and unbind, bind and
  * rmmod must each finish within FLOOD_LIMIT s: remove marks the queues
  * broken first, so it does not wait for the rx drain to run dry (before
- * fd3982f it did, as long as the device kept ahead). Returns false if a
+ * fd3982f it did: run.sh keeps the device ahead of the guest, and the old
+ * unbind stayed stuck). Returns false if a
  * command is stuck in the kernel: the guest cannot shut down cleanly.
  */
 #define FLOOD_LIMIT	30
