@@ -7,8 +7,8 @@
 //! run the same workload). A QEMU that crashes before the guest's init runs
 //! is started once more, as guest-driver/tests/run.sh does. A guest is
 //! killed when dropped; dropped during a panic it first prints its serial
-//! log and QEMU's own output. Owns QEMU's command
-//! line and lifetime; what runs inside the guest is the image's business.
+//! log and QEMU's own output. Owns QEMU's command line and lifetime; what
+//! runs inside the guest is the image's business.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -371,8 +371,8 @@ const INIT_MARKER: &str = "KT: init running";
 
 /// Why a QEMU that ended before the guest's init ran should be started
 /// once more: it was killed by a signal or failed an assertion (TCG at
-/// `-smp 4` has crashed this way during the guest's PCI enumeration, seen
-/// here once in some 40 full runs). `None` for any other ending.
+/// `-smp 4` has crashed with SIGSEGV during the guest's PCI enumeration,
+/// seen here once). `None` for any other ending.
 fn startup_crash(status: ExitStatus, serial: &str, qemu_log: &str) -> Option<String> {
     if serial.contains(INIT_MARKER) {
         return None;
