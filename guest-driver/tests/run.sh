@@ -10,7 +10,8 @@
 #           unbind/rebind with channels open, module pinning, reload;
 #           once with EVENT_IDX + INDIRECT_DESC and 4 KiB rx buffers, once
 #           with neither and 256-byte rx buffers (heavy fragmentation)
-#   reset   the stock kernel with preempt=full: a real-time reader woken
+#   reset   preemptible (the stock kernel with preempt=full; the debug
+#           kernel is built so): a real-time reader woken
 #           by the driver's walk over the channels a RESET ends preempts
 #           the walk, connects a new channel and waits for its echo while
 #           40 older channels are still to be ended; the new channel must
@@ -467,8 +468,8 @@ all_scenarios() {
 	! wanted huge || run_guest "huge$sfx" huge "$QEMU_KT" KT_MAX_MSG=1048576
 	! wanted notify || run_guest "notify$sfx" notify "$QEMU_KT" KT_LISTEN_NOTIFY=1
 	# A real-time reader woken by the driver's reset walk preempts it (the
-	# stock kernel takes preempt=full; the debug kernel, built without
-	# preemption, ignores it: there the reader and the walk race).
+	# stock kernel takes preempt=full; the debug kernel, built with full
+	# preemption, ignores the word).
 	! wanted reset || extra=" preempt=full" run_guest "reset$sfx" reset "$QEMU_KT"
 	# fail_function is in the debug kernel only.
 	if [ "$debug" = 1 ]; then
