@@ -600,10 +600,10 @@ mod tests {
         assert_eq!(startup_crash(code1, inited, assertion), None);
     }
 
-    /// A stand-in for QEMU: each start is counted in `starts`; the first
-    /// `crashes` starts write a boot line to the serial file and die of
-    /// SIGSEGV, later ones run "init" and pass.
-    fn fake_qemu(dir: &TempDir, crashes: u32) -> PathBuf {
+    /// A guest whose QEMU is a stand-in: each start is counted in
+    /// `starts`; the first `crashes` starts write a boot line to the serial
+    /// file and die of SIGSEGV, later ones run "init" and pass.
+    fn fake_guest(dir: &TempDir, crashes: u32) -> Guest {
         use std::os::unix::fs::PermissionsExt;
         let script = dir.join("fake-qemu");
         let starts = dir.join("starts");
@@ -621,7 +621,9 @@ mod tests {
         std::fs::write(&script, body).expect("write fake QEMU");
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
             .expect("chmod fake QEMU");
-        script
+        Qemu::with_paths(&script, Path::new("k"), Path::new("i"), "w")
+            .spawn(dir)
+            .expect("start the fake QEMU")
     }
 
     fn starts(dir: &TempDir) -> usize {
@@ -633,10 +635,7 @@ mod tests {
     #[test]
     fn a_qemu_that_crashes_before_init_is_started_once_more() {
         let dir = TempDir::new("qemu-retry").expect("temp dir");
-        let qemu = fake_qemu(&dir, 1);
-        let mut guest = Qemu::with_paths(&qemu, Path::new("k"), Path::new("i"), "w")
-            .spawn(&dir)
-            .expect("start the fake QEMU");
+        let mut guest = fake_guest(&dir, 1);
         guest
             .expect_pass(Duration::from_secs(20))
             .expect("the second start passes");
@@ -649,10 +648,7 @@ mod tests {
     #[test]
     fn a_second_startup_crash_fails_the_wait() {
         let dir = TempDir::new("qemu-retry2").expect("temp dir");
-        let qemu = fake_qemu(&dir, 2);
-        let mut guest = Qemu::with_paths(&qemu, Path::new("k"), Path::new("i"), "w")
-            .spawn(&dir)
-            .expect("start the fake QEMU");
+        let mut guest = fake_guest(&dir, 2);
         match guest.expect_pass(Duration::from_secs(20)) {
             Err(GuestError::Log(LogError::WriterGone { why, .. })) => {
                 assert!(why.contains("signal 11"), "{why}")
